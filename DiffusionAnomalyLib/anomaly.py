@@ -1,0 +1,184 @@
+"""From an anomaly map to lesions (seed 000 §4.1.1) and the lesion table.
+
+Post-processing order, as in the thesis: threshold -> mask to the organ -> morphological opening
+-> closing (6-connected unit structuring element) -> hole filling -> connected components
+(26-connected) -> drop components < ``min_voxels`` -> drop lesions whose largest axial extent
+(largest side of the axial bounding box, in mm, patient x/y axes) is < ``min_axial_mm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from .errors import InputError
+from .roi import voxel_centres_lps
+
+_STRUCT6 = ndimage.generate_binary_structure(3, 1)
+_STRUCT26 = np.ones((3, 3, 3), dtype=bool)
+
+#: Size strata by largest axial diameter (seed 000 Table 5.2, T1a split into T1ai/T1aii).
+SIZE_CLASSES = (("T1ai (<=2 cm)", 20.0), ("T1aii (2-4 cm)", 40.0), ("T1b (4-7 cm)", 70.0), ("T2 (>7 cm)", np.inf))
+
+
+def anomaly_map(x: np.ndarray, x_hat: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
+    """Voxel-wise |x - x_hat|, summed over ``channel_axis`` for multi-channel input."""
+    if x.shape != x_hat.shape:
+        raise InputError(f"input shape {x.shape} and reconstruction shape {x_hat.shape} differ")
+    diff = np.abs(np.asarray(x, np.float32) - np.asarray(x_hat, np.float32))
+    return diff.sum(axis=channel_axis) if channel_axis is not None else diff
+
+
+def median_filter_map(score: np.ndarray, size: int) -> np.ndarray:
+    """Median filter of the anomaly map (seed 004 scores); ``size`` <= 1 returns it unchanged."""
+    return ndimage.median_filter(score, size=size) if size > 1 else score
+
+
+def otsu_threshold(score: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Otsu threshold over one map's voxels inside ``mask`` (per-case mode)."""
+    values = score[mask > 0] if mask is not None else score.ravel()
+    if values.size == 0:
+        raise InputError("cannot compute an Otsu threshold: no voxels inside the organ mask")
+    if np.ptp(values) == 0:
+        return float(values[0])
+    return float(threshold_otsu(values))
+
+
+def dataset_otsu_threshold(
+    scores: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], bins: int = 4096
+) -> float:
+    """Global Otsu over many maps (seed 000: one threshold for a whole test set).
+
+    Uses a pooled histogram with ``bins`` bins so memory does not grow with the dataset.
+    """
+    selected = [s[m > 0] if m is not None else s.ravel() for s, m in zip(scores, masks, strict=True)]
+    lo = min((float(v.min()) for v in selected if v.size), default=None)
+    hi = max((float(v.max()) for v in selected if v.size), default=None)
+    if lo is None:
+        raise InputError("cannot compute a dataset Otsu threshold: no voxels inside any organ mask")
+    if hi == lo:
+        return lo
+    edges = np.linspace(lo, hi, bins + 1)
+    hist = sum(np.histogram(v, bins=edges)[0] for v in selected)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    return float(threshold_otsu(hist=(hist, centres)))
+
+
+def axial_extent_mm(image: sitk.Image, zyx_indices: np.ndarray) -> float:
+    """Largest side of the axis-aligned bounding box in the axial (patient x-y) plane, in mm.
+
+    The box covers the voxels' footprints: the spread of voxel centres plus one voxel's extent
+    along each world axis (exact for axis-aligned grids, a tight cover for oblique ones).
+    """
+    pts = voxel_centres_lps(image, zyx_indices)
+    direction = np.abs(np.array(image.GetDirection()).reshape(3, 3))
+    voxel_extent = direction @ np.array(image.GetSpacing())
+    sides = pts.max(axis=0) - pts.min(axis=0) + voxel_extent
+    return float(max(sides[0], sides[1]))
+
+
+def size_class(diameter_mm: float) -> str:
+    """TNM-based size stratum of a lesion's largest axial diameter."""
+    for name, upper in SIZE_CLASSES:
+        if diameter_mm <= upper:
+            return name
+    return SIZE_CLASSES[-1][0]
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """Settings of :func:`postprocess`; defaults are seed 000 §4.1.1."""
+
+    opening: bool = True
+    closing: bool = True
+    fill_holes: bool = True
+    min_voxels: int = 20
+    min_axial_mm: float = 3.0
+
+
+def postprocess(
+    score: np.ndarray, threshold: float, organ_mask: np.ndarray | None, image: sitk.Image,
+    settings: PostProcessing = PostProcessing(),
+) -> np.ndarray:
+    """Turn an anomaly map on ``image``'s grid into a labelmap of lesions (1..n, uint16)."""
+    binary = score > threshold
+    if organ_mask is not None:
+        binary &= organ_mask > 0
+    if settings.opening:
+        binary = ndimage.binary_opening(binary, structure=_STRUCT6)
+    if settings.closing:
+        binary = ndimage.binary_closing(binary, structure=_STRUCT6)
+    if settings.fill_holes:
+        binary = ndimage.binary_fill_holes(binary)
+    labels, n = ndimage.label(binary, structure=_STRUCT26)
+    out = np.zeros(labels.shape, dtype=np.uint16)
+    next_id = 1
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        comp = labels[sl] == lab
+        if comp.sum() < settings.min_voxels:
+            continue
+        idx = np.argwhere(comp) + np.array([s.start for s in sl])
+        if axial_extent_mm(image, idx) < settings.min_axial_mm:
+            continue
+        out[sl][comp] = next_id
+        next_id += 1
+    return out
+
+
+@dataclass
+class Lesion:
+    """One row of the lesion table. Centroids are given in both LPS (ITK/DICOM) and RAS (Slicer)."""
+
+    id: int
+    organ: str
+    side: str
+    voxels: int
+    volume_ml: float
+    axial_diameter_mm: float
+    size_class: str
+    centroid_lps: tuple[float, float, float]
+    centroid_ras: tuple[float, float, float]
+    mean_score: float
+    max_score: float
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        for key in ("centroid_lps", "centroid_ras"):
+            for axis, value in zip("xyz", row.pop(key), strict=True):
+                row[f"{key}_{axis}"] = round(value, 2)
+        return row
+
+
+def lesion_table(
+    labels: np.ndarray, score: np.ndarray, image: sitk.Image, organ: str,
+    side_masks: dict[str, np.ndarray] | None = None,
+) -> list[Lesion]:
+    """Describe each lesion of a labelmap; ``side_masks`` ({side: mask}) attributes lesions to a side."""
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    lesions = []
+    for lab, sl in enumerate(ndimage.find_objects(labels.astype(np.int64)), start=1):
+        if sl is None:
+            continue
+        comp = labels[sl] == lab
+        idx = np.argwhere(comp) + np.array([s.start for s in sl])
+        centroid = voxel_centres_lps(image, idx.mean(axis=0, keepdims=True))[0]
+        side = ""
+        if side_masks:
+            overlaps = {s: int(np.count_nonzero(m[sl][comp])) for s, m in side_masks.items()}
+            side = max(overlaps, key=overlaps.get) if max(overlaps.values()) > 0 else ""
+        values = score[sl][comp]
+        diameter = axial_extent_mm(image, idx)
+        lps = tuple(float(v) for v in centroid)
+        lesions.append(Lesion(
+            id=lab, organ=organ, side=side, voxels=int(comp.sum()), volume_ml=round(comp.sum() * voxel_ml, 3),
+            axial_diameter_mm=round(diameter, 2), size_class=size_class(diameter), centroid_lps=lps,
+            centroid_ras=(-lps[0], -lps[1], lps[2]), mean_score=float(values.mean()), max_score=float(values.max()),
+        ))
+    return lesions

@@ -1,0 +1,42 @@
+"""Intensity normalisation to the network range [-1, 1] and back (per preset)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .presets import IntensityNormalization
+
+
+@dataclass(frozen=True)
+class ChannelScaling:
+    """Linear map of one channel: ``normalised = clip(2 * (x - low) / (high - low) - 1, -1, 1)``."""
+
+    low: float
+    high: float
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = 2.0 * (np.asarray(x, dtype=np.float32) - self.low) / (self.high - self.low) - 1.0
+        return np.clip(y, -1.0, 1.0).astype(np.float32)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return ((np.asarray(y, dtype=np.float32) + 1.0) * 0.5 * (self.high - self.low) + self.low).astype(
+            np.float32
+        )
+
+
+def fit_scaling(
+    norm: IntensityNormalization, channel: np.ndarray, mask: np.ndarray | None, name: str = "channel"
+) -> ChannelScaling:
+    """Fit the scaling of one channel: the CT window, or MR percentiles inside ``mask``."""
+    if norm.kind == "ct_window":
+        return ChannelScaling(norm.clip_min, norm.clip_max)
+    values = channel[mask > 0] if mask is not None else channel.ravel()
+    if values.size == 0:
+        raise InputError(f"{name}: the mask is empty, cannot fit MR intensity percentiles")
+    low, high = np.percentile(values, norm.percentiles)
+    if not high > low:
+        raise InputError(f"{name}: constant intensity inside the mask ({low}); cannot normalise")
+    return ChannelScaling(float(low), float(high))

@@ -1,0 +1,203 @@
+"""Evaluation metrics of seed 000 ch. 5: Dice, lesion matching, FROC, size strata, AUROC/AUPRC,
+bootstrap confidence intervals and a one-sided Wilcoxon (non-inferiority) test.
+
+Conventions: labelmaps hold one integer id per lesion (0 = background). Undefined ratios (0/0)
+are NaN and aggregated with ``nanmean``; Dice of two empty masks is 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage, stats
+
+from .anomaly import axial_extent_mm
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice coefficient 2|A∩B| / (|A|+|B|) of two binary masks (1.0 when both are empty)."""
+    a, b = np.asarray(pred) > 0, np.asarray(ref) > 0
+    denom = int(a.sum()) + int(b.sum())
+    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom
+
+
+def components(mask_or_labels: np.ndarray) -> np.ndarray:
+    """Connected components (26-connected) of a binary mask, as a labelmap."""
+    labels, _ = ndimage.label(np.asarray(mask_or_labels) > 0, structure=np.ones((3, 3, 3)))
+    return labels
+
+
+def iou_matrix(pred_labels: np.ndarray, ref_labels: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
+    """IoU of every (reference, prediction) pair; returns (matrix [n_ref, n_pred], ref ids, pred ids)."""
+    ref_ids = [int(v) for v in np.unique(ref_labels) if v != 0]
+    pred_ids = [int(v) for v in np.unique(pred_labels) if v != 0]
+    m = np.zeros((len(ref_ids), len(pred_ids)))
+    if not ref_ids or not pred_ids:
+        return m, ref_ids, pred_ids
+    r_index = {v: i for i, v in enumerate(ref_ids)}
+    p_index = {v: j for j, v in enumerate(pred_ids)}
+    r_size = {v: int(np.count_nonzero(ref_labels == v)) for v in ref_ids}
+    p_size = {v: int(np.count_nonzero(pred_labels == v)) for v in pred_ids}
+    both = (ref_labels != 0) & (pred_labels != 0)
+    pairs, counts = np.unique(np.stack([ref_labels[both], pred_labels[both]]), axis=1, return_counts=True)
+    for (r, p), inter in zip(pairs.T, counts, strict=True):
+        r, p = int(r), int(p)
+        m[r_index[r], p_index[p]] = inter / (r_size[r] + p_size[p] - inter)
+    return m, ref_ids, pred_ids
+
+
+@dataclass
+class Detection:
+    """Lesion-level result of one case."""
+
+    tp: int
+    fp: int
+    fn: int
+    matches: list[tuple[int, int, float]] = field(default_factory=list)  # (ref id, pred id, IoU)
+    unmatched_pred: list[int] = field(default_factory=list)
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
+
+    @property
+    def f1(self) -> float:
+        denom = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denom if denom else float("nan")
+
+
+def match_lesions(pred_labels: np.ndarray, ref_labels: np.ndarray, iou_threshold: float = 0.2) -> Detection:
+    """Match predicted to reference lesions at IoU >= ``iou_threshold``, one to one.
+
+    Pairs are taken greedily by decreasing IoU, so each reference keeps the prediction with the
+    highest IoU; other predictions overlapping it count as false positives.
+    """
+    m, ref_ids, pred_ids = iou_matrix(pred_labels, ref_labels)
+    pairs = sorted(((m[i, j], i, j) for i in range(len(ref_ids)) for j in range(len(pred_ids))
+                    if m[i, j] >= iou_threshold), reverse=True)
+    used_r, used_p, matches = set(), set(), []
+    for iou, i, j in pairs:
+        if i in used_r or j in used_p:
+            continue
+        used_r.add(i)
+        used_p.add(j)
+        matches.append((ref_ids[i], pred_ids[j], float(iou)))
+    unmatched = [pred_ids[j] for j in range(len(pred_ids)) if j not in used_p]
+    return Detection(len(matches), len(unmatched), len(ref_ids) - len(matches), matches, unmatched)
+
+
+def froc_points(
+    cases: Sequence[tuple[Sequence[float], Sequence[bool], int]], thresholds: Sequence[float] | None = None
+) -> list[tuple[float, float, float]]:
+    """FROC: (threshold, false positives per scan, sensitivity) at each lesion-score threshold.
+
+    Each case is (scores of its predicted lesions, whether each matched a reference, number of
+    reference lesions). A prediction counts at threshold t when its score >= t.
+    """
+    n_scans = len(cases)
+    n_ref = sum(c[2] for c in cases)
+    scores = np.concatenate([np.asarray(c[0], float) for c in cases]) if cases else np.zeros(0)
+    hits = np.concatenate([np.asarray(c[1], bool) for c in cases]) if cases else np.zeros(0, bool)
+    if thresholds is None:
+        thresholds = np.unique(scores)[::-1]
+    out = []
+    for t in thresholds:
+        keep = scores >= t
+        out.append((float(t), float((keep & ~hits).sum()) / max(n_scans, 1),
+                    float((keep & hits).sum()) / n_ref if n_ref else float("nan")))
+    return out
+
+
+def lesion_diameters(labels: np.ndarray, image: sitk.Image) -> dict[int, float]:
+    """Largest axial diameter (mm) of every lesion id in ``labels``."""
+    out = {}
+    for lab, sl in enumerate(ndimage.find_objects(labels.astype(np.int64)), start=1):
+        if sl is not None:
+            idx = np.argwhere(labels[sl] == lab) + np.array([s.start for s in sl])
+            out[lab] = axial_extent_mm(image, idx)
+    return out
+
+
+def stratified_detection(
+    pred_labels: np.ndarray, ref_labels: np.ndarray, image: sitk.Image, low_mm: float, high_mm: float,
+    iou_threshold: float = 0.2,
+) -> Detection | None:
+    """Detection restricted to references with diameter in (low, high] mm (seed 000 §5.3.3).
+
+    Unmatched predictions outside the size range are dropped; returns None when the case has no
+    reference lesion in the range (such cases are excluded).
+    """
+    full = match_lesions(pred_labels, ref_labels, iou_threshold)
+    ref_d = lesion_diameters(ref_labels, image)
+    pred_d = lesion_diameters(pred_labels, image)
+    in_range = {r for r, d in ref_d.items() if low_mm < d <= high_mm}
+    if not in_range:
+        return None
+    matches = [m for m in full.matches if m[0] in in_range]
+    fps = [p for p in full.unmatched_pred if low_mm < pred_d.get(p, 0.0) <= high_mm]
+    return Detection(len(matches), len(fps), len(in_range) - len(matches), matches, fps)
+
+
+def voxel_auroc(score: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Area under the ROC curve of voxel scores (Mann-Whitney U with average ranks for ties)."""
+    s, y = _select(score, truth, mask)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = stats.rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def voxel_auprc(score: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Average precision: sum over distinct thresholds of (R_k - R_{k-1}) * P_k."""
+    s, y = _select(score, truth, mask)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    fp = (last_of_tie + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _select(score: np.ndarray, truth: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    sel = np.ones(score.shape, bool) if mask is None else np.asarray(mask) > 0
+    return np.asarray(score, float)[sel], np.asarray(truth)[sel] > 0
+
+
+def bootstrap_ci(
+    values: Sequence[float], n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0,
+    statistic: Callable[[np.ndarray], float] = np.nanmean,
+) -> tuple[float, float, float]:
+    """(statistic, low, high): percentile bootstrap CI over cases, ``n_resamples`` resamples."""
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(n_resamples, v.size))
+    with np.errstate(all="ignore"):
+        boot = np.array([statistic(v[i]) for i in idx])
+    lo, hi = np.nanpercentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(statistic(v)), float(lo), float(hi)
+
+
+def wilcoxon_noninferiority(a: Sequence[float], b: Sequence[float], margin: float = 0.0) -> tuple[float, float]:
+    """One-sided Wilcoxon signed-rank test of H1: a is better than b - margin (paired, per case).
+
+    ``margin = 0`` tests superiority of a over b; ``margin > 0`` tests non-inferiority of a to b
+    within ``margin``. Returns (statistic, p-value).
+    """
+    d = np.asarray(a, float) - np.asarray(b, float) + margin
+    res = stats.wilcoxon(d, alternative="greater", zero_method="wilcox")
+    return float(res.statistic), float(res.pvalue)
