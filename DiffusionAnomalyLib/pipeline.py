@@ -1,0 +1,151 @@
+"""One case end to end: masks -> ROI patches -> normalise -> reconstruct -> anomaly map ->
+compose into native geometry -> post-process -> lesion table -> output files.
+
+The reconstructor is pluggable (``reconstruct(x, mask, spacing_mm)`` on (B, C, z, y, x) patches in
+network units); today the non-neural :class:`~DiffusionAnomalyLib.baseline.MedianBaseline`.
+The anomaly map is |x - x_hat| in network units ([-1, 1] per channel, summed over channels), so
+it is comparable across CT windows and MR sequences. The reconstruction is written in input units
+as ``input + (x_hat - x)`` mapped back, so voxels the model leaves unchanged keep their exact value.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .anomaly import Lesion, PostProcessing, anomaly_map, lesion_table, median_filter_map, otsu_threshold, postprocess
+from .errors import InputError
+from .intensity import fit_scaling
+from .io import array_to_image, atomic_output_dir, geometry, require_same_grid, write_volume
+from .masks import MaskSet
+from .presets import OrganPreset
+from .roi import RoiPatch, check_roi_fits, compose_patches, extract_patch, plan_patch
+
+
+class Reconstructor(Protocol):
+    name: str
+
+    def reconstruct(self, x: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+        ...
+
+
+@dataclass
+class CaseResult:
+    """Everything one run produced, on the input's native grid."""
+
+    reconstruction: list[sitk.Image]  # one per channel, input units
+    heatmap: sitk.Image  # float32, network units
+    lesions: sitk.Image  # uint16 labelmap, 1..n
+    table: list[Lesion]
+    threshold: float
+    patches: list[RoiPatch]
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
+
+
+def detect(
+    channels: list[sitk.Image],
+    mask_set: MaskSet,
+    preset: OrganPreset,
+    reconstructor: Reconstructor,
+    *,
+    threshold: float | None = None,
+    postprocessing: PostProcessing | None = None,
+) -> CaseResult:
+    """Run one case. ``threshold`` None = Otsu over this case's organ voxels, else a fixed value."""
+    if len(channels) != len(preset.channels):
+        raise InputError(f"the {preset.name} preset needs {len(preset.channels)} channel(s) {list(preset.channels)}, "
+                         f"got {len(channels)}")
+    ref = channels[0]
+    for m in mask_set.masks:
+        require_same_grid(ref, m.image, "the image", f"the {m.structure} mask")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    warnings = check_roi_fits(ref, preset) + list(mask_set.missing.values())
+    patches, xs, pmasks, scalings = [], [], [], []
+    for m in mask_set.masks:
+        patch = plan_patch(m.image, preset, m.structure, m.side)
+        pmask = extract_patch(m.image, patch, interpolator="nearest")
+        raw = [extract_patch(ch, patch, default=preset.background) for ch in channels]
+        sc = [fit_scaling(preset.normalization, r, pmask, name) for r, name in zip(raw, preset.channels, strict=True)]
+        patches.append(patch)
+        xs.append(np.stack([s.forward(r) for s, r in zip(sc, raw, strict=True)]))
+        pmasks.append(pmask)
+        scalings.append(sc)
+    timings["extract"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    x = np.stack(xs)
+    x_hat = reconstructor.reconstruct(x, np.stack(pmasks), preset.spacing_mm)
+    timings["reconstruct"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scores = [(p, anomaly_map(x[i], x_hat[i], channel_axis=0)) for i, p in enumerate(patches)]
+    heat, _ = compose_patches(scores, ref, mode="max", fill=0.0)
+    recon = []
+    for c, ch in enumerate(channels):
+        deltas = [(p, scalings[i][c].inverse(x_hat[i, c]) - scalings[i][c].inverse(x[i, c]))
+                  for i, p in enumerate(patches)]
+        delta, _ = compose_patches(deltas, ref, mode="mean", fill=0.0)
+        recon.append(array_to_image(sitk.GetArrayViewFromImage(ch).astype(np.float32) + delta, ch))
+    timings["compose"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    organ = mask_set.union()
+    heat = median_filter_map(heat, preset.median_filter_voxels)
+    heat = np.where(organ, heat, 0.0).astype(np.float32)
+    thr = otsu_threshold(heat, organ) if threshold is None else float(threshold)
+    pp = postprocessing or PostProcessing(min_voxels=preset.min_component_voxels,
+                                          min_axial_mm=preset.min_axial_extent_mm)
+    labels = postprocess(heat, thr, organ, ref, pp)
+    side_masks = {m.side: sitk.GetArrayViewFromImage(m.image) > 0 for m in mask_set.masks if m.side}
+    table = lesion_table(labels, heat, ref, preset.name, side_masks or None)
+    timings["postprocess"] = time.perf_counter() - t0
+    return CaseResult(
+        reconstruction=recon, heatmap=array_to_image(heat, ref), lesions=array_to_image(labels, ref), table=table,
+        threshold=thr, patches=patches, warnings=warnings, timings=timings,
+        parameters={"organ": preset.name, "reconstructor": reconstructor.name,
+                    "threshold_mode": "otsu-case" if threshold is None else "fixed", "threshold": thr,
+                    "postprocessing": pp.__dict__, "composition": {"heatmap": "max", "reconstruction": "mean"}},
+    )
+
+
+LESION_COLUMNS = ["id", "organ", "side", "voxels", "volume_ml", "axial_diameter_mm", "size_class",
+                  "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "centroid_ras_x", "centroid_ras_y",
+                  "centroid_ras_z", "mean_score", "max_score"]
+
+
+def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, inputs: dict) -> Path:
+    """Write the result files atomically into ``out_dir`` (all or nothing)."""
+    with atomic_output_dir(out_dir) as stage:
+        names = preset.channels
+        for name, image in zip(names, result.reconstruction, strict=True):
+            fname = "reconstruction.nii.gz" if len(names) == 1 else f"reconstruction_{name}.nii.gz"
+            write_volume(image, stage / fname)
+        write_volume(result.heatmap, stage / "heatmap.nii.gz")
+        write_volume(result.lesions, stage / "lesions.nii.gz")
+        rows = [le.to_row() for le in result.table]
+        with open(stage / "lesions.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LESION_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        (stage / "lesions.json").write_text(json.dumps(
+            {"coordinates": "centroid_lps: ITK/DICOM patient LPS (mm); centroid_ras: Slicer RAS (mm)",
+             "lesions": rows}, indent=2) + "\n")
+        run = {"version": __version__, "python": platform.python_version(), "inputs": inputs,
+               "parameters": result.parameters, "preset": preset.to_dict(),
+               "patches": [p.to_dict() for p in result.patches], "warnings": result.warnings,
+               "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+               "geometry": geometry(result.heatmap)}
+        (stage / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    return Path(out_dir)

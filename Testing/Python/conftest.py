@@ -1,0 +1,51 @@
+"""Shared fixtures: synthetic images with chosen geometry, phantom cases, and the real-data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("DA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = shared_data_dir()
+    if not d.is_dir():
+        pytest.skip(f"real data folder {d} is absent (set DA_SHARED_DATA); real-data tests skipped")
+    return d
+
+
+def make_image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+               direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
+    """Image from a (z, y, x) array with the given geometry."""
+    im = sitk.GetImageFromArray(array)
+    im.SetSpacing([float(v) for v in spacing])
+    im.SetOrigin([float(v) for v in origin])
+    im.SetDirection([float(v) for v in direction])
+    return im
+
+
+def oblique_direction(deg: float = 20.0) -> tuple[float, ...]:
+    """A rotation about z then x (a genuinely oblique, right-handed direction matrix)."""
+    a, b = np.deg2rad(deg), np.deg2rad(deg / 2)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return tuple((rz @ rx).ravel())
+
+
+@pytest.fixture(scope="session")
+def kidney_case(tmp_path_factory):
+    """A written kidney phantom with 2 lesions (seed 3): (case object, folder)."""
+    from DiffusionAnomalyLib.phantoms import make_phantom, write_phantom
+
+    case = make_phantom("kidney", seed=3, n_lesions=2)
+    return case, write_phantom(case, tmp_path_factory.mktemp("kidney") / "case")

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+from conftest import make_image
+
+from DiffusionAnomalyLib.anomaly import (
+    PostProcessing,
+    anomaly_map,
+    axial_extent_mm,
+    dataset_otsu_threshold,
+    lesion_table,
+    median_filter_map,
+    otsu_threshold,
+    postprocess,
+    size_class,
+)
+from DiffusionAnomalyLib.errors import InputError
+
+RAW = PostProcessing(opening=False, closing=False, fill_holes=False, min_voxels=20, min_axial_mm=3.0)
+
+
+def test_anomaly_map_is_abs_difference_summed_over_channels():
+    x = np.array([[[[1.0, -1.0]]], [[[0.5, 0.0]]]], np.float32)  # (C=2, 1, 1, 2)
+    x_hat = np.array([[[[0.0, 0.0]]], [[[0.0, 1.0]]]], np.float32)
+    np.testing.assert_allclose(anomaly_map(x, x_hat, channel_axis=0), [[[1.5, 2.0]]])
+    np.testing.assert_allclose(anomaly_map(x[0], x_hat[0]), [[[1.0, 1.0]]])
+    with pytest.raises(InputError, match="differ"):
+        anomaly_map(x, x_hat[:1])
+
+
+def test_median_filter_removes_isolated_spikes():
+    m = np.zeros((5, 5, 5), np.float32)
+    m[2, 2, 2] = 9.0
+    assert median_filter_map(m, 3).max() == 0.0
+    assert median_filter_map(m, 0) is m
+
+
+def test_otsu_per_case_and_over_a_dataset():
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.normal(0, 0.1, 500), rng.normal(2, 0.1, 500)]).reshape(10, 10, 10)
+    mask = np.ones_like(a, bool)
+    t = otsu_threshold(a, mask)
+    assert (a > t).sum() == 500  # separates the two modes exactly
+    # outside-the-mask voxels do not count
+    b = a.copy()
+    b[0] = 100.0
+    keep = np.ones_like(b, bool)
+    keep[0] = False
+    assert otsu_threshold(b, keep) == pytest.approx(otsu_threshold(a[1:], None), abs=1e-9)
+    pooled = dataset_otsu_threshold([a, a], [mask, mask])
+    assert pooled == pytest.approx(t, abs=(a.max() - a.min()) / 4096 * 2)
+    with pytest.raises(InputError, match="no voxels inside"):
+        otsu_threshold(a, np.zeros_like(a))
+
+
+def test_postprocess_drops_small_and_thin_components_and_masks_to_the_organ():
+    image = make_image(np.zeros((40, 40, 40), np.float32))  # 1 mm voxels
+    score = np.zeros((40, 40, 40), np.float32)
+    score[5:8, 5:8, 5:8] = 1.0  # 27 voxels, 3 mm axial: kept
+    score[20:40, 20:21, 20:22] = 1.0  # 40 voxels along z, 1 x 2 mm axially: dropped (< 3 mm)
+    score[30:32, 30:32, 30:32] = 1.0  # 8 voxels: dropped (< 20)
+    score[10:14, 30:34, 10:14] = 1.0  # 64 voxels but outside the organ: dropped
+    organ = np.ones_like(score, bool)
+    organ[10:14, 30:34, 10:14] = False
+    labels = postprocess(score, 0.5, organ, image, RAW)
+    assert labels.max() == 1 and (labels == 1).sum() == 27
+    # with an anisotropic grid the same 3-voxel-wide cube is 1.5 mm axially: dropped
+    aniso = make_image(np.zeros((40, 40, 40), np.float32), spacing=(0.5, 0.5, 3.0))
+    assert postprocess(score, 0.5, organ, aniso, RAW).max() == 0
+
+
+def test_postprocess_fills_holes_and_opening_removes_specks():
+    image = make_image(np.zeros((20, 20, 20), np.float32))
+    score = np.zeros((20, 20, 20), np.float32)
+    score[5:12, 5:12, 5:12] = 1.0
+    score[8, 8, 8] = 0.0  # a hole
+    score[15, 15, 15] = 1.0  # a speck
+    labels = postprocess(score, 0.5, None, image)
+    assert labels.max() == 1 and labels[8, 8, 8] == 1 and labels[15, 15, 15] == 0
+
+
+def test_lesion_table_units_coordinates_and_side():
+    image = make_image(np.zeros((10, 10, 10), np.float32), spacing=(0.5, 0.5, 2.0), origin=(10.0, 20.0, 30.0))
+    labels = np.zeros((10, 10, 10), np.uint16)
+    labels[2:6, 4:8, 1:5] = 1  # 4 x 4 x 4 voxels: z 2..5, y 4..7, x 1..4
+    score = labels * 0.5
+    score[3, 5, 2] = 2.0
+    side = {"left": labels > 0, "right": np.zeros_like(labels, bool)}
+    (le,) = lesion_table(labels, score, image, "kidney", side)
+    assert le.voxels == 64 and le.volume_ml == pytest.approx(64 * 0.5 * 0.5 * 2.0 / 1000)
+    assert le.axial_diameter_mm == pytest.approx(2.0)  # 4 voxels x 0.5 mm
+    assert le.centroid_lps == pytest.approx((10 + 2.5 * 0.5, 20 + 5.5 * 0.5, 30 + 3.5 * 2.0))
+    assert le.centroid_ras == pytest.approx((-le.centroid_lps[0], -le.centroid_lps[1], le.centroid_lps[2]))
+    assert le.side == "left" and le.max_score == 2.0 and le.size_class.startswith("T1ai")
+    row = le.to_row()
+    assert row["centroid_ras_x"] == pytest.approx(-11.25) and "centroid_lps" not in row
+
+
+def test_axial_extent_on_an_oblique_grid_covers_the_voxels():
+    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)
+    image = make_image(np.zeros((3, 3, 3), np.float32), direction=(c, -s, 0, s, c, 0, 0, 0, 1))
+    one_voxel = axial_extent_mm(image, np.array([[1, 1, 1]]))
+    assert one_voxel == pytest.approx(np.sqrt(2), abs=1e-9)  # a 1 mm square rotated 45 degrees
+
+
+@pytest.mark.parametrize("d,cls", [(5, "T1ai"), (20.0, "T1ai"), (20.01, "T1aii"), (40, "T1aii"),
+                                   (55, "T1b"), (70, "T1b"), (70.5, "T2"), (150, "T2")])
+def test_size_classes(d, cls):
+    assert size_class(d).startswith(cls + " ")

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+from conftest import make_image
+
+from DiffusionAnomalyLib.metrics import (
+    bootstrap_ci,
+    dice,
+    froc_points,
+    match_lesions,
+    stratified_detection,
+    voxel_auprc,
+    voxel_auroc,
+    wilcoxon_noninferiority,
+)
+
+
+def test_dice_by_hand():
+    a = np.zeros(10, bool)
+    b = np.zeros(10, bool)
+    a[0:4] = True  # 4 voxels
+    b[1:7] = True  # 6 voxels, 3 shared
+    assert dice(a, b) == pytest.approx(0.6)
+    assert dice(np.zeros(3), np.zeros(3)) == 1.0
+    assert dice(a, np.zeros(10)) == 0.0
+
+
+def test_lesion_matching_one_prediction_per_reference_highest_iou_wins():
+    ref = np.zeros((1, 1, 60), np.int32)
+    pred = np.zeros((1, 1, 60), np.int32)
+    ref[..., 0:10] = 1  # R1: 10 voxels
+    ref[..., 30:40] = 2  # R2: 10 voxels
+    pred[..., 0:5] = 1  # P1 within R1: IoU 5/10 = 0.5
+    pred[..., 8:10] = 2  # P2 within R1: IoU 2/10 = 0.2 (>= 0.2, but R1 is taken by P1)
+    pred[..., 39:41] = 3  # P3 vs R2: IoU 1/11 < 0.2
+    det = match_lesions(pred, ref)
+    assert (det.tp, det.fp, det.fn) == (1, 2, 1)
+    assert det.matches == [(1, 1, 0.5)]
+    assert det.precision == pytest.approx(1 / 3) and det.recall == pytest.approx(0.5)
+    assert det.f1 == pytest.approx(2 / 5)
+    healthy = match_lesions(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))
+    assert np.isnan(healthy.precision) and np.isnan(healthy.f1)
+
+
+def test_froc_points_by_hand():
+    cases = [([0.9, 0.5], [True, False], 2), ([0.7], [False], 1)]
+    pts = froc_points(cases)
+    assert pts == [(0.9, 0.0, pytest.approx(1 / 3)), (0.7, 0.5, pytest.approx(1 / 3)),
+                   (0.5, 1.0, pytest.approx(1 / 3))]
+
+
+def test_size_stratified_detection_follows_the_thesis_rule():
+    image = make_image(np.zeros((5, 60, 100), np.float32))  # 1 mm
+    ref = np.zeros((5, 60, 100), np.int32)
+    pred = np.zeros_like(ref)
+    ref[0:3, 0:10, 0:10] = 1  # 10 mm
+    ref[0:3, 20:50, 0:30] = 2  # 30 mm
+    pred[0:3, 20:50, 0:30] = 1  # matches the 30 mm lesion
+    pred[0:3, 0:5, 60:65] = 2  # unmatched, 5 mm: outside (20, 40] -> ignored
+    pred[0:3, 30:55, 70:95] = 3  # unmatched, 25 mm: inside the range -> false positive
+    det = stratified_detection(pred, ref, image, 20.0, 40.0)
+    assert (det.tp, det.fp, det.fn) == (1, 1, 0)
+    small = stratified_detection(pred, ref, image, 0.0, 20.0)
+    assert (small.tp, small.fp, small.fn) == (0, 1, 1)
+    assert stratified_detection(pred, ref, image, 70.0, np.inf) is None
+
+
+def test_voxel_auroc_and_auprc_by_hand():
+    s = np.array([0.1, 0.4, 0.35, 0.8])
+    y = np.array([0, 0, 1, 1])
+    assert voxel_auroc(s, y) == pytest.approx(0.75)
+    assert voxel_auprc(s, y) == pytest.approx((0.5 * 1.0) + (0.5 * 2 / 3))
+    assert voxel_auroc(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)  # tie
+    # the organ mask restricts the voxels considered
+    mask = np.array([1, 1, 1, 0])
+    assert voxel_auroc(s, y, mask) == pytest.approx(0.5)
+    assert np.isnan(voxel_auroc(s, np.zeros(4)))
+
+
+def test_bootstrap_ci():
+    assert bootstrap_ci([0.3] * 10) == (pytest.approx(0.3), pytest.approx(0.3), pytest.approx(0.3))
+    v = np.random.default_rng(1).normal(0.5, 0.1, 40)
+    mean, lo, hi = bootstrap_ci(v, seed=3)
+    assert lo < mean < hi and hi - lo < 0.1
+    assert bootstrap_ci(v, seed=3) == (mean, lo, hi)
+
+
+def test_wilcoxon_superiority_and_non_inferiority():
+    b = np.linspace(0.2, 0.8, 10)
+    _, p = wilcoxon_noninferiority(b + np.linspace(0.05, 0.14, 10), b)
+    assert p == pytest.approx(1 / 1024)  # all 10 differences positive: exact one-sided p = 2^-10
+    worse = b - np.linspace(0.01, 0.05, 10)
+    assert wilcoxon_noninferiority(worse, b)[1] > 0.99
+    assert wilcoxon_noninferiority(worse, b, margin=0.1)[1] == pytest.approx(1 / 1024)
