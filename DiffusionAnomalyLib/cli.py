@@ -17,7 +17,8 @@ def _print_table(table) -> None:
     if not table:
         print("No lesions found.")
         return
-    print(f"{'id':>3} {'side':>6} {'voxels':>7} {'ml':>8} {'diam mm':>8} {'class':<16} {'centroid RAS (mm)':<26} {'max':>6}")
+    print(f"{'id':>3} {'side':>6} {'voxels':>7} {'ml':>8} {'diam mm':>8} {'class':<16} "
+          f"{'centroid RAS (mm)':<26} {'max':>6}")
     for le in table:
         ras = ", ".join(f"{v:.1f}" for v in le.centroid_ras)
         print(f"{le.id:>3} {le.side or '-':>6} {le.voxels:>7} {le.volume_ml:>8.2f} {le.axial_diameter_mm:>8.1f} "
@@ -43,6 +44,11 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 def _load_masks(args: argparse.Namespace, reference, preset):
     from .masks import load_totalseg_masks, load_user_mask
 
+    if args.skull_stripped:
+        from .io import read_channels
+        from .masks import mask_from_skull_stripped
+
+        return mask_from_skull_stripped(read_channels(args.input), preset)
     if args.mask:
         return load_user_mask(args.mask, reference, preset, args.mask_label)
     if args.totalseg:
@@ -59,7 +65,8 @@ def _run_baseline(inputs: list[str], mask_set, preset, out: str, threshold: floa
     from .pipeline import detect, write_outputs
 
     channels = read_channels(inputs, preset.channels if len(inputs) > 1 else None)
-    result = detect(channels, mask_set, preset, MedianBaseline(), threshold=threshold)
+    result = detect(channels, mask_set, preset, MedianBaseline.for_preset(preset), threshold=threshold,
+                    input_name=inputs[0])
     write_outputs(result, out, preset, {"images": inputs})
     return result
 
@@ -137,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = bl.add_mutually_exclusive_group()
     src.add_argument("--mask", help="organ mask file (nonzero = organ, or --mask-label)")
     src.add_argument("--totalseg", help="TotalSegmentator output: multilabel file or folder of per-organ files")
+    src.add_argument("--skull-stripped", action="store_true",
+                     help="brain: the scan is skull-stripped; the brain mask is its nonzero voxels")
     bl.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
     bl.add_argument("--threshold", type=float, default=None, help="fixed threshold (default: Otsu in the organ)")
     bl.add_argument("--out", required=True, help="output folder")
@@ -144,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="generate a phantom and run detection on it, with scores against the truth")
     de.add_argument("--organ", default="kidney", choices=["kidney", "liver", "brain"])
-    de.add_argument("--seed", type=int, default=7)
+    de.add_argument("--seed", type=int, default=6, help="phantom seed (default 6, a typical case)")
     de.add_argument("--lesions", type=int, default=2)
     de.add_argument("--out", default="demo-output")
     de.set_defaults(func=_cmd_demo)

@@ -170,14 +170,27 @@ def atomic_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     or cancel never leaves half-written results. Existing files of the same name are replaced.
     """
     out = Path(out_dir)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     except OSError as exc:
         raise OutputError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
+    ok = False
     try:
         yield staging
         for item in sorted(staging.iterdir()):
-            os.replace(item, out / item.name)
+            dest = out / item.name
+            if item.is_dir() and dest.is_dir():  # os.replace cannot replace a non-empty folder
+                old = Path(tempfile.mkdtemp(prefix=".replaced-", dir=out))
+                os.replace(dest, old / item.name)
+                os.replace(item, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(item, dest)
+        ok = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not ok and created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: never removes anything of the user's

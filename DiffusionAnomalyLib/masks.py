@@ -198,3 +198,18 @@ def load_user_mask(
     else:
         found = {next(iter(preset.structures.values())): binary}
     return _collect(preset, found, str(path))
+
+
+def mask_from_skull_stripped(channels: list[sitk.Image], preset: OrganPreset) -> MaskSet:
+    """Brain mask of a skull-stripped scan: voxels nonzero in any channel, largest component, holes filled."""
+    arrays = [sitk.GetArrayViewFromImage(c) for c in channels]
+    nonzero = np.logical_or.reduce([a != 0 for a in arrays])
+    labels, n = ndimage.label(nonzero)
+    if n == 0:
+        raise InputError("the image is zero everywhere; it cannot be a skull-stripped scan")
+    largest = np.argmax(ndimage.sum(nonzero, labels, index=range(1, n + 1))) + 1
+    brain = ndimage.binary_fill_holes(labels == largest).astype(np.uint8)
+    image = sitk.GetImageFromArray(brain)
+    image.CopyInformation(channels[0])
+    structure = next(iter(preset.structures.values()))
+    return MaskSet([OrganMask(structure, "", image)], {})

@@ -61,17 +61,21 @@ def detect(
     *,
     threshold: float | None = None,
     postprocessing: PostProcessing | None = None,
+    input_name: str = "the image",
 ) -> CaseResult:
-    """Run one case. ``threshold`` None = Otsu over this case's organ voxels, else a fixed value."""
+    """Run one case. ``threshold`` None = Otsu over this case's organ voxels, else a fixed value.
+
+    ``input_name`` (e.g. the file name) is used in error messages and warnings.
+    """
     if len(channels) != len(preset.channels):
         raise InputError(f"the {preset.name} preset needs {len(preset.channels)} channel(s) {list(preset.channels)}, "
                          f"got {len(channels)}")
     ref = channels[0]
     for m in mask_set.masks:
-        require_same_grid(ref, m.image, "the image", f"the {m.structure} mask")
+        require_same_grid(ref, m.image, input_name, f"the {m.structure} mask")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    warnings = check_roi_fits(ref, preset) + list(mask_set.missing.values())
+    warnings = check_roi_fits(ref, preset, input_name) + list(mask_set.missing.values())
     patches, xs, pmasks, scalings = [], [], [], []
     for m in mask_set.masks:
         patch = plan_patch(m.image, preset, m.structure, m.side)

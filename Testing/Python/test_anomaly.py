@@ -36,7 +36,7 @@ def test_median_filter_removes_isolated_spikes():
 
 def test_otsu_per_case_and_over_a_dataset():
     rng = np.random.default_rng(0)
-    a = np.concatenate([rng.normal(0, 0.1, 500), rng.normal(2, 0.1, 500)]).reshape(10, 10, 10)
+    a = np.concatenate([rng.normal(0, 0.05, 500), rng.normal(2, 0.05, 500)]).reshape(10, 10, 10)
     mask = np.ones_like(a, bool)
     t = otsu_threshold(a, mask)
     assert (a > t).sum() == 500  # separates the two modes exactly

@@ -86,7 +86,14 @@ def test_atomic_output_dir_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(RuntimeError), atomic_output_dir(out) as stage:
         (stage / "heatmap.nii.gz").write_text("half")
         raise RuntimeError("crash mid-run")
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # a folder the failed run created is removed again
+    out.mkdir()
+    (out / "mine.txt").write_text("user file")
+    with pytest.raises(RuntimeError), atomic_output_dir(out) as stage:
+        (stage / "heatmap.nii.gz").write_text("half")
+        raise RuntimeError("crash mid-run")
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    (out / "mine.txt").unlink()
     with atomic_output_dir(out) as stage:
         (stage / "a.txt").write_text("done")
     assert [p.name for p in out.iterdir()] == ["a.txt"]

@@ -42,7 +42,8 @@ def test_split_left_right_uses_patient_coordinates(direction):
     for side, x_expected in (("right", -50.0), ("left", 50.0)):
         arr = sitk.GetArrayFromImage(sides[side])
         idx = np.argwhere(arr).mean(axis=0)[::-1]
-        assert sides[side].TransformContinuousIndexToPhysicalPoint(idx.tolist())[0] == pytest.approx(x_expected, abs=2.0)
+        x_world = sides[side].TransformContinuousIndexToPhysicalPoint(idx.tolist())[0]
+        assert x_world == pytest.approx(x_expected, abs=2.0)
 
 
 def test_user_mask_binary_and_label_value(tmp_path):

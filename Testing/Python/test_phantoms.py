@@ -1,0 +1,110 @@
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.masks import TOTALSEG_LABELS, load_totalseg_masks
+from DiffusionAnomalyLib.phantoms import PHASES, _diameter, make_phantom, write_dataset
+from DiffusionAnomalyLib.presets import get_preset
+
+
+def _arr(image):
+    return sitk.GetArrayFromImage(image)
+
+
+def test_same_seed_same_case_other_seed_other_case():
+    a, b = make_phantom("kidney", 5, 2), make_phantom("kidney", 5, 2)
+    np.testing.assert_array_equal(_arr(a.channels["ct"]), _arr(b.channels["ct"]))
+    assert a.report == b.report and [le.center_lps for le in a.lesions] == [le.center_lps for le in b.lesions]
+    c = make_phantom("kidney", 6, 2)
+    assert not np.array_equal(_arr(a.channels["ct"]), _arr(c.channels["ct"]))
+
+
+def test_kidney_case_anatomy_lesions_and_labels(kidney_case):
+    case, folder = kidney_case
+    ct = _arr(case.channels["ct"]).astype(float)
+    labels = _arr(case.lesion_labels)
+    assert len(case.lesions) == 2 and sorted(np.unique(labels)) == [0, 1, 2]
+    for le in case.lesions:
+        assert (labels == le.id).sum() == le.voxels
+        host = _arr(case.organ_masks[le.structure]) > 0
+        assert host[labels == le.id].all()  # the organ mask covers its lesions, as a good segmentation would
+    healthy_kidney = np.zeros_like(labels, bool)
+    for s in ("kidney_left", "kidney_right"):
+        healthy_kidney |= _arr(case.organ_masks[s]) > 0
+    healthy_kidney &= labels == 0
+    assert ct[0, 0, 0] < -900  # air outside the body
+    cortex_hu = PHASES[case.phase]["cortex"]
+    assert np.percentile(ct[healthy_kidney], 90) == pytest.approx(cortex_hu, abs=40)
+    liver = _arr(case.organ_masks["liver"]) > 0
+    if liver.any():
+        assert np.median(ct[liver]) == pytest.approx(PHASES[case.phase]["liver"], abs=25)
+    for s, label in case.structure_labels.items():
+        assert (label == "unhealthy") == any(le.structure == s for le in case.lesions)
+
+
+def test_written_case_follows_totalsegmentator_conventions(kidney_case):
+    case, folder = kidney_case
+    assert {p.name for p in (folder / "segmentations").iterdir()} >= {"kidney_left.nii.gz", "kidney_right.nii.gz",
+                                                                      "liver.nii.gz", "spleen.nii.gz"}
+    multi = _arr(sitk.ReadImage(str(folder / "segmentations.nii.gz")))
+    left = _arr(sitk.ReadImage(str(folder / "segmentations" / "kidney_left.nii.gz"))) > 0
+    assert (multi[left] == TOTALSEG_LABELS["total"]["kidney_left"]).mean() > 0.95
+    ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    masks = load_totalseg_masks(folder / "segmentations", ct, get_preset("kidney"))
+    assert {m.side for m in masks.masks} == {"left", "right"}
+    info = json.loads((folder / "case.json").read_text())
+    assert info["synthetic"] is True and len(info["lesions"]) == 2
+    report = (folder / "report.txt").read_text()
+    assert len(re.findall(r"[.!?](\s|$)", report)) >= 10
+    for le in case.lesions:
+        assert f"{le.side} kidney" in report
+
+
+def test_lesion_diameters_cover_the_size_strata():
+    rng = np.random.default_rng(0)
+    diameters = [_diameter(rng, 80.0) for _ in range(200)]
+    counts = np.bincount(np.digitize(diameters, [20, 40, 70]), minlength=4)
+    assert (counts > 30).all() and min(diameters) >= 5 and max(diameters) <= 80
+    assert max(_diameter(rng, 30.0) for _ in range(50)) <= 30.0
+
+
+def test_liver_case():
+    case = make_phantom("liver", 2, 2)
+    labels = _arr(case.lesion_labels)
+    liver = _arr(case.organ_masks["liver"]) > 0
+    assert len(case.lesions) == 2 and all(le.structure == "liver" for le in case.lesions)
+    assert (liver[labels > 0]).mean() > 0.3
+    assert "liver" in case.report and case.structure_labels == {"liver": "unhealthy"}
+
+
+def test_brain_case_sequences_and_tumour_contrast():
+    case = make_phantom("brain", 4, 1)
+    assert list(case.channels) == ["t1n", "t1c", "t2w", "t2f"]
+    brain = _arr(case.organ_masks["brain"]) > 0
+    tumour = _arr(case.lesion_labels) > 0
+    for ch in case.channels.values():
+        assert (_arr(ch)[~brain] == 0).all()  # skull-stripped
+    flair, t1 = _arr(case.channels["t2f"]), _arr(case.channels["t1n"])
+    normal = brain & ~tumour
+    assert np.median(flair[tumour]) > np.median(flair[normal]) + 100  # oedema is bright on FLAIR
+    assert np.median(t1[normal]) > 500 and tumour.sum() > 500
+
+
+def test_dataset_writes_labels_and_reports(tmp_path):
+    write_dataset("kidney", tmp_path / "ds", [0, 1], n_lesions=1)
+    rows = list(csv.DictReader((tmp_path / "ds" / "labels.csv").read_text().splitlines()))
+    assert len(rows) == 4 and {r["side"] for r in rows} == {"left", "right"}
+    assert sum(r["label"] == "unhealthy" for r in rows) == 2
+    assert len(list(csv.DictReader((tmp_path / "ds" / "reports.csv").read_text().splitlines()))) == 2
+
+
+def test_bad_phantom_requests():
+    with pytest.raises(InputError, match="unknown organ"):
+        make_phantom("lung")
+    with pytest.raises(InputError, match=">= 0"):
+        make_phantom("kidney", 0, -1)

@@ -1,0 +1,78 @@
+"""What can be checked of the Slicer module without the Slicer application.
+
+The module file imports ``slicer.ScriptedLoadableModule`` and ``qt``, which exist only inside
+Slicer, so it is compiled and inspected here rather than imported; the GUI itself (loading the
+.ui, the parameter-node binding, the self-test) runs only in Slicer's own CI.
+"""
+
+import ast
+import os
+import py_compile
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+from conftest import REPO
+
+from DiffusionAnomalyLib.resources import resource_path
+
+MODULE = REPO / "DiffusionAnomaly" / "DiffusionAnomaly.py"
+
+
+def _parameter_fields() -> set[str]:
+    tree = ast.parse(MODULE.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+            getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list
+        ):
+            return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("no @parameterNodeWrapper class in the module")
+
+
+def test_module_file_compiles_and_has_the_four_classes(tmp_path):
+    py_compile.compile(str(MODULE), cfile=str(tmp_path / "m.pyc"), doraise=True)
+    classes = {n.name for n in ast.parse(MODULE.read_text()).body if isinstance(n, ast.ClassDef)}
+    assert {"DiffusionAnomaly", "DiffusionAnomalyWidget", "DiffusionAnomalyLogic", "DiffusionAnomalyTest"} <= classes
+    assert "import imp\n" not in MODULE.read_text()
+
+
+def test_ui_is_valid_designer_xml_and_parameter_names_match_the_parameter_class():
+    ui = resource_path("UI", "DiffusionAnomaly.ui")
+    root = ET.parse(ui).getroot()
+    assert root.tag == "ui" and root.find("widget") is not None
+    names = set()
+    for prop in root.iter("property"):
+        if prop.get("name") == "SlicerParameterName":
+            names.add(prop.find("string").text)
+    assert names, "the .ui binds no widget to the parameter node"
+    fields = _parameter_fields()
+    assert names <= fields, f"SlicerParameterName without a parameter field: {names - fields}"
+    widgets = {w.get("name") for w in root.iter("widget")}
+    assert {"inputVolumeSelector", "organComboBox", "applyButton"} <= widgets
+
+
+def test_cmake_registers_the_module_tests_and_ships_the_library():
+    module_cmake = (REPO / "DiffusionAnomaly" / "CMakeLists.txt").read_text()
+    assert "WITH_GENERIC_TESTS" in module_cmake and "slicer_add_python_unittest" in module_cmake
+    top = (REPO / "CMakeLists.txt").read_text()
+    assert "add_subdirectory(DiffusionAnomaly)" in top and "DiffusionAnomalyLib/*.py" in top
+    assert (REPO / "DiffusionAnomaly" / "Resources" / "Icons" / "DiffusionAnomaly.png").is_file()
+
+
+def test_library_imports_no_slicer_qt_ctk_or_vtk():
+    code = (
+        "import importlib, pkgutil, sys, DiffusionAnomalyLib as L\n"
+        "for m in pkgutil.iter_modules(L.__path__):\n"
+        "    if m.name != '__main__': importlib.import_module('DiffusionAnomalyLib.' + m.name)\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('slicer', 'qt', 'ctk', 'vtk'))\n"
+        "print(bad)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_source_tree_fallback_puts_the_repository_on_sys_path():
+    # The module must find DiffusionAnomalyLib when loaded from a source checkout (no build).
+    text = MODULE.read_text()
+    assert "def _ensure_library_importable" in text and "sys.path.insert(0, repo_root)" in text
