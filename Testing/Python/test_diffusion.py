@@ -1,0 +1,221 @@
+"""Samplers against closed forms (seed 000 eq. 2.6, 2.8, 4.1-4.3; seed 004 RePaint)."""
+
+import numpy as np
+import pytest
+import torch
+
+from DiffusionAnomalyLib.diffusion.ddim import ddim_reverse_step, ddim_reverse_step_eq_4_3, ddim_step
+from DiffusionAnomalyLib.diffusion.ddpm import ddpm_posterior, ddpm_step, ddpm_step_eq_2_8
+from DiffusionAnomalyLib.diffusion.guidance import NULL_LABEL, classifier_free_eps
+from DiffusionAnomalyLib.diffusion.inpaint import adaptive_liver_mask
+from DiffusionAnomalyLib.diffusion.sampler import LatentSampler, SamplerSettings
+from DiffusionAnomalyLib.diffusion.schedule import NoiseSchedule, sampling_timesteps
+from DiffusionAnomalyLib.errors import InputError
+
+S = NoiseSchedule()
+
+
+def smooth_eps(x, t, labels=None):
+    """A deterministic, x- and t-dependent stand-in for a denoiser."""
+    return 0.3 * torch.tanh(x) + t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype) / 2000.0
+
+
+class GaussianDataDenoiser:
+    """The exact noise predictor for data x_0 ~ N(mu, sigma^2 I): E[eps | x_t]."""
+
+    def __init__(self, mu=0.7, sigma=0.5):
+        self.mu, self.sigma = mu, sigma
+
+    def __call__(self, x, t, labels=None):
+        a = S.alpha_bar_t(t, x)
+        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.sigma**2 + 1 - a)
+
+
+def test_schedule_values():
+    ab = S.alpha_bar
+    assert ab.shape == (1001,) and ab[0] == 1.0 and ab[1] == pytest.approx(1 - 1e-4)
+    assert np.all(np.diff(ab) < 0) and S.betas[-1] == pytest.approx(0.02)
+    assert ab[1000] == pytest.approx(np.prod(1 - np.linspace(1e-4, 0.02, 1000)))
+
+
+def test_q_sample_moments():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((400_000,), 2.0, dtype=torch.float64)
+    for t in (1, 250, 500, 999):
+        xt = S.q_sample(x0, t, torch.randn(x0.shape, generator=g, dtype=torch.float64))
+        a = S.alpha_bar[t]
+        assert xt.mean().item() == pytest.approx(2.0 * a**0.5, abs=5e-3)
+        assert xt.var().item() == pytest.approx(1 - a, abs=5e-3)
+
+
+@pytest.mark.parametrize("level,steps", [(500, 50), (250, 7), (999, 13), (100, 100), (3, 2), (500, 1)])
+def test_grid_lands_exactly_on_listed_timesteps(level, steps):
+    grid = sampling_timesteps(level, steps)
+    assert grid[0] == level and grid[-1] == 0 and len(grid) == steps + 1
+    assert all(a > b for a, b in zip(grid, grid[1:], strict=False))
+    assert sampling_timesteps(level, level) == list(range(level, -1, -1))
+
+
+def test_respaced_posterior_matches_bayes_by_monte_carlo():
+    # x_s ~ q(x_s | x_0), x_t ~ q(x_t | x_s); regress x_s on x_t: slope and residual variance
+    s, t, x0 = 200, 600, 1.5
+    g = torch.Generator().manual_seed(1)
+    n = 2_000_000
+    a_s, a_t = S.alpha_bar[s], S.alpha_bar[t]
+    xs = a_s**0.5 * x0 + (1 - a_s) ** 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    xt = (a_t / a_s) ** 0.5 * xs + (1 - a_t / a_s) ** 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    slope = torch.cov(torch.stack([xs, xt]))[0, 1] / xt.var()
+    resid = (xs - slope * xt).var()
+    mean_at_1, var = ddpm_posterior(S, torch.tensor([1.0], dtype=torch.float64),
+                                    torch.tensor([x0], dtype=torch.float64), t, s)
+    mean_at_0, _ = ddpm_posterior(S, torch.tensor([0.0], dtype=torch.float64),
+                                  torch.tensor([x0], dtype=torch.float64), t, s)
+    assert (mean_at_1 - mean_at_0).item() == pytest.approx(slope.item(), abs=2e-3)
+    assert var.item() == pytest.approx(resid.item(), rel=5e-3)
+
+
+def test_respaced_ddpm_with_every_step_equals_eq_2_8():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 4, 4, 4, generator=g, dtype=torch.float64)
+    for t in (1, 2, 250, 1000):
+        eps = smooth_eps(x, torch.full((2,), t))
+        noise = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        a, _ = ddpm_step(S, x, eps, t, t - 1, noise)
+        b = ddpm_step_eq_2_8(S, x, eps, t, noise)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_full_ddpm_sampler_equals_a_plain_eq_2_8_loop():
+    z0 = torch.randn(1, 2, 3, 3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    L = 40
+    out = LatentSampler(smooth_eps, S).reconstruct(z0, SamplerSettings("ddpm", L, L, seed=7)).latent
+    g = torch.Generator().manual_seed(7)
+    x = S.q_sample(z0, L, torch.randn(z0.shape, generator=g, dtype=z0.dtype))
+    for t in range(L, 0, -1):
+        x = ddpm_step_eq_2_8(S, x, smooth_eps(x, torch.full((1,), t)), t,
+                             torch.randn(z0.shape, generator=g, dtype=z0.dtype))
+    torch.testing.assert_close(out, x, rtol=1e-10, atol=1e-10)
+
+
+def test_ddim_reverse_step_is_eq_4_3_and_inverts_eq_4_2():
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    eps = torch.randn(3, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for t in (0, 1, 499, 998):
+        torch.testing.assert_close(ddim_reverse_step(S, x, eps, t, t + 1), ddim_reverse_step_eq_4_3(S, x, eps, t))
+        up = ddim_reverse_step(S, x, eps, t, t + 1)
+        back, _ = ddim_step(S, up, eps, t + 1, t)
+        torch.testing.assert_close(back, x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("level,steps", [(500, 50), (500, 500), (250, 7), (999, 10)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
+def test_ddim_round_trip_is_exact_with_a_constant_denoiser(level, steps, dtype, tol):
+    c = torch.randn(1, 4, 3, 3, 3, generator=torch.Generator().manual_seed(6), dtype=dtype)
+
+    def constant(x, t, labels=None):
+        return c.expand_as(x)
+
+    z0 = torch.randn(2, 4, 3, 3, 3, generator=torch.Generator().manual_seed(8), dtype=dtype)
+    out = LatentSampler(constant, S).reconstruct(z0, SamplerSettings("ddim", level, steps)).latent
+    assert (out - z0).abs().max().item() < tol
+
+
+def test_ddim_round_trip_error_shrinks_with_steps_under_an_exact_score():
+    model = GaussianDataDenoiser()
+    z0 = 0.7 + 0.5 * torch.randn(4, 2, 4, 4, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    errors = [(LatentSampler(model, S).reconstruct(z0, SamplerSettings("ddim", 500, n)).latent - z0).abs().max().item()
+              for n in (5, 10, 50, 500)]
+    assert errors[0] > errors[1] > errors[2] > errors[3] and errors[3] < 0.02, errors  # first order: ~1/steps
+
+
+def test_ddim_batch_equals_one_roi_at_a_time():
+    z0 = torch.randn(2, 2, 3, 3, 3, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    sampler = LatentSampler(smooth_eps, S)
+    both = sampler.reconstruct(z0, SamplerSettings("ddim", 300, 20)).latent
+    for i in range(2):
+        one = sampler.reconstruct(z0[i:i + 1], SamplerSettings("ddim", 300, 20)).latent
+        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-12, atol=1e-12)
+
+
+class LinearClassifier:
+    """log-odds of healthy = w . x: the gradient of log p(healthy) is (1 - p) w, a known direction."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def __call__(self, x, t):
+        score = (x * self.w).flatten(1).sum(1)
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+    def log_p_healthy(self, x):
+        return torch.log_softmax(self(x, None), dim=1)[:, 0]
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_guidance_raises_the_classifiers_log_p_healthy(method):
+    w = torch.randn(1, 2, 3, 3, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64) * 0.1
+    clf = LinearClassifier(w)
+    z0 = torch.randn(3, 2, 3, 3, 3, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    sampler = LatentSampler(GaussianDataDenoiser(0.0, 1.0), S, classifier=clf)
+    base = sampler.reconstruct(z0, SamplerSettings(method, 250, 25, guidance=0.0, seed=5)).latent
+    guided = sampler.reconstruct(z0, SamplerSettings(method, 250, 25, guidance=20.0, seed=5)).latent
+    assert (clf.log_p_healthy(guided) > clf.log_p_healthy(base)).all()
+
+
+def test_classifier_free_guidance_formula():
+    def model(x, t, labels):
+        return labels.reshape(-1, 1).to(x.dtype).expand_as(x) + 0.0 * x  # eps = label value
+
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    t = torch.ones(2, dtype=torch.long)
+    out = classifier_free_eps(model, x, t, 0, 3.0)  # (1 + 3) * 0 - 3 * NULL_LABEL
+    torch.testing.assert_close(out, torch.full_like(x, -3.0 * NULL_LABEL))
+    s = LatentSampler(model, S, class_conditional=True)
+    s.reconstruct(torch.zeros(1, 1, 2, 2, 2, dtype=torch.float64), SamplerSettings("ddim", 10, 5, cfg_scale=1.0))
+    assert s._nfe == 5 + 2 * 5  # encoding unguided (1 call), denoising guided (2 calls)
+
+
+def test_repaint_keeps_the_known_region_and_inpaints_the_rest():
+    z0 = torch.randn(1, 2, 4, 4, 4, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    mask = torch.zeros(1, 1, 4, 4, 4, dtype=torch.float64)
+    mask[..., 1:3, 1:3, 1:3] = 1.0
+    res = LatentSampler(GaussianDataDenoiser(0.0, 1.0), S).reconstruct(
+        z0, SamplerSettings("inpaint", 250, 25, resample_jumps=3, seed=1), mask=mask)
+    known = mask.expand_as(z0) == 0
+    torch.testing.assert_close(res.latent[known], z0[known], rtol=0, atol=0)  # noise-free limit: exact
+    assert (res.latent[~known] - z0[~known]).abs().mean() > 0.1
+    assert res.network_evaluations == 25 * 3
+
+
+def test_seeding_trajectory_and_progress():
+    z0 = torch.randn(1, 1, 3, 3, 3, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    sampler = LatentSampler(smooth_eps, S)
+    calls = []
+    a = sampler.reconstruct(z0, SamplerSettings("ddpm", 100, 20, seed=3, trajectory_every=5),
+                            progress=lambda d, n: calls.append((d, n)))
+    b = sampler.reconstruct(z0, SamplerSettings("ddpm", 100, 20, seed=3))
+    c = sampler.reconstruct(z0, SamplerSettings("ddpm", 100, 20, seed=4))
+    torch.testing.assert_close(a.latent, b.latent)
+    assert not torch.allclose(a.latent, c.latent)
+    assert [t for t, _ in a.trajectory] == [100, 75, 50, 25]
+    assert calls[-1] == (20, 20) and [d for d, _ in calls] == list(range(1, 21))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(method="euler"), "unknown sampler 'euler'"),
+    (dict(noise_level=0), r"outside \[1, 999\]"),
+    (dict(noise_level=1000), r"outside \[1, 999\]"),
+    (dict(guidance=-1.0), "guidance strength must be >= 0"),
+    (dict(steps=600), "cannot exceed"),
+    (dict(guidance=10.0), "needs a classifier"),
+])
+def test_bad_sampler_settings(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        LatentSampler(smooth_eps, S).reconstruct(torch.zeros(1, 1, 2, 2, 2), SamplerSettings(**kwargs))
+
+
+def test_adaptive_liver_mask():
+    hu = np.array([100.0, 105, 110, 70, 95, 200, -50])
+    liver = np.array([1, 1, 1, 1, 1, 1, 0])
+    # median of liver voxels = 102.5 -> threshold 82.5: only the 70 HU voxel (and not the fat outside)
+    np.testing.assert_array_equal(adaptive_liver_mask(hu, liver), [0, 0, 0, 1, 0, 0, 0])
