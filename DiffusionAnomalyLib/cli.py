@@ -121,6 +121,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> dict:
+    out = {}
+    if getattr(args, "spacing", None):
+        out["spacing_mm"] = [args.spacing] * 3
+    if getattr(args, "roi_size", None):
+        out["roi_size_mm"] = args.roi_size
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.part == "autoencoder":
+        from .train.autoencoder import AutoencoderTraining, train_autoencoder
+
+        train_autoencoder(AutoencoderTraining(
+            data=args.data, organ=args.organ, out=args.out, network=args.network, preset_overrides=_overrides(args),
+            iterations=args.iterations, batch_size=args.batch_size or 2, val_every=args.val_every,
+            adversarial_start=args.adversarial_start, perceptual_weights=args.perceptual_weights, seed=args.seed,
+            device=args.device, resume=args.resume, name=args.name, demo=args.demo))
+    elif args.part == "denoiser":
+        from .train.denoiser import DenoiserTraining, train_denoiser
+
+        train_denoiser(DenoiserTraining(
+            data=args.data, bundle=args.bundle, out=args.out, network=args.network, iterations=args.iterations,
+            batch_size=args.batch_size or 8, val_every=args.val_every, class_conditional=args.class_conditional,
+            seed=args.seed, device=args.device, resume=args.resume))
+    else:
+        from .train.classifier import ClassifierTraining, train_classifier
+
+        train_classifier(ClassifierTraining(
+            data=args.data, bundle=args.bundle, out=args.out, iterations=args.iterations,
+            batch_size=args.batch_size or 16, val_every=args.val_every, seed=args.seed, device=args.device,
+            resume=args.resume))
+    return 0
+
+
+def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
+    from .reports import label_reports_csv
+
+    counts = label_reports_csv(args.reports, args.organ, args.out, args.min_sentences)
+    print(f"wrote {args.out}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="diffusion-anomaly",
@@ -151,6 +194,39 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--out", required=True, help="output folder")
     bl.set_defaults(func=_cmd_baseline)
 
+    tr = sub.add_parser("train", help="train the autoencoder, the denoiser or the classifier into a bundle",
+                        description="Train one part of a model bundle on a dataset folder (DATA/labels.csv, "
+                                    "DATA/<case>/<channel>.nii.gz, DATA/<case>/segmentations/). Run under "
+                                    "torchrun for several processes/GPUs. Order: autoencoder -> denoiser -> "
+                                    "classifier; each writes a bundle that the next one extends.")
+    tr.add_argument("part", choices=["autoencoder", "denoiser", "classifier"])
+    tr.add_argument("--data", required=True, help="dataset folder")
+    tr.add_argument("--out", required=True, help="output bundle folder (work files go to OUT.work)")
+    tr.add_argument("--organ", choices=["kidney", "liver", "brain"], help="autoencoder: organ preset")
+    tr.add_argument("--bundle", help="denoiser/classifier: the bundle to extend")
+    tr.add_argument("--network", default="tiny", help="network preset: tiny or thesis-kidney (default tiny)")
+    tr.add_argument("--spacing", type=float, help="autoencoder: override the preset spacing (mm, isotropic)")
+    tr.add_argument("--roi-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="autoencoder: ROI size in mm")
+    tr.add_argument("--iterations", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--val-every", type=int, default=50)
+    tr.add_argument("--adversarial-start", type=int, default=10_000, help="autoencoder: start of the GAN losses")
+    tr.add_argument("--perceptual-weights", help="autoencoder: local .safetensors of a 3D resnet10 (optional)")
+    tr.add_argument("--class-conditional", action="store_true", help="denoiser: train with labels for CFG")
+    tr.add_argument("--name", help="bundle name")
+    tr.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT.work/checkpoint")
+    tr.set_defaults(func=_cmd_train)
+
+    pl = sub.add_parser("pseudo-labels", help="healthy/unhealthy/excluded/unknown labels from radiology reports")
+    pl.add_argument("--reports", required=True, help="CSV with columns case,report")
+    pl.add_argument("--organ", required=True, choices=["kidney", "liver", "brain"])
+    pl.add_argument("--out", required=True, help="output labels CSV (case,structure,side,label,evidence)")
+    pl.add_argument("--min-sentences", type=int, default=10, help="shorter reports are labelled unknown")
+    pl.set_defaults(func=_cmd_pseudo_labels)
+
     de = sub.add_parser("demo", help="generate a phantom and run detection on it, with scores against the truth")
     de.add_argument("--organ", default="kidney", choices=["kidney", "liver", "brain"])
     de.add_argument("--seed", type=int, default=6, help="phantom seed (default 6, a typical case)")
@@ -166,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if getattr(args, "part", None) == "autoencoder" and not args.organ:
+        parser.error("train autoencoder needs --organ")
+    if getattr(args, "part", None) in ("denoiser", "classifier") and not args.bundle:
+        parser.error(f"train {args.part} needs --bundle")
     try:
         return args.func(args)
     except DiffusionAnomalyError as exc:

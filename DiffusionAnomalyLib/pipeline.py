@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from . import __version__
 from .anomaly import Lesion, PostProcessing, anomaly_map, lesion_table, median_filter_map, otsu_threshold, postprocess
 from .errors import InputError
-from .intensity import fit_scaling
+from .intensity import ChannelScaling, fit_scaling
 from .io import array_to_image, atomic_output_dir, geometry, require_same_grid, write_volume
 from .masks import MaskSet
 from .presets import OrganPreset
@@ -53,6 +53,31 @@ class CaseResult:
     parameters: dict = field(default_factory=dict)
 
 
+@dataclass
+class PreparedPatches:
+    """ROI patches of one case in network units: ``x`` (B, C, z, y, x), ``masks`` (B, z, y, x)."""
+
+    patches: list[RoiPatch]
+    x: np.ndarray
+    masks: np.ndarray
+    scalings: list[list[ChannelScaling]]
+
+
+def extract_case_patches(channels: list[sitk.Image], mask_set: MaskSet, preset: OrganPreset) -> PreparedPatches:
+    """One patch per organ structure, resampled to the preset grid and normalised (inference and training)."""
+    patches, xs, pmasks, scalings = [], [], [], []
+    for m in mask_set.masks:
+        patch = plan_patch(m.image, preset, m.structure, m.side)
+        pmask = extract_patch(m.image, patch, interpolator="nearest")
+        raw = [extract_patch(ch, patch, default=preset.background) for ch in channels]
+        sc = [fit_scaling(preset.normalization, r, pmask, name) for r, name in zip(raw, preset.channels, strict=True)]
+        patches.append(patch)
+        xs.append(np.stack([s.forward(r) for s, r in zip(sc, raw, strict=True)]))
+        pmasks.append(pmask)
+        scalings.append(sc)
+    return PreparedPatches(patches, np.stack(xs), np.stack(pmasks), scalings)
+
+
 def detect(
     channels: list[sitk.Image],
     mask_set: MaskSet,
@@ -76,21 +101,13 @@ def detect(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     warnings = check_roi_fits(ref, preset, input_name) + list(mask_set.missing.values())
-    patches, xs, pmasks, scalings = [], [], [], []
-    for m in mask_set.masks:
-        patch = plan_patch(m.image, preset, m.structure, m.side)
-        pmask = extract_patch(m.image, patch, interpolator="nearest")
-        raw = [extract_patch(ch, patch, default=preset.background) for ch in channels]
-        sc = [fit_scaling(preset.normalization, r, pmask, name) for r, name in zip(raw, preset.channels, strict=True)]
-        patches.append(patch)
-        xs.append(np.stack([s.forward(r) for s, r in zip(sc, raw, strict=True)]))
-        pmasks.append(pmask)
-        scalings.append(sc)
+    prepared = extract_case_patches(channels, mask_set, preset)
+    patches, scalings = prepared.patches, prepared.scalings
     timings["extract"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    x = np.stack(xs)
-    x_hat = reconstructor.reconstruct(x, np.stack(pmasks), preset.spacing_mm)
+    x = prepared.x
+    x_hat = reconstructor.reconstruct(x, prepared.masks, preset.spacing_mm)
     timings["reconstruct"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

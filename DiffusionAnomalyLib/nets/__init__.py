@@ -1,0 +1,1 @@
+"""Networks, built on MONAI: VQ-GAN autoencoder, latent denoiser, noisy-latent classifier."""

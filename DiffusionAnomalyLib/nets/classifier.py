@@ -1,0 +1,55 @@
+"""Classifier on noisy latents C(y | x_t, t) (seed 000 §4.3.3, App. A.3).
+
+The denoiser's downsampling path (time embedding, input convolution, down blocks, middle block)
+followed by global average pooling and a head of two hidden linear layers [384, 192] with
+dropout [0.6, 0.36]; two outputs (0 healthy, 1 unhealthy). The backbone can start from a trained
+denoiser, with its first ``frozen_levels`` levels frozen.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+from torch import nn
+
+from .denoiser import DenoiserConfig, build_denoiser
+
+
+class LatentClassifier(nn.Module):
+    def __init__(self, cfg: DenoiserConfig, head: tuple[int, ...] = (384, 192),
+                 head_dropout: tuple[float, ...] = (0.6, 0.36), backbone_dropout: float = 0.2,
+                 num_classes: int = 2) -> None:
+        super().__init__()
+        unet = build_denoiser(DenoiserConfig.from_dict({**cfg.to_dict(), "num_class_embeds": None}))
+        self.base_channels = cfg.channels[0]
+        self.time_embed = unet.time_embed
+        self.conv_in = unet.conv_in
+        self.down_blocks = unet.down_blocks
+        self.middle_block = unet.middle_block
+        layers: list[nn.Module] = [nn.Dropout(backbone_dropout)]
+        width = cfg.channels[-1]
+        for size, p in zip(head, head_dropout, strict=True):
+            layers += [nn.Linear(width, size), nn.SiLU(), nn.Dropout(p)]
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time_embed(get_timestep_embedding(t, self.base_channels).to(x.dtype))
+        h = self.conv_in(x)
+        for block in self.down_blocks:
+            h, _ = block(hidden_states=h, temb=emb, context=None)
+        h = self.middle_block(hidden_states=h, temb=emb, context=None)
+        return self.head(h.mean(dim=tuple(range(2, h.dim()))))
+
+    def load_backbone(self, denoiser_state: dict[str, torch.Tensor], frozen_levels: int = 2) -> None:
+        """Copy the matching backbone weights of a trained denoiser; freeze conv_in and the first levels."""
+        own = self.state_dict()
+        shared = {k: v for k, v in denoiser_state.items() if k in own and own[k].shape == v.shape
+                  and not k.startswith("head.")}
+        self.load_state_dict(shared, strict=False)
+        for p in self.conv_in.parameters():
+            p.requires_grad_(frozen_levels == 0)
+        for i, block in enumerate(self.down_blocks):
+            for p in block.parameters():
+                p.requires_grad_(i >= frozen_levels)

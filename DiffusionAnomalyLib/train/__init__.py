@@ -1,0 +1,1 @@
+"""Training: datasets of ROI patches, the autoencoder / denoiser / classifier trainers, DDP set-up."""

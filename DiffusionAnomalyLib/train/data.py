@@ -1,0 +1,133 @@
+"""Training data: a dataset folder -> ROI patches with healthy/unhealthy labels, cached on disk.
+
+Layout (what ``diffusion-anomaly phantom --cases N`` writes; documented in the README):
+
+    DATA/labels.csv             case,structure,label[, ...]   label: healthy | unhealthy | excluded | unknown
+    DATA/<case>/<channel>.nii.gz  e.g. ct.nii.gz, or t1n/t1c/t2w/t2f.nii.gz
+    DATA/<case>/segmentations/<structure>.nii.gz   (or segmentations.nii.gz, TotalSegmentator multilabel)
+
+Patches come from :func:`DiffusionAnomalyLib.pipeline.extract_case_patches`, the same ROI
+extraction and normalisation used at inference.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import read_channels
+from ..masks import load_totalseg_masks
+from ..presets import OrganPreset
+
+LABELS = {"healthy": 0, "unhealthy": 1}
+
+
+@dataclass
+class PatchSet:
+    """Patches (N, C, z, y, x) float32 with labels (0 healthy, 1 unhealthy) and ids 'case/structure'."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    warnings: list[str]
+
+    def subset(self, keep: np.ndarray) -> PatchSet:
+        return PatchSet(self.x[keep], self.labels[keep], [i for i, k in zip(self.ids, keep, strict=True) if k],
+                        self.warnings)
+
+    def split(self, val_fraction: float) -> tuple[PatchSet, PatchSet]:
+        """Deterministic split by case (all structures of a case on one side)."""
+        def is_val(case_id: str) -> bool:
+            return (zlib.crc32(case_id.split("/")[0].encode()) % 1000) / 1000.0 < val_fraction
+
+        val = np.array([is_val(i) for i in self.ids])
+        if val_fraction > 0 and (val.all() or not val.any()) and len(self.ids) > 1:
+            val = np.zeros(len(self.ids), bool)
+            val[-max(1, int(round(val_fraction * len(self.ids)))):] = True
+        return self.subset(~val), self.subset(val)
+
+
+def read_labels(data_dir: Path) -> list[dict]:
+    path = data_dir / "labels.csv"
+    if not path.is_file():
+        raise InputError(f"{data_dir}: no labels.csv (columns case,structure,label)")
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    if not rows:
+        raise InputError(f"{path}: the labels file is empty")
+    missing_cols = {"case", "structure", "label"} - set(rows[0])
+    if missing_cols:
+        raise InputError(f"{path}: missing column(s) {sorted(missing_cols)}")
+    return rows
+
+
+def _cache_key(preset: OrganPreset) -> str:
+    return hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | Path | None = None,
+                 labels: tuple[str, ...] = ("healthy", "unhealthy")) -> PatchSet:
+    """All labelled structures of ``preset``'s organ in the dataset, as normalised patches.
+
+    Raises :class:`InputError` for an empty dataset, labels naming cases that do not exist and
+    case folders that have no label; a case whose mask lacks the organ is skipped with a warning.
+    """
+    from ..pipeline import extract_case_patches
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputError(f"{data_dir}: dataset folder not found")
+    rows = read_labels(data_dir)
+    case_dirs = {p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if not case_dirs:
+        raise InputError(f"{data_dir}: the dataset is empty (no case folders)")
+    labelled = {r["case"] for r in rows}
+    no_folder = sorted(labelled - case_dirs)
+    if no_folder:
+        raise InputError(f"{data_dir}/labels.csv lists case(s) with no folder: {no_folder[:10]}")
+    unlabelled = sorted(case_dirs - labelled)
+    if unlabelled:
+        raise InputError(f"{data_dir}: case folder(s) missing from labels.csv: {unlabelled[:10]}")
+    cache = Path(cache_dir) / _cache_key(preset) if cache_dir else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+    wanted = {s for s in preset.structures.values()}
+    by_case: dict[str, dict[str, str]] = {}
+    for r in rows:
+        if r["structure"] in wanted and r["label"] in labels:
+            by_case.setdefault(r["case"], {})[r["structure"]] = r["label"]
+    xs, ys, ids, warnings = [], [], [], []
+    for case, structures in sorted(by_case.items()):
+        folder = data_dir / case
+        cached = cache / f"{case}.npz" if cache else None
+        if cached and cached.is_file():
+            z = np.load(cached)
+            arrays, names = z["x"], list(z["names"])
+        else:
+            channels = read_channels([folder / f"{c}.nii.gz" for c in preset.channels])
+            seg = folder / "segmentations" if (folder / "segmentations").is_dir() else folder / "segmentations.nii.gz"
+            try:
+                mask_set = load_totalseg_masks(seg, channels[0], preset)
+            except InputError as exc:
+                warnings.append(f"{case}: skipped ({exc})")
+                continue
+            warnings += [f"{case}: {m}" for m in mask_set.missing.values()]
+            prepared = extract_case_patches(channels, mask_set, preset)
+            arrays, names = prepared.x, [p.structure for p in prepared.patches]
+            if cached:
+                np.savez(cached, x=arrays, names=np.array(names))
+        for arr, name in zip(arrays, names, strict=True):
+            if name in structures:
+                xs.append(arr.astype(np.float32))
+                ys.append(LABELS[structures[name]])
+                ids.append(f"{case}/{name}")
+    if not xs:
+        raise InputError(f"{data_dir}: no usable {preset.name} patches with labels {list(labels)}"
+                         + (f" ({'; '.join(warnings[:3])})" if warnings else ""))
+    return PatchSet(np.stack(xs), np.array(ys, dtype=np.int64), ids, warnings)
