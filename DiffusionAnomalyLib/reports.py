@@ -55,10 +55,8 @@ def sentences(report: str) -> list[str]:
 
 def _finding(clause: str, pattern: str) -> bool:
     """True when ``pattern`` occurs in the clause without a negation cue before it."""
-    for m in re.finditer(rf"\b(?:{pattern})\b", clause):
-        if not re.search(NEGATIONS, clause[: m.start()]):
-            return True
-    return False
+    matches = re.finditer(rf"\b(?:{pattern})\b", clause)
+    return any(not re.search(NEGATIONS, clause[: m.start()]) for m in matches)
 
 
 def label_report(case: str, report: str, organ: str, min_sentences: int = 10) -> list[PseudoLabel]:

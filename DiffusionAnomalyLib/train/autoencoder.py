@@ -137,7 +137,8 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
             if v < state["best_val_l1"]:
                 state["best_val_l1"] = v
                 best_ae.load_state_dict(ae.state_dict())
-            log.log(it, train_l1=float(l1), quant=float(q_loss), gan_g=float(g_adv), gan_d=float(d_loss), val_l1=v)
+            log.log(it, train_l1=l1.item(), quant=q_loss.item(), gan_g=g_adv.item(), gan_d=d_loss.item(),
+                    val_l1=v)
         state["iteration"] = it
         if dist.is_main and (it % cfg.checkpoint_every == 0 or it == cfg.iterations):
             save_checkpoint(work, {"ae": ae, "best": best_ae, "d_vol": d_vol, "d_slice": d_slice},

@@ -131,10 +131,11 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
         sched.step()
         if it % cfg.val_every == 0 or it == cfg.iterations:
             aucs = auc_at_levels(clf, z_val, y_val, schedule, device)
-            if aucs[cfg.select_level] > state["best_auc"]:
-                state["best_auc"], state["best_aucs"] = aucs[cfg.select_level], {str(k): v for k, v in aucs.items()}
+            score = aucs[cfg.select_level] if np.isfinite(aucs[cfg.select_level]) else 0.0
+            if score > state["best_auc"]:
+                state["best_auc"], state["best_aucs"] = score, {str(k): v for k, v in aucs.items()}
                 best.load_state_dict(clf.state_dict())
-            log.log(it, train_ce=float(loss), **{f"val_auc_t{k}": v for k, v in aucs.items()})
+            log.log(it, train_ce=loss.item(), **{f"val_auc_t{k}": v for k, v in aucs.items()})
         state["iteration"] = it
         if dist.is_main and (it % cfg.checkpoint_every == 0 or it == cfg.iterations):
             save_checkpoint(work, {"clf": clf, "best": best}, {"opt": opt}, state)

@@ -51,6 +51,13 @@ class PatchSet:
         if val_fraction > 0 and (val.all() or not val.any()) and len(self.ids) > 1:
             val = np.zeros(len(self.ids), bool)
             val[-max(1, int(round(val_fraction * len(self.ids)))):] = True
+        if val_fraction > 0:  # both labels on both sides when there are enough of each
+            for label in np.unique(self.labels):
+                of_label = self.labels == label
+                if of_label.sum() >= 2 and not (val & of_label).any():
+                    val[np.flatnonzero(of_label)[-1]] = True
+                if of_label.sum() >= 2 and not (~val & of_label).any():
+                    val[np.flatnonzero(of_label)[0]] = False
         return self.subset(~val), self.subset(val)
 
 

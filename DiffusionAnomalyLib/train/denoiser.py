@@ -150,7 +150,7 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
             if v < state["best_val"]:
                 state["best_val"] = v
                 best.load_state_dict(ema.model.state_dict())
-            log.log(it, train_l1=float(loss), val_l1=v)
+            log.log(it, train_l1=loss.item(), val_l1=v)
         state["iteration"] = it
         if dist.is_main and (it % cfg.checkpoint_every == 0 or it == cfg.iterations):
             save_checkpoint(work, {"net": net, "ema": ema.model, "best": best}, {"opt": opt}, state)

@@ -1,0 +1,143 @@
+"""Model bundles: save/load, validation, checksums, manifest, mismatch reports; network shapes."""
+
+import json
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from DiffusionAnomalyLib.bundle import BundleError, BundleMeta, bundle_digest, import_bundle, load_bundle, save_bundle
+from DiffusionAnomalyLib.nets.autoencoder import LatentCodec, autoencoder_config, build_autoencoder
+from DiffusionAnomalyLib.nets.classifier import LatentClassifier
+from DiffusionAnomalyLib.nets.denoiser import build_denoiser, denoiser_config
+
+
+def _meta(ae_cfg, den_cfg, with_classifier=True):
+    return BundleMeta(
+        name="test", version="1.0", organ="kidney", modality="CT", channels=["ct"],
+        networks={"autoencoder": ae_cfg.to_dict(), "denoiser": den_cfg.to_dict(),
+                  "classifier": {"backbone": den_cfg.to_dict(), "head": [384, 192], "head_dropout": [0.6, 0.36],
+                                 "backbone_dropout": 0.2, "num_classes": 2} if with_classifier else None},
+        preset_overrides={"spacing_mm": [4.0, 4.0, 4.0]}, latent={"channels": 4, "scale_factor": 1.0},
+        demo=True, intended_use="tests",
+    )
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    ae_cfg, den_cfg = autoencoder_config("tiny"), denoiser_config("tiny")
+    return ae_cfg, den_cfg, {"autoencoder": build_autoencoder(ae_cfg), "denoiser": build_denoiser(den_cfg),
+                             "classifier": LatentClassifier(den_cfg)}
+
+
+@pytest.fixture()
+def bundle_dir(tmp_path, nets):
+    ae_cfg, den_cfg, n = nets
+    return save_bundle(tmp_path / "b", _meta(ae_cfg, den_cfg), n)
+
+
+def test_round_trip_gives_identical_networks(bundle_dir, nets):
+    _, _, n = nets
+    b = load_bundle(bundle_dir)
+    assert set(b.networks) == {"autoencoder", "denoiser", "classifier"}
+    z = torch.randn(1, 4, 6, 6, 8)
+    t = torch.tensor([10])
+    torch.testing.assert_close(b.networks["denoiser"](z, t), n["denoiser"].eval()(z, t))
+    torch.testing.assert_close(b.networks["classifier"](z, t), n["classifier"].eval()(z, t))
+    assert b.preset.spacing_mm == (4.0, 4.0, 4.0) and b.preset.roi_size_voxels == (24, 24, 32)
+    assert b.meta.demo and len(b.digest) == 64
+    b64 = load_bundle(bundle_dir, dtype=torch.float64)
+    assert next(b64.networks["denoiser"].parameters()).dtype == torch.float64
+
+
+def test_model_json_is_validated(bundle_dir):
+    meta = json.loads((bundle_dir / "model.json").read_text())
+    (bundle_dir / "model.json").write_text(json.dumps({**meta, "format_version": 7}))
+    with pytest.raises(BundleError, match="unknown bundle format version 7.*reads format 1"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "organ"}))
+    with pytest.raises(BundleError, match=r"required field\(s\) missing: \['organ'\]"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "model.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle_dir)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(bundle_dir / "nope")
+
+
+def test_corrupt_weights_fail_the_checksum(bundle_dir):
+    f = bundle_dir / "denoiser.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"denoiser\.safetensors: checksum mismatch"):
+        load_bundle(bundle_dir)
+
+
+def test_missing_tensor_and_shape_mismatch_are_listed(bundle_dir, nets):
+    import hashlib
+
+    _, den_cfg, n = nets
+    state = {k: v.contiguous() for k, v in n["denoiser"].state_dict().items() if k != "out.2.conv.bias"}
+    save_file(state, str(bundle_dir / "denoiser.safetensors"))
+    meta = json.loads((bundle_dir / "model.json").read_text())
+    digest = hashlib.sha256((bundle_dir / "denoiser.safetensors").read_bytes()).hexdigest()
+    meta["files"]["denoiser.safetensors"] = digest
+    (bundle_dir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"tensors do not match.*missing \['out.2.conv.bias'\]"):
+        load_bundle(bundle_dir)
+    meta["networks"]["denoiser"]["base_channels"] = 8  # config no longer matches the stored tensors
+    (bundle_dir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="shape mismatch"):
+        load_bundle(bundle_dir, parts=("denoiser",))
+
+
+def test_manifest_sha256_and_pickles(bundle_dir, tmp_path):
+    manifest = tmp_path / "manifest.json"
+    entry = {"name": "test", "version": "1.0", "sha256": bundle_digest(bundle_dir)}
+    manifest.write_text(json.dumps({"bundles": [entry]}))
+    assert load_bundle(bundle_dir, manifest=manifest).meta.name == "test"
+    manifest.write_text(json.dumps({"bundles": [{"name": "test", "version": "1.0", "sha256": "0" * 64}]}))
+    with pytest.raises(BundleError, match="does not match the manifest"):
+        load_bundle(bundle_dir, manifest=manifest)
+    (bundle_dir / "weights.pt").write_bytes(b"pickle")
+    with pytest.raises(BundleError, match="pickled weights are never loaded"):
+        load_bundle(bundle_dir)
+
+
+def test_zip_import_into_models_folder(bundle_dir, tmp_path):
+    z = tmp_path / "b.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in bundle_dir.iterdir():
+            zf.write(f, f"test-bundle/{f.name}")
+    assert load_bundle(z).meta.version == "1.0"
+    dest = import_bundle(z, tmp_path / "models")
+    assert dest.name == "test-1.0" and (dest / "model.json").is_file()
+    assert bundle_digest(dest) == bundle_digest(bundle_dir)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../../escape/model.json", "{}")
+    with pytest.raises(BundleError, match="unsafe path"):
+        load_bundle(evil)
+
+
+def test_codec_latent_shape_and_no_requantisation(nets):
+    _, _, n = nets
+    codec = LatentCodec(n["autoencoder"].eval(), scale_factor=2.0)
+    x = torch.randn(1, 1, 32, 24, 24)
+    z = codec.encode(x)
+    assert z.shape == (1, 4, 8, 6, 6)
+    off = z + 0.3 * torch.randn_like(z)  # a denoised latent is off the codebook
+    assert not torch.allclose(codec.decode(off), codec.decode(off, requantize=True))
+
+
+def test_classifier_backbone_from_denoiser_and_frozen_levels(nets):
+    _, den_cfg, n = nets
+    clf = LatentClassifier(den_cfg)
+    clf.load_backbone(n["denoiser"].state_dict(), frozen_levels=1)
+    torch.testing.assert_close(clf.conv_in.conv.weight, n["denoiser"].conv_in.conv.weight)
+    assert not any(p.requires_grad for p in clf.down_blocks[0].parameters())
+    assert all(p.requires_grad for p in clf.down_blocks[1].parameters())
+    assert clf(torch.randn(3, 4, 6, 6, 8), torch.tensor([0, 5, 999])).shape == (3, 2)

@@ -1,0 +1,113 @@
+"""Training commands on a small phantom dataset (4 mm patches so that it runs in seconds)."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from DiffusionAnomalyLib.bundle import load_bundle
+from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.phantoms import write_dataset
+from DiffusionAnomalyLib.presets import get_preset
+from DiffusionAnomalyLib.train.autoencoder import AutoencoderTraining, train_autoencoder
+from DiffusionAnomalyLib.train.classifier import ClassifierTraining, train_classifier
+from DiffusionAnomalyLib.train.data import load_patches
+from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, train_denoiser
+
+COARSE = {"spacing_mm": [4.0, 4.0, 4.0]}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset("kidney", tmp_path_factory.mktemp("data") / "ds", list(range(6)))
+
+
+@pytest.fixture(scope="module")
+def ae_bundle(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "ae"
+    train_autoencoder(AutoencoderTraining(str(dataset), "kidney", str(out), preset_overrides=COARSE,
+                                          iterations=6, val_every=3, adversarial_start=3, device="cpu"))
+    return out
+
+
+def test_autoencoder_bundle_logs_and_gan_phase(ae_bundle):
+    b = load_bundle(ae_bundle)
+    assert set(b.networks) == {"autoencoder"} and b.preset.spacing_mm == (4.0, 4.0, 4.0)
+    log = (ae_bundle / "autoencoder_log.csv").read_text().splitlines()
+    header = log[0].split(",")
+    rows = [dict(zip(header, r.split(","), strict=True)) for r in log[1:]]
+    assert [int(r["iteration"]) for r in rows] == [3, 6]
+    assert float(rows[-1]["gan_d"]) > 0  # discriminators active after adversarial_start
+    assert (ae_bundle / "autoencoder_loss.png").stat().st_size > 1000
+    assert b.meta.latent["shape_zyx"] == [8, 6, 6]
+
+
+def test_denoiser_and_classifier_extend_the_bundle(dataset, ae_bundle, tmp_path):
+    den = tmp_path / "den"
+    train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(den), iterations=4, val_every=2, device="cpu"))
+    clf = tmp_path / "clf"
+    train_classifier(ClassifierTraining(str(dataset), str(den), str(clf), iterations=4, val_every=2, batch_size=4,
+                                        device="cpu"))
+    b = load_bundle(clf)
+    assert set(b.networks) == {"autoencoder", "denoiser", "classifier"}
+    assert b.meta.latent["scale_factor"] > 0
+    info = b.meta.extra["classifier_training"]["best_val_auc"]
+    assert set(info) == {"0", "250", "500"}
+    for name in ("autoencoder_log.csv", "denoiser_log.csv", "classifier_log.csv", "classifier_loss.png"):
+        assert (clf / name).is_file()
+
+
+def test_resume_continues_from_the_checkpoint(dataset, tmp_path, capsys):
+    out = tmp_path / "ae"
+    cfg = AutoencoderTraining(str(dataset), "kidney", str(out), preset_overrides=COARSE, iterations=4, val_every=2,
+                              device="cpu")
+    train_autoencoder(cfg)
+    shutil.rmtree(out)
+    cfg.iterations, cfg.resume = 6, True
+    train_autoencoder(cfg)
+    assert "resumed at iteration 4" in capsys.readouterr().out
+    rows = csv.DictReader((out / "autoencoder_log.csv").read_text().splitlines())
+    assert [int(r["iteration"]) for r in rows] == [2, 4, 6]
+
+
+def test_torchrun_two_cpu_processes_write_one_bundle(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+         "-m", "DiffusionAnomalyLib", "train", "autoencoder", "--organ", "kidney", "--data", str(dataset),
+         "--out", str(out), "--spacing", "4", "--iterations", "4", "--val-every", "2", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 processes" in r.stdout and r.stdout.count("wrote bundle") == 1
+    assert set(load_bundle(out).networks) == {"autoencoder"}
+
+
+def test_dataset_errors(dataset, tmp_path):
+    preset = get_preset("kidney").with_overrides(COARSE)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "labels.csv").write_text("case,structure,label\nx,kidney_left,healthy\n")
+    with pytest.raises(InputError, match="the dataset is empty"):
+        load_patches(empty, preset)
+    partial = tmp_path / "partial"
+    shutil.copytree(dataset, partial)
+    ghost = "ghost,kidney,kidney_left,left,healthy,0\n"
+    (partial / "labels.csv").write_text((partial / "labels.csv").read_text() + ghost)
+    with pytest.raises(InputError, match=r"lists case\(s\) with no folder: \['ghost'\]"):
+        load_patches(partial, preset)
+    lines = (dataset / "labels.csv").read_text().splitlines()
+    (partial / "labels.csv").write_text("\n".join(line for line in lines if not line.startswith("kidney-00005")) + "\n")
+    with pytest.raises(InputError, match=r"missing from labels.csv: \['kidney-00005'\]"):
+        load_patches(partial, preset)
+    shutil.rmtree(partial / "kidney-00005")
+    for f in (partial / "kidney-00004" / "segmentations").glob("kidney_*.nii.gz"):
+        f.unlink()  # this case's masks lack the organ
+    (partial / "kidney-00004" / "segmentations.nii.gz").unlink()
+    data = load_patches(partial, preset)
+    assert not any(i.startswith("kidney-00004") for i in data.ids)
+    assert any("kidney-00004: skipped" in w for w in data.warnings)
