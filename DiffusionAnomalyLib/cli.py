@@ -138,21 +138,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data=args.data, organ=args.organ, out=args.out, network=args.network, preset_overrides=_overrides(args),
             iterations=args.iterations, batch_size=args.batch_size or 2, val_every=args.val_every,
             adversarial_start=args.adversarial_start, perceptual_weights=args.perceptual_weights, seed=args.seed,
-            device=args.device, resume=args.resume, name=args.name, demo=args.demo))
+            device=args.device, resume=args.resume, name=args.name, demo=args.demo,
+            **({"lr": args.lr} if args.lr else {})))
     elif args.part == "denoiser":
         from .train.denoiser import DenoiserTraining, train_denoiser
 
         train_denoiser(DenoiserTraining(
             data=args.data, bundle=args.bundle, out=args.out, network=args.network, iterations=args.iterations,
             batch_size=args.batch_size or 8, val_every=args.val_every, class_conditional=args.class_conditional,
-            seed=args.seed, device=args.device, resume=args.resume))
+            seed=args.seed, device=args.device, resume=args.resume, **({"lr": args.lr} if args.lr else {})))
     else:
         from .train.classifier import ClassifierTraining, train_classifier
 
         train_classifier(ClassifierTraining(
             data=args.data, bundle=args.bundle, out=args.out, iterations=args.iterations,
             batch_size=args.batch_size or 16, val_every=args.val_every, seed=args.seed, device=args.device,
-            resume=args.resume))
+            resume=args.resume, **({"lr": args.lr} if args.lr else {})))
     return 0
 
 
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--roi-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="autoencoder: ROI size in mm")
     tr.add_argument("--iterations", type=int, default=1000)
     tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--lr", type=float, default=None,
+                    help="learning rate (defaults: autoencoder 3e-4, denoiser 1e-4, classifier 1e-4)")
     tr.add_argument("--val-every", type=int, default=50)
     tr.add_argument("--adversarial-start", type=int, default=10_000, help="autoencoder: start of the GAN losses")
     tr.add_argument("--perceptual-weights", help="autoencoder: local .safetensors of a 3D resnet10 (optional)")

@@ -1,9 +1,10 @@
 """Classifier on noisy latents C(y | x_t, t) (seed 000 §4.3.3, App. A.3).
 
 The denoiser's downsampling path (time embedding, input convolution, down blocks, middle block)
-followed by global average pooling and a head of two hidden linear layers [384, 192] with
-dropout [0.6, 0.36]; two outputs (0 healthy, 1 unhealthy). The backbone can start from a trained
-denoiser, with its first ``frozen_levels`` levels frozen.
+followed by global pooling (mean and max, concatenated: a lesion is local, and averaging alone
+dilutes it) and a head of two hidden linear layers [384, 192] with dropout [0.6, 0.36]; two
+outputs (0 healthy, 1 unhealthy). The backbone can start from a trained denoiser, with its first
+``frozen_levels`` levels frozen (default: half of them, i.e. 2 of the thesis network's 4).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class LatentClassifier(nn.Module):
         self.down_blocks = unet.down_blocks
         self.middle_block = unet.middle_block
         layers: list[nn.Module] = [nn.Dropout(backbone_dropout)]
-        width = cfg.channels[-1]
+        width = 2 * cfg.channels[-1]
         for size, p in zip(head, head_dropout, strict=True):
             layers += [nn.Linear(width, size), nn.SiLU(), nn.Dropout(p)]
             width = size
@@ -40,10 +41,13 @@ class LatentClassifier(nn.Module):
         for block in self.down_blocks:
             h, _ = block(hidden_states=h, temb=emb, context=None)
         h = self.middle_block(hidden_states=h, temb=emb, context=None)
-        return self.head(h.mean(dim=tuple(range(2, h.dim()))))
+        dims = tuple(range(2, h.dim()))
+        return self.head(torch.cat([h.mean(dim=dims), h.amax(dim=dims)], dim=1))
 
-    def load_backbone(self, denoiser_state: dict[str, torch.Tensor], frozen_levels: int = 2) -> None:
+    def load_backbone(self, denoiser_state: dict[str, torch.Tensor], frozen_levels: int | None = None) -> None:
         """Copy the matching backbone weights of a trained denoiser; freeze conv_in and the first levels."""
+        if frozen_levels is None:
+            frozen_levels = len(self.down_blocks) // 2
         own = self.state_dict()
         shared = {k: v for k, v in denoiser_state.items() if k in own and own[k].shape == v.shape
                   and not k.startswith("head.")}

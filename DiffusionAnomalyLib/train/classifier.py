@@ -48,7 +48,7 @@ class ClassifierTraining:
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 1e-3
-    frozen_levels: int = 2
+    frozen_levels: int | None = None  # None: half the levels (2 of 4 in the thesis network)
     select_level: int = 250
     val_fraction: float = 0.2
     val_every: int = 50
@@ -107,6 +107,8 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
     state = {"iteration": 0, "best_auc": -1.0, "best_aucs": {}}
     if cfg.resume:
         state = load_checkpoint(work, {"clf": clf, "best": best}, {"opt": opt}, device) or state
+        if dist.is_main and state["iteration"]:
+            print(f"resumed at iteration {state['iteration']}")
         sched.last_epoch = state["iteration"]
     clf_t = wrap_ddp(clf, dist, device)
     counts = np.bincount(y_train, minlength=2).astype(float)

@@ -118,6 +118,8 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
     state = {"iteration": 0, "best_val": float("inf")}
     if cfg.resume:
         state = load_checkpoint(work, {"net": net, "ema": ema.model, "best": best}, {"opt": opt}, device) or state
+        if dist.is_main and state["iteration"]:
+            print(f"resumed at iteration {state['iteration']}")
     net_t = wrap_ddp(net, dist, device)
     batches = infinite_batches(len(z_train), cfg.batch_size, dist, cfg.seed + state["iteration"])
     log = TrainLog(work, cfg.iterations, dist.is_main, state["iteration"])

@@ -138,6 +138,6 @@ def test_classifier_backbone_from_denoiser_and_frozen_levels(nets):
     clf = LatentClassifier(den_cfg)
     clf.load_backbone(n["denoiser"].state_dict(), frozen_levels=1)
     torch.testing.assert_close(clf.conv_in.conv.weight, n["denoiser"].conv_in.conv.weight)
-    assert not any(p.requires_grad for p in clf.down_blocks[0].parameters())
+    assert not any(p.requires_grad for p in clf.down_blocks[0].parameters())  # explicit 1 level
     assert all(p.requires_grad for p in clf.down_blocks[1].parameters())
     assert clf(torch.randn(3, 4, 6, 6, 8), torch.tensor([0, 5, 999])).shape == (3, 2)
