@@ -288,6 +288,7 @@ def abdomen_ct(
                    "kidney_left": kidneys["left"][1]}
 
     # Lesions.
+    requested = n_lesions is not None
     if n_lesions is None:
         n_lesions = int(rng.integers(0, 4))
     labels = np.zeros(g.shape, np.uint16)
@@ -335,7 +336,9 @@ def abdomen_ct(
                                       int(np.count_nonzero(shape))))
             break
         else:
-            raise InputError(f"phantom seed {seed}: could not place lesion {lid} without overlap; use fewer")
+            if requested:
+                raise InputError(f"phantom seed {seed}: could not place lesion {lid} without overlap; use fewer")
+            break  # a random count: keep the lesions that fit
 
     # Partial-volume blur, then CT-like correlated noise.
     img = ndimage.gaussian_filter(img, sigma=(0.5, 0.7, 0.7))
