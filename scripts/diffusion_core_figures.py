@@ -24,6 +24,28 @@ from DiffusionAnomalyLib.train.classifier import auc_at_levels
 from DiffusionAnomalyLib.train.denoiser import latents_for
 
 
+def _auc_by_lesion(clf, z, data, data_dir, schedule) -> dict:
+    """AUC at t = 250 of healthy structures against unhealthy ones with a given kind of lesion (phantoms only)."""
+    lesions = {}
+    for sid in data.ids:
+        case, structure = sid.split("/")
+        info = json.loads((Path(data_dir) / case / "case.json").read_text())
+        lesions[sid] = [le for le in info["lesions"] if le["structure"] == structure]
+    groups = {
+        "all": lambda ls: True,
+        "largest >= 20 mm": lambda ls: max(le["diameter_mm"] for le in ls) >= 20,
+        "largest >= 20 mm, not iso-dense": lambda ls: any(le["diameter_mm"] >= 20 and le["kind"] != "iso" for le in ls),
+        "only iso-dense or < 20 mm": lambda ls: all(le["diameter_mm"] < 20 or le["kind"] == "iso" for le in ls),
+    }
+    out = {}
+    for name, keep in groups.items():
+        sel = np.array([y == 0 or keep(lesions[i]) for i, y in zip(data.ids, data.labels, strict=True)])
+        auc = auc_at_levels(clf, z[torch.from_numpy(sel)], data.labels[sel], schedule, "cpu", levels=(250,))[250]
+        labels = data.labels[sel]
+        out[name] = {"auc": auc, "unhealthy": int(labels.sum()), "healthy": int((labels == 0).sum())}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--bundle", required=True)
@@ -54,6 +76,7 @@ def main() -> None:
     if "classifier" in b.networks:
         clf = b.networks["classifier"]
         out["classifier_auc"] = auc_at_levels(clf, z, data.labels, schedule, "cpu")
+        out["classifier_auc_t250_by_lesion"] = _auc_by_lesion(clf, z, data, args.data, schedule)
         sick = z[torch.from_numpy(data.labels == 1)][:8]
 
         def log_p_healthy(x):

@@ -108,3 +108,10 @@ def test_bad_phantom_requests():
         make_phantom("lung")
     with pytest.raises(InputError, match=">= 0"):
         make_phantom("kidney", 0, -1)
+
+
+def test_random_lesion_count_never_fails_but_an_impossible_request_does():
+    case = make_phantom("kidney", 2139)  # a seed whose third random lesion finds no free place
+    assert 0 < len(case.lesions) <= 3
+    with pytest.raises(InputError, match="could not place lesion"):
+        make_phantom("kidney", 0, 40)
