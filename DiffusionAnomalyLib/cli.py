@@ -86,6 +86,47 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .bundle import load_bundle
+    from .diffusion.sampler import SamplerSettings
+    from .io import read_channels
+    from .pipeline import detect, write_outputs
+    from .reconstruction import DiffusionReconstructor
+    from .train.common import select_device
+
+    device = select_device(args.device)
+    bundle = load_bundle(args.bundle, device=device)
+    preset = bundle.preset
+    rec = bundle.meta.recommended or {}
+    settings = SamplerSettings(
+        method=args.sampler or rec.get("sampler", "ddpm"),
+        noise_level=args.noise_level if args.noise_level is not None else int(rec.get("noise_level", 250)),
+        steps=args.steps if args.steps is not None else int(rec.get("steps", 50)),
+        guidance=args.guidance if args.guidance is not None else float(rec.get("guidance", 0.0)),
+        seed=args.seed, resample_jumps=args.resample_jumps)
+    channels = read_channels(args.input, preset.channels if len(args.input) > 1 else None)
+    mask_set = _load_masks(args, channels[0], preset)
+    reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference)
+    threshold = args.threshold if args.threshold is not None else rec.get("threshold")
+    result = detect(channels, mask_set, preset, reconstructor, threshold=threshold, input_name=args.input[0])
+    result.parameters.update({"sampler": dataclasses.asdict(settings), "reference": args.reference,
+                              "device": str(device), "network_evaluations": reconstructor.network_evaluations})
+    inputs = {"images": args.input, "bundle": {"path": str(bundle.path), "name": bundle.meta.name,
+                                               "version": bundle.meta.version, "sha256": bundle.digest,
+                                               "demo": bundle.meta.demo}}
+    write_outputs(result, args.out, preset, inputs)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if bundle.meta.demo:
+        print("note: this is a DEMO bundle trained on synthetic phantoms; its findings on real scans mean nothing")
+    _print_table(result.table)
+    print(f"{settings.method} L={settings.noise_level} steps={settings.steps} s={settings.guidance}; threshold "
+          f"{result.threshold:.4f}; {sum(result.timings.values()):.1f} s on {device}; outputs in {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
@@ -229,6 +270,27 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="output labels CSV (case,structure,side,label,evidence)")
     pl.add_argument("--min-sentences", type=int, default=10, help="shorter reports are labelled unknown")
     pl.set_defaults(func=_cmd_pseudo_labels)
+
+    ru = sub.add_parser("run", help="detect with a latent-diffusion model bundle")
+    ru.add_argument("--bundle", required=True, help="model bundle folder or .zip")
+    ru.add_argument("--input", required=True, nargs="+", help="image file(s) or DICOM folder; brain: t1n t1c t2w t2f")
+    src = ru.add_mutually_exclusive_group()
+    src.add_argument("--mask", help="organ mask file (nonzero = organ, or --mask-label)")
+    src.add_argument("--totalseg", help="TotalSegmentator output: multilabel file or folder of per-organ files")
+    src.add_argument("--skull-stripped", action="store_true", help="brain: the mask is the scan's nonzero voxels")
+    ru.add_argument("--mask-label", type=int, default=None)
+    ru.add_argument("--sampler", choices=["ddpm", "ddim", "inpaint"], help="default: the bundle's recommendation")
+    ru.add_argument("--noise-level", type=int, help="L in [1, T-1] (default: the bundle's)")
+    ru.add_argument("--steps", type=int, help="denoising steps (default: the bundle's)")
+    ru.add_argument("--guidance", type=float, help="classifier-guidance strength s >= 0 (default: the bundle's)")
+    ru.add_argument("--resample-jumps", type=int, default=1, help="inpaint: RePaint resampling jumps r")
+    ru.add_argument("--reference", choices=["input", "autoencoder"], default="input",
+                    help="anomaly map against the input or against the autoencoder's D(E(x))")
+    ru.add_argument("--seed", type=int, default=0)
+    ru.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
+    ru.add_argument("--threshold", type=float, default=None, help="fixed threshold (default: bundle's, else Otsu)")
+    ru.add_argument("--out", required=True, help="output folder")
+    ru.set_defaults(func=_cmd_run)
 
     de = sub.add_parser("demo", help="generate a phantom and run detection on it, with scores against the truth")
     de.add_argument("--organ", default="kidney", choices=["kidney", "liver", "brain"])

@@ -111,7 +111,8 @@ def detect(
     timings["reconstruct"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores = [(p, anomaly_map(x[i], x_hat[i], channel_axis=0)) for i, p in enumerate(patches)]
+    ref_x = reconstructor.reference_image(x) if hasattr(reconstructor, "reference_image") else x
+    scores = [(p, anomaly_map(ref_x[i], x_hat[i], channel_axis=0)) for i, p in enumerate(patches)]
     heat, _ = compose_patches(scores, ref, mode="max", fill=0.0)
     recon = []
     for c, ch in enumerate(channels):
