@@ -43,3 +43,24 @@ class OutputError(DiffusionAnomalyError, OSError):
 
     code = "output_not_writable"
     exit_code = EXIT_BAD_INPUT
+
+
+class OutOfMemoryError(DiffusionAnomalyError, MemoryError):
+    """The device ran out of memory; the message says what to try."""
+
+    code = "out_of_memory"
+    exit_code = EXIT_OUT_OF_MEMORY
+
+
+class CancelledError(DiffusionAnomalyError):
+    """The run was cancelled (SIGTERM); nothing was written."""
+
+    code = "cancelled"
+    exit_code = EXIT_CANCELLED
+
+
+class WorkerKilledError(DiffusionAnomalyError):
+    """The worker process was killed from outside (e.g. SIGKILL, out-of-memory killer)."""
+
+    code = "killed"
+    exit_code = EXIT_INTERNAL

@@ -14,6 +14,7 @@ import csv
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -87,11 +88,18 @@ def detect(
     threshold: float | None = None,
     postprocessing: PostProcessing | None = None,
     input_name: str = "the image",
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> CaseResult:
     """Run one case. ``threshold`` None = Otsu over this case's organ voxels, else a fixed value.
 
-    ``input_name`` (e.g. the file name) is used in error messages and warnings.
+    ``input_name`` (e.g. the file name) is used in error messages and warnings. ``progress(stage,
+    step, total)`` is called as stages start and end (stages: extract, reconstruct, compose,
+    postprocess); the reconstructor reports its own sampler steps.
     """
+    def report(stage: str, step: int, total: int) -> None:
+        if progress:
+            progress(stage, step, total)
+
     if len(channels) != len(preset.channels):
         raise InputError(f"the {preset.name} preset needs {len(preset.channels)} channel(s) {list(preset.channels)}, "
                          f"got {len(channels)}")
@@ -99,16 +107,19 @@ def detect(
     for m in mask_set.masks:
         require_same_grid(ref, m.image, input_name, f"the {m.structure} mask")
     timings: dict[str, float] = {}
+    report("extract", 0, 1)
     t0 = time.perf_counter()
     warnings = check_roi_fits(ref, preset, input_name) + list(mask_set.missing.values())
     prepared = extract_case_patches(channels, mask_set, preset)
     patches, scalings = prepared.patches, prepared.scalings
     timings["extract"] = time.perf_counter() - t0
+    report("extract", 1, 1)
 
     t0 = time.perf_counter()
     x = prepared.x
     x_hat = reconstructor.reconstruct(x, prepared.masks, preset.spacing_mm)
     timings["reconstruct"] = time.perf_counter() - t0
+    report("compose", 0, 1)
 
     t0 = time.perf_counter()
     ref_x = reconstructor.reference_image(x) if hasattr(reconstructor, "reference_image") else x
@@ -121,6 +132,7 @@ def detect(
         delta, _ = compose_patches(deltas, ref, mode="mean", fill=0.0)
         recon.append(array_to_image(sitk.GetArrayViewFromImage(ch).astype(np.float32) + delta, ch))
     timings["compose"] = time.perf_counter() - t0
+    report("postprocess", 0, 1)
 
     t0 = time.perf_counter()
     organ = mask_set.union()
@@ -133,6 +145,7 @@ def detect(
     side_masks = {m.side: sitk.GetArrayViewFromImage(m.image) > 0 for m in mask_set.masks if m.side}
     table = lesion_table(labels, heat, ref, preset.name, side_masks or None)
     timings["postprocess"] = time.perf_counter() - t0
+    report("postprocess", 1, 1)
     return CaseResult(
         reconstruction=recon, heatmap=array_to_image(heat, ref), lesions=array_to_image(labels, ref), table=table,
         threshold=thr, patches=patches, warnings=warnings, timings=timings,

@@ -49,3 +49,28 @@ def kidney_case(tmp_path_factory):
 
     case = make_phantom("kidney", seed=3, n_lesions=2)
     return case, write_phantom(case, tmp_path_factory.mktemp("kidney") / "case")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A kidney bundle at 4 mm with untrained tiny networks: for plumbing tests, not detection."""
+    import torch
+
+    from DiffusionAnomalyLib.bundle import BundleMeta, save_bundle
+    from DiffusionAnomalyLib.nets.autoencoder import autoencoder_config, build_autoencoder
+    from DiffusionAnomalyLib.nets.classifier import LatentClassifier
+    from DiffusionAnomalyLib.nets.denoiser import build_denoiser, denoiser_config
+
+    torch.manual_seed(0)
+    ae_cfg, den_cfg = autoencoder_config("tiny"), denoiser_config("tiny")
+    meta = BundleMeta(
+        name="kidney-untrained", version="0.0", organ="kidney", modality="CT", channels=["ct"],
+        networks={"autoencoder": ae_cfg.to_dict(), "denoiser": den_cfg.to_dict(),
+                  "classifier": {"backbone": den_cfg.to_dict(), "head": [384, 192], "head_dropout": [0.6, 0.36],
+                                 "backbone_dropout": 0.2, "num_classes": 2}},
+        preset_overrides={"spacing_mm": [4.0, 4.0, 4.0]}, latent={"channels": 4, "scale_factor": 1.0},
+        recommended={"sampler": "ddim", "noise_level": 50, "steps": 5, "guidance": 0.0}, demo=True,
+    )
+    nets = {"autoencoder": build_autoencoder(ae_cfg), "denoiser": build_denoiser(den_cfg),
+            "classifier": LatentClassifier(den_cfg)}
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "b", meta, nets)

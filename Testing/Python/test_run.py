@@ -7,29 +7,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DiffusionAnomalyLib.bundle import BundleMeta, save_bundle
 from DiffusionAnomalyLib.cli import main
 from DiffusionAnomalyLib.io import same_grid
-from DiffusionAnomalyLib.nets.autoencoder import autoencoder_config, build_autoencoder
-from DiffusionAnomalyLib.nets.classifier import LatentClassifier
-from DiffusionAnomalyLib.nets.denoiser import build_denoiser, denoiser_config
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    ae_cfg, den_cfg = autoencoder_config("tiny"), denoiser_config("tiny")
-    meta = BundleMeta(
-        name="kidney-untrained", version="0.0", organ="kidney", modality="CT", channels=["ct"],
-        networks={"autoencoder": ae_cfg.to_dict(), "denoiser": den_cfg.to_dict(),
-                  "classifier": {"backbone": den_cfg.to_dict(), "head": [384, 192], "head_dropout": [0.6, 0.36],
-                                 "backbone_dropout": 0.2, "num_classes": 2}},
-        preset_overrides={"spacing_mm": [4.0, 4.0, 4.0]}, latent={"channels": 4, "scale_factor": 1.0},
-        recommended={"sampler": "ddim", "noise_level": 50, "steps": 5, "guidance": 0.0}, demo=True,
-    )
-    nets = {"autoencoder": build_autoencoder(ae_cfg), "denoiser": build_denoiser(den_cfg),
-            "classifier": LatentClassifier(den_cfg)}
-    return save_bundle(tmp_path_factory.mktemp("bundle") / "b", meta, nets)
 
 
 @pytest.mark.parametrize("extra", [[], ["--sampler", "ddpm", "--guidance", "5"],

@@ -1,0 +1,92 @@
+"""The worker protocol and its client, against real worker processes."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from DiffusionAnomalyLib.client import WorkerClient
+from DiffusionAnomalyLib.errors import CancelledError, InputError, WorkerKilledError
+
+
+def _wait_for(client, predicate, timeout=120.0):
+    seen = []
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for e in client.poll_events():
+            seen.append(e)
+            if predicate(e):
+                return seen
+        if not client.running:
+            seen += client.poll_events()
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"timed out; events so far: {seen[-3:]}")
+
+
+def test_events_arrive_in_order_and_end_with_the_result(kidney_case, tmp_path):
+    _, folder = kidney_case
+    out = tmp_path / "out"
+    client = WorkerClient(["baseline", "--organ", "kidney", "--input", folder / "ct.nii.gz", "--totalseg",
+                           folder / "segmentations", "--out", out])
+    client.start()
+    assert client.wait(300) == 0
+    events = client.poll_events()
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "result" and "error" not in kinds
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    stages = [e["stage"] for e in events if e["event"] == "progress"]
+    assert stages[0] == "extract" and stages[-1] == "write" and "postprocess" in stages
+    result = client.raise_for_status()
+    assert os.path.isfile(result["outputs"]["heatmap.nii.gz"]) and isinstance(result["lesions"], list)
+
+
+def _long_run(bundle, folder, out):
+    return WorkerClient(["run", "--bundle", bundle, "--input", folder / "ct.nii.gz", "--totalseg",
+                         folder / "segmentations", "--out", out, "--device", "cpu", "--sampler", "ddim",
+                         "--noise-level", "990", "--steps", "990"])
+
+
+def test_cancel_mid_run_leaves_no_results(tiny_bundle, kidney_case, tmp_path):
+    _, folder = kidney_case
+    out = tmp_path / "out"
+    client = _long_run(tiny_bundle, folder, out)
+    client.start()
+    _wait_for(client, lambda e: e.get("stage") == "reconstruct" and e["step"] >= 5)
+    assert client.running
+    client.cancel()
+    assert client.wait(60) == 5
+    events = client.poll_events()
+    assert client.error["code"] == "cancelled" and (not events or events[-1]["event"] == "error")
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(CancelledError, match="cancelled"):
+        client.raise_for_status()
+
+
+def test_a_killed_worker_is_reported_as_killed(tiny_bundle, kidney_case, tmp_path):
+    _, folder = kidney_case
+    client = _long_run(tiny_bundle, folder, tmp_path / "out")
+    client.start()
+    _wait_for(client, lambda e: e.get("stage") == "reconstruct")
+    os.killpg(client.process.pid, signal.SIGKILL)
+    assert client.wait(60) == -signal.SIGKILL
+    with pytest.raises(WorkerKilledError, match="killed by signal 9"):
+        client.raise_for_status()
+    assert not (tmp_path / "out").exists() or not any(p for p in (tmp_path / "out").iterdir()
+                                                      if not p.name.startswith(".staging"))
+
+
+def test_bad_input_gives_the_documented_code(tmp_path):
+    client = WorkerClient(["baseline", "--organ", "kidney", "--input", tmp_path / "missing.nii.gz", "--mask",
+                           tmp_path / "m.nii.gz", "--out", tmp_path / "out"])
+    client.start()
+    assert client.wait(120) == 2
+    assert client.error == {"event": "error", "code": "bad_input", "exit_code": 2,
+                            "message": f"{tmp_path / 'missing.nii.gz'}: file not found"}
+    with pytest.raises(InputError, match="missing.nii.gz: file not found"):
+        client.raise_for_status()
+    other = WorkerClient(["phantom", "--organ", "kidney", "--out", tmp_path / "x"])
+    other.start()
+    assert other.wait(60) == 2 and "runs 'run' or 'baseline'" in other.error["message"]
