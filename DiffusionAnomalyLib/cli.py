@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,114 +40,45 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_masks(args: argparse.Namespace, reference, preset):
-    from .masks import load_totalseg_masks, load_user_mask
-
-    if args.skull_stripped:
-        from .io import read_channels
-        from .masks import mask_from_skull_stripped
-
-        return mask_from_skull_stripped(read_channels(args.input), preset)
-    if args.mask:
-        return load_user_mask(args.mask, reference, preset, args.mask_label)
-    if args.totalseg:
-        return load_totalseg_masks(args.totalseg, reference, preset)
-    from .totalseg import run_totalsegmentator
-
-    seg_dir = run_totalsegmentator(args.input[0], Path(tempfile.mkdtemp(prefix="da-totalseg-")), preset)
-    return load_totalseg_masks(seg_dir, reference, preset)
-
-
-def _run_baseline(inputs: list[str], mask_set, preset, out: str, threshold: float | None):
-    from .baseline import MedianBaseline
-    from .io import read_channels
-    from .pipeline import detect, write_outputs
-
-    channels = read_channels(inputs, preset.channels if len(inputs) > 1 else None)
-    result = detect(channels, mask_set, preset, MedianBaseline.for_preset(preset), threshold=threshold,
-                    input_name=inputs[0])
-    write_outputs(result, out, preset, {"images": inputs})
-    return result
-
-
-def _cmd_baseline(args: argparse.Namespace) -> int:
-    from .io import read_volume
-    from .presets import get_preset
-
-    preset = get_preset(args.organ)
-    reference = read_volume(args.input[0])
-    mask_set = _load_masks(args, reference, preset)
-    result = _run_baseline(args.input, mask_set, preset, args.out, args.threshold)
-    for w in result.warnings:
+def _report(outcome, command: str) -> None:
+    for w in outcome.result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    _print_table(result.table)
-    print(f"threshold {result.threshold:.4f}; outputs in {args.out}")
-    return 0
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from .bundle import load_bundle
-    from .diffusion.sampler import SamplerSettings
-    from .io import read_channels
-    from .pipeline import detect, write_outputs
-    from .reconstruction import DiffusionReconstructor
-    from .train.common import select_device
-
-    device = select_device(args.device)
-    bundle = load_bundle(args.bundle, device=device)
-    preset = bundle.preset
-    rec = bundle.meta.recommended or {}
-    settings = SamplerSettings(
-        method=args.sampler or rec.get("sampler", "ddpm"),
-        noise_level=args.noise_level if args.noise_level is not None else int(rec.get("noise_level", 250)),
-        steps=args.steps if args.steps is not None else int(rec.get("steps", 50)),
-        guidance=args.guidance if args.guidance is not None else float(rec.get("guidance", 0.0)),
-        seed=args.seed, resample_jumps=args.resample_jumps)
-    channels = read_channels(args.input, preset.channels if len(args.input) > 1 else None)
-    mask_set = _load_masks(args, channels[0], preset)
-    reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference)
-    threshold = args.threshold if args.threshold is not None else rec.get("threshold")
-    result = detect(channels, mask_set, preset, reconstructor, threshold=threshold, input_name=args.input[0])
-    result.parameters.update({"sampler": dataclasses.asdict(settings), "reference": args.reference,
-                              "device": str(device), "network_evaluations": reconstructor.network_evaluations})
-    inputs = {"images": args.input, "bundle": {"path": str(bundle.path), "name": bundle.meta.name,
-                                               "version": bundle.meta.version, "sha256": bundle.digest,
-                                               "demo": bundle.meta.demo}}
-    write_outputs(result, args.out, preset, inputs)
-    for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    if bundle.meta.demo:
+    if outcome.demo_bundle:
         print("note: this is a DEMO bundle trained on synthetic phantoms; its findings on real scans mean nothing")
-    _print_table(result.table)
-    print(f"{settings.method} L={settings.noise_level} steps={settings.steps} s={settings.guidance}; threshold "
-          f"{result.threshold:.4f}; {sum(result.timings.values()):.1f} s on {device}; outputs in {args.out}")
+    _print_table(outcome.result.table)
+    st = outcome.settings
+    what = f"{st.method} L={st.noise_level} steps={st.steps} s={st.guidance}; " if st else ""
+    print(f"{what}threshold {outcome.result.threshold:.4f}; {sum(outcome.result.timings.values()):.1f} s on "
+          f"{outcome.device}; outputs in {outcome.out}")
+
+
+def _cmd_job(args: argparse.Namespace) -> int:
+    from .job import run_job
+
+    _report(run_job(args), args.command)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import numpy as np
     import SimpleITK as sitk
 
     from .io import read_volume
-    from .masks import load_totalseg_masks
+    from .job import run_job
     from .metrics import dice, match_lesions
     from .phantoms import make_phantom, write_phantom
-    from .presets import get_preset
 
     t0 = time.perf_counter()
     out = Path(args.out)
-    preset = get_preset(args.organ)
     case = make_phantom(args.organ, args.seed, args.lesions)
     case_dir = write_phantom(case, out / "case")
     print(f"[1/3] synthetic {args.organ} case {case.case_id} ({case.phase}) with {len(case.lesions)} lesion(s) "
           f"-> {case_dir}")
-    inputs = [str(case_dir / f"{c}.nii.gz") for c in case.channels]
-    reference = read_volume(inputs[0])
-    mask_set = load_totalseg_masks(case_dir / "segmentations", reference, preset)
     print("[2/3] non-neural baseline (organ median filter; no diffusion model yet) ...")
-    result = _run_baseline(inputs, mask_set, preset, str(out / "result"), None)
+    job = argparse.Namespace(
+        command="baseline", organ=args.organ, input=[str(case_dir / f"{c}.nii.gz") for c in case.channels],
+        totalseg=str(case_dir / "segmentations"), mask=None, mask_label=None, skull_stripped=False, threshold=None,
+        out=str(out / "result"))
+    result = run_job(job).result
     _print_table(result.table)
     pred = sitk.GetArrayFromImage(result.lesions)
     truth = sitk.GetArrayFromImage(read_volume(case_dir / "lesions.nii.gz"))
@@ -158,7 +88,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"F1 {det.f1:.2f}")
     print(f"outputs in {out / 'result'} (heatmap, lesions, reconstruction, lesions.csv, run.json); "
           f"{time.perf_counter() - t0:.1f} s. Synthetic data and a non-neural baseline: not a clinical result.")
-    del np
     return 0
 
 
@@ -234,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
     bl.add_argument("--threshold", type=float, default=None, help="fixed threshold (default: Otsu in the organ)")
     bl.add_argument("--out", required=True, help="output folder")
-    bl.set_defaults(func=_cmd_baseline)
+    bl.set_defaults(func=_cmd_job)
 
     tr = sub.add_parser("train", help="train the autoencoder, the denoiser or the classifier into a bundle",
                         description="Train one part of a model bundle on a dataset folder (DATA/labels.csv, "
@@ -290,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
     ru.add_argument("--threshold", type=float, default=None, help="fixed threshold (default: bundle's, else Otsu)")
     ru.add_argument("--out", required=True, help="output folder")
-    ru.set_defaults(func=_cmd_run)
+    ru.set_defaults(func=_cmd_job)
 
     de = sub.add_parser("demo", help="generate a phantom and run detection on it, with scores against the truth")
     de.add_argument("--organ", default="kidney", choices=["kidney", "liver", "brain"])

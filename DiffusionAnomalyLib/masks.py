@@ -154,7 +154,7 @@ def load_totalseg_masks(
     """
     src = Path(source)
     found: dict[str, sitk.Image] = {}
-    if src.is_dir() and not any(src.glob("*.dcm")):
+    if src.is_dir():
         for structure in preset.structures.values():
             for ext in (".nii.gz", ".nii", ".nrrd", ".mha"):
                 f = src / f"{structure}{ext}"
@@ -163,7 +163,7 @@ def load_totalseg_masks(
                     require_same_grid(reference, image, "the image", str(f))
                     found[structure] = _binary(image)
                     break
-        if not any((src / f"{s}.nii.gz").exists() for s in preset.structures.values()) and not found:
+        if not found:
             raise InputError(
                 f"{src}: no per-organ mask files {[s + '.nii.gz' for s in preset.structures.values()]} found"
             )

@@ -8,6 +8,7 @@ D(E(x)) instead of the input, which cancels the compression error (seed 002 §3.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +30,7 @@ class DiffusionReconstructor:
     settings: SamplerSettings
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     reference: str = "input"
-    progress: object = None  # callable(done, total) for sampler steps
+    progress: Callable[[int, int], None] | None = None  # sampler steps done, total
     name: str = "latent-diffusion"
 
     def __post_init__(self) -> None:

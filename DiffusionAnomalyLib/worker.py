@@ -65,64 +65,18 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _run_job(args, events: EventWriter) -> dict:
-    import dataclasses
+    from .job import run_job
 
-    from .cli import _load_masks
-    from .io import read_channels
-    from .pipeline import detect, write_outputs
-
-    if args.command == "run":
-        from .bundle import load_bundle
-        from .diffusion.sampler import SamplerSettings
-        from .reconstruction import DiffusionReconstructor
-        from .train.common import select_device
-
-        device = select_device(args.device)
-        bundle = load_bundle(args.bundle, device=device)
-        if bundle.meta.demo:
-            events.emit("warning", message="DEMO bundle trained on synthetic phantoms: its findings on real scans "
-                                           "mean nothing")
-        preset, rec = bundle.preset, bundle.meta.recommended or {}
-        settings = SamplerSettings(
-            method=args.sampler or rec.get("sampler", "ddpm"),
-            noise_level=args.noise_level if args.noise_level is not None else int(rec.get("noise_level", 250)),
-            steps=args.steps if args.steps is not None else int(rec.get("steps", 50)),
-            guidance=args.guidance if args.guidance is not None else float(rec.get("guidance", 0.0)),
-            seed=args.seed, resample_jumps=args.resample_jumps)
-        reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference,
-                                               progress=lambda d, n: events.progress("reconstruct", d, n))
-        threshold = args.threshold if args.threshold is not None else rec.get("threshold")
-        extra_inputs = {"bundle": {"path": str(bundle.path), "name": bundle.meta.name,
-                                   "version": bundle.meta.version, "sha256": bundle.digest}}
-        extra_params = {"sampler": dataclasses.asdict(settings), "reference": args.reference}
-    else:
-        from .baseline import MedianBaseline
-        from .presets import get_preset
-
-        device, preset = "cpu", get_preset(args.organ)
-        reconstructor, threshold = MedianBaseline.for_preset(preset), args.threshold
-        extra_inputs, extra_params = {}, {}
-    channels = read_channels(args.input, preset.channels if len(args.input) > 1 else None)
-    mask_set = _load_masks(args, channels[0], preset)
-    for message in mask_set.missing.values():
-        events.emit("warning", message=message)
-
-    def stage(name: str, step: int, total: int) -> None:
-        if name != "reconstruct":
-            events.progress(name, step, total)
-
-    result = detect(channels, mask_set, preset, reconstructor, threshold=threshold, input_name=args.input[0],
-                    progress=stage)
-    result.parameters.update({**extra_params, "device": str(device)})
-    for w in result.warnings:
+    outcome = run_job(args, progress=events.progress)
+    if outcome.demo_bundle:
+        events.emit("warning", message="DEMO bundle trained on synthetic phantoms: its findings on real scans "
+                                       "mean nothing")
+    for w in outcome.result.warnings:
         events.emit("warning", message=w)
-    events.progress("write", 0, 1)
-    out = write_outputs(result, args.out, preset, {"images": args.input, **extra_inputs})
-    events.progress("write", 1, 1)
-    outputs = {p.name: str(p) for p in sorted(out.iterdir()) if not p.name.startswith(".")}
-    return {"outputs": outputs, "lesions": [le.to_row() for le in result.table], "threshold": result.threshold,
-            "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, "device": str(device),
-            "warnings": result.warnings}
+    outputs = {p.name: str(p) for p in sorted(outcome.out.iterdir()) if not p.name.startswith(".")}
+    return {"outputs": outputs, "lesions": [le.to_row() for le in outcome.result.table],
+            "threshold": outcome.result.threshold, "device": outcome.device,
+            "timings_s": {k: round(v, 3) for k, v in outcome.result.timings.items()}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,96 @@
+"""One detection job from command-line arguments (``run`` with a bundle, or ``baseline``), shared by
+the ``diffusion-anomaly`` command and the background worker."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .masks import MaskSet
+from .pipeline import CaseResult, detect, write_outputs
+from .presets import OrganPreset
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class JobOutcome:
+    result: CaseResult
+    out: Path
+    device: str
+    demo_bundle: bool
+    settings: object | None  # SamplerSettings for `run`
+
+
+def load_masks(args: argparse.Namespace, reference, preset: OrganPreset) -> MaskSet:
+    """The organ masks the arguments ask for: --skull-stripped, --mask, --totalseg, or run TotalSegmentator."""
+    from .masks import load_totalseg_masks, load_user_mask
+
+    if getattr(args, "skull_stripped", False):
+        from .io import read_channels
+        from .masks import mask_from_skull_stripped
+
+        return mask_from_skull_stripped(read_channels(args.input), preset)
+    if args.mask:
+        return load_user_mask(args.mask, reference, preset, args.mask_label)
+    if args.totalseg:
+        return load_totalseg_masks(args.totalseg, reference, preset)
+    from .totalseg import run_totalsegmentator
+
+    seg_dir = run_totalsegmentator(args.input[0], Path(tempfile.mkdtemp(prefix="da-totalseg-")), preset)
+    return load_totalseg_masks(seg_dir, reference, preset)
+
+
+def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOutcome:
+    """Read inputs, reconstruct, post-process and write the outputs of one case."""
+    from .io import read_channels
+
+    def report(stage: str, step: int, total: int) -> None:
+        if progress:
+            progress(stage, step, total)
+
+    inputs: dict = {"images": [str(p) for p in args.input]}
+    params: dict = {}
+    settings = None
+    demo = False
+    if args.command == "run":
+        from .bundle import load_bundle
+        from .diffusion.sampler import SamplerSettings
+        from .reconstruction import DiffusionReconstructor
+        from .train.common import select_device
+
+        device = select_device(args.device)
+        bundle = load_bundle(args.bundle, device=device)
+        preset, rec, demo = bundle.preset, bundle.meta.recommended or {}, bundle.meta.demo
+        settings = SamplerSettings(
+            method=args.sampler or rec.get("sampler", "ddpm"),
+            noise_level=args.noise_level if args.noise_level is not None else int(rec.get("noise_level", 250)),
+            steps=args.steps if args.steps is not None else int(rec.get("steps", 50)),
+            guidance=args.guidance if args.guidance is not None else float(rec.get("guidance", 0.0)),
+            seed=args.seed, resample_jumps=args.resample_jumps)
+        reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference,
+                                               progress=lambda d, n: report("reconstruct", d, n))
+        threshold = args.threshold if args.threshold is not None else rec.get("threshold")
+        inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
+                            "sha256": bundle.digest, "demo": demo}
+        params = {"sampler": dataclasses.asdict(settings), "reference": args.reference}
+    else:
+        from .baseline import MedianBaseline
+        from .presets import get_preset
+
+        device, preset = "cpu", get_preset(args.organ)
+        reconstructor, threshold = MedianBaseline.for_preset(preset), args.threshold
+    channels = read_channels(args.input, preset.channels if len(args.input) > 1 else None)
+    mask_set = load_masks(args, channels[0], preset)
+    result = detect(channels, mask_set, preset, reconstructor, threshold=threshold, input_name=str(args.input[0]),
+                    progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))
+    result.parameters.update({**params, "device": str(device),
+                              "network_evaluations": getattr(reconstructor, "network_evaluations", 0)})
+    report("write", 0, 1)
+    out = write_outputs(result, args.out, preset, inputs)
+    report("write", 1, 1)
+    return JobOutcome(result, out, str(device), demo, settings)
