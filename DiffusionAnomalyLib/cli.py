@@ -123,7 +123,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train_classifier(ClassifierTraining(
             data=args.data, bundle=args.bundle, out=args.out, iterations=args.iterations,
             batch_size=args.batch_size or 16, val_every=args.val_every, seed=args.seed, device=args.device,
-            resume=args.resume, **({"lr": args.lr} if args.lr else {})))
+            resume=args.resume, frozen_levels=args.frozen_levels, **({"lr": args.lr} if args.lr else {})))
     return 0
 
 
@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-every", type=int, default=50)
     tr.add_argument("--adversarial-start", type=int, default=10_000, help="autoencoder: start of the GAN losses")
     tr.add_argument("--perceptual-weights", help="autoencoder: local .safetensors of a 3D resnet10 (optional)")
+    tr.add_argument("--frozen-levels", type=int, default=None,
+                    help="classifier: backbone levels to freeze (default: half of them)")
     tr.add_argument("--class-conditional", action="store_true", help="denoiser: train with labels for CFG")
     tr.add_argument("--name", help="bundle name")
     tr.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
