@@ -86,7 +86,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"[3/3] against the known truth: Dice {dice(pred, truth):.3f}; lesions: {det.tp} of {det.tp + det.fn} "
           f"found, {det.fp} false positive(s); recall {det.recall:.2f}, precision {det.precision:.2f}, "
           f"F1 {det.f1:.2f}")
-    print(f"outputs in {out / 'result'} (heatmap, lesions, reconstruction, lesions.csv, run.json); "
+    print(f"outputs in {out / 'result'} (heatmap, lesions, segmentation, reconstruction, overview.png, run.json); "
           f"{time.perf_counter() - t0:.1f} s. Synthetic data and a non-neural baseline: not a clinical result.")
     return 0
 
@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--resample-jumps", type=int, default=1, help="inpaint: RePaint resampling jumps r")
     ru.add_argument("--reference", choices=["input", "autoencoder"], default="input",
                     help="anomaly map against the input or against the autoencoder's D(E(x))")
+    ru.add_argument("--skip-modality-check", action="store_true",
+                    help="run even if the intensities do not look like the bundle's modality (CT vs MRI)")
     ru.add_argument("--seed", type=int, default=0)
     ru.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
     ru.add_argument("--threshold", type=float, default=None, help="fixed threshold (default: bundle's, else Otsu)")

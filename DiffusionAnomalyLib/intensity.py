@@ -40,3 +40,24 @@ def fit_scaling(
     if not high > low:
         raise InputError(f"{name}: constant intensity inside the mask ({low}); cannot normalise")
     return ChannelScaling(float(low), float(high))
+
+
+def check_modality(image_array: np.ndarray, modality: str, name: str) -> None:
+    """Refuse an image whose intensities do not fit the model's modality (CT in HU vs MRI).
+
+    CT in Hounsfield units has air or fat well below -200; MRI intensities are (almost) never
+    below -500. Override with ``--skip-modality-check`` when a scan is unusual but right.
+    """
+    values = np.asarray(image_array).ravel()[:: values_stride(image_array)]
+    low = float(np.percentile(values, 0.1))
+    if modality == "CT" and low > -200:
+        raise InputError(f"{name}: does not look like CT in Hounsfield units (no voxel below {low:.0f}; air is about "
+                         "-1000 HU) but the model is for CT. If it is CT, pass --skip-modality-check")
+    if modality == "MR" and low < -500:
+        raise InputError(f"{name}: looks like CT in Hounsfield units (values down to {low:.0f}) but the model is for "
+                         "MRI. If it is MRI, pass --skip-modality-check")
+
+
+def values_stride(array: np.ndarray, target: int = 2_000_000) -> int:
+    """A sampling stride that keeps about ``target`` voxels (percentiles need no more)."""
+    return max(1, int(np.asarray(array).size // target))

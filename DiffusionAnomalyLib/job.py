@@ -85,6 +85,12 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         device, preset = "cpu", get_preset(args.organ)
         reconstructor, threshold = MedianBaseline.for_preset(preset), args.threshold
     channels = read_channels(args.input, preset.channels if len(args.input) > 1 else None)
+    if args.command == "run" and not args.skip_modality_check:
+        import SimpleITK as sitk
+
+        from .intensity import check_modality
+
+        check_modality(sitk.GetArrayViewFromImage(channels[0]), preset.modality, str(args.input[0]))
     mask_set = load_masks(args, channels[0], preset)
     result = detect(channels, mask_set, preset, reconstructor, threshold=threshold, input_name=str(args.input[0]),
                     progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))

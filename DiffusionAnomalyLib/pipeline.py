@@ -28,8 +28,10 @@ from .errors import InputError
 from .intensity import ChannelScaling, fit_scaling
 from .io import array_to_image, atomic_output_dir, geometry, require_same_grid, write_volume
 from .masks import MaskSet
+from .overview import write_overview
 from .presets import OrganPreset
 from .roi import RoiPatch, check_roi_fits, compose_patches, extract_patch, plan_patch
+from .segfile import write_seg_nrrd
 
 
 class Reconstructor(Protocol):
@@ -52,6 +54,8 @@ class CaseResult:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
+    input_image: sitk.Image | None = None  # the first input channel (for the overview)
+    organ_mask: sitk.Image | None = None  # union of the organ masks
 
 
 @dataclass
@@ -148,7 +152,8 @@ def detect(
     report("postprocess", 1, 1)
     return CaseResult(
         reconstruction=recon, heatmap=array_to_image(heat, ref), lesions=array_to_image(labels, ref), table=table,
-        threshold=thr, patches=patches, warnings=warnings, timings=timings,
+        threshold=thr, patches=patches, warnings=warnings, timings=timings, input_image=ref,
+        organ_mask=array_to_image(organ.astype(np.uint8), ref),
         parameters={"organ": preset.name, "reconstructor": reconstructor.name,
                     "threshold_mode": "otsu-case" if threshold is None else "fixed", "threshold": thr,
                     "postprocessing": pp.__dict__, "composition": {"heatmap": "max", "reconstruction": "mean"}},
@@ -169,6 +174,13 @@ def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, 
             write_volume(image, stage / fname)
         write_volume(result.heatmap, stage / "heatmap.nii.gz")
         write_volume(result.lesions, stage / "lesions.nii.gz")
+        write_seg_nrrd(result.lesions, result.table, stage / "lesions.seg.nrrd")
+        organ = sitk.GetArrayViewFromImage(result.organ_mask) > 0
+        note = "DEMO / synthetic-data model - " if inputs.get("bundle", {}).get("demo") else ""
+        write_overview(result.input_image, result.reconstruction[0], result.heatmap, result.lesions, result.table,
+                       organ, stage / "overview.png", preset.display_window,
+                       f"{note}{preset.name}: {len(result.table)} candidate lesion(s); research software, not for "
+                       "diagnosis")
         rows = [le.to_row() for le in result.table]
         with open(stage / "lesions.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=LESION_COLUMNS)

@@ -122,7 +122,8 @@ def test_brain_four_channels_with_skull_stripped_mask(tmp_path):
     out = pipeline.write_outputs(result, tmp_path / "out", brain, {"images": list(case.channels)})
     assert {p.name for p in out.iterdir()} == {
         "reconstruction_t1n.nii.gz", "reconstruction_t1c.nii.gz", "reconstruction_t2w.nii.gz",
-        "reconstruction_t2f.nii.gz", "heatmap.nii.gz", "lesions.nii.gz", "lesions.csv", "lesions.json", "run.json"}
+        "reconstruction_t2f.nii.gz", "heatmap.nii.gz", "lesions.nii.gz", "lesions.csv", "lesions.json", "run.json",
+        "lesions.seg.nrrd", "overview.png"}
     run = json.loads((out / "run.json").read_text())
     assert run["parameters"]["composition"] == {"heatmap": "max", "reconstruction": "mean"}
     assert run["geometry"]["size"] == list(channels[0].GetSize())

@@ -66,3 +66,18 @@ def test_missing_bundle_has_its_own_exit_code(kidney_case, tmp_path, capsys):
     rc = main(["run", "--bundle", str(tmp_path / "nope"), "--input", str(folder / "ct.nii.gz"), "--out",
                str(tmp_path / "o")])
     assert rc == 3 and "model bundle not found" in capsys.readouterr().err
+
+
+def test_modality_that_does_not_fit_the_bundle_is_refused_unless_overridden(tiny_bundle, tmp_path, capsys):
+    from DiffusionAnomalyLib.phantoms import make_phantom, write_phantom
+
+    case = write_phantom(make_phantom("brain", 2, 0), tmp_path / "brain")
+    mask = case / "segmentations" / "brain.nii.gz"
+    args = ["run", "--bundle", str(tiny_bundle), "--input", str(case / "t1n.nii.gz"), "--mask", str(mask),
+            "--device", "cpu"]
+    rc = main([*args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "t1n.nii.gz: does not look like CT in Hounsfield units" in err
+    assert not (tmp_path / "out").exists()
+    # the override runs it (one "kidney" from the whole-brain mask); meaningless, but the user asked
+    assert main([*args, "--out", str(tmp_path / "forced"), "--skip-modality-check"]) == 0
