@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint setup setup-test clean
+.PHONY: demo test lint setup setup-test clean demo-models
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: setup-test
 	@$(BIN)/python -m pytest -q Testing/Python; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; exit $$rc
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing
+
+## demo-models: train the demo bundles on synthetic phantoms into Resources/Models (restartable; ~1 h on 2 CPU cores)
+demo-models: setup
+	$(BIN)/python scripts/train_demo_models.py
 
 lint: setup-test
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing

@@ -546,19 +546,31 @@ def write_phantom(case: PhantomCase, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_lesions: int | None = None) -> Path:
-    """Write many cases (``<out>/<case_id>/``) plus ``labels.csv`` and ``reports.csv``."""
+def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_lesions: int | None = None,
+                  skip_existing: bool = False) -> Path:
+    """Write many cases (``<out>/<case_id>/``) plus ``labels.csv`` and ``reports.csv``.
+
+    ``skip_existing`` keeps case folders that are already complete (restartable generation).
+    """
     out = Path(out_dir)
     rows, reports = [], []
     for seed in seeds:
-        case = make_phantom(organ, seed, n_lesions)
-        write_phantom(case, out / case.case_id)
-        for structure, label in case.structure_labels.items():
+        done = out / f"{organ}-{seed:05d}" / "case.json"
+        if skip_existing and done.is_file():
+            info = json.loads(done.read_text())
+            case_id, labels, lesions = info["case_id"], info["structure_labels"], info["lesions"]
+            report = (done.parent / "report.txt").read_text().strip()
+        else:
+            case = make_phantom(organ, seed, n_lesions)
+            write_phantom(case, out / case.case_id)
+            case_id, labels, lesions, report = (case.case_id, case.structure_labels,
+                                                [asdict(le) for le in case.lesions], case.report)
+        for structure, label in labels.items():
             side = structure.split("_")[-1] if structure.startswith("kidney_") else ""
-            n = sum(le.structure == structure for le in case.lesions)
-            rows.append({"case": case.case_id, "organ": organ, "structure": structure, "side": side,
+            n = sum(le["structure"] == structure for le in lesions)
+            rows.append({"case": case_id, "organ": organ, "structure": structure, "side": side,
                          "label": label, "lesions": n})
-        reports.append({"case": case.case_id, "report": case.report})
+        reports.append({"case": case_id, "report": report})
     with atomic_output_dir(out) as stage:
         for name, table in (("labels.csv", rows), ("reports.csv", reports)):
             with open(stage / name, "w", newline="") as f:

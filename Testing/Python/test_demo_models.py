@@ -1,0 +1,33 @@
+"""`make demo-models` (scripts/train_demo_models.py) in smoke mode: the chain, the manifest, restartability."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+from DiffusionAnomalyLib.bundle import load_bundle
+
+SCRIPT = REPO / "scripts" / "train_demo_models.py"
+
+
+def _run(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(SCRIPT), "--organs", "kidney", "--work", str(tmp_path / "work"),
+                           "--out", str(tmp_path / "models"), "--smoke"], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_smoke_chain_writes_a_demo_bundle_listed_in_the_manifest(tmp_path):
+    first = _run(tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "training the classifier" in first.stdout
+    manifest = tmp_path / "models" / "manifest.json"
+    entry = json.loads(manifest.read_text())["bundles"][0]
+    assert entry["name"] == "kidney-demo" and entry["demo"] is True and len(entry["sha256"]) == 64
+    bundle = load_bundle(tmp_path / "models" / "kidney-demo", manifest=manifest)
+    assert bundle.meta.demo and set(bundle.networks) == {"autoencoder", "denoiser", "classifier"}
+    again = _run(tmp_path)  # restartable: nothing is generated or trained twice
+    assert again.returncode == 0 and "training" not in again.stdout and "generating" not in again.stdout
+    assert json.loads(manifest.read_text())["bundles"] == [entry]

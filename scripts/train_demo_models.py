@@ -1,0 +1,102 @@
+"""Train the demo bundles on the project's own synthetic phantoms (``make demo-models``).
+
+    python scripts/train_demo_models.py [--organs kidney liver brain] [--work build/demo-models]
+                                        [--out Resources/Models] [--smoke]
+
+For each organ: generate a phantom dataset, train the autoencoder, the denoiser and the classifier
+with the project's own training code (tiny CPU networks), copy the final bundle to
+``OUT/<organ>-demo`` and record its SHA-256 in ``OUT/manifest.json``. Restartable: finished steps
+are skipped and interrupted training resumes from its checkpoint. The bundles are marked as demo
+models trained on synthetic data; their findings on real scans mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from DiffusionAnomalyLib.bundle import bundle_digest, read_meta
+from DiffusionAnomalyLib.io import atomic_output_dir
+from DiffusionAnomalyLib.phantoms import write_dataset
+from DiffusionAnomalyLib.train.autoencoder import AutoencoderTraining, train_autoencoder
+from DiffusionAnomalyLib.train.classifier import ClassifierTraining, train_classifier
+from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, train_denoiser
+
+#: Per organ: phantom cases, isotropic spacing (mm) of the ROI patches, iterations of each stage.
+PLANS = {
+    "kidney": {"cases": 200, "spacing": 2.0, "autoencoder": 800, "denoiser": 1000, "classifier": 1500},
+    "liver": {"cases": 120, "spacing": 4.0, "autoencoder": 800, "denoiser": 1000, "classifier": 1500},
+    "brain": {"cases": 120, "spacing": 4.0, "autoencoder": 800, "denoiser": 1000, "classifier": 1500},
+}
+SMOKE = {"cases": 4, "autoencoder": 2, "denoiser": 2, "classifier": 2}
+SEED0 = {"kidney": 100_000, "liver": 200_000, "brain": 300_000}  # disjoint from evaluation seeds
+
+
+def _done(bundle: Path) -> bool:
+    return (bundle / "model.json").is_file()
+
+
+def train_organ(organ: str, work: Path, out: Path, smoke: bool, log=print) -> Path:
+    plan = {**PLANS[organ], **(SMOKE if smoke else {})}
+    root = work / organ
+    data = root / "data"
+    t0 = time.perf_counter()
+    if not (data / "labels.csv").is_file():
+        log(f"[{organ}] generating {plan['cases']} phantom cases")
+        write_dataset(organ, data, list(range(SEED0[organ], SEED0[organ] + plan["cases"])), skip_existing=True)
+    ae, den, clf = root / "autoencoder", root / "denoiser", root / "classifier"
+    every = max(1, min(100, plan["autoencoder"] // 2))
+    if not _done(ae):
+        log(f"[{organ}] training the autoencoder ({plan['autoencoder']} iterations)")
+        train_autoencoder(AutoencoderTraining(str(data), organ, str(ae), preset_overrides={
+            "spacing_mm": [plan["spacing"]] * 3}, iterations=plan["autoencoder"], val_every=every,
+            adversarial_start=int(plan["autoencoder"] * 0.6), resume=True, name=f"{organ}-demo", demo=True,
+            device="cpu"))
+    if not _done(den):
+        log(f"[{organ}] training the denoiser ({plan['denoiser']} iterations)")
+        train_denoiser(DenoiserTraining(str(data), str(ae), str(den), iterations=plan["denoiser"], val_every=every,
+                                        resume=True, device="cpu"))
+    if not _done(clf):
+        log(f"[{organ}] training the classifier ({plan['classifier']} iterations)")
+        train_classifier(ClassifierTraining(str(data), str(den), str(clf), iterations=plan["classifier"],
+                                            val_every=every, lr=3e-4, resume=True, device="cpu"))
+    final = out / f"{organ}-demo"
+    with atomic_output_dir(final) as stage:
+        for f in clf.iterdir():
+            if f.is_file():
+                shutil.copy2(f, stage / f.name)
+    _record(out / "manifest.json", final)
+    log(f"[{organ}] bundle {final} ({time.perf_counter() - t0:.0f} s)")
+    return final
+
+
+def _record(manifest: Path, bundle: Path) -> None:
+    meta = read_meta(bundle)
+    data = json.loads(manifest.read_text()) if manifest.is_file() else {"format_version": 1, "bundles": []}
+    entry = {"name": meta.name, "version": meta.version, "organ": meta.organ, "sha256": bundle_digest(bundle),
+             "demo": True, "location": f"{bundle.name}/ (in this repository)",
+             "description": "DEMO model trained by `make demo-models` on the project's synthetic phantoms; "
+                            "not for real scans"}
+    data["bundles"] = [b for b in data.get("bundles", []) if b.get("name") != meta.name] + [entry]
+    tmp = manifest.with_name(f".tmp-{os.getpid()}-{manifest.name}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(manifest)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--organs", nargs="+", default=list(PLANS), choices=list(PLANS))
+    p.add_argument("--work", default="build/demo-models")
+    p.add_argument("--out", default="Resources/Models")
+    p.add_argument("--smoke", action="store_true", help="a few cases and iterations: checks the chain only")
+    args = p.parse_args()
+    for organ in args.organs:
+        train_organ(organ, Path(args.work), Path(args.out), args.smoke)
+
+
+if __name__ == "__main__":
+    main()
