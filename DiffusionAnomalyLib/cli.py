@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--resample-jumps", type=int, default=1, help="inpaint: RePaint resampling jumps r")
     ru.add_argument("--reference", choices=["input", "autoencoder"], default="input",
                     help="anomaly map against the input or against the autoencoder's D(E(x))")
+    ru.add_argument("--trajectory-every", type=int, default=0, metavar="K",
+                    help="also write the decoded x_0 prediction every K steps (4D trajectory_<structure>.nii.gz)")
+    ru.add_argument("--deterministic", action="store_true",
+                    help="deterministic algorithms (slower on GPU); the seed already fixes all noise")
     ru.add_argument("--skip-modality-check", action="store_true",
                     help="run even if the intensities do not look like the bundle's modality (CT vs MRI)")
     ru.add_argument("--seed", type=int, default=0)

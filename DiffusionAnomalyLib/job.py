@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,13 +72,20 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
             noise_level=args.noise_level if args.noise_level is not None else int(rec.get("noise_level", 250)),
             steps=args.steps if args.steps is not None else int(rec.get("steps", 50)),
             guidance=args.guidance if args.guidance is not None else float(rec.get("guidance", 0.0)),
-            seed=args.seed, resample_jumps=args.resample_jumps)
+            seed=args.seed, resample_jumps=args.resample_jumps, trajectory_every=args.trajectory_every)
+        if args.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            import torch
+
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference,
                                                progress=lambda d, n: report("reconstruct", d, n))
         threshold = args.threshold if args.threshold is not None else rec.get("threshold")
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}
-        params = {"sampler": dataclasses.asdict(settings), "reference": args.reference}
+        params = {"sampler": dataclasses.asdict(settings), "reference": args.reference,
+                  "deterministic": bool(args.deterministic)}
     else:
         from .baseline import MedianBaseline
         from .presets import get_preset
@@ -96,6 +104,10 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
                     progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))
     result.parameters.update({**params, "device": str(device),
                               "network_evaluations": getattr(reconstructor, "network_evaluations", 0)})
+    if getattr(reconstructor, "trajectory", None):
+        from .pipeline import trajectory_images
+
+        result.extra_images.update(trajectory_images(result, reconstructor.trajectory))
     report("write", 0, 1)
     out = write_outputs(result, args.out, preset, inputs)
     report("write", 1, 1)

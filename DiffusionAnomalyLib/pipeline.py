@@ -56,6 +56,8 @@ class CaseResult:
     parameters: dict = field(default_factory=dict)
     input_image: sitk.Image | None = None  # the first input channel (for the overview)
     organ_mask: sitk.Image | None = None  # union of the organ masks
+    scalings: list = field(default_factory=list)  # per patch, per channel: network units <-> input units
+    extra_images: dict[str, sitk.Image] = field(default_factory=dict)  # more files to write, e.g. trajectories
 
 
 @dataclass
@@ -153,7 +155,7 @@ def detect(
     return CaseResult(
         reconstruction=recon, heatmap=array_to_image(heat, ref), lesions=array_to_image(labels, ref), table=table,
         threshold=thr, patches=patches, warnings=warnings, timings=timings, input_image=ref,
-        organ_mask=array_to_image(organ.astype(np.uint8), ref),
+        organ_mask=array_to_image(organ.astype(np.uint8), ref), scalings=scalings,
         parameters={"organ": preset.name, "reconstructor": reconstructor.name,
                     "threshold_mode": "otsu-case" if threshold is None else "fixed", "threshold": thr,
                     "postprocessing": pp.__dict__, "composition": {"heatmap": "max", "reconstruction": "mean"}},
@@ -163,6 +165,24 @@ def detect(
 LESION_COLUMNS = ["id", "organ", "side", "voxels", "volume_ml", "axial_diameter_mm", "size_class",
                   "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "centroid_ras_x", "centroid_ras_y",
                   "centroid_ras_z", "mean_score", "max_score"]
+
+
+def trajectory_images(result: CaseResult, trajectory: list[tuple[int, np.ndarray]]) -> dict[str, sitk.Image]:
+    """Decoded predictions of x_0 during denoising, one 4D file per ROI (time, then z, y, x), in input units
+    (first channel), on the patch grid. The frames run from the noise level L down to 0."""
+    images = {}
+    for i, patch in enumerate(result.patches):
+        frames = [result.scalings[i][0].inverse(x0[i, 0]) for _, x0 in trajectory]
+        if not frames:
+            continue
+        vols = []
+        for f in frames:
+            v = sitk.GetImageFromArray(np.ascontiguousarray(f, dtype=np.float32))
+            v.SetSpacing(patch.spacing_mm)
+            v.SetOrigin(patch.origin_lps)
+            vols.append(v)
+        images[f"trajectory_{patch.structure}.nii.gz"] = sitk.JoinSeries(vols)
+    return images
 
 
 def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, inputs: dict) -> Path:
@@ -175,6 +195,8 @@ def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, 
         write_volume(result.heatmap, stage / "heatmap.nii.gz")
         write_volume(result.lesions, stage / "lesions.nii.gz")
         write_seg_nrrd(result.lesions, result.table, stage / "lesions.seg.nrrd")
+        for name, image in result.extra_images.items():
+            write_volume(image, stage / name)
         organ = sitk.GetArrayViewFromImage(result.organ_mask) > 0
         note = "DEMO / synthetic-data model - " if inputs.get("bundle", {}).get("demo") else ""
         write_overview(result.input_image, result.reconstruction[0], result.heatmap, result.lesions, result.table,

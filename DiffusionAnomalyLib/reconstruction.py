@@ -31,6 +31,7 @@ class DiffusionReconstructor:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     reference: str = "input"
     progress: Callable[[int, int], None] | None = None  # sampler steps done, total
+    autocast: bool = True  # bfloat16 network evaluations on CUDA; the sampler arithmetic stays float32
     name: str = "latent-diffusion"
 
     def __post_init__(self) -> None:
@@ -41,10 +42,22 @@ class DiffusionReconstructor:
             raise InputError(f"{self.bundle.path}: the bundle needs an autoencoder and a denoiser to reconstruct")
         den_cfg = self.bundle.meta.networks["denoiser"]
         self.codec = LatentCodec(nets["autoencoder"], self.bundle.meta.latent.get("scale_factor", 1.0))
-        self.sampler = LatentSampler(eps_function(nets["denoiser"]), self.bundle.schedule(),
+        self.sampler = LatentSampler(self._maybe_autocast(eps_function(nets["denoiser"])), self.bundle.schedule(),
                                      classifier=nets.get("classifier"),
                                      class_conditional=den_cfg.get("num_class_embeds") is not None)
         self.settings.validate(self.sampler.schedule)
+        self.trajectory: list[tuple[int, np.ndarray]] = []
+        self.network_evaluations = 0
+
+    def _maybe_autocast(self, fn):
+        if not (self.autocast and self.device.type == "cuda"):
+            return fn
+
+        def wrapped(x, t, labels=None):
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                return fn(x, t, labels).float()
+
+        return wrapped
 
     def _latent_mask(self, x: np.ndarray, mask: np.ndarray, z_shape: torch.Size) -> torch.Tensor:
         """Inpainting region on the latent grid: the adaptive (darker-than-median) mask for CT, else the organ."""
@@ -68,6 +81,7 @@ class DiffusionReconstructor:
             lat_mask = self._latent_mask(x, mask, z0.shape) if self.settings.method == "inpaint" else None
             result = self.sampler.reconstruct(z0, self.settings, mask=lat_mask, progress=self.progress)
             self.network_evaluations = result.network_evaluations
+            self.trajectory = [(t, self.codec.decode(x0).float().cpu().numpy()) for t, x0 in result.trajectory]
             return self.codec.decode(result.latent).float().cpu().numpy()
 
     def reference_image(self, x: np.ndarray) -> np.ndarray:

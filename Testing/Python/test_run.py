@@ -81,3 +81,23 @@ def test_modality_that_does_not_fit_the_bundle_is_refused_unless_overridden(tiny
     assert not (tmp_path / "out").exists()
     # the override runs it (one "kidney" from the whole-brain mask); meaningless, but the user asked
     assert main([*args, "--out", str(tmp_path / "forced"), "--skip-modality-check"]) == 0
+
+
+def test_trajectory_output_and_deterministic_flag(tiny_bundle, kidney_case, tmp_path, capsys):
+    import torch
+
+    _, folder = kidney_case
+    out = tmp_path / "out"
+    try:
+        rc = main(["run", "--bundle", str(tiny_bundle), "--input", str(folder / "ct.nii.gz"), "--totalseg",
+                   str(folder / "segmentations"), "--out", str(out), "--device", "cpu", "--sampler", "ddpm",
+                   "--noise-level", "40", "--steps", "8", "--trajectory-every", "2", "--deterministic"])
+    finally:
+        torch.use_deterministic_algorithms(False)  # process-wide state: do not leak into other tests
+    assert rc == 0, capsys.readouterr().err
+    for side in ("left", "right"):
+        traj = sitk.ReadImage(str(out / f"trajectory_kidney_{side}.nii.gz"))
+        assert traj.GetDimension() == 4 and traj.GetSize() == (24, 24, 32, 4)  # 8 steps, every 2nd
+        assert traj.GetSpacing()[:3] == (4.0, 4.0, 4.0)
+    run = json.loads((out / "run.json").read_text())
+    assert run["parameters"]["deterministic"] is True and run["parameters"]["sampler"]["trajectory_every"] == 2
