@@ -86,3 +86,19 @@ def test_real_brats_channels_and_skull_stripped_mask(shared_data):
     patch = plan_patch(mask.masks[0].image, brain, "brain", "")
     values = extract_patch(channels[3], patch)
     assert values.shape == (96, 96, 96) and values.max() > 0
+
+
+def test_run_with_a_bundle_on_real_ct_keeps_the_exact_geometry(shared_data, tiny_bundle, tmp_path, capsys):
+    from DiffusionAnomalyLib.cli import main
+
+    ts = shared_data / "totalsegmentator_examples"
+    out = tmp_path / "out"
+    rc = main(["run", "--bundle", str(tiny_bundle), "--input", str(ts / "example_ct_sm.nii.gz"), "--totalseg",
+               str(ts / "example_seg.nii.gz"), "--out", str(out), "--device", "cpu", "--steps", "3",
+               "--noise-level", "30"])
+    assert rc == 0, capsys.readouterr().err
+    ct = sitk.ReadImage(str(ts / "example_ct_sm.nii.gz"))
+    for name in ("heatmap.nii.gz", "lesions.nii.gz", "reconstruction.nii.gz", "lesions.seg.nrrd"):
+        written = sitk.ReadImage(str(out / name))
+        assert written.GetSize() == ct.GetSize() and same_grid(ct, written) == []
+        assert written.GetDirection() == pytest.approx(ct.GetDirection())
