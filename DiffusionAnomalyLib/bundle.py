@@ -115,7 +115,7 @@ def save_bundle(folder: str | os.PathLike, meta: BundleMeta, networks: dict[str,
     if unknown:
         raise InputError(f"unknown network name(s) {sorted(unknown)}; use {list(WEIGHT_FILES)}")
     with atomic_output_dir(folder) as stage:
-        files = dict(meta.files)
+        files = {}  # exactly the weights written now: nothing stale from an earlier bundle
         for name, net in networks.items():
             state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
             save_file(state, str(stage / f"{name}.safetensors"))

@@ -21,6 +21,7 @@ from .common import (
     TrainLog,
     autocast,
     barrier,
+    bundle_extras,
     infinite_batches,
     init_distributed,
     load_checkpoint,
@@ -159,8 +160,7 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
                                             "val_patches": len(val.ids), "train_patches": len(train.ids),
                                             "first_val_l1": next((r["val_l1"] for r in log.rows), None)}},
         )
-        save_bundle(out, meta, {"autoencoder": best_ae},
-                    {"autoencoder_log.csv": work / "log.csv", "autoencoder_loss.png": work / "loss_curve.png"})
+        save_bundle(out, meta, {"autoencoder": best_ae}, bundle_extras(None, work, "autoencoder"))
         print(f"wrote bundle {out} (best validation L1 {state['best_val_l1']:.4f})")
     shutdown(dist)
     return out

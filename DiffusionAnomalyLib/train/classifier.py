@@ -26,6 +26,7 @@ from .common import (
     TrainLog,
     autocast,
     barrier,
+    bundle_extras,
     infinite_batches,
     init_distributed,
     load_checkpoint,
@@ -152,12 +153,8 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
         meta.extra = {**meta.extra, "classifier_training": {"iterations": cfg.iterations,
                                                             "best_val_auc": state["best_aucs"],
                                                             "val_latents": len(z_val)}}
-        meta.files = {k: v for k, v in meta.files.items() if k in ("autoencoder.safetensors", "denoiser.safetensors")}
-        extra = {n: bundle.path / n for n in ("autoencoder_log.csv", "autoencoder_loss.png", "denoiser_log.csv",
-                                              "denoiser_loss.png")}
-        extra.update({"classifier_log.csv": work / "log.csv", "classifier_loss.png": work / "loss_curve.png"})
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": bundle.networks["denoiser"],
-                                "classifier": best}, extra)
+                                "classifier": best}, bundle_extras(bundle.path, work, "classifier"))
         print(f"wrote bundle {out} (best validation AUC at t={cfg.select_level}: {state['best_auc']:.3f}; "
               f"{state['best_aucs']})")
     shutdown(dist)

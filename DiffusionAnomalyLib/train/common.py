@@ -229,3 +229,11 @@ def wrap_ddp(model: nn.Module, dist: Dist, device: torch.device) -> nn.Module:
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def bundle_extras(previous: Path | None, work: Path, part: str) -> dict[str, Path]:
+    """Files to put in the new bundle: the logs and loss curves of the bundle it extends, plus this part's."""
+    extras = {p.name: p for p in sorted(previous.glob("*_log.csv")) + sorted(previous.glob("*_loss.png"))} \
+        if previous else {}
+    extras.update({f"{part}_log.csv": work / "log.csv", f"{part}_loss.png": work / "loss_curve.png"})
+    return extras

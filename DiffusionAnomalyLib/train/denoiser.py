@@ -27,6 +27,7 @@ from .common import (
     TrainLog,
     autocast,
     barrier,
+    bundle_extras,
     infinite_batches,
     init_distributed,
     load_checkpoint,
@@ -169,10 +170,8 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
             "iterations": cfg.iterations, "best_val_l1": state["best_val"], "train_latents": len(z_train),
             "val_latents": len(z_val), "first_val_l1": next((r["val_l1"] for r in log.rows), None),
             "class_conditional": cfg.class_conditional}}
-        meta.files = {k: v for k, v in meta.files.items() if k == "autoencoder.safetensors"}
-        extra = {n: bundle.path / n for n in ("autoencoder_log.csv", "autoencoder_loss.png")}
-        extra.update({"denoiser_log.csv": work / "log.csv", "denoiser_loss.png": work / "loss_curve.png"})
-        save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": best}, extra)
+        save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": best},
+                    bundle_extras(bundle.path, work, "denoiser"))
         print(f"wrote bundle {out} (best validation L1 {state['best_val']:.4f})")
     shutdown(dist)
     return out
