@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import DiffusionAnomalyError, InputError
+from .errors import DiffusionAnomalyError
 
 
 def _print_table(table) -> None:
@@ -40,7 +40,7 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(outcome, command: str) -> None:
+def _report(outcome) -> None:
     for w in outcome.result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if outcome.demo_bundle:
@@ -55,7 +55,7 @@ def _report(outcome, command: str) -> None:
 def _cmd_job(args: argparse.Namespace) -> int:
     from .job import run_job
 
-    _report(run_job(args), args.command)
+    _report(run_job(args))
     return 0
 
 
@@ -253,9 +253,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DiffusionAnomalyError as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
         return exc.exit_code
-    except InputError as exc:  # pragma: no cover - InputError is a DiffusionAnomalyError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

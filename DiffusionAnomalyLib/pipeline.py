@@ -172,16 +172,9 @@ def trajectory_images(result: CaseResult, trajectory: list[tuple[int, np.ndarray
     (first channel), on the patch grid. The frames run from the noise level L down to 0."""
     images = {}
     for i, patch in enumerate(result.patches):
-        frames = [result.scalings[i][0].inverse(x0[i, 0]) for _, x0 in trajectory]
-        if not frames:
-            continue
-        vols = []
-        for f in frames:
-            v = sitk.GetImageFromArray(np.ascontiguousarray(f, dtype=np.float32))
-            v.SetSpacing(patch.spacing_mm)
-            v.SetOrigin(patch.origin_lps)
-            vols.append(v)
-        images[f"trajectory_{patch.structure}.nii.gz"] = sitk.JoinSeries(vols)
+        frames = [patch.image(result.scalings[i][0].inverse(x0[i, 0])) for _, x0 in trajectory]
+        if frames:
+            images[f"trajectory_{patch.structure}.nii.gz"] = sitk.JoinSeries(frames)
     return images
 
 

@@ -54,6 +54,14 @@ class RoiPatch:
         image.SetDirection(_IDENTITY)
         return image
 
+    def image(self, values: np.ndarray) -> sitk.Image:
+        """A (z, y, x) array on this patch's grid, as a float32 image."""
+        image = sitk.GetImageFromArray(np.ascontiguousarray(values, dtype=np.float32))
+        image.SetSpacing(self.spacing_mm)
+        image.SetOrigin(self.origin_lps)
+        image.SetDirection(_IDENTITY)
+        return image
+
     def to_dict(self) -> dict:
         return {
             "structure": self.structure,
@@ -175,11 +183,8 @@ def compose_patches(
         sub.SetSpacing(reference.GetSpacing())
         sub.SetDirection(reference.GetDirection())
         sub.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in lo]))
-        src = sitk.GetImageFromArray(np.ascontiguousarray(values, dtype=np.float32))
-        src.SetSpacing(patch.spacing_mm)
-        src.SetOrigin(patch.origin_lps)
-        src.SetDirection(_IDENTITY)
-        res = sitk.GetArrayFromImage(sitk.Resample(src, sub, sitk.Transform(), sitk.sitkLinear, float("nan")))
+        resampled = sitk.Resample(patch.image(values), sub, sitk.Transform(), sitk.sitkLinear, float("nan"))
+        res = sitk.GetArrayFromImage(resampled)
         sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo[::-1], hi[::-1], strict=True))
         valid = np.isfinite(res)
         if mode == "max":

@@ -88,9 +88,7 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
     if len(set(data.labels.tolist())) < 2:
         raise InputError(f"{cfg.data}: the classifier needs both healthy and unhealthy structures")
     scale = float(bundle.meta.latent.get("scale_factor", 1.0))
-    _, val_set = data.split(cfg.val_fraction)
-    val_ids = set(val_set.ids)
-    is_train = np.array([i not in val_ids for i in data.ids])
+    is_train = ~data.val_mask(cfg.val_fraction)
     z_train, y_train = torch.from_numpy(lat[is_train] * scale), data.labels[is_train]
     z_val, y_val = torch.from_numpy(lat[~is_train] * scale), data.labels[~is_train]
     if dist.is_main:

@@ -44,6 +44,11 @@ class PatchSet:
 
     def split(self, val_fraction: float) -> tuple[PatchSet, PatchSet]:
         """Deterministic split by case (all structures of a case on one side)."""
+        val = self.val_mask(val_fraction)
+        return self.subset(~val), self.subset(val)
+
+    def val_mask(self, val_fraction: float) -> np.ndarray:
+        """Which items are validation items (bool per item); see :meth:`split`."""
         def is_val(case_id: str) -> bool:
             return (zlib.crc32(case_id.split("/")[0].encode()) % 1000) / 1000.0 < val_fraction
 
@@ -58,7 +63,7 @@ class PatchSet:
                     val[np.flatnonzero(of_label)[-1]] = True
                 if of_label.sum() >= 2 and not (~val & of_label).any():
                     val[np.flatnonzero(of_label)[0]] = False
-        return self.subset(~val), self.subset(val)
+        return val
 
 
 def read_labels(data_dir: Path) -> list[dict]:

@@ -93,9 +93,7 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     labels = ("healthy", "unhealthy") if cfg.class_conditional else ("healthy",)
     data, lat = latents_for(bundle, cfg.data, work, device, labels)
-    _, val_set = data.split(cfg.val_fraction)
-    val_ids = set(val_set.ids)
-    train_mask = np.array([i not in val_ids for i in data.ids])
+    train_mask = ~data.val_mask(cfg.val_fraction)
     scale = 1.0 / float(lat[train_mask].std())
     z_train = torch.from_numpy(lat[train_mask] * scale)
     z_val = torch.from_numpy(lat[~train_mask] * scale) if (~train_mask).any() else z_train[:2]
