@@ -10,6 +10,7 @@ intended use, whether it is a demo model, and the SHA-256 of every weight file. 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -280,3 +281,51 @@ def import_bundle(source: str | os.PathLike, models_dir: str | os.PathLike) -> P
         return dest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_models_dir() -> Path:
+    """The user's models folder: ``$DA_MODELS_DIR``, else ``~/.diffusion-anomaly/models``."""
+    env = os.environ.get("DA_MODELS_DIR")
+    return Path(env) if env else Path.home() / ".diffusion-anomaly" / "models"
+
+
+@dataclass
+class AvailableBundle:
+    """A bundle found on disk (metadata only; nothing loaded)."""
+
+    path: Path
+    meta: BundleMeta
+
+    @property
+    def label(self) -> str:
+        demo = " [DEMO, synthetic data]" if self.meta.demo else ""
+        return f"{self.meta.name} {self.meta.version}{demo}"
+
+
+def available_bundles(organ: str | None = None,
+                      folders: list[str | os.PathLike] | None = None) -> list[AvailableBundle]:
+    """Bundles in the shipped ``Resources/Models`` and the user's models folder (for ``organ`` if given).
+
+    Folders without a readable ``model.json`` are skipped; user bundles come first.
+    """
+    if folders is None:
+        from .resources import resources_dir
+
+        folders = [default_models_dir()]
+        with contextlib.suppress(FileNotFoundError):
+            folders.append(resources_dir() / "Models")
+    found = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for sub in sorted(folder.iterdir()):
+            if not (sub / "model.json").is_file():
+                continue
+            try:
+                meta = read_meta(sub)
+            except (BundleError, ValueError, TypeError):
+                continue
+            if organ is None or meta.organ == organ:
+                found.append(AvailableBundle(sub, meta))
+    return found

@@ -40,6 +40,16 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def threshold_arg(text: str) -> float | str:
+    """``--threshold``: a number, or ``otsu``."""
+    if text.strip().lower() == "otsu":
+        return "otsu"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'otsu', got {text!r}") from None
+
+
 def _report(outcome) -> None:
     for w in outcome.result.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -225,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run even if the intensities do not look like the bundle's modality (CT vs MRI)")
     ru.add_argument("--seed", type=int, default=0)
     ru.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
-    ru.add_argument("--threshold", type=float, default=None, help="fixed threshold (default: bundle's, else Otsu)")
+    ru.add_argument("--threshold", type=threshold_arg, default=None,
+                    help="a fixed threshold, or 'otsu' for Otsu over this case (default: the bundle's calibrated "
+                         "threshold, else Otsu)")
     ru.add_argument("--out", required=True, help="output folder")
     ru.set_defaults(func=_cmd_job)
 

@@ -82,6 +82,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference,
                                                progress=lambda d, n: report("reconstruct", d, n))
         threshold = args.threshold if args.threshold is not None else rec.get("threshold")
+        threshold = None if threshold == "otsu" else threshold
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}
         params = {"sampler": dataclasses.asdict(settings), "reference": args.reference,
@@ -91,7 +92,8 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         from .presets import get_preset
 
         device, preset = "cpu", get_preset(args.organ)
-        reconstructor, threshold = MedianBaseline.for_preset(preset), args.threshold
+        reconstructor = MedianBaseline.for_preset(preset)
+        threshold = None if args.threshold == "otsu" else args.threshold
     channels = read_channels(args.input, preset.channels if len(args.input) > 1 else None)
     if args.command == "run" and not args.skip_modality_check:
         import SimpleITK as sitk

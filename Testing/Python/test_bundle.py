@@ -141,3 +141,20 @@ def test_classifier_backbone_from_denoiser_and_frozen_levels(nets):
     assert not any(p.requires_grad for p in clf.down_blocks[0].parameters())  # explicit 1 level
     assert all(p.requires_grad for p in clf.down_blocks[1].parameters())
     assert clf(torch.randn(3, 4, 6, 6, 8), torch.tensor([0, 5, 999])).shape == (3, 2)
+
+
+def test_available_bundles_lists_shipped_and_user_bundles_by_organ(tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    from DiffusionAnomalyLib.bundle import available_bundles, default_models_dir
+
+    monkeypatch.setenv("DA_MODELS_DIR", str(tmp_path / "models"))
+    assert default_models_dir() == tmp_path / "models"
+    shutil.copytree(tiny_bundle, tmp_path / "models" / "kidney-untrained-0.0")
+    (tmp_path / "models" / "not-a-bundle").mkdir()
+    kidney = available_bundles("kidney")
+    assert kidney[0].path == tmp_path / "models" / "kidney-untrained-0.0"
+    assert kidney[0].label == "kidney-untrained 0.0 [DEMO, synthetic data]"
+    assert any(b.meta.name == "kidney-demo" for b in kidney)  # shipped in Resources/Models
+    assert all(b.meta.organ == "kidney" for b in kidney)
+    assert available_bundles("liver", [tmp_path / "models"]) == []

@@ -1,0 +1,256 @@
+"""One detection run started from a Slicer scene, without any GUI: the engine of the panel's Logic.
+
+:class:`RunRequest` holds the panel's settings, says what is wrong with them (:meth:`RunRequest.problems`)
+and builds the worker's arguments. :class:`SceneRun` writes the input volumes (and organ mask) to a
+private temporary folder, starts the worker through :class:`~DiffusionAnomalyLib.client.WorkerClient`,
+is polled (the panel polls it from a timer, so the GUI never blocks), and on success adds the results
+to the scene through :mod:`DiffusionAnomalyLib.scene`. Cancel, failure or a crash leave the scene as
+it was; the temporary folder is always removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import DiffusionAnomalyError, InputError
+
+SAMPLERS = ("ddpm", "ddim", "inpaint")
+DEVICES = ("auto", "cuda", "cpu")
+MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
+THRESHOLD_MODES = ("bundle", "otsu", "fixed")
+
+
+@dataclass
+class RunRequest:
+    """The settings of one run, as the panel's parameter node holds them.
+
+    ``bundle`` is a bundle folder or zip; ``python`` the interpreter that has the dependencies
+    (empty: the current one). ``mask_source``: ``segmentation`` (segments of an existing
+    segmentation), ``totalsegmentator`` (a segmentation made by TotalSegmentator; the same once it
+    exists) or ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels).
+    """
+
+    organ: str
+    bundle: str
+    sampler: str = "ddpm"
+    noise_level: int = 250
+    guidance: float = 0.0
+    steps: int = 50
+    seed: int = 0
+    device: str = "auto"
+    threshold_mode: str = "bundle"
+    threshold: float = 0.0
+    mask_source: str = "segmentation"
+    python: str = ""
+
+    def problems(self) -> list[str]:
+        """Everything that prevents a run, as sentences for a tooltip (empty when it can run)."""
+        out = []
+        if not self.bundle:
+            out.append(f"No model bundle for the {self.organ}: import one (Import bundle...).")
+        else:
+            out.extend(self._bundle_problems())
+        if self.sampler not in SAMPLERS:
+            out.append(f"Unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+        if not 1 <= int(self.noise_level) <= 999:
+            out.append(f"Noise level L must be between 1 and 999 (got {self.noise_level}).")
+        if self.guidance < 0:
+            out.append(f"Guidance strength must be >= 0 (got {self.guidance}).")
+        if not 1 <= int(self.steps) <= int(self.noise_level):
+            out.append(f"Steps must be between 1 and L = {self.noise_level} (got {self.steps}).")
+        if self.device not in DEVICES:
+            out.append(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        if self.threshold_mode not in THRESHOLD_MODES:
+            out.append(f"Unknown threshold mode {self.threshold_mode!r}.")
+        if self.threshold_mode == "fixed" and self.threshold <= 0:
+            out.append("A fixed threshold must be > 0.")
+        if self.mask_source not in MASK_SOURCES:
+            out.append(f"Unknown organ-mask source {self.mask_source!r}.")
+        if self.mask_source == "none" and self.organ != "brain":
+            out.append(f"The {self.organ} needs an organ mask (only a skull-stripped brain can run without one).")
+        if self.python and not Path(self.python).is_file():
+            out.append(f"The Python interpreter {self.python} does not exist.")
+        return out
+
+    def _bundle_problems(self) -> list[str]:
+        from .bundle import BundleError, read_meta
+
+        if Path(self.bundle).suffix == ".zip":
+            return [] if Path(self.bundle).is_file() else [f"The bundle {self.bundle} does not exist."]
+        try:
+            meta = read_meta(self.bundle)
+        except BundleError as exc:
+            return [str(exc)]
+        if meta.organ != self.organ:
+            return [f"The bundle '{meta.name}' is for the {meta.organ}, not the {self.organ}; choose a {self.organ} "
+                    "bundle."]
+        return []
+
+    def is_valid(self) -> bool:
+        return not self.problems()
+
+    def worker_args(self, inputs: Sequence[str | Path], out: str | Path, mask: str | Path | None = None) -> list[str]:
+        """The worker's command-line arguments (``run ...``) for these settings."""
+        problems = self.problems()
+        if problems:
+            raise InputError(" ".join(problems))
+        args = ["run", "--bundle", str(self.bundle), "--input", *[str(p) for p in inputs],
+                "--sampler", self.sampler, "--noise-level", str(int(self.noise_level)),
+                "--steps", str(int(self.steps)), "--guidance", repr(float(self.guidance)),
+                "--seed", str(int(self.seed)), "--device", self.device, "--out", str(out)]
+        if self.threshold_mode == "otsu":
+            args += ["--threshold", "otsu"]
+        elif self.threshold_mode == "fixed":
+            args += ["--threshold", repr(float(self.threshold))]
+        if self.mask_source == "none":
+            args.append("--skull-stripped")
+        elif mask is not None:
+            args += ["--mask", str(mask)]
+        else:
+            raise InputError(f"No organ mask for the {self.organ}: choose a segmentation with the organ, or run "
+                             "TotalSegmentator first.")
+        return args
+
+
+def run_name(request: RunRequest, input_name: str) -> str:
+    """The subject-hierarchy folder name of a run, e.g. ``"CT kidney ddpm L250 s0 14:02:31"``."""
+    return (f"{input_name} {request.organ} {request.sampler} L{int(request.noise_level)} "
+            f"s{float(request.guidance):g} {time.strftime('%H:%M:%S')}")
+
+
+class SceneRun:
+    """One run from scene nodes to results in the scene. Poll it until :attr:`finished`.
+
+    ``client_factory(args, python)`` makes the worker client (default: the real
+    :class:`~DiffusionAnomalyLib.client.WorkerClient`). ``on_event(event)`` receives every worker
+    event (progress, log, warning, result, error). ``output_dir``: also keep the run's files there
+    (written atomically by the worker); by default they live in the temporary folder and go with it.
+    """
+
+    def __init__(self, scene, request: RunRequest, input_nodes: Sequence, mask_segmentation=None,
+                 mask_segment_ids: Sequence[str] = (), client_factory: Callable | None = None,
+                 on_event: Callable[[dict], None] | None = None, output_dir: str | Path | None = None) -> None:
+        self.scene = scene
+        self.request = request
+        self.input_nodes = list(input_nodes)
+        self.mask_segmentation = mask_segmentation
+        self.mask_segment_ids = list(mask_segment_ids)
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.client_factory = client_factory
+        self.on_event = on_event or (lambda e: None)
+        self.client = None
+        self.tmp: Path | None = None
+        self.result_nodes = None
+        self.error: DiffusionAnomalyError | None = None
+        self.finished = False
+        self.name = run_name(request, self.input_nodes[0].GetName() if self.input_nodes else "volume")
+
+    def start(self) -> None:
+        """Check the inputs, write them to a private temporary folder and start the worker.
+
+        Raises :class:`~DiffusionAnomalyLib.errors.InputError` (nothing started, nothing in the scene) on bad input.
+        """
+        from . import scene as scene_adapter
+        from .bundle import read_meta
+        from .client import WorkerClient
+        from .io import write_volume
+
+        problems = self.request.problems()
+        if problems:
+            raise InputError(" ".join(problems))
+        channels = read_meta(self.request.bundle).channels if Path(self.request.bundle).is_dir() else ["image"]
+        problem = (scene_adapter.channel_nodes_problem(self.input_nodes, channels) if len(channels) > 1
+                   else scene_adapter.volume_node_problem(self.input_nodes[0] if self.input_nodes else None))
+        if problem:
+            raise InputError(problem)
+        self.tmp = Path(tempfile.mkdtemp(prefix="da-slicer-run-"))
+        try:
+            inputs = []
+            for i, node in enumerate(self.input_nodes):
+                inputs.append(write_volume(scene_adapter.image_from_volume_node(node), self.tmp / f"input{i}.nii.gz",
+                                           compress=False))
+            mask = None
+            if self.request.mask_source != "none":
+                if self.mask_segmentation is None:
+                    raise InputError(f"No organ mask for the {self.request.organ}: choose a segmentation with the "
+                                     "organ, or run TotalSegmentator first.")
+                mask_image = scene_adapter.mask_from_segments(self.scene, self.mask_segmentation,
+                                                              self.mask_segment_ids, self.input_nodes[0])
+                mask = write_volume(mask_image, self.tmp / "mask.nii.gz", compress=False)
+            args = self.request.worker_args(inputs, self.output_dir or self.tmp / "out", mask)
+            factory = self.client_factory or (lambda a, python: WorkerClient(a, python=python or None))
+            self.client = factory(args, self.request.python)
+            self.client.start()
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def poll(self) -> bool:
+        """Forward new events; when the worker has exited, finish the run. Returns True while running."""
+        if self.finished or self.client is None:
+            return False
+        for event in self.client.poll_events():
+            self.on_event(event)
+        if self.client.running:
+            return True
+        self.client.wait()
+        for event in self.client.poll_events():
+            self.on_event(event)
+        self._finish()
+        return False
+
+    def wait(self, timeout_s: float = 600.0, interval_s: float = 0.1) -> None:
+        """Poll until the run ends (for scripts and tests; the panel polls from a timer instead)."""
+        t_end = time.monotonic() + timeout_s
+        while self.poll():
+            if time.monotonic() > t_end:
+                self.cancel()
+                raise TimeoutError(f"the run did not finish within {timeout_s:.0f} s; it was cancelled")
+            time.sleep(interval_s)
+
+    def cancel(self) -> None:
+        """Stop the worker; nothing is added to the scene."""
+        if self.client is not None and not self.finished:
+            self.client.cancel()
+            self.client.wait()
+            self.poll_events_quietly()
+            try:
+                self.client.raise_for_status()
+            except DiffusionAnomalyError as exc:
+                self.error = exc
+            self.finished = True
+            self._cleanup()
+
+    def poll_events_quietly(self) -> None:
+        for event in self.client.poll_events():
+            self.on_event(event)
+
+    def _finish(self) -> None:
+        from . import scene as scene_adapter
+        from .bundle import read_meta
+
+        try:
+            result = self.client.raise_for_status()
+            channels = read_meta(self.request.bundle).channels if Path(self.request.bundle).is_dir() else ["image"]
+            recon = "reconstruction.nii.gz" if len(channels) == 1 else f"reconstruction_{channels[0]}.nii.gz"
+            attributes = scene_adapter.run_attributes(result, {**asdict(self.request), "run": self.name})
+            self.result_nodes = scene_adapter.add_results(
+                self.scene, self.input_nodes[0], result["outputs"], result.get("lesions", []), self.name, attributes,
+                self.request.organ, reconstruction_file=recon)
+        except DiffusionAnomalyError as exc:
+            self.error = exc
+        except Exception as exc:  # adding to the scene failed: add_results has already undone its changes
+            self.error = DiffusionAnomalyError(f"adding the results to the scene failed: {type(exc).__name__}: {exc}")
+        finally:
+            self.finished = True
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None

@@ -1,0 +1,363 @@
+"""The scene adapter and the GUI-independent run logic on a real ``vtkMRMLScene`` (the slicer-core wheel).
+
+Nothing here is faked: volumes, segmentations, colour and legend nodes and the subject hierarchy are
+Slicer's own classes, and runs go through the real worker process with a (tiny, untrained) bundle.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import make_image, oblique_direction
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e .[test])")
+
+from DiffusionAnomalyLib import scene as adapter  # noqa: E402
+from DiffusionAnomalyLib.errors import DiffusionAnomalyError, InputError  # noqa: E402
+from DiffusionAnomalyLib.scene_run import RunRequest, SceneRun  # noqa: E402
+
+
+def _scene():
+    scene = slicer.vtkMRMLScene()
+    slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    return scene
+
+
+def _node_ids(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _ijk_to_ras(node) -> np.ndarray:
+    return adapter._ijk_to_ras(node)
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1), oblique_direction()],
+                         ids=["lps", "ras", "oblique"])
+def test_volume_round_trip_keeps_voxels_and_geometry(direction):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(-1000, 1000, size=(7, 9, 11)).astype(np.int16)
+    image = make_image(arr, spacing=(0.8, 1.1, 2.5), origin=(-12.5, 30.0, 7.0), direction=direction)
+    scene = _scene()
+    node = adapter.volume_node_from_image(scene, image, "ct")
+    m = _ijk_to_ras(node)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    expected = lps_to_ras @ np.array(direction, dtype=float).reshape(3, 3) * np.array([0.8, 1.1, 2.5])
+    np.testing.assert_allclose(m[:3, :3], expected, atol=1e-9)
+    np.testing.assert_allclose(m[:3, 3], lps_to_ras @ np.array([-12.5, 30.0, 7.0]), atol=1e-9)
+    # voxel (i, j, k) = (3, 4, 5) has the same world position in both worlds
+    lps = np.array(image.TransformIndexToPhysicalPoint((3, 4, 5)))
+    np.testing.assert_allclose((m @ [3, 4, 5, 1])[:3], lps_to_ras @ lps, atol=1e-9)
+    back = adapter.image_from_volume_node(node)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), arr)
+    np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing())
+    np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-9)
+
+
+def test_unusable_volumes_are_explained():
+    scene = _scene()
+    assert adapter.volume_node_problem(None) == "Select an input volume."
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    assert "holds no voxels" in adapter.volume_node_problem(empty)
+    flat = adapter.volume_node_from_image(scene, make_image(np.zeros((1, 8, 8), np.int16)), "slice")
+    assert "is 2D (8 x 8 x 1 voxels)" in adapter.volume_node_problem(flat)
+    with pytest.raises(InputError, match="2D"):
+        adapter.image_from_volume_node(flat)
+    rgb = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
+    import vtk
+
+    data = vtk.vtkImageData()
+    data.SetDimensions(4, 4, 4)
+    data.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    rgb.SetAndObserveImageData(data)
+    assert "3 components per voxel" in adapter.volume_node_problem(rgb)
+
+
+def test_mri_channels_on_different_grids_are_refused():
+    scene = _scene()
+    a = adapter.volume_node_from_image(scene, make_image(np.zeros((8, 8, 8), np.float32)), "t1n")
+    b = adapter.volume_node_from_image(scene, make_image(np.zeros((8, 8, 8), np.float32), spacing=(1, 1, 2)), "t2w")
+    names = ["t1n", "t1c", "t2w", "t2f"]
+    assert "wants 4 channel(s)" in adapter.channel_nodes_problem([a, b], names)
+    assert "not on the grid of 't1n'" in adapter.channel_nodes_problem([a, b], ["t1n", "t2w"])
+    assert adapter.channel_nodes_problem([a, a], ["t1n", "t2w"]) == ""
+
+
+def _organ_segmentation(scene, case_dir, reference):
+    """A segmentation node made from the phantom's TotalSegmentator-style files, as a user would have."""
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "organs")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    for name in ("kidney_left", "kidney_right", "liver"):
+        lab = adapter.volume_node_from_image(scene, sitk.ReadImage(str(case_dir / "segmentations" / f"{name}.nii.gz")),
+                                             name, "vtkMRMLLabelMapVolumeNode")
+        logic.ImportLabelmapToSegmentationNode(lab, seg)
+        seg.GetSegmentation().GetNthSegment(seg.GetSegmentation().GetNumberOfSegments() - 1).SetName(name)
+        scene.RemoveNode(lab)
+    return seg
+
+
+def test_organ_segments_are_found_by_name_and_exported_on_the_input_grid(kidney_case):
+    _, folder = kidney_case
+    scene = _scene()
+    ct = adapter.volume_node_from_image(scene, sitk.ReadImage(str(folder / "ct.nii.gz")), "CT")
+    seg = _organ_segmentation(scene, folder, ct)
+    ids = adapter.organ_segment_ids(seg, "kidney")
+    names = [seg.GetSegmentation().GetSegment(i).GetName() for i in ids]
+    assert names == ["kidney_left", "kidney_right"]
+    assert [seg.GetSegmentation().GetSegment(i).GetName() for i in adapter.organ_segment_ids(seg, "liver")] == ["liver"]
+    before = _node_ids(scene)
+    mask = adapter.mask_from_segments(scene, seg, ids, ct)
+    assert _node_ids(scene) == before  # the temporary labelmap is gone
+    ref = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    assert mask.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(mask.GetOrigin(), ref.GetOrigin(), atol=1e-6)
+    truth = (sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "segmentations" / "kidney_left.nii.gz"))) > 0) | (
+        sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "segmentations" / "kidney_right.nii.gz"))) > 0)
+    got = sitk.GetArrayFromImage(mask)
+    np.testing.assert_array_equal(got > 0, truth)
+    assert set(np.unique(got)) == {0, 1, 2}
+    with pytest.raises(InputError, match="No organ segment"):
+        adapter.mask_from_segments(scene, seg, [], ct)
+
+
+def _request(bundle, **kw) -> RunRequest:
+    base = dict(organ="kidney", bundle=str(bundle), sampler="ddim", noise_level=50, steps=5, guidance=0.0,
+                device="cpu", threshold_mode="otsu")
+    return RunRequest(**{**base, **kw})
+
+
+def test_run_request_problems_and_worker_arguments(tiny_bundle, tmp_path):
+    req = _request(tiny_bundle)
+    assert req.problems() == [] and req.is_valid()
+    args = req.worker_args(["a.nii"], tmp_path, mask="m.nii")
+    assert args[:3] == ["run", "--bundle", str(tiny_bundle)]
+    assert args[args.index("--threshold") + 1] == "otsu" and args[args.index("--mask") + 1] == "m.nii"
+    assert "--threshold" not in _request(tiny_bundle, threshold_mode="bundle").worker_args(["a"], tmp_path, "m")
+    # a bundle for another organ, nonsense settings, a mask-less kidney: each named
+    liver = _request(tiny_bundle, organ="liver")
+    assert any("is for the kidney, not the liver" in p for p in liver.problems())
+    bad = _request(tiny_bundle, noise_level=0, steps=0, guidance=-1, threshold_mode="fixed", mask_source="none")
+    text = " ".join(bad.problems())
+    for part in ("between 1 and 999", "Guidance strength must be >= 0", "fixed threshold must be > 0",
+                 "needs an organ mask"):
+        assert part in text
+    assert any("No model bundle" in p for p in _request("").problems())
+    with pytest.raises(InputError, match="No organ mask"):
+        req.worker_args(["a.nii"], tmp_path, mask=None)
+
+
+@pytest.fixture(scope="module")
+def run_scene(kidney_case, tiny_bundle, tmp_path_factory):
+    """A scene with the phantom CT in a patient folder and one finished run (real worker process)."""
+    _, folder = kidney_case
+    scene = _scene()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    ct = adapter.volume_node_from_image(scene, sitk.ReadImage(str(folder / "ct.nii.gz")), "CT")
+    ct.GetDisplayNode().SetAutoWindowLevel(False)
+    ct.GetDisplayNode().SetWindowLevel(400, 40)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1")
+    sh.CreateItem(patient, ct)  # what Slicer's subject-hierarchy plugins do when a volume is loaded
+    seg = _organ_segmentation(scene, folder, ct)
+    events = []
+    ct_before = sitk.GetArrayFromImage(adapter.image_from_volume_node(ct))
+    out = tmp_path_factory.mktemp("scene-run") / "out"
+    run = SceneRun(scene, _request(tiny_bundle), [ct], seg, adapter.organ_segment_ids(seg, "kidney"),
+                   on_event=events.append, output_dir=out)
+    run.start()
+    tmp = run.tmp
+    run.wait(300)
+    return dict(scene=scene, sh=sh, ct=ct, seg=seg, run=run, events=events, patient=patient, tmp=tmp,
+                ct_before=ct_before, folder=folder, out=out)
+
+
+def test_a_run_adds_its_results_in_a_folder_next_to_the_input(run_scene):
+    run, sh, ct = run_scene["run"], run_scene["sh"], run_scene["ct"]
+    assert run.error is None, run.error
+    assert run.finished and not run_scene["tmp"].exists()  # private inputs removed
+    kinds = [e["event"] for e in run_scene["events"]]
+    assert kinds[0] == "started" and kinds[-1] == "result"
+    res = run.result_nodes
+    assert sh.GetItemParent(res.folder_item) == run_scene["patient"]
+    assert sh.GetItemName(res.folder_item) == run.name
+    for node in (res.reconstruction, res.heatmap, res.lesions):
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == res.folder_item
+    # geometry of the pushed volumes = the input's (IJK-to-RAS, dimensions)
+    for node in (res.reconstruction, res.heatmap):
+        np.testing.assert_allclose(_ijk_to_ras(node), _ijk_to_ras(ct), atol=1e-6)
+        assert node.GetImageData().GetDimensions() == ct.GetImageData().GetDimensions()
+    # the reconstruction keeps the input's window/level; the heatmap has the colour table and a legend
+    assert res.reconstruction.GetDisplayNode().GetWindow() == pytest.approx(400)
+    hd = res.heatmap.GetDisplayNode()
+    assert hd.GetColorNode().GetName() == adapter.HEATMAP_COLOR_NAME
+    legends = [res.heatmap.GetNthDisplayNode(i) for i in range(res.heatmap.GetNumberOfDisplayNodes())]
+    assert any(d.IsA("vtkMRMLColorLegendDisplayNode") for d in legends)
+    # the input volume is untouched
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(adapter.image_from_volume_node(ct)), run_scene["ct_before"])
+
+
+def test_heatmap_values_and_segments_match_the_files(run_scene):
+    res, scene, out = run_scene["run"].result_nodes, run_scene["scene"], run_scene["out"]
+    heat_file = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "heatmap.nii.gz")))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(adapter.image_from_volume_node(res.heatmap)), heat_file)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lesions.nii.gz")))
+    table = json.loads((out / "lesions.json").read_text())["lesions"]
+    ids = [int(v) for v in np.unique(labels) if v]
+    assert ids, "the untrained model should still flag something in a phantom with lesions"
+    segmentation = res.lesions.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == len(ids) == len(table)
+    tag_name = slicer.vtkSegment.GetTerminologyEntryTagName()
+    for i, (label, row) in enumerate(zip(ids, table, strict=True)):
+        segment = segmentation.GetNthSegment(i)
+        assert segment.GetName() == f"Lesion {label} — {row['volume_ml']:.1f} ml"
+        np.testing.assert_allclose(segment.GetColor(), adapter_palette(label))
+        tag = adapter.segment_tag(segment, tag_name)
+        assert "SCT^4147007^Mass" in tag and ("Right" in tag or "Left" in tag), tag
+        assert adapter.segment_tag(segment, "DiffusionAnomaly.label") == str(label)
+    # voxel counts per segment, exported back onto the input grid, equal the labelmap's
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    lab = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "check")
+    logic.ExportAllSegmentsToLabelmapNode(res.lesions, lab, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+    exported = sitk.GetArrayFromImage(adapter.image_from_volume_node(lab))
+    scene.RemoveNode(lab)
+    assert exported.shape == labels.shape
+    assert [int(np.count_nonzero(exported == k + 1)) for k in range(len(ids))] == [
+        int(np.count_nonzero(labels == v)) for v in ids]
+    # DICOM SEG export needs the reference geometry of the input
+    ref = res.lesions.GetNodeReference(res.lesions.GetReferenceImageGeometryReferenceRole())
+    assert ref is not None and ref.GetID() == run_scene["ct"].GetID()
+
+
+def adapter_palette(label: int):
+    from DiffusionAnomalyLib.segfile import PALETTE
+
+    return PALETTE[(label - 1) % len(PALETTE)]
+
+
+def test_attributes_hold_the_run_parameters(run_scene):
+    res = run_scene["run"].result_nodes
+    for node in (res.reconstruction, res.heatmap, res.lesions):
+        assert node.GetAttribute("DiffusionAnomaly.sampler") == "ddim"
+        assert node.GetAttribute("DiffusionAnomaly.noise_level") == "50"
+        assert node.GetAttribute("DiffusionAnomaly.organ") == "kidney"
+        assert float(node.GetAttribute("DiffusionAnomaly.threshold")) > 0
+        assert json.loads(node.GetAttribute("DiffusionAnomaly.timings_s"))["reconstruct"] >= 0
+    assert run_scene["sh"].GetItemAttribute(res.folder_item, "DiffusionAnomaly.bundle").endswith("b")
+
+
+def test_a_second_run_makes_a_new_folder_and_leaves_the_first_untouched(run_scene, tiny_bundle):
+    scene, sh, first = run_scene["scene"], run_scene["sh"], run_scene["run"].result_nodes
+    heat_before = sitk.GetArrayFromImage(adapter.image_from_volume_node(first.heatmap))
+    n_segments = first.lesions.GetSegmentation().GetNumberOfSegments()
+    seg = run_scene["seg"]
+    run = SceneRun(scene, _request(tiny_bundle, seed=1, sampler="ddpm"), [run_scene["ct"]], seg,
+                   adapter.organ_segment_ids(seg, "kidney"))
+    run.start()
+    run.wait(300)
+    assert run.error is None, run.error
+    second = run.result_nodes
+    assert second.folder_item != first.folder_item
+    assert sh.GetItemParent(second.folder_item) == sh.GetItemParent(first.folder_item)
+    for node in (first.reconstruction, first.heatmap, first.lesions):
+        assert scene.GetNodeByID(node.GetID()) is node
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == first.folder_item
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(adapter.image_from_volume_node(first.heatmap)), heat_before)
+    assert first.lesions.GetSegmentation().GetNumberOfSegments() == n_segments
+    assert second.heatmap.GetAttribute("DiffusionAnomaly.sampler") == "ddpm"
+    assert first.heatmap.GetAttribute("DiffusionAnomaly.sampler") == "ddim"
+
+
+def _fresh_scene_with_ct(folder):
+    scene = _scene()
+    ct = adapter.volume_node_from_image(scene, sitk.ReadImage(str(folder / "ct.nii.gz")), "CT")
+    seg = _organ_segmentation(scene, folder, ct)
+    return scene, ct, seg
+
+
+def test_cancel_mid_run_leaves_the_scene_as_it_was(kidney_case, tiny_bundle, tmp_path):
+    scene, ct, seg = _fresh_scene_with_ct(kidney_case[1])
+    before = _node_ids(scene)
+    events = []
+    run = SceneRun(scene, _request(tiny_bundle, sampler="ddpm", noise_level=900, steps=900), [ct], seg,
+                   adapter.organ_segment_ids(seg, "kidney"), on_event=events.append, output_dir=tmp_path / "out")
+    run.start()
+    tmp = run.tmp
+    import time
+
+    t_end = time.monotonic() + 120
+    while not any(e.get("stage") == "reconstruct" for e in events) and time.monotonic() < t_end:
+        assert run.poll()
+        time.sleep(0.05)
+    run.cancel()
+    assert run.finished and run.result_nodes is None
+    assert run.error is not None and run.error.code == "cancelled"
+    assert _node_ids(scene) == before
+    assert not tmp.exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_bad_input_and_worker_failure_leave_the_scene_as_it_was(kidney_case, tiny_bundle, tmp_path):
+    import shutil
+
+    scene, ct, seg = _fresh_scene_with_ct(kidney_case[1])
+    before = _node_ids(scene)
+    # no organ mask for a kidney
+    with pytest.raises(InputError, match="No organ mask"):
+        SceneRun(scene, _request(tiny_bundle), [ct], None).start()
+    # a bundle for another organ
+    with pytest.raises(InputError, match="is for the kidney, not the liver"):
+        SceneRun(scene, _request(tiny_bundle, organ="liver"), [ct], seg, ["x"]).start()
+    # no volume; a 2D volume
+    with pytest.raises(InputError, match="Select an input volume"):
+        SceneRun(scene, _request(tiny_bundle), [], seg, ["x"]).start()
+    # the worker fails: a weight file does not match its checksum (exit code 3)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    with open(broken / "denoiser.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02\x03")
+    run = SceneRun(scene, _request(broken), [ct], seg, adapter.organ_segment_ids(seg, "kidney"))
+    run.start()
+    run.wait(120)
+    assert isinstance(run.error, DiffusionAnomalyError) and run.error.code == "bad_model", run.error
+    assert run.result_nodes is None
+    assert _node_ids(scene) == before
+
+
+def test_results_missing_a_file_add_nothing(run_scene, tmp_path):
+    scene = run_scene["scene"]
+    before = _node_ids(scene)
+    out = run_scene["out"]
+    outputs = {p.name: str(p) for p in out.iterdir()}
+    broken = tmp_path / "heatmap.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    with pytest.raises(RuntimeError):
+        adapter.add_results(scene, run_scene["ct"], {**outputs, "heatmap.nii.gz": str(broken)}, [], "broken", {},
+                            "kidney")
+    with pytest.raises(InputError, match="lesions output is missing"):
+        adapter.add_results(scene, run_scene["ct"], {k: v for k, v in outputs.items() if k != "lesions.nii.gz"}, [],
+                            "missing", {}, "kidney")
+    assert _node_ids(scene) == before
+
+
+def test_compare_view_uses_the_scene_slice_views(run_scene):
+    scene, res, ct = run_scene["scene"], run_scene["run"].result_nodes, run_scene["ct"]
+    layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
+    comps = {}
+    for name in ("Red", "Yellow", "Green"):
+        comp = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        comp.SetLayoutName(name)
+        comps[name] = comp
+    adapter.show_compare(scene, ct, res)
+    assert layout.GetViewArrangement() == adapter.COMPARE_LAYOUT_ID
+    assert comps["Red"].GetBackgroundVolumeID() == ct.GetID()
+    assert comps["Yellow"].GetBackgroundVolumeID() == res.reconstruction.GetID()
+    assert comps["Green"].GetForegroundVolumeID() == res.heatmap.GetID()
+    assert all(c.GetLinkedControl() for c in comps.values())
+    centre = adapter.lesion_centre_ras(res.lesions, 0)
+    assert len(centre) == 3 and all(np.isfinite(centre))
