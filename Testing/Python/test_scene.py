@@ -361,3 +361,17 @@ def test_compare_view_uses_the_scene_slice_views(run_scene):
     assert all(c.GetLinkedControl() for c in comps.values())
     centre = adapter.lesion_centre_ras(res.lesions, 0)
     assert len(centre) == 3 and all(np.isfinite(centre))
+
+
+def test_missing_dependencies_and_the_install_command(monkeypatch):
+    import importlib.util
+
+    from DiffusionAnomalyLib import dependencies
+
+    assert dependencies.missing_packages() == []  # the test environment has everything
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("monai", "einops") else real(n, *a))
+    missing = dependencies.missing_packages()
+    assert missing == ["monai>=1.4", "einops>=0.7"]
+    assert dependencies.install_command(missing, "/opt/slicer/bin/PythonSlicer") == (
+        "/opt/slicer/bin/PythonSlicer -m pip install 'monai>=1.4' 'einops>=0.7'")

@@ -8,6 +8,7 @@ Slicer, so it is compiled and inspected here rather than imported; the GUI itsel
 import ast
 import os
 import py_compile
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -19,14 +20,47 @@ from DiffusionAnomalyLib.resources import resource_path
 MODULE = REPO / "DiffusionAnomaly" / "DiffusionAnomaly.py"
 
 
-def _parameter_fields() -> set[str]:
-    tree = ast.parse(MODULE.read_text())
-    for node in tree.body:
+def _parameter_annotations() -> dict[str, str]:
+    """Field name -> annotation source of the @parameterNodeWrapper class."""
+    text = MODULE.read_text()
+    for node in ast.parse(text).body:
         if isinstance(node, ast.ClassDef) and any(
             getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list
         ):
-            return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+            return {s.target.id: ast.get_source_segment(text, s.annotation) for s in node.body
+                    if isinstance(s, ast.AnnAssign)}
     raise AssertionError("no @parameterNodeWrapper class in the module")
+
+
+def _parameter_fields() -> set[str]:
+    return set(_parameter_annotations())
+
+
+def _ui_bindings() -> dict[str, str]:
+    """SlicerParameterName -> the class of the widget that carries it."""
+    root = ET.parse(resource_path("UI", "DiffusionAnomaly.ui")).getroot()
+    out = {}
+    for w in root.iter("widget"):
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                out[prop.find("string").text] = w.get("class")
+    return out
+
+
+#: Which widget classes the parameterNodeWrapper can bind to each kind of field.
+WIDGETS_FOR = {"node": {"qMRMLNodeComboBox"}, "choice": {"QComboBox"}, "float": {"ctkSliderWidget", "QDoubleSpinBox"},
+               "int": {"QSpinBox", "ctkSliderWidget"}, "str": {"QLineEdit", "QComboBox"}}
+
+
+def _kind(annotation: str) -> str:
+    if "vtkMRML" in annotation:
+        return "node"
+    if "Choice(" in annotation:
+        return "choice"
+    for k in ("float", "int", "str"):
+        if annotation == k or annotation.startswith(f"Annotated[{k}"):
+            return k
+    raise AssertionError(f"unexpected parameter annotation {annotation}")
 
 
 def test_module_file_compiles_and_has_the_four_classes(tmp_path):
@@ -49,6 +83,27 @@ def test_ui_is_valid_designer_xml_and_parameter_names_match_the_parameter_class(
     assert names <= fields, f"SlicerParameterName without a parameter field: {names - fields}"
     widgets = {w.get("name") for w in root.iter("widget")}
     assert {"inputVolumeSelector", "organComboBox", "applyButton"} <= widgets
+
+
+def test_every_setting_has_a_widget_of_a_fitting_kind():
+    bindings, annotations = _ui_bindings(), _parameter_annotations()
+    # bundlePath is chosen through the bundle list (a path behind a label), set by code
+    assert set(annotations) - set(bindings) == {"bundlePath"}
+    for name, widget_class in bindings.items():
+        assert widget_class in WIDGETS_FOR[_kind(annotations[name])], (name, widget_class, annotations[name])
+
+
+def test_every_widget_the_module_uses_exists_in_the_ui():
+    root = ET.parse(resource_path("UI", "DiffusionAnomaly.ui")).getroot()
+    widgets = {w.get("name") for w in root.iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    assert used, "the module uses no widgets?"
+    assert used <= widgets, f"used by the module but not in the .ui: {used - widgets}"
+    # each qMRMLNodeComboBox gets the scene (else it stays empty in Slicer)
+    connected = {c.find("receiver").text for c in root.iter("connection")
+                 if c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
+    combos = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    assert combos == connected
 
 
 def test_cmake_registers_the_module_tests_and_ships_the_library():
