@@ -41,13 +41,13 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def threshold_arg(text: str) -> float | str:
-    """``--threshold``: a number, or ``otsu``."""
-    if text.strip().lower() == "otsu":
-        return "otsu"
+    """``--threshold``: a number, ``otsu``, or ``bundle`` (the bundle's calibrated value)."""
+    if text.strip().lower() in ("otsu", "bundle"):
+        return text.strip().lower()
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'otsu', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, 'otsu' or 'bundle', got {text!r}") from None
 
 
 def _report(outcome) -> None:
@@ -98,6 +98,104 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"F1 {det.f1:.2f}")
     print(f"outputs in {out / 'result'} (heatmap, lesions, segmentation, reconstruction, overview.png, run.json); "
           f"{time.perf_counter() - t0:.1f} s. Synthetic data and a non-neural baseline: not a clinical result.")
+    return 0
+
+
+def _dataset_setup(args: argparse.Namespace):
+    from .batch import Ranks, load_model, rank_device
+    from .datasets import discover_cases
+
+    device = rank_device(args.device)
+    ranks = Ranks(device)
+    model = load_model(args, device)
+    cases = discover_cases(args.data, model.preset)
+    if not cases:
+        raise DiffusionAnomalyError(f"{args.data}: no case folders")
+    return ranks, model, cases
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .anomaly import PostProcessing
+    from .evaluate import compute_maps, score_dataset, write_report
+
+    ranks, model, cases = _dataset_setup(args)
+    out = Path(args.out)
+    key = "baseline" if model.settings is None else "{method}_L{noise_level}_s{guidance:g}_n{steps}_seed{seed}".format(
+        **dataclasses.asdict(model.settings))
+    maps = out / "maps" / key
+    compute_maps(cases, model.make_reconstructor(model.settings), model.preset, maps, ranks.rank, ranks.world)
+    ranks.barrier()
+    if ranks.rank == 0:
+        threshold = args.threshold if args.threshold != "bundle" else (model.recommended_threshold or "otsu")
+        pp = None if args.no_postprocessing else PostProcessing(
+            min_voxels=model.preset.min_component_voxels, min_axial_mm=model.preset.min_axial_extent_mm)
+        scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=args.bootstrap)
+        settings = {"model": model.description, "data": str(args.data), "maps": key,
+                    "threshold": f"{thr:.4f} ({'global Otsu' if threshold == 'otsu' else 'fixed'})",
+                    "post-processing": "off" if pp is None else "on (seed 000 4.1.1)", "IoU": 0.2,
+                    "ranks": ranks.world}
+        write_report(out, scores, summary, problems, settings)
+        print((out / "report" / "summary.md").read_text())
+        if model.demo:
+            print("note: a DEMO bundle trained on synthetic phantoms")
+    ranks.close()
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep, write_calibrated_bundle
+
+    ranks, model, cases = _dataset_setup(args)
+    if model.settings is None:
+        raise DiffusionAnomalyError("sweep needs --bundle (the baseline has no L or s)")
+    res = run_sweep(cases, model.make_reconstructor, model.preset, Path(args.out), model.settings,
+                    args.noise_levels, args.guidance_values, ranks.rank, ranks.world, ranks.barrier)
+    if res is not None:
+        print(f"{'L':>5} {'s':>7} {'threshold':>10} {'Dice':>7} {'F1':>7}")
+        for r in res["grid"]:
+            print(f"{r['noise_level']:>5} {r['guidance']:>7g} {r['threshold']:>10.4f} {r['dice'] or 0:>7.3f} "
+                  f"{r['f1'] or 0:>7.3f}")
+        b = res["best"]
+        print(f"best: L = {b['noise_level']}, s = {b['guidance']:g}, threshold {b['threshold']:.4f}, "
+              f"mean Dice {b['dice']}; plot in {Path(args.out) / 'sweep' / 'dice_vs_s.png'}")
+        if args.write_bundle:
+            dest = write_calibrated_bundle(args.bundle, args.write_bundle, b,
+                                           note=f"sweep over {len(cases)} cases of {args.data}")
+            print(f"calibrated bundle written to {dest}")
+    ranks.close()
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch, write_index
+
+    ranks, model, cases = _dataset_setup(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    threshold = None if args.threshold == "otsu" else (
+        args.threshold if args.threshold is not None else model.recommended_threshold)
+    run_batch(cases, model, out, threshold, ranks.rank, ranks.world)
+    ranks.barrier()
+    if ranks.rank == 0:
+        index = write_index(cases, out)
+        print(f"{len(cases)} case(s); index in {index}")
+    ranks.close()
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import run_bench
+
+    report = run_bench(sizes=args.sizes, devices=args.devices, steps=args.steps, repeats=args.repeats,
+                       reference=not args.no_reference)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
     return 0
 
 
@@ -241,6 +339,63 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--out", required=True, help="output folder")
     ru.set_defaults(func=_cmd_job)
 
+    def dataset_parser(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=description)
+        sp.add_argument("--data", required=True, help="dataset folder, one sub-folder per case (phantom, KiTS or "
+                                                      "BraTS layout; see README)")
+        model = sp.add_mutually_exclusive_group(required=True)
+        model.add_argument("--bundle", help="model bundle folder or .zip")
+        model.add_argument("--baseline", action="store_true", help="the non-neural median baseline (needs --organ)")
+        sp.add_argument("--organ", choices=["kidney", "liver", "brain"], help="with --baseline")
+        sp.add_argument("--sampler", choices=["ddpm", "ddim", "inpaint"])
+        sp.add_argument("--noise-level", type=int)
+        sp.add_argument("--steps", type=int)
+        sp.add_argument("--guidance", type=float)
+        sp.add_argument("--reference", choices=["input", "autoencoder"], default="input")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each rank its own GPU)")
+        sp.add_argument("--out", required=True)
+        return sp
+
+    ev = dataset_parser("evaluate", "metrics over a dataset (seed 000 ch. 5), resumable and shardable",
+                        "Dice, lesion precision/recall/F1 at IoU 0.2, size strata, FROC, voxel AUROC/AUPRC with "
+                        "bootstrap CIs; CSV, JSON, Markdown and PNG plots in OUT/report. Maps are cached in OUT/maps "
+                        "(an interrupted run resumes). Shard with: torchrun --nproc_per_node N -m "
+                        "DiffusionAnomalyLib.cli evaluate ...")
+    ev.add_argument("--threshold", type=threshold_arg, default="otsu",
+                    help="'otsu' (global over the dataset, default, as the thesis), a number, or 'bundle'")
+    ev.add_argument("--no-postprocessing", action="store_true", help="threshold + components only")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    sw = dataset_parser("sweep", "grid search over L and s (seed 000 5.2); can calibrate a copy of the bundle",
+                        "For each L and s: maps (cached), one global Otsu threshold, mean Dice without "
+                        "post-processing. Best = highest mean Dice. Writes OUT/sweep/{sweep.csv,sweep.json,"
+                        "dice_vs_s.png}.")
+    sw.add_argument("--noise-levels", type=int, nargs="+", default=[100, 250, 500])
+    sw.add_argument("--guidance-values", type=float, nargs="+", default=[float(s) for s in range(0, 2001, 200)])
+    sw.add_argument("--write-bundle", help="write a copy of the bundle calibrated with the best L, s and threshold")
+    sw.set_defaults(func=_cmd_sweep)
+
+    ba = dataset_parser("batch", "run detection on every case of a dataset folder (full outputs per case)",
+                        "Writes OUT/<case>/ as `run` does, plus OUT/index.csv; finished cases are skipped. Shard "
+                        "with torchrun --nproc_per_node N -m DiffusionAnomalyLib.cli batch ...")
+    ba.add_argument("--threshold", type=threshold_arg, default=None,
+                    help="fixed number or 'otsu' per case (default: the bundle's, else Otsu)")
+    ba.set_defaults(func=_cmd_batch)
+
+    be = sub.add_parser("bench", help="speed and memory of the samplers (JSON)",
+                        description="Times the sampler with random weights at named model sizes (demo, thesis "
+                                    "kidney): DDPM and DDIM, with and without guidance, 1 and 2 ROIs per batch, on "
+                                    "CPU and CUDA when present, against a plain loop on MONAI's DDIM scheduler.")
+    be.add_argument("--sizes", nargs="+", default=["demo", "thesis-kidney"], choices=["demo", "thesis-kidney"])
+    be.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    be.add_argument("--steps", type=int, default=50)
+    be.add_argument("--repeats", type=int, default=1)
+    be.add_argument("--no-reference", action="store_true", help="skip the MONAI reference loop")
+    be.add_argument("--out", help="also write the JSON here")
+    be.set_defaults(func=_cmd_bench)
+
     de = sub.add_parser("demo", help="generate a phantom and run detection on it, with scores against the truth")
     de.add_argument("--organ", default="kidney", choices=["kidney", "liver", "brain"])
     de.add_argument("--seed", type=int, default=6, help="phantom seed (default 6, a typical case)")
@@ -258,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if getattr(args, "part", None) == "autoencoder" and not args.organ:
         parser.error("train autoencoder needs --organ")
+    if getattr(args, "baseline", False) and not args.organ:
+        parser.error("--baseline needs --organ")
     if getattr(args, "part", None) in ("denoiser", "classifier") and not args.bundle:
         parser.error(f"train {args.part} needs --bundle")
     try:

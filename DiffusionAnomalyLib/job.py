@@ -81,7 +81,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
             torch.backends.cudnn.benchmark = False
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference,
                                                progress=lambda d, n: report("reconstruct", d, n))
-        threshold = args.threshold if args.threshold is not None else rec.get("threshold")
+        threshold = args.threshold if args.threshold not in (None, "bundle") else rec.get("threshold")
         threshold = None if threshold == "otsu" else threshold
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}

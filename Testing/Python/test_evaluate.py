@@ -1,0 +1,169 @@
+"""evaluate / sweep / batch / bench on small phantom datasets, through the real command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import REPO
+
+from DiffusionAnomalyLib.cli import main
+from DiffusionAnomalyLib.datasets import discover_cases
+from DiffusionAnomalyLib.evaluate import score_dataset
+from DiffusionAnomalyLib.presets import get_preset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Three kidney phantoms plus four problem cases (no labels, KiTS labels with a value 7, a label on
+    another grid, a folder with no image)."""
+    from DiffusionAnomalyLib.phantoms import write_dataset
+
+    root = tmp_path_factory.mktemp("eval") / "data"
+    write_dataset("kidney", root, [11, 12, 13], n_lesions=2)
+    shutil.copytree(root / "kidney-00011", root / "nolabels")
+    (root / "nolabels" / "lesions.nii.gz").unlink()
+    shutil.copytree(root / "kidney-00012", root / "othergrid")
+    lab = sitk.ReadImage(str(root / "othergrid" / "lesions.nii.gz"))
+    lab.SetSpacing([s * 2 for s in lab.GetSpacing()])
+    sitk.WriteImage(lab, str(root / "othergrid" / "lesions.nii.gz"))
+    kits = root / "kits-weird"
+    kits.mkdir()
+    shutil.copy(root / "kidney-00013" / "ct.nii.gz", kits / "imaging.nii.gz")
+    seg = sitk.ReadImage(str(root / "kidney-00013" / "segmentations" / "kidney_left.nii.gz"))
+    arr = sitk.GetArrayFromImage(seg).astype(np.uint8)
+    arr[arr > 0] = 1
+    arr[0, 0, 0] = 7
+    weird = sitk.GetImageFromArray(arr)
+    weird.CopyInformation(seg)
+    sitk.WriteImage(weird, str(kits / "segmentation.nii.gz"))
+    (root / "empty-folder").mkdir()
+    return root
+
+
+def test_cases_are_found_in_each_layout_and_problems_named(dataset):
+    cases = {c.case_id: c for c in discover_cases(dataset, get_preset("kidney"))}
+    assert cases["kidney-00011"].layout == "phantom" and not cases["kidney-00011"].problems
+    assert cases["kits-weird"].layout == "kits" and cases["kits-weird"].organ_from_labels
+    assert cases["nolabels"].problems == ["no reference labels"]
+    assert "no image in a known layout" in cases["empty-folder"].problems[0]
+
+
+def test_scoring_a_perfect_map_gives_perfect_figures(dataset, tmp_path):
+    # maps that are exactly the reference lesions: Dice 1, all found, no false positives, AUROC 1
+    cases = [c for c in discover_cases(dataset, get_preset("kidney")) if c.case_id.startswith("kidney-")]
+    maps = tmp_path / "maps"
+    for c in cases:
+        truth = sitk.ReadImage(str(c.labels))
+        organ = sitk.ReadImage(str(c.totalseg / "kidney_left.nii.gz")) | sitk.ReadImage(
+            str(c.totalseg / "kidney_right.nii.gz")) | sitk.Cast(truth > 0, sitk.sitkUInt8)  # exophytic parts too
+        (maps / c.case_id).mkdir(parents=True)
+        heat = sitk.Cast(truth > 0, sitk.sitkFloat32) * 0.8 + 0.1
+        sitk.WriteImage(heat, str(maps / c.case_id / "heatmap.nii.gz"))
+        sitk.WriteImage(sitk.Cast(organ, sitk.sitkUInt8), str(maps / c.case_id / "organ.nii.gz"))
+        (maps / c.case_id / "case.json").write_text(json.dumps({"structures": 2}))
+    scores, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=50)
+    assert 0.1 < thr < 0.9 and problems == {}
+    assert summary["dice"]["mean"] == pytest.approx(1.0)
+    assert summary["lesion_detection"] == {"tp": 6, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert summary["voxel_auroc"]["mean"] == pytest.approx(1.0)
+    assert sum(s["lesions"] for s in summary["size_strata"].values()) == 6
+
+
+def test_evaluate_reports_metrics_lists_bad_cases_and_resumes(dataset, tmp_path, capsys):
+    out = tmp_path / "ev"
+    args = ["evaluate", "--data", str(dataset), "--baseline", "--organ", "kidney", "--out", str(out),
+            "--bootstrap", "100"]
+    assert main(args) == 0
+    report = out / "report"
+    for name in ("per_case.csv", "summary.json", "summary.md", "froc.png", "size_strata.png", "dice_hist.png"):
+        assert (report / name).is_file(), name
+    doc = json.loads((report / "summary.json").read_text())
+    assert doc["summary"]["cases"] == 3 and doc["summary"]["reference_lesions"] == 6
+    skipped = doc["skipped_cases"]
+    assert skipped["nolabels"] == "no reference labels"
+    assert "different grids" in skipped["othergrid"]
+    assert "values [7]" in skipped["kits-weird"]
+    assert "no image" in skipped["empty-folder"]
+    md = (report / "summary.md").read_text()
+    assert "Dice (cases with lesions)" in md and "- othergrid:" in md
+    with open(report / "per_case.csv") as f:
+        assert [r["case"] for r in csv.DictReader(f)] == ["kidney-00011", "kidney-00012", "kidney-00013"]
+    # resumable: a second run reuses every cached map
+    maps = next((out / "maps").iterdir())
+    stamps = {p: p.stat().st_mtime_ns for p in maps.rglob("heatmap.nii.gz")}
+    capsys.readouterr()
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in maps.rglob("heatmap.nii.gz")} == stamps
+    assert "maps 1/" not in capsys.readouterr().err
+
+
+def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny_bundle, tmp_path, capsys):
+    from DiffusionAnomalyLib.bundle import load_bundle, read_meta
+
+    data = tmp_path / "two"
+    data.mkdir()
+    for c in ("kidney-00011", "kidney-00012"):
+        shutil.copytree(dataset / c, data / c)
+    out = tmp_path / "sw"
+    calibrated = tmp_path / "calibrated"
+    assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--sampler", "ddim", "--steps", "2",
+                 "--noise-levels", "20", "50", "--guidance-values", "0", "10", "--device", "cpu", "--out", str(out),
+                 "--write-bundle", str(calibrated)]) == 0
+    res = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert [(r["noise_level"], r["guidance"]) for r in res["grid"]] == [(20, 0.0), (20, 10.0), (50, 0.0), (50, 10.0)]
+    assert res["best"]["dice"] == max(r["dice"] for r in res["grid"])
+    assert (out / "sweep" / "dice_vs_s.png").is_file()
+    rec = read_meta(calibrated).recommended
+    assert rec["noise_level"] == res["best"]["noise_level"] and rec["threshold"] == res["best"]["threshold"]
+    load_bundle(calibrated)  # still a valid bundle (weights and checksums copied)
+    assert "best: L =" in capsys.readouterr().out
+
+
+def test_batch_writes_every_case_and_an_index(dataset, tmp_path):
+    out = tmp_path / "batch"
+    assert main(["batch", "--data", str(dataset), "--baseline", "--organ", "kidney", "--out", str(out)]) == 0
+    with open(out / "index.csv") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    for c in ("kidney-00011", "kidney-00012", "kidney-00013", "nolabels", "othergrid"):
+        assert rows[c]["status"] == "ok" and (out / c / "lesions.seg.nrrd").is_file()
+    assert rows["empty-folder"]["status"] == "failed" and "no image" in rows["empty-folder"]["problem"]
+
+
+def test_evaluate_shards_over_two_torchrun_processes(dataset, tmp_path):
+    data = tmp_path / "four"
+    data.mkdir()
+    for c in ("kidney-00011", "kidney-00012", "kidney-00013", "nolabels"):
+        shutil.copytree(dataset / c, data / c)
+    out = tmp_path / "dist"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "DiffusionAnomalyLib.cli", "evaluate", "--data", str(data), "--baseline", "--organ", "kidney",
+         "--out", str(out), "--bootstrap", "50", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[rank 0] maps" in proc.stderr and "[rank 1] maps" in proc.stderr
+    doc = json.loads((out / "report" / "summary.json").read_text())
+    assert doc["summary"]["cases"] == 3 and doc["settings"]["ranks"] == 2
+    assert list(doc["skipped_cases"]) == ["nolabels"]
+
+
+def test_bench_reports_the_figures_it_promises():
+    from DiffusionAnomalyLib.bench import run_bench
+
+    report = run_bench(sizes=["demo"], devices=["cpu"], steps=2, methods=("ddim",), guidance=(0.0, 50.0))
+    rows = report["results"]
+    assert len(rows) == 4
+    for r in rows:
+        assert r["seconds"] > 0 and r["network_s"] > 0 and r["network_evaluations"] == 4
+        assert r["reference_s"] > 0 and r["peak_rss_mb"] > 0
+    assert all("batch_speedup" in r for r in rows if r["rois"] == 2)
+    assert report["environment"]["torch"]
