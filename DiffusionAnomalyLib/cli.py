@@ -83,11 +83,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     case_dir = write_phantom(case, out / "case")
     print(f"[1/3] synthetic {args.organ} case {case.case_id} ({case.phase}) with {len(case.lesions)} lesion(s) "
           f"-> {case_dir}")
-    print("[2/3] non-neural baseline (organ median filter; no diffusion model yet) ...")
-    job = argparse.Namespace(
-        command="baseline", organ=args.organ, input=[str(case_dir / f"{c}.nii.gz") for c in case.channels],
-        totalseg=str(case_dir / "segmentations"), mask=None, mask_label=None, skull_stripped=False, threshold=None,
-        out=str(out / "result"))
+    from .bundle import available_bundles
+
+    shipped = [b for b in available_bundles(args.organ) if b.meta.demo] if not args.baseline else []
+    common = dict(input=[str(case_dir / f"{c}.nii.gz") for c in case.channels], mask=None, mask_label=None,
+                  totalseg=str(case_dir / "segmentations") if args.organ != "brain" else None,
+                  skull_stripped=args.organ == "brain", threshold=None, out=str(out / "result"))
+    if shipped:
+        print(f"[2/3] detection with the shipped {shipped[0].label} bundle on {args.device} "
+              "(trained on synthetic phantoms only) ...")
+        job = argparse.Namespace(
+            command="run", bundle=str(shipped[0].path), sampler=None, noise_level=None, steps=None, guidance=None,
+            seed=0, resample_jumps=1, reference="input", trajectory_every=0, deterministic=False,
+            skip_modality_check=False, device=args.device, **common)
+    else:
+        print("[2/3] non-neural baseline (organ median filter) ...")
+        job = argparse.Namespace(command="baseline", organ=args.organ, **common)
     result = run_job(job).result
     _print_table(result.table)
     pred = sitk.GetArrayFromImage(result.lesions)
@@ -97,7 +108,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"found, {det.fp} false positive(s); recall {det.recall:.2f}, precision {det.precision:.2f}, "
           f"F1 {det.f1:.2f}")
     print(f"outputs in {out / 'result'} (heatmap, lesions, segmentation, reconstruction, overview.png, run.json); "
-          f"{time.perf_counter() - t0:.1f} s. Synthetic data and a non-neural baseline: not a clinical result.")
+          f"{time.perf_counter() - t0:.1f} s. Synthetic data and a demo model: not a clinical result.")
     return 0
 
 
@@ -401,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--seed", type=int, default=6, help="phantom seed (default 6, a typical case)")
     de.add_argument("--lesions", type=int, default=2)
     de.add_argument("--out", default="demo-output")
+    de.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda")
+    de.add_argument("--baseline", action="store_true", help="use the non-neural baseline instead of the demo bundle")
     de.set_defaults(func=_cmd_demo)
     return p
 
