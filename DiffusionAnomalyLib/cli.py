@@ -202,7 +202,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     report = run_bench(sizes=args.sizes, devices=args.devices, steps=args.steps, repeats=args.repeats,
-                       reference=not args.no_reference)
+                       reference=not args.no_reference, methods=args.samplers, guidance=args.guidance_values,
+                       rois=args.rois)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
@@ -404,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--steps", type=int, default=50)
     be.add_argument("--repeats", type=int, default=1)
     be.add_argument("--no-reference", action="store_true", help="skip the MONAI reference loop")
+    be.add_argument("--samplers", nargs="+", default=["ddpm", "ddim"], choices=["ddpm", "ddim"])
+    be.add_argument("--guidance-values", type=float, nargs="+", default=[0.0, 100.0], help="0 = unguided")
+    be.add_argument("--rois", type=int, nargs="+", default=[1, 2], help="ROIs per batch")
     be.add_argument("--out", help="also write the JSON here")
     be.set_defaults(func=_cmd_bench)
 
