@@ -102,3 +102,47 @@ def test_run_with_a_bundle_on_real_ct_keeps_the_exact_geometry(shared_data, tiny
         written = sitk.ReadImage(str(out / name))
         assert written.GetSize() == ct.GetSize() and same_grid(ct, written) == []
         assert written.GetDirection() == pytest.approx(ct.GetDirection())
+
+
+@pytest.mark.parametrize("organ", ["kidney", "brain"])
+def test_demo_bundles_run_on_real_scans_in_the_exact_input_geometry(shared_data, organ, tmp_path, capsys):
+    """example_ct with its real TotalSegmentator labels (kidney) and the 3D BraTS case (brain), with the
+    shipped demo bundles; the findings mean nothing, the geometry must be exact."""
+    from DiffusionAnomalyLib.bundle import available_bundles
+    from DiffusionAnomalyLib.cli import main
+
+    demo = [b for b in available_bundles(organ) if b.meta.demo]
+    if not demo:
+        pytest.skip(f"no {organ} demo bundle in Resources/Models (train it with `make demo-models`)")
+    if organ == "kidney":
+        # TotalSegmentator's real output is for example_ct_sm = slices 82..111 of example_ct (same origin, as
+        # the data README says); its kidney labels (2, 3) are placed back onto the full CT's grid
+        ts = shared_data / "totalsegmentator_examples"
+        inputs = [ts / "example_ct.nii.gz"]
+        full = sitk.ReadImage(str(inputs[0]))
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(ts / "example_seg.nii.gz")))
+        assert np.array_equal(sitk.GetArrayFromImage(full)[82:112],
+                              sitk.GetArrayFromImage(sitk.ReadImage(str(ts / "example_ct_sm.nii.gz"))))
+        kidneys = np.zeros(sitk.GetArrayFromImage(full).shape, np.uint8)
+        kidneys[82:112] = np.isin(seg, [2, 3])
+        mask = sitk.GetImageFromArray(kidneys)
+        mask.CopyInformation(full)
+        sitk.WriteImage(mask, str(tmp_path / "kidneys.nii.gz"))
+        masks = ["--mask", str(tmp_path / "kidneys.nii.gz")]
+    else:
+        case = shared_data / "brats_3d" / "BraTS-GLI-00001-000"
+        inputs = [case / f"BraTS-GLI-00001-000-{c}.nii.gz" for c in ("t1n", "t1c", "t2w", "t2f")]
+        masks = ["--skull-stripped"]
+    out = tmp_path / "out"
+    rc = main(["run", "--bundle", str(demo[0].path), "--input", *map(str, inputs), *masks, "--out", str(out),
+               "--device", "cpu", "--steps", "5"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "DEMO bundle" in captured.out
+    reference = sitk.ReadImage(str(inputs[0]))
+    recon = (["reconstruction.nii.gz"] if organ == "kidney"
+             else ["reconstruction_t1n.nii.gz", "reconstruction_t2f.nii.gz"])
+    for name in ("heatmap.nii.gz", "lesions.nii.gz", "lesions.seg.nrrd", *recon):
+        written = sitk.ReadImage(str(out / name))
+        assert written.GetSize() == reference.GetSize() and same_grid(reference, written) == [], name
+        assert written.GetDirection() == pytest.approx(reference.GetDirection())
