@@ -17,7 +17,9 @@ with an ``event`` key:
 
 Exit codes: 0 ok, 2 bad input, 3 missing or bad model, 4 out of memory, 5 cancelled,
 6 missing dependency, 1 internal error. SIGTERM cancels: the staging folder is removed, so the
-output folder never holds half results. Human-readable output goes to stderr.
+output folder never holds half results. Human-readable output goes to stderr. ``DA_MEMORY_LIMIT_GB``
+caps the worker's address space: a run that needs more fails with ``out_of_memory`` (exit 4) instead
+of the operating system killing it (which the client reports as "killed by signal 9 (out of memory?)").
 """
 
 from __future__ import annotations
@@ -60,6 +62,19 @@ class EventWriter:
                   eta_s=None if eta is None else round(eta, 1))
 
 
+#: Substrings of RuntimeError messages that mean an allocation failed (PyTorch CUDA/CPU, ITK, C++).
+OOM_MARKERS = ("out of memory", "failed to allocate memory", "bad_alloc", "defaultcpuallocator: can't allocate")
+
+
+def limit_memory(gb: float) -> None:
+    """Cap this process's address space at ``gb`` GiB, so an oversized run fails with ``out_of_memory``
+    (exit 4) instead of being killed by the operating system (Linux/macOS; ``DA_MEMORY_LIMIT_GB``)."""
+    import resource
+
+    limit = int(gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def _on_sigterm(signum, frame) -> None:
     raise CancelledError("cancelled by the user (SIGTERM); no results were written")
 
@@ -87,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout = sys.stderr  # anything printed by libraries goes to stderr, not into the protocol
     events.stream = real_stdout
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if os.environ.get("DA_MEMORY_LIMIT_GB"):
+        limit_memory(float(os.environ["DA_MEMORY_LIMIT_GB"]))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -104,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except MemoryError as exc:
             raise OutOfMemoryError(_oom_message(exc)) from exc
         except RuntimeError as exc:
-            if "out of memory" in str(exc).lower():
+            if any(k in str(exc).lower() for k in OOM_MARKERS):
                 raise OutOfMemoryError(_oom_message(exc)) from exc
             raise
         events.emit("result", **result)
@@ -121,8 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _oom_message(exc: BaseException) -> str:
-    return (f"out of memory ({type(exc).__name__}: {exc}). Try --device cpu if the GPU is small, close other "
-            "programs using the GPU, or use a bundle with a smaller network or ROI")
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return (f"out of memory ({type(exc).__name__}: {text}). Try --device cpu if the GPU is small, close other "
+            "programs using the memory, raise DA_MEMORY_LIMIT_GB if it is set, or use a bundle with a smaller "
+            "network, a coarser spacing or a smaller ROI")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,28 @@ def test_bad_input_gives_the_documented_code(tmp_path):
     other = WorkerClient(["phantom", "--organ", "kidney", "--out", tmp_path / "x"])
     other.start()
     assert other.wait(60) == 2 and "runs 'run' or 'baseline'" in other.error["message"]
+
+
+def test_running_out_of_memory_is_reported_with_what_to_try(tiny_bundle, kidney_case, tmp_path):
+    """A bundle whose ROI grid needs tens of GB, under a 5 GiB memory cap: exit 4, code out_of_memory."""
+    import json
+    import shutil
+
+    from DiffusionAnomalyLib.errors import OutOfMemoryError
+
+    _, folder = kidney_case
+    huge = tmp_path / "huge"
+    shutil.copytree(tiny_bundle, huge)
+    meta = json.loads((huge / "model.json").read_text())
+    meta["preset_overrides"]["spacing_mm"] = [0.08, 0.08, 0.08]  # 1200 x 1200 x 1600 voxels per ROI
+    (huge / "model.json").write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    client = WorkerClient(["run", "--bundle", str(huge), "--input", str(folder / "ct.nii.gz"), "--totalseg",
+                           str(folder / "segmentations"), "--out", str(out), "--device", "cpu"],
+                          env={**os.environ, "DA_MEMORY_LIMIT_GB": "5"})
+    client.start()
+    assert client.wait(300) == 4
+    assert client.error["code"] == "out_of_memory"
+    with pytest.raises(OutOfMemoryError, match="out of memory .*Try --device cpu.*smaller ROI"):
+        client.raise_for_status()
+    assert not out.exists() or not any(p for p in out.iterdir() if not p.name.startswith(".staging"))
