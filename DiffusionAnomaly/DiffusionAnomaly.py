@@ -169,7 +169,7 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         bundles = available_bundles(pn.organ)
         if [b.path for b in bundles] != [b.path for b in self._bundles]:
             self._bundles = bundles
-            with slicer.util.NodeModify(pn):
+            with slicer.util.NodeModify(pn.parameterNode):
                 self.ui.bundleComboBox.blockSignals(True)
                 self.ui.bundleComboBox.clear()
                 for b in bundles:
@@ -202,7 +202,7 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not pn.bundlePath:
             return
         rec = read_meta(pn.bundlePath).recommended or {}
-        with slicer.util.NodeModify(pn):
+        with slicer.util.NodeModify(pn.parameterNode):
             pn.sampler = rec.get("sampler", pn.sampler)
             pn.noiseLevel = float(rec.get("noise_level", pn.noiseLevel))
             pn.guidance = float(rec.get("guidance", pn.guidance))
