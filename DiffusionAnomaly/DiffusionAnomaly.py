@@ -191,8 +191,10 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onBundleChosen(self, index: int) -> None:
         if self._parameterNode and 0 <= index < len(self._bundles):
-            self._parameterNode.bundlePath = str(self._bundles[index].path)
-            self.applyBundleDefaults()
+            path = str(self._bundles[index].path)
+            if path != self._parameterNode.bundlePath:  # keep the user's settings when nothing changed
+                self._parameterNode.bundlePath = path
+                self.applyBundleDefaults()
 
     def applyBundleDefaults(self) -> None:
         """The chosen bundle's recommended sampler, L, s and steps become the panel's values."""
