@@ -446,7 +446,7 @@ class DiffusionAnomalyTest(ScriptedLoadableModuleTest):
         from DiffusionAnomalyLib.bundle import available_bundles
         from DiffusionAnomalyLib.phantoms import make_phantom
 
-        case = make_phantom("kidney", seed=SELF_TEST_SEED, n_lesions=2)
+        case = make_phantom("kidney", seed=SELF_TEST_SEED)
         ct = scene.volume_node_from_image(slicer.mrmlScene, case.channels["ct"], "phantom CT")
         organs = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "organs")
         organs.SetReferenceImageGeometryParameterFromVolumeNode(ct)
@@ -485,8 +485,9 @@ class DiffusionAnomalyTest(ScriptedLoadableModuleTest):
         self.delayDisplay("DiffusionAnomaly self-test passed")
 
 
-#: Phantom seed of the self-test (a held-out seed; the demo bundle was trained on seeds >= 100000).
-SELF_TEST_SEED = 6
+#: Phantom seed of the self-test: the median case of the kidney demo bundle's held-out evaluation (it was trained
+#: on seeds >= 100000); the demo command uses it too.
+SELF_TEST_SEED = 1005
 
 
 if __name__ == "__main__":
