@@ -36,17 +36,12 @@ def load_model(args: argparse.Namespace, device) -> Model:
     """From ``--bundle`` (+ sampler options) or ``--baseline --organ``."""
     if getattr(args, "bundle", None):
         from .bundle import load_bundle
-        from .diffusion.sampler import SamplerSettings
+        from .job import sampler_settings
         from .reconstruction import DiffusionReconstructor
 
         bundle = load_bundle(args.bundle, device=device)
         rec = bundle.meta.recommended or {}
-        settings = SamplerSettings(
-            method=args.sampler or rec.get("sampler", "ddpm"),
-            noise_level=args.noise_level if args.noise_level is not None else int(rec.get("noise_level", 250)),
-            steps=args.steps if args.steps is not None else int(rec.get("steps", 50)),
-            guidance=args.guidance if args.guidance is not None else float(rec.get("guidance", 0.0)),
-            seed=args.seed)
+        settings = sampler_settings(args, rec)
         reference = getattr(args, "reference", "input")
         return Model(bundle.preset, settings,
                      lambda st: DiffusionReconstructor(bundle, st, device, reference=reference),
@@ -77,13 +72,6 @@ class Ranks:
         from .train.common import shutdown
 
         shutdown(self.dist)
-
-
-def rank_device(name: str):
-    """The device for this rank: ``auto``/``cuda`` map to ``cuda:LOCAL_RANK`` under torchrun."""
-    from .train.common import select_device
-
-    return select_device(name)
 
 
 def run_batch(cases: list[EvalCase], model: Model, out: Path, threshold, rank: int = 0, world: int = 1,
@@ -142,4 +130,4 @@ def write_index(cases: list[EvalCase], out: Path) -> Path:
     return path
 
 
-__all__ = ["Model", "Ranks", "discover_cases", "load_model", "rank_device", "run_batch", "write_index"]
+__all__ = ["Model", "Ranks", "discover_cases", "load_model", "run_batch", "write_index"]

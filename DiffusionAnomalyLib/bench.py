@@ -31,7 +31,7 @@ from .diffusion.guidance import HEALTHY, ClassifierGuidance
 from .diffusion.sampler import LatentSampler, SamplerSettings
 from .diffusion.schedule import NoiseSchedule, sampling_timesteps
 from .nets.classifier import LatentClassifier
-from .nets.denoiser import build_denoiser, denoiser_config, eps_function
+from .nets.denoiser import bf16_on_cuda, build_denoiser, denoiser_config, eps_function
 
 SIZES = {
     "demo": {"denoiser": "tiny", "latent": (4, 16, 12, 12)},
@@ -86,18 +86,7 @@ def build_networks(size: str, device: torch.device, seed: int = 0):
     return den, clf
 
 
-def _autocast(fn, device: torch.device):
-    if device.type != "cuda":
-        return fn
-
-    def wrapped(x, t, labels=None):
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            return fn(x, t, labels).float()
-
-    return wrapped
-
-
-def bare_network_time(eps, clf, schedule, z: torch.Tensor, settings: SamplerSettings, device) -> float:
+def bare_network_time(eps, clf, z: torch.Tensor, settings: SamplerSettings, device) -> float:
     """The sampler's network evaluations without the sampler: same count, batch, timesteps and guidance."""
     grid = sampling_timesteps(settings.noise_level, settings.steps)
     ts = list(grid[:-1]) * (2 if settings.method == "ddim" else 1)
@@ -150,10 +139,8 @@ def reference_ddim_time(eps, clf, z: torch.Tensor, settings: SamplerSettings, de
 def bench_case(size: str, device: torch.device, method: str, guidance: float, rois: int, steps: int,
                reference: bool, nets=None) -> dict:
     den, clf = nets or build_networks(size, device)
-    eps = _autocast(eps_function(den), device)
-    schedule = NoiseSchedule()
-    schedule = schedule.to(device) if hasattr(schedule, "to") else schedule
-    sampler = LatentSampler(eps, schedule, classifier=clf)
+    eps = bf16_on_cuda(eps_function(den), device)
+    sampler = LatentSampler(eps, NoiseSchedule(), classifier=clf)
     z = torch.randn((rois, *SIZES[size]["latent"]), generator=torch.Generator().manual_seed(1)).to(device)
     settings = SamplerSettings(method=method, noise_level=NOISE_LEVEL, steps=steps, guidance=guidance, seed=0)
     sampler.reconstruct(z[:1], SamplerSettings(method="ddpm", noise_level=NOISE_LEVEL, steps=2))  # warm-up
@@ -167,7 +154,7 @@ def bench_case(size: str, device: torch.device, method: str, guidance: float, ro
            "peak_rss_mb": _peak_rss_mb(),
            "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda"
            else None}
-    net_s = bare_network_time(eps, clf, schedule, z, settings, device)
+    net_s = bare_network_time(eps, clf, z, settings, device)
     out["network_s"] = round(net_s, 3)
     out["overhead"] = round(seconds / net_s - 1, 4)
     if reference and method == "ddim":

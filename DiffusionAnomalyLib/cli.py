@@ -113,10 +113,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _dataset_setup(args: argparse.Namespace):
-    from .batch import Ranks, load_model, rank_device
+    from .batch import Ranks, load_model
     from .datasets import discover_cases
+    from .train.common import select_device
 
-    device = rank_device(args.device)
+    device = select_device(args.device)  # auto/cuda -> cuda:LOCAL_RANK under torchrun
     ranks = Ranks(device)
     model = load_model(args, device)
     cases = discover_cases(args.data, model.preset)
@@ -181,12 +182,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     from .batch import run_batch, write_index
+    from .job import resolve_threshold
 
     ranks, model, cases = _dataset_setup(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    threshold = None if args.threshold == "otsu" else (
-        args.threshold if args.threshold is not None else model.recommended_threshold)
+    threshold = resolve_threshold(args.threshold, model.recommended_threshold)
     run_batch(cases, model, out, threshold, ranks.rank, ranks.world)
     ranks.barrier()
     if ranks.rank == 0:

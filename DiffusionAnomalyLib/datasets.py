@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .errors import DiffusionAnomalyError
+from .errors import DiffusionAnomalyError, InputError
 from .io import read_volume, same_grid
 from .presets import OrganPreset
 
@@ -78,8 +78,6 @@ def discover_cases(data: str | os.PathLike, preset: OrganPreset) -> list[EvalCas
     as cases with a problem."""
     root = Path(data)
     if not root.is_dir():
-        from .errors import InputError
-
         raise InputError(f"{root}: dataset folder not found")
     cases = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):

@@ -34,6 +34,7 @@ from .datasets import EvalCase, reference_lesions
 from .errors import DiffusionAnomalyError, InputError
 from .io import atomic_output_dir, read_channels, read_volume, write_volume
 from .metrics import (
+    Detection,
     bootstrap_ci,
     components,
     dice,
@@ -120,17 +121,20 @@ class CaseScore:
     strata: dict[str, list[int]] = field(default_factory=dict)  # size class -> [tp, fn, fp]
 
     @property
+    def detection(self) -> Detection:
+        return Detection(self.tp, self.fp, self.fn)
+
+    @property
     def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
+        return self.detection.precision
 
     @property
     def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
+        return self.detection.recall
 
     @property
     def f1(self) -> float:
-        d = 2 * self.tp + self.fp + self.fn
-        return 2 * self.tp / d if d else float("nan")
+        return self.detection.f1
 
     def row(self) -> dict:
         return {"case": self.case, "lesions": self.lesions, "dice": _r(self.dice), "tp": self.tp, "fp": self.fp,

@@ -46,6 +46,28 @@ def load_masks(args: argparse.Namespace, reference, preset: OrganPreset) -> Mask
     return load_totalseg_masks(seg_dir, reference, preset)
 
 
+def sampler_settings(args: argparse.Namespace, recommended: dict):
+    """SamplerSettings from the command's options, each falling back to the bundle's recommendation."""
+    from .diffusion.sampler import SamplerSettings
+
+    def pick(value, key, default, cast):
+        return value if value is not None else cast(recommended.get(key, default))
+
+    return SamplerSettings(
+        method=args.sampler or recommended.get("sampler", "ddpm"),
+        noise_level=pick(args.noise_level, "noise_level", 250, int), steps=pick(args.steps, "steps", 50, int),
+        guidance=pick(args.guidance, "guidance", 0.0, float), seed=args.seed,
+        resample_jumps=getattr(args, "resample_jumps", 1), trajectory_every=getattr(args, "trajectory_every", 0))
+
+
+def resolve_threshold(value, recommended: float | None) -> float | None:
+    """``--threshold``: a number; ``otsu`` -> None (Otsu per case); None or ``bundle`` -> the bundle's
+    calibrated threshold (None, i.e. Otsu, when it has none)."""
+    if value in (None, "bundle"):
+        return recommended
+    return None if value == "otsu" else float(value)
+
+
 def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOutcome:
     """Read inputs, reconstruct, post-process and write the outputs of one case."""
     from .io import read_channels
@@ -60,19 +82,13 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
     demo = False
     if args.command == "run":
         from .bundle import load_bundle
-        from .diffusion.sampler import SamplerSettings
         from .reconstruction import DiffusionReconstructor
         from .train.common import select_device
 
         device = select_device(args.device)
         bundle = load_bundle(args.bundle, device=device)
         preset, rec, demo = bundle.preset, bundle.meta.recommended or {}, bundle.meta.demo
-        settings = SamplerSettings(
-            method=args.sampler or rec.get("sampler", "ddpm"),
-            noise_level=args.noise_level if args.noise_level is not None else int(rec.get("noise_level", 250)),
-            steps=args.steps if args.steps is not None else int(rec.get("steps", 50)),
-            guidance=args.guidance if args.guidance is not None else float(rec.get("guidance", 0.0)),
-            seed=args.seed, resample_jumps=args.resample_jumps, trajectory_every=args.trajectory_every)
+        settings = sampler_settings(args, rec)
         if args.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             import torch
@@ -81,8 +97,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
             torch.backends.cudnn.benchmark = False
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference,
                                                progress=lambda d, n: report("reconstruct", d, n))
-        threshold = args.threshold if args.threshold not in (None, "bundle") else rec.get("threshold")
-        threshold = None if threshold == "otsu" else threshold
+        threshold = resolve_threshold(args.threshold, rec.get("threshold"))
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}
         params = {"sampler": dataclasses.asdict(settings), "reference": args.reference,
@@ -93,7 +108,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
 
         device, preset = "cpu", get_preset(args.organ)
         reconstructor = MedianBaseline.for_preset(preset)
-        threshold = None if args.threshold == "otsu" else args.threshold
+        threshold = resolve_threshold(args.threshold, None)
     channels = read_channels(args.input, preset.channels if len(args.input) > 1 else None)
     if args.command == "run" and not args.skip_modality_check:
         import SimpleITK as sitk

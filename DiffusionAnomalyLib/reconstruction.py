@@ -19,7 +19,7 @@ from .diffusion.inpaint import adaptive_liver_mask
 from .diffusion.sampler import LatentSampler, SamplerSettings
 from .errors import InputError
 from .nets.autoencoder import LatentCodec
-from .nets.denoiser import eps_function
+from .nets.denoiser import bf16_on_cuda, eps_function
 
 REFERENCES = ("input", "autoencoder")
 
@@ -50,14 +50,7 @@ class DiffusionReconstructor:
         self.network_evaluations = 0
 
     def _maybe_autocast(self, fn):
-        if not (self.autocast and self.device.type == "cuda"):
-            return fn
-
-        def wrapped(x, t, labels=None):
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-                return fn(x, t, labels).float()
-
-        return wrapped
+        return bf16_on_cuda(fn, self.device) if self.autocast else fn
 
     def _latent_mask(self, x: np.ndarray, mask: np.ndarray, z_shape: torch.Size) -> torch.Tensor:
         """Inpainting region on the latent grid: the adaptive (darker-than-median) mask for CT, else the organ."""

@@ -142,11 +142,14 @@ def scratch_nodes(scene, keep: list | None = None):
     try:
         yield
     finally:
-        kept = {n.GetID() for n in keep or [] if n is not None}
-        for node_id in _node_ids(scene) - before - kept:
-            node = scene.GetNodeByID(node_id)
-            if node is not None and not any(k == node_id for k in kept):
-                scene.RemoveNode(node)
+        _remove_nodes_added_since(scene, before, keep={n.GetID() for n in keep or [] if n is not None})
+
+
+def _remove_nodes_added_since(scene, before: set[str], keep: set[str] = frozenset()) -> None:
+    for node_id in _node_ids(scene) - before - keep:
+        node = scene.GetNodeByID(node_id)
+        if node is not None:  # removing a node can remove its dependents too
+            scene.RemoveNode(node)
 
 
 # --- organ masks from segmentations --------------------------------------------------------------------------------
@@ -345,10 +348,7 @@ def add_results(scene, input_node, outputs: dict[str, str], lesions: Sequence[di
     except BaseException:
         if folder:
             sh.RemoveItem(folder, False, False)
-        for node_id in _node_ids(scene) - before:  # created nodes and their display nodes
-            node = scene.GetNodeByID(node_id)
-            if node is not None:
-                scene.RemoveNode(node)
+        _remove_nodes_added_since(scene, before)  # created nodes and their display nodes
         raise
 
 

@@ -148,6 +148,7 @@ class SceneRun:
         self.result_nodes = None
         self.error: DiffusionAnomalyError | None = None
         self.finished = False
+        self.channels: list[str] = []  # the bundle's input channels (read in start)
         self.name = run_name(request, self.input_nodes[0].GetName() if self.input_nodes else "volume")
 
     def start(self) -> None:
@@ -163,7 +164,8 @@ class SceneRun:
         problems = self.request.problems()
         if problems:
             raise InputError(" ".join(problems))
-        channels = read_meta(self.request.bundle).channels if Path(self.request.bundle).is_dir() else ["image"]
+        channels = self.channels = (read_meta(self.request.bundle).channels if Path(self.request.bundle).is_dir()
+                                    else ["image"])
         problem = (scene_adapter.channel_nodes_problem(self.input_nodes, channels) if len(channels) > 1
                    else scene_adapter.volume_node_problem(self.input_nodes[0] if self.input_nodes else None))
         if problem:
@@ -194,13 +196,11 @@ class SceneRun:
         """Forward new events; when the worker has exited, finish the run. Returns True while running."""
         if self.finished or self.client is None:
             return False
-        for event in self.client.poll_events():
-            self.on_event(event)
+        self._forward_events()
         if self.client.running:
             return True
         self.client.wait()
-        for event in self.client.poll_events():
-            self.on_event(event)
+        self._forward_events()
         self._finish()
         return False
 
@@ -218,7 +218,7 @@ class SceneRun:
         if self.client is not None and not self.finished:
             self.client.cancel()
             self.client.wait()
-            self.poll_events_quietly()
+            self._forward_events()
             try:
                 self.client.raise_for_status()
             except DiffusionAnomalyError as exc:
@@ -226,17 +226,16 @@ class SceneRun:
             self.finished = True
             self._cleanup()
 
-    def poll_events_quietly(self) -> None:
+    def _forward_events(self) -> None:
         for event in self.client.poll_events():
             self.on_event(event)
 
     def _finish(self) -> None:
         from . import scene as scene_adapter
-        from .bundle import read_meta
 
         try:
             result = self.client.raise_for_status()
-            channels = read_meta(self.request.bundle).channels if Path(self.request.bundle).is_dir() else ["image"]
+            channels = self.channels
             recon = "reconstruction.nii.gz" if len(channels) == 1 else f"reconstruction_{channels[0]}.nii.gz"
             attributes = scene_adapter.run_attributes(result, {**asdict(self.request), "run": self.name})
             self.result_nodes = scene_adapter.add_results(
