@@ -119,6 +119,8 @@ class CaseScore:
     lesion_scores: list[float] = field(default_factory=list)
     lesion_hits: list[bool] = field(default_factory=list)
     strata: dict[str, list[int]] = field(default_factory=dict)  # size class -> [tp, fn, fp]
+    #: Phantom cases: "attribute=value" (kind, phase, position) -> [found, total] over reference lesions.
+    kinds: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def detection(self) -> Detection:
@@ -180,10 +182,36 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
             strata[name] = [s.tp, s.fn, s.fp]
     return CaseScore(
         case=case.case_id, lesions=n_ref, structures=int(info.get("structures", 1)),
+        kinds=lesion_kinds(case, {r for r, _, _ in det.matches}),
         dice=dice(pred, truth) if n_ref else float("nan"), tp=det.tp, fp=det.fp, fn=det.fn,
         fp_per_organ=det.fp / max(int(info.get("structures", 1)), 1),
         auroc=voxel_auroc(heat, truth > 0, organ), auprc=voxel_auprc(heat, truth > 0, organ),
         lesion_scores=scores, lesion_hits=[p in matched for p in pred_ids], strata=strata)
+
+
+#: Phantom lesion attributes that the report breaks recall down by (from the case's ``case.json``).
+KIND_ATTRIBUTES = ("kind", "phase", "position")
+
+
+def lesion_kinds(case: EvalCase, found: set[int]) -> dict[str, list[int]]:
+    """[found, total] per phantom lesion attribute value; {} for cases without a phantom ``case.json``.
+
+    The phantom's lesion ids are the values of its ``lesions.nii.gz``, so ``found`` (reference ids
+    matched by a prediction) says which described lesions were detected.
+    """
+    meta_path = case.labels.parent / "case.json" if case.layout == "phantom" and case.labels else None
+    if meta_path is None or not meta_path.is_file():
+        return {}
+    meta = json.loads(meta_path.read_text())
+    out: dict[str, list[int]] = {}
+    for lesion in meta.get("lesions", []):
+        values = {"kind": lesion.get("kind"), "phase": meta.get("phase"), "position": lesion.get("position")}
+        for attr in KIND_ATTRIBUTES:
+            if values[attr]:
+                row = out.setdefault(f"{attr}={values[attr]}", [0, 0])
+                row[0] += int(lesion["id"]) in found
+                row[1] += 1
+    return out
 
 
 def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
@@ -208,6 +236,14 @@ def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
             strata[name] = {"cases": len(rows), "lesions": t + n, "found": t, "recall": _r(t / (t + n)),
                             "fp": f}
     out["size_strata"] = strata
+    kinds: dict[str, list[int]] = {}
+    for s in scores:
+        for key, (f, n) in s.kinds.items():
+            row = kinds.setdefault(key, [0, 0])
+            row[0] += f
+            row[1] += n
+    out["lesion_kinds"] = {k: {"lesions": n, "found": f, "recall": _r(f / n) if n else None}
+                           for k, (f, n) in sorted(kinds.items())}
     out["froc"] = [{"threshold": _r(t), "fp_per_scan": _r(f), "sensitivity": _r(s)}
                    for t, f, s in froc_points([(s.lesion_scores, s.lesion_hits, s.lesions) for s in scores])]
     return out
@@ -251,6 +287,10 @@ def markdown_summary(summary: dict, problems: dict[str, str], settings: dict) ->
     ]
     for name, s in summary["size_strata"].items():
         lines.append(f"| {name} | {s['cases']} | {s['lesions']} | {s['found']} | {_fmt(s['recall'])} |")
+    if summary.get("lesion_kinds"):
+        lines += ["", "| phantom lesion attribute | lesions | found | recall |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['lesions']} | {v['found']} | {_fmt(v['recall'])} |"
+                  for k, v in summary["lesion_kinds"].items()]
     if problems:
         lines += ["", "Skipped cases:", ""] + [f"- {c}: {p}" for c, p in sorted(problems.items())]
     return "\n".join(lines) + "\n"

@@ -75,6 +75,22 @@ def test_scoring_a_perfect_map_gives_perfect_figures(dataset, tmp_path):
     assert summary["lesion_detection"] == {"tp": 6, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
     assert summary["voxel_auroc"]["mean"] == pytest.approx(1.0)
     assert sum(s["lesions"] for s in summary["size_strata"].values()) == 6
+    kinds = summary["lesion_kinds"]
+    for attr in ("kind", "phase", "position"):
+        rows = [v for k, v in kinds.items() if k.startswith(f"{attr}=")]
+        assert sum(r["lesions"] for r in rows) == 6 and all(r["recall"] == 1.0 for r in rows)
+
+    # only each case's lesion 1 in the map: the breakdown credits exactly those lesions' attributes
+    expected: dict[str, int] = {}
+    for c in cases:
+        truth = sitk.ReadImage(str(c.labels))
+        sitk.WriteImage(sitk.Cast(truth == 1, sitk.sitkFloat32) * 0.8 + 0.1, str(maps / c.case_id / "heatmap.nii.gz"))
+        first = json.loads((c.labels.parent / "case.json").read_text())["lesions"][0]
+        assert first["id"] == 1
+        expected[f"kind={first['kind']}"] = expected.get(f"kind={first['kind']}", 0) + 1
+    _, summary, _, _ = score_dataset(cases, maps, 0.5, None, n_boot=20)
+    found = {k: v["found"] for k, v in summary["lesion_kinds"].items() if k.startswith("kind=") and v["found"]}
+    assert found == expected and summary["lesion_detection"]["tp"] == len(cases)
 
 
 def test_evaluate_reports_metrics_lists_bad_cases_and_resumes(dataset, tmp_path, capsys):
