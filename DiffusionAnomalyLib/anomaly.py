@@ -3,7 +3,9 @@
 Post-processing order, as in the thesis: threshold -> mask to the organ -> morphological opening
 -> closing (6-connected unit structuring element) -> hole filling -> connected components
 (26-connected) -> drop components < ``min_voxels`` -> drop lesions whose largest axial extent
-(largest side of the axial bounding box, in mm, patient x/y axes) is < ``min_axial_mm``.
+(largest side of the axial bounding box, in mm, patient x/y axes) is < ``min_axial_mm``. Optionally
+(not in the thesis; 0 = off) drop lesions smaller than ``min_volume_ml``, a size in millilitres that,
+unlike a voxel count, means the same on every scan; ``diffusion-anomaly sweep`` calibrates it.
 """
 
 from __future__ import annotations
@@ -99,6 +101,13 @@ class PostProcessing:
     fill_holes: bool = True
     min_voxels: int = 20
     min_axial_mm: float = 3.0
+    min_volume_ml: float = 0.0
+
+    @classmethod
+    def for_preset(cls, preset, min_volume_ml: float | None = None) -> PostProcessing:
+        """The thesis defaults with the preset's size limits (and an optional volume limit in ml)."""
+        return cls(min_voxels=preset.min_component_voxels, min_axial_mm=preset.min_axial_extent_mm,
+                   min_volume_ml=float(min_volume_ml or 0.0))
 
 
 def postprocess(
@@ -116,13 +125,14 @@ def postprocess(
     if settings.fill_holes:
         binary = ndimage.binary_fill_holes(binary)
     labels, n = ndimage.label(binary, structure=_STRUCT26)
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     out = np.zeros(labels.shape, dtype=np.uint16)
     next_id = 1
     for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
         comp = labels[sl] == lab
-        if comp.sum() < settings.min_voxels:
+        if comp.sum() < settings.min_voxels or comp.sum() * voxel_ml < settings.min_volume_ml:
             continue
         idx = np.argwhere(comp) + np.array([s.start for s in sl])
         if axial_extent_mm(image, idx) < settings.min_axial_mm:

@@ -30,6 +30,7 @@ class Model:
     description: str
     recommended_threshold: float | None = None
     demo: bool = False
+    recommended_min_lesion_ml: float | None = None
 
 
 def load_model(args: argparse.Namespace, device) -> Model:
@@ -46,7 +47,8 @@ def load_model(args: argparse.Namespace, device) -> Model:
         return Model(bundle.preset, settings,
                      lambda st: DiffusionReconstructor(bundle, st, device, reference=reference),
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"
-                     + (" DEMO" if bundle.meta.demo else ""), rec.get("threshold"), bundle.meta.demo)
+                     + (" DEMO" if bundle.meta.demo else ""), rec.get("threshold"), bundle.meta.demo,
+                     rec.get("min_lesion_ml"))
     from .baseline import MedianBaseline
     from .presets import get_preset
 
@@ -75,7 +77,7 @@ class Ranks:
 
 
 def run_batch(cases: list[EvalCase], model: Model, out: Path, threshold, rank: int = 0, world: int = 1,
-              progress: Callable[[str], None] = log) -> None:
+              progress: Callable[[str], None] = log, postprocessing=None) -> None:
     """Full outputs (as ``run``) for this rank's cases into ``out/<case>/``; finished cases are skipped."""
     import time
 
@@ -89,7 +91,7 @@ def run_batch(cases: list[EvalCase], model: Model, out: Path, threshold, rank: i
             with atomic_output_dir(out / f".{case.case_id}.masks") as scratch:
                 mask_set = case_masks(case, channels, model.preset, scratch)
                 result = detect(channels, mask_set, model.preset, model.make_reconstructor(model.settings),
-                                threshold=threshold, input_name=case.case_id)
+                                threshold=threshold, postprocessing=postprocessing, input_name=case.case_id)
             write_outputs(result, out / case.case_id, model.preset,
                           {"images": [str(p) for p in case.inputs], "model": model.description,
                            "bundle": {"demo": model.demo}})

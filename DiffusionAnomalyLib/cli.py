@@ -131,6 +131,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .anomaly import PostProcessing
     from .evaluate import compute_maps, score_dataset, write_report
+    from .job import resolve_min_lesion_ml
 
     ranks, model, cases = _dataset_setup(args)
     out = Path(args.out)
@@ -141,12 +142,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     ranks.barrier()
     if ranks.rank == 0:
         threshold = args.threshold if args.threshold != "bundle" else (model.recommended_threshold or "otsu")
-        pp = None if args.no_postprocessing else PostProcessing(
-            min_voxels=model.preset.min_component_voxels, min_axial_mm=model.preset.min_axial_extent_mm)
+        pp = None if args.no_postprocessing else PostProcessing.for_preset(
+            model.preset, resolve_min_lesion_ml(args.min_lesion_ml, model.recommended_min_lesion_ml))
         scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=args.bootstrap)
         settings = {"model": model.description, "data": str(args.data), "maps": key,
                     "threshold": f"{thr:.4f} ({'global Otsu' if threshold == 'otsu' else 'fixed'})",
-                    "post-processing": "off" if pp is None else "on (seed 000 4.1.1)", "IoU": 0.2,
+                    "post-processing": "off" if pp is None else "on (seed 000 4.1.1" + (
+                        f"; lesions >= {pp.min_volume_ml:g} ml)" if pp.min_volume_ml else ")"), "IoU": 0.2,
                     "ranks": ranks.world}
         write_report(out, scores, summary, problems, settings)
         print((out / "report" / "summary.md").read_text())
@@ -163,7 +165,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if model.settings is None:
         raise DiffusionAnomalyError("sweep needs --bundle (the baseline has no L or s)")
     res = run_sweep(cases, model.make_reconstructor, model.preset, Path(args.out), model.settings,
-                    args.noise_levels, args.guidance_values, ranks.rank, ranks.world, ranks.barrier)
+                    args.noise_levels, args.guidance_values, ranks.rank, ranks.world, ranks.barrier,
+                    min_lesion_ml_values=args.min_lesion_ml_values)
     if res is not None:
         print(f"{'L':>5} {'s':>7} {'threshold':>10} {'Dice':>7} {'F1':>7}")
         for r in res["grid"]:
@@ -172,6 +175,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         b = res["best"]
         print(f"best: L = {b['noise_level']}, s = {b['guidance']:g}, threshold {b['threshold']:.4f}, "
               f"mean Dice {b['dice']}; plot in {Path(args.out) / 'sweep' / 'dice_vs_s.png'}")
+        print("post-processing at the best L and s, by minimum lesion volume:")
+        print(f"{'ml':>6} {'found':>9} {'FP/organ':>9} {'F1':>7} {'Dice':>7}")
+        for r in res["postprocessing"]:
+            print(f"{r['min_lesion_ml']:>6g} {r['found']:>4}/{r['lesions']:<4} {r['fp_per_organ'] or 0:>9.2f} "
+                  f"{r['f1'] or 0:>7.3f} {r['dice'] or 0:>7.3f}")
+        print(f"recommended minimum lesion volume: {b['min_lesion_ml']:g} ml (best pooled lesion F1)")
         if args.write_bundle:
             dest = write_calibrated_bundle(args.bundle, args.write_bundle, b,
                                            note=f"sweep over {len(cases)} cases of {args.data}")
@@ -181,14 +190,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
+    from .anomaly import PostProcessing
     from .batch import run_batch, write_index
-    from .job import resolve_threshold
+    from .job import resolve_min_lesion_ml, resolve_threshold
 
     ranks, model, cases = _dataset_setup(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     threshold = resolve_threshold(args.threshold, model.recommended_threshold)
-    run_batch(cases, model, out, threshold, ranks.rank, ranks.world)
+    pp = PostProcessing.for_preset(model.preset,
+                                   resolve_min_lesion_ml(args.min_lesion_ml, model.recommended_min_lesion_ml))
+    run_batch(cases, model, out, threshold, ranks.rank, ranks.world, postprocessing=pp)
     ranks.barrier()
     if ranks.rank == 0:
         index = write_index(cases, out)
@@ -229,7 +241,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data=args.data, organ=args.organ, out=args.out, network=args.network, preset_overrides=_overrides(args),
             iterations=args.iterations, batch_size=args.batch_size or 2, val_every=args.val_every,
             adversarial_start=args.adversarial_start, perceptual_weights=args.perceptual_weights, seed=args.seed,
-            device=args.device, resume=args.resume, name=args.name, demo=args.demo,
+            device=args.device, resume=args.resume, name=args.name, version=args.version, demo=args.demo,
             **({"lr": args.lr} if args.lr else {})))
     elif args.part == "denoiser":
         from .train.denoiser import DenoiserTraining, train_denoiser
@@ -283,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="brain: the scan is skull-stripped; the brain mask is its nonzero voxels")
     bl.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
     bl.add_argument("--threshold", type=float, default=None, help="fixed threshold (default: Otsu in the organ)")
+    bl.add_argument("--min-lesion-ml", type=float, default=None, metavar="ML",
+                    help="drop lesions smaller than this many millilitres (default 0)")
     bl.add_argument("--out", required=True, help="output folder")
     bl.set_defaults(func=_cmd_job)
 
@@ -310,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classifier: backbone levels to freeze (default: half of them)")
     tr.add_argument("--class-conditional", action="store_true", help="denoiser: train with labels for CFG")
     tr.add_argument("--name", help="bundle name")
+    tr.add_argument("--version", default="0.1.0", help="bundle version (autoencoder; later stages keep it)")
     tr.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -349,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--threshold", type=threshold_arg, default=None,
                     help="a fixed threshold, or 'otsu' for Otsu over this case (default: the bundle's calibrated "
                          "threshold, else Otsu)")
+    ru.add_argument("--min-lesion-ml", type=float, default=None, metavar="ML",
+                    help="drop lesions smaller than this many millilitres (default: the bundle's calibrated value, "
+                         "else 0 = only the thesis' 20-voxel and 3 mm limits)")
     ru.add_argument("--out", required=True, help="output folder")
     ru.set_defaults(func=_cmd_job)
 
@@ -367,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--reference", choices=["input", "autoencoder"], default="input")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each rank its own GPU)")
+        sp.add_argument("--min-lesion-ml", type=float, default=None, metavar="ML",
+                        help="post-processing: drop lesions smaller than this (default: the bundle's, else 0)")
         sp.add_argument("--out", required=True)
         return sp
 
@@ -387,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "dice_vs_s.png}.")
     sw.add_argument("--noise-levels", type=int, nargs="+", default=[100, 250, 500])
     sw.add_argument("--guidance-values", type=float, nargs="+", default=[float(s) for s in range(0, 2001, 200)])
-    sw.add_argument("--write-bundle", help="write a copy of the bundle calibrated with the best L, s and threshold")
+    sw.add_argument("--min-lesion-ml-values", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
+                    metavar="ML", help="then, at the best L and s: post-processing with each minimum lesion volume; "
+                                       "the one with the best pooled lesion F1 is recommended")
+    sw.add_argument("--write-bundle", help="write a copy of the bundle calibrated with the best L, s, threshold and "
+                                           "minimum lesion volume")
     sw.set_defaults(func=_cmd_sweep)
 
     ba = dataset_parser("batch", "run detection on every case of a dataset folder (full outputs per case)",

@@ -145,8 +145,7 @@ def detect(
     heat = median_filter_map(heat, preset.median_filter_voxels)
     heat = np.where(organ, heat, 0.0).astype(np.float32)
     thr = otsu_threshold(heat, organ) if threshold is None else float(threshold)
-    pp = postprocessing or PostProcessing(min_voxels=preset.min_component_voxels,
-                                          min_axial_mm=preset.min_axial_extent_mm)
+    pp = postprocessing or PostProcessing.for_preset(preset)
     labels = postprocess(heat, thr, organ, ref, pp)
     side_masks = {m.side: sitk.GetArrayViewFromImage(m.image) > 0 for m in mask_set.masks if m.side}
     table = lesion_table(labels, heat, ref, preset.name, side_masks or None)

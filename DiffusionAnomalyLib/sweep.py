@@ -3,10 +3,13 @@
 For every noise level L and guidance strength s, the anomaly maps of the dataset are computed (cached
 per setting under ``OUT/maps/L<L>_s<s>/``, so an interrupted sweep resumes), thresholded with one
 global Otsu threshold and scored *without* post-processing, as in the thesis. The best setting is the
-one with the highest mean Dice. ``sweep.csv``, ``sweep.json`` and ``dice_vs_s.png`` (seed 000 Fig. 5.1:
-Dice against s, one line per L) are written to ``OUT/``; :func:`write_calibrated_bundle` writes a copy
-of the bundle whose recommended sampler settings and threshold are the chosen ones, which ``run`` and
-the Slicer panel then use as defaults.
+one with the highest mean Dice. Then, at that setting and threshold, the maps are post-processed
+(seed 000 §4.1.1) with each candidate minimum lesion volume, and the volume with the best pooled lesion
+F1 is recommended (small false-positive components are what post-processing can remove). ``sweep.csv``,
+``sweep.json`` and ``dice_vs_s.png`` (seed 000 Fig. 5.1: Dice against s, one line per L) are written to
+``OUT/sweep``; :func:`write_calibrated_bundle` writes a copy of the bundle whose recommended sampler
+settings, threshold and minimum lesion volume are the chosen ones, which ``run``, ``evaluate``,
+``batch`` and the Slicer panel then use as defaults.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from .anomaly import PostProcessing
 from .datasets import EvalCase
 from .evaluate import compute_maps, log, score_dataset
 from .io import atomic_output_dir
@@ -25,13 +29,17 @@ from .io import atomic_output_dir
 #: The thesis grid (seed 000 §5.2): L in {100, 250, 500}, s in {0, 200, ..., 2000}.
 THESIS_NOISE_LEVELS = (100, 250, 500)
 THESIS_GUIDANCE = tuple(range(0, 2001, 200))
+#: Candidate minimum lesion volumes (ml) tried after the grid; 0 = the thesis post-processing alone.
+MIN_LESION_ML = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: Path, settings,
               noise_levels: Sequence[int] = THESIS_NOISE_LEVELS, guidance: Sequence[float] = THESIS_GUIDANCE,
               rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
-              progress: Callable[[str], None] = log) -> dict | None:
-    """Run the grid; returns (on rank 0) {"grid": rows, "best": row}. ``settings`` gives sampler, steps, seed."""
+              progress: Callable[[str], None] = log,
+              min_lesion_ml_values: Sequence[float] = MIN_LESION_ML) -> dict | None:
+    """Run the grid; returns (on rank 0) {"grid": rows, "best": row, "postprocessing": rows}; ``best`` also
+    holds the recommended ``min_lesion_ml``. ``settings`` gives sampler, steps, seed."""
     rows = []
     for L in noise_levels:
         for s in guidance:
@@ -49,14 +57,27 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     if rank != 0:
         return None
     best = max(rows, key=lambda r: -1.0 if r["dice"] is None else r["dice"])
+    maps = out / "maps" / f"L{best['noise_level']}_s{best['guidance']:g}"
+    pp_rows = []
+    for ml in sorted(float(v) for v in min_lesion_ml_values):
+        _, summary, _, _ = score_dataset(cases, maps, best["threshold"], PostProcessing.for_preset(preset, ml),
+                                         n_boot=200)
+        d = summary["lesion_detection"]
+        pp_rows.append({"min_lesion_ml": ml, "lesions": d["tp"] + d["fn"], "found": d["tp"], "fp": d["fp"],
+                        "fp_per_organ": summary["fp_per_organ"]["mean"], "f1": d["f1"],
+                        "dice": summary["dice"]["mean"]})
+    # best pooled F1; a tie goes to the smaller volume (fewer lesions thrown away)
+    chosen = max(pp_rows, key=lambda r: (-1.0 if r["f1"] is None else r["f1"], -r["min_lesion_ml"]))
+    best = {**best, "min_lesion_ml": chosen["min_lesion_ml"], "postprocessed": chosen}
     with atomic_output_dir(out / "sweep") as stage:
         with open(stage / "sweep.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        (stage / "sweep.json").write_text(json.dumps({"grid": rows, "best": best}, indent=2) + "\n")
+        (stage / "sweep.json").write_text(json.dumps({"grid": rows, "best": best, "postprocessing": pp_rows},
+                                                     indent=2) + "\n")
         _plot(rows, stage / "dice_vs_s.png")
-    return {"grid": rows, "best": best}
+    return {"grid": rows, "best": best, "postprocessing": pp_rows}
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -78,12 +99,14 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 def write_calibrated_bundle(bundle: str | Path, out: str | Path, best: dict, note: str = "") -> Path:
-    """A copy of ``bundle`` whose recommended sampler / L / s / steps / threshold are ``best``'s."""
+    """A copy of ``bundle`` whose recommended sampler / L / s / steps / threshold / minimum lesion volume
+    are ``best``'s."""
     from .bundle import BundleMeta, read_meta
 
     meta: BundleMeta = read_meta(bundle)
     meta.recommended = {**(meta.recommended or {}), "sampler": best["sampler"], "noise_level": best["noise_level"],
-                        "guidance": best["guidance"], "steps": best["steps"], "threshold": best["threshold"]}
+                        "guidance": best["guidance"], "steps": best["steps"], "threshold": best["threshold"],
+                        **({"min_lesion_ml": best["min_lesion_ml"]} if "min_lesion_ml" in best else {})}
     meta.extra = {**(meta.extra or {}), "calibration": {**best, "note": note}}
     with atomic_output_dir(out) as stage:
         for f in Path(bundle).iterdir():

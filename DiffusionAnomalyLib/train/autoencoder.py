@@ -55,6 +55,7 @@ class AutoencoderTraining:
     device: str = "auto"
     resume: bool = False
     name: str | None = None
+    version: str = "0.1.0"
     demo: bool = False
 
 
@@ -150,7 +151,7 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
         log.write_csv_and_plot(work, f"VQ-GAN {preset.name}")
         shape = [int(s) // ae_cfg.downsampling for s in train.x.shape[2:]]
         meta = BundleMeta(
-            name=cfg.name or f"{preset.name}-{'demo' if cfg.demo else 'model'}", version="0.1.0", organ=preset.name,
+            name=cfg.name or f"{preset.name}-{'demo' if cfg.demo else 'model'}", version=cfg.version, organ=preset.name,
             modality=preset.modality, channels=list(preset.channels),
             networks={"autoencoder": ae_cfg.to_dict(), "denoiser": None, "classifier": None},
             preset_overrides=dict(cfg.preset_overrides),

@@ -68,6 +68,18 @@ def test_postprocess_drops_small_and_thin_components_and_masks_to_the_organ():
     assert postprocess(score, 0.5, organ, aniso, RAW).max() == 0
 
 
+def test_postprocess_minimum_volume_is_in_millilitres_whatever_the_grid():
+    score = np.zeros((40, 40, 40), np.float32)
+    score[2:12, 2:12, 2:12] = 1.0  # 1000 voxels
+    score[20:25, 20:25, 20:25] = 1.0  # 125 voxels
+    fine = make_image(np.zeros((40, 40, 40), np.float32))  # 1 mm: 1.0 ml and 0.125 ml
+    coarse = make_image(np.zeros((40, 40, 40), np.float32), spacing=(2.0, 2.0, 2.0))  # 8.0 ml and 1.0 ml
+    keep_ml = RAW.__class__(**{**RAW.__dict__, "min_volume_ml": 0.5})
+    assert postprocess(score, 0.5, None, fine, keep_ml).max() == 1  # only the 1 ml lesion
+    assert postprocess(score, 0.5, None, coarse, keep_ml).max() == 2  # both
+    assert postprocess(score, 0.5, None, fine, RAW).max() == 2  # 0 = off
+
+
 def test_postprocess_fills_holes_and_opening_removes_specks():
     image = make_image(np.zeros((20, 20, 20), np.float32))
     score = np.zeros((20, 20, 20), np.float32)

@@ -137,10 +137,19 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
     assert [(r["noise_level"], r["guidance"]) for r in res["grid"]] == [(20, 0.0), (20, 10.0), (50, 0.0), (50, 10.0)]
     assert res["best"]["dice"] == max(r["dice"] for r in res["grid"])
     assert (out / "sweep" / "dice_vs_s.png").is_file()
+    # post-processing stage: one row per candidate volume at the best setting; the best pooled F1 is chosen
+    pp = res["postprocessing"]
+    assert [r["min_lesion_ml"] for r in pp] == [0.0, 0.25, 0.5, 1.0, 2.0]
+    assert all(r["lesions"] == pp[0]["lesions"] for r in pp)  # the same reference lesions every time
+    assert [r["fp"] for r in pp] == sorted((r["fp"] for r in pp), reverse=True)  # larger minimum, fewer FPs
+    best_f1 = max(r["f1"] or 0 for r in pp)
+    assert (res["best"]["postprocessed"]["f1"] or 0) == best_f1
     rec = read_meta(calibrated).recommended
     assert rec["noise_level"] == res["best"]["noise_level"] and rec["threshold"] == res["best"]["threshold"]
+    assert rec["min_lesion_ml"] == res["best"]["min_lesion_ml"]
     load_bundle(calibrated)  # still a valid bundle (weights and checksums copied)
-    assert "best: L =" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "best: L =" in printed and "recommended minimum lesion volume" in printed
 
 
 def test_batch_writes_every_case_and_an_index(dataset, tmp_path):
