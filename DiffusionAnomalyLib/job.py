@@ -108,7 +108,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference,
                                                progress=lambda d, n: report("reconstruct", d, n))
         threshold = resolve_threshold(args.threshold, rec.get("threshold"))
-        min_ml = resolve_min_lesion_ml(args.min_lesion_ml, rec.get("min_lesion_ml"))
+        min_ml = resolve_min_lesion_ml(getattr(args, "min_lesion_ml", None), rec.get("min_lesion_ml"))
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}
         params = {"sampler": dataclasses.asdict(settings), "reference": args.reference,
