@@ -88,7 +88,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     shipped = [b for b in available_bundles(args.organ) if b.meta.demo] if not args.baseline else []
     common = dict(input=[str(case_dir / f"{c}.nii.gz") for c in case.channels], mask=None, mask_label=None,
                   totalseg=str(case_dir / "segmentations") if args.organ != "brain" else None,
-                  skull_stripped=args.organ == "brain", threshold=None, out=str(out / "result"))
+                  skull_stripped=args.organ == "brain", threshold=None, min_lesion_ml=None, out=str(out / "result"))
     if shipped:
         print(f"[2/3] detection with the shipped {shipped[0].label} bundle on {args.device} "
               "(trained on synthetic phantoms only) ...")
@@ -129,9 +129,8 @@ def _dataset_setup(args: argparse.Namespace):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .anomaly import PostProcessing
     from .evaluate import compute_maps, score_dataset, write_report
-    from .job import resolve_min_lesion_ml
+    from .job import resolve_postprocessing
 
     ranks, model, cases = _dataset_setup(args)
     out = Path(args.out)
@@ -142,8 +141,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     ranks.barrier()
     if ranks.rank == 0:
         threshold = args.threshold if args.threshold != "bundle" else (model.recommended_threshold or "otsu")
-        pp = None if args.no_postprocessing else PostProcessing.for_preset(
-            model.preset, resolve_min_lesion_ml(args.min_lesion_ml, model.recommended_min_lesion_ml))
+        pp = None if args.no_postprocessing else resolve_postprocessing(
+            model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml)
         scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=args.bootstrap)
         settings = {"model": model.description, "data": str(args.data), "maps": key,
                     "threshold": f"{thr:.4f} ({'global Otsu' if threshold == 'otsu' else 'fixed'})",
@@ -190,16 +189,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from .anomaly import PostProcessing
     from .batch import run_batch, write_index
-    from .job import resolve_min_lesion_ml, resolve_threshold
+    from .job import resolve_postprocessing, resolve_threshold
 
     ranks, model, cases = _dataset_setup(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     threshold = resolve_threshold(args.threshold, model.recommended_threshold)
-    pp = PostProcessing.for_preset(model.preset,
-                                   resolve_min_lesion_ml(args.min_lesion_ml, model.recommended_min_lesion_ml))
+    pp = resolve_postprocessing(model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml)
     run_batch(cases, model, out, threshold, ranks.rank, ranks.world, postprocessing=pp)
     ranks.barrier()
     if ranks.rank == 0:

@@ -69,13 +69,14 @@ def resolve_threshold(value, recommended: float | None) -> float | None:
     return None if value == "otsu" else float(value)
 
 
-def resolve_min_lesion_ml(value: float | None, recommended: float | None) -> float:
-    """``--min-lesion-ml``: the given volume, else the bundle's calibrated one, else 0 (off)."""
-    if value is not None:
-        if value < 0:
-            raise InputError(f"--min-lesion-ml must be >= 0 (got {value:g})")
-        return float(value)
-    return float(recommended or 0.0)
+def resolve_postprocessing(preset: OrganPreset, value: float | None, recommended: float | None):
+    """PostProcessing for ``preset`` with ``--min-lesion-ml``: the given volume, else the bundle's calibrated
+    one, else 0 (off)."""
+    from .anomaly import PostProcessing
+
+    if value is not None and value < 0:
+        raise InputError(f"--min-lesion-ml must be >= 0 (got {value:g})")
+    return PostProcessing.for_preset(preset, value if value is not None else recommended)
 
 
 def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOutcome:
@@ -108,7 +109,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference,
                                                progress=lambda d, n: report("reconstruct", d, n))
         threshold = resolve_threshold(args.threshold, rec.get("threshold"))
-        min_ml = resolve_min_lesion_ml(getattr(args, "min_lesion_ml", None), rec.get("min_lesion_ml"))
+        recommended_ml = rec.get("min_lesion_ml")
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}
         params = {"sampler": dataclasses.asdict(settings), "reference": args.reference,
@@ -120,7 +121,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         device, preset = "cpu", get_preset(args.organ)
         reconstructor = MedianBaseline.for_preset(preset)
         threshold = resolve_threshold(args.threshold, None)
-        min_ml = resolve_min_lesion_ml(getattr(args, "min_lesion_ml", None), None)
+        recommended_ml = None
     channels = read_channels(args.input, preset.channels if len(args.input) > 1 else None)
     if args.command == "run" and not args.skip_modality_check:
         import SimpleITK as sitk
@@ -129,10 +130,9 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
 
         check_modality(sitk.GetArrayViewFromImage(channels[0]), preset.modality, str(args.input[0]))
     mask_set = load_masks(args, channels[0], preset)
-    from .anomaly import PostProcessing
-
     result = detect(channels, mask_set, preset, reconstructor, threshold=threshold,
-                    postprocessing=PostProcessing.for_preset(preset, min_ml), input_name=str(args.input[0]),
+                    postprocessing=resolve_postprocessing(preset, args.min_lesion_ml, recommended_ml),
+                    input_name=str(args.input[0]),
                     progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))
     result.parameters.update({**params, "device": str(device),
                               "network_evaluations": getattr(reconstructor, "network_evaluations", 0)})
