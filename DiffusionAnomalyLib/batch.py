@@ -31,24 +31,37 @@ class Model:
     recommended_threshold: float | None = None
     demo: bool = False
     recommended_min_lesion_ml: float | None = None
+    options: object = None  # job.MapOptions (None for the baseline)
+
+    def maps_key(self, settings=None) -> str:
+        """Cache folder name of the anomaly maps made with ``settings`` (default: this model's)."""
+        st = settings or self.settings
+        if st is None:
+            return "baseline"
+        key = f"{st.method}_L{st.noise_level}_s{st.guidance:g}_n{st.steps}_seed{st.seed}"
+        o = self.options
+        samples = 1 if st.method == "ddim" else o.samples
+        return (key + ("_refae" if o.reference == "autoencoder" else "") + (f"_k{samples}" if samples > 1 else "")
+                + (f"_med{o.median_filter}" if o.median_filter else ""))
 
 
 def load_model(args: argparse.Namespace, device) -> Model:
     """From ``--bundle`` (+ sampler options) or ``--baseline --organ``."""
     if getattr(args, "bundle", None):
         from .bundle import load_bundle
-        from .job import sampler_settings
+        from .job import map_options, sampler_settings
         from .reconstruction import DiffusionReconstructor
 
         bundle = load_bundle(args.bundle, device=device)
         rec = bundle.meta.recommended or {}
         settings = sampler_settings(args, rec)
-        reference = getattr(args, "reference", "input")
-        return Model(bundle.preset, settings,
-                     lambda st: DiffusionReconstructor(bundle, st, device, reference=reference),
+        opts = map_options(args, rec, bundle.preset)
+        return Model(bundle.preset.with_overrides({"median_filter_voxels": opts.median_filter}), settings,
+                     lambda st: DiffusionReconstructor(bundle, st, device, reference=opts.reference,
+                                                       samples=opts.samples),
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"
                      + (" DEMO" if bundle.meta.demo else ""), rec.get("threshold"), bundle.meta.demo,
-                     rec.get("min_lesion_ml"))
+                     rec.get("min_lesion_ml"), opts)
     from .baseline import MedianBaseline
     from .presets import get_preset
 

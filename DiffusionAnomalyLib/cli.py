@@ -94,7 +94,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               "(trained on synthetic phantoms only) ...")
         job = argparse.Namespace(
             command="run", bundle=str(shipped[0].path), sampler=None, noise_level=None, steps=None, guidance=None,
-            seed=0, resample_jumps=1, reference="input", trajectory_every=0, deterministic=False,
+            seed=0, resample_jumps=1, reference=None, samples=None, median_filter=None, trajectory_every=0,
+            deterministic=False,
             skip_modality_check=False, device=args.device, **common)
     else:
         print("[2/3] non-neural baseline (organ median filter) ...")
@@ -127,15 +128,13 @@ def _dataset_setup(args: argparse.Namespace):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import dataclasses
 
     from .evaluate import compute_maps, score_dataset, write_report
     from .job import resolve_postprocessing
 
     ranks, model, cases = _dataset_setup(args)
     out = Path(args.out)
-    key = "baseline" if model.settings is None else "{method}_L{noise_level}_s{guidance:g}_n{steps}_seed{seed}".format(
-        **dataclasses.asdict(model.settings))
+    key = model.maps_key()
     maps = out / "maps" / key
     compute_maps(cases, model.make_reconstructor(model.settings), model.preset, maps, ranks.rank, ranks.world)
     ranks.barrier()
@@ -165,7 +164,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise DiffusionAnomalyError("sweep needs --bundle (the baseline has no L or s)")
     res = run_sweep(cases, model.make_reconstructor, model.preset, Path(args.out), model.settings,
                     args.noise_levels, args.guidance_values, ranks.rank, ranks.world, ranks.barrier,
-                    min_lesion_ml_values=args.min_lesion_ml_values)
+                    min_lesion_ml_values=args.min_lesion_ml_values, maps_key=model.maps_key,
+                    options=model.options.as_recommended())
     if res is not None:
         print(f"{'L':>5} {'s':>7} {'threshold':>10} {'Dice':>7} {'F1':>7}")
         for r in res["grid"]:
@@ -348,8 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--steps", type=int, help="denoising steps (default: the bundle's)")
     ru.add_argument("--guidance", type=float, help="classifier-guidance strength s >= 0 (default: the bundle's)")
     ru.add_argument("--resample-jumps", type=int, default=1, help="inpaint: RePaint resampling jumps r")
-    ru.add_argument("--reference", choices=["input", "autoencoder"], default="input",
-                    help="anomaly map against the input or against the autoencoder's D(E(x))")
+    ru.add_argument("--reference", choices=["input", "autoencoder"], default=None,
+                    help="anomaly map against the input or against the autoencoder's D(E(x)) (default: the "
+                         "bundle's recommendation, else input)")
+    ru.add_argument("--samples", type=int, default=None, metavar="K",
+                    help="average K stochastic reconstructions (ddpm, inpaint; K x the time; default: the bundle's, "
+                         "else 1)")
+    ru.add_argument("--median-filter", type=int, default=None, metavar="N",
+                    help="median filter of the anomaly map, N voxels (0 = off; default: the bundle's, else the "
+                         "organ preset's)")
     ru.add_argument("--trajectory-every", type=int, default=0, metavar="K",
                     help="also write the decoded x_0 prediction every K steps (4D trajectory_<structure>.nii.gz)")
     ru.add_argument("--deterministic", action="store_true",
@@ -379,7 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--noise-level", type=int)
         sp.add_argument("--steps", type=int)
         sp.add_argument("--guidance", type=float)
-        sp.add_argument("--reference", choices=["input", "autoencoder"], default="input")
+        sp.add_argument("--reference", choices=["input", "autoencoder"], default=None,
+                        help="default: the bundle's recommendation, else input")
+        sp.add_argument("--samples", type=int, default=None, metavar="K",
+                        help="reconstructions averaged per ROI (default: the bundle's, else 1)")
+        sp.add_argument("--median-filter", type=int, default=None, metavar="N",
+                        help="anomaly-map median filter in voxels (default: the bundle's, else the preset's)")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each rank its own GPU)")
         sp.add_argument("--min-lesion-ml", type=float, default=None, metavar="ML",

@@ -61,6 +61,35 @@ def sampler_settings(args: argparse.Namespace, recommended: dict):
         resample_jumps=getattr(args, "resample_jumps", 1), trajectory_every=getattr(args, "trajectory_every", 0))
 
 
+@dataclass(frozen=True)
+class MapOptions:
+    """How the anomaly map is made: its reference (input or D(E(x))), the number of averaged
+    reconstructions, and the median filter (voxels) applied to it."""
+
+    reference: str = "input"
+    samples: int = 1
+    median_filter: int = 0
+
+    def as_recommended(self) -> dict:
+        return {"reference": self.reference, "samples": self.samples, "median_filter": self.median_filter}
+
+
+def map_options(args: argparse.Namespace, recommended: dict, preset: OrganPreset) -> MapOptions:
+    """``--reference``, ``--samples`` and ``--median-filter``, each falling back to the bundle's recommendation
+    (then input, 1 and the preset's median filter)."""
+    def pick(name: str, default):
+        value = getattr(args, name, None)
+        return value if value is not None else recommended.get(name, default)
+
+    opts = MapOptions(pick("reference", "input"), int(pick("samples", 1)),
+                      int(pick("median_filter", preset.median_filter_voxels)))
+    if opts.samples < 1:
+        raise InputError(f"--samples must be >= 1 (got {opts.samples})")
+    if opts.median_filter < 0:
+        raise InputError(f"--median-filter must be >= 0 voxels (got {opts.median_filter})")
+    return opts
+
+
 def resolve_threshold(value, recommended: float | None) -> float | None:
     """``--threshold``: a number; ``otsu`` -> None (Otsu per case); None or ``bundle`` -> the bundle's
     calibrated threshold (None, i.e. Otsu, when it has none)."""
@@ -106,13 +135,16 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
 
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        reconstructor = DiffusionReconstructor(bundle, settings, device, reference=args.reference,
-                                               progress=lambda d, n: report("reconstruct", d, n))
+        opts = map_options(args, rec, preset)
+        preset = preset.with_overrides({"median_filter_voxels": opts.median_filter})
+        reconstructor = DiffusionReconstructor(bundle, settings, device, reference=opts.reference,
+                                               samples=opts.samples, progress=lambda d, n: report("reconstruct", d, n))
         threshold = resolve_threshold(args.threshold, rec.get("threshold"))
         recommended_ml = rec.get("min_lesion_ml")
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}
-        params = {"sampler": dataclasses.asdict(settings), "reference": args.reference,
+        params = {"sampler": dataclasses.asdict(settings), "reference": opts.reference,
+                  "samples": reconstructor.effective_samples, "median_filter": opts.median_filter,
                   "deterministic": bool(args.deterministic)}
     else:
         from .baseline import MedianBaseline

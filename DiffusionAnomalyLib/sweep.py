@@ -37,27 +37,32 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
               noise_levels: Sequence[int] = THESIS_NOISE_LEVELS, guidance: Sequence[float] = THESIS_GUIDANCE,
               rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
               progress: Callable[[str], None] = log,
-              min_lesion_ml_values: Sequence[float] = MIN_LESION_ML) -> dict | None:
+              min_lesion_ml_values: Sequence[float] = MIN_LESION_ML,
+              maps_key: Callable | None = None, options: dict | None = None) -> dict | None:
     """Run the grid; returns (on rank 0) {"grid": rows, "best": row, "postprocessing": rows}; ``best`` also
-    holds the recommended ``min_lesion_ml``. ``settings`` gives sampler, steps, seed."""
+    holds the recommended ``min_lesion_ml`` and ``options`` (e.g. the anomaly reference and the number of
+    averaged samples, which the calibrated bundle then recommends too). ``settings`` gives sampler, steps,
+    seed; ``maps_key(settings)`` names a setting's map cache folder (default ``L<L>_s<s>``)."""
     rows = []
+    key = maps_key or (lambda st: f"L{st.noise_level}_s{st.guidance:g}")
     for L in noise_levels:
         for s in guidance:
             st = replace(settings, noise_level=int(L), guidance=float(s), steps=min(settings.steps, int(L)))
-            maps = out / "maps" / f"L{int(L)}_s{float(s):g}"
+            maps = out / "maps" / key(st)
             progress(f"sweep: L = {L}, s = {s:g}")
             compute_maps(cases, make_reconstructor(st), preset, maps, rank, world, progress)
             barrier()
             if rank == 0:
                 _, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=200)
                 rows.append({"noise_level": int(L), "guidance": float(s), "sampler": st.method, "steps": st.steps,
+                             "maps": key(st),
                              "threshold": round(thr, 5), "dice": summary["dice"]["mean"],
                              "f1": summary["lesion_detection"]["f1"], "cases": summary["cases"],
                              "skipped": len(problems)})
     if rank != 0:
         return None
     best = max(rows, key=lambda r: -1.0 if r["dice"] is None else r["dice"])
-    maps = out / "maps" / f"L{best['noise_level']}_s{best['guidance']:g}"
+    maps = out / "maps" / best["maps"]
     pp_rows = []
     for ml in sorted(float(v) for v in min_lesion_ml_values):
         _, summary, _, _ = score_dataset(cases, maps, best["threshold"], PostProcessing.for_preset(preset, ml),
@@ -68,7 +73,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
                         "dice": summary["dice"]["mean"]})
     # best pooled F1; a tie goes to the smaller volume (fewer lesions thrown away)
     chosen = max(pp_rows, key=lambda r: (-1.0 if r["f1"] is None else r["f1"], -r["min_lesion_ml"]))
-    best = {**best, "min_lesion_ml": chosen["min_lesion_ml"], "postprocessed": chosen}
+    best = {**best, **(options or {}), "min_lesion_ml": chosen["min_lesion_ml"], "postprocessed": chosen}
     with atomic_output_dir(out / "sweep") as stage:
         with open(stage / "sweep.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -100,13 +105,13 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def write_calibrated_bundle(bundle: str | Path, out: str | Path, best: dict, note: str = "") -> Path:
     """A copy of ``bundle`` whose recommended sampler / L / s / steps / threshold / minimum lesion volume
-    are ``best``'s."""
+    (and anomaly reference, averaged samples and median filter, when ``best`` has them) are ``best``'s."""
     from .bundle import BundleMeta, read_meta
 
     meta: BundleMeta = read_meta(bundle)
     meta.recommended = {**(meta.recommended or {}), "sampler": best["sampler"], "noise_level": best["noise_level"],
                         "guidance": best["guidance"], "steps": best["steps"], "threshold": best["threshold"],
-                        **({"min_lesion_ml": best["min_lesion_ml"]} if "min_lesion_ml" in best else {})}
+                        **{k: best[k] for k in ("min_lesion_ml", "reference", "samples", "median_filter") if k in best}}
     meta.extra = {**(meta.extra or {}), "calibration": {**best, "note": note}}
     with atomic_output_dir(out) as stage:
         for f in Path(bundle).iterdir():

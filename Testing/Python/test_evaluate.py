@@ -132,7 +132,7 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
     calibrated = tmp_path / "calibrated"
     assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--sampler", "ddim", "--steps", "2",
                  "--noise-levels", "20", "50", "--guidance-values", "0", "10", "--device", "cpu", "--out", str(out),
-                 "--write-bundle", str(calibrated)]) == 0
+                 "--reference", "autoencoder", "--median-filter", "3", "--write-bundle", str(calibrated)]) == 0
     res = json.loads((out / "sweep" / "sweep.json").read_text())
     assert [(r["noise_level"], r["guidance"]) for r in res["grid"]] == [(20, 0.0), (20, 10.0), (50, 0.0), (50, 10.0)]
     assert res["best"]["dice"] == max(r["dice"] for r in res["grid"])
@@ -147,6 +147,10 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
     rec = read_meta(calibrated).recommended
     assert rec["noise_level"] == res["best"]["noise_level"] and rec["threshold"] == res["best"]["threshold"]
     assert rec["min_lesion_ml"] == res["best"]["min_lesion_ml"]
+    # the map options are recommended too, and name the cached maps
+    assert (rec["reference"], rec["samples"], rec["median_filter"]) == ("autoencoder", 1, 3)
+    assert sorted(p.name for p in (out / "maps").iterdir()) == [
+        f"ddim_L{L}_s{s}_n2_seed0_refae_med3" for L in (20, 50) for s in (0, 10)]
     load_bundle(calibrated)  # still a valid bundle (weights and checksums copied)
     printed = capsys.readouterr().out
     assert "best: L =" in printed and "recommended minimum lesion volume" in printed

@@ -38,6 +38,8 @@ def test_run_writes_outputs_on_the_input_grid(tiny_bundle, kidney_case, tmp_path
     (["--noise-level", "1000"], 2, r"outside \[1, 999\]"),
     (["--guidance", "-1"], 2, "guidance strength must be >= 0"),
     (["--min-lesion-ml", "-1"], 2, r"--min-lesion-ml must be >= 0"),
+    (["--samples", "0"], 2, r"--samples must be >= 1"),
+    (["--median-filter", "-1"], 2, r"--median-filter must be >= 0"),
     (["--device", "cuda"], 2, "CUDA was asked for") if not torch.cuda.is_available() else
     (["--steps", "0"], 2, "steps must be >= 1"),
 ])
@@ -120,3 +122,58 @@ def test_run_takes_the_minimum_lesion_volume_from_the_bundle_unless_given(tiny_b
     # threshold 0: the whole organ is anomalous; a 1e6 ml minimum leaves no lesion, 0 leaves some
     assert runs["bundle"]["parameters"]["postprocessing"]["min_volume_ml"] == 1e6 and runs["bundle"]["max_label"] == 0
     assert runs["given"]["parameters"]["postprocessing"]["min_volume_ml"] == 0 and runs["given"]["max_label"] >= 1
+
+
+def _reconstructions(bundle, method: str, samples: int, seeds) -> "list":
+    import numpy as np
+
+    from DiffusionAnomalyLib.bundle import load_bundle
+    from DiffusionAnomalyLib.diffusion.sampler import SamplerSettings
+    from DiffusionAnomalyLib.reconstruction import DiffusionReconstructor
+
+    b = load_bundle(bundle)
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 1, 16, 16, 16)).astype(np.float32)
+    mask = np.ones((2, 16, 16, 16), np.float32)
+    out = []
+    for seed in seeds:
+        rec = DiffusionReconstructor(b, SamplerSettings(method=method, noise_level=50, steps=5, seed=seed),
+                                     samples=samples)
+        out.append(rec.reconstruct(x, mask, (4.0, 4.0, 4.0)))
+        assert out[-1].shape == x.shape and rec.effective_samples == (1 if method == "ddim" else samples)
+    return out
+
+
+def test_averaging_samples_shrinks_the_spread_of_ddpm_reconstructions(tiny_bundle):
+    import numpy as np
+
+    seeds = range(4)
+    spread = {k: np.stack(_reconstructions(tiny_bundle, "ddpm", k, seeds)).std(axis=0).mean() for k in (1, 4)}
+    # independent draws averaged: the seed-to-seed spread falls about as 1/sqrt(K) (0.5 for K = 4)
+    assert 0.3 < spread[4] / spread[1] < 0.7, spread
+
+
+def test_ddim_is_deterministic_so_it_draws_one_sample(tiny_bundle):
+    import numpy as np
+
+    one, four = _reconstructions(tiny_bundle, "ddim", 1, [0])[0], _reconstructions(tiny_bundle, "ddim", 4, [0])[0]
+    np.testing.assert_array_equal(one, four)
+
+
+def test_run_takes_reference_and_samples_from_the_bundle_unless_given(tiny_bundle, kidney_case, tmp_path):
+    from DiffusionAnomalyLib.sweep import write_calibrated_bundle
+
+    _, folder = kidney_case
+    calibrated = write_calibrated_bundle(tiny_bundle, tmp_path / "cal", {
+        "sampler": "ddpm", "noise_level": 50, "guidance": 0.0, "steps": 5, "threshold": 0.1,
+        "reference": "autoencoder", "samples": 2, "median_filter": 3})
+    common = ["--input", str(folder / "ct.nii.gz"), "--totalseg", str(folder / "segmentations"), "--device", "cpu"]
+    params, presets = {}, {}
+    for name, extra in (("bundle", []), ("given", ["--reference", "input", "--samples", "1", "--median-filter", "0"])):
+        assert main(["run", "--bundle", str(calibrated), *common, "--out", str(tmp_path / name), *extra]) == 0
+        run = json.loads((tmp_path / name / "run.json").read_text())
+        params[name], presets[name] = run["parameters"], run["preset"]
+    assert [params["bundle"][k] for k in ("reference", "samples", "median_filter")] == ["autoencoder", 2, 3]
+    assert [params["given"][k] for k in ("reference", "samples", "median_filter")] == ["input", 1, 0]
+    assert [presets[n]["median_filter_voxels"] for n in ("bundle", "given")] == [3, 0]
+    # the K draws of each ROI go through the networks in one batch: no extra network evaluations
+    assert params["bundle"]["network_evaluations"] == params["given"]["network_evaluations"]
