@@ -4,7 +4,8 @@
                                         [--out Resources/Models] [--smoke]
 
 For each organ: generate a phantom dataset, train the autoencoder, the denoiser and the classifier
-with the project's own training code (tiny CPU networks), copy the final bundle to
+with the project's own training code (tiny CPU networks), optionally calibrate the bundle with
+``diffusion-anomaly sweep`` on separate validation phantoms (seeds 500..), copy the final bundle to
 ``OUT/<organ>-demo`` and record its SHA-256 in ``OUT/manifest.json``. Restartable: finished steps
 are skipped and interrupted training resumes from its checkpoint. The bundles are marked as demo
 models trained on synthetic data; their findings on real scans mean nothing.
@@ -30,15 +31,24 @@ from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, train_denoiser
 #: the iteration after which the autoencoder's adversarial (GAN) losses start (None: L1 only). The
 #: kidney plan (v0.2) trains the autoencoder with L1 only, longer: on this CPU a GAN iteration costs
 #: about 10x an L1 one and, in the v0.1 run, raised validation L1 from 0.090 to 0.116 in 400 iterations.
+#: ``autoencoder_cases``: the autoencoder trains on the first N cases only (kidney v0.3: the v0.2
+#: autoencoder on 400, the denoiser and classifier on 800). ``calibration``: the sweep that sets the
+#: shipped bundle's recommended settings, on validation phantoms disjoint from training and testing.
+KIDNEY_CALIBRATION = {"validation_cases": 10, "noise_levels": [250], "guidance": [100], "reference": "autoencoder",
+                      "samples": 4, "median_filter": 5}
 PLANS = {
-    "kidney": {"cases": 400, "spacing": 2.0, "autoencoder": 3000, "adversarial_start": None, "denoiser": 2000,
-               "classifier": 2000, "version": "0.2.0"},
+    "kidney": {"cases": 800, "autoencoder_cases": 400, "spacing": 2.0, "autoencoder": 3000,
+               "adversarial_start": None, "denoiser": 3000, "classifier": 3000, "version": "0.3.0",
+               "calibration": KIDNEY_CALIBRATION},
     "liver": {"cases": 120, "spacing": 4.0, "autoencoder": 800, "adversarial_start": 480, "denoiser": 1000,
               "classifier": 1500, "version": "0.1.0"},
     "brain": {"cases": 120, "spacing": 4.0, "autoencoder": 800, "adversarial_start": 480, "denoiser": 1000,
               "classifier": 1500, "version": "0.1.0"},
 }
-SMOKE = {"cases": 4, "autoencoder": 2, "denoiser": 2, "classifier": 2}
+SMOKE = {"cases": 4, "autoencoder_cases": 3, "autoencoder": 2, "denoiser": 2, "classifier": 2,
+         "calibration": {"validation_cases": 2, "noise_levels": [20], "guidance": [0], "reference": "autoencoder",
+                         "samples": 2, "median_filter": 3}}
+VALIDATION_SEED0 = 500  # validation phantoms for calibration; held-out tests use 1000..
 SEED0 = {"kidney": 100_000, "liver": 200_000, "brain": 300_000}  # disjoint from evaluation seeds
 
 
@@ -59,14 +69,18 @@ def train_organ(organ: str, work: Path, out: Path, smoke: bool, log=print) -> Pa
     root = work / organ
     data = root / "data"
     t0 = time.perf_counter()
+    seeds = list(range(SEED0[organ], SEED0[organ] + plan["cases"]))
     if _cases(data) != plan["cases"]:  # restartable: existing cases are kept
         log(f"[{organ}] generating {plan['cases']} phantom cases")
-        write_dataset(organ, data, list(range(SEED0[organ], SEED0[organ] + plan["cases"])), skip_existing=True)
+        write_dataset(organ, data, seeds, skip_existing=True)
+    ae_data = data
+    if plan.get("autoencoder_cases"):
+        ae_data = _subset(organ, data, root / "data-autoencoder", seeds[:plan["autoencoder_cases"]])
     ae, den, clf = root / "autoencoder", root / "denoiser", root / "classifier"
     every = max(1, min(100, plan["autoencoder"] // 2))
     if not _done(ae):
         log(f"[{organ}] training the autoencoder ({plan['autoencoder']} iterations)")
-        train_autoencoder(AutoencoderTraining(str(data), organ, str(ae), preset_overrides={
+        train_autoencoder(AutoencoderTraining(str(ae_data), organ, str(ae), preset_overrides={
             "spacing_mm": [plan["spacing"]] * 3}, iterations=plan["autoencoder"], val_every=every,
             adversarial_start=plan["adversarial_start"] if plan["adversarial_start"] is not None else 10**9,
             resume=True, name=f"{organ}-demo", version=plan["version"], demo=True, device="cpu"))
@@ -78,14 +92,57 @@ def train_organ(organ: str, work: Path, out: Path, smoke: bool, log=print) -> Pa
         log(f"[{organ}] training the classifier ({plan['classifier']} iterations)")
         train_classifier(ClassifierTraining(str(data), str(den), str(clf), iterations=plan["classifier"],
                                             val_every=every, lr=3e-4, resume=True, device="cpu"))
+    source = clf
+    if plan.get("calibration"):
+        source = _calibrate(organ, clf, root, plan["calibration"], log)
     final = out / f"{organ}-demo"
     with atomic_output_dir(final) as stage:
-        for f in clf.iterdir():
+        for f in source.iterdir():
             if f.is_file():
                 shutil.copy2(f, stage / f.name)
+        meta = read_meta(stage)
+        if meta.version != plan["version"]:  # e.g. a new denoiser and classifier on an earlier autoencoder
+            meta.version = plan["version"]
+            (stage / "model.json").write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
     _record(out / "manifest.json", final)
     log(f"[{organ}] bundle {final} ({time.perf_counter() - t0:.0f} s)")
     return final
+
+
+def _subset(organ: str, data: Path, dest: Path, seeds: list[int]) -> Path:
+    """A dataset folder with the cases of ``seeds`` from ``data`` (symbolic links, else copies)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        name = f"{organ}-{seed:05d}"
+        if not (dest / name).exists():
+            try:
+                (dest / name).symlink_to((data / name).resolve(), target_is_directory=True)
+            except OSError:
+                shutil.copytree(data / name, dest / name)
+    if _cases(dest) != len(seeds):
+        write_dataset(organ, dest, seeds, skip_existing=True)  # only writes labels.csv and reports.csv
+    return dest
+
+
+def _calibrate(organ: str, bundle: Path, root: Path, cal: dict, log=print) -> Path:
+    """``diffusion-anomaly sweep`` on validation phantoms; returns the calibrated copy of ``bundle``."""
+    from DiffusionAnomalyLib.cli import main as cli
+
+    calibrated = root / "calibrated"
+    if _done(calibrated):
+        return calibrated
+    val = root / "validation"
+    seeds = list(range(VALIDATION_SEED0, VALIDATION_SEED0 + cal["validation_cases"]))
+    if _cases(val) != len(seeds):
+        write_dataset(organ, val, seeds, skip_existing=True)
+    log(f"[{organ}] calibrating on {len(seeds)} validation phantoms")
+    rc = cli(["sweep", "--data", str(val), "--bundle", str(bundle), "--out", str(root / "sweep"),
+              "--noise-levels", *map(str, cal["noise_levels"]), "--guidance-values", *map(str, cal["guidance"]),
+              "--reference", cal["reference"], "--samples", str(cal["samples"]),
+              "--median-filter", str(cal["median_filter"]), "--device", "cpu", "--write-bundle", str(calibrated)])
+    if rc != 0:
+        raise SystemExit(f"[{organ}] calibration failed (exit code {rc})")
+    return calibrated
 
 
 def _record(manifest: Path, bundle: Path) -> None:
