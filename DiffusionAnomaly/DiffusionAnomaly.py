@@ -487,7 +487,7 @@ class DiffusionAnomalyTest(ScriptedLoadableModuleTest):
 
 #: Phantom seed of the self-test: the median case of the kidney demo bundle's held-out evaluation (it was trained
 #: on seeds >= 100000); the demo command uses it too.
-SELF_TEST_SEED = 1013
+SELF_TEST_SEED = 1000
 
 
 if __name__ == "__main__":

@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="generate a phantom and run detection on it, with scores against the truth")
     de.add_argument("--organ", default="kidney", choices=["kidney", "liver", "brain"])
-    de.add_argument("--seed", type=int, default=1013, help="phantom seed (default 1013: the median case, by Dice, of "
+    de.add_argument("--seed", type=int, default=1000, help="phantom seed (default 1000: the median case, by Dice, of "
                                                          "the kidney demo bundle's held-out evaluation)")
     de.add_argument("--lesions", type=int, default=None, help="number of lesions (default: the phantom's own, 0-3)")
     de.add_argument("--out", default="demo-output")
