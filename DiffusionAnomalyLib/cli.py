@@ -128,7 +128,6 @@ def _dataset_setup(args: argparse.Namespace):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-
     from .evaluate import compute_maps, score_dataset, write_report
     from .job import resolve_postprocessing
 
