@@ -47,7 +47,7 @@ PLANS = {
     "liver": {"cases": 120, "spacing": 4.0, "autoencoder": 800, "adversarial_start": 480, "denoiser": 1000,
               "classifier": 1500, "version": "0.1.1", "calibration": LIVER_CALIBRATION},
     "brain": {"cases": 120, "spacing": 4.0, "autoencoder": 800, "adversarial_start": 480, "denoiser": 1000,
-              "classifier": 1500, "version": "0.1.0"},
+              "classifier": 1500, "version": "0.1.1", "calibration": {**LIVER_CALIBRATION, "median_filter": 0}},
 }
 SMOKE = {"cases": 4, "autoencoder_cases": 3, "autoencoder": 2, "denoiser": 2, "classifier": 2,
          "calibration": {"validation_cases": 2, "noise_levels": [20], "guidance": [0], "reference": "autoencoder",
