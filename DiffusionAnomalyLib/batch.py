@@ -39,8 +39,10 @@ class Model:
         if st is None:
             return "baseline"
         key = f"{st.method}_L{st.noise_level}_s{st.guidance:g}_n{st.steps}_seed{st.seed}"
+        from .reconstruction import samples_drawn
+
         o = self.options
-        samples = 1 if st.method == "ddim" else o.samples
+        samples = samples_drawn(st.method, o.samples)
         return (key + ("_refae" if o.reference == "autoencoder" else "") + (f"_k{samples}" if samples > 1 else "")
                 + (f"_med{o.median_filter}" if o.median_filter else ""))
 
@@ -56,7 +58,7 @@ def load_model(args: argparse.Namespace, device) -> Model:
         rec = bundle.meta.recommended or {}
         settings = sampler_settings(args, rec)
         opts = map_options(args, rec, bundle.preset)
-        return Model(bundle.preset.with_overrides({"median_filter_voxels": opts.median_filter}), settings,
+        return Model(opts.apply_to(bundle.preset), settings,
                      lambda st: DiffusionReconstructor(bundle, st, device, reference=opts.reference,
                                                        samples=opts.samples),
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"

@@ -156,6 +156,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .sweep import run_sweep, write_calibrated_bundle
 
     ranks, model, cases = _dataset_setup(args)
@@ -164,7 +166,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     res = run_sweep(cases, model.make_reconstructor, model.preset, Path(args.out), model.settings,
                     args.noise_levels, args.guidance_values, ranks.rank, ranks.world, ranks.barrier,
                     min_lesion_ml_values=args.min_lesion_ml_values, maps_key=model.maps_key,
-                    options=model.options.as_recommended())
+                    options=dataclasses.asdict(model.options))
     if res is not None:
         print(f"{'L':>5} {'s':>7} {'threshold':>10} {'Dice':>7} {'F1':>7}")
         for r in res["grid"]:

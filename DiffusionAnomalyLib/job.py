@@ -70,8 +70,9 @@ class MapOptions:
     samples: int = 1
     median_filter: int = 0
 
-    def as_recommended(self) -> dict:
-        return {"reference": self.reference, "samples": self.samples, "median_filter": self.median_filter}
+    def apply_to(self, preset: OrganPreset) -> OrganPreset:
+        """``preset`` with this median filter."""
+        return preset.with_overrides({"median_filter_voxels": self.median_filter})
 
 
 def map_options(args: argparse.Namespace, recommended: dict, preset: OrganPreset) -> MapOptions:
@@ -136,7 +137,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         opts = map_options(args, rec, preset)
-        preset = preset.with_overrides({"median_filter_voxels": opts.median_filter})
+        preset = opts.apply_to(preset)
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=opts.reference,
                                                samples=opts.samples, progress=lambda d, n: report("reconstruct", d, n))
         threshold = resolve_threshold(args.threshold, rec.get("threshold"))

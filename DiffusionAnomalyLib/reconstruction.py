@@ -28,6 +28,11 @@ from .nets.denoiser import bf16_on_cuda, eps_function
 REFERENCES = ("input", "autoencoder")
 
 
+def samples_drawn(method: str, samples: int) -> int:
+    """Reconstructions a sampler draws per ROI for ``samples`` requested: 1 for the deterministic DDIM."""
+    return 1 if method == "ddim" else int(samples)
+
+
 @dataclass
 class DiffusionReconstructor:
     bundle: Bundle
@@ -77,7 +82,7 @@ class DiffusionReconstructor:
     @property
     def effective_samples(self) -> int:
         """Reconstructions actually averaged: ``samples``, or 1 for the deterministic DDIM."""
-        return 1 if self.settings.method == "ddim" else int(self.samples)
+        return samples_drawn(self.settings.method, self.samples)
 
     def reconstruct(self, x: np.ndarray, mask: np.ndarray, spacing_mm) -> np.ndarray:
         k = self.effective_samples
