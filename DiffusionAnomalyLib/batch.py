@@ -32,9 +32,11 @@ class Model:
     demo: bool = False
     recommended_min_lesion_ml: float | None = None
     options: object = None  # job.MapOptions (None for the baseline)
+    weights_id: str = ""  # BundleMeta.weights_id(): maps made by other networks are never reused
 
     def maps_key(self, settings=None) -> str:
-        """Cache folder name of the anomaly maps made with ``settings`` (default: this model's)."""
+        """Cache folder name of the anomaly maps made with ``settings`` (default: this model's) by these
+        networks (``_w<weights id>``)."""
         st = settings or self.settings
         if st is None:
             return "baseline"
@@ -44,7 +46,7 @@ class Model:
         o = self.options
         samples = samples_drawn(st.method, o.samples)
         return (key + ("_refae" if o.reference == "autoencoder" else "") + (f"_k{samples}" if samples > 1 else "")
-                + (f"_med{o.median_filter}" if o.median_filter else ""))
+                + (f"_med{o.median_filter}" if o.median_filter else "") + f"_w{self.weights_id}")
 
 
 def load_model(args: argparse.Namespace, device) -> Model:
@@ -63,7 +65,7 @@ def load_model(args: argparse.Namespace, device) -> Model:
                                                        samples=opts.samples),
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"
                      + (" DEMO" if bundle.meta.demo else ""), rec.get("threshold"), bundle.meta.demo,
-                     rec.get("min_lesion_ml"), opts)
+                     rec.get("min_lesion_ml"), opts, bundle.meta.weights_id())
     from .baseline import MedianBaseline
     from .presets import get_preset
 

@@ -84,6 +84,12 @@ class BundleMeta:
         """The organ preset with this bundle's overrides applied."""
         return get_preset(self.organ).with_overrides({**self.preset_overrides, "channels": list(self.channels)})
 
+    def weights_id(self) -> str:
+        """8 hex digits naming the networks (weight checksums, schedule, latent scaling and ROI geometry): what
+        an anomaly map depends on besides the sampler settings. Recalibration (a new threshold) keeps it."""
+        basis = [self.files, self.schedule, self.latent, self.preset_overrides, list(self.channels)]
+        return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:8]
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()

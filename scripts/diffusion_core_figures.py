@@ -1,10 +1,11 @@
 """Figures for a trained bundle on held-out phantoms: DDIM round-trip error vs steps, classifier AUC at
 noise levels 0/250/500, and the effect of classifier guidance on log p(healthy).
 
-    python scripts/diffusion_core_figures.py --bundle BUNDLE --data HELD_OUT_DATASET [--level 500]
+    python scripts/diffusion_core_figures.py --bundle BUNDLE --data HELD_OUT_DATASET [MORE ...] [--level 500]
 
-Prints one JSON object. The dataset is a folder as written by `diffusion-anomaly phantom --cases N`
-with seeds not used in training.
+Prints one JSON object. Each dataset is a folder as written by `diffusion-anomaly phantom --cases N`
+with seeds not used in training; several are pooled. The classifier AUC is the mean over ``--draws``
+draws of the noise (with the lowest and highest), as one draw moves it by up to 0.02.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from DiffusionAnomalyLib.train.classifier import auc_at_levels
 from DiffusionAnomalyLib.train.denoiser import latents_for
 
 
-def _auc_by_lesion(clf, z, data, data_dir, schedule) -> dict:
+def _aucs(clf, z, labels, schedule, draws: int, levels=(0, 250, 500)) -> dict:
+    """Per level: mean, min and max AUC over ``draws`` noise draws."""
+    runs = [auc_at_levels(clf, z, labels, schedule, "cpu", seed=99 + k, levels=levels) for k in range(draws)]
+    return {level: {"mean": float(np.mean([r[level] for r in runs])), "min": float(min(r[level] for r in runs)),
+                    "max": float(max(r[level] for r in runs))} for level in levels}
+
+
+def _auc_by_lesion(clf, z, labels, lesions, schedule, draws: int) -> dict:
     """AUC at t = 250 of healthy structures against unhealthy ones with a given kind of lesion (phantoms only)."""
-    lesions = {}
-    for sid in data.ids:
-        case, structure = sid.split("/")
-        info = json.loads((Path(data_dir) / case / "case.json").read_text())
-        lesions[sid] = [le for le in info["lesions"] if le["structure"] == structure]
     groups = {
         "all": lambda ls: True,
         "largest >= 20 mm": lambda ls: max(le["diameter_mm"] for le in ls) >= 20,
@@ -39,17 +42,32 @@ def _auc_by_lesion(clf, z, data, data_dir, schedule) -> dict:
     }
     out = {}
     for name, keep in groups.items():
-        sel = np.array([y == 0 or keep(lesions[i]) for i, y in zip(data.ids, data.labels, strict=True)])
-        auc = auc_at_levels(clf, z[torch.from_numpy(sel)], data.labels[sel], schedule, "cpu", levels=(250,))[250]
-        labels = data.labels[sel]
-        out[name] = {"auc": auc, "unhealthy": int(labels.sum()), "healthy": int((labels == 0).sum())}
+        sel = np.array([y == 0 or keep(ls) for ls, y in zip(lesions, labels, strict=True)])
+        auc = _aucs(clf, z[torch.from_numpy(sel)], labels[sel], schedule, draws, levels=(250,))[250]
+        out[name] = {"auc": auc, "unhealthy": int(labels[sel].sum()), "healthy": int((labels[sel] == 0).sum())}
     return out
+
+
+def _held_out(bundle, folders: list[str], work: Path) -> tuple[torch.Tensor, np.ndarray, list[list[dict]]]:
+    """Scaled latents, labels and each structure's lesions, pooled over the datasets."""
+    zs, ys, lesions = [], [], []
+    for folder in folders:
+        data, lat = latents_for(bundle, folder, work / Path(folder).name, torch.device("cpu"),
+                                ("healthy", "unhealthy"))
+        zs.append(torch.from_numpy(lat * bundle.meta.latent["scale_factor"]))
+        ys.append(data.labels)
+        for sid in data.ids:
+            case, structure = sid.split("/")
+            info = json.loads((Path(folder) / case / "case.json").read_text())
+            lesions.append([le for le in info["lesions"] if le["structure"] == structure])
+    return torch.cat(zs), np.concatenate(ys), lesions
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--bundle", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, nargs="+", help="held-out dataset folder(s), pooled")
+    p.add_argument("--draws", type=int, default=20, help="noise draws averaged in the classifier AUC")
     p.add_argument("--level", type=int, default=500)
     p.add_argument("--guidance", type=float, default=100.0)
     p.add_argument("--work", default=None)
@@ -60,11 +78,10 @@ def main() -> None:
     schedule = b.schedule()
     work = Path(args.work or f"{args.bundle}.figures")
     work.mkdir(parents=True, exist_ok=True)
-    data, lat = latents_for(b, args.data, work, torch.device("cpu"), ("healthy", "unhealthy"))
-    z = torch.from_numpy(lat * b.meta.latent["scale_factor"])
-    out: dict = {"held_out_structures": len(data.ids), "unhealthy": int(data.labels.sum())}
+    z, labels, lesions = _held_out(b, args.data, work)
+    out: dict = {"held_out_structures": len(labels), "unhealthy": int(labels.sum())}
     sampler = LatentSampler(eps_function(b.networks["denoiser"]), schedule, classifier=b.networks.get("classifier"))
-    healthy = z[torch.from_numpy(data.labels == 0)][:8]
+    healthy = z[torch.from_numpy(labels == 0)][:8]
     errs = {}
     for steps in () if args.skip_round_trip else (10, 50, args.level):
         t0 = time.perf_counter()
@@ -75,9 +92,9 @@ def main() -> None:
         out["ddim_round_trip_latent_std_units"] = {"L": args.level, "by_steps": errs}
     if "classifier" in b.networks:
         clf = b.networks["classifier"]
-        out["classifier_auc"] = auc_at_levels(clf, z, data.labels, schedule, "cpu")
-        out["classifier_auc_t250_by_lesion"] = _auc_by_lesion(clf, z, data, args.data, schedule)
-        sick = z[torch.from_numpy(data.labels == 1)][:8]
+        out["classifier_auc"] = {"draws": args.draws, **_aucs(clf, z, labels, schedule, args.draws)}
+        out["classifier_auc_t250_by_lesion"] = _auc_by_lesion(clf, z, labels, lesions, schedule, args.draws)
+        sick = z[torch.from_numpy(labels == 1)][:8]
 
         def log_p_healthy(x):
             with torch.no_grad():

@@ -31,9 +31,10 @@ from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, train_denoiser
 #: the iteration after which the autoencoder's adversarial (GAN) losses start (None: L1 only). The
 #: kidney plan (v0.2) trains the autoencoder with L1 only, longer: on this CPU a GAN iteration costs
 #: about 10x an L1 one and, in the v0.1 run, raised validation L1 from 0.090 to 0.116 in 400 iterations.
-#: ``autoencoder_cases``: the autoencoder trains on the first N cases only (kidney v0.3: the v0.2
-#: autoencoder on 400, the denoiser and classifier on 800). ``calibration``: the sweep that sets the
-#: shipped bundle's recommended settings, on validation phantoms disjoint from training and testing.
+#: ``autoencoder_cases`` / ``denoiser_cases``: that stage trains on the first N cases only (kidney v0.4:
+#: the v0.2 autoencoder on 400, the v0.3 denoiser on 800, the classifier on 1600). ``calibration``: the
+#: sweep that sets the shipped bundle's recommended settings, on validation phantoms disjoint from
+#: training and testing.
 KIDNEY_CALIBRATION = {"validation_cases": 10, "noise_levels": [250], "guidance": [100], "reference": "autoencoder",
                       "samples": 4, "median_filter": 5, "min_lesion_ml_values": [0, 0.25, 0.5, 1, 2]}
 #: Liver: on its validation phantoms the D(E(x)) reference found 2/18 lesions and 4 samples did not help
@@ -41,15 +42,15 @@ KIDNEY_CALIBRATION = {"validation_cases": 10, "noise_levels": [250], "guidance":
 LIVER_CALIBRATION = {"validation_cases": 10, "noise_levels": [250], "guidance": [0], "reference": "input",
                      "samples": 1, "median_filter": 3, "min_lesion_ml_values": [0, 0.5, 1, 2, 4, 8]}
 PLANS = {
-    "kidney": {"cases": 800, "autoencoder_cases": 400, "spacing": 2.0, "autoencoder": 3000,
-               "adversarial_start": None, "denoiser": 3000, "classifier": 3000, "version": "0.3.0",
+    "kidney": {"cases": 1600, "autoencoder_cases": 400, "denoiser_cases": 800, "spacing": 2.0, "autoencoder": 3000,
+               "adversarial_start": None, "denoiser": 3000, "classifier": 5000, "version": "0.4.0",
                "calibration": KIDNEY_CALIBRATION},
     "liver": {"cases": 120, "spacing": 4.0, "autoencoder": 800, "adversarial_start": 480, "denoiser": 1000,
               "classifier": 1500, "version": "0.1.1", "calibration": LIVER_CALIBRATION},
     "brain": {"cases": 120, "spacing": 4.0, "autoencoder": 800, "adversarial_start": 480, "denoiser": 1000,
               "classifier": 1500, "version": "0.1.1", "calibration": {**LIVER_CALIBRATION, "median_filter": 0}},
 }
-SMOKE = {"cases": 4, "autoencoder_cases": 3, "autoencoder": 2, "denoiser": 2, "classifier": 2,
+SMOKE = {"cases": 4, "autoencoder_cases": 3, "denoiser_cases": 3, "autoencoder": 2, "denoiser": 2, "classifier": 2,
          "calibration": {"validation_cases": 2, "noise_levels": [20], "guidance": [0], "reference": "autoencoder",
                          "samples": 2, "median_filter": 3}}
 VALIDATION_SEED0 = 500  # validation phantoms for calibration; held-out tests use 1000..
@@ -77,9 +78,11 @@ def train_organ(organ: str, work: Path, out: Path, smoke: bool, log=print) -> Pa
     if _cases(data) != plan["cases"]:  # restartable: existing cases are kept
         log(f"[{organ}] generating {plan['cases']} phantom cases")
         write_dataset(organ, data, seeds, skip_existing=True)
-    ae_data = data
+    ae_data = den_data = data
     if plan.get("autoencoder_cases"):
         ae_data = _subset(organ, data, root / "data-autoencoder", seeds[:plan["autoencoder_cases"]])
+    if plan.get("denoiser_cases"):
+        den_data = _subset(organ, data, root / "data-denoiser", seeds[:plan["denoiser_cases"]])
     ae, den, clf = root / "autoencoder", root / "denoiser", root / "classifier"
     every = max(1, min(100, plan["autoencoder"] // 2))
     if not _done(ae):
@@ -90,7 +93,7 @@ def train_organ(organ: str, work: Path, out: Path, smoke: bool, log=print) -> Pa
             resume=True, name=f"{organ}-demo", version=plan["version"], demo=True, device="cpu"))
     if not _done(den):
         log(f"[{organ}] training the denoiser ({plan['denoiser']} iterations)")
-        train_denoiser(DenoiserTraining(str(data), str(ae), str(den), iterations=plan["denoiser"], val_every=every,
+        train_denoiser(DenoiserTraining(str(den_data), str(ae), str(den), iterations=plan["denoiser"], val_every=every,
                                         resume=True, device="cpu"))
     if not _done(clf):
         log(f"[{organ}] training the classifier ({plan['classifier']} iterations)")

@@ -61,13 +61,13 @@ class ClassifierTraining:
 
 def auc_at_levels(clf, z: torch.Tensor, y: np.ndarray, schedule: NoiseSchedule, device, seed: int = 99,
                   levels=EVAL_LEVELS) -> dict[int, float]:
-    """AUC of p(unhealthy) on latents noised to each level (fixed noise for comparability)."""
+    """AUC of p(unhealthy) on latents noised to each level (fixed noise for comparability: the noise at a
+    level depends only on ``seed``, the level and the shape of ``z``)."""
     clf.eval()
-    g = torch.Generator().manual_seed(seed)
     out = {}
     with torch.no_grad():
         for level in levels:
-            noise = torch.randn(z.shape, generator=g)
+            noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed * 1009 + level))
             x = schedule.q_sample(z, level, noise).to(device)
             t = torch.full((len(z),), level, device=device, dtype=torch.long)
             p = torch.softmax(clf(x, t).float(), dim=1)[:, 1].cpu().numpy()
@@ -150,7 +150,8 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
                                                          "num_classes": 2}}
         meta.extra = {**meta.extra, "classifier_training": {"iterations": cfg.iterations,
                                                             "best_val_auc": state["best_aucs"],
-                                                            "val_latents": len(z_val)}}
+                                                            "train_latents": len(z_train),
+                                                            "val_latents": len(z_val), "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": bundle.networks["denoiser"],
                                 "classifier": best}, bundle_extras(bundle.path, work, "classifier"))
         print(f"wrote bundle {out} (best validation AUC at t={cfg.select_level}: {state['best_auc']:.3f}; "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,14 @@ def read_labels(data_dir: Path) -> list[dict]:
     return rows
 
 
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` through a temporary file and a rename: a crash never leaves a half-written cache."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
 def _cache_key(preset: OrganPreset) -> str:
     return hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -133,7 +142,7 @@ def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | 
             prepared = extract_case_patches(channels, mask_set, preset)
             arrays, names = prepared.x, [p.structure for p in prepared.patches]
             if cached:
-                np.savez(cached, x=arrays, names=np.array(names))
+                save_npz(cached, x=arrays, names=np.array(names))
         for arr, name in zip(arrays, names, strict=True):
             if name in structures:
                 xs.append(arr.astype(np.float32))

@@ -36,7 +36,7 @@ from .common import (
     shutdown,
     wrap_ddp,
 )
-from .data import load_patches
+from .data import load_patches, save_npz
 
 
 @dataclass
@@ -76,12 +76,10 @@ def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels:
     cache = work / f"latents-{key}-{'-'.join(labels)}.npz"
     if cache.is_file():
         z = np.load(cache)
-        lat, ids = z["latents"], list(z["ids"])
-        if ids != data.ids:
-            lat = encode_all(codec, data.x, device)
-    else:
-        lat = encode_all(codec, data.x, device)
-        np.savez(cache, latents=lat, ids=np.array(data.ids))
+        if list(z["ids"]) == data.ids:
+            return data, z["latents"]
+    lat = encode_all(codec, data.x, device)  # new or changed dataset: (re-)encode and (re-)cache
+    save_npz(cache, latents=lat, ids=np.array(data.ids))
     return data, lat
 
 
@@ -167,7 +165,7 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
         meta.extra = {**meta.extra, "denoiser_training": {
             "iterations": cfg.iterations, "best_val_l1": state["best_val"], "train_latents": len(z_train),
             "val_latents": len(z_val), "first_val_l1": next((r["val_l1"] for r in log.rows), None),
-            "class_conditional": cfg.class_conditional}}
+            "class_conditional": cfg.class_conditional, "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": best},
                     bundle_extras(bundle.path, work, "denoiser"))
         print(f"wrote bundle {out} (best validation L1 {state['best_val']:.4f})")

@@ -158,3 +158,15 @@ def test_available_bundles_lists_shipped_and_user_bundles_by_organ(tiny_bundle, 
     assert any(b.meta.name == "kidney-demo" for b in kidney)  # shipped in Resources/Models
     assert all(b.meta.organ == "kidney" for b in kidney)
     assert available_bundles("liver", [tmp_path / "models"]) == []
+
+
+def test_weights_id_names_the_networks_not_the_calibration(bundle_dir, nets, tmp_path):
+    from DiffusionAnomalyLib.bundle import read_meta
+
+    meta = read_meta(bundle_dir)
+    recalibrated = BundleMeta.from_dict({**meta.to_dict(), "recommended": {"threshold": 0.3}, "version": "1.1"})
+    assert recalibrated.weights_id() == meta.weights_id() and len(meta.weights_id()) == 8
+    ae_cfg, den_cfg, n = nets
+    torch.manual_seed(1)
+    other = save_bundle(tmp_path / "other", _meta(ae_cfg, den_cfg), {**n, "denoiser": build_denoiser(den_cfg)})
+    assert read_meta(other).weights_id() != meta.weights_id()  # new denoiser weights: maps are not reused

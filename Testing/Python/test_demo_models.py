@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -28,13 +29,18 @@ def test_smoke_chain_writes_a_demo_bundle_listed_in_the_manifest(tmp_path):
     assert entry["name"] == "kidney-demo" and entry["demo"] is True and len(entry["sha256"]) == 64
     bundle = load_bundle(tmp_path / "models" / "kidney-demo", manifest=manifest)
     assert bundle.meta.demo and set(bundle.networks) == {"autoencoder", "denoiser", "classifier"}
-    # the autoencoder trained on the first 3 cases, the rest on all 4; the bundle is calibrated by a sweep
-    labels = (tmp_path / "work" / "kidney" / "data-autoencoder" / "labels.csv").read_text().splitlines()
-    assert len({line.split(",")[0] for line in labels[1:]}) == 3
+    # the autoencoder and the denoiser trained on the first 3 cases, the classifier on all 4; the bundle
+    # is calibrated by a sweep
+    for subset in ("data-autoencoder", "data-denoiser"):
+        labels = (tmp_path / "work" / "kidney" / subset / "labels.csv").read_text().splitlines()
+        assert len({line.split(",")[0] for line in labels[1:]}) == 3
+    extra = bundle.meta.extra
+    assert Path(extra["denoiser_training"]["data"]).name == "data-denoiser"
+    assert Path(extra["classifier_training"]["data"]).name == "data"
     assert "calibrating on 2 validation phantoms" in first.stdout
     rec = bundle.meta.recommended
     assert (rec["noise_level"], rec["reference"], rec["samples"], rec["median_filter"]) == (20, "autoencoder", 2, 3)
-    assert "threshold" in rec and "min_lesion_ml" in rec and bundle.meta.version == "0.3.0"
+    assert "threshold" in rec and "min_lesion_ml" in rec and bundle.meta.version == "0.4.0"
     again = _run(tmp_path)  # restartable: nothing is generated or trained twice
     assert again.returncode == 0 and "training" not in again.stdout and "generating" not in again.stdout
     assert json.loads(manifest.read_text())["bundles"] == [entry]

@@ -149,8 +149,10 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
     assert rec["min_lesion_ml"] == res["best"]["min_lesion_ml"]
     # the map options are recommended too, and name the cached maps
     assert (rec["reference"], rec["samples"], rec["median_filter"]) == ("autoencoder", 1, 3)
+    wid = read_meta(tiny_bundle).weights_id()
+    assert read_meta(calibrated).weights_id() == wid  # recalibrating does not change the networks
     assert sorted(p.name for p in (out / "maps").iterdir()) == [
-        f"ddim_L{L}_s{s}_n2_seed0_refae_med3" for L in (20, 50) for s in (0, 10)]
+        f"ddim_L{L}_s{s}_n2_seed0_refae_med3_w{wid}" for L in (20, 50) for s in (0, 10)]
     load_bundle(calibrated)  # still a valid bundle (weights and checksums copied)
     printed = capsys.readouterr().out
     assert "best: L =" in printed and "recommended minimum lesion volume" in printed
