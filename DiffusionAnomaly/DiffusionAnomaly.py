@@ -79,6 +79,9 @@ class DiffusionAnomalyParameterNode:
     guidance: Annotated[float, WithinRange(0, 3000)] = 0
     steps: Annotated[int, WithinRange(1, 999)] = 50
     seed: int = 0
+    reference: Annotated[str, Choice(["input", "autoencoder"])] = "input"
+    samples: Annotated[int, WithinRange(1, 16)] = 1
+    medianFilter: Annotated[int, WithinRange(0, 15)] = 0
     thresholdMode: Annotated[str, Choice(["bundle", "otsu", "fixed"])] = "bundle"
     threshold: float = 0.0
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
@@ -106,6 +109,7 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for combo, items in ((self.ui.organComboBox, ORGANS), (self.ui.samplerComboBox, ("ddpm", "ddim", "inpaint")),
                              (self.ui.maskSourceComboBox, ("segmentation", "totalsegmentator", "none")),
                              (self.ui.thresholdModeComboBox, ("bundle", "otsu", "fixed")),
+                             (self.ui.referenceComboBox, ("input", "autoencoder")),
                              (self.ui.deviceComboBox, ("auto", "cuda", "cpu"))):
             for item in items:
                 combo.addItem(item)
@@ -197,18 +201,22 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.applyBundleDefaults()
 
     def applyBundleDefaults(self) -> None:
-        """The chosen bundle's recommended sampler, L, s and steps become the panel's values."""
+        """The chosen bundle's recommended sampler, L, s, steps and anomaly-map options become the panel's values."""
         from DiffusionAnomalyLib.bundle import read_meta
 
         pn = self._parameterNode
         if not pn.bundlePath:
             return
-        rec = read_meta(pn.bundlePath).recommended or {}
+        meta = read_meta(pn.bundlePath)
+        rec = meta.recommended or {}
         with slicer.util.NodeModify(pn.parameterNode):
             pn.sampler = rec.get("sampler", pn.sampler)
             pn.noiseLevel = float(rec.get("noise_level", pn.noiseLevel))
             pn.guidance = float(rec.get("guidance", pn.guidance))
             pn.steps = int(rec.get("steps", pn.steps))
+            pn.reference = rec.get("reference", "input")
+            pn.samples = int(rec.get("samples", 1))
+            pn.medianFilter = int(rec.get("median_filter", meta.preset().median_filter_voxels))
 
     def onImportBundle(self) -> None:
         from DiffusionAnomalyLib.bundle import default_models_dir, import_bundle
@@ -309,7 +317,8 @@ class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
         return RunRequest(organ=pn.organ, bundle=pn.bundlePath, sampler=pn.sampler, noise_level=int(pn.noiseLevel),
                           guidance=float(pn.guidance), steps=int(pn.steps), seed=int(pn.seed), device=pn.device,
                           threshold_mode=pn.thresholdMode, threshold=float(pn.threshold), mask_source=pn.maskSource,
-                          python=pn.pythonExecutable or self.defaultPython())
+                          python=pn.pythonExecutable or self.defaultPython(), reference=pn.reference,
+                          samples=int(pn.samples), median_filter=int(pn.medianFilter))
 
     def inputNodes(self, pn) -> list:
         return [n for n in (pn.inputVolume, pn.channel2Volume, pn.channel3Volume, pn.channel4Volume) if n]

@@ -23,6 +23,7 @@ SAMPLERS = ("ddpm", "ddim", "inpaint")
 DEVICES = ("auto", "cuda", "cpu")
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
 THRESHOLD_MODES = ("bundle", "otsu", "fixed")
+REFERENCES = ("input", "autoencoder")
 
 
 @dataclass
@@ -32,7 +33,9 @@ class RunRequest:
     ``bundle`` is a bundle folder or zip; ``python`` the interpreter that has the dependencies
     (empty: the current one). ``mask_source``: ``segmentation`` (segments of an existing
     segmentation), ``totalsegmentator`` (a segmentation made by TotalSegmentator; the same once it
-    exists) or ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels).
+    exists) or ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels). ``reference``,
+    ``samples`` and ``median_filter`` shape the anomaly map (see ``diffusion-anomaly run --help``); None
+    leaves them to the bundle's recommendation.
     """
 
     organ: str
@@ -47,6 +50,9 @@ class RunRequest:
     threshold: float = 0.0
     mask_source: str = "segmentation"
     python: str = ""
+    reference: str | None = None
+    samples: int | None = None
+    median_filter: int | None = None
 
     def problems(self) -> list[str]:
         """Everything that prevents a run, as sentences for a tooltip (empty when it can run)."""
@@ -73,6 +79,12 @@ class RunRequest:
             out.append(f"Unknown organ-mask source {self.mask_source!r}.")
         if self.mask_source == "none" and self.organ != "brain":
             out.append(f"The {self.organ} needs an organ mask (only a skull-stripped brain can run without one).")
+        if self.reference is not None and self.reference not in REFERENCES:
+            out.append(f"Unknown map reference {self.reference!r}; choose one of {', '.join(REFERENCES)}.")
+        if self.samples is not None and int(self.samples) < 1:
+            out.append(f"Averaged samples must be at least 1 (got {self.samples}).")
+        if self.median_filter is not None and int(self.median_filter) < 0:
+            out.append(f"The map median filter must be >= 0 voxels (got {self.median_filter}).")
         if self.python and not Path(self.python).is_file():
             out.append(f"The Python interpreter {self.python} does not exist.")
         return out
@@ -103,6 +115,10 @@ class RunRequest:
                 "--sampler", self.sampler, "--noise-level", str(int(self.noise_level)),
                 "--steps", str(int(self.steps)), "--guidance", repr(float(self.guidance)),
                 "--seed", str(int(self.seed)), "--device", self.device, "--out", str(out)]
+        for flag, value in (("--reference", self.reference), ("--samples", self.samples),
+                            ("--median-filter", self.median_filter)):
+            if value is not None:
+                args += [flag, str(value)]
         if self.threshold_mode == "otsu":
             args += ["--threshold", "otsu"]
         elif self.threshold_mode == "fixed":

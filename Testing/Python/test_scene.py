@@ -151,6 +151,18 @@ def test_run_request_problems_and_worker_arguments(tiny_bundle, tmp_path):
         req.worker_args(["a.nii"], tmp_path, mask=None)
 
 
+def test_run_request_passes_the_panel_map_options_to_the_worker(tiny_bundle, tmp_path):
+    from DiffusionAnomalyLib.cli import build_parser
+
+    assert "--samples" not in _request(tiny_bundle).worker_args(["a"], tmp_path, "m")  # None: the bundle decides
+    args = _request(tiny_bundle, reference="autoencoder", samples=4, median_filter=5).worker_args(["a"], tmp_path, "m")
+    parsed = build_parser().parse_args(args)  # the worker's own parser accepts them
+    assert (parsed.reference, parsed.samples, parsed.median_filter) == ("autoencoder", 4, 5)
+    bad = " ".join(_request(tiny_bundle, reference="blur", samples=0, median_filter=-1).problems())
+    for part in ("Unknown map reference 'blur'", "at least 1 (got 0)", "must be >= 0 voxels (got -1)"):
+        assert part in bad
+
+
 @pytest.fixture(scope="module")
 def run_scene(kidney_case, tiny_bundle, tmp_path_factory):
     """A scene with the phantom CT in a patient folder and one finished run (real worker process)."""
