@@ -268,6 +268,8 @@ def markdown_summary(summary: dict, problems: dict[str, str], settings: dict) ->
         if m.get("mean") is None:
             return "n/a"
         lo, hi = m["ci95"]
+        if lo is None:  # --bootstrap 0, or a single case
+            return f"{m['mean']:.3f} (n = {m['n']})"
         return f"{m['mean']:.3f} (95% CI {lo:.3f}-{hi:.3f}; n = {m['n']})"
 
     d = summary["lesion_detection"]

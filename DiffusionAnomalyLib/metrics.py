@@ -180,10 +180,14 @@ def bootstrap_ci(
     values: Sequence[float], n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0,
     statistic: Callable[[np.ndarray], float] = np.nanmean,
 ) -> tuple[float, float, float]:
-    """(statistic, low, high): percentile bootstrap CI over cases, ``n_resamples`` resamples."""
+    """(statistic, low, high): percentile bootstrap CI over cases, ``n_resamples`` resamples (0: no CI,
+    low and high are NaN)."""
     v = np.asarray(values, float)
     if v.size == 0:
         return float("nan"), float("nan"), float("nan")
+    if n_resamples < 1:
+        with np.errstate(all="ignore"):
+            return float(statistic(v)), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, v.size, size=(n_resamples, v.size))
     with np.errstate(all="ignore"):

@@ -119,6 +119,12 @@ def test_evaluate_reports_metrics_lists_bad_cases_and_resumes(dataset, tmp_path,
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in maps.rglob("heatmap.nii.gz")} == stamps
     assert "maps 1/" not in capsys.readouterr().err
+    # --bootstrap 0: the same figures without confidence intervals
+    assert main([*args[:-1], "0"]) == 0
+    md0 = (report / "summary.md").read_text()
+    assert "95% CI" not in md0 and "Dice (cases with lesions)" in md0
+    again = json.loads((report / "summary.json").read_text())["summary"]
+    assert again["dice"]["mean"] == doc["summary"]["dice"]["mean"]
 
 
 def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny_bundle, tmp_path, capsys):

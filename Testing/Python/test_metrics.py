@@ -82,6 +82,8 @@ def test_bootstrap_ci():
     mean, lo, hi = bootstrap_ci(v, seed=3)
     assert lo < mean < hi and hi - lo < 0.1
     assert bootstrap_ci(v, seed=3) == (mean, lo, hi)
+    point, lo0, hi0 = bootstrap_ci(v, 0)  # `evaluate --bootstrap 0`: the value without a CI
+    assert point == pytest.approx(v.mean()) and np.isnan(lo0) and np.isnan(hi0)
 
 
 def test_wilcoxon_superiority_and_non_inferiority():
