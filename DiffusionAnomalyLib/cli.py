@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import DiffusionAnomalyError
+from .errors import DiffusionAnomalyError, InputError
 
 
 def _print_table(table) -> None:
@@ -160,27 +160,34 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     from .sweep import run_sweep, write_calibrated_bundle
 
+    if min(args.threshold_scales) <= 0:
+        raise InputError(f"--threshold-scales must be > 0 (got {min(args.threshold_scales):g})")
+    if args.max_fp_per_organ is not None and args.max_fp_per_organ < 0:
+        raise InputError(f"--max-fp-per-organ must be >= 0 (got {args.max_fp_per_organ:g})")
     ranks, model, cases = _dataset_setup(args)
     if model.settings is None:
         raise DiffusionAnomalyError("sweep needs --bundle (the baseline has no L or s)")
     res = run_sweep(cases, model.make_reconstructor, model.preset, Path(args.out), model.settings,
                     args.noise_levels, args.guidance_values, ranks.rank, ranks.world, ranks.barrier,
                     min_lesion_ml_values=args.min_lesion_ml_values, maps_key=model.maps_key,
-                    options=dataclasses.asdict(model.options))
+                    options=dataclasses.asdict(model.options), threshold_scales=args.threshold_scales,
+                    max_fp_per_organ=args.max_fp_per_organ)
     if res is not None:
         print(f"{'L':>5} {'s':>7} {'threshold':>10} {'Dice':>7} {'F1':>7}")
         for r in res["grid"]:
             print(f"{r['noise_level']:>5} {r['guidance']:>7g} {r['threshold']:>10.4f} {r['dice'] or 0:>7.3f} "
                   f"{r['f1'] or 0:>7.3f}")
         b = res["best"]
-        print(f"best: L = {b['noise_level']}, s = {b['guidance']:g}, threshold {b['threshold']:.4f}, "
+        print(f"best: L = {b['noise_level']}, s = {b['guidance']:g}, Otsu threshold {b['otsu_threshold']:.4f}, "
               f"mean Dice {b['dice']}; plot in {Path(args.out) / 'sweep' / 'dice_vs_s.png'}")
-        print("post-processing at the best L and s, by minimum lesion volume:")
-        print(f"{'ml':>6} {'found':>9} {'FP/organ':>9} {'F1':>7} {'Dice':>7}")
+        print("post-processing at the best L and s, by threshold (x Otsu) and minimum lesion volume:")
+        print(f"{'scale':>6} {'threshold':>10} {'ml':>6} {'found':>9} {'FP/organ':>9} {'F1':>7} {'Dice':>7}")
         for r in res["postprocessing"]:
-            print(f"{r['min_lesion_ml']:>6g} {r['found']:>4}/{r['lesions']:<4} {r['fp_per_organ'] or 0:>9.2f} "
-                  f"{r['f1'] or 0:>7.3f} {r['dice'] or 0:>7.3f}")
-        print(f"recommended minimum lesion volume: {b['min_lesion_ml']:g} ml (best pooled lesion F1)")
+            print(f"{r['threshold_scale']:>6g} {r['threshold']:>10.4f} {r['min_lesion_ml']:>6g} "
+                  f"{r['found']:>4}/{r['lesions']:<4} {r['fp_per_organ'] or 0:>9.2f} {r['f1'] or 0:>7.3f} "
+                  f"{r['dice'] or 0:>7.3f}")
+        print(f"recommended: threshold {b['threshold']:.4f}, minimum lesion volume {b['min_lesion_ml']:g} ml "
+              f"({b['objective']})")
         if args.write_bundle:
             dest = write_calibrated_bundle(args.bundle, args.write_bundle, b,
                                            note=f"sweep over {len(cases)} cases of {args.data}")
@@ -418,8 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--noise-levels", type=int, nargs="+", default=[100, 250, 500])
     sw.add_argument("--guidance-values", type=float, nargs="+", default=[float(s) for s in range(0, 2001, 200)])
     sw.add_argument("--min-lesion-ml-values", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
-                    metavar="ML", help="then, at the best L and s: post-processing with each minimum lesion volume; "
-                                       "the one with the best pooled lesion F1 is recommended")
+                    metavar="ML", help="then, at the best L and s: post-processing with each minimum lesion volume "
+                                       "(see --max-fp-per-organ for which one is recommended)")
+    sw.add_argument("--threshold-scales", type=float, nargs="+", default=[1.0], metavar="X",
+                    help="also try the Otsu threshold times each X in the post-processing stage (default 1)")
+    sw.add_argument("--max-fp-per-organ", type=float, default=None, metavar="N",
+                    help="recommend the operating point that finds the most lesions with at most N false-positive "
+                         "components per organ (default: the best pooled lesion F1)")
     sw.add_argument("--write-bundle", help="write a copy of the bundle calibrated with the best L, s, threshold and "
                                            "minimum lesion volume")
     sw.set_defaults(func=_cmd_sweep)

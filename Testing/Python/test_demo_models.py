@@ -41,6 +41,8 @@ def test_smoke_chain_writes_a_demo_bundle_listed_in_the_manifest(tmp_path):
     rec = bundle.meta.recommended
     assert (rec["noise_level"], rec["reference"], rec["samples"], rec["median_filter"]) == (20, "autoencoder", 2, 3)
     assert "threshold" in rec and "min_lesion_ml" in rec and bundle.meta.version == "0.4.0"
+    calibration = extra["calibration"]  # the plan's operating-point rule reached the sweep
+    assert "false positives per organ" in calibration["objective"] and calibration["threshold"] == rec["threshold"]
     again = _run(tmp_path)  # restartable: nothing is generated or trained twice
     assert again.returncode == 0 and "training" not in again.stdout and "generating" not in again.stdout
     assert json.loads(manifest.read_text())["bundles"] == [entry]

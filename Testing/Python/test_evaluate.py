@@ -161,7 +161,40 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
         f"ddim_L{L}_s{s}_n2_seed0_refae_med3_w{wid}" for L in (20, 50) for s in (0, 10)]
     load_bundle(calibrated)  # still a valid bundle (weights and checksums copied)
     printed = capsys.readouterr().out
-    assert "best: L =" in printed and "recommended minimum lesion volume" in printed
+    assert "best: L =" in printed and "recommended: threshold" in printed
+    # operating point under a false-positive budget, over thresholds x Otsu (the cached maps are reused)
+    assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--sampler", "ddim", "--steps", "2",
+                 "--noise-levels", "20", "--guidance-values", "0", "--device", "cpu", "--out", str(out),
+                 "--reference", "autoencoder", "--median-filter", "3", "--threshold-scales", "0.8", "1", "1.25",
+                 "--min-lesion-ml-values", "0", "1", "--max-fp-per-organ", "1"]) == 0
+    res2 = json.loads((out / "sweep" / "sweep.json").read_text())
+    pp2, b2 = res2["postprocessing"], res2["best"]
+    assert [(r["threshold_scale"], r["min_lesion_ml"]) for r in pp2] == [(x, ml) for x in (0.8, 1.0, 1.25)
+                                                                           for ml in (0.0, 1.0)]
+    assert all(r["threshold"] == pytest.approx(b2["otsu_threshold"] * r["threshold_scale"], abs=1e-5) for r in pp2)
+    assert b2["threshold"] == b2["postprocessed"]["threshold"]
+    assert "false positives per organ" in b2["objective"]
+    assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(out),
+                 "--threshold-scales", "0"]) == 2
+    assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(out),
+                 "--max-fp-per-organ", "-1"]) == 2
+
+
+def test_operating_point_under_a_false_positive_budget():
+    from DiffusionAnomalyLib.sweep import choose_operating_point
+
+    def row(scale, ml, found, fp, f1):
+        return {"threshold_scale": scale, "threshold": scale * 0.1, "min_lesion_ml": ml, "found": found,
+                "fp_per_organ": fp, "f1": f1}
+
+    rows = [row(1.0, 2.0, 8, 0.35, 0.48), row(0.8, 2.0, 9, 0.80, 0.42), row(0.8, 0.5, 10, 2.75, 0.24),
+            row(1.0, 1.0, 8, 0.65, 0.41)]
+    assert choose_operating_point(rows)[0] is rows[0]  # best F1
+    best, why = choose_operating_point(rows, 1.0)
+    assert best is rows[1] and "most lesions found" in why  # 10 found is over budget
+    assert choose_operating_point(rows, 0.5)[0] is rows[0]
+    best, why = choose_operating_point(rows, 0.1)
+    assert best is rows[0] and "no setting" in why  # none within: the fewest false positives
 
 
 def test_batch_writes_every_case_and_an_index(dataset, tmp_path):
