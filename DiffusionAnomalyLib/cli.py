@@ -460,8 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="generate a phantom and run detection on it, with scores against the truth")
     de.add_argument("--organ", default="kidney", choices=["kidney", "liver", "brain"])
-    de.add_argument("--seed", type=int, default=1000, help="phantom seed (default 1000: the median case, by Dice, of "
-                                                         "the kidney demo bundle's held-out evaluation)")
+    de.add_argument("--seed", type=int, default=1000, help="phantom seed (default 1000: a typical case of the kidney "
+                                                         "demo bundle's held-out evaluation, Dice next to the median)")
     de.add_argument("--lesions", type=int, default=None, help="number of lesions (default: the phantom's own, 0-3)")
     de.add_argument("--out", default="demo-output")
     de.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda")
