@@ -420,8 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = dataset_parser("sweep", "grid search over L and s (seed 000 5.2); can calibrate a copy of the bundle",
                         "For each L and s: maps (cached), one global Otsu threshold, mean Dice without "
-                        "post-processing. Best = highest mean Dice. Writes OUT/sweep/{sweep.csv,sweep.json,"
-                        "dice_vs_s.png}.")
+                        "post-processing. Best = highest mean Dice. Then, there, the operating point: threshold "
+                        "(Otsu x --threshold-scales) and minimum lesion volume, by pooled lesion F1 or under "
+                        "--max-fp-per-organ. Writes OUT/sweep/{sweep.csv,sweep.json,dice_vs_s.png}.")
     sw.add_argument("--noise-levels", type=int, nargs="+", default=[100, 250, 500])
     sw.add_argument("--guidance-values", type=float, nargs="+", default=[float(s) for s in range(0, 2001, 200)])
     sw.add_argument("--min-lesion-ml-values", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],

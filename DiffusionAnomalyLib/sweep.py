@@ -1,7 +1,7 @@
 """``diffusion-anomaly sweep``: the L x s grid search of seed 000 §5.2, and bundle calibration.
 
 For every noise level L and guidance strength s, the anomaly maps of the dataset are computed (cached
-per setting under ``OUT/maps/L<L>_s<s>/``, so an interrupted sweep resumes), thresholded with one
+per setting and networks under ``OUT/maps/<maps_key>/``, so an interrupted sweep resumes), thresholded with one
 global Otsu threshold and scored *without* post-processing, as in the thesis. The best setting is the
 one with the highest mean Dice. Then, at that setting, the maps are thresholded at the Otsu threshold
 times each ``threshold_scales`` value and post-processed (seed 000 §4.1.1) with each candidate minimum
