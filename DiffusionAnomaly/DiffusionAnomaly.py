@@ -204,21 +204,23 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def applyBundleDefaults(self) -> None:
         """The chosen bundle's recommended sampler, L, s, steps and anomaly-map options become the panel's values."""
+        from types import SimpleNamespace
+
         from DiffusionAnomalyLib.bundle import read_meta
+        from DiffusionAnomalyLib.job import map_options
 
         pn = self._parameterNode
         if not pn.bundlePath:
             return
         meta = read_meta(pn.bundlePath)
         rec = meta.recommended or {}
+        opts = map_options(SimpleNamespace(), rec, meta.preset())  # what a run with no map options would use
         with slicer.util.NodeModify(pn.parameterNode):
             pn.sampler = rec.get("sampler", pn.sampler)
             pn.noiseLevel = float(rec.get("noise_level", pn.noiseLevel))
             pn.guidance = float(rec.get("guidance", pn.guidance))
             pn.steps = int(rec.get("steps", pn.steps))
-            pn.reference = rec.get("reference", "input")
-            pn.samples = int(rec.get("samples", 1))
-            pn.medianFilter = int(rec.get("median_filter", meta.preset().median_filter_voxels))
+            pn.reference, pn.samples, pn.medianFilter = opts.reference, opts.samples, opts.median_filter
 
     def onImportBundle(self) -> None:
         from DiffusionAnomalyLib.bundle import default_models_dir, import_bundle

@@ -90,11 +90,11 @@ def train_organ(organ: str, work: Path, out: Path, smoke: bool, log=print) -> Pa
     if _cases(data) != plan["cases"]:  # restartable: existing cases are kept
         log(f"[{organ}] generating {plan['cases']} phantom cases")
         write_dataset(organ, data, seeds, skip_existing=True)
-    ae_data = den_data = data
-    if plan.get("autoencoder_cases"):
-        ae_data = _subset(organ, data, root / "data-autoencoder", seeds[:plan["autoencoder_cases"]])
-    if plan.get("denoiser_cases"):
-        den_data = _subset(organ, data, root / "data-denoiser", seeds[:plan["denoiser_cases"]])
+    def stage_data(stage: str) -> Path:  # the plan's "<stage>_cases" first cases, else all of them
+        n = plan.get(f"{stage}_cases")
+        return _subset(organ, data, root / f"data-{stage}", seeds[:n]) if n else data
+
+    ae_data, den_data = stage_data("autoencoder"), stage_data("denoiser")
     ae, den, clf = root / "autoencoder", root / "denoiser", root / "classifier"
     every = max(1, min(100, plan["autoencoder"] // 2))
     if not _done(ae):
@@ -159,13 +159,20 @@ def _calibrate(organ: str, bundle: Path, root: Path, cal: dict, log=print) -> Pa
               "--noise-levels", *map(str, cal["noise_levels"]), "--guidance-values", *map(str, cal["guidance"]),
               "--reference", cal["reference"], "--samples", str(cal["samples"]),
               "--median-filter", str(cal["median_filter"]), "--device", "cpu", "--write-bundle", str(calibrated),
-              *(["--min-lesion-ml-values", *map(str, cal["min_lesion_ml_values"])]
-                if cal.get("min_lesion_ml_values") else []),
-              *(["--threshold-scales", *map(str, cal["threshold_scales"])] if cal.get("threshold_scales") else []),
-              *(["--max-fp-per-organ", str(cal["max_fp_per_organ"])] if cal.get("max_fp_per_organ") else [])])
+              *_optional_sweep_args(cal)])
     if rc != 0:
         raise SystemExit(f"[{organ}] calibration failed (exit code {rc})")
     return calibrated
+
+
+def _optional_sweep_args(cal: dict) -> list[str]:
+    """``sweep`` flags for the calibration entries a plan may leave out (the sweep's defaults apply then)."""
+    args = []
+    for key in ("min_lesion_ml_values", "threshold_scales", "max_fp_per_organ"):
+        if cal.get(key) not in (None, []):
+            values = cal[key] if isinstance(cal[key], list) else [cal[key]]
+            args += ["--" + key.replace("_", "-"), *map(str, values)]
+    return args
 
 
 def _record(manifest: Path, bundle: Path) -> None:
