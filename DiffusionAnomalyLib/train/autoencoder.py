@@ -25,6 +25,7 @@ from .common import (
     infinite_batches,
     init_distributed,
     load_checkpoint,
+    main_rank_first,
     save_checkpoint,
     select_device,
     shutdown,
@@ -76,7 +77,8 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
     preset = get_preset(cfg.organ).with_overrides(cfg.preset_overrides)
     work = Path(f"{cfg.out}.work")
     work.mkdir(parents=True, exist_ok=True)
-    data = load_patches(cfg.data, preset, cache_dir=work / "cache")
+    with main_rank_first(dist):
+        data = load_patches(cfg.data, preset, cache_dir=work / "cache")
     train, val = data.split(cfg.val_fraction)
     if dist.is_main:
         print(f"autoencoder: {len(train.ids)} training and {len(val.ids)} validation patches of shape "

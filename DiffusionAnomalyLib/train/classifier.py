@@ -30,6 +30,7 @@ from .common import (
     infinite_batches,
     init_distributed,
     load_checkpoint,
+    main_rank_first,
     save_checkpoint,
     select_device,
     shutdown,
@@ -84,7 +85,8 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
         raise InputError(f"{cfg.bundle}: the bundle has no denoiser; train the denoiser first")
     work = Path(f"{cfg.out}.work")
     work.mkdir(parents=True, exist_ok=True)
-    data, lat = latents_for(bundle, cfg.data, work, device, ("healthy", "unhealthy"))
+    with main_rank_first(dist):
+        data, lat = latents_for(bundle, cfg.data, work, device, ("healthy", "unhealthy"))
     if len(set(data.labels.tolist())) < 2:
         raise InputError(f"{cfg.data}: the classifier needs both healthy and unhealthy structures")
     scale = float(bundle.meta.latent.get("scale_factor", 1.0))

@@ -8,6 +8,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,16 @@ def barrier(d: Dist) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+@contextmanager
+def main_rank_first(d: Dist) -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other ranks (data caches are written once, then read)."""
+    if d.enabled and not d.is_main:
+        barrier(d)
+    yield
+    if d.enabled and d.is_main:
+        barrier(d)
 
 
 def shutdown(d: Dist) -> None:

@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import os
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,11 +82,19 @@ def read_labels(data_dir: Path) -> list[dict]:
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez`` through a temporary file and a rename: a crash never leaves a half-written cache."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    """``np.savez`` through a temporary file and a rename: a crash never leaves a half-written cache.
+
+    The temporary name is unique to the call, so several processes writing the same cache (torchrun
+    ranks) never rename each other's file; the last complete write wins.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _cache_key(preset: OrganPreset) -> str:
@@ -128,8 +137,8 @@ def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | 
         folder = data_dir / case
         cached = cache / f"{case}.npz" if cache else None
         if cached and cached.is_file():
-            z = np.load(cached)
-            arrays, names = z["x"], list(z["names"])
+            with np.load(cached) as z:
+                arrays, names = z["x"], list(z["names"])
         else:
             channels = read_channels([folder / f"{c}.nii.gz" for c in preset.channels])
             seg = folder / "segmentations" if (folder / "segmentations").is_dir() else folder / "segmentations.nii.gz"

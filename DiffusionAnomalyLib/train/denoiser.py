@@ -31,6 +31,7 @@ from .common import (
     infinite_batches,
     init_distributed,
     load_checkpoint,
+    main_rank_first,
     save_checkpoint,
     select_device,
     shutdown,
@@ -75,9 +76,9 @@ def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels:
     key = bundle.meta.files.get("autoencoder.safetensors", "none")[:16]
     cache = work / f"latents-{key}-{'-'.join(labels)}.npz"
     if cache.is_file():
-        z = np.load(cache)
-        if list(z["ids"]) == data.ids:
-            return data, z["latents"]
+        with np.load(cache) as z:
+            if list(z["ids"]) == data.ids:
+                return data, z["latents"]
     lat = encode_all(codec, data.x, device)  # new or changed dataset: (re-)encode and (re-)cache
     save_npz(cache, latents=lat, ids=np.array(data.ids))
     return data, lat
@@ -90,7 +91,8 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
     work = Path(f"{cfg.out}.work")
     work.mkdir(parents=True, exist_ok=True)
     labels = ("healthy", "unhealthy") if cfg.class_conditional else ("healthy",)
-    data, lat = latents_for(bundle, cfg.data, work, device, labels)
+    with main_rank_first(dist):
+        data, lat = latents_for(bundle, cfg.data, work, device, labels)
     train_mask = ~data.val_mask(cfg.val_fraction)
     scale = 1.0 / float(lat[train_mask].std())
     z_train = torch.from_numpy(lat[train_mask] * scale)

@@ -5,7 +5,10 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -15,7 +18,7 @@ from DiffusionAnomalyLib.phantoms import write_dataset
 from DiffusionAnomalyLib.presets import get_preset
 from DiffusionAnomalyLib.train.autoencoder import AutoencoderTraining, train_autoencoder
 from DiffusionAnomalyLib.train.classifier import ClassifierTraining, train_classifier
-from DiffusionAnomalyLib.train.data import load_patches
+from DiffusionAnomalyLib.train.data import load_patches, save_npz
 from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, train_denoiser
 
 COARSE = {"spacing_mm": [4.0, 4.0, 4.0]}
@@ -85,6 +88,22 @@ def test_torchrun_two_cpu_processes_write_one_bundle(dataset, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 processes" in r.stdout and r.stdout.count("wrote bundle") == 1
     assert set(load_bundle(out).networks) == {"autoencoder"}
+
+
+def _write_cache_repeatedly(path: str, value: int) -> int:
+    for _ in range(40):
+        save_npz(Path(path), x=np.full(20000, value, dtype=np.float32))
+    return value
+
+
+def test_cache_writes_from_two_processes_never_collide(tmp_path):
+    """Two torchrun ranks may write the same cache file: each write stays whole, neither fails."""
+    path = tmp_path / "case.npz"
+    with ProcessPoolExecutor(2) as pool:
+        assert sorted(pool.map(_write_cache_repeatedly, [str(path)] * 2, [1, 2])) == [1, 2]
+    x = np.load(path)["x"]
+    assert x.shape == (20000,) and len(set(x.tolist())) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["case.npz"]  # no temporary files left
 
 
 def test_dataset_errors(dataset, tmp_path):
