@@ -261,7 +261,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train_classifier(ClassifierTraining(
             data=args.data, bundle=args.bundle, out=args.out, iterations=args.iterations,
             batch_size=args.batch_size or 16, val_every=args.val_every, seed=args.seed, device=args.device,
-            resume=args.resume, frozen_levels=args.frozen_levels, **({"lr": args.lr} if args.lr else {})))
+            resume=args.resume, frozen_levels=args.frozen_levels, max_level=args.max_level,
+            **({"lr": args.lr} if args.lr else {})))
     return 0
 
 
@@ -327,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--perceptual-weights", help="autoencoder: local .safetensors of a 3D resnet10 (optional)")
     tr.add_argument("--frozen-levels", type=int, default=None,
                     help="classifier: backbone levels to freeze (default: half of them)")
+    tr.add_argument("--max-level", type=int, default=None,
+                    help="classifier: train on noise levels 0..N only (default: all, 0..T); guidance from a "
+                         "start level L above N is then outside what the classifier saw")
     tr.add_argument("--class-conditional", action="store_true", help="denoiser: train with labels for CFG")
     tr.add_argument("--name", help="bundle name")
     tr.add_argument("--version", default="0.1.0", help="bundle version (autoencoder; later stages keep it)")

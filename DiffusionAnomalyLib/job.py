@@ -61,6 +61,15 @@ def sampler_settings(args: argparse.Namespace, recommended: dict):
         resample_jumps=getattr(args, "resample_jumps", 1), trajectory_every=getattr(args, "trajectory_every", 0))
 
 
+def guidance_warnings(extra: dict, settings) -> list[str]:
+    """A warning when classifier guidance starts above the noise levels the bundle's classifier was trained on."""
+    trained = (extra.get("classifier_training") or {}).get("max_level")
+    if settings.guidance > 0 and trained is not None and settings.noise_level > int(trained):
+        return [f"guidance from noise level {settings.noise_level}: the bundle's classifier was trained on levels "
+                f"0..{trained} only, so its gradients above {trained} are untested"]
+    return []
+
+
 @dataclass(frozen=True)
 class MapOptions:
     """How the anomaly map is made: its reference (input or D(E(x))), the number of averaged
@@ -167,6 +176,8 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
                     postprocessing=resolve_postprocessing(preset, args.min_lesion_ml, recommended_ml),
                     input_name=str(args.input[0]),
                     progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))
+    if settings is not None:
+        result.warnings += guidance_warnings(bundle.meta.extra, settings)
     result.parameters.update({**params, "device": str(device),
                               "network_evaluations": getattr(reconstructor, "network_evaluations", 0)})
     if getattr(reconstructor, "trajectory", None):

@@ -1,6 +1,7 @@
 """Train the noisy-latent classifier C(y | x_t, t) (seed 000 §4.3.3, App. A.3).
 
-Healthy and unhealthy latents, balanced by sampling; t ~ U{0..T}; x_t from q(x_t | x_0);
+Healthy and unhealthy latents, balanced by sampling; t ~ U{0..T} as in the thesis, or U{0..max_level}
+when the classifier only has to guide samplers started at L <= max_level; x_t from q(x_t | x_0);
 cross-entropy; AdamW 1e-4, weight decay 1e-3, cosine annealing with warm restarts; random
 left-right flips. The backbone starts from the bundle's denoiser with its first two levels frozen.
 Validation AUC is measured at noise levels 0, 250 and 500 (seed 000 §5); the weights with the
@@ -52,6 +53,7 @@ class ClassifierTraining:
     weight_decay: float = 1e-3
     frozen_levels: int | None = None  # None: half the levels (2 of 4 in the thesis network)
     select_level: int = 250
+    max_level: int | None = None  # None: every level 0..T (thesis); else t ~ U{0..max_level}
     val_fraction: float = 0.2
     val_every: int = 50
     checkpoint_every: int = 200
@@ -83,6 +85,12 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
     bundle = load_bundle(cfg.bundle, device=device, parts=("autoencoder", "denoiser"))
     if "denoiser" not in bundle.networks:
         raise InputError(f"{cfg.bundle}: the bundle has no denoiser; train the denoiser first")
+    schedule = NoiseSchedule(**bundle.meta.schedule)
+    max_level = schedule.num_timesteps if cfg.max_level is None else cfg.max_level
+    if not 1 <= max_level <= schedule.num_timesteps:
+        raise InputError(f"--max-level {max_level} is outside [1, T = {schedule.num_timesteps}]")
+    if not 0 <= cfg.select_level <= max_level:
+        raise InputError(f"the selection level t = {cfg.select_level} is above --max-level {max_level}")
     work = Path(f"{cfg.out}.work")
     work.mkdir(parents=True, exist_ok=True)
     with main_rank_first(dist):
@@ -104,7 +112,6 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
     opt = torch.optim.AdamW([p for p in clf.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(cfg.iterations // 4, 1))
-    schedule = NoiseSchedule(**bundle.meta.schedule)
     state = {"iteration": 0, "best_auc": -1.0, "best_aucs": {}}
     if cfg.resume:
         state = load_checkpoint(work, {"clf": clf, "best": best}, {"opt": opt}, device) or state
@@ -123,7 +130,7 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
         flip = torch.rand(len(z), device=device) < 0.5
         z = torch.where(flip.reshape(-1, 1, 1, 1, 1), z.flip(-1), z)
         y = y_train_t[idx].to(device)
-        t = torch.randint(0, schedule.num_timesteps + 1, (len(z),), device=device)
+        t = torch.randint(0, max_level + 1, (len(z),), device=device)
         x_t = schedule.q_sample(z, t, torch.randn_like(z))
         with autocast(device):
             logits = clf_t(x_t, t)
@@ -152,6 +159,7 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
                                                          "num_classes": 2}}
         meta.extra = {**meta.extra, "classifier_training": {"iterations": cfg.iterations,
                                                             "best_val_auc": state["best_aucs"],
+                                                            "max_level": max_level,
                                                             "train_latents": len(z_train),
                                                             "val_latents": len(z_val), "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": bundle.networks["denoiser"],

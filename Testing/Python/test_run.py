@@ -177,3 +177,15 @@ def test_run_takes_reference_and_samples_from_the_bundle_unless_given(tiny_bundl
     assert [presets[n]["median_filter_voxels"] for n in ("bundle", "given")] == [3, 0]
     # the K draws of each ROI go through the networks in one batch: no extra network evaluations
     assert params["bundle"]["network_evaluations"] == params["given"]["network_evaluations"]
+
+
+def test_guidance_above_the_classifiers_training_levels_is_warned_about():
+    from DiffusionAnomalyLib.diffusion.sampler import SamplerSettings
+    from DiffusionAnomalyLib.job import guidance_warnings
+
+    trained = {"classifier_training": {"max_level": 300}}
+    assert guidance_warnings(trained, SamplerSettings(noise_level=300, guidance=10.0)) == []
+    assert guidance_warnings(trained, SamplerSettings(noise_level=500, guidance=0.0)) == []  # no classifier used
+    assert guidance_warnings({}, SamplerSettings(noise_level=500, guidance=10.0)) == []  # thesis: every level
+    (warning,) = guidance_warnings(trained, SamplerSettings(noise_level=500, guidance=10.0))
+    assert "levels 0..300 only" in warning

@@ -62,6 +62,15 @@ def test_denoiser_and_classifier_extend_the_bundle(dataset, ae_bundle, tmp_path)
     assert set(info) == {"0", "250", "500"}
     for name in ("autoencoder_log.csv", "denoiser_log.csv", "classifier_log.csv", "classifier_loss.png"):
         assert (clf / name).is_file()
+    assert b.meta.extra["classifier_training"]["max_level"] == b.schedule().num_timesteps  # thesis: every level
+    low = tmp_path / "clf-low"
+    train_classifier(ClassifierTraining(str(dataset), str(den), str(low), iterations=2, val_every=2, batch_size=4,
+                                        max_level=300, device="cpu"))
+    assert load_bundle(low).meta.extra["classifier_training"]["max_level"] == 300
+    for bad, message in ((0, "outside"), (5000, "outside"), (100, "above --max-level")):
+        with pytest.raises(InputError, match=message):
+            train_classifier(ClassifierTraining(str(dataset), str(den), str(tmp_path / "bad"), iterations=2,
+                                                max_level=bad, device="cpu"))
 
 
 def test_resume_continues_from_the_checkpoint(dataset, tmp_path, capsys):
