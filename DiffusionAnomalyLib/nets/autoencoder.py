@@ -51,6 +51,8 @@ AUTOENCODER_PRESETS = {
     # small enough to train in minutes on a 2-core CPU
     "tiny": AutoencoderConfig(channels=(16, 32), num_res_layers=1, num_res_channels=(16, 32), embedding_dim=4,
                               num_embeddings=256),
+    # the tiny widths with the thesis latent (8 channels, codebook 16,384): finer codes at the same grid
+    "tiny-thesis-latent": AutoencoderConfig(channels=(16, 32), num_res_layers=1, num_res_channels=(16, 32)),
 }
 
 
