@@ -133,9 +133,9 @@ def test_codec_latent_shape_and_no_requantisation(nets):
     assert not torch.allclose(codec.decode(off), codec.decode(off, requantize=True))
 
 
-def test_tiny_thesis_latent_keeps_the_tiny_grid_with_the_thesis_code():
-    cfg = autoencoder_config("tiny-thesis-latent")
-    assert (cfg.embedding_dim, cfg.num_embeddings, cfg.downsampling) == (8, 16384, 4)
+def test_tiny_8ch_keeps_the_tiny_grid_with_a_finer_code():
+    cfg = autoencoder_config("tiny-8ch")
+    assert (cfg.embedding_dim, cfg.num_embeddings, cfg.downsampling) == (8, 1024, 4)
     codec = LatentCodec(build_autoencoder(cfg).eval())
     z = codec.encode(torch.randn(1, 1, 32, 24, 24))
     assert z.shape == (1, 8, 8, 6, 6)
