@@ -317,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--organ", choices=["kidney", "liver", "brain"], help="autoencoder: organ preset")
     tr.add_argument("--bundle", help="denoiser/classifier: the bundle to extend")
     tr.add_argument("--network", default="tiny",
-                    help="network preset: tiny, thesis-kidney, or (autoencoder) tiny-8ch: the tiny widths "
-                         "with 8 latent channels and 1,024 codes (default tiny)")
+                    help="network preset: tiny, thesis-kidney, or (autoencoder) tiny-8ch (8 latent channels, "
+                         "1,024 codes) or tiny-2x (one stride-2 level: a 2x finer latent grid) (default tiny)")
     tr.add_argument("--spacing", type=float, help="autoencoder: override the preset spacing (mm, isotropic)")
     tr.add_argument("--roi-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="autoencoder: ROI size in mm")
     tr.add_argument("--iterations", type=int, default=1000)

@@ -143,6 +143,15 @@ def test_tiny_8ch_keeps_the_tiny_grid_with_a_finer_code():
     assert den(z, torch.tensor([10])).shape == z.shape
 
 
+def test_tiny_2x_halves_the_latent_cell():
+    cfg = autoencoder_config("tiny-2x")
+    assert cfg.downsampling == 2
+    z = LatentCodec(build_autoencoder(cfg).eval()).encode(torch.randn(1, 1, 32, 24, 24))
+    assert z.shape == (1, 4, 16, 12, 12)
+    den = build_denoiser(denoiser_config("tiny")).eval()
+    assert den(z, torch.tensor([10])).shape == z.shape
+
+
 def test_classifier_backbone_from_denoiser_and_frozen_levels(nets):
     _, den_cfg, n = nets
     clf = LatentClassifier(den_cfg)
