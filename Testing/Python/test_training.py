@@ -1,10 +1,12 @@
 """Training commands on a small phantom dataset (4 mm patches so that it runs in seconds)."""
 
 import csv
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -99,8 +101,9 @@ def test_torchrun_two_cpu_processes_write_one_bundle(dataset, tmp_path):
     assert set(load_bundle(out).networks) == {"autoencoder"}
 
 
-def _write_cache_repeatedly(path: str, value: int) -> int:
-    for _ in range(40):
+def _write_cache_repeatedly(path: str, value: int, start: float) -> int:
+    time.sleep(max(0.0, start - time.time()))  # both processes write at the same moment
+    for _ in range(100):
         save_npz(Path(path), x=np.full(20000, value, dtype=np.float32))
     return value
 
@@ -108,8 +111,9 @@ def _write_cache_repeatedly(path: str, value: int) -> int:
 def test_cache_writes_from_two_processes_never_collide(tmp_path):
     """Two torchrun ranks may write the same cache file: each write stays whole, neither fails."""
     path = tmp_path / "case.npz"
-    with ProcessPoolExecutor(2) as pool:
-        assert sorted(pool.map(_write_cache_repeatedly, [str(path)] * 2, [1, 2])) == [1, 2]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:  # no fork under torch
+        start = time.time() + 15  # after both spawned workers have imported the library
+        assert sorted(pool.map(_write_cache_repeatedly, [str(path)] * 2, [1, 2], [start] * 2)) == [1, 2]
     x = np.load(path)["x"]
     assert x.shape == (20000,) and len(set(x.tolist())) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["case.npz"]  # no temporary files left
