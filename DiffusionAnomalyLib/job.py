@@ -129,6 +129,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
     inputs: dict = {"images": [str(p) for p in args.input]}
     params: dict = {}
     settings = None
+    warnings: list[str] = []
     demo = False
     if args.command == "run":
         from .bundle import load_bundle
@@ -139,6 +140,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         bundle = load_bundle(args.bundle, device=device)
         preset, rec, demo = bundle.preset, bundle.meta.recommended or {}, bundle.meta.demo
         settings = sampler_settings(args, rec)
+        warnings = guidance_warnings(bundle.meta.extra, settings)
         if args.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             import torch
@@ -176,8 +178,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
                     postprocessing=resolve_postprocessing(preset, args.min_lesion_ml, recommended_ml),
                     input_name=str(args.input[0]),
                     progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))
-    if settings is not None:
-        result.warnings += guidance_warnings(bundle.meta.extra, settings)
+    result.warnings += warnings
     result.parameters.update({**params, "device": str(device),
                               "network_evaluations": getattr(reconstructor, "network_evaluations", 0)})
     if getattr(reconstructor, "trajectory", None):
