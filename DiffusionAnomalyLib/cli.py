@@ -254,6 +254,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train_denoiser(DenoiserTraining(
             data=args.data, bundle=args.bundle, out=args.out, network=args.network, iterations=args.iterations,
             batch_size=args.batch_size or 8, val_every=args.val_every, class_conditional=args.class_conditional,
+            latent_crop=tuple(args.latent_crop) if args.latent_crop else None,
             seed=args.seed, device=args.device, resume=args.resume, **({"lr": args.lr} if args.lr else {})))
     else:
         from .train.classifier import ClassifierTraining, train_classifier
@@ -318,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--bundle", help="denoiser/classifier: the bundle to extend")
     tr.add_argument("--network", default="tiny",
                     help="network preset: tiny, thesis-kidney, or (autoencoder) tiny-8ch (8 latent channels, "
-                         "1,024 codes) or tiny-2x (one stride-2 level: a 2x finer latent grid) (default tiny)")
+                         "1,024 codes) or tiny-2x (one stride-2 level: a 2x finer latent grid), or (denoiser) "
+                         "tiny-3level (a third level, for the finer grid) (default tiny)")
     tr.add_argument("--spacing", type=float, help="autoencoder: override the preset spacing (mm, isotropic)")
     tr.add_argument("--roi-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="autoencoder: ROI size in mm")
     tr.add_argument("--iterations", type=int, default=1000)
@@ -334,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classifier: train on noise levels 0..N only (default: all, 0..T); guidance from a "
                          "start level L above N is then outside what the classifier saw")
     tr.add_argument("--class-conditional", action="store_true", help="denoiser: train with labels for CFG")
+    tr.add_argument("--latent-crop", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                    help="denoiser: train on random crops of this many latent voxels (validation and use: "
+                         "whole latents); makes fine latent grids trainable on a CPU")
     tr.add_argument("--name", help="bundle name")
     tr.add_argument("--version", default="0.1.0", help="bundle version (autoencoder; later stages keep it)")
     tr.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")

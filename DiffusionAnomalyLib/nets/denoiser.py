@@ -1,7 +1,9 @@
 """The latent denoiser eps_theta(x_t, t[, label]): MONAI ``DiffusionModelUNet`` in 3D.
 
 The thesis kidney network (seed 000 App. A.2) works on 8 x 32 x 24 x 24 latents with channel
-multipliers [2, 4, 8, 16] of a base width; ``tiny`` is a two-level network for CPU training.
+multipliers [2, 4, 8, 16] of a base width; ``tiny`` is a two-level network for CPU training, and
+``tiny-3level`` adds a third level so that attention stays on a coarse grid when the latent is finer
+(the ``tiny-2x`` autoencoder): attention over 16 x 12 x 12 tokens costs 64x that over 8 x 6 x 6.
 ``num_class_embeds=3`` makes it class-conditional (healthy, unhealthy, null) for classifier-free
 guidance; training then drops labels to null with probability ``label_dropout``.
 """
@@ -53,6 +55,8 @@ DENOISER_PRESETS = {
     "thesis-kidney": DenoiserConfig(),
     "tiny": DenoiserConfig(latent_channels=4, base_channels=16, multipliers=(2, 4), num_res_blocks=1,
                            attention_levels=(False, True), num_head_channels=16, norm_num_groups=8),
+    "tiny-3level": DenoiserConfig(latent_channels=4, base_channels=16, multipliers=(2, 4, 4), num_res_blocks=1,
+                                  attention_levels=(False, False, True), num_head_channels=16, norm_num_groups=8),
 }
 
 

@@ -4,7 +4,9 @@ x_t = sqrt(ab_t) z + sqrt(1 - ab_t) eps with t ~ U{1..T}; loss L1(eps_theta(x_t,
 EMA 0.995 (the EMA weights are saved). Latents are the bundle autoencoder's quantised encodings
 scaled to unit variance (the scale factor is stored in the bundle). With ``class_conditional``
 the denoiser also sees healthy and unhealthy latents with their label, dropped to "null" with
-probability ``label_dropout``, for classifier-free guidance.
+probability ``label_dropout``, for classifier-free guidance. With ``latent_crop`` each training
+sample is a random window of its latent (the network is convolutional, so it still denoises whole
+latents, and validation uses whole latents): on a CPU this makes finer latent grids trainable.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class DenoiserTraining:
     ema_decay: float = 0.995
     class_conditional: bool = False
     label_dropout: float = 0.15
+    latent_crop: tuple[int, int, int] | None = None  # (z, y, x) latent voxels; None: whole latents
     val_fraction: float = 0.2
     val_every: int = 100
     checkpoint_every: int = 200
@@ -66,6 +69,14 @@ def encode_all(codec: LatentCodec, x: np.ndarray, device: torch.device, batch: i
     for i in range(0, len(x), batch):
         out.append(codec.encode(torch.from_numpy(x[i:i + batch]).to(device)).cpu().numpy())
     return np.concatenate(out)
+
+
+def random_crops(z: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """One random crop of ``size`` (spatial) per sample of ``z`` (N, C, *spatial); global RNG."""
+    spans = zip(z.shape[2:], size, strict=True)
+    starts = torch.stack([torch.randint(0, full - s + 1, (len(z),)) for full, s in spans], 1)
+    return torch.stack([z[(i, slice(None), *(slice(int(a), int(a) + s) for a, s in zip(st, size, strict=True)))]
+                        for i, st in enumerate(starts)])
 
 
 def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels: tuple[str, ...]):
@@ -105,6 +116,11 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
     if bad:
         raise InputError(f"latent shape {tuple(lat.shape[2:])} is not divisible by the denoiser's "
                          f"{net_cfg.downsampling}x downsampling; change the ROI size or the network preset")
+    crop = tuple(cfg.latent_crop) if cfg.latent_crop else None
+    if crop is not None and (len(crop) != len(lat.shape[2:]) or any(  # length checked before zip
+            c < 1 or c > s or c % net_cfg.downsampling for c, s in zip(crop, lat.shape[2:], strict=True))):
+        raise InputError(f"latent crop {crop} must have {len(lat.shape[2:])} sizes, each at most the latent "
+                         f"shape {tuple(lat.shape[2:])} and divisible by {net_cfg.downsampling}")
     if dist.is_main:
         print(f"denoiser: {len(z_train)} training / {len(z_val)} validation latents {tuple(lat.shape[1:])}, "
               f"scale factor {scale:.4f}, on {device}")
@@ -127,7 +143,8 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
     n_val = torch.randn(z_val.shape, generator=g_val)
     for it in range(state["iteration"] + 1, cfg.iterations + 1):
         idx = next(batches)
-        z = z_train[idx].to(device)
+        z = z_train[idx]
+        z = (random_crops(z, crop) if crop else z).to(device)
         t = torch.randint(1, schedule.num_timesteps + 1, (len(z),), device=device)
         noise = torch.randn_like(z)
         x_t = schedule.q_sample(z, t, noise)
@@ -167,7 +184,8 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
         meta.extra = {**meta.extra, "denoiser_training": {
             "iterations": cfg.iterations, "best_val_l1": state["best_val"], "train_latents": len(z_train),
             "val_latents": len(z_val), "first_val_l1": next((r["val_l1"] for r in log.rows), None),
-            "class_conditional": cfg.class_conditional, "data": str(cfg.data)}}
+            "class_conditional": cfg.class_conditional, "latent_crop": list(crop) if crop else None,
+            "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": best},
                     bundle_extras(bundle.path, work, "denoiser"))
         print(f"wrote bundle {out} (best validation L1 {state['best_val']:.4f})")

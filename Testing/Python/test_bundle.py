@@ -150,6 +150,9 @@ def test_tiny_2x_halves_the_latent_cell():
     assert z.shape == (1, 4, 16, 12, 12)
     den = build_denoiser(denoiser_config("tiny")).eval()
     assert den(z, torch.tensor([10])).shape == z.shape
+    deep = denoiser_config("tiny-3level")  # attention one level coarser on the finer grid
+    assert deep.downsampling == 4 and deep.attention_levels == (False, False, True)
+    assert build_denoiser(deep).eval()(z, torch.tensor([10])).shape == z.shape
 
 
 def test_classifier_backbone_from_denoiser_and_frozen_levels(nets):

@@ -21,7 +21,7 @@ from DiffusionAnomalyLib.presets import get_preset
 from DiffusionAnomalyLib.train.autoencoder import AutoencoderTraining, train_autoencoder
 from DiffusionAnomalyLib.train.classifier import ClassifierTraining, train_classifier
 from DiffusionAnomalyLib.train.data import load_patches, save_npz
-from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, train_denoiser
+from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, random_crops, train_denoiser
 
 COARSE = {"spacing_mm": [4.0, 4.0, 4.0]}
 
@@ -73,6 +73,33 @@ def test_denoiser_and_classifier_extend_the_bundle(dataset, ae_bundle, tmp_path)
         with pytest.raises(InputError, match=message):
             train_classifier(ClassifierTraining(str(dataset), str(den), str(tmp_path / "bad"), iterations=2,
                                                 max_level=bad, device="cpu"))
+
+
+def test_random_crops_are_windows_of_each_latent():
+    import torch
+
+    z = torch.arange(3 * 2 * 8 * 6 * 6, dtype=torch.float32).reshape(3, 2, 8, 6, 6)
+    torch.manual_seed(0)
+    crops = random_crops(z, (4, 2, 6))
+    assert crops.shape == (3, 2, 4, 2, 6)
+    for i in range(3):
+        z0, y0 = divmod(int(crops[i, 0, 0, 0, 0]) - int(z[i, 0, 0, 0, 0]), 36)
+        assert y0 % 6 == 0
+        torch.testing.assert_close(crops[i], z[i, :, z0:z0 + 4, y0 // 6:y0 // 6 + 2, :])
+    starts = {int(random_crops(z, (4, 2, 6))[0, 0, 0, 0, 0]) for _ in range(40)}
+    assert len(starts) > 5  # the windows move
+
+
+def test_denoiser_on_latent_crops(dataset, ae_bundle, tmp_path):
+    out = tmp_path / "den-crop"
+    train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(out), latent_crop=(4, 4, 4), iterations=2,
+                                    val_every=2, device="cpu"))
+    b = load_bundle(out)  # latent (8, 6, 6): trained on 4^3 windows, validated on whole latents
+    assert b.meta.extra["denoiser_training"]["latent_crop"] == [4, 4, 4]
+    for bad in ((4, 4), (10, 4, 4), (4, 3, 4)):  # wrong rank, larger than the latent, odd for 2x downsampling
+        with pytest.raises(InputError, match="latent crop"):
+            train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(tmp_path / "bad"), latent_crop=bad,
+                                            iterations=1, device="cpu"))
 
 
 def test_resume_continues_from_the_checkpoint(dataset, tmp_path, capsys):
