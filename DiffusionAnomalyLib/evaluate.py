@@ -8,8 +8,10 @@ Three phases:
 2. **Threshold**: one global Otsu threshold over the organ voxels of all maps (seed 000 §5.2), or a fixed one.
 3. **Scores** (rank 0): post-processing (seed 000 §4.1.1, optional), then per case Dice, lesion matching at
    IoU >= 0.2 (precision, recall, F1, false positives per organ), TNM size strata, lesion scores for the
-   FROC, voxel AUROC / AUPRC inside the organ; aggregates with 1000-resample bootstrap 95 % CIs. Written
-   as ``per_case.csv``, ``summary.json``, ``summary.md``, ``froc.png``, ``size_strata.png``, ``dice_hist.png``.
+   FROC, voxel AUROC / AUPRC inside the organ, recall by each reference lesion's contrast-to-noise ratio in
+   the image (how visible it is, whatever the model); aggregates with 1000-resample bootstrap 95 % CIs.
+   Written as ``per_case.csv``, ``reference_lesions.csv`` (one row per reference lesion: size, CNR, found),
+   ``summary.json``, ``summary.md``, ``froc.png``, ``size_strata.png``, ``dice_hist.png``.
 
 Cases with problems (no labels, unexpected label values, image and label on different grids, a run
 that failed) are listed per case in the report; the rest is evaluated.
@@ -34,11 +36,15 @@ from .datasets import EvalCase, reference_lesions
 from .errors import DiffusionAnomalyError, InputError
 from .io import atomic_output_dir, read_channels, read_volume, write_volume
 from .metrics import (
+    CONTRAST_CLASSES,
     Detection,
     bootstrap_ci,
     components,
+    contrast_class,
     dice,
     froc_points,
+    lesion_contrast,
+    lesion_diameters,
     match_lesions,
     stratified_detection,
     voxel_auprc,
@@ -121,6 +127,10 @@ class CaseScore:
     strata: dict[str, list[int]] = field(default_factory=dict)  # size class -> [tp, fn, fp]
     #: Phantom cases: "attribute=value" (kind, phase, position) -> [found, total] over reference lesions.
     kinds: dict[str, list[int]] = field(default_factory=dict)
+    #: Contrast-to-noise stratum -> [found, total] over reference lesions (any dataset).
+    contrast: dict[str, list[int]] = field(default_factory=dict)
+    #: One row per reference lesion: id, volume, diameter, CNR, found.
+    reference_rows: list[dict] = field(default_factory=list)
 
     @property
     def detection(self) -> Detection:
@@ -180,13 +190,36 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         s = stratified_detection(pred, truth, image, lo, hi, iou)
         if s is not None:
             strata[name] = [s.tp, s.fn, s.fp]
+    found = {r for r, _, _ in det.matches}
+    rows, contrast = reference_lesion_rows(case, truth, organ, image, found)
     return CaseScore(
         case=case.case_id, lesions=n_ref, structures=int(info.get("structures", 1)),
-        kinds=lesion_kinds(case, {r for r, _, _ in det.matches}),
+        kinds=lesion_kinds(case, found), contrast=contrast, reference_rows=rows,
         dice=dice(pred, truth) if n_ref else float("nan"), tp=det.tp, fp=det.fp, fn=det.fn,
         fp_per_organ=det.fp / max(int(info.get("structures", 1)), 1),
         auroc=voxel_auroc(heat, truth > 0, organ), auprc=voxel_auprc(heat, truth > 0, organ),
         lesion_scores=scores, lesion_hits=[p in matched for p in pred_ids], strata=strata)
+
+
+def reference_lesion_rows(case: EvalCase, truth: np.ndarray, organ: np.ndarray, image: sitk.Image,
+                          found: set[int]) -> tuple[list[dict], dict[str, list[int]]]:
+    """Per reference lesion: volume, diameter, contrast against the tissue around it in the input image(s)
+    (see :func:`lesion_contrast`) and whether it was found; and [found, total] per contrast stratum."""
+    if not truth.any():
+        return [], {}
+    channels = [sitk.GetArrayFromImage(c) for c in read_channels(case.inputs)]
+    measured = lesion_contrast(channels, truth, organ, image.GetSpacing()[::-1])
+    diameters = lesion_diameters(truth, image)
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    rows, strata = [], {}
+    for lab, m in measured.items():
+        rows.append({"case": case.case_id, "lesion": lab, "volume_ml": _r(np.count_nonzero(truth == lab) * voxel_ml),
+                     "diameter_mm": _r(diameters.get(lab, float("nan"))), "contrast": _r(m.contrast),
+                     "spread": _r(m.spread), "cnr": _r(m.cnr), "found": int(lab in found)})
+        row = strata.setdefault(contrast_class(m.cnr), [0, 0])
+        row[0] += lab in found
+        row[1] += 1
+    return rows, strata
 
 
 #: Phantom lesion attributes that the report breaks recall down by (from the case's ``case.json``).
@@ -236,17 +269,24 @@ def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
             strata[name] = {"cases": len(rows), "lesions": t + n, "found": t, "recall": _r(t / (t + n)),
                             "fp": f}
     out["size_strata"] = strata
-    kinds: dict[str, list[int]] = {}
-    for s in scores:
-        for key, (f, n) in s.kinds.items():
-            row = kinds.setdefault(key, [0, 0])
-            row[0] += f
-            row[1] += n
-    out["lesion_kinds"] = {k: {"lesions": n, "found": f, "recall": _r(f / n) if n else None}
-                           for k, (f, n) in sorted(kinds.items())}
+    out["lesion_kinds"] = _recall_table([s.kinds for s in scores])
+    order = [name for name, _, _ in CONTRAST_CLASSES] + ["CNR n/a"]
+    contrast = _recall_table([s.contrast for s in scores])
+    out["lesion_contrast"] = {k: contrast[k] for k in order if k in contrast}
     out["froc"] = [{"threshold": _r(t), "fp_per_scan": _r(f), "sensitivity": _r(s)}
                    for t, f, s in froc_points([(s.lesion_scores, s.lesion_hits, s.lesions) for s in scores])]
     return out
+
+
+def _recall_table(per_case: list[dict[str, list[int]]]) -> dict[str, dict]:
+    """Sum [found, total] per key over cases: {key: {lesions, found, recall}}, keys sorted."""
+    total: dict[str, list[int]] = {}
+    for d in per_case:
+        for key, (f, n) in d.items():
+            row = total.setdefault(key, [0, 0])
+            row[0] += f
+            row[1] += n
+    return {k: {"lesions": n, "found": f, "recall": _r(f / n) if n else None} for k, (f, n) in sorted(total.items())}
 
 
 def write_report(out: Path, scores: list[CaseScore], summary: dict, problems: dict[str, str], settings: dict) -> None:
@@ -257,6 +297,12 @@ def write_report(out: Path, scores: list[CaseScore], summary: dict, problems: di
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
             w.writeheader()
             w.writerows(rows)
+        lesions = [r for s in scores for r in s.reference_rows]
+        with open(stage / "reference_lesions.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["case", "lesion", "volume_ml", "diameter_mm", "contrast", "spread",
+                                              "cnr", "found"])
+            w.writeheader()
+            w.writerows(lesions)
         doc = {"settings": settings, "summary": summary, "skipped_cases": problems}
         (stage / "summary.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         (stage / "summary.md").write_text(markdown_summary(summary, problems, settings))
@@ -289,6 +335,11 @@ def markdown_summary(summary: dict, problems: dict[str, str], settings: dict) ->
     ]
     for name, s in summary["size_strata"].items():
         lines.append(f"| {name} | {s['cases']} | {s['lesions']} | {s['found']} | {_fmt(s['recall'])} |")
+    if summary.get("lesion_contrast"):
+        lines += ["", "| lesion contrast / spread of the tissue around it (image) | lesions | found | recall |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {v['lesions']} | {v['found']} | {_fmt(v['recall'])} |"
+                  for k, v in summary["lesion_contrast"].items()]
     if summary.get("lesion_kinds"):
         lines += ["", "| phantom lesion attribute | lesions | found | recall |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['lesions']} | {v['found']} | {_fmt(v['recall'])} |"

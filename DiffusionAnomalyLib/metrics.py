@@ -125,6 +125,63 @@ def lesion_diameters(labels: np.ndarray, image: sitk.Image) -> dict[int, float]:
     return out
 
 
+#: Contrast-to-noise strata of reference lesions: (label, low, high], CNR as in :func:`lesion_contrast`.
+CONTRAST_CLASSES = (("CNR < 0.5", 0.0, 0.5), ("CNR 0.5-1", 0.5, 1.0), ("CNR 1-2", 1.0, 2.0), ("CNR > 2", 2.0, np.inf))
+
+
+def contrast_class(cnr: float) -> str:
+    """The :data:`CONTRAST_CLASSES` label of a CNR ("CNR n/a" for NaN)."""
+    return next((name for name, _, hi in CONTRAST_CLASSES if cnr < hi), "CNR n/a")
+
+
+@dataclass
+class LesionContrast:
+    """How a lesion stands out from the tissue around it, in the image itself (no model involved)."""
+
+    contrast: float  # |median inside - median of the surroundings|, input units (HU for CT)
+    spread: float  # robust SD of the surroundings (1.4826 MAD): noise plus the tissue's own texture
+    channel: int
+
+    @property
+    def cnr(self) -> float:
+        return self.contrast / max(self.spread, 1e-6)
+
+
+def lesion_contrast(channels: Sequence[np.ndarray], labels: np.ndarray, organ: np.ndarray,
+                    spacing_zyx: Sequence[float], ring_mm: float = 4.0) -> dict[int, LesionContrast]:
+    """Contrast of every lesion id against its surroundings, in the channel where its CNR is largest.
+
+    The surroundings are the voxels within ``ring_mm`` of the lesion that are in the organ and in no
+    lesion (or in no lesion at all when fewer than 10 organ voxels touch it, e.g. an exophytic lesion).
+    Medians and the MAD keep partial-volume edges and other tissue at the ring's rim from dominating.
+    Lesions without surroundings get NaN.
+    """
+    out: dict[int, LesionContrast] = {}
+    spacing = np.asarray(spacing_zyx, float)
+    pad = np.ceil(ring_mm / spacing).astype(int) + 1
+    for lab, sl in enumerate(ndimage.find_objects(labels.astype(np.int64)), start=1):
+        if sl is None:
+            continue
+        box = tuple(slice(max(s.start - p, 0), s.stop + p) for s, p in zip(sl, pad, strict=True))
+        inside = labels[box] == lab
+        near = (ndimage.distance_transform_edt(~inside, sampling=spacing) <= ring_mm) & (labels[box] == 0)
+        ring = near & organ[box]
+        if np.count_nonzero(ring) < 10:
+            ring = near
+        if np.count_nonzero(ring) < 2:
+            out[lab] = LesionContrast(float("nan"), float("nan"), 0)
+            continue
+        best = None
+        for i, ch in enumerate(channels):
+            around = ch[box][ring].astype(float)
+            centre = float(np.median(around))
+            c = LesionContrast(abs(float(np.median(ch[box][inside])) - centre),
+                               1.4826 * float(np.median(np.abs(around - centre))), i)
+            best = c if best is None or c.cnr > best.cnr else best
+        out[lab] = best
+    return out
+
+
 def stratified_detection(
     pred_labels: np.ndarray, ref_labels: np.ndarray, image: sitk.Image, low_mm: float, high_mm: float,
     iou_threshold: float = 0.2,

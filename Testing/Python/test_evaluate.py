@@ -75,6 +75,10 @@ def test_scoring_a_perfect_map_gives_perfect_figures(dataset, tmp_path):
     assert summary["lesion_detection"] == {"tp": 6, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
     assert summary["voxel_auroc"]["mean"] == pytest.approx(1.0)
     assert sum(s["lesions"] for s in summary["size_strata"].values()) == 6
+    contrast = summary["lesion_contrast"]
+    assert sum(v["lesions"] for v in contrast.values()) == 6 and all(v["recall"] == 1.0 for v in contrast.values())
+    rows = [r for s in scores for r in s.reference_rows]
+    assert len(rows) == 6 and all(r["found"] == 1 and r["cnr"] > 0 and r["volume_ml"] > 0 for r in rows)
     kinds = summary["lesion_kinds"]
     for attr in ("kind", "phase", "position"):
         rows = [v for k, v in kinds.items() if k.startswith(f"{attr}=")]
@@ -99,9 +103,12 @@ def test_evaluate_reports_metrics_lists_bad_cases_and_resumes(dataset, tmp_path,
             "--bootstrap", "100"]
     assert main(args) == 0
     report = out / "report"
-    for name in ("per_case.csv", "summary.json", "summary.md", "froc.png", "size_strata.png", "dice_hist.png"):
+    for name in ("per_case.csv", "reference_lesions.csv", "summary.json", "summary.md", "froc.png",
+                 "size_strata.png", "dice_hist.png"):
         assert (report / name).is_file(), name
     doc = json.loads((report / "summary.json").read_text())
+    lesion_rows = (report / "reference_lesions.csv").read_text().splitlines()
+    assert lesion_rows[0] == "case,lesion,volume_ml,diameter_mm,contrast,spread,cnr,found" and len(lesion_rows) == 1 + 6
     assert doc["summary"]["cases"] == 3 and doc["summary"]["reference_lesions"] == 6
     skipped = doc["skipped_cases"]
     assert skipped["nolabels"] == "no reference labels"

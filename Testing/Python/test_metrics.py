@@ -4,8 +4,10 @@ from conftest import make_image
 
 from DiffusionAnomalyLib.metrics import (
     bootstrap_ci,
+    contrast_class,
     dice,
     froc_points,
+    lesion_contrast,
     match_lesions,
     stratified_detection,
     voxel_auprc,
@@ -93,3 +95,31 @@ def test_wilcoxon_superiority_and_non_inferiority():
     worse = b - np.linspace(0.01, 0.05, 10)
     assert wilcoxon_noninferiority(worse, b)[1] > 0.99
     assert wilcoxon_noninferiority(worse, b, margin=0.1)[1] == pytest.approx(1 / 1024)
+
+
+def test_lesion_contrast_is_the_contrast_over_the_local_spread():
+    rng = np.random.default_rng(0)
+    shape, spacing = (40, 40, 60), (2.0, 1.0, 1.0)
+    image = 100 + rng.normal(0, 10, shape)
+    organ = np.zeros(shape, bool)
+    organ[5:35, 5:35, 5:40] = True
+    zz, yy, xx = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    labels[((zz - 12) * 2) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 <= 36] = 1  # +30 HU: CNR ~ 3
+    labels[((zz - 25) * 2) ** 2 + (yy - 25) ** 2 + (xx - 25) ** 2 <= 36] = 2  # +0 HU: CNR ~ 0
+    labels[((zz - 20) * 2) ** 2 + (yy - 20) ** 2 + (xx - 50) ** 2 <= 36] = 3  # outside the organ, -50 HU
+    image[labels == 1] += 30
+    image[labels == 3] -= 50
+    image[~organ & (labels == 0)] = -100 + rng.normal(0, 10, np.count_nonzero(~organ & (labels == 0)))
+    m = lesion_contrast([image], labels, organ, spacing)
+    assert m[1].contrast == pytest.approx(30, abs=3) and m[1].spread == pytest.approx(10, abs=1)
+    assert m[1].cnr == pytest.approx(3.0, abs=0.4) and m[2].cnr < 0.5
+    assert m[3].contrast == pytest.approx(150, abs=5)  # against the -100 HU fat around it (no organ ring)
+    edge = image.copy()  # a few very dark voxels in lesion 1's ring (an edge) barely move its median and MAD
+    ring1 = np.argwhere((labels == 0) & organ & (np.abs(zz - 12) <= 4) & (np.abs(yy - 12) <= 8) & (xx == 20))
+    edge[tuple(ring1.T)] = -500
+    assert lesion_contrast([edge], labels, organ, spacing)[1].cnr == pytest.approx(m[1].cnr, rel=0.2)
+    both = lesion_contrast([image, 100 + 20 * (labels > 0) + rng.normal(0, 1, shape)], labels, organ, spacing)
+    assert both[2].channel == 1 and both[2].cnr > 10  # the channel where the lesion stands out most
+    assert [contrast_class(v) for v in (0.0, 0.5, 0.9, 1.5, 7.0, float("nan"))] == [
+        "CNR < 0.5", "CNR 0.5-1", "CNR 0.5-1", "CNR 1-2", "CNR > 2", "CNR n/a"]
