@@ -59,7 +59,8 @@ from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, train_denoiser
 #: 2500 iterations, 38 min) gave a held-out classifier AUC at t = 250 of 0.864 (t = 0: 0.876; 0.3.x: 0.891).
 #: What bounds recall is the phantoms' lesions themselves: ``evaluate`` measures each reference lesion's
 #: contrast against the kidney tissue around it, and 8 of the 27 held-out lesions differ from it by less than
-#: half its spread (|median difference| 1-8 HU for 7 of them); 0.3.1 finds 2 of those 8 and 12 of the other 19.
+#: half its spread (|median difference| 1-8 HU, five of them 33-104 mm across); 0.3.1 finds 2 of those
+#: 8 and 12 of the other 19.
 KIDNEY_CALIBRATION = {"validation_cases": 30, "noise_levels": [250], "guidance": [100], "reference": "autoencoder",
                       "samples": 4, "median_filter": 5, "min_lesion_ml_values": [0.5, 1, 2],
                       "threshold_scales": [0.8, 0.9, 1.0, 1.15], "max_fp_per_organ": 1.0}
