@@ -58,8 +58,8 @@ from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, train_denoiser
 #: L1 0.027 against 0.040; denoiser ``tiny-3level`` on 16^3 latent windows, 1600 iterations, 28 min; classifier
 #: 2500 iterations, 38 min) gave a held-out classifier AUC at t = 250 of 0.864 (t = 0: 0.876; 0.3.x: 0.891),
 #: and with 0.3.1's settings and one global Otsu threshold it found 8/27 held-out lesions at 1.93 FP per kidney,
-#: Dice 0.34, voxel AUROC 0.72 (0.3.1 the same way: 9/27, 0.53, 0.39, 0.80): 0/7 lesions over 7 cm (0.3.1:
-#: 6/7), as the finer latent reconstructs large lesions instead of replacing them. Not shipped.
+#: Dice 0.34, voxel AUROC 0.72 (0.3.1 the same way: 9/27, 0.53, 0.39, 0.80): 0/7 lesions over 7 cm (0.3.1
+#: the same way: 4/7), as the finer latent reconstructs large lesions instead of replacing them. Not shipped.
 #: What bounds recall is the phantoms' lesions themselves: ``evaluate`` measures each reference lesion's
 #: contrast against the kidney tissue around it, and 8 of the 27 held-out lesions differ from it by less than
 #: half its spread (|median difference| 1-8 HU, five of them 33-104 mm across); 0.3.1 finds 2 of those
