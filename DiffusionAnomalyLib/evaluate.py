@@ -8,9 +8,10 @@ Three phases:
 2. **Threshold**: one global Otsu threshold over the organ voxels of all maps (seed 000 §5.2), or a fixed one.
 3. **Scores** (rank 0): post-processing (seed 000 §4.1.1, optional), then per case Dice, lesion matching at
    IoU >= 0.2 (precision, recall, F1, false positives per organ), TNM size strata, lesion scores for the
-   FROC, voxel AUROC / AUPRC inside the organ, recall by each reference lesion's contrast-to-noise ratio in
-   the image (how visible it is, whatever the model); aggregates with 1000-resample bootstrap 95 % CIs.
-   Written as ``per_case.csv``, ``reference_lesions.csv`` (one row per reference lesion: size, CNR, found),
+   FROC, voxel AUROC / AUPRC inside the organ, recall by each reference lesion's contrast against the tissue
+   around it in the image (how visible it is, whatever the model); aggregates with 1000-resample bootstrap
+   95 % CIs. Written as ``per_case.csv``, ``reference_lesions.csv`` (one row per reference lesion: volume,
+   diameter, contrast, spread, CNR, found),
    ``summary.json``, ``summary.md``, ``froc.png``, ``size_strata.png``, ``dice_hist.png``.
 
 Cases with problems (no labels, unexpected label values, image and label on different grids, a run
@@ -129,7 +130,7 @@ class CaseScore:
     kinds: dict[str, list[int]] = field(default_factory=dict)
     #: Contrast-to-noise stratum -> [found, total] over reference lesions (any dataset).
     contrast: dict[str, list[int]] = field(default_factory=dict)
-    #: One row per reference lesion: id, volume, diameter, CNR, found.
+    #: One row per reference lesion: id, volume, diameter, contrast, spread, CNR, found.
     reference_rows: list[dict] = field(default_factory=list)
 
     @property
@@ -210,10 +211,11 @@ def reference_lesion_rows(case: EvalCase, truth: np.ndarray, organ: np.ndarray, 
     channels = [sitk.GetArrayFromImage(c) for c in read_channels(case.inputs)]
     measured = lesion_contrast(channels, truth, organ, image.GetSpacing()[::-1])
     diameters = lesion_diameters(truth, image)
+    voxels = np.bincount(truth.ravel())
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     rows, strata = [], {}
     for lab, m in measured.items():
-        rows.append({"case": case.case_id, "lesion": lab, "volume_ml": _r(np.count_nonzero(truth == lab) * voxel_ml),
+        rows.append({"case": case.case_id, "lesion": lab, "volume_ml": _r(voxels[lab] * voxel_ml),
                      "diameter_mm": _r(diameters.get(lab, float("nan"))), "contrast": _r(m.contrast),
                      "spread": _r(m.spread), "cnr": _r(m.cnr), "found": int(lab in found)})
         row = strata.setdefault(contrast_class(m.cnr), [0, 0])
@@ -270,7 +272,7 @@ def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
                             "fp": f}
     out["size_strata"] = strata
     out["lesion_kinds"] = _recall_table([s.kinds for s in scores])
-    order = [name for name, _, _ in CONTRAST_CLASSES] + ["CNR n/a"]
+    order = [name for name, _ in CONTRAST_CLASSES] + ["CNR n/a"]
     contrast = _recall_table([s.contrast for s in scores])
     out["lesion_contrast"] = {k: contrast[k] for k in order if k in contrast}
     out["froc"] = [{"threshold": _r(t), "fp_per_scan": _r(f), "sensitivity": _r(s)}

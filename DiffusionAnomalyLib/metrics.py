@@ -125,13 +125,14 @@ def lesion_diameters(labels: np.ndarray, image: sitk.Image) -> dict[int, float]:
     return out
 
 
-#: Contrast-to-noise strata of reference lesions: (label, low, high], CNR as in :func:`lesion_contrast`.
-CONTRAST_CLASSES = (("CNR < 0.5", 0.0, 0.5), ("CNR 0.5-1", 0.5, 1.0), ("CNR 1-2", 1.0, 2.0), ("CNR > 2", 2.0, np.inf))
+#: Contrast-to-noise strata of reference lesions, in order: (label, upper bound, exclusive); CNR as in
+#: :func:`lesion_contrast`.
+CONTRAST_CLASSES = (("CNR < 0.5", 0.5), ("CNR 0.5-1", 1.0), ("CNR 1-2", 2.0), ("CNR > 2", np.inf))
 
 
 def contrast_class(cnr: float) -> str:
     """The :data:`CONTRAST_CLASSES` label of a CNR ("CNR n/a" for NaN)."""
-    return next((name for name, _, hi in CONTRAST_CLASSES if cnr < hi), "CNR n/a")
+    return next((name for name, hi in CONTRAST_CLASSES if cnr < hi), "CNR n/a")
 
 
 @dataclass

@@ -52,7 +52,7 @@ AUTOENCODER_PRESETS = {
     "tiny": AutoencoderConfig(channels=(16, 32), num_res_layers=1, num_res_channels=(16, 32), embedding_dim=4,
                               num_embeddings=256),
     # one stride-2 level: a 2x grid (4 mm latent cells at 2 mm spacing) for lesions of one or two 8 mm cells;
-    # the denoiser then sees 8x the latent voxels (about 8x slower per iteration)
+    # 8x the latent voxels: the tiny denoiser is ~40x slower per iteration on it (use tiny-3level, --latent-crop)
     "tiny-2x": AutoencoderConfig(channels=(32,), num_res_layers=1, num_res_channels=(32,), embedding_dim=4,
                                  num_embeddings=256),
     # the tiny widths with the thesis's 8 latent channels and a 1,024-code book: finer codes at the same grid
