@@ -1,5 +1,6 @@
 """Figures for a trained bundle on held-out phantoms: DDIM round-trip error vs steps, classifier AUC at
-noise levels 0/250/500, and the effect of classifier guidance on log p(healthy).
+noise levels 0/250/500 (at t = 250 also by the unhealthy structures' lesions: size, kind, and contrast
+against the tissue around them in the image), and the effect of classifier guidance on log p(healthy).
 
     python scripts/diffusion_core_figures.py --bundle BUNDLE --data HELD_OUT_DATASET [MORE ...] [--level 500]
 
@@ -16,13 +17,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from DiffusionAnomalyLib.bundle import load_bundle
 from DiffusionAnomalyLib.diffusion.sampler import LatentSampler, SamplerSettings
+from DiffusionAnomalyLib.metrics import lesion_contrast
 from DiffusionAnomalyLib.nets.denoiser import eps_function
 from DiffusionAnomalyLib.train.classifier import auc_at_levels
 from DiffusionAnomalyLib.train.denoiser import latents_for
+
+#: A lesion counts as visible in the image when it differs from the tissue around it by at least half that
+#: tissue's spread (the lowest contrast stratum of ``evaluate``).
+VISIBLE_CNR = 0.5
 
 
 def _aucs(clf, z, labels, schedule, draws: int, levels=(0, 250, 500)) -> dict:
@@ -38,7 +45,10 @@ def _auc_by_lesion(clf, z, labels, lesions, schedule, draws: int) -> dict:
         "all": lambda ls: True,
         "largest >= 20 mm": lambda ls: max(le["diameter_mm"] for le in ls) >= 20,
         "largest >= 20 mm, not iso-dense": lambda ls: any(le["diameter_mm"] >= 20 and le["kind"] != "iso" for le in ls),
+        "every lesion < 20 mm": lambda ls: max(le["diameter_mm"] for le in ls) < 20,
         "only iso-dense or < 20 mm": lambda ls: all(le["diameter_mm"] < 20 or le["kind"] == "iso" for le in ls),
+        f"some lesion with CNR >= {VISIBLE_CNR}": lambda ls: any(le["cnr"] >= VISIBLE_CNR for le in ls),
+        f"every lesion CNR < {VISIBLE_CNR}": lambda ls: all(le["cnr"] < VISIBLE_CNR for le in ls),
     }
     out = {}
     for name, keep in groups.items():
@@ -46,6 +56,22 @@ def _auc_by_lesion(clf, z, labels, lesions, schedule, draws: int) -> dict:
         auc = _aucs(clf, z[torch.from_numpy(sel)], labels[sel], schedule, draws, levels=(250,))[250]
         out[name] = {"auc": auc, "unhealthy": int(labels[sel].sum()), "healthy": int((labels[sel] == 0).sum())}
     return out
+
+
+def _case_lesions(folder: Path) -> list[dict]:
+    """The phantom's lesions, each with its CNR against the organ tissue around it in the image
+    (:func:`~DiffusionAnomalyLib.metrics.lesion_contrast`; NaN counts as not visible)."""
+    info = json.loads((folder / "case.json").read_text())
+    if not info["lesions"]:
+        return []
+    channels = [sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{c}.nii.gz"))) for c in info["channels"]]
+    truth = sitk.ReadImage(str(folder / "lesions.nii.gz"))
+    organ = np.zeros(truth.GetSize()[::-1], bool)
+    for structure in {le["structure"] for le in info["lesions"]}:
+        organ |= sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "segmentations" / f"{structure}.nii.gz"))) > 0
+    measured = lesion_contrast(channels, sitk.GetArrayFromImage(truth), organ, truth.GetSpacing()[::-1])
+    return [{**le, "cnr": float(np.nan_to_num(measured[le["id"]].cnr)) if le["id"] in measured else 0.0}
+            for le in info["lesions"]]
 
 
 def _held_out(bundle, folders: list[str], work: Path) -> tuple[torch.Tensor, np.ndarray, list[list[dict]]]:
@@ -56,10 +82,12 @@ def _held_out(bundle, folders: list[str], work: Path) -> tuple[torch.Tensor, np.
                                 ("healthy", "unhealthy"))
         zs.append(torch.from_numpy(lat * bundle.meta.latent["scale_factor"]))
         ys.append(data.labels)
+        per_case: dict[str, list[dict]] = {}
         for sid in data.ids:
             case, structure = sid.split("/")
-            info = json.loads((Path(folder) / case / "case.json").read_text())
-            lesions.append([le for le in info["lesions"] if le["structure"] == structure])
+            if case not in per_case:
+                per_case[case] = _case_lesions(Path(folder) / case)
+            lesions.append([le for le in per_case[case] if le["structure"] == structure])
     return torch.cat(zs), np.concatenate(ys), lesions
 
 
