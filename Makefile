@@ -35,7 +35,7 @@ test: setup-test
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; exit $$rc
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing
 
-## demo-models: train the demo bundles on synthetic phantoms into Resources/Models (restartable; ~2 h for the kidney, ~1.5-2 h each for liver and brain, on 2 CPU cores)
+## demo-models: train the demo bundles on synthetic phantoms into Resources/Models (restartable; ~2 h for the kidney, ~80-130 min each for liver and brain, on 2 CPU cores)
 demo-models: setup
 	$(BIN)/python scripts/train_demo_models.py
 

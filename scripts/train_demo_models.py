@@ -70,8 +70,9 @@ from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, train_denoiser
 KIDNEY_CALIBRATION = {"validation_cases": 30, "noise_levels": [250], "guidance": [100], "reference": "autoencoder",
                       "samples": 4, "median_filter": 5, "min_lesion_ml_values": [0.5, 1, 2],
                       "threshold_scales": [0.8, 0.9, 1.0, 1.15], "max_fp_per_organ": 1.0}
-#: Liver: on its validation phantoms the D(E(x)) reference found 2/18 lesions and 4 samples did not help
-#: (8 ml: 5/18 found, 1.3 FP/liver, F1 0.28 vs 6/18, 1.5, 0.31 with one), so the plain map is kept.
+#: Liver v0.1: on its validation phantoms the D(E(x)) reference found 2/18 lesions and 4 samples did not help
+#: (8 ml: 5/18 found, 1.3 FP/liver, F1 0.28 vs 6/18, 1.5, 0.31 with one), so the plain map is kept (not
+#: re-tested with the v0.2 autoencoder).
 #: Liver and brain v0.2 (the kidney recipe: 800 phantoms, the autoencoder on 400 with L1 only, 3000 iterations per
 #: stage) are calibrated like the kidney: the most lesions with <= 1 false positive per organ on 30 validation
 #: phantoms. v0.1 (120 phantoms, 800-1500 iterations, GAN losses from 480) had autoencoder validation L1 0.12
