@@ -61,13 +61,30 @@ def sampler_settings(args: argparse.Namespace, recommended: dict):
         resample_jumps=getattr(args, "resample_jumps", 1), trajectory_every=getattr(args, "trajectory_every", 0))
 
 
+#: Below this validation AUC (at the level nearest the sampler's start) a classifier barely tells healthy from
+#: unhealthy, so its gradients steer the sample toward noise rather than health.
+WEAK_CLASSIFIER_AUC = 0.7
+
+
 def guidance_warnings(extra: dict, settings) -> list[str]:
-    """A warning when classifier guidance starts above the noise levels the bundle's classifier was trained on."""
-    trained = (extra.get("classifier_training") or {}).get("max_level")
-    if settings.guidance > 0 and trained is not None and settings.noise_level > int(trained):
-        return [f"guidance from noise level {settings.noise_level}: the bundle's classifier was trained on levels "
-                f"0..{trained} only, so its gradients above {trained} are untested"]
-    return []
+    """Warnings for classifier guidance that the bundle's classifier cannot back: a start above the noise levels it
+    was trained on, or a validation AUC near chance (``classifier_training`` in ``model.json``)."""
+    if settings.guidance <= 0:
+        return []
+    training = extra.get("classifier_training") or {}
+    out = []
+    trained = training.get("max_level")
+    if trained is not None and settings.noise_level > int(trained):
+        out.append(f"guidance from noise level {settings.noise_level}: the bundle's classifier was trained on levels "
+                   f"0..{trained} only, so its gradients above {trained} are untested")
+    aucs = {int(k): float(v) for k, v in (training.get("best_val_auc") or {}).items()}
+    if aucs:
+        level = min(aucs, key=lambda k: (abs(k - settings.noise_level), k))
+        if aucs[level] < WEAK_CLASSIFIER_AUC:
+            out.append(f"guidance {settings.guidance:g}: the bundle's classifier separates healthy from unhealthy "
+                       f"validation latents at t = {level} with AUC {aucs[level]:.2f} only (near chance: 0.5), so its "
+                       f"gradients do not point toward a healthy organ; consider --guidance 0")
+    return out
 
 
 @dataclass(frozen=True)

@@ -189,3 +189,17 @@ def test_guidance_above_the_classifiers_training_levels_is_warned_about():
     assert guidance_warnings({}, SamplerSettings(noise_level=500, guidance=10.0)) == []  # thesis: every level
     (warning,) = guidance_warnings(trained, SamplerSettings(noise_level=500, guidance=10.0))
     assert "levels 0..300 only" in warning
+
+
+def test_guidance_with_a_classifier_near_chance_is_warned_about():
+    from DiffusionAnomalyLib.diffusion.sampler import SamplerSettings
+    from DiffusionAnomalyLib.job import guidance_warnings
+
+    weak = {"classifier_training": {"max_level": 1000, "best_val_auc": {"0": 0.59, "250": 0.57, "500": 0.53}}}
+    good = {"classifier_training": {"max_level": 1000, "best_val_auc": {"0": 0.92, "250": 0.88, "500": 0.83}}}
+    assert guidance_warnings(good, SamplerSettings(noise_level=250, guidance=100.0)) == []
+    assert guidance_warnings(weak, SamplerSettings(noise_level=250, guidance=0.0)) == []  # unguided: not used
+    (warning,) = guidance_warnings(weak, SamplerSettings(noise_level=300, guidance=100.0))
+    assert "t = 250 with AUC 0.57" in warning and "--guidance 0" in warning
+    (warning,) = guidance_warnings(weak, SamplerSettings(noise_level=450, guidance=100.0))  # nearest level: 500
+    assert "t = 500 with AUC 0.53" in warning
