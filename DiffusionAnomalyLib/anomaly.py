@@ -94,7 +94,12 @@ def size_class(diameter_mm: float) -> str:
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """Settings of :func:`postprocess`; defaults are seed 000 §4.1.1."""
+    """Settings of :func:`postprocess`; defaults are seed 000 §4.1.1.
+
+    ``grow_to`` < 1 adds hysteresis (not in the thesis): each lesion kept at the threshold is grown over the
+    connected organ voxels whose score exceeds ``grow_to`` x threshold, so its extent is not cut at the
+    detection threshold; regions that never reach the threshold are not added. 1 = off.
+    """
 
     opening: bool = True
     closing: bool = True
@@ -102,12 +107,17 @@ class PostProcessing:
     min_voxels: int = 20
     min_axial_mm: float = 3.0
     min_volume_ml: float = 0.0
+    grow_to: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.grow_to <= 1.0:
+            raise InputError(f"--grow-to must be in (0, 1] (a fraction of the threshold; got {self.grow_to:g})")
 
     @classmethod
-    def for_preset(cls, preset, min_volume_ml: float | None = None) -> PostProcessing:
-        """The thesis defaults with the preset's size limits (and an optional volume limit in ml)."""
+    def for_preset(cls, preset, min_volume_ml: float | None = None, grow_to: float | None = None) -> PostProcessing:
+        """The thesis defaults with the preset's size limits (and an optional volume limit in ml and growth)."""
         return cls(min_voxels=preset.min_component_voxels, min_axial_mm=preset.min_axial_extent_mm,
-                   min_volume_ml=float(min_volume_ml or 0.0))
+                   min_volume_ml=float(min_volume_ml or 0.0), grow_to=float(grow_to or 1.0))
 
 
 def postprocess(
@@ -139,7 +149,22 @@ def postprocess(
             continue
         out[sl][comp] = next_id
         next_id += 1
+    if settings.grow_to < 1.0 and next_id > 1:
+        out = grow_lesions(out, score, settings.grow_to * threshold, organ_mask)
     return out
+
+
+def grow_lesions(lesions: np.ndarray, score: np.ndarray, low: float, organ_mask: np.ndarray | None) -> np.ndarray:
+    """Hysteresis: ``lesions`` (labelmap) joined by the connected regions of ``score > low`` (inside the organ)
+    that touch them, holes filled, relabelled 1..n in scan order (lesions joined by such a region merge)."""
+    weak = score > low
+    if organ_mask is not None:
+        weak &= organ_mask > 0
+    regions, _ = ndimage.label(weak, structure=_STRUCT26)
+    touched = np.unique(regions[lesions > 0])
+    grown = ndimage.binary_fill_holes(np.isin(regions, touched[touched > 0])) | (lesions > 0)
+    out, _ = ndimage.label(grown, structure=_STRUCT26)
+    return out.astype(np.uint16)
 
 
 @dataclass

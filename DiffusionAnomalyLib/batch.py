@@ -33,6 +33,7 @@ class Model:
     recommended_min_lesion_ml: float | None = None
     options: object = None  # job.MapOptions (None for the baseline)
     weights_id: str = ""  # BundleMeta.weights_id(): maps made by other networks are never reused
+    recommended_grow_to: float | None = None
 
     def maps_key(self, settings=None) -> str:
         """Cache folder name of the anomaly maps made with ``settings`` (default: this model's) by these
@@ -65,7 +66,7 @@ def load_model(args: argparse.Namespace, device) -> Model:
                                                        samples=opts.samples),
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"
                      + (" DEMO" if bundle.meta.demo else ""), rec.get("threshold"), bundle.meta.demo,
-                     rec.get("min_lesion_ml"), opts, bundle.meta.weights_id())
+                     rec.get("min_lesion_ml"), opts, bundle.meta.weights_id(), rec.get("grow_to"))
     from .baseline import MedianBaseline
     from .presets import get_preset
 

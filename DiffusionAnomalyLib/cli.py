@@ -140,12 +140,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if ranks.rank == 0:
         threshold = args.threshold if args.threshold != "bundle" else (model.recommended_threshold or "otsu")
         pp = None if args.no_postprocessing else resolve_postprocessing(
-            model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml)
+            model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml, args.grow_to, model.recommended_grow_to)
         scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=args.bootstrap)
         settings = {"model": model.description, "data": str(args.data), "maps": key,
                     "threshold": f"{thr:.4f} ({'global Otsu' if threshold == 'otsu' else 'fixed'})",
                     "post-processing": "off" if pp is None else "on (seed 000 4.1.1" + (
-                        f"; lesions >= {pp.min_volume_ml:g} ml)" if pp.min_volume_ml else ")"), "IoU": 0.2,
+                        f"; lesions >= {pp.min_volume_ml:g} ml" if pp.min_volume_ml else "") + (
+                        f"; grown to {pp.grow_to:g} x threshold" if pp.grow_to < 1 else "") + ")", "IoU": 0.2,
                     "ranks": ranks.world}
         write_report(out, scores, summary, problems, settings)
         print((out / "report" / "summary.md").read_text())
@@ -171,7 +172,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                     args.noise_levels, args.guidance_values, ranks.rank, ranks.world, ranks.barrier,
                     min_lesion_ml_values=args.min_lesion_ml_values, maps_key=model.maps_key,
                     options=dataclasses.asdict(model.options), threshold_scales=args.threshold_scales,
-                    max_fp_per_organ=args.max_fp_per_organ)
+                    max_fp_per_organ=args.max_fp_per_organ,
+                    grow_to_values=args.grow_to_values or [args.grow_to or 1.0])
     if res is not None:
         print(f"{'L':>5} {'s':>7} {'threshold':>10} {'Dice':>7} {'F1':>7}")
         for r in res["grid"]:
@@ -180,14 +182,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         b = res["best"]
         print(f"best: L = {b['noise_level']}, s = {b['guidance']:g}, Otsu threshold {b['otsu_threshold']:.4f}, "
               f"mean Dice {b['dice']}; plot in {Path(args.out) / 'sweep' / 'dice_vs_s.png'}")
-        print("post-processing at the best L and s, by threshold (x Otsu) and minimum lesion volume:")
-        print(f"{'scale':>6} {'threshold':>10} {'ml':>6} {'found':>9} {'FP/organ':>9} {'F1':>7} {'Dice':>7}")
+        print("post-processing at the best L and s, by threshold (x Otsu), minimum lesion volume and growth:")
+        print(f"{'scale':>6} {'threshold':>10} {'ml':>6} {'grow':>5} {'found':>9} {'FP/organ':>9} {'F1':>7} "
+              f"{'Dice':>7}")
         for r in res["postprocessing"]:
-            print(f"{r['threshold_scale']:>6g} {r['threshold']:>10.4f} {r['min_lesion_ml']:>6g} "
+            print(f"{r['threshold_scale']:>6g} {r['threshold']:>10.4f} {r['min_lesion_ml']:>6g} {r['grow_to']:>5g} "
                   f"{r['found']:>4}/{r['lesions']:<4} {r['fp_per_organ'] or 0:>9.2f} {r['f1'] or 0:>7.3f} "
                   f"{r['dice'] or 0:>7.3f}")
-        print(f"recommended: threshold {b['threshold']:.4f}, minimum lesion volume {b['min_lesion_ml']:g} ml "
-              f"({b['objective']})")
+        print(f"recommended: threshold {b['threshold']:.4f}, minimum lesion volume {b['min_lesion_ml']:g} ml, "
+              f"grow to {b['grow_to']:g} x threshold ({b['objective']})")
         if args.write_bundle:
             dest = write_calibrated_bundle(args.bundle, args.write_bundle, b,
                                            note=f"sweep over {len(cases)} cases of {args.data}")
@@ -204,7 +207,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     threshold = resolve_threshold(args.threshold, model.recommended_threshold)
-    pp = resolve_postprocessing(model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml)
+    pp = resolve_postprocessing(model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml, args.grow_to,
+                                model.recommended_grow_to)
     run_batch(cases, model, out, threshold, ranks.rank, ranks.world, postprocessing=pp)
     ranks.barrier()
     if ranks.rank == 0:
@@ -273,6 +277,10 @@ def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
     counts = label_reports_csv(args.reports, args.organ, args.out, args.min_sentences)
     print(f"wrote {args.out}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return 0
+
+
+GROW_TO_HELP = ("grow each lesion kept at the threshold over the connected organ voxels above F x threshold "
+                "(hysteresis; 1 = off; default: the bundle's calibrated value, else 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--min-lesion-ml", type=float, default=None, metavar="ML",
                     help="drop lesions smaller than this many millilitres (default: the bundle's calibrated value, "
                          "else 0 = only the thesis' 20-voxel and 3 mm limits)")
+    ru.add_argument("--grow-to", type=float, default=None, metavar="F",
+                    help=GROW_TO_HELP)
     ru.add_argument("--out", required=True, help="output folder")
     ru.set_defaults(func=_cmd_job)
 
@@ -415,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each rank its own GPU)")
         sp.add_argument("--min-lesion-ml", type=float, default=None, metavar="ML",
                         help="post-processing: drop lesions smaller than this (default: the bundle's, else 0)")
+        sp.add_argument("--grow-to", type=float, default=None, metavar="F",
+                        help=GROW_TO_HELP)
         sp.add_argument("--out", required=True)
         return sp
 
@@ -441,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(see --max-fp-per-organ for which one is recommended)")
     sw.add_argument("--threshold-scales", type=float, nargs="+", default=[1.0], metavar="X",
                     help="also try the Otsu threshold times each X in the post-processing stage (default 1)")
+    sw.add_argument("--grow-to-values", type=float, nargs="+", default=None, metavar="F",
+                    help="also try growing the lesions to each F x threshold in the post-processing stage (hysteresis; "
+                         "default: --grow-to, else 1 = off)")
     sw.add_argument("--max-fp-per-organ", type=float, default=None, metavar="N",
                     help="recommend the operating point that finds the most lesions with at most N false-positive "
                          "components per organ (default: the best pooled lesion F1)")

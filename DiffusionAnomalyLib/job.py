@@ -125,14 +125,16 @@ def resolve_threshold(value, recommended: float | None) -> float | None:
     return None if value == "otsu" else float(value)
 
 
-def resolve_postprocessing(preset: OrganPreset, value: float | None, recommended: float | None):
-    """PostProcessing for ``preset`` with ``--min-lesion-ml``: the given volume, else the bundle's calibrated
-    one, else 0 (off)."""
+def resolve_postprocessing(preset: OrganPreset, value: float | None, recommended: float | None,
+                           grow_to: float | None = None, recommended_grow_to: float | None = None):
+    """PostProcessing for ``preset`` with ``--min-lesion-ml`` and ``--grow-to``: each the given value, else the
+    bundle's calibrated one, else off (0 ml; 1 = no growth)."""
     from .anomaly import PostProcessing
 
     if value is not None and value < 0:
         raise InputError(f"--min-lesion-ml must be >= 0 (got {value:g})")
-    return PostProcessing.for_preset(preset, value if value is not None else recommended)
+    return PostProcessing.for_preset(preset, value if value is not None else recommended,
+                                     grow_to if grow_to is not None else recommended_grow_to)
 
 
 def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOutcome:
@@ -169,7 +171,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=opts.reference,
                                                samples=opts.samples, progress=lambda d, n: report("reconstruct", d, n))
         threshold = resolve_threshold(args.threshold, rec.get("threshold"))
-        recommended_ml = rec.get("min_lesion_ml")
+        recommended_ml, recommended_grow = rec.get("min_lesion_ml"), rec.get("grow_to")
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}
         params = {"sampler": dataclasses.asdict(settings), "reference": opts.reference,
@@ -182,7 +184,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         device, preset = "cpu", get_preset(args.organ)
         reconstructor = MedianBaseline.for_preset(preset)
         threshold = resolve_threshold(args.threshold, None)
-        recommended_ml = None
+        recommended_ml = recommended_grow = None
     channels = read_channels(args.input, preset.channels if len(args.input) > 1 else None)
     if args.command == "run" and not args.skip_modality_check:
         import SimpleITK as sitk
@@ -192,7 +194,8 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         check_modality(sitk.GetArrayViewFromImage(channels[0]), preset.modality, str(args.input[0]))
     mask_set = load_masks(args, channels[0], preset)
     result = detect(channels, mask_set, preset, reconstructor, threshold=threshold,
-                    postprocessing=resolve_postprocessing(preset, args.min_lesion_ml, recommended_ml),
+                    postprocessing=resolve_postprocessing(preset, args.min_lesion_ml, recommended_ml,
+                                                          getattr(args, "grow_to", None), recommended_grow),
                     input_name=str(args.input[0]),
                     progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))
     result.warnings += warnings

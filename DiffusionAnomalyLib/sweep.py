@@ -5,13 +5,14 @@ per setting and networks under ``OUT/maps/<maps_key>/``, so an interrupted sweep
 global Otsu threshold and scored *without* post-processing, as in the thesis. The best setting is the
 one with the highest mean Dice. Then, at that setting, the maps are thresholded at the Otsu threshold
 times each ``threshold_scales`` value and post-processed (seed 000 §4.1.1) with each candidate minimum
-lesion volume (small false-positive components are what post-processing can remove); the recommended
+lesion volume (small false-positive components are what post-processing can remove) and each ``grow_to_values``
+fraction (hysteresis growth of the kept lesions, :class:`~.anomaly.PostProcessing`); the recommended
 operating point is the one with the best pooled lesion F1, or, given ``max_fp_per_organ``, the one that
 finds the most lesions with at most that many false-positive components per organ (ties: best F1) —
 the way a detection target is stated ("recall at <= 1 false positive per kidney"). ``sweep.csv``,
 ``sweep.json`` and ``dice_vs_s.png`` (seed 000 Fig. 5.1: Dice against s, one line per L) are written to
 ``OUT/sweep``; :func:`write_calibrated_bundle` writes a copy of the bundle whose recommended sampler
-settings, threshold and minimum lesion volume are the chosen ones, which ``run``, ``evaluate``,
+settings, threshold, minimum lesion volume and growth are the chosen ones, which ``run``, ``evaluate``,
 ``batch`` and the Slicer panel then use as defaults.
 """
 
@@ -38,13 +39,13 @@ MIN_LESION_ML = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 def choose_operating_point(rows: list[dict], max_fp_per_organ: float | None = None) -> tuple[dict, str]:
     """The recommended post-processing row and why. Without a budget: best pooled F1 (ties: the smaller minimum
-    volume, then the scale nearest 1). With one: most lesions found among rows within the false-positive budget
-    (ties: best F1); when no row is within it, the row with the fewest false positives."""
+    volume, then the scale nearest 1, then less growth). With one: most lesions found among rows within the
+    false-positive budget (ties: best F1); when no row is within it, the row with the fewest false positives."""
     def f1(r):
         return -1.0 if r["f1"] is None else r["f1"]
 
     def plain(r):
-        return (f1(r), -r["min_lesion_ml"], -abs(r["threshold_scale"] - 1.0))
+        return (f1(r), -r["min_lesion_ml"], -abs(r["threshold_scale"] - 1.0), r.get("grow_to", 1.0))
 
     if max_fp_per_organ is None:
         return max(rows, key=plain), "best pooled lesion F1"
@@ -62,7 +63,8 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
               progress: Callable[[str], None] = log,
               min_lesion_ml_values: Sequence[float] = MIN_LESION_ML,
               maps_key: Callable | None = None, options: dict | None = None,
-              threshold_scales: Sequence[float] = (1.0,), max_fp_per_organ: float | None = None) -> dict | None:
+              threshold_scales: Sequence[float] = (1.0,), max_fp_per_organ: float | None = None,
+              grow_to_values: Sequence[float] = (1.0,)) -> dict | None:
     """Run the grid; returns (on rank 0) {"grid": rows, "best": row, "postprocessing": rows}; ``best`` also
     holds the recommended ``threshold`` (Otsu x the chosen scale), ``min_lesion_ml``, the ``objective`` and
     ``options`` (e.g. the anomaly reference and the number of averaged samples, which the calibrated bundle
@@ -92,15 +94,18 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     for scale in sorted(float(v) for v in threshold_scales):
         threshold = round(best["threshold"] * scale, 5)
         for ml in sorted(float(v) for v in min_lesion_ml_values):
-            _, summary, _, _ = score_dataset(cases, maps, threshold, PostProcessing.for_preset(preset, ml), n_boot=0)
-            d = summary["lesion_detection"]
-            pp_rows.append({"threshold_scale": scale, "threshold": threshold, "min_lesion_ml": ml,
-                            "lesions": d["tp"] + d["fn"], "found": d["tp"], "fp": d["fp"],
-                            "fp_per_organ": summary["fp_per_organ"]["mean"], "f1": d["f1"],
-                            "dice": summary["dice"]["mean"]})
+            for grow in sorted((float(v) for v in grow_to_values), reverse=True):
+                pp = PostProcessing.for_preset(preset, ml, grow)
+                _, summary, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0)
+                d = summary["lesion_detection"]
+                pp_rows.append({"threshold_scale": scale, "threshold": threshold, "min_lesion_ml": ml,
+                                "grow_to": grow, "lesions": d["tp"] + d["fn"], "found": d["tp"], "fp": d["fp"],
+                                "fp_per_organ": summary["fp_per_organ"]["mean"], "f1": d["f1"],
+                                "dice": summary["dice"]["mean"]})
     chosen, objective = choose_operating_point(pp_rows, max_fp_per_organ)
     best = {**best, **(options or {}), "otsu_threshold": best["threshold"], "threshold": chosen["threshold"],
-            "min_lesion_ml": chosen["min_lesion_ml"], "objective": objective, "postprocessed": chosen}
+            "min_lesion_ml": chosen["min_lesion_ml"], "grow_to": chosen["grow_to"], "objective": objective,
+            "postprocessed": chosen}
     with atomic_output_dir(out / "sweep") as stage:
         with open(stage / "sweep.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -138,7 +143,8 @@ def write_calibrated_bundle(bundle: str | Path, out: str | Path, best: dict, not
     meta: BundleMeta = read_meta(bundle)
     meta.recommended = {**(meta.recommended or {}), "sampler": best["sampler"], "noise_level": best["noise_level"],
                         "guidance": best["guidance"], "steps": best["steps"], "threshold": best["threshold"],
-                        **{k: best[k] for k in ("min_lesion_ml", "reference", "samples", "median_filter") if k in best}}
+                        **{k: best[k] for k in ("min_lesion_ml", "grow_to", "reference", "samples", "median_filter")
+                           if k in best}}
     meta.extra = {**(meta.extra or {}), "calibration": {**best, "note": note}}
     with atomic_output_dir(out) as stage:
         for f in Path(bundle).iterdir():

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import make_image
@@ -88,6 +90,26 @@ def test_postprocess_fills_holes_and_opening_removes_specks():
     score[15, 15, 15] = 1.0  # a speck
     labels = postprocess(score, 0.5, None, image)
     assert labels.max() == 1 and labels[8, 8, 8] == 1 and labels[15, 15, 15] == 0
+
+
+def test_postprocess_growth_extends_kept_lesions_only_and_merges_what_it_joins():
+    image = make_image(np.zeros((40, 40, 40), np.float32))
+    score = np.zeros((40, 40, 40), np.float32)
+    score[5:15, 5:15, 5:15] = 0.6  # a shoulder above 0.5 x threshold ...
+    score[8:12, 8:12, 8:12] = 1.0  # ... around a core above the threshold (64 voxels)
+    score[25:35, 25:35, 25:35] = 0.6  # a weak region with no core: never a lesion
+    score[5:15, 25:29, 5:9] = 1.0  # a second core (160 voxels), joined to the first by a weak bridge
+    score[9:11, 15:25, 6:8] = 0.6
+    organ = np.ones_like(score, bool)
+    organ[5:15, 5:15, 14] = False  # growth stays in the organ
+    plain = postprocess(score, 0.8, organ, image, RAW)
+    assert plain.max() == 2 and sorted(np.bincount(plain.ravel())[1:]) == [64, 160]
+    grown = postprocess(score, 0.8, organ, image, replace(RAW, grow_to=0.5))
+    assert grown.max() == 1  # the bridge joins the two lesions
+    assert (grown > 0).sum() == 10 * 10 * 9 + 160 + 2 * 10 * 2 and not grown[25:35, 25:35, 25:35].any()
+    assert np.array_equal(postprocess(score, 0.8, organ, image, replace(RAW, grow_to=1.0)), plain)
+    with pytest.raises(InputError, match=r"--grow-to must be in \(0, 1\]"):
+        PostProcessing(grow_to=1.5)
 
 
 def test_lesion_table_units_coordinates_and_side():

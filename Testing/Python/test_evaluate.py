@@ -173,11 +173,15 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
     assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--sampler", "ddim", "--steps", "2",
                  "--noise-levels", "20", "--guidance-values", "0", "--device", "cpu", "--out", str(out),
                  "--reference", "autoencoder", "--median-filter", "3", "--threshold-scales", "0.8", "1", "1.25",
-                 "--min-lesion-ml-values", "0", "1", "--max-fp-per-organ", "1"]) == 0
+                 "--min-lesion-ml-values", "0", "1", "--max-fp-per-organ", "1", "--grow-to-values", "1", "0.7",
+                 "--write-bundle", str(tmp_path / "calibrated2")]) == 0
     res2 = json.loads((out / "sweep" / "sweep.json").read_text())
     pp2, b2 = res2["postprocessing"], res2["best"]
-    assert [(r["threshold_scale"], r["min_lesion_ml"]) for r in pp2] == [(x, ml) for x in (0.8, 1.0, 1.25)
-                                                                           for ml in (0.0, 1.0)]
+    assert [(r["threshold_scale"], r["min_lesion_ml"], r["grow_to"]) for r in pp2] == [
+        (x, ml, g) for x in (0.8, 1.0, 1.25) for ml in (0.0, 1.0) for g in (1.0, 0.7)]
+    # growth only extends kept lesions or merges them: never more predicted lesions at the same threshold and volume
+    assert all(g["found"] + g["fp"] <= p["found"] + p["fp"] for p, g in zip(pp2[::2], pp2[1::2], strict=True))
+    assert read_meta(tmp_path / "calibrated2").recommended["grow_to"] == b2["grow_to"] == b2["postprocessed"]["grow_to"]
     assert all(r["threshold"] == pytest.approx(b2["otsu_threshold"] * r["threshold_scale"], abs=1e-5) for r in pp2)
     assert b2["threshold"] == b2["postprocessed"]["threshold"]
     assert "false positives per organ" in b2["objective"]

@@ -38,6 +38,7 @@ def test_run_writes_outputs_on_the_input_grid(tiny_bundle, kidney_case, tmp_path
     (["--noise-level", "1000"], 2, r"outside \[1, 999\]"),
     (["--guidance", "-1"], 2, "guidance strength must be >= 0"),
     (["--min-lesion-ml", "-1"], 2, r"--min-lesion-ml must be >= 0"),
+    (["--grow-to", "0"], 2, r"--grow-to must be in \(0, 1\]"),
     (["--samples", "0"], 2, r"--samples must be >= 1"),
     (["--median-filter", "-1"], 2, r"--median-filter must be >= 0"),
     (["--device", "cuda"], 2, "CUDA was asked for") if not torch.cuda.is_available() else
