@@ -117,7 +117,7 @@ class PostProcessing:
     def for_preset(cls, preset, min_volume_ml: float | None = None, grow_to: float | None = None) -> PostProcessing:
         """The thesis defaults with the preset's size limits (and an optional volume limit in ml and growth)."""
         return cls(min_voxels=preset.min_component_voxels, min_axial_mm=preset.min_axial_extent_mm,
-                   min_volume_ml=float(min_volume_ml or 0.0), grow_to=float(grow_to or 1.0))
+                   min_volume_ml=float(min_volume_ml or 0.0), grow_to=1.0 if grow_to is None else float(grow_to))
 
 
 def postprocess(
