@@ -159,12 +159,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from .anomaly import PostProcessing
     from .sweep import run_sweep, write_calibrated_bundle
 
     if min(args.threshold_scales) <= 0:
         raise InputError(f"--threshold-scales must be > 0 (got {min(args.threshold_scales):g})")
     if args.max_fp_per_organ is not None and args.max_fp_per_organ < 0:
         raise InputError(f"--max-fp-per-organ must be >= 0 (got {args.max_fp_per_organ:g})")
+    grow_to_values = args.grow_to_values or [1.0 if args.grow_to is None else args.grow_to]
+    for grow in grow_to_values:
+        PostProcessing(grow_to=grow)  # checks the range before any map is computed
     ranks, model, cases = _dataset_setup(args)
     if model.settings is None:
         raise DiffusionAnomalyError("sweep needs --bundle (the baseline has no L or s)")
@@ -172,8 +176,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                     args.noise_levels, args.guidance_values, ranks.rank, ranks.world, ranks.barrier,
                     min_lesion_ml_values=args.min_lesion_ml_values, maps_key=model.maps_key,
                     options=dataclasses.asdict(model.options), threshold_scales=args.threshold_scales,
-                    max_fp_per_organ=args.max_fp_per_organ,
-                    grow_to_values=args.grow_to_values or [args.grow_to or 1.0])
+                    max_fp_per_organ=args.max_fp_per_organ, grow_to_values=grow_to_values)
     if res is not None:
         print(f"{'L':>5} {'s':>7} {'threshold':>10} {'Dice':>7} {'F1':>7}")
         for r in res["grid"]:

@@ -191,8 +191,6 @@ def _calibrate(organ: str, bundle: Path, root: Path, cal: dict, log=print) -> Pa
     wanted = json.dumps(cal, sort_keys=True)
     if _done(calibrated) and stamp.is_file() and stamp.read_text() == wanted:
         return calibrated
-    if calibrated.exists():
-        shutil.rmtree(calibrated)
     val = root / "validation"
     seeds = list(range(VALIDATION_SEED0, VALIDATION_SEED0 + cal["validation_cases"]))
     if _cases(val) != len(seeds):
