@@ -91,6 +91,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     best = max(rows, key=lambda r: -1.0 if r["dice"] is None else r["dice"])
     maps = out / "maps" / best["maps"]
     pp_rows = []
+    points = len(threshold_scales) * len(min_lesion_ml_values) * len(grow_to_values)
     for scale in sorted(float(v) for v in threshold_scales):
         threshold = round(best["threshold"] * scale, 5)
         for ml in sorted(float(v) for v in min_lesion_ml_values):
@@ -98,6 +99,9 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
                 pp = PostProcessing.for_preset(preset, ml, grow)
                 _, summary, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0)
                 d = summary["lesion_detection"]
+                progress(f"sweep: post-processing {len(pp_rows) + 1}/{points}: {scale:g} x Otsu, {ml:g} ml, "
+                         f"grow to {grow:g}: {d['tp']}/{d['tp'] + d['fn']} found, "
+                         f"{summary['fp_per_organ']['mean'] or 0:.2f} FP per organ")
                 pp_rows.append({"threshold_scale": scale, "threshold": threshold, "min_lesion_ml": ml,
                                 "grow_to": grow, "lesions": d["tp"] + d["fn"], "found": d["tp"], "fp": d["fp"],
                                 "fp_per_organ": summary["fp_per_organ"]["mean"], "f1": d["f1"],

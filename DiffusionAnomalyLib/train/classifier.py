@@ -62,10 +62,10 @@ class ClassifierTraining:
     resume: bool = False
 
 
-def auc_at_levels(clf, z: torch.Tensor, y: np.ndarray, schedule: NoiseSchedule, device, seed: int = 99,
-                  levels=EVAL_LEVELS) -> dict[int, float]:
-    """AUC of p(unhealthy) on latents noised to each level (fixed noise for comparability: the noise at a
-    level depends only on ``seed``, the level and the shape of ``z``)."""
+def p_unhealthy_at_levels(clf, z: torch.Tensor, schedule: NoiseSchedule, device, seed: int = 99,
+                          levels=EVAL_LEVELS) -> dict[int, np.ndarray]:
+    """p(unhealthy | x_t, t) of each latent noised to each level (fixed noise for comparability: the noise
+    at a level depends only on ``seed``, the level and the shape of ``z``)."""
     clf.eval()
     out = {}
     with torch.no_grad():
@@ -73,10 +73,16 @@ def auc_at_levels(clf, z: torch.Tensor, y: np.ndarray, schedule: NoiseSchedule, 
             noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed * 1009 + level))
             x = schedule.q_sample(z, level, noise).to(device)
             t = torch.full((len(z),), level, device=device, dtype=torch.long)
-            p = torch.softmax(clf(x, t).float(), dim=1)[:, 1].cpu().numpy()
-            out[level] = voxel_auroc(p, y)
+            out[level] = torch.softmax(clf(x, t).float(), dim=1)[:, 1].cpu().numpy()
     clf.train()
     return out
+
+
+def auc_at_levels(clf, z: torch.Tensor, y: np.ndarray, schedule: NoiseSchedule, device, seed: int = 99,
+                  levels=EVAL_LEVELS) -> dict[int, float]:
+    """AUC of p(unhealthy) on latents noised to each level (the noise of :func:`p_unhealthy_at_levels`)."""
+    return {level: voxel_auroc(p, y) for level, p in p_unhealthy_at_levels(clf, z, schedule, device, seed,
+                                                                           levels).items()}
 
 
 def train_classifier(cfg: ClassifierTraining) -> Path:
