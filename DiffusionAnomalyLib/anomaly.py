@@ -24,8 +24,11 @@ from .roi import voxel_centres_lps
 _STRUCT6 = ndimage.generate_binary_structure(3, 1)
 _STRUCT26 = np.ones((3, 3, 3), dtype=bool)
 
-#: Size strata by largest axial diameter (seed 000 Table 5.2, T1a split into T1ai/T1aii).
-SIZE_CLASSES = (("T1ai (<=2 cm)", 20.0), ("T1aii (2-4 cm)", 40.0), ("T1b (4-7 cm)", 70.0), ("T2 (>7 cm)", np.inf))
+#: Size strata by largest axial diameter (seed 000 Table 5.2): name and upper bound in mm.
+SIZE_CLASSES = (("<=2 cm", 20.0), ("2-4 cm", 40.0), ("4-7 cm", 70.0), (">7 cm", np.inf))
+#: The renal-cell-carcinoma T stage of each size stratum (seed 000 Table 5.2, T1a split into T1ai/T1aii): kidney
+#: lesions only; the other organs' staging is not by these sizes.
+KIDNEY_T_STAGES = ("T1ai", "T1aii", "T1b", "T2")
 
 
 def anomaly_map(x: np.ndarray, x_hat: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
@@ -84,12 +87,19 @@ def axial_extent_mm(image: sitk.Image, zyx_indices: np.ndarray) -> float:
     return float(max(sides[0], sides[1]))
 
 
-def size_class(diameter_mm: float) -> str:
-    """TNM-based size stratum of a lesion's largest axial diameter."""
+def size_class_name(name: str, organ: str) -> str:
+    """A size stratum's name as shown for ``organ``: with its T stage for the kidney ("T1ai (<=2 cm)")."""
+    if organ != "kidney":
+        return name
+    return f"{KIDNEY_T_STAGES[[n for n, _ in SIZE_CLASSES].index(name)]} ({name})"
+
+
+def size_class(diameter_mm: float, organ: str = "") -> str:
+    """Size stratum of a lesion's largest axial diameter (named with the T stage for the kidney)."""
     for name, upper in SIZE_CLASSES:
         if diameter_mm <= upper:
-            return name
-    return SIZE_CLASSES[-1][0]
+            return size_class_name(name, organ)
+    return size_class_name(SIZE_CLASSES[-1][0], organ)
 
 
 @dataclass(frozen=True)
@@ -213,7 +223,7 @@ def lesion_table(
         lps = tuple(float(v) for v in centroid)
         lesions.append(Lesion(
             id=lab, organ=organ, side=side, voxels=int(comp.sum()), volume_ml=round(comp.sum() * voxel_ml, 3),
-            axial_diameter_mm=round(diameter, 2), size_class=size_class(diameter), centroid_lps=lps,
+            axial_diameter_mm=round(diameter, 2), size_class=size_class(diameter, organ), centroid_lps=lps,
             centroid_ras=(-lps[0], -lps[1], lps[2]), mean_score=float(values.mean()), max_score=float(values.max()),
         ))
     return lesions

@@ -142,7 +142,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         pp = None if args.no_postprocessing else resolve_postprocessing(
             model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml, args.grow_to, model.recommended_grow_to)
         scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=args.bootstrap)
-        settings = {"model": model.description, "data": str(args.data), "maps": key,
+        settings = {"model": model.description, "organ": model.preset.name, "data": str(args.data), "maps": key,
                     "threshold": f"{thr:.4f} ({'global Otsu' if threshold == 'otsu' else 'fixed'})",
                     "post-processing": "off" if pp is None else "on (seed 000 4.1.1" + (
                         f"; lesions >= {pp.min_volume_ml:g} ml" if pp.min_volume_ml else "") + (

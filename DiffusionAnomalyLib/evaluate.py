@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .anomaly import SIZE_CLASSES, PostProcessing, dataset_otsu_threshold, postprocess
+from .anomaly import SIZE_CLASSES, PostProcessing, dataset_otsu_threshold, postprocess, size_class_name
 from .datasets import EvalCase, reference_lesions
 from .errors import DiffusionAnomalyError, InputError
 from .io import atomic_output_dir, read_channels, read_volume, write_volume
@@ -336,7 +336,8 @@ def markdown_summary(summary: dict, problems: dict[str, str], settings: dict) ->
         "| size stratum | cases | lesions | found | recall |", "|---|---|---|---|---|",
     ]
     for name, s in summary["size_strata"].items():
-        lines.append(f"| {name} | {s['cases']} | {s['lesions']} | {s['found']} | {_fmt(s['recall'])} |")
+        shown = size_class_name(name, settings.get("organ", ""))
+        lines.append(f"| {shown} | {s['cases']} | {s['lesions']} | {s['found']} | {_fmt(s['recall'])} |")
     if summary.get("lesion_contrast"):
         lines += ["", "| lesion contrast / spread of the tissue around it (image) | lesions | found | recall |",
                   "|---|---|---|---|"]

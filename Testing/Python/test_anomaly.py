@@ -136,7 +136,9 @@ def test_axial_extent_on_an_oblique_grid_covers_the_voxels():
     assert one_voxel == pytest.approx(np.sqrt(2), abs=1e-9)  # a 1 mm square rotated 45 degrees
 
 
-@pytest.mark.parametrize("d,cls", [(5, "T1ai"), (20.0, "T1ai"), (20.01, "T1aii"), (40, "T1aii"),
-                                   (55, "T1b"), (70, "T1b"), (70.5, "T2"), (150, "T2")])
-def test_size_classes(d, cls):
-    assert size_class(d).startswith(cls + " ")
+@pytest.mark.parametrize("d,cls,size", [(5, "T1ai", "<=2 cm"), (20.0, "T1ai", "<=2 cm"), (20.01, "T1aii", "2-4 cm"),
+                                        (40, "T1aii", "2-4 cm"), (55, "T1b", "4-7 cm"), (70, "T1b", "4-7 cm"),
+                                        (70.5, "T2", ">7 cm"), (150, "T2", ">7 cm")])
+def test_size_classes(d, cls, size):
+    assert size_class(d, "kidney") == f"{cls} ({size})"
+    assert size_class(d, "liver") == size_class(d, "brain") == size  # renal T stages are the kidney's only

@@ -16,7 +16,7 @@ from conftest import REPO
 
 from DiffusionAnomalyLib.cli import main
 from DiffusionAnomalyLib.datasets import discover_cases
-from DiffusionAnomalyLib.evaluate import score_dataset
+from DiffusionAnomalyLib.evaluate import markdown_summary, score_dataset
 from DiffusionAnomalyLib.presets import get_preset
 
 
@@ -110,6 +110,11 @@ def test_evaluate_reports_metrics_lists_bad_cases_and_resumes(dataset, tmp_path,
     lesion_rows = (report / "reference_lesions.csv").read_text().splitlines()
     assert lesion_rows[0] == "case,lesion,volume_ml,diameter_mm,contrast,spread,cnr,found" and len(lesion_rows) == 1 + 6
     assert doc["summary"]["cases"] == 3 and doc["summary"]["reference_lesions"] == 6
+    strata_rows = [line for line in (report / "summary.md").read_text().splitlines() if " cm) |" in line]
+    assert doc["settings"]["organ"] == "kidney" and strata_rows and all(r.startswith("| T") for r in strata_rows)
+    as_liver = markdown_summary(doc["summary"], {}, {**doc["settings"], "organ": "liver"})  # no renal T stages
+    assert "| <=2 cm |" in as_liver or "| 2-4 cm |" in as_liver
+    assert not any(line.startswith("| T") for line in as_liver.splitlines())
     skipped = doc["skipped_cases"]
     assert skipped["nolabels"] == "no reference labels"
     assert "different grids" in skipped["othergrid"]
