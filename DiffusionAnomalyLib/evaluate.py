@@ -42,12 +42,12 @@ from .metrics import (
     bootstrap_ci,
     components,
     contrast_class,
+    detection_by_size,
     dice,
     froc_points,
     lesion_contrast,
     lesion_diameters,
     match_lesions,
-    stratified_detection,
     voxel_auprc,
     voxel_auroc,
 )
@@ -187,8 +187,7 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
     pred_ids = [int(v) for v in np.unique(pred) if v]
     scores = [float(heat[pred == p].max()) for p in pred_ids]
     strata = {}
-    for (name, _), (lo, hi) in zip(SIZE_CLASSES, SIZE_BOUNDS, strict=True):
-        s = stratified_detection(pred, truth, image, lo, hi, iou)
+    for (name, _), s in zip(SIZE_CLASSES, detection_by_size(pred, truth, image, SIZE_BOUNDS, iou), strict=True):
         if s is not None:
             strata[name] = [s.tp, s.fn, s.fp]
     found = {r for r, _, _ in det.matches}

@@ -32,21 +32,29 @@ def components(mask_or_labels: np.ndarray) -> np.ndarray:
 
 def iou_matrix(pred_labels: np.ndarray, ref_labels: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
     """IoU of every (reference, prediction) pair; returns (matrix [n_ref, n_pred], ref ids, pred ids)."""
-    ref_ids = [int(v) for v in np.unique(ref_labels) if v != 0]
-    pred_ids = [int(v) for v in np.unique(pred_labels) if v != 0]
+    r_size, p_size = _label_sizes(ref_labels), _label_sizes(pred_labels)
+    ref_ids, pred_ids = sorted(r_size), sorted(p_size)
     m = np.zeros((len(ref_ids), len(pred_ids)))
     if not ref_ids or not pred_ids:
         return m, ref_ids, pred_ids
     r_index = {v: i for i, v in enumerate(ref_ids)}
     p_index = {v: j for j, v in enumerate(pred_ids)}
-    r_size = {v: int(np.count_nonzero(ref_labels == v)) for v in ref_ids}
-    p_size = {v: int(np.count_nonzero(pred_labels == v)) for v in pred_ids}
     both = (ref_labels != 0) & (pred_labels != 0)
     pairs, counts = np.unique(np.stack([ref_labels[both], pred_labels[both]]), axis=1, return_counts=True)
     for (r, p), inter in zip(pairs.T, counts, strict=True):
         r, p = int(r), int(p)
         m[r_index[r], p_index[p]] = inter / (r_size[r] + p_size[p] - inter)
     return m, ref_ids, pred_ids
+
+
+def _label_sizes(labels: np.ndarray) -> dict[int, int]:
+    """{label: voxel count} of the non-zero labels (one bincount pass for non-negative integer labels)."""
+    flat = np.asarray(labels).ravel()
+    if flat.dtype.kind in "ub" or (flat.dtype.kind == "i" and (flat.size == 0 or flat.min() >= 0)):
+        counts = np.bincount(flat.astype(np.intp, copy=False), minlength=1)
+        return {int(v): int(counts[v]) for v in np.flatnonzero(counts) if v}
+    values, counts = np.unique(flat, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True) if v != 0}
 
 
 @dataclass
@@ -192,17 +200,27 @@ def stratified_detection(
     Unmatched predictions outside the size range are dropped; returns None when the case has no
     reference lesion in the range (such cases are excluded).
     """
+    return detection_by_size(pred_labels, ref_labels, image, [(low_mm, high_mm)], iou_threshold)[0]
+
+
+def detection_by_size(
+    pred_labels: np.ndarray, ref_labels: np.ndarray, image: sitk.Image, bounds: Sequence[tuple[float, float]],
+    iou_threshold: float = 0.2,
+) -> list[Detection | None]:
+    """:func:`stratified_detection` for each (low, high] mm range of ``bounds``, matching and measuring once."""
     full = match_lesions(pred_labels, ref_labels, iou_threshold)
     ref_d = lesion_diameters(ref_labels, image)
     pred_d = lesion_diameters(pred_labels, image)
-    in_range = {r for r, d in ref_d.items() if low_mm < d <= high_mm}
-    if not in_range:
-        return None
-    matches = [m for m in full.matches if m[0] in in_range]
-    fps = [p for p in full.unmatched_pred if low_mm < pred_d.get(p, 0.0) <= high_mm]
-    return Detection(len(matches), len(fps), len(in_range) - len(matches), matches, fps)
-
-
+    out: list[Detection | None] = []
+    for low_mm, high_mm in bounds:
+        in_range = {r for r, d in ref_d.items() if low_mm < d <= high_mm}
+        if not in_range:
+            out.append(None)
+            continue
+        matches = [m for m in full.matches if m[0] in in_range]
+        fps = [p for p in full.unmatched_pred if low_mm < pred_d.get(p, 0.0) <= high_mm]
+        out.append(Detection(len(matches), len(fps), len(in_range) - len(matches), matches, fps))
+    return out
 def voxel_auroc(score: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Area under the ROC curve of voxel scores (Mann-Whitney U with average ranks for ties)."""
     s, y = _select(score, truth, mask)

@@ -5,8 +5,10 @@ from conftest import make_image
 from DiffusionAnomalyLib.metrics import (
     bootstrap_ci,
     contrast_class,
+    detection_by_size,
     dice,
     froc_points,
+    iou_matrix,
     lesion_contrast,
     match_lesions,
     stratified_detection,
@@ -64,6 +66,21 @@ def test_size_stratified_detection_follows_the_thesis_rule():
     small = stratified_detection(pred, ref, image, 0.0, 20.0)
     assert (small.tp, small.fp, small.fn) == (0, 1, 1)
     assert stratified_detection(pred, ref, image, 70.0, np.inf) is None
+    bounds = [(0.0, 20.0), (20.0, 40.0), (70.0, np.inf)]
+    assert detection_by_size(pred, ref, image, bounds) == [stratified_detection(pred, ref, image, *b) for b in bounds]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64, np.float32])
+def test_iou_matrix_by_hand_for_any_label_type_and_sparse_ids(dtype):
+    ref = np.zeros((1, 1, 40), dtype)
+    pred = np.zeros_like(ref)
+    ref[..., 0:10] = 3  # ids need not be 1..n
+    ref[..., 20:30] = 9
+    pred[..., 5:15] = 7  # 5 shared with ref 3: IoU 5 / 15
+    pred[..., 20:30] = 2  # equal to ref 9
+    m, ref_ids, pred_ids = iou_matrix(pred, ref)
+    assert ref_ids == [3, 9] and pred_ids == [2, 7]
+    assert m == pytest.approx(np.array([[0.0, 1 / 3], [1.0, 0.0]]))
 
 
 def test_voxel_auroc_and_auprc_by_hand():
