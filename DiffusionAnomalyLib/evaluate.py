@@ -187,7 +187,8 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
     pred_ids = [int(v) for v in np.unique(pred) if v]
     scores = [float(heat[pred == p].max()) for p in pred_ids]
     strata = {}
-    for (name, _), s in zip(SIZE_CLASSES, detection_by_size(pred, truth, image, SIZE_BOUNDS, iou), strict=True):
+    by_size = detection_by_size(pred, truth, image, SIZE_BOUNDS, iou, matched=det)
+    for (name, _), s in zip(SIZE_CLASSES, by_size, strict=True):
         if s is not None:
             strata[name] = [s.tp, s.fn, s.fp]
     found = {r for r, _, _ in det.matches}

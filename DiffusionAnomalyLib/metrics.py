@@ -205,10 +205,11 @@ def stratified_detection(
 
 def detection_by_size(
     pred_labels: np.ndarray, ref_labels: np.ndarray, image: sitk.Image, bounds: Sequence[tuple[float, float]],
-    iou_threshold: float = 0.2,
+    iou_threshold: float = 0.2, matched: Detection | None = None,
 ) -> list[Detection | None]:
-    """:func:`stratified_detection` for each (low, high] mm range of ``bounds``, matching and measuring once."""
-    full = match_lesions(pred_labels, ref_labels, iou_threshold)
+    """:func:`stratified_detection` for each (low, high] mm range of ``bounds``, matching and measuring once
+    (``matched``: the case's :func:`match_lesions` at ``iou_threshold`` when the caller already has it)."""
+    full = matched if matched is not None else match_lesions(pred_labels, ref_labels, iou_threshold)
     ref_d = lesion_diameters(ref_labels, image)
     pred_d = lesion_diameters(pred_labels, image)
     out: list[Detection | None] = []
@@ -221,6 +222,8 @@ def detection_by_size(
         fps = [p for p in full.unmatched_pred if low_mm < pred_d.get(p, 0.0) <= high_mm]
         out.append(Detection(len(matches), len(fps), len(in_range) - len(matches), matches, fps))
     return out
+
+
 def voxel_auroc(score: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Area under the ROC curve of voxel scores (Mann-Whitney U with average ranks for ties)."""
     s, y = _select(score, truth, mask)

@@ -25,7 +25,7 @@ from DiffusionAnomalyLib.bundle import load_bundle
 from DiffusionAnomalyLib.diffusion.sampler import LatentSampler, SamplerSettings
 from DiffusionAnomalyLib.metrics import lesion_contrast, voxel_auroc
 from DiffusionAnomalyLib.nets.denoiser import eps_function
-from DiffusionAnomalyLib.train.classifier import auc_at_levels, p_unhealthy_at_levels
+from DiffusionAnomalyLib.train.classifier import p_unhealthy_at_levels
 from DiffusionAnomalyLib.train.denoiser import latents_for
 
 #: A lesion counts as visible in the image when it differs from the tissue around it by at least half that
@@ -33,18 +33,22 @@ from DiffusionAnomalyLib.train.denoiser import latents_for
 VISIBLE_CNR = 0.5
 
 
-def _aucs(clf, z, labels, schedule, draws: int, levels=(0, 250, 500)) -> dict:
-    """Per level: mean, min and max AUC over ``draws`` noise draws."""
-    runs = [auc_at_levels(clf, z, labels, schedule, "cpu", seed=99 + k, levels=levels) for k in range(draws)]
+def _draws(clf, z, schedule, draws: int, levels=(0, 250, 500)) -> list[dict[int, np.ndarray]]:
+    """p(unhealthy) of every latent at each level, for each of ``draws`` noise draws."""
+    return [p_unhealthy_at_levels(clf, z, schedule, "cpu", seed=99 + k, levels=levels) for k in range(draws)]
+
+
+def _aucs(probs: list[dict[int, np.ndarray]], labels) -> dict:
+    """Per level: mean, min and max AUC over the noise draws of :func:`_draws`."""
+    runs = [{level: voxel_auroc(p, labels) for level, p in draw.items()} for draw in probs]
     return {level: {"mean": float(np.mean([r[level] for r in runs])), "min": float(min(r[level] for r in runs)),
-                    "max": float(max(r[level] for r in runs))} for level in levels}
+                    "max": float(max(r[level] for r in runs))} for level in runs[0]}
 
 
-def _auc_ci(clf, z, labels, schedule, draws: int, level: int = 250, resamples: int = 1000) -> dict:
+def _auc_ci(probs: list[dict[int, np.ndarray]], labels, level: int = 250, resamples: int = 1000) -> dict:
     """Mean AUC over the noise draws at ``level`` with a 95% percentile bootstrap interval over the held-out
     structures (healthy and unhealthy resampled separately; the same draws in every resample)."""
-    p = np.stack([p_unhealthy_at_levels(clf, z, schedule, "cpu", seed=99 + k, levels=(level,))[level]
-                  for k in range(draws)])
+    p = np.stack([draw[level] for draw in probs])
     healthy, unhealthy = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
     rng = np.random.default_rng(0)
     stats = []
@@ -70,7 +74,7 @@ def _auc_by_lesion(clf, z, labels, lesions, schedule, draws: int) -> dict:
     out = {}
     for name, keep in groups.items():
         sel = np.array([y == 0 or keep(ls) for ls, y in zip(lesions, labels, strict=True)])
-        auc = _aucs(clf, z[torch.from_numpy(sel)], labels[sel], schedule, draws, levels=(250,))[250]
+        auc = _aucs(_draws(clf, z[torch.from_numpy(sel)], schedule, draws, levels=(250,)), labels[sel])[250]
         out[name] = {"auc": auc, "unhealthy": int(labels[sel].sum()), "healthy": int((labels[sel] == 0).sum())}
     return out
 
@@ -137,8 +141,9 @@ def main() -> None:
         out["ddim_round_trip_latent_std_units"] = {"L": args.level, "by_steps": errs}
     if "classifier" in b.networks:
         clf = b.networks["classifier"]
-        out["classifier_auc"] = {"draws": args.draws, **_aucs(clf, z, labels, schedule, args.draws)}
-        out["classifier_auc_t250_ci"] = _auc_ci(clf, z, labels, schedule, args.draws)
+        probs = _draws(clf, z, schedule, args.draws)
+        out["classifier_auc"] = {"draws": args.draws, **_aucs(probs, labels)}
+        out["classifier_auc_t250_ci"] = _auc_ci(probs, labels)
         out["classifier_auc_t250_by_lesion"] = _auc_by_lesion(clf, z, labels, lesions, schedule, args.draws)
         sick = z[torch.from_numpy(labels == 1)][:8]
 
