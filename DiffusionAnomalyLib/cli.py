@@ -270,6 +270,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data=args.data, bundle=args.bundle, out=args.out, iterations=args.iterations,
             batch_size=args.batch_size or 16, val_every=args.val_every, seed=args.seed, device=args.device,
             resume=args.resume, frozen_levels=args.frozen_levels, max_level=args.max_level,
+            lesion_weight=args.lesion_weight, lesion_cell_ml=args.lesion_cell_ml,
             **({"lr": args.lr} if args.lr else {})))
     return 0
 
@@ -346,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-level", type=int, default=None,
                     help="classifier: train on noise levels 0..N only (default: all, 0..T); guidance from a "
                          "start level L above N is then outside what the classifier saw")
+    tr.add_argument("--lesion-weight", type=float, default=0.0,
+                    help="classifier: > 0 also trains a per-cell lesion loss with this weight from each case's "
+                         "lesions.nii.gz (default 0: image labels only, as in the thesis)")
+    tr.add_argument("--lesion-cell-ml", type=float, default=0.1,
+                    help="classifier: lesion volume (ml) that makes a feature cell a lesion cell (default 0.1)")
     tr.add_argument("--class-conditional", action="store_true", help="denoiser: train with labels for CFG")
     tr.add_argument("--latent-crop", type=int, nargs=3, metavar=("Z", "Y", "X"),
                     help="denoiser: train on random crops of this many latent voxels (validation and use: "

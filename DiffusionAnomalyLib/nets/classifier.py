@@ -35,14 +35,22 @@ class LatentClassifier(nn.Module):
         layers.append(nn.Linear(width, num_classes))
         self.head = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The middle block's output (B, channels[-1], latent grid / downsampling), before pooling."""
         emb = self.time_embed(get_timestep_embedding(t, self.base_channels).to(x.dtype))
         h = self.conv_in(x)
         for block in self.down_blocks:
             h, _ = block(hidden_states=h, temb=emb, context=None)
-        h = self.middle_block(hidden_states=h, temb=emb, context=None)
+        return self.middle_block(hidden_states=h, temb=emb, context=None)
+
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) from :meth:`features` (mean and max pooled)."""
         dims = tuple(range(2, h.dim()))
         return self.head(torch.cat([h.mean(dim=dims), h.amax(dim=dims)], dim=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x, t))
+
 
     def load_backbone(self, denoiser_state: dict[str, torch.Tensor], frozen_levels: int | None = None) -> None:
         """Copy the matching backbone weights of a trained denoiser; freeze conv_in and the first levels."""
@@ -57,3 +65,20 @@ class LatentClassifier(nn.Module):
         for i, block in enumerate(self.down_blocks):
             for p in block.parameters():
                 p.requires_grad_(i >= frozen_levels)
+
+
+class LesionSupervisedClassifier(nn.Module):
+    """Training-time wrapper: the classifier plus a 1x1x1 convolution on its pre-pooling features that
+    predicts, per feature cell, whether the cell holds lesion voxels (deep supervision from lesion masks).
+
+    Only the classifier is kept in the bundle: inference and guidance are unchanged.
+    """
+
+    def __init__(self, classifier: LatentClassifier, channels: int) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.lesion_head = nn.Conv3d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.classifier.features(x, t)
+        return self.classifier.classify(h), self.lesion_head(h)[:, 0]

@@ -4,8 +4,11 @@ Healthy and unhealthy latents, balanced by sampling; t ~ U{0..T} as in the thesi
 when the classifier only has to guide samplers started at L <= max_level; x_t from q(x_t | x_0);
 cross-entropy; AdamW 1e-4, weight decay 1e-3, cosine annealing with warm restarts; random
 left-right flips. The backbone starts from the bundle's denoiser with its first two levels frozen.
-Validation AUC is measured at noise levels 0, 250 and 500 (seed 000 §5); the weights with the
-best AUC at ``select_level`` are kept.
+Optional lesion supervision (``lesion_weight`` > 0, not in the thesis): where the dataset has lesion
+masks, a 1x1x1 convolution on the pre-pooling features also learns which feature cells hold lesion
+voxels (class-balanced binary cross-entropy), so small lesions shape the features the pooled head
+reads; the convolution is dropped from the bundle. Validation AUC is measured at noise levels 0,
+250 and 500 (seed 000 §5); the weights with the best AUC at ``select_level`` are kept.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ..bundle import load_bundle, save_bundle
 from ..diffusion.schedule import NoiseSchedule
 from ..errors import InputError
 from ..metrics import voxel_auroc
-from ..nets.classifier import LatentClassifier
+from ..nets.classifier import LatentClassifier, LesionSupervisedClassifier
 from ..nets.denoiser import DenoiserConfig
 from .common import (
     TrainLog,
@@ -54,6 +57,8 @@ class ClassifierTraining:
     frozen_levels: int | None = None  # None: half the levels (2 of 4 in the thesis network)
     select_level: int = 250
     max_level: int | None = None  # None: every level 0..T (thesis); else t ~ U{0..max_level}
+    lesion_weight: float = 0.0  # > 0: add the lesion-cell loss with this weight (needs <case>/lesions.nii.gz)
+    lesion_cell_ml: float = 0.1  # a feature cell is a lesion cell when it holds at least this much lesion
     val_fraction: float = 0.2
     val_every: int = 50
     checkpoint_every: int = 200
@@ -85,6 +90,27 @@ def auc_at_levels(clf, z: torch.Tensor, y: np.ndarray, schedule: NoiseSchedule, 
                                                                            levels).items()}
 
 
+def lesion_cell_targets(masks: np.ndarray, grid: tuple[int, ...], voxel_ml: float, min_ml: float) -> np.ndarray:
+    """(N, *grid) float32: 1 where a cell of the coarse ``grid`` holds at least ``min_ml`` of lesion voxels.
+
+    ``masks`` (N, z, y, x) are binary lesion masks on the patch grid, whose sizes must be multiples of ``grid``.
+    """
+    factors = [s // g for s, g in zip(masks.shape[1:], grid, strict=True)]
+    if any(f * g != s for f, g, s in zip(factors, grid, masks.shape[1:], strict=True)):
+        raise InputError(f"patch shape {masks.shape[1:]} is not a multiple of the feature grid {grid}")
+    shape = [len(masks)] + [v for g, f in zip(grid, factors, strict=True) for v in (g, f)]
+    counts = (masks > 0).reshape(shape).sum(axis=(2, 4, 6))
+    return (counts * voxel_ml >= min_ml).astype(np.float32)
+
+
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over positive cells and over negative cells, averaged (each half)."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pos = target > 0.5
+    parts = [bce[m].mean() for m in (pos, ~pos) if m.any()]
+    return torch.stack(parts).mean()
+
+
 def train_classifier(cfg: ClassifierTraining) -> Path:
     device = select_device(cfg.device)
     dist = init_distributed(device)
@@ -99,8 +125,12 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
         raise InputError(f"the selection level t = {cfg.select_level} is above --max-level {max_level}")
     work = Path(f"{cfg.out}.work")
     work.mkdir(parents=True, exist_ok=True)
+    if cfg.lesion_weight < 0 or cfg.lesion_cell_ml <= 0:
+        raise InputError(f"--lesion-weight must be >= 0 (got {cfg.lesion_weight}) and the lesion cell volume "
+                         f"> 0 (got {cfg.lesion_cell_ml} ml)")
+    supervised = cfg.lesion_weight > 0
     with main_rank_first(dist):
-        data, lat = latents_for(bundle, cfg.data, work, device, ("healthy", "unhealthy"))
+        data, lat = latents_for(bundle, cfg.data, work, device, ("healthy", "unhealthy"), lesions=supervised)
     if len(set(data.labels.tolist())) < 2:
         raise InputError(f"{cfg.data}: the classifier needs both healthy and unhealthy structures")
     scale = float(bundle.meta.latent.get("scale_factor", 1.0))
@@ -115,16 +145,28 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
     clf = LatentClassifier(den_cfg).to(device)
     clf.load_backbone(bundle.networks["denoiser"].state_dict(), cfg.frozen_levels)
     best = copy.deepcopy(clf)
-    opt = torch.optim.AdamW([p for p in clf.parameters() if p.requires_grad], lr=cfg.lr,
+    model: torch.nn.Module = clf
+    cells_train = None
+    if supervised:
+        grid = tuple(s // den_cfg.downsampling for s in lat.shape[2:])
+        voxel_ml = float(np.prod(bundle.preset.spacing_mm)) / 1000.0
+        cells = lesion_cell_targets(data.lesions, grid, voxel_ml, cfg.lesion_cell_ml)
+        cells_train = torch.from_numpy(cells[is_train])
+        model = LesionSupervisedClassifier(clf, den_cfg.channels[-1]).to(device)
+        if dist.is_main:
+            pos = cells[data.labels == 1].reshape(int(data.labels.sum()), -1).any(axis=1)
+            print(f"lesion supervision: feature grid {grid}, {int(cells.sum())} lesion cells of >= "
+                  f"{cfg.lesion_cell_ml} ml in {int(pos.sum())} of {int(data.labels.sum())} unhealthy structures")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(cfg.iterations // 4, 1))
     state = {"iteration": 0, "best_auc": -1.0, "best_aucs": {}}
     if cfg.resume:
-        state = load_checkpoint(work, {"clf": clf, "best": best}, {"opt": opt}, device) or state
+        state = load_checkpoint(work, {"clf": model, "best": best}, {"opt": opt}, device) or state
         if dist.is_main and state["iteration"]:
             print(f"resumed at iteration {state['iteration']}")
         sched.last_epoch = state["iteration"]
-    clf_t = wrap_ddp(clf, dist, device)
+    model_t = wrap_ddp(model, dist, device)
     counts = np.bincount(y_train, minlength=2).astype(float)
     weights = 1.0 / counts[y_train]
     batches = infinite_batches(len(z_train), cfg.batch_size, dist, cfg.seed + state["iteration"], weights)
@@ -139,8 +181,16 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
         t = torch.randint(0, max_level + 1, (len(z),), device=device)
         x_t = schedule.q_sample(z, t, torch.randn_like(z))
         with autocast(device):
-            logits = clf_t(x_t, t)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            out = model_t(x_t, t)
+        logits, lesion_logits = out if supervised else (out, None)
+        loss = ce = torch.nn.functional.cross_entropy(logits.float(), y)
+        extra = {}
+        if supervised:
+            cell = cells_train[idx].to(device)
+            cell = torch.where(flip.reshape(-1, 1, 1, 1), cell.flip(-1), cell)
+            lesion_loss = balanced_bce(lesion_logits.float(), cell)
+            loss = ce + cfg.lesion_weight * lesion_loss
+            extra = {"train_lesion_bce": lesion_loss.item()}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -151,10 +201,10 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
             if score > state["best_auc"]:
                 state["best_auc"], state["best_aucs"] = score, {str(k): v for k, v in aucs.items()}
                 best.load_state_dict(clf.state_dict())
-            log.log(it, train_ce=loss.item(), **{f"val_auc_t{k}": v for k, v in aucs.items()})
+            log.log(it, train_ce=ce.item(), **extra, **{f"val_auc_t{k}": v for k, v in aucs.items()})
         state["iteration"] = it
         if dist.is_main and (it % cfg.checkpoint_every == 0 or it == cfg.iterations):
-            save_checkpoint(work, {"clf": clf, "best": best}, {"opt": opt}, state)
+            save_checkpoint(work, {"clf": model, "best": best}, {"opt": opt}, state)
     barrier(dist)
     out = Path(cfg.out)
     if dist.is_main:
@@ -166,6 +216,9 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
         meta.extra = {**meta.extra, "classifier_training": {"iterations": cfg.iterations,
                                                             "best_val_auc": state["best_aucs"],
                                                             "max_level": max_level,
+                                                            "lesion_weight": cfg.lesion_weight,
+                                                            **({"lesion_cell_ml": cfg.lesion_cell_ml}
+                                                               if supervised else {}),
                                                             "train_latents": len(z_train),
                                                             "val_latents": len(z_val), "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": bundle.networks["denoiser"],

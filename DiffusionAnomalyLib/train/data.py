@@ -5,6 +5,7 @@ Layout (what ``diffusion-anomaly phantom --cases N`` writes; documented in the R
     DATA/labels.csv             case,structure,label[, ...]   label: healthy | unhealthy | excluded | unknown
     DATA/<case>/<channel>.nii.gz  e.g. ct.nii.gz, or t1n/t1c/t2w/t2f.nii.gz
     DATA/<case>/segmentations/<structure>.nii.gz   (or segmentations.nii.gz, TotalSegmentator multilabel)
+    DATA/<case>/lesions.nii.gz    optional lesion labelmap (0 background), read only for lesion supervision
 
 Patches come from :func:`DiffusionAnomalyLib.pipeline.extract_case_patches`, the same ROI
 extraction and normalisation used at inference.
@@ -33,16 +34,20 @@ LABELS = {"healthy": 0, "unhealthy": 1}
 
 @dataclass
 class PatchSet:
-    """Patches (N, C, z, y, x) float32 with labels (0 healthy, 1 unhealthy) and ids 'case/structure'."""
+    """Patches (N, C, z, y, x) float32 with labels (0 healthy, 1 unhealthy) and ids 'case/structure'.
+
+    ``lesions``: when asked for, (N, z, y, x) uint8 masks of the lesion voxels inside each structure.
+    """
 
     x: np.ndarray
     labels: np.ndarray
     ids: list[str]
     warnings: list[str]
+    lesions: np.ndarray | None = None
 
     def subset(self, keep: np.ndarray) -> PatchSet:
         return PatchSet(self.x[keep], self.labels[keep], [i for i, k in zip(self.ids, keep, strict=True) if k],
-                        self.warnings)
+                        self.warnings, None if self.lesions is None else self.lesions[keep])
 
     def split(self, val_fraction: float) -> tuple[PatchSet, PatchSet]:
         """Deterministic split by case (all structures of a case on one side)."""
@@ -101,10 +106,25 @@ def _cache_key(preset: OrganPreset) -> str:
     return hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _lesion_patches(folder: Path, prepared) -> np.ndarray:
+    """Each structure's lesion voxels (``<case>/lesions.nii.gz`` > 0 inside the structure's mask) on its patch."""
+    from ..io import read_volume
+    from ..roi import extract_patch
+
+    path = folder / "lesions.nii.gz"
+    if not path.is_file():
+        return np.zeros(prepared.masks.shape, np.uint8)
+    image = read_volume(path)  # resampled onto each patch in physical space, as the image is
+    return np.stack([(extract_patch(image, p, interpolator="nearest") > 0) & (m > 0)
+                     for p, m in zip(prepared.patches, prepared.masks, strict=True)]).astype(np.uint8)
+
+
 def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | Path | None = None,
-                 labels: tuple[str, ...] = ("healthy", "unhealthy")) -> PatchSet:
+                 labels: tuple[str, ...] = ("healthy", "unhealthy"), lesions: bool = False) -> PatchSet:
     """All labelled structures of ``preset``'s organ in the dataset, as normalised patches.
 
+    ``lesions``: also return each structure's lesion mask from ``<case>/lesions.nii.gz``; every case
+    with an unhealthy structure must have that file (a case without one has no lesion voxels).
     Raises :class:`InputError` for an empty dataset, labels naming cases that do not exist and
     case folders that have no label; a case whose mask lacks the organ is skipped with a warning.
     """
@@ -132,14 +152,23 @@ def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | 
     for r in rows:
         if r["structure"] in wanted and r["label"] in labels:
             by_case.setdefault(r["case"], {})[r["structure"]] = r["label"]
-    xs, ys, ids, warnings = [], [], [], []
+    if lesions:
+        no_truth = sorted(c for c, st in by_case.items() if "unhealthy" in st.values()
+                          and not (data_dir / c / "lesions.nii.gz").is_file())
+        if no_truth:
+            raise InputError(f"{data_dir}: lesion supervision needs <case>/lesions.nii.gz for every case with an "
+                             f"unhealthy structure; missing in {len(no_truth)}: {no_truth[:10]}")
+    xs, ys, ids, masks, warnings = [], [], [], [], []
     for case, structures in sorted(by_case.items()):
         folder = data_dir / case
         cached = cache / f"{case}.npz" if cache else None
+        lesion_arrays = None
         if cached and cached.is_file():
             with np.load(cached) as z:
                 arrays, names = z["x"], list(z["names"])
-        else:
+                if lesions and "lesions" in z:
+                    lesion_arrays = z["lesions"]
+        if (lesions and lesion_arrays is None) or not (cached and cached.is_file()):
             channels = read_channels([folder / f"{c}.nii.gz" for c in preset.channels])
             seg = folder / "segmentations" if (folder / "segmentations").is_dir() else folder / "segmentations.nii.gz"
             try:
@@ -150,14 +179,19 @@ def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | 
             warnings += [f"{case}: {m}" for m in mask_set.missing.values()]
             prepared = extract_case_patches(channels, mask_set, preset)
             arrays, names = prepared.x, [p.structure for p in prepared.patches]
+            extra = {}
+            if lesions:
+                lesion_arrays = extra["lesions"] = _lesion_patches(folder, prepared)
             if cached:
-                save_npz(cached, x=arrays, names=np.array(names))
-        for arr, name in zip(arrays, names, strict=True):
+                save_npz(cached, x=arrays, names=np.array(names), **extra)
+        for i, (arr, name) in enumerate(zip(arrays, names, strict=True)):
             if name in structures:
                 xs.append(arr.astype(np.float32))
                 ys.append(LABELS[structures[name]])
                 ids.append(f"{case}/{name}")
+                if lesions:
+                    masks.append(lesion_arrays[i])
     if not xs:
         raise InputError(f"{data_dir}: no usable {preset.name} patches with labels {list(labels)}"
                          + (f" ({'; '.join(warnings[:3])})" if warnings else ""))
-    return PatchSet(np.stack(xs), np.array(ys, dtype=np.int64), ids, warnings)
+    return PatchSet(np.stack(xs), np.array(ys, dtype=np.int64), ids, warnings, np.stack(masks) if lesions else None)

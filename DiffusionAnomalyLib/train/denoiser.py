@@ -79,10 +79,12 @@ def random_crops(z: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
                         for i, st in enumerate(starts)])
 
 
-def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels: tuple[str, ...]):
-    """The patch set and its unscaled latents under the bundle's autoencoder (cached in ``work``)."""
+def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels: tuple[str, ...],
+                lesions: bool = False):
+    """The patch set (with lesion masks if ``lesions``) and its unscaled latents under the bundle's
+    autoencoder (cached in ``work``)."""
     preset = bundle.preset
-    data = load_patches(data_dir, preset, cache_dir=work / "cache", labels=labels)
+    data = load_patches(data_dir, preset, cache_dir=work / "cache", labels=labels, lesions=lesions)
     codec = LatentCodec(bundle.networks["autoencoder"])
     key = bundle.meta.files.get("autoencoder.safetensors", "none")[:16]
     cache = work / f"latents-{key}-{'-'.join(labels)}.npz"

@@ -170,3 +170,77 @@ def test_dataset_errors(dataset, tmp_path):
     data = load_patches(partial, preset)
     assert not any(i.startswith("kidney-00004") for i in data.ids)
     assert any("kidney-00004: skipped" in w for w in data.warnings)
+
+
+def test_lesion_cell_targets_count_lesion_volume_per_cell():
+    from DiffusionAnomalyLib.train.classifier import lesion_cell_targets
+
+    masks = np.zeros((2, 8, 4, 4), np.uint8)
+    masks[0, 0:3, 0:2, 0] = 1  # 6 voxels in cell (0, 0, 0) (cells of 4 x 2 x 2 voxels)
+    masks[0, 7, 3, 3] = 1  # 1 voxel in cell (1, 1, 1)
+    masks[1, 4:8, 2:4, 0:2] = 1  # 16 voxels, all of cell (1, 1, 0)
+    cells = lesion_cell_targets(masks, (2, 2, 2), voxel_ml=0.05, min_ml=0.3)
+    assert cells.shape == (2, 2, 2, 2) and cells.dtype == np.float32
+    assert np.argwhere(cells).tolist() == [[0, 0, 0, 0], [1, 1, 1, 0]]
+    assert lesion_cell_targets(masks, (2, 2, 2), voxel_ml=0.05, min_ml=0.05).sum() == 3
+    with pytest.raises(InputError, match="not a multiple"):
+        lesion_cell_targets(masks, (3, 2, 2), voxel_ml=0.05, min_ml=0.3)
+
+
+def test_balanced_bce_weighs_lesion_and_background_cells_equally():
+    import torch
+
+    from DiffusionAnomalyLib.train.classifier import balanced_bce
+
+    target = torch.zeros(1, 10)
+    target[0, 0] = 1.0
+    logits = torch.zeros(1, 10)
+    logits[0, 1:] = -20.0  # background right, the lesion cell undecided: log(2) / 2
+    assert balanced_bce(logits, target).item() == pytest.approx(np.log(2) / 2, abs=1e-6)
+    assert balanced_bce(torch.zeros(1, 10), torch.zeros(1, 10)).item() == pytest.approx(np.log(2), abs=1e-6)
+
+
+def test_patches_with_lesion_masks(dataset, tmp_path):
+    import SimpleITK as sitk
+
+    preset = get_preset("kidney").with_overrides(COARSE)
+    data = load_patches(dataset, preset, cache_dir=tmp_path / "cache", lesions=True)
+    assert data.lesions is not None and data.lesions.shape == (len(data.ids), *data.x.shape[2:])
+    assert set(np.unique(data.lesions)) <= {0, 1}
+    sizes = data.lesions.reshape(len(data.ids), -1).sum(axis=1)
+    assert (sizes[data.labels == 0] == 0).all() and (sizes[data.labels == 1] > 0).all()
+    again = load_patches(dataset, preset, cache_dir=tmp_path / "cache", lesions=True)  # from the cache
+    np.testing.assert_array_equal(again.lesions, data.lesions)
+    # the largest: the lesion voxels inside that kidney's mask, resampled onto the 4 mm patch (same volume)
+    case, structure = data.ids[int(np.argmax(sizes))].split("/")
+    truth = sitk.ReadImage(str(dataset / case / "lesions.nii.gz"))
+    organ = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / case / "segmentations" / f"{structure}.nii.gz")))
+    native_ml = ((sitk.GetArrayFromImage(truth) > 0) & (organ > 0)).sum() * np.prod(truth.GetSpacing()) / 1000
+    assert sizes.max() * 4.0 ** 3 / 1000 == pytest.approx(native_ml, rel=0.15)
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken, symlinks=True)
+    (broken / case / "lesions.nii.gz").unlink()
+    with pytest.raises(InputError, match=f"lesion supervision needs .*{case}"):
+        load_patches(broken, preset, lesions=True)
+    assert load_patches(broken, preset).lesions is None  # without lesion supervision the file is not needed
+
+
+def test_classifier_with_lesion_supervision(dataset, ae_bundle, tmp_path):
+    from safetensors import safe_open
+
+    den = tmp_path / "den"
+    train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(den), iterations=2, val_every=2, device="cpu"))
+    out = tmp_path / "clf"
+    train_classifier(ClassifierTraining(str(dataset), str(den), str(out), iterations=4, val_every=2, batch_size=4,
+                                        lesion_weight=1.0, device="cpu"))
+    b = load_bundle(out)
+    info = b.meta.extra["classifier_training"]
+    assert info["lesion_weight"] == 1.0 and info["lesion_cell_ml"] == 0.1
+    with safe_open(str(out / "classifier.safetensors"), "pt") as f:  # the lesion head stays out of the bundle
+        assert not [k for k in f.keys() if "lesion" in k]
+    rows = list(csv.DictReader((out / "classifier_log.csv").read_text().splitlines()))
+    assert len(rows) == 2 and all(float(r["train_lesion_bce"]) > 0 for r in rows)
+    for bad in ({"lesion_weight": -1.0}, {"lesion_weight": 1.0, "lesion_cell_ml": 0.0}):
+        with pytest.raises(InputError, match="lesion"):
+            train_classifier(ClassifierTraining(str(dataset), str(den), str(tmp_path / "bad"), iterations=2,
+                                                device="cpu", **bad))
