@@ -191,6 +191,35 @@ def lesion_contrast(channels: Sequence[np.ndarray], labels: np.ndarray, organ: n
     return out
 
 
+def contrast_kept(image: np.ndarray, reconstruction: np.ndarray, lesions: np.ndarray, spacing_zyx: Sequence[float],
+                  ring_mm: float = 4.0, min_contrast: float = 0.05) -> list[tuple[float, float]]:
+    """How much of each lesion's contrast a reconstruction keeps (e.g. an autoencoder's D(E(x))).
+
+    Per connected component of ``lesions``: (equivalent-sphere diameter in mm, (mean over the lesion - mean
+    over the non-lesion voxels within ``ring_mm``) in ``reconstruction`` divided by the same in ``image``).
+    1 = kept, 0 = erased. Lesions whose contrast in ``image`` is below ``min_contrast`` are skipped.
+    """
+    labels, _ = ndimage.label(lesions > 0)
+    spacing = np.asarray(spacing_zyx, float)
+    pad = np.ceil(ring_mm / spacing).astype(int) + 1
+    out = []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        box = tuple(slice(max(s.start - p, 0), s.stop + p) for s, p in zip(sl, pad, strict=True))
+        inside = labels[box] == lab
+        ring = (ndimage.distance_transform_edt(~inside, sampling=spacing) <= ring_mm) & (lesions[box] == 0)
+        if not ring.any():
+            continue
+        c_image = image[box][inside].mean() - image[box][ring].mean()
+        if abs(c_image) < min_contrast:
+            continue
+        c_rec = reconstruction[box][inside].mean() - reconstruction[box][ring].mean()
+        volume_mm3 = inside.sum() * float(np.prod(spacing))
+        out.append((float(2 * (3 * volume_mm3 / (4 * np.pi)) ** (1 / 3)), float(c_rec / c_image)))
+    return out
+
+
 def stratified_detection(
     pred_labels: np.ndarray, ref_labels: np.ndarray, image: sitk.Image, low_mm: float, high_mm: float,
     iou_threshold: float = 0.2,

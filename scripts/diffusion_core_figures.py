@@ -1,6 +1,7 @@
 """Figures for a trained bundle on held-out phantoms: DDIM round-trip error vs steps, classifier AUC at
 noise levels 0/250/500 (at t = 250 also by the unhealthy structures' lesions: size, kind, and contrast
-against the tissue around them in the image), and the effect of classifier guidance on log p(healthy).
+against the tissue around them in the image), the effect of classifier guidance on log p(healthy), and how
+much of each lesion's contrast the autoencoder's reconstruction D(E(x)) keeps, by lesion size.
 
     python scripts/diffusion_core_figures.py --bundle BUNDLE --data HELD_OUT_DATASET [MORE ...] [--level 500]
 
@@ -23,7 +24,8 @@ import torch
 
 from DiffusionAnomalyLib.bundle import load_bundle
 from DiffusionAnomalyLib.diffusion.sampler import LatentSampler, SamplerSettings
-from DiffusionAnomalyLib.metrics import lesion_contrast, voxel_auroc
+from DiffusionAnomalyLib.metrics import contrast_kept, lesion_contrast, voxel_auroc
+from DiffusionAnomalyLib.nets.autoencoder import LatentCodec
 from DiffusionAnomalyLib.nets.denoiser import eps_function
 from DiffusionAnomalyLib.train.classifier import p_unhealthy_at_levels
 from DiffusionAnomalyLib.train.denoiser import latents_for
@@ -95,12 +97,41 @@ def _case_lesions(folder: Path) -> list[dict]:
             for le in info["lesions"]]
 
 
-def _held_out(bundle, folders: list[str], work: Path) -> tuple[torch.Tensor, np.ndarray, list[list[dict]]]:
-    """Scaled latents, labels and each structure's lesions, pooled over the datasets."""
-    zs, ys, lesions = [], [], []
+#: Lesion sizes (equivalent-sphere diameter, mm) for the autoencoder's contrast figure.
+KEPT_SIZES = ((0, 10), (10, 20), (20, 40), (40, 1000))
+
+
+def _contrast_kept(bundle, data, lat: np.ndarray) -> list[tuple[float, float]]:
+    """(diameter, kept contrast) of every lesion in the unhealthy patches, through D(E(x)) (unscaled latents)."""
+    codec = LatentCodec(bundle.networks["autoencoder"])
+    spacing = bundle.preset.spacing_mm[::-1]
+    rows = []
+    for i in np.flatnonzero(data.labels == 1):
+        rec = codec.decode(torch.from_numpy(lat[i:i + 1])).numpy()[0]
+        for c in range(rec.shape[0]):  # every channel (one for CT)
+            rows += contrast_kept(data.x[i, c], rec[c], data.lesions[i], spacing)
+    return rows
+
+
+def _kept_by_size(rows: list[tuple[float, float]]) -> dict:
+    """Median and quartiles of the kept contrast per lesion size."""
+    out = {}
+    for low, high in KEPT_SIZES:
+        r = np.array([k for d, k in rows if low <= d < high])
+        if len(r):
+            q1, med, q3 = np.percentile(r, [25, 50, 75])
+            out[f"{low}-{high} mm"] = {"lesions": len(r), "median": float(med), "iqr": [float(q1), float(q3)]}
+    return out
+
+
+def _held_out(bundle, folders: list[str], work: Path) -> tuple[torch.Tensor, np.ndarray, list[list[dict]], list]:
+    """Scaled latents, labels, each structure's lesions and the autoencoder's kept lesion contrast (see
+    :func:`_contrast_kept`), pooled over the datasets."""
+    zs, ys, lesions, kept = [], [], [], []
     for folder in folders:
         data, lat = latents_for(bundle, folder, work / Path(folder).name, torch.device("cpu"),
-                                ("healthy", "unhealthy"))
+                                ("healthy", "unhealthy"), lesions=True)
+        kept += _contrast_kept(bundle, data, lat)
         zs.append(torch.from_numpy(lat * bundle.meta.latent["scale_factor"]))
         ys.append(data.labels)
         per_case: dict[str, list[dict]] = {}
@@ -109,7 +140,7 @@ def _held_out(bundle, folders: list[str], work: Path) -> tuple[torch.Tensor, np.
             if case not in per_case:
                 per_case[case] = _case_lesions(Path(folder) / case)
             lesions.append([le for le in per_case[case] if le["structure"] == structure])
-    return torch.cat(zs), np.concatenate(ys), lesions
+    return torch.cat(zs), np.concatenate(ys), lesions, kept
 
 
 def main() -> None:
@@ -127,8 +158,9 @@ def main() -> None:
     schedule = b.schedule()
     work = Path(args.work or Path("build") / "figures" / Path(args.bundle).name)
     work.mkdir(parents=True, exist_ok=True)
-    z, labels, lesions = _held_out(b, args.data, work)
-    out: dict = {"held_out_structures": len(labels), "unhealthy": int(labels.sum())}
+    z, labels, lesions, kept = _held_out(b, args.data, work)
+    out: dict = {"held_out_structures": len(labels), "unhealthy": int(labels.sum()),
+                 "autoencoder_contrast_kept_by_lesion_size": _kept_by_size(kept)}
     sampler = LatentSampler(eps_function(b.networks["denoiser"]), schedule, classifier=b.networks.get("classifier"))
     healthy = z[torch.from_numpy(labels == 0)][:8]
     errs = {}

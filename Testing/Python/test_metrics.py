@@ -140,3 +140,27 @@ def test_lesion_contrast_is_the_contrast_over_the_local_spread():
     assert both[2].channel == 1 and both[2].cnr > 10  # the channel where the lesion stands out most
     assert [contrast_class(v) for v in (0.0, 0.5, 0.9, 1.5, 7.0, float("nan"))] == [
         "CNR < 0.5", "CNR 0.5-1", "CNR 0.5-1", "CNR 1-2", "CNR > 2", "CNR n/a"]
+
+
+def test_contrast_kept_by_a_reconstruction():
+    from scipy import ndimage
+
+    from DiffusionAnomalyLib.metrics import contrast_kept
+
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    small = (zz - 10) ** 2 + (yy - 10) ** 2 + (xx - 10) ** 2 <= 2 ** 2  # 33 voxels of 2 mm: ~10 mm across
+    large = (zz - 26) ** 2 + (yy - 26) ** 2 + (xx - 26) ** 2 <= 7 ** 2
+    image = np.zeros((40, 40, 40), np.float32)
+    image[small] = 1.0
+    image[large] = -0.5
+    lesions = (small | large).astype(np.uint8)
+    kept = contrast_kept(image, image, lesions, (2.0, 2.0, 2.0))
+    assert [round(r, 6) for _, r in kept] == [1.0, 1.0]  # identical: all contrast kept
+    assert kept[0][0] == pytest.approx(2 * (3 * small.sum() * 8 / (4 * np.pi)) ** (1 / 3))
+    assert [r for _, r in contrast_kept(np.zeros_like(image) + 3, image, lesions, (2, 2, 2))] == []  # no contrast
+    blurred = ndimage.uniform_filter(image, 5)  # a blur erases the small lesion more than the large one
+    (d_small, r_small), (d_large, r_large) = contrast_kept(image, blurred, lesions, (2.0, 2.0, 2.0))
+    assert d_small < 12 < d_large and 0 < r_small < 0.25 < 0.45 < r_large < 1.0
+    flat = image.copy()
+    flat[small] = 0.5
+    assert contrast_kept(image, flat, lesions, (2.0, 2.0, 2.0))[0][1] == pytest.approx(0.5)

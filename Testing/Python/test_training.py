@@ -237,7 +237,8 @@ def test_classifier_with_lesion_supervision(dataset, ae_bundle, tmp_path):
     info = b.meta.extra["classifier_training"]
     assert info["lesion_weight"] == 1.0 and info["lesion_cell_ml"] == 0.1
     with safe_open(str(out / "classifier.safetensors"), "pt") as f:  # the lesion head stays out of the bundle
-        assert not [k for k in f.keys() if "lesion" in k]
+        names = list(f.keys())
+    assert names and not [k for k in names if "lesion" in k]
     rows = list(csv.DictReader((out / "classifier_log.csv").read_text().splitlines()))
     assert len(rows) == 2 and all(float(r["train_lesion_bce"]) > 0 for r in rows)
     for bad in ({"lesion_weight": -1.0}, {"lesion_weight": 1.0, "lesion_cell_ml": 0.0}):
