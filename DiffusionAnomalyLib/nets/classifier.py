@@ -51,7 +51,6 @@ class LatentClassifier(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x, t))
 
-
     def load_backbone(self, denoiser_state: dict[str, torch.Tensor], frozen_levels: int | None = None) -> None:
         """Copy the matching backbone weights of a trained denoiser; freeze conv_in and the first levels."""
         if frozen_levels is None:

@@ -14,6 +14,7 @@ reads; the convolution is dropped from the bundle. Validation AUC is measured at
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,7 +161,13 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(cfg.iterations // 4, 1))
-    state = {"iteration": 0, "best_auc": -1.0, "best_aucs": {}}
+    state = {"iteration": 0, "best_auc": -1.0, "best_aucs": {}, "lesion_weight": cfg.lesion_weight}
+    saved = work / "checkpoint.json"
+    if cfg.resume and saved.is_file():
+        before = json.loads(saved.read_text())["state"].get("lesion_weight", 0.0)
+        if (before > 0) != supervised:
+            raise InputError(f"{work}: the checkpoint was trained with --lesion-weight {before:g}; resume with a "
+                             f"weight {'> 0' if before > 0 else 'of 0'} or start a new output folder")
     if cfg.resume:
         state = load_checkpoint(work, {"clf": model, "best": best}, {"opt": opt}, device) or state
         if dist.is_main and state["iteration"]:

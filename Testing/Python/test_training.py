@@ -241,6 +241,8 @@ def test_classifier_with_lesion_supervision(dataset, ae_bundle, tmp_path):
     assert names and not [k for k in names if "lesion" in k]
     rows = list(csv.DictReader((out / "classifier_log.csv").read_text().splitlines()))
     assert len(rows) == 2 and all(float(r["train_lesion_bce"]) > 0 for r in rows)
+    with pytest.raises(InputError, match="trained with --lesion-weight 1"):  # resuming without the lesion head
+        train_classifier(ClassifierTraining(str(dataset), str(den), str(out), iterations=6, resume=True, device="cpu"))
     for bad in ({"lesion_weight": -1.0}, {"lesion_weight": 1.0, "lesion_cell_ml": 0.0}):
         with pytest.raises(InputError, match="lesion"):
             train_classifier(ClassifierTraining(str(dataset), str(den), str(tmp_path / "bad"), iterations=2,
