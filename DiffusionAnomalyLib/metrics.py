@@ -156,6 +156,20 @@ class LesionContrast:
         return self.contrast / max(self.spread, 1e-6)
 
 
+def _lesion_surroundings(labels: np.ndarray, spacing_zyx: Sequence[float], ring_mm: float):
+    """Per lesion id of ``labels``: (id, bounding box padded by ``ring_mm``, the lesion in the box, the voxels of
+    the box within ``ring_mm`` of it that are in no lesion)."""
+    spacing = np.asarray(spacing_zyx, float)
+    pad = np.ceil(ring_mm / spacing).astype(int) + 1
+    for lab, sl in enumerate(ndimage.find_objects(labels.astype(np.int64)), start=1):
+        if sl is None:
+            continue
+        box = tuple(slice(max(s.start - p, 0), s.stop + p) for s, p in zip(sl, pad, strict=True))
+        inside = labels[box] == lab
+        near = (ndimage.distance_transform_edt(~inside, sampling=spacing) <= ring_mm) & (labels[box] == 0)
+        yield lab, box, inside, near
+
+
 def lesion_contrast(channels: Sequence[np.ndarray], labels: np.ndarray, organ: np.ndarray,
                     spacing_zyx: Sequence[float], ring_mm: float = 4.0) -> dict[int, LesionContrast]:
     """Contrast of every lesion id against its surroundings, in the channel where its CNR is largest.
@@ -166,14 +180,7 @@ def lesion_contrast(channels: Sequence[np.ndarray], labels: np.ndarray, organ: n
     Lesions without surroundings get NaN.
     """
     out: dict[int, LesionContrast] = {}
-    spacing = np.asarray(spacing_zyx, float)
-    pad = np.ceil(ring_mm / spacing).astype(int) + 1
-    for lab, sl in enumerate(ndimage.find_objects(labels.astype(np.int64)), start=1):
-        if sl is None:
-            continue
-        box = tuple(slice(max(s.start - p, 0), s.stop + p) for s, p in zip(sl, pad, strict=True))
-        inside = labels[box] == lab
-        near = (ndimage.distance_transform_edt(~inside, sampling=spacing) <= ring_mm) & (labels[box] == 0)
+    for lab, box, inside, near in _lesion_surroundings(labels, spacing_zyx, ring_mm):
         ring = near & organ[box]
         if np.count_nonzero(ring) < 10:
             ring = near
@@ -200,22 +207,16 @@ def contrast_kept(image: np.ndarray, reconstruction: np.ndarray, lesions: np.nda
     1 = kept, 0 = erased. Lesions whose contrast in ``image`` is below ``min_contrast`` are skipped.
     """
     labels, _ = ndimage.label(lesions > 0)
-    spacing = np.asarray(spacing_zyx, float)
-    pad = np.ceil(ring_mm / spacing).astype(int) + 1
+    voxel_mm3 = float(np.prod(spacing_zyx))
     out = []
-    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        box = tuple(slice(max(s.start - p, 0), s.stop + p) for s, p in zip(sl, pad, strict=True))
-        inside = labels[box] == lab
-        ring = (ndimage.distance_transform_edt(~inside, sampling=spacing) <= ring_mm) & (lesions[box] == 0)
+    for _, box, inside, ring in _lesion_surroundings(labels, spacing_zyx, ring_mm):
         if not ring.any():
             continue
         c_image = image[box][inside].mean() - image[box][ring].mean()
         if abs(c_image) < min_contrast:
             continue
         c_rec = reconstruction[box][inside].mean() - reconstruction[box][ring].mean()
-        volume_mm3 = inside.sum() * float(np.prod(spacing))
+        volume_mm3 = inside.sum() * voxel_mm3
         out.append((float(2 * (3 * volume_mm3 / (4 * np.pi)) ** (1 / 3)), float(c_rec / c_image)))
     return out
 
