@@ -44,6 +44,29 @@ def median_filter_map(score: np.ndarray, size: int) -> np.ndarray:
     return ndimage.median_filter(score, size=size) if size > 1 else score
 
 
+def organ_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask``'s voxels widened by ``pad`` voxels (clipped to the array); None if empty."""
+    box = ndimage.find_objects(np.asarray(mask > 0, np.uint8))
+    if not box or box[0] is None:
+        return None
+    return tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box[0], mask.shape, strict=True))
+
+
+def organ_map(score: np.ndarray, organ_mask: np.ndarray, median_size: int) -> np.ndarray:
+    """The map median-filtered (``median_size``, 0 = none) and set to 0 outside the organ (float32).
+
+    Only the organ's bounding box, widened by the filter's radius, is filtered: every organ voxel sees the
+    same neighbourhood as in the whole volume, so the result is the same, at a fraction of the cost on a
+    whole-body scan.
+    """
+    out = np.zeros(score.shape, np.float32)
+    box = organ_box(organ_mask, max(int(median_size), 1) // 2 + 1)
+    if box is not None:
+        inside = organ_mask[box] > 0
+        out[box] = np.where(inside, median_filter_map(score[box], median_size), 0.0)
+    return out
+
+
 def otsu_threshold(score: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Otsu threshold over one map's voxels inside ``mask`` (per-case mode)."""
     values = score[mask > 0] if mask is not None else score.ravel()
@@ -134,7 +157,24 @@ def postprocess(
     score: np.ndarray, threshold: float, organ_mask: np.ndarray | None, image: sitk.Image,
     settings: PostProcessing = PostProcessing(),
 ) -> np.ndarray:
-    """Turn an anomaly map on ``image``'s grid into a labelmap of lesions (1..n, uint16)."""
+    """Turn an anomaly map on ``image``'s grid into a labelmap of lesions (1..n, uint16).
+
+    With an organ mask, only the organ's bounding box (widened by 2 voxels, so that closing and hole filling
+    see the same empty border) is processed: lesions cannot lie outside the organ.
+    """
+    if organ_mask is None:
+        return _postprocess_box(score, threshold, None, image, settings, (0, 0, 0))
+    out = np.zeros(score.shape, np.uint16)
+    box = organ_box(organ_mask, 2)
+    if box is not None:
+        out[box] = _postprocess_box(score[box], threshold, organ_mask[box], image, settings,
+                                    tuple(s.start for s in box))
+    return out
+
+
+def _postprocess_box(score: np.ndarray, threshold: float, organ_mask: np.ndarray | None, image: sitk.Image,
+                     settings: PostProcessing, offset: tuple[int, int, int]) -> np.ndarray:
+    """:func:`postprocess` on a box of ``image``'s grid whose first voxel is at index ``offset`` (z, y, x)."""
     binary = score > threshold
     if organ_mask is not None:
         binary &= organ_mask > 0
@@ -154,7 +194,7 @@ def postprocess(
         comp = labels[sl] == lab
         if comp.sum() < settings.min_voxels or comp.sum() * voxel_ml < settings.min_volume_ml:
             continue
-        idx = np.argwhere(comp) + np.array([s.start for s in sl])
+        idx = np.argwhere(comp) + np.array([s.start + o for s, o in zip(sl, offset, strict=True)])
         if axial_extent_mm(image, idx) < settings.min_axial_mm:
             continue
         out[sl][comp] = next_id

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
-from .anomaly import Lesion, PostProcessing, anomaly_map, lesion_table, median_filter_map, otsu_threshold, postprocess
+from .anomaly import Lesion, PostProcessing, anomaly_map, lesion_table, organ_map, otsu_threshold, postprocess
 from .errors import InputError
 from .intensity import ChannelScaling, fit_scaling
 from .io import array_to_image, atomic_output_dir, geometry, require_same_grid, write_volume
@@ -142,8 +142,7 @@ def detect(
 
     t0 = time.perf_counter()
     organ = mask_set.union()
-    heat = median_filter_map(heat, preset.median_filter_voxels)
-    heat = np.where(organ, heat, 0.0).astype(np.float32)
+    heat = organ_map(heat, organ, preset.median_filter_voxels)
     thr = otsu_threshold(heat, organ) if threshold is None else float(threshold)
     pp = postprocessing or PostProcessing.for_preset(preset)
     labels = postprocess(heat, thr, organ, ref, pp)

@@ -11,6 +11,8 @@ from DiffusionAnomalyLib.anomaly import (
     dataset_otsu_threshold,
     lesion_table,
     median_filter_map,
+    organ_box,
+    organ_map,
     otsu_threshold,
     postprocess,
     size_class,
@@ -34,6 +36,41 @@ def test_median_filter_removes_isolated_spikes():
     m[2, 2, 2] = 9.0
     assert median_filter_map(m, 3).max() == 0.0
     assert median_filter_map(m, 0) is m
+
+
+def _blobby_map(shape, seed):
+    """A smooth random map with blobs of every size, and an organ mask that touches one face of the array."""
+    rng = np.random.default_rng(seed)
+    from scipy import ndimage
+
+    score = ndimage.gaussian_filter(rng.normal(size=shape), 1.5).astype(np.float32)
+    zz, yy, xx = np.indices(shape)
+    organ = ((zz - 8) / 9.0) ** 2 + ((yy - 20) / 12.0) ** 2 + ((xx - 18) / 10.0) ** 2 < 1  # reaches z = 0
+    return score, organ
+
+
+def test_organ_box_and_map_match_the_whole_volume_computation():
+    score, organ = _blobby_map((30, 44, 40), 3)
+    assert organ_box(organ, 2) == (slice(0, 19), slice(7, 34), slice(7, 30))
+    assert organ_box(np.zeros_like(organ), 2) is None
+    for size in (0, 3, 5):
+        whole = np.where(organ, median_filter_map(score, size), 0.0).astype(np.float32)
+        np.testing.assert_array_equal(organ_map(score, organ, size), whole)
+    assert not organ_map(score, np.zeros_like(organ), 5).any()
+
+
+@pytest.mark.parametrize("grow", [1.0, 0.8])
+def test_postprocess_in_the_organ_box_matches_the_whole_volume(grow):
+    score, organ = _blobby_map((30, 44, 40), 4)
+    image = make_image(np.zeros(score.shape, np.float32))
+    pp = PostProcessing(min_voxels=5, min_axial_mm=2.0, grow_to=grow)
+    thr = float(np.quantile(score[organ], 0.8))
+    boxed = postprocess(score, thr, organ, image, pp)
+    # the same map zeroed outside the organ, with no mask: the whole volume is processed (threshold > 0)
+    whole = postprocess(np.where(organ, score, 0.0), thr, None, image, pp)
+    assert boxed.max() >= 3
+    np.testing.assert_array_equal(boxed, whole)
+    assert not postprocess(score, thr, np.zeros_like(organ), image, pp).any()
 
 
 def test_otsu_per_case_and_over_a_dataset():
