@@ -40,7 +40,7 @@ def test_smoke_chain_writes_a_demo_bundle_listed_in_the_manifest(tmp_path):
     assert "calibrating on 2 validation phantoms" in first.stdout
     rec = bundle.meta.recommended
     assert (rec["noise_level"], rec["reference"], rec["samples"], rec["median_filter"]) == (20, "autoencoder", 2, 3)
-    assert "threshold" in rec and "min_lesion_ml" in rec and bundle.meta.version == "0.3.2"
+    assert "threshold" in rec and "min_lesion_ml" in rec and bundle.meta.version == "0.3.3"
     calibration = extra["calibration"]  # the plan's operating-point rule reached the sweep
     assert "false positives per organ" in calibration["objective"] and calibration["threshold"] == rec["threshold"]
     again = _run(tmp_path)  # restartable: nothing is generated or trained twice
