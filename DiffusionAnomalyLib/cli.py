@@ -138,7 +138,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     compute_maps(cases, model.make_reconstructor(model.settings), model.preset, maps, ranks.rank, ranks.world)
     ranks.barrier()
     if ranks.rank == 0:
-        threshold = args.threshold if args.threshold != "bundle" else (model.recommended_threshold or "otsu")
+        asked = args.threshold or "otsu"
+        threshold = asked if asked != "bundle" else (
+            "otsu" if model.recommended_threshold is None else model.recommended_threshold)
         pp = None if args.no_postprocessing else resolve_postprocessing(
             model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml, args.grow_to, model.recommended_grow_to)
         scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=args.bootstrap)
@@ -150,6 +152,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                     "ranks": ranks.world}
         write_report(out, scores, summary, problems, settings)
         print((out / "report" / "summary.md").read_text())
+        if args.threshold is None and model.recommended_threshold is not None:
+            print(f"note: scored at the dataset's global Otsu threshold {thr:.4f} (seed 000 5.2), with the bundle's "
+                  f"post-processing; its calibrated operating point has the threshold "
+                  f"{model.recommended_threshold:.4f}: add --threshold bundle to score that point")
         if model.demo:
             print("note: a DEMO bundle trained on synthetic phantoms")
     ranks.close()
@@ -444,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "bootstrap CIs; CSV, JSON, Markdown and PNG plots in OUT/report. Maps are cached in OUT/maps "
                         "(an interrupted run resumes). Shard with: torchrun --nproc_per_node N -m "
                         "DiffusionAnomalyLib.cli evaluate ...")
-    ev.add_argument("--threshold", type=threshold_arg, default="otsu",
-                    help="'otsu' (global over the dataset, default, as the thesis), a number, or 'bundle'")
+    ev.add_argument("--threshold", type=threshold_arg, default=None,
+                    help="'otsu' (global over the dataset, default, as the thesis), a number, or 'bundle' (the "
+                         "bundle's calibrated operating point)")
     ev.add_argument("--no-postprocessing", action="store_true", help="threshold + components only")
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     ev.set_defaults(func=_cmd_evaluate)

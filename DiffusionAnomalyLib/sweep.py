@@ -37,6 +37,12 @@ THESIS_GUIDANCE = tuple(range(0, 2001, 200))
 MIN_LESION_ML = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
+def _significant(value: float) -> float:
+    """A threshold kept to 6 significant digits (a fixed number of decimals would turn the small thresholds of maps
+    in small units into 0)."""
+    return float(f"{value:.6g}")
+
+
 def choose_operating_point(rows: list[dict], max_fp_per_organ: float | None = None) -> tuple[dict, str]:
     """The recommended post-processing row and why. Without a budget: best pooled F1 (ties: the smaller minimum
     volume, then the scale nearest 1, then less growth). With one: most lesions found among rows within the
@@ -83,7 +89,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
                 _, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=200)
                 rows.append({"noise_level": int(L), "guidance": float(s), "sampler": st.method, "steps": st.steps,
                              "maps": key(st),
-                             "threshold": round(thr, 5), "dice": summary["dice"]["mean"],
+                             "threshold": _significant(thr), "dice": summary["dice"]["mean"],
                              "f1": summary["lesion_detection"]["f1"], "cases": summary["cases"],
                              "skipped": len(problems)})
     if rank != 0:
@@ -93,7 +99,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     pp_rows = []
     points = len(threshold_scales) * len(min_lesion_ml_values) * len(grow_to_values)
     for scale in sorted(float(v) for v in threshold_scales):
-        threshold = round(best["threshold"] * scale, 5)
+        threshold = _significant(best["threshold"] * scale)
         for ml in sorted(float(v) for v in min_lesion_ml_values):
             for grow in sorted((float(v) for v in grow_to_values), reverse=True):
                 pp = PostProcessing.for_preset(preset, ml, grow)

@@ -190,6 +190,19 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
     assert all(r["threshold"] == pytest.approx(b2["otsu_threshold"] * r["threshold_scale"], abs=1e-5) for r in pp2)
     assert b2["threshold"] == b2["postprocessed"]["threshold"]
     assert "false positives per organ" in b2["objective"]
+    # evaluating the calibrated bundle (its maps are the sweep's): the dataset's Otsu by default, with a note
+    # naming the calibrated threshold; --threshold bundle scores the calibrated point itself
+    capsys.readouterr()
+    assert main(["evaluate", "--data", str(data), "--bundle", str(tmp_path / "calibrated2"), "--device", "cpu",
+                 "--out", str(out), "--bootstrap", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "(global Otsu)" in printed and f"threshold {b2['threshold']:.4f}: add --threshold bundle" in printed
+    assert main(["evaluate", "--data", str(data), "--bundle", str(tmp_path / "calibrated2"), "--device", "cpu",
+                 "--out", str(out), "--bootstrap", "10", "--threshold", "bundle"]) == 0
+    printed = capsys.readouterr().out
+    assert "(fixed)" in printed and "add --threshold bundle" not in printed, printed[:400]
+    report = json.loads((out / "report" / "summary.json").read_text())
+    assert report["summary"]["threshold"] == pytest.approx(b2["threshold"])
     assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(out),
                  "--threshold-scales", "0"]) == 2
     assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(out),
@@ -211,6 +224,10 @@ def test_operating_point_under_a_false_positive_budget():
     assert choose_operating_point(rows, 0.5)[0] is rows[0]
     best, why = choose_operating_point(rows, 0.1)
     assert best is rows[0] and "no setting" in why  # none within: the fewest false positives
+    # thresholds keep 6 significant digits: a map in small units does not get a threshold of 0
+    from DiffusionAnomalyLib.sweep import _significant
+
+    assert _significant(3.14159265e-7) == 3.14159e-7 and _significant(0.1498137) == 0.149814
 
 
 def test_batch_writes_every_case_and_an_index(dataset, tmp_path):
