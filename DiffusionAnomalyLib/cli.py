@@ -138,9 +138,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     compute_maps(cases, model.make_reconstructor(model.settings), model.preset, maps, ranks.rank, ranks.world)
     ranks.barrier()
     if ranks.rank == 0:
-        asked = args.threshold or "otsu"
-        threshold = asked if asked != "bundle" else (
-            "otsu" if model.recommended_threshold is None else model.recommended_threshold)
+        asked = "otsu" if args.threshold is None else args.threshold  # a fixed 0 stays 0
+        threshold = model.recommended_threshold if asked == "bundle" else asked
+        if threshold is None:  # 'bundle' with a bundle that has no calibrated threshold
+            threshold = "otsu"
         pp = None if args.no_postprocessing else resolve_postprocessing(
             model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml, args.grow_to, model.recommended_grow_to)
         scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=args.bootstrap)
