@@ -11,7 +11,7 @@ Three phases:
    FROC, voxel AUROC / AUPRC inside the organ, recall by each reference lesion's contrast against the tissue
    around it in the image (how visible it is, whatever the model); aggregates with 1000-resample bootstrap
    95 % CIs. Written as ``per_case.csv``, ``reference_lesions.csv`` (one row per reference lesion: volume,
-   diameter, contrast, spread, CNR, found),
+   diameter, contrast, spread, CNR, found, the best IoU any prediction has with it),
    ``summary.json``, ``summary.md``, ``froc.png``, ``size_strata.png``, ``dice_hist.png``.
 
 Cases with problems (no labels, unexpected label values, image and label on different grids, a run
@@ -45,6 +45,7 @@ from .metrics import (
     detection_by_size,
     dice,
     froc_points,
+    iou_matrix,
     lesion_contrast,
     lesion_diameters,
     match_lesions,
@@ -175,6 +176,10 @@ def global_threshold(cases: list[EvalCase], maps_dir: Path) -> float:
     return dataset_otsu_threshold(values, [None] * len(values))
 
 
+#: Missed lesions whose best IoU with a prediction reaches this are counted as near misses in the summary.
+NEAR_MISS_IOU = 0.1
+
+
 def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
                iou: float = 0.2) -> CaseScore:
     """Phase 3 for one case (``pp`` None: threshold and connected components only, as in the sweep)."""
@@ -182,6 +187,8 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
     truth, _ = reference_lesions(case, image)
     pred = components((heat > threshold) & organ) if pp is None else postprocess(heat, threshold, organ, image, pp)
     det = match_lesions(pred, truth, iou)
+    overlap, ref_ids, _ = iou_matrix(pred, truth)
+    best_iou = {r: float(overlap[i].max()) if overlap.shape[1] else 0.0 for i, r in enumerate(ref_ids)}
     n_ref = len([v for v in np.unique(truth) if v])
     matched = {p for _, p, _ in det.matches}
     pred_ids = [int(v) for v in np.unique(pred) if v]
@@ -192,7 +199,7 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         if s is not None:
             strata[name] = [s.tp, s.fn, s.fp]
     found = {r for r, _, _ in det.matches}
-    rows, contrast = reference_lesion_rows(case, truth, organ, image, found)
+    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, best_iou)
     return CaseScore(
         case=case.case_id, lesions=n_ref, structures=int(info.get("structures", 1)),
         kinds=lesion_kinds(case, found), contrast=contrast, reference_rows=rows,
@@ -203,9 +210,12 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
 
 
 def reference_lesion_rows(case: EvalCase, truth: np.ndarray, organ: np.ndarray, image: sitk.Image,
-                          found: set[int]) -> tuple[list[dict], dict[str, list[int]]]:
+                          found: set[int], best_iou: dict[int, float] | None = None
+                          ) -> tuple[list[dict], dict[str, list[int]]]:
     """Per reference lesion: volume, diameter, contrast against the tissue around it in the input image(s)
-    (see :func:`lesion_contrast`) and whether it was found; and [found, total] per contrast stratum."""
+    (see :func:`lesion_contrast`), whether it was found, and the highest IoU any predicted component has with
+    it (``best_iou``: a missed lesion with a value above 0 was touched, but not delineated well enough to
+    count); and [found, total] per contrast stratum."""
     if not truth.any():
         return [], {}
     channels = [sitk.GetArrayFromImage(c) for c in read_channels(case.inputs)]
@@ -217,7 +227,8 @@ def reference_lesion_rows(case: EvalCase, truth: np.ndarray, organ: np.ndarray, 
     for lab, m in measured.items():
         rows.append({"case": case.case_id, "lesion": lab, "volume_ml": _r(voxels[lab] * voxel_ml),
                      "diameter_mm": _r(diameters.get(lab, float("nan"))), "contrast": _r(m.contrast),
-                     "spread": _r(m.spread), "cnr": _r(m.cnr), "found": int(lab in found)})
+                     "spread": _r(m.spread), "cnr": _r(m.cnr), "found": int(lab in found),
+                     "best_iou": _r((best_iou or {}).get(lab, 0.0))})
         row = strata.setdefault(contrast_class(m.cnr), [0, 0])
         row[0] += lab in found
         row[1] += 1
@@ -275,6 +286,10 @@ def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
     order = [name for name, _ in CONTRAST_CLASSES] + ["CNR n/a"]
     contrast = _recall_table([s.contrast for s in scores])
     out["lesion_contrast"] = {k: contrast[k] for k in order if k in contrast}
+    missed = [r for s in scores for r in s.reference_rows if not r["found"]]
+    out["missed_overlapped"] = {"missed": len(missed),
+                                "overlapped": sum(1 for r in missed if (r.get("best_iou") or 0) > 0),
+                                "near": sum(1 for r in missed if (r.get("best_iou") or 0) >= NEAR_MISS_IOU)}
     out["froc"] = [{"threshold": _r(t), "fp_per_scan": _r(f), "sensitivity": _r(s)}
                    for t, f, s in froc_points([(s.lesion_scores, s.lesion_hits, s.lesions) for s in scores])]
     return out
@@ -302,7 +317,7 @@ def write_report(out: Path, scores: list[CaseScore], summary: dict, problems: di
         lesions = [r for s in scores for r in s.reference_rows]
         with open(stage / "reference_lesions.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["case", "lesion", "volume_ml", "diameter_mm", "contrast", "spread",
-                                              "cnr", "found"])
+                                              "cnr", "found", "best_iou"])
             w.writeheader()
             w.writerows(lesions)
         doc = {"settings": settings, "summary": summary, "skipped_cases": problems}
@@ -329,6 +344,7 @@ def markdown_summary(summary: dict, problems: dict[str, str], settings: dict) ->
         f"| Dice (cases with lesions) | {fmt(summary['dice'])} |",
         f"| lesion F1 per case | {fmt(summary['f1'])} |",
         f"| lesions found (IoU >= 0.2) | {d['tp']} of {d['tp'] + d['fn']} (recall {_fmt(d['recall'])}) |",
+        *_overlap_row(summary),
         f"| false-positive components | {d['fp']} (precision {_fmt(d['precision'])}, pooled F1 {_fmt(d['f1'])}) |",
         f"| false positives per organ | {fmt(summary['fp_per_organ'])} |",
         f"| voxel AUROC in the organ | {fmt(summary['voxel_auroc'])} |",
@@ -350,6 +366,15 @@ def markdown_summary(summary: dict, problems: dict[str, str], settings: dict) ->
     if problems:
         lines += ["", "Skipped cases:", ""] + [f"- {c}: {p}" for c, p in sorted(problems.items())]
     return "\n".join(lines) + "\n"
+
+
+def _overlap_row(summary: dict) -> list[str]:
+    """The markdown row on missed lesions that a predicted component touched (IoU above 0, under the match's)."""
+    m = summary.get("missed_overlapped")
+    if not m or not m["missed"]:
+        return []
+    return [f"| missed lesions that a predicted component overlaps (IoU too low to match) | {m['overlapped']} of "
+            f"{m['missed']} ({m.get('near', 0)} at IoU >= {NEAR_MISS_IOU:g}) |"]
 
 
 def _fmt(v) -> str:

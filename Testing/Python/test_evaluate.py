@@ -92,9 +92,44 @@ def test_scoring_a_perfect_map_gives_perfect_figures(dataset, tmp_path):
         first = json.loads((c.labels.parent / "case.json").read_text())["lesions"][0]
         assert first["id"] == 1
         expected[f"kind={first['kind']}"] = expected.get(f"kind={first['kind']}", 0) + 1
-    _, summary, _, _ = score_dataset(cases, maps, 0.5, None, n_boot=20)
+    scores, summary, _, _ = score_dataset(cases, maps, 0.5, None, n_boot=20)
     found = {k: v["found"] for k, v in summary["lesion_kinds"].items() if k.startswith("kind=") and v["found"]}
     assert found == expected and summary["lesion_detection"]["tp"] == len(cases)
+    rows = [r for s in scores for r in s.reference_rows]
+    assert all(r["best_iou"] == pytest.approx(1.0) for r in rows if r["lesion"] == 1)
+    assert all(r["best_iou"] == 0.0 and not r["found"] for r in rows if r["lesion"] != 1)
+    assert summary["missed_overlapped"] == {"missed": 3, "overlapped": 0, "near": 0}
+
+
+def test_a_missed_lesion_under_a_too_large_component_is_counted_as_overlapped(dataset, tmp_path):
+    # each case's lesion 1 lies inside a predicted box several times its volume: IoU under 0.2, so missed,
+    # but the report gives its best IoU and counts it among the missed lesions that a prediction overlaps
+    cases = [c for c in discover_cases(dataset, get_preset("kidney")) if c.case_id.startswith("kidney-")]
+    maps = tmp_path / "maps"
+    for c in cases:
+        truth_img = sitk.ReadImage(str(c.labels))
+        truth = sitk.GetArrayFromImage(truth_img)
+        zyx = np.argwhere(truth == 1)
+        lo, hi = zyx.min(axis=0), zyx.max(axis=0) + 1
+        span = hi - lo
+        heat = np.full(truth.shape, 0.1, np.float32)
+        box = tuple(slice(max(int(a - s), 0), int(b + s)) for a, b, s in zip(lo, hi, span, strict=True))
+        heat[box] = 0.9
+        heat_img = sitk.GetImageFromArray(heat)
+        heat_img.CopyInformation(truth_img)
+        (maps / c.case_id).mkdir(parents=True)
+        sitk.WriteImage(heat_img, str(maps / c.case_id / "heatmap.nii.gz"))
+        organ = sitk.GetImageFromArray(np.ones(truth.shape, np.uint8))
+        organ.CopyInformation(truth_img)
+        sitk.WriteImage(organ, str(maps / c.case_id / "organ.nii.gz"))
+        (maps / c.case_id / "case.json").write_text(json.dumps({"structures": 2}))
+    scores, summary, _, _ = score_dataset(cases, maps, 0.5, None, n_boot=20)
+    first = [r for s in scores for r in s.reference_rows if r["lesion"] == 1]
+    assert len(first) == 3 and all(0.0 < r["best_iou"] < 0.2 and not r["found"] for r in first)
+    assert summary["missed_overlapped"]["overlapped"] >= 3
+    assert summary["missed_overlapped"]["near"] == sum(r["best_iou"] >= 0.1 for r in first)
+    assert "| missed lesions that a predicted component overlaps (IoU too low to match) |" in markdown_summary(
+        summary, {}, {"organ": "kidney"})
 
 
 def test_evaluate_reports_metrics_lists_bad_cases_and_resumes(dataset, tmp_path, capsys):
@@ -108,7 +143,8 @@ def test_evaluate_reports_metrics_lists_bad_cases_and_resumes(dataset, tmp_path,
         assert (report / name).is_file(), name
     doc = json.loads((report / "summary.json").read_text())
     lesion_rows = (report / "reference_lesions.csv").read_text().splitlines()
-    assert lesion_rows[0] == "case,lesion,volume_ml,diameter_mm,contrast,spread,cnr,found" and len(lesion_rows) == 1 + 6
+    assert lesion_rows[0] == "case,lesion,volume_ml,diameter_mm,contrast,spread,cnr,found,best_iou"
+    assert len(lesion_rows) == 1 + 6
     assert doc["summary"]["cases"] == 3 and doc["summary"]["reference_lesions"] == 6
     strata_rows = [line for line in (report / "summary.md").read_text().splitlines() if " cm) |" in line]
     assert doc["settings"]["organ"] == "kidney" and strata_rows and all(r.startswith("| T") for r in strata_rows)
