@@ -369,11 +369,12 @@ def markdown_summary(summary: dict, problems: dict[str, str], settings: dict) ->
 
 
 def _overlap_row(summary: dict) -> list[str]:
-    """The markdown row on missed lesions that a predicted component touched (IoU above 0, under the match's)."""
+    """The markdown row on missed lesions that a predicted component touched: one too large or too small to match
+    it, or matched to another lesion."""
     m = summary.get("missed_overlapped")
     if not m or not m["missed"]:
         return []
-    return [f"| missed lesions that a predicted component overlaps (IoU too low to match) | {m['overlapped']} of "
+    return [f"| missed lesions that a predicted component overlaps | {m['overlapped']} of "
             f"{m['missed']} ({m.get('near', 0)} at IoU >= {NEAR_MISS_IOU:g}) |"]
 
 
