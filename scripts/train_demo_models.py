@@ -116,7 +116,7 @@ KIDNEY_CALIBRATION = {"validation_cases": 30, "noise_levels": [250], "guidance":
 #: at 0.85 FP, Dice 0.51 (0.3.2: 15/27, 0.90, 0.52). The residual's top 1 % inside the kidney lies mostly within 2
 #: voxels of the border or of sinus fat; damping it within 2-5 mm of fat found fewer (27/53 at 0.72).
 #: Kidney 0.3.3, small lesions (scratch, not shipped). Of the 11 held-out lesions <= 2 cm, 1 is found, 3 lie under a
-#: kept component 2-8x their volume (IoU 0.10-0.19 < 0.2), and the map peaks at 0.06-0.18 on the other 7, at or below
+#: kept component 2-8x their volume (IoU 0.10-0.19 < 0.2), and the map peaks at 0.06-0.18 on the other 7, near or below
 #: the kidney's own 99th percentile (0.17-0.34). On the 30 validation phantoms (0.3.3's point: 30/53, 7/21 <= 2 cm,
 #: 0.82 FP) no delineation found more: cutting each kept component at 40-60 % of its own peak (29/53, 6/21), or, for
 #: components up to 3-12 ml, at 30-60 % of the autoencoder residual's peak inside it (at best 31/53, 7/21, 0.80 FP),
