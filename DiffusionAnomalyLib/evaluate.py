@@ -45,7 +45,6 @@ from .metrics import (
     detection_by_size,
     dice,
     froc_points,
-    iou_matrix,
     lesion_contrast,
     lesion_diameters,
     match_lesions,
@@ -187,8 +186,6 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
     truth, _ = reference_lesions(case, image)
     pred = components((heat > threshold) & organ) if pp is None else postprocess(heat, threshold, organ, image, pp)
     det = match_lesions(pred, truth, iou)
-    overlap, ref_ids, _ = iou_matrix(pred, truth)
-    best_iou = {r: float(overlap[i].max()) if overlap.shape[1] else 0.0 for i, r in enumerate(ref_ids)}
     n_ref = len([v for v in np.unique(truth) if v])
     matched = {p for _, p, _ in det.matches}
     pred_ids = [int(v) for v in np.unique(pred) if v]
@@ -199,7 +196,7 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         if s is not None:
             strata[name] = [s.tp, s.fn, s.fp]
     found = {r for r, _, _ in det.matches}
-    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, best_iou)
+    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou)
     return CaseScore(
         case=case.case_id, lesions=n_ref, structures=int(info.get("structures", 1)),
         kinds=lesion_kinds(case, found), contrast=contrast, reference_rows=rows,
@@ -288,8 +285,8 @@ def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
     out["lesion_contrast"] = {k: contrast[k] for k in order if k in contrast}
     missed = [r for s in scores for r in s.reference_rows if not r["found"]]
     out["missed_overlapped"] = {"missed": len(missed),
-                                "overlapped": sum(1 for r in missed if (r.get("best_iou") or 0) > 0),
-                                "near": sum(1 for r in missed if (r.get("best_iou") or 0) >= NEAR_MISS_IOU)}
+                                "overlapped": sum(1 for r in missed if r["best_iou"] > 0),
+                                "near": sum(1 for r in missed if r["best_iou"] >= NEAR_MISS_IOU)}
     out["froc"] = [{"threshold": _r(t), "fp_per_scan": _r(f), "sensitivity": _r(s)}
                    for t, f, s in froc_points([(s.lesion_scores, s.lesion_hits, s.lesions) for s in scores])]
     return out
@@ -375,7 +372,7 @@ def _overlap_row(summary: dict) -> list[str]:
     if not m or not m["missed"]:
         return []
     return [f"| missed lesions that a predicted component overlaps | {m['overlapped']} of "
-            f"{m['missed']} ({m.get('near', 0)} at IoU >= {NEAR_MISS_IOU:g}) |"]
+            f"{m['missed']} ({m['near']} at IoU >= {NEAR_MISS_IOU:g}) |"]
 
 
 def _fmt(v) -> str:

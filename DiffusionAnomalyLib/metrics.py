@@ -66,6 +66,8 @@ class Detection:
     fn: int
     matches: list[tuple[int, int, float]] = field(default_factory=list)  # (ref id, pred id, IoU)
     unmatched_pred: list[int] = field(default_factory=list)
+    #: Per reference id: the highest IoU any prediction has with it (matched or not; 0 when none overlaps).
+    best_iou: dict[int, float] = field(default_factory=dict)
 
     @property
     def precision(self) -> float:
@@ -98,7 +100,8 @@ def match_lesions(pred_labels: np.ndarray, ref_labels: np.ndarray, iou_threshold
         used_p.add(j)
         matches.append((ref_ids[i], pred_ids[j], float(iou)))
     unmatched = [pred_ids[j] for j in range(len(pred_ids)) if j not in used_p]
-    return Detection(len(matches), len(unmatched), len(ref_ids) - len(matches), matches, unmatched)
+    best = {r: float(m[i].max()) if len(pred_ids) else 0.0 for i, r in enumerate(ref_ids)}
+    return Detection(len(matches), len(unmatched), len(ref_ids) - len(matches), matches, unmatched, best)
 
 
 def froc_points(
