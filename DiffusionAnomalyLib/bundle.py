@@ -19,14 +19,15 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .errors import EXIT_MISSING_MODEL, DiffusionAnomalyError, InputError
 from .io import atomic_output_dir
 from .presets import OrganPreset, get_preset
+
+if TYPE_CHECKING:  # torch is imported where weights are handled, so listing bundles works without it (Slicer)
+    import torch
+    from torch import nn
 
 FORMAT_VERSION = 1
 WEIGHT_FILES = ("autoencoder", "denoiser", "classifier")
@@ -231,7 +232,7 @@ class Bundle:
 
 
 def load_bundle(
-    path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
     manifest: str | os.PathLike | None = None, parts: tuple[str, ...] | None = None,
 ) -> Bundle:
     """Load a bundle folder or .zip: validate model.json, checksums (and the manifest), build and load nets."""
@@ -251,8 +252,14 @@ def load_bundle(
         if not f.is_file():
             raise BundleError(f"{p}: model.json configures a {name} but {f.name} is missing")
         net = load_weights(_build(name, meta), f)
-        networks[name] = net.to(device=device, dtype=dtype).eval()
+        networks[name] = net.to(device=device, dtype=dtype or _float32()).eval()
     return Bundle(p, meta, networks, bundle_digest(p))
+
+
+def _float32():
+    import torch
+
+    return torch.float32
 
 
 def _extract_zip(zpath: Path, dest: Path) -> Path:
