@@ -223,10 +223,10 @@ def _qt_classes() -> dict[str, Any]:
             self._runtime = runtime
 
         def _getLayout(self) -> int:
-            return self._runtime["layoutNode"].GetViewArrangement()
+            return self._runtime["layoutLogic"].GetLayoutNode().GetViewArrangement()
 
         def setLayout(self, layout: int) -> None:
-            node = self._runtime["layoutNode"]
+            node = self._runtime["layoutLogic"].GetLayoutNode()
             if node.GetViewArrangement() != int(layout):
                 node.SetViewArrangement(int(layout))
                 self.layoutChanged.emit(int(layout))
@@ -349,6 +349,11 @@ def _qt_classes() -> dict[str, Any]:
 
         def moduleDocumentationUrl(self, moduleName: str) -> str:
             return f"https://slicer.readthedocs.io/en/5.12/user_guide/modules/{moduleName.lower()}.html"
+
+        def translate(self, context: str, text: str) -> str:
+            from PyQt5 import QtCore
+
+            return QtCore.QCoreApplication.translate(context, text)
 
         def processEvents(self, *args: Any) -> None:
             from PyQt5 import QtWidgets
@@ -566,6 +571,7 @@ def _setup_scene(runtime: dict[str, Any], FakeSliceWidget: type) -> None:
     if hasattr(appLogic, "SetColorLogic"):
         appLogic.SetColorLogic(colorLogic)
     layoutNode = slicer.vtkMRMLLayoutNode()
+    layoutNode.SetSingletonTag("vtkMRMLLayoutNode")  # as Slicer does: it survives scene.Clear(0)
     scene.AddNode(layoutNode)
     layoutLogic = slicer.vtkMRMLLayoutLogic()
     layoutLogic.SetMRMLScene(scene)
