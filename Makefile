@@ -7,7 +7,14 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint setup setup-test clean demo-models
+.PHONY: demo test test-slicer lint setup setup-test clean demo-models
+
+# The Slicer side runs as Slicer 5.10+ runs it: Python 3.12 with only numpy, scipy, SimpleITK
+# (+ slicer-core, PyQt5, pytest for the Slicer-like runtime). `python3.12` may be a broken pyenv shim.
+SLICER_VENV ?= .venv-slicer
+SLICER_BIN   = $(SLICER_VENV)/bin
+PYTHON312   ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12),\
+                 $(shell $(p) -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && echo $(p))))
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +32,15 @@ $(VENV)/.installed-test: $(VENV)/.installed
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
 
+$(SLICER_BIN)/python:
+	@test -n "$(PYTHON312)" || { echo "test-slicer needs Python 3.12 (python3.12 or ~/.pyenv/versions/3.12.*)" >&2; exit 1; }
+	$(PYTHON312) -m venv $(SLICER_VENV)
+	$(SLICER_BIN)/python -m pip install --upgrade pip >/dev/null
+
+$(SLICER_VENV)/.installed: $(SLICER_BIN)/python Testing/Slicer/requirements.txt
+	$(SLICER_BIN)/pip install -r Testing/Slicer/requirements.txt
+	touch $@
+
 ## demo: generate a synthetic kidney case and run detection on it (prints lesions, Dice, F1)
 demo: setup
 	$(BIN)/diffusion-anomaly demo --organ kidney --out demo-output
@@ -33,7 +49,15 @@ demo: setup
 test: setup-test
 	@$(BIN)/python -m pytest -q Testing/Python; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; exit $$rc
+	@$(MAKE) --no-print-directory test-slicer
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing
+
+## test-slicer: the module's Slicer side on the Slicer-like runtime (Testing/SlicerRuntime), in .venv-slicer;
+## DA_WORKER_PYTHON is the full environment's Python, for tests that run the real worker
+test-slicer: $(SLICER_VENV)/.installed $(VENV)/.installed
+	@DA_WORKER_PYTHON=$(abspath $(BIN)/python) QT_QPA_PLATFORM=offscreen \
+	  $(SLICER_BIN)/python -m pytest -q -p no:cacheprovider Testing/Slicer; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the Slicer suite is broken" >&2; fi; exit $$rc
 
 ## demo-models: train the demo bundles on synthetic phantoms into Resources/Models (restartable; ~2 h for the kidney, ~80-130 min each for liver and brain, on 2 CPU cores)
 demo-models: setup
@@ -43,4 +67,4 @@ lint: setup-test
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SLICER_VENV) demo-output .pytest_cache .ruff_cache
