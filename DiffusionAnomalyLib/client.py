@@ -1,12 +1,16 @@
 """Client for the background worker: start it, poll its events without blocking, cancel, wait.
 
 The Slicer module polls :meth:`WorkerClient.poll_events` from a timer, so the GUI never blocks.
-The worker runs in its own process group; :meth:`cancel` sends SIGTERM to the group (the worker
-removes its staging folder and exits with code 5) and SIGKILL after a grace period.
+The worker runs in its own process group (no console window on Windows). :meth:`request_cancel`
+asks it to stop without waiting (POSIX: SIGTERM to the group; the worker removes its staging folder
+and exits with code 5; Windows: the process is terminated, since a console-less child cannot get
+CTRL_BREAK); :meth:`kill` ends it at once; :meth:`cancel` does both with a grace period, blocking
+(for scripts; the panel polls instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -59,11 +63,12 @@ class WorkerClient:
     def start(self) -> None:
         if self.process is not None:
             raise RuntimeError("this worker was already started; make a new WorkerClient for another run")
-        kwargs = {"start_new_session": True} if os.name == "posix" else {
-            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
+        kwargs = {"start_new_session": True} if os.name == "posix" else {  # pragma: no cover - Windows
+            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}  # type: ignore
         self.process = subprocess.Popen(
-            [self.python, "-m", "DiffusionAnomalyLib.worker", *self.args], stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=self.env, shell=False, **kwargs)
+            [self.python, "-m", "DiffusionAnomalyLib.worker", *self.args], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+            env=self.env, shell=False, **kwargs)
         for target, stream in ((self._read_stdout, self.process.stdout), (self._read_stderr, self.process.stderr)):
             t = threading.Thread(target=target, args=(stream,), daemon=True)
             t.start()
@@ -101,21 +106,41 @@ class WorkerClient:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def cancel(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the worker's process group; SIGKILL it if it has not exited after ``grace_s``."""
+    @property
+    def output_closed(self) -> bool:
+        """True once the worker's stdout and stderr have been read to the end."""
+        return all(not t.is_alive() for t in self._threads)
+
+    def request_cancel(self) -> None:
+        """Ask the worker to stop and return at once (POSIX: SIGTERM to its process group)."""
         if not self.running:
             return
         if os.name == "posix":
-            os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
         else:  # pragma: no cover - Windows
-            self.process.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+            self.process.terminate()
+
+    def kill(self) -> None:
+        """End the worker and its process group at once (SIGKILL); returns without waiting."""
+        if not self.running:
+            return
+        if os.name == "posix":
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        else:  # pragma: no cover - Windows
+            self.process.kill()
+
+    def cancel(self, grace_s: float = 10.0) -> None:
+        """Stop the worker, blocking: :meth:`request_cancel`, then :meth:`kill` if it has not exited after
+        ``grace_s``."""
+        if not self.running:
+            return
+        self.request_cancel()
         try:
             self.process.wait(grace_s)
         except subprocess.TimeoutExpired:
-            if os.name == "posix":
-                os.killpg(self.process.pid, signal.SIGKILL)
-            else:  # pragma: no cover
-                self.process.kill()
+            self.kill()
             self.process.wait()
 
     def wait(self, timeout: float | None = None) -> int:

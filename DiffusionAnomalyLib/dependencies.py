@@ -1,18 +1,25 @@
-"""The Python packages the worker needs, what is missing, and the exact command to install them.
+"""The Python packages the worker needs, what is missing in a given interpreter, and how to install them.
 
 Used by the Slicer module on first Apply: it asks before installing anything and, when the user
-declines or the install fails, shows :func:`install_command` so it can be run by hand.
+declines or the install fails, shows :func:`install_command` (for the worker's interpreter, which
+inside Slicer is not ``sys.executable``: that is the Slicer application) so it can be run by hand.
+Nothing here imports the packages it checks.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shlex
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 #: import name -> pip requirement (torch separately: Slicer's PyTorch extension picks the right build).
 REQUIREMENTS = {
-    "torch": "torch",
+    "torch": "torch>=2.3",
     "monai": "monai>=1.4",
     "SimpleITK": "SimpleITK>=2.3",
     "skimage": "scikit-image>=0.22",
@@ -21,13 +28,75 @@ REQUIREMENTS = {
     "einops": "einops>=0.7",
     "matplotlib": "matplotlib>=3.8",
 }
+#: Needed only when the worker runs TotalSegmentator (organ masks made from the input).
+TOTALSEGMENTATOR_REQUIREMENT = {"totalsegmentator": "TotalSegmentator>=2.4"}
 
 
-def missing_packages() -> list[str]:
-    """pip requirements of the packages that cannot be imported in this Python."""
-    return [req for name, req in REQUIREMENTS.items() if importlib.util.find_spec(name) is None]
+def missing_packages(python: str | None = None, extra: dict[str, str] | None = None) -> list[str]:
+    """pip requirements of the packages that cannot be imported in ``python`` (default: this interpreter).
+
+    Another interpreter is asked in a child process (argument list, no shell); nothing is imported.
+    """
+    wanted = {**REQUIREMENTS, **(extra or {})}
+    if not python or _same_interpreter(python):
+        return [req for name, req in wanted.items() if importlib.util.find_spec(name) is None]
+    code = ("import importlib.util, json, sys; "
+            "print(json.dumps([n for n in sys.argv[1:] if importlib.util.find_spec(n) is None]))")
+    try:
+        out = subprocess.run([python, "-c", code, *wanted], capture_output=True, text=True, timeout=60,
+                             shell=False, stdin=subprocess.DEVNULL, **_no_window())
+        names = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else list(wanted)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        names = list(wanted)
+    return [wanted[n] for n in names]
+
+
+def _same_interpreter(python: str) -> bool:
+    try:
+        return Path(python).resolve() == Path(sys.executable).resolve()
+    except OSError:
+        return False
+
+
+def _no_window() -> dict:
+    """Popen keyword arguments that keep a console window from opening on Windows."""
+    return {"creationflags": subprocess.CREATE_NO_WINDOW} if os.name == "nt" else {}  # type: ignore[attr-defined]
 
 
 def install_command(requirements: list[str], python: str | None = None) -> str:
     """The shell command a user can run to install ``requirements`` into ``python`` (default: this one)."""
     return shlex.join([python or sys.executable, "-m", "pip", "install", *requirements])
+
+
+def pip_install(requirements: list[str], python: str) -> None:
+    """Install ``requirements`` into another interpreter (``python -m pip install``; argument list, no shell).
+
+    Raises RuntimeError with pip's last lines when it fails.
+    """
+    out = subprocess.run([python, "-m", "pip", "install", *requirements], capture_output=True, text=True,
+                         shell=False, stdin=subprocess.DEVNULL, **_no_window())
+    if out.returncode != 0:
+        tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-5:])
+        raise RuntimeError(f"pip install failed (exit code {out.returncode}): {tail}")
+
+
+def slicer_python(executable: str | None = None) -> str:
+    """The plain Python interpreter of a 3D Slicer installation, for running the worker.
+
+    Inside Slicer ``sys.executable`` is the Slicer application, not Python. Slicer ships ``PythonSlicer``
+    (a launcher that sets up the environment, then starts ``python-real``). Slicer's own process already has
+    that environment, so the worker is started as ``python-real`` directly when it exists: cancelling then
+    stops the real interpreter, not only a launcher (which could leave the child running on Windows).
+    ``DA_WORKER_PYTHON`` overrides the choice. Returns "" when none is found.
+    """
+    if os.environ.get("DA_WORKER_PYTHON"):
+        return os.environ["DA_WORKER_PYTHON"]
+    executable = executable or sys.executable
+    suffix = ".exe" if os.name == "nt" else ""
+    candidates = [Path(executable).with_name("python-real" + suffix)]
+    launcher = shutil.which("PythonSlicer") or str(Path(executable).with_name("PythonSlicer" + suffix))
+    candidates += [Path(launcher).with_name("python-real" + suffix), Path(launcher)]
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    return sys.executable if "python" in Path(executable).name.lower() else ""

@@ -15,6 +15,7 @@ from .errors import InputError
 from .masks import MaskSet
 from .pipeline import CaseResult, detect, write_outputs
 from .presets import OrganPreset
+from .settings import MapOptions, map_options, recommended_sampler  # noqa: F401 (MapOptions: re-exported)
 
 Progress = Callable[[str, int, int], None]
 
@@ -51,13 +52,14 @@ def sampler_settings(args: argparse.Namespace, recommended: dict):
     """SamplerSettings from the command's options, each falling back to the bundle's recommendation."""
     from .diffusion.sampler import SamplerSettings
 
-    def pick(value, key, default, cast):
-        return value if value is not None else cast(recommended.get(key, default))
+    rec = recommended_sampler(recommended)
+
+    def pick(value, key):
+        return value if value is not None else rec[key]
 
     return SamplerSettings(
-        method=args.sampler or recommended.get("sampler", "ddpm"),
-        noise_level=pick(args.noise_level, "noise_level", 250, int), steps=pick(args.steps, "steps", 50, int),
-        guidance=pick(args.guidance, "guidance", 0.0, float), seed=args.seed,
+        method=args.sampler or rec["sampler"], noise_level=pick(args.noise_level, "noise_level"),
+        steps=pick(args.steps, "steps"), guidance=pick(args.guidance, "guidance"), seed=args.seed,
         resample_jumps=getattr(args, "resample_jumps", 1), trajectory_every=getattr(args, "trajectory_every", 0))
 
 
@@ -85,36 +87,6 @@ def guidance_warnings(extra: dict, settings) -> list[str]:
                        f"validation latents at t = {level} with AUC {aucs[level]:.2f} only (near chance: 0.5), so its "
                        f"gradients do not point toward a healthy organ; consider --guidance 0")
     return out
-
-
-@dataclass(frozen=True)
-class MapOptions:
-    """How the anomaly map is made: its reference (input or D(E(x))), the number of averaged
-    reconstructions, and the median filter (voxels) applied to it."""
-
-    reference: str = "input"
-    samples: int = 1
-    median_filter: int = 0
-
-    def apply_to(self, preset: OrganPreset) -> OrganPreset:
-        """``preset`` with this median filter."""
-        return preset.with_overrides({"median_filter_voxels": self.median_filter})
-
-
-def map_options(args: argparse.Namespace, recommended: dict, preset: OrganPreset) -> MapOptions:
-    """``--reference``, ``--samples`` and ``--median-filter``, each falling back to the bundle's recommendation
-    (then input, 1 and the preset's median filter)."""
-    def pick(name: str, default):
-        value = getattr(args, name, None)
-        return value if value is not None else recommended.get(name, default)
-
-    opts = MapOptions(pick("reference", "input"), int(pick("samples", 1)),
-                      int(pick("median_filter", preset.median_filter_voxels)))
-    if opts.samples < 1:
-        raise InputError(f"--samples must be >= 1 (got {opts.samples})")
-    if opts.median_filter < 0:
-        raise InputError(f"--median-filter must be >= 0 voxels (got {opts.median_filter})")
-    return opts
 
 
 def resolve_threshold(value, recommended: float | None) -> float | None:

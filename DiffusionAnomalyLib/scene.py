@@ -119,15 +119,28 @@ def channel_nodes_problem(nodes: Sequence, channel_names: Sequence[str]) -> str:
         problem = volume_node_problem(node)
         if problem:
             return problem
-    from .io import same_grid
-
-    first = image_from_volume_node(chosen[0])
+    first = chosen[0]
     for name, node in zip(names[1:], chosen[1:], strict=True):
-        diffs = same_grid(first, image_from_volume_node(node))
+        diffs = node_grid_differences(first, node)
         if diffs:
-            return (f"Channel '{name}' ('{node.GetName()}') is not on the grid of '{chosen[0].GetName()}' "
+            return (f"Channel '{name}' ('{node.GetName()}') is not on the grid of '{first.GetName()}' "
                     f"({'; '.join(diffs)}); resample the sequences to one grid (co-register them) first.")
     return ""
+
+
+def node_grid_differences(a, b, tol: float = 1e-4) -> list[str]:
+    """How two volume nodes' voxel grids differ (size, IJK-to-RAS, parent transform); read from the nodes' geometry,
+    without copying voxels (the panel checks this on every change of a setting)."""
+    out = []
+    da, db = a.GetImageData().GetDimensions(), b.GetImageData().GetDimensions()
+    if tuple(da) != tuple(db):
+        out.append(f"size {tuple(da)} vs {tuple(db)}")
+    ma, mb = _ijk_to_ras(a), _ijk_to_ras(b)
+    if not np.allclose(ma, mb, atol=tol * max(1.0, float(np.abs(ma).max()))):
+        out.append("spacing, origin or direction differ")
+    if (a.GetTransformNodeID() or "") != (b.GetTransformNodeID() or ""):
+        out.append("different parent transforms")
+    return out
 
 
 def _node_ids(scene) -> set[str]:
@@ -193,8 +206,7 @@ def mask_from_segments(scene, segmentation_node, segment_ids: Sequence[str], ref
 
     if not segment_ids:
         raise InputError(f"No organ segment selected in '{segmentation_node.GetName()}'.")
-    logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic  # static methods: no instance (it would re-register rules)
     with scratch_nodes(scene):
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "da-temporary-mask")
         ids = vtk.vtkStringArray()
@@ -245,14 +257,18 @@ def _heatmap_color_node(scene):
     return node, True
 
 
-def _new_node(scene, class_name: str):
-    """``scene.AddNewNodeByClass``, registering the class first where the scene does not know it yet
-    (slicer-core scenes lack the colour-legend node that Slicer's Colors module registers)."""
+def add_color_legend(scene, displayable_node, title: str):
+    """Slicer's default colour legend for ``displayable_node`` (``vtkSlicerColorLogic``, which also marks it
+    modified so the views show it), titled ``title``. A bare MRML scene (slicer-core) lacks the legend class
+    that Slicer's Colors module registers; it is registered first there."""
     import slicer
 
-    if not scene.IsNodeClassRegistered(class_name):
-        scene.RegisterNodeClass(getattr(slicer, class_name)())
-    return scene.AddNewNodeByClass(class_name)
+    if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+    legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(displayable_node)
+    if legend is not None:
+        legend.SetTitleText(title)
+    return legend
 
 
 def _copy_window_level(source, target) -> None:
@@ -329,15 +345,16 @@ def add_results(scene, input_node, outputs: dict[str, str], lesions: Sequence[di
         hd.SetApplyThreshold(True)
         hd.SetLowerThreshold(float(attributes.get("threshold", "0") or 0) * 0.5)
         hd.SetUpperThreshold(hmax)
-        legend = _new_node(scene, "vtkMRMLColorLegendDisplayNode")
-        created.append(legend)
-        legend.SetTitleText("Anomaly score")
-        legend.SetAndObservePrimaryDisplayNode(hd)
-        heat.AddAndObserveDisplayNodeID(legend.GetID())
+        legend = add_color_legend(scene, heat, "Anomaly score")
+        if legend is not None:
+            created.append(legend)
         seg = lesion_segmentation(scene, outputs["lesions.nii.gz"], lesions, organ, input_node, f"{run_name} lesions")
         created.append(seg)
+        transform_id = input_node.GetTransformNodeID() if input_node is not None else None
         for node in (recon, heat, seg):
             _set_attributes(node, attributes)
+            if transform_id:  # same local grid as the input, so the same parent transform places it in the world
+                node.SetAndObserveTransformNodeID(transform_id)
         parent = sh.GetItemParent(sh.GetItemByDataNode(input_node)) if input_node is not None else 0
         folder = sh.CreateFolderItem(parent or sh.GetSceneItemID(), run_name)
         for key, value in attributes.items():
@@ -372,8 +389,7 @@ def lesion_segmentation(scene, labelmap_path: str | os.PathLike, lesions: Sequen
         by_id = {int(row["id"]): row for row in lesions}
         present = sorted(int(v) for v in np.unique(labels) if v)
         if present:
-            logic = slicer.vtkSlicerSegmentationsModuleLogic()
-            logic.SetMRMLScene(scene)
+            logic = slicer.vtkSlicerSegmentationsModuleLogic  # static methods
             with scratch_nodes(scene):
                 labelmap = volume_node_from_image(scene, sitk.Cast(image, sitk.sitkInt16), "da-temporary-lesions",
                                                   "vtkMRMLLabelMapVolumeNode")
@@ -424,24 +440,59 @@ COMPARE_LAYOUT_XML = """
 """
 
 
-def show_compare(scene, input_node, result: ResultNodes, heatmap_opacity: float = 0.5) -> None:
+COMPARE_VIEWS = ("Red", "Yellow", "Green")
+
+
+@dataclass
+class CompareViewState:
+    """What :func:`show_compare` changed, so :func:`leave_compare` can put it back: the layout before, and each
+    slice view's orientation and linked control."""
+
+    arrangement: int
+    orientations: dict[str, str] = field(default_factory=dict)
+    linked: dict[str, bool] = field(default_factory=dict)
+
+
+def _slice_nodes(scene) -> dict:
+    out = {}
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+        out[node.GetLayoutName() or node.GetSingletonTag()] = node
+    return out
+
+
+def _composite_nodes(scene) -> dict:
+    out = {}
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        comp = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        out[comp.GetLayoutName() or comp.GetSingletonTag()] = comp
+    return out
+
+
+def show_compare(scene, input_node, result: ResultNodes, heatmap_opacity: float = 0.5) -> CompareViewState:
     """Input | reconstruction | input + heatmap overlay, in three linked axial views.
 
-    Registers the layout on the scene's layout node (if there is one) and sets the Red, Yellow and
-    Green slice composite nodes that exist in the scene.
+    Registers the layout on the scene's layout node (if there is one), makes the Red, Yellow and Green
+    slice views axial (Slicer's Yellow and Green views exist already as sagittal and coronal, and a layout
+    description only sets the orientation of views it creates) and sets their composite nodes. Returns what
+    was changed, for :func:`leave_compare`.
     """
     layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    state = CompareViewState(layout.GetViewArrangement() if layout is not None else -1)
     if layout is not None:
         if not layout.IsLayoutDescription(COMPARE_LAYOUT_ID):
             layout.AddLayoutDescription(COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML)
         layout.SetViewArrangement(COMPARE_LAYOUT_ID)
+    for tag, node in _slice_nodes(scene).items():
+        if tag in COMPARE_VIEWS:
+            state.orientations[tag] = node.GetOrientation()
+            node.SetOrientation("Axial")
     views = {"Red": (input_node, None), "Yellow": (result.reconstruction, None), "Green": (input_node, result.heatmap)}
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
-        comp = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
-        tag = comp.GetLayoutName() or comp.GetSingletonTag()
+    for tag, comp in _composite_nodes(scene).items():
         if tag not in views:
             continue
         background, foreground = views[tag]
+        state.linked[tag] = bool(comp.GetLinkedControl())
         comp.SetBackgroundVolumeID(background.GetID() if background else None)
         comp.SetForegroundVolumeID(foreground.GetID() if foreground else None)
         comp.SetForegroundOpacity(heatmap_opacity if foreground else 0.0)
@@ -449,6 +500,35 @@ def show_compare(scene, input_node, result: ResultNodes, heatmap_opacity: float 
     display = result.lesions.GetDisplayNode()
     if display is not None:
         display.SetVisibility(True)
+    return state
+
+
+def leave_compare(scene, state: CompareViewState) -> None:
+    """Undo :func:`show_compare`'s view settings (orientations, linked control) once the user has left the
+    compare layout; the volumes shown stay."""
+    for tag, node in _slice_nodes(scene).items():
+        if tag in state.orientations and state.orientations[tag]:
+            node.SetOrientation(state.orientations[tag])
+    for tag, comp in _composite_nodes(scene).items():
+        if tag in state.linked:
+            comp.SetLinkedControl(state.linked[tag])
+
+
+def in_compare_layout(scene) -> bool:
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    return layout is not None and layout.GetViewArrangement() == COMPARE_LAYOUT_ID
+
+
+def to_world(node, ras: Sequence[float]) -> tuple[float, float, float]:
+    """A point in ``node``'s local RAS (before its parent transforms) in world RAS."""
+    import vtk
+
+    transform = node.GetParentTransformNode() if node is not None else None
+    if transform is None:
+        return tuple(float(c) for c in ras)
+    to_world_t = vtk.vtkGeneralTransform()
+    transform.GetTransformToWorld(to_world_t)
+    return tuple(float(c) for c in to_world_t.TransformPoint([float(c) for c in ras]))
 
 
 def lesion_centre_ras(segmentation_node, segment_index: int) -> tuple[float, float, float]:

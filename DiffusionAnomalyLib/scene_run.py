@@ -5,7 +5,8 @@ and builds the worker's arguments. :class:`SceneRun` writes the input volumes (a
 private temporary folder, starts the worker through :class:`~DiffusionAnomalyLib.client.WorkerClient`,
 is polled (the panel polls it from a timer, so the GUI never blocks), and on success adds the results
 to the scene through :mod:`DiffusionAnomalyLib.scene`. Cancel, failure or a crash leave the scene as
-it was; the temporary folder is always removed.
+it was; the temporary folder is always removed. Nothing here imports torch: it runs in Slicer's own
+process before the worker's packages are installed.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import DiffusionAnomalyError, InputError
+from .errors import CancelledError, DiffusionAnomalyError, InputError
+from .settings import DEVICES, MAX_NOISE_LEVEL, REFERENCES, SAMPLERS
 
-SAMPLERS = ("ddpm", "ddim", "inpaint")
-DEVICES = ("auto", "cuda", "cpu")
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
 THRESHOLD_MODES = ("bundle", "otsu", "fixed")
-REFERENCES = ("input", "autoencoder")
 
 
 @dataclass
@@ -32,8 +31,8 @@ class RunRequest:
 
     ``bundle`` is a bundle folder or zip; ``python`` the interpreter that has the dependencies
     (empty: the current one). ``mask_source``: ``segmentation`` (segments of an existing
-    segmentation), ``totalsegmentator`` (a segmentation made by TotalSegmentator; the same once it
-    exists) or ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels). ``reference``,
+    segmentation), ``totalsegmentator`` (the worker runs TotalSegmentator on the input, so the GUI
+    never waits for it) or ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels). ``reference``,
     ``samples`` and ``median_filter`` shape the anomaly map (see ``diffusion-anomaly run --help``); None
     leaves them to the bundle's recommendation.
     """
@@ -63,8 +62,8 @@ class RunRequest:
             out.extend(self._bundle_problems())
         if self.sampler not in SAMPLERS:
             out.append(f"Unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
-        if not 1 <= int(self.noise_level) <= 999:
-            out.append(f"Noise level L must be between 1 and 999 (got {self.noise_level}).")
+        if not 1 <= int(self.noise_level) <= MAX_NOISE_LEVEL:
+            out.append(f"Noise level L must be between 1 and {MAX_NOISE_LEVEL} (got {self.noise_level}).")
         if self.guidance < 0:
             out.append(f"Guidance strength must be >= 0 (got {self.guidance}).")
         if not 1 <= int(self.steps) <= int(self.noise_level):
@@ -90,12 +89,12 @@ class RunRequest:
         return out
 
     def _bundle_problems(self) -> list[str]:
-        from .bundle import BundleError, read_meta
+        from .bundle import BundleError
 
         if Path(self.bundle).suffix == ".zip":
             return [] if Path(self.bundle).is_file() else [f"The bundle {self.bundle} does not exist."]
         try:
-            meta = read_meta(self.bundle)
+            meta = cached_meta(self.bundle)
         except BundleError as exc:
             return [str(exc)]
         if meta.organ != self.organ:
@@ -127,10 +126,30 @@ class RunRequest:
             args.append("--skull-stripped")
         elif mask is not None:
             args += ["--mask", str(mask)]
+        elif self.mask_source == "totalsegmentator":
+            pass  # without a mask the worker runs TotalSegmentator on the input
         else:
             raise InputError(f"No organ mask for the {self.organ}: choose a segmentation with the organ, or run "
                              "TotalSegmentator first.")
         return args
+
+
+_META_CACHE: dict[tuple[str, float], object] = {}
+
+
+def cached_meta(folder: str | Path):
+    """A bundle's :class:`~DiffusionAnomalyLib.bundle.BundleMeta`, read once per version of its ``model.json``
+    (the panel asks on every change of a setting)."""
+    from .bundle import BundleError, read_meta
+
+    p = Path(folder) / "model.json"
+    try:
+        key = (str(p.resolve()), p.stat().st_mtime)
+    except OSError:
+        raise BundleError(f"{folder}: not a model bundle (no model.json)") from None
+    if key not in _META_CACHE:
+        _META_CACHE[key] = read_meta(folder)
+    return _META_CACHE[key]
 
 
 def run_name(request: RunRequest, input_name: str) -> str:
@@ -164,6 +183,7 @@ class SceneRun:
         self.result_nodes = None
         self.error: DiffusionAnomalyError | None = None
         self.finished = False
+        self.cancel_requested_at: float | None = None
         self.channels: list[str] = []  # the bundle's input channels (read in start)
         self.name = run_name(request, self.input_nodes[0].GetName() if self.input_nodes else "volume")
 
@@ -173,14 +193,13 @@ class SceneRun:
         Raises :class:`~DiffusionAnomalyLib.errors.InputError` (nothing started, nothing in the scene) on bad input.
         """
         from . import scene as scene_adapter
-        from .bundle import read_meta
         from .client import WorkerClient
         from .io import write_volume
 
         problems = self.request.problems()
         if problems:
             raise InputError(" ".join(problems))
-        channels = self.channels = (read_meta(self.request.bundle).channels if Path(self.request.bundle).is_dir()
+        channels = self.channels = (cached_meta(self.request.bundle).channels if Path(self.request.bundle).is_dir()
                                     else ["image"])
         problem = (scene_adapter.channel_nodes_problem(self.input_nodes, channels) if len(channels) > 1
                    else scene_adapter.volume_node_problem(self.input_nodes[0] if self.input_nodes else None))
@@ -193,13 +212,14 @@ class SceneRun:
                 inputs.append(write_volume(scene_adapter.image_from_volume_node(node), self.tmp / f"input{i}.nii.gz",
                                            compress=False))
             mask = None
-            if self.request.mask_source != "none":
+            if self.request.mask_source == "segmentation":
                 if self.mask_segmentation is None:
                     raise InputError(f"No organ mask for the {self.request.organ}: choose a segmentation with the "
-                                     "organ, or run TotalSegmentator first.")
+                                     "organ, or let TotalSegmentator make one.")
                 mask_image = scene_adapter.mask_from_segments(self.scene, self.mask_segmentation,
                                                               self.mask_segment_ids, self.input_nodes[0])
-                mask = write_volume(mask_image, self.tmp / "mask.nii.gz", compress=False)
+                # one label: the worker splits paired organs (kidneys) into left and right itself
+                mask = write_volume(mask_image > 0, self.tmp / "mask.nii.gz", compress=False)
             args = self.request.worker_args(inputs, self.output_dir or self.tmp / "out", mask)
             factory = self.client_factory or (lambda a, python: WorkerClient(a, python=python or None))
             self.client = factory(args, self.request.python)
@@ -208,17 +228,34 @@ class SceneRun:
             self._cleanup()
             raise
 
+    #: Seconds a cancelled worker gets to clean up before it is killed.
+    CANCEL_GRACE_S = 10.0
+
     def poll(self) -> bool:
-        """Forward new events; when the worker has exited, finish the run. Returns True while running."""
+        """Forward new events; when the worker has exited and its output is read, finish the run. Never blocks.
+        Returns True while running."""
         if self.finished or self.client is None:
             return False
         self._forward_events()
         if self.client.running:
+            asked = self.cancel_requested_at
+            if asked is not None and time.monotonic() - asked > self.CANCEL_GRACE_S:
+                self.client.kill()
             return True
-        self.client.wait()
+        if not self.client.output_closed and time.monotonic() - self._exited_at() < 5.0:
+            return True  # the reader threads are still draining the pipes
+        self.client.wait(timeout=1.0)
         self._forward_events()
-        self._finish()
+        if self.cancel_requested_at is not None:
+            self._finish_cancelled()
+        else:
+            self._finish()
         return False
+
+    def _exited_at(self) -> float:
+        if getattr(self, "_exit_seen", None) is None:
+            self._exit_seen = time.monotonic()
+        return self._exit_seen
 
     def wait(self, timeout_s: float = 600.0, interval_s: float = 0.1) -> None:
         """Poll until the run ends (for scripts and tests; the panel polls from a timer instead)."""
@@ -229,16 +266,29 @@ class SceneRun:
                 raise TimeoutError(f"the run did not finish within {timeout_s:.0f} s; it was cancelled")
             time.sleep(interval_s)
 
-    def cancel(self) -> None:
-        """Stop the worker; nothing is added to the scene."""
-        if self.client is not None and not self.finished:
-            self.client.cancel()
-            self.client.wait()
-            self._forward_events()
-            try:
-                self.client.raise_for_status()
-            except DiffusionAnomalyError as exc:
-                self.error = exc
+    def request_cancel(self) -> None:
+        """Ask the worker to stop and return at once; keep polling until :attr:`finished` (nothing is added to the
+        scene; the worker is killed if it has not stopped within :attr:`CANCEL_GRACE_S`)."""
+        if self.client is not None and not self.finished and self.cancel_requested_at is None:
+            self.cancel_requested_at = time.monotonic()
+            self.client.request_cancel()
+
+    def cancel(self, timeout_s: float = 30.0) -> None:
+        """Stop the worker and wait until it has (scripts and tests; the panel uses :meth:`request_cancel`)."""
+        self.request_cancel()
+        t_end = time.monotonic() + timeout_s
+        while self.poll() and time.monotonic() < t_end:
+            time.sleep(0.02)
+
+    def _finish_cancelled(self) -> None:
+        try:
+            self.client.raise_for_status()
+            self.error = CancelledError("cancelled by the user; nothing was added to the scene")
+        except CancelledError as exc:
+            self.error = exc
+        except DiffusionAnomalyError:  # killed after the grace period, or it failed while stopping
+            self.error = CancelledError("cancelled by the user; nothing was added to the scene")
+        finally:
             self.finished = True
             self._cleanup()
 

@@ -1,8 +1,6 @@
-"""What can be checked of the Slicer module without the Slicer application.
+"""Static checks of the Slicer module's files (the .ui, the parameter class, CMake).
 
-The module file imports ``slicer.ScriptedLoadableModule`` and ``qt``, which exist only inside
-Slicer, so it is compiled and inspected here rather than imported; the GUI itself (loading the
-.ui, the parameter-node binding, the self-test) runs only in Slicer's own CI.
+The module itself runs in ``Testing/Slicer`` on the Slicer-like runtime (``make test-slicer``).
 """
 
 import ast
@@ -63,6 +61,10 @@ def _kind(annotation: str) -> str:
     raise AssertionError(f"unexpected parameter annotation {annotation}")
 
 
+def test_module_file_is_thin():
+    assert len(MODULE.read_text().splitlines()) <= 300, "move logic into DiffusionAnomalyLib.panel"
+
+
 def test_module_file_compiles_and_has_the_four_classes(tmp_path):
     py_compile.compile(str(MODULE), cfile=str(tmp_path / "m.pyc"), doraise=True)
     classes = {n.name for n in ast.parse(MODULE.read_text()).body if isinstance(n, ast.ClassDef)}
@@ -96,7 +98,8 @@ def test_every_setting_has_a_widget_of_a_fitting_kind():
 def test_every_widget_the_module_uses_exists_in_the_ui():
     root = ET.parse(resource_path("UI", "DiffusionAnomaly.ui")).getroot()
     widgets = {w.get("name") for w in root.iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    panel_code = (REPO / "DiffusionAnomalyLib" / "panel.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text())) | set(re.findall(r"\bui\.(\w+)", panel_code))
     assert used, "the module uses no widgets?"
     assert used <= widgets, f"used by the module but not in the .ui: {used - widgets}"
     # each qMRMLNodeComboBox gets the scene (else it stays empty in Slicer)
@@ -130,4 +133,4 @@ def test_library_imports_no_slicer_qt_ctk_or_vtk():
 def test_source_tree_fallback_puts_the_repository_on_sys_path():
     # The module must find DiffusionAnomalyLib when loaded from a source checkout (no build).
     text = MODULE.read_text()
-    assert "def _ensure_library_importable" in text and "sys.path.insert(0, repo_root)" in text
+    assert 'find_spec("DiffusionAnomalyLib")' in text and "sys.path.insert(0, _REPO_ROOT)" in text
