@@ -199,12 +199,14 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not self.logic.ensureDependencies(self._parameterNode):  # dialogs: not under the wait cursor
             return
-        with slicer.util.tryWithErrorDisplay("Could not start the run.", waitCursor=True):
-            self.ui.logTextEdit.clear()
-            self.ui.lesionTable.setRowCount(0)
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.visible = True
-            self.logic.start(self._parameterNode, self.onEvent, self.onFinished)
+        self.ui.logTextEdit.clear()
+        self.ui.lesionTable.setRowCount(0)
+        self.ui.progressBar.value = 0
+        try:
+            with slicer.util.WaitCursor():
+                self.logic.start(self._parameterNode, self.onEvent, self.onFinished)
+        except Exception as exc:  # bad input is reported, not raised into Qt (nothing was started)
+            panel.show_start_error(exc)
         self.ui.progressBar.visible = self.logic.running
         self.updateGUI()
 

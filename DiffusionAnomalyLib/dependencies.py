@@ -39,7 +39,7 @@ def missing_packages(python: str | None = None, extra: dict[str, str] | None = N
     """
     wanted = {**REQUIREMENTS, **(extra or {})}
     if not python or _same_interpreter(python):
-        return [req for name, req in wanted.items() if importlib.util.find_spec(name) is None]
+        return [req for name, req in wanted.items() if not _importable(name)]
     code = ("import importlib.util, json, sys; "
             "print(json.dumps([n for n in sys.argv[1:] if importlib.util.find_spec(n) is None]))")
     try:
@@ -49,6 +49,13 @@ def missing_packages(python: str | None = None, extra: dict[str, str] | None = N
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         names = list(wanted)
     return [wanted[n] for n in names]
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or blocked package cannot be imported either
+        return False
 
 
 def _same_interpreter(python: str) -> bool:

@@ -40,7 +40,7 @@ def bundle_defaults(bundle_path: str) -> dict[str, Any]:
     rec = meta.recommended or {}
     sampler = recommended_sampler(rec)
     opts = map_options(None, rec, meta.preset())
-    return {"sampler": sampler["sampler"], "noiseLevel": float(sampler["noise_level"]),
+    return {"sampler": sampler["sampler"], "noiseLevel": int(sampler["noise_level"]),
             "guidance": float(sampler["guidance"]), "steps": int(sampler["steps"]), "reference": opts.reference,
             "samples": opts.samples, "medianFilter": opts.median_filter}
 
@@ -199,6 +199,19 @@ def show_outcome(ui, run: SceneRun) -> list[dict]:
         for c, (key, _) in enumerate(LESION_COLUMNS):
             ui.lesionTable.setItem(r, c, qt.QTableWidgetItem(cell_text(row.get(key, ""))))
     return rows
+
+
+def show_start_error(exc: BaseException) -> None:
+    """A run that could not start: its reason in a dialog (with the traceback as details unless it is bad input)."""
+    import traceback
+
+    import slicer
+
+    from .errors import DiffusionAnomalyError
+
+    details = {} if isinstance(exc, DiffusionAnomalyError) else {"detailedText": "".join(
+        traceback.format_exception(exc))}
+    slicer.util.errorDisplay(f"Could not start the run: {exc}", windowTitle="Diffusion Anomaly", **details)
 
 
 def show_apply_state(button, running: bool, problems: list[str]) -> None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
-from .anomaly import Lesion
 from .io import write_volume
+
+if TYPE_CHECKING:  # the Slicer scene adapter uses this module without scikit-image (which anomaly needs)
+    from .anomaly import Lesion
 
 #: SNOMED CT codes of the anatomic regions and modifiers used in the terminology tags.
 ANATOMY = {"kidney": ("64033007", "Kidney"), "liver": ("10200004", "Liver"), "brain": ("12738006", "Brain")}

@@ -34,7 +34,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _fresh_dialogs() -> None:
+def _fresh_dialogs():
     """Each test starts with no recorded popups and no scripted answers."""
     slicer_runtime.dialogs.reset()
     slicer_runtime.pip_installs.clear()
+    slicer_runtime.slot_errors.clear()
+    yield
+    assert not slicer_runtime.slot_errors, f"exceptions in Qt slots: {slicer_runtime.slot_errors}"

@@ -198,6 +198,18 @@ QtCore.QObject.disconnect = _pythonqt_disconnect
 QtCore.QObject.className = _className
 
 
+def _truthy(self: QtCore.QObject) -> bool:
+    """PythonQt: a wrapped object is true while it exists. PyQt5 gives QComboBox (and other classes with
+    ``__len__``) the truth of their item count, so an empty combo box would be false, and Slicer's
+    ``findChildren``/``childWidgetVariables`` (``if not p: continue``) would skip it."""
+    return True
+
+
+for _cls in (QtCore.QObject, QtWidgets.QComboBox, QtWidgets.QListWidget, QtWidgets.QTableWidget,
+             QtWidgets.QTreeWidget, QtWidgets.QTabWidget, QtWidgets.QStackedWidget, QtWidgets.QToolBox):
+    _cls.__bool__ = _truthy
+
+
 # --------------------------------------------------------------------------------------------------
 # .ui loading
 

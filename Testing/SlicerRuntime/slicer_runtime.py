@@ -157,6 +157,16 @@ class DialogRecorder:
 
 dialogs = DialogRecorder()
 pip_installs: list[Any] = []
+#: Exceptions raised in Qt slots (button clicks, timers). PythonQt prints them to the Python console and goes on;
+#: PyQt5 would abort the process. Recorded here (and printed) so tests can assert that none happened.
+slot_errors: list[BaseException] = []
+
+
+def _slot_excepthook(exc_type: type, exc: BaseException, tb: Any) -> None:
+    import traceback
+
+    slot_errors.append(exc)
+    traceback.print_exception(exc_type, exc, tb)
 blocker: ImportBlocker | None = None
 core_util: types.ModuleType | None = None
 _installed: dict[str, Any] = {}
@@ -475,6 +485,8 @@ def make_widget(name: str) -> Any:
 
 
 def _scripted_classes(FakeModule: type, qMRMLWidget: type) -> dict[str, type]:
+    from PyQt5.QtCore import pyqtProperty
+
     class qSlicerScriptedLoadableModuleWidget(qMRMLWidget):
         """FAKE of the C++ panel of a scripted module: holds the Python widget (``self()``)."""
 
@@ -485,13 +497,30 @@ def _scripted_classes(FakeModule: type, qMRMLWidget: type) -> dict[str, type]:
             super().__init__()
             self.setLayout(qt.QVBoxLayout())
             self.setMRMLScene(slicer.mrmlScene)
+            self._entered = False
             self._python = widget_class(self)
             self._python.setup()
-            if hasattr(self._python, "enter"):
-                self._python.enter()
+            self.enter()
 
         def self(self) -> Any:
             return self._python
+
+        def enter(self) -> None:
+            """As Slicer does when the module is shown: ``isEntered`` becomes true, then the Python ``enter()``."""
+            self._entered = True
+            if hasattr(self._python, "enter"):
+                self._python.enter()
+
+        def exit(self) -> None:
+            """As Slicer does when another module is shown: the Python ``exit()``, then ``isEntered`` is false."""
+            if hasattr(self._python, "exit"):
+                self._python.exit()
+            self._entered = False
+
+        def _isEntered(self) -> bool:
+            return self._entered
+
+        isEntered = pyqtProperty(bool, _isEntered)
 
     class qSlicerScriptedLoadableModule(FakeModule):
         """FAKE of qSlicerScriptedLoadableModule: the module's Python instance and lazy panel."""
@@ -639,6 +668,8 @@ def install(block_imports: tuple[str, ...] = ()) -> types.ModuleType:
 
     import qt  # our PythonQt-like qt (this folder)
     from PyQt5 import QtCore, QtWidgets
+
+    sys.excepthook = _slot_excepthook
 
     tempdir = tempfile.mkdtemp(prefix="slicer-runtime-")
     QtCore.QCoreApplication.setOrganizationName("slicer-runtime-tests")

@@ -1,0 +1,356 @@
+"""The module's panel and Logic driven as a user would, on the Slicer-like runtime (see conftest.py).
+
+Real: the module file, Slicer 5.12.3's parameterNodeWrapper and ScriptedLoadableModule, the MRML scene,
+layout logic and slice nodes (slicer-core), the worker process (the project's full environment,
+``DA_WORKER_PYTHON``) and the shipped kidney demo bundle. Fakes: the CTK/qMRML widgets and ``slicer.app``
+(Testing/SlicerRuntime). This process cannot import torch, MONAI, scikit-image or matplotlib.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer_runtime
+
+REPO = Path(__file__).resolve().parents[2]
+BLOCKED = ("torch", "monai", "skimage", "matplotlib")
+WORKER_PYTHON = os.environ.get("DA_WORKER_PYTHON", "")
+needs_worker = pytest.mark.skipif(not WORKER_PYTHON or not Path(WORKER_PYTHON).is_file(),
+                                  reason="DA_WORKER_PYTHON (the project's full environment) is not set; "
+                                         "run through `make test-slicer`")
+
+
+@pytest.fixture(scope="module")
+def module():
+    return slicer_runtime.load_module(REPO / "DiffusionAnomaly" / "DiffusionAnomaly.py")
+
+
+@pytest.fixture
+def widget(module):
+    """The module's panel (one per session, as in Slicer), on an emptied scene, entered."""
+    import slicer
+
+    w = slicer_runtime.make_widget("DiffusionAnomaly")
+    if w.logic.running:
+        w.logic.cancel()
+        w.logic.wait(60)
+    slicer.mrmlScene.Clear(0)
+    w.parent.enter()
+    yield w
+    if w.logic.running:
+        w.logic.cancel()
+        w.logic.wait(60)
+
+
+def _case(widget, **settings):
+    """The self-test's kidney phantom and organ segmentation in the scene, the demo bundle chosen, then
+    ``settings`` (parameter-node fields) applied; returns the parameter node."""
+    import slicer
+
+    from DiffusionAnomalyLib import selftest
+
+    pn = widget._parameterNode
+    case = selftest.prepare(slicer.mrmlScene, pn)
+    with slicer.util.NodeModify(pn.parameterNode):
+        for name, value in settings.items():
+            setattr(pn, name, value)
+    return pn, case
+
+
+def _node_ids() -> set[str]:
+    import slicer
+
+    scene = slicer.mrmlScene
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _timed(function, durations: list[float]):
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            durations.append(time.perf_counter() - t0)
+    return wrapper
+
+
+def _pump_until(condition, timeout_s: float = 120.0) -> None:
+    import slicer
+
+    t_end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < t_end, "timed out"
+        slicer.app.processEvents()
+        time.sleep(0.02)
+
+
+FAST = {"samples": 1, "steps": 5, "noiseLevel": 100, "guidance": 0.0, "device": "cpu",
+        "pythonExecutable": WORKER_PYTHON}
+
+
+# --- opening the panel ---------------------------------------------------------------------------------------------
+
+def test_the_panel_opens_without_the_heavy_packages_and_apply_offers_the_install(widget, monkeypatch):
+
+    assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+    monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
+    pn, _ = _case(widget)  # the worker is Slicer's own Python: this one, without torch
+    bundles = [widget.ui.bundleComboBox.itemText(i) for i in range(widget.ui.bundleComboBox.count)]
+    assert any("kidney-demo" in b and "DEMO" in b for b in bundles)
+    assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip
+    before = _node_ids()
+    slicer_runtime.dialogs.answers.append(False)  # the user declines the install
+    widget.ui.applyButton.click()
+    asked = slicer_runtime.dialogs.texts("confirmOkCancelDisplay")
+    assert len(asked) == 1 and "torch" in asked[0] and sys.executable in asked[0]
+    (error,) = slicer_runtime.dialogs.texts("errorDisplay")
+    assert "-m pip install" in error and sys.executable in error and "monai" in error
+    assert not widget.logic.running and _node_ids() == before
+    # accepted: Slicer's own Python installs with slicer.util.pip_install (recorded here, not run)
+    slicer_runtime.dialogs.reset()
+    slicer_runtime.dialogs.answers.append(True)
+    widget.ui.applyButton.click()
+    assert any("torch>=2.3" in str(call) for call in slicer_runtime.pip_installs), slicer_runtime.pip_installs
+    assert "Still missing" in slicer_runtime.dialogs.texts("errorDisplay")[0]  # the recorder installs nothing
+    assert not widget.logic.running and _node_ids() == before
+    assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+
+
+def test_entering_again_keeps_every_setting(widget):
+    pn, _ = _case(widget)
+    chosen = {"organ": "liver", "sampler": "ddim", "noiseLevel": 321, "guidance": 250.0, "steps": 40, "seed": 7,
+              "reference": "input", "samples": 3, "medianFilter": 2, "thresholdMode": "fixed", "threshold": 0.25,
+              "device": "cpu", "maskSource": "segmentation"}
+    for name, value in chosen.items():
+        setattr(pn, name, value)
+    bundle = pn.bundlePath
+    assert "liver" in bundle  # a liver bundle was chosen for the liver
+    for name, value in chosen.items():  # choosing that bundle did not overwrite what the user set afterwards
+        setattr(pn, name, value)
+    for _ in range(2):  # another module, then back, as Slicer does it
+        widget.parent.exit()
+        widget.parent.enter()
+    for name, value in chosen.items():
+        assert getattr(pn, name) == value, name
+    assert pn.bundlePath == bundle
+    assert widget.ui.organComboBox.currentText == "liver"
+    assert widget.ui.samplerComboBox.currentText == "ddim"
+    assert widget.ui.thresholdModeComboBox.currentText == "fixed"
+    assert widget.ui.noiseLevelSlider.value == 321
+    assert widget.ui.organComboBox.count == 3  # filled once, not once per entry
+
+
+def test_setting_ranges_come_from_the_parameter_class(widget):
+    assert (widget.ui.seedSpinBox.minimum, widget.ui.seedSpinBox.maximum) == (0, 2**31 - 1)
+    assert (widget.ui.thresholdSpinBox.minimum, widget.ui.thresholdSpinBox.maximum) == (0, 10)
+    assert widget.ui.thresholdSpinBox.decimals == 3
+
+
+def test_each_bad_input_disables_apply_with_its_reason(widget):
+    import slicer
+
+    from DiffusionAnomalyLib import scene as adapter
+
+    pn, case = _case(widget, pythonExecutable=WORKER_PYTHON or sys.executable)
+    assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip
+    good = {"inputVolume": pn.inputVolume, "maskSegmentation": pn.maskSegmentation, "bundlePath": pn.bundlePath}
+    flat = adapter.volume_node_from_image(slicer.mrmlScene, case.phantom.channels["ct"][:, :, 5:6], "one slice")
+    empty_seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "no kidney here")
+    cases = [
+        ({"inputVolume": None}, "Select an input volume"),
+        ({"inputVolume": flat}, "is 2D"),
+        ({"maskSegmentation": None}, "Choose the segmentation"),
+        ({"maskSegmentation": empty_seg}, "no segment named like 'kidney'"),
+        ({"maskSource": "none"}, "needs an organ mask"),
+        ({"steps": 300, "noiseLevel": 250}, "Steps must be between 1 and L"),
+        ({"thresholdMode": "fixed", "threshold": 0.0}, "fixed threshold must be > 0"),
+        ({"pythonExecutable": "/no/such/python"}, "does not exist"),
+    ]
+    for change, reason in cases:
+        with slicer.util.NodeModify(pn.parameterNode):
+            for name, value in change.items():
+                setattr(pn, name, value)
+        widget.updateGUI()
+        assert not widget.ui.applyButton.enabled, change
+        assert reason in widget.ui.applyButton.toolTip, (change, widget.ui.applyButton.toolTip)
+        with slicer.util.NodeModify(pn.parameterNode):  # back to the good case
+            for name, value in {**good, "maskSource": "segmentation", "steps": 5, "noiseLevel": 100,
+                                "thresholdMode": "bundle", "pythonExecutable": WORKER_PYTHON or sys.executable}.items():
+                setattr(pn, name, value)
+        widget.updateGUI()
+        assert widget.ui.applyButton.enabled, (change, widget.ui.applyButton.toolTip)
+
+
+def test_a_slicer_older_than_5_10_gets_one_message(module, monkeypatch):
+    import qt
+    import slicer
+
+    real = slicer.app
+
+    class Slicer58:
+        """Slicer 5.8 as far as the version check sees it."""
+        majorVersion, minorVersion = 5, 8
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(slicer, "app", Slicer58())
+    panel = slicer.modules.diffusionanomaly.createNewWidgetRepresentation()
+    labels = [w.text for w in panel.findChildren(qt.QLabel)]
+    assert any("needs 3D Slicer 5.10 or later; this is 5.8" in t for t in labels), labels
+    assert panel.self().logic is None
+
+
+# --- running ---------------------------------------------------------------------------------------------------------
+
+@needs_worker
+def test_apply_runs_the_worker_and_shows_the_results_in_three_axial_views(widget):
+    import slicer
+    import vtk
+
+    pn, _ = _case(widget, thresholdMode="fixed", threshold=0.05, **FAST)
+    # the input and its segmentation live under a translation: results must follow it
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(2, 3, 12.0)
+    transform.SetMatrixTransformToParent(shift)
+    pn.inputVolume.SetAndObserveTransformNodeID(transform.GetID())
+    pn.maskSegmentation.SetAndObserveTransformNodeID(transform.GetID())
+    events = []
+    original = widget.onEvent
+    widget.onEvent = lambda e: (events.append(e), original(e))
+    try:
+        widget.ui.applyButton.click()
+        assert widget.ui.applyButton.text == "Cancel" and widget.ui.progressBar.isVisibleTo(widget.parent)
+        widget.logic.wait(300)
+    finally:
+        del widget.onEvent
+    assert not slicer_runtime.dialogs.texts("errorDisplay"), slicer_runtime.dialogs.shown
+    progress = [e for e in events if e.get("event") == "progress"]
+    assert progress and any(e.get("eta_s") is not None for e in progress)
+    assert widget.ui.applyButton.text == "Apply" and not widget.ui.progressBar.isVisibleTo(widget.parent)
+    run = widget.logic.runner.run
+    res = run.result_nodes
+    assert res is not None and run.error is None
+    for node in (res.reconstruction, res.heatmap, res.lesions):
+        assert node.GetTransformNodeID() == transform.GetID()
+    heat_display = res.heatmap.GetDisplayNode()
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(res.heatmap)
+    assert legend is not None and legend.GetVisibility() and heat_display.GetColorNodeID()
+    # the compare layout: three axial views showing input | reconstruction | input + heatmap
+    objects = slicer_runtime.runtime_objects()
+    layout = objects["layoutNode"]
+    assert layout.GetViewArrangement() == 5761
+    scene = slicer.mrmlScene
+    for name in ("Red", "Yellow", "Green"):
+        assert scene.GetNodeByID(f"vtkMRMLSliceNode{name}").GetOrientation() == "Axial", name
+    comp = {n: scene.GetNodeByID(f"vtkMRMLSliceCompositeNode{n}") for n in ("Red", "Yellow", "Green")}
+    assert comp["Red"].GetBackgroundVolumeID() == pn.inputVolume.GetID()
+    assert comp["Yellow"].GetBackgroundVolumeID() == res.reconstruction.GetID()
+    assert comp["Green"].GetBackgroundVolumeID() == pn.inputVolume.GetID()
+    assert comp["Green"].GetForegroundVolumeID() == res.heatmap.GetID()
+    # the lesion table; a click moves the views to that lesion, in world coordinates
+    rows = widget._lesionRows
+    assert rows and widget.ui.lesionTable.rowCount == len(rows)
+    widget.ui.lesionTable.cellClicked.emit(0, 0)
+    expected = np.array([rows[0][f"centroid_ras_{a}"] for a in "xyz"]) + [0, 0, 12.0]
+    red = scene.GetNodeByID("vtkMRMLSliceNodeRed")
+    np.testing.assert_allclose(red.GetSliceToRAS().GetElement(2, 3), expected[2], atol=1.0)
+    # leaving the compare layout gives the views back as they were
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+    assert scene.GetNodeByID("vtkMRMLSliceNodeYellow").GetOrientation() == "Sagittal"
+    assert scene.GetNodeByID("vtkMRMLSliceNodeGreen").GetOrientation() == "Coronal"
+    assert not any(c.GetLinkedControl() for c in comp.values())
+
+
+@needs_worker
+def test_cancel_mid_run_leaves_the_scene_as_it_was_and_never_blocks_the_gui(widget):
+    pn, _ = _case(widget, **{**FAST, "noiseLevel": 999, "steps": 999})
+    durations: list[float] = []
+    widget.logic._poll = _timed(widget.logic._poll, durations)
+    widget.onApply = _timed(widget.onApply, durations)
+    try:
+        before = _node_ids()
+        widget.onApply()
+        reconstructing = []
+        original = widget.onEvent
+        widget.logic.runner.run.on_event = lambda e: (reconstructing.append(e.get("stage") == "reconstruct"),
+                                                      original(e))
+        _pump_until(lambda: any(reconstructing))
+        widget.onApply()  # the button is "Cancel" now
+        _pump_until(lambda: not widget.logic.running, 60)
+        _pump_until(lambda: widget.logic.timer is None, 10)
+    finally:
+        del widget.logic._poll
+        del widget.onApply
+    run = widget.logic.runner.run
+    assert run.error is not None and run.error.code == "cancelled"
+    assert run.result_nodes is None and run.tmp is None
+    assert _node_ids() == before
+    assert max(durations) < 0.5, f"the GUI thread waited {max(durations):.2f} s"
+    assert widget.ui.applyButton.text == "Apply" and "Not completed" in widget.ui.statusLabel.text
+    assert not slicer_runtime.dialogs.texts("errorDisplay")  # a cancel is not an error
+
+
+@needs_worker
+def test_a_failure_while_starting_leaves_the_logic_ready_for_the_next_apply(widget):
+    import slicer
+
+    pn, case = _case(widget, **FAST)
+    good = pn.maskSegmentation
+    # a kidney segment that is empty inside the volume: found by name, refused when the mask is exported
+    hollow = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "hollow")
+    hollow.GetSegmentation().AddEmptySegment("kidney_left", "kidney_left")
+    pn.maskSegmentation = hollow
+    widget.ui.applyButton.click()
+    (error,) = slicer_runtime.dialogs.texts("errorDisplay")
+    assert "empty" in error
+    assert not widget.logic.running and widget.ui.applyButton.text == "Apply"
+    pn.maskSegmentation = good
+    slicer_runtime.dialogs.reset()
+    widget.ui.applyButton.click()
+    assert widget.logic.running, slicer_runtime.dialogs.shown
+    assert not slicer_runtime.dialogs.texts("errorDisplay")
+    widget.logic.cancel()
+    widget.logic.wait(60)
+
+
+@needs_worker
+def test_closing_the_scene_during_a_run_cancels_it(widget):
+    import slicer
+
+    _case(widget, **{**FAST, "noiseLevel": 999, "steps": 999})
+    widget.ui.applyButton.click()
+    assert widget.logic.running
+    slicer.mrmlScene.Clear(0)
+    widget.logic.wait(60)
+    run = widget.logic.runner.run
+    assert run.error is not None and run.error.code == "cancelled" and run.result_nodes is None
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+@needs_worker
+def test_totalsegmentator_runs_in_the_worker_and_is_offered_for_install(widget):
+    pn, _ = _case(widget, maskSource="totalsegmentator", **FAST)
+    assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip  # no segmentation needed
+    assert not widget.ui.maskSegmentationSelector.enabled
+    before = _node_ids()
+    slicer_runtime.dialogs.answers.append(False)
+    widget.ui.applyButton.click()
+    (asked,) = slicer_runtime.dialogs.texts("confirmOkCancelDisplay")
+    assert "TotalSegmentator" in asked and WORKER_PYTHON in asked
+    assert _node_ids() == before  # no empty "organs" segmentation left behind
+
+
+@needs_worker
+def test_the_module_self_test_passes(module):
+    import slicer
+
+    slicer_runtime.make_widget("DiffusionAnomaly")  # an open panel must not disturb it
+    module.DiffusionAnomalyTest().runTest()
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") >= 2
