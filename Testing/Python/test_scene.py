@@ -90,8 +90,7 @@ def _organ_segmentation(scene, case_dir, reference):
     """A segmentation node made from the phantom's TotalSegmentator-style files, as a user would have."""
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "organs")
     seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-    logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic  # static methods
     for name in ("kidney_left", "kidney_right", "liver"):
         lab = adapter.volume_node_from_image(scene, sitk.ReadImage(str(case_dir / "segmentations" / f"{name}.nii.gz")),
                                              name, "vtkMRMLLabelMapVolumeNode")
@@ -387,3 +386,67 @@ def test_missing_dependencies_and_the_install_command(monkeypatch):
     assert missing == ["monai>=1.4", "einops>=0.7"]
     assert dependencies.install_command(missing, "/opt/slicer/bin/PythonSlicer") == (
         "/opt/slicer/bin/PythonSlicer -m pip install 'monai>=1.4' 'einops>=0.7'")
+
+
+def test_the_worker_python_inside_slicer_is_python_real_not_the_application(tmp_path, monkeypatch):
+    from DiffusionAnomalyLib import dependencies
+
+    monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    bin_dir = tmp_path / "Slicer-5.12" / "bin"
+    bin_dir.mkdir(parents=True)
+    app = bin_dir / "SlicerApp-real"  # sys.executable inside Slicer
+    for name in ("SlicerApp-real", "PythonSlicer", "python-real"):
+        (bin_dir / name).write_text("")
+    assert dependencies.slicer_python(str(app)) == str(bin_dir / "python-real")
+    (bin_dir / "python-real").unlink()
+    assert dependencies.slicer_python(str(app)) == str(bin_dir / "PythonSlicer")
+    (bin_dir / "PythonSlicer").unlink()
+    assert dependencies.slicer_python(str(app)) == ""  # never the Slicer application itself
+    monkeypatch.setenv("DA_WORKER_PYTHON", "/opt/gpu-env/bin/python")
+    assert dependencies.slicer_python(str(app)) == "/opt/gpu-env/bin/python"
+    # the manual install hint names that interpreter
+    assert dependencies.install_command(["monai>=1.4"], "/opt/gpu-env/bin/python") == (
+        "/opt/gpu-env/bin/python -m pip install 'monai>=1.4'")
+
+
+def test_missing_packages_are_asked_of_the_worker_interpreter_in_a_child_process(tmp_path):
+    import sys
+
+    from DiffusionAnomalyLib import dependencies
+
+    assert dependencies.missing_packages(sys.executable) == []
+    # a Python without the packages: an interpreter started with -S and no site-packages would do, but the
+    # simplest real one is a venv without pip packages
+    import subprocess
+    import venv
+
+    venv.create(tmp_path / "bare", with_pip=False)
+    bare = tmp_path / "bare" / "bin" / "python"
+    assert subprocess.run([str(bare), "-c", "import sys"]).returncode == 0
+    missing = dependencies.missing_packages(str(bare), dependencies.TOTALSEGMENTATOR_REQUIREMENT)
+    assert "torch>=2.3" in missing and "monai>=1.4" in missing and "TotalSegmentator>=2.4" in missing
+    assert dependencies.missing_packages(str(tmp_path / "no-python")) == list(dependencies.REQUIREMENTS.values())
+
+
+def test_the_segmentations_logic_is_used_through_its_static_methods(kidney_case, monkeypatch):
+    # An instance with a scene re-registers the converter rules in a global list ("already registered" warnings)
+    real = slicer.vtkSlicerSegmentationsModuleLogic
+    made = []
+
+    class CountingLogic:
+        """The real class's static methods; counts instances."""
+
+        ExportSegmentsToLabelmapNode = staticmethod(real.ExportSegmentsToLabelmapNode)
+        ImportLabelmapToSegmentationNode = staticmethod(real.ImportLabelmapToSegmentationNode)
+
+        def __new__(cls):
+            made.append(cls)
+            return real()
+
+    scene, ct, seg = _fresh_scene_with_ct(kidney_case[1])
+    monkeypatch.setattr(slicer, "vtkSlicerSegmentationsModuleLogic", CountingLogic)
+    mask = adapter.mask_from_segments(scene, seg, adapter.organ_segment_ids(seg, "kidney"), ct)
+    lesions = adapter.lesion_segmentation(scene, kidney_case[1] / "lesions.nii.gz", [], "kidney", ct, "lesions")
+    assert sitk.GetArrayViewFromImage(mask).any() and lesions.GetSegmentation().GetNumberOfSegments() == 2
+    assert made == []

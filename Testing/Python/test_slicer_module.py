@@ -114,6 +114,9 @@ def test_cmake_registers_the_module_tests_and_ships_the_library():
     assert "WITH_GENERIC_TESTS" in module_cmake and "slicer_add_python_unittest" in module_cmake
     top = (REPO / "CMakeLists.txt").read_text()
     assert "add_subdirectory(DiffusionAnomaly)" in top and "DiffusionAnomalyLib/*.py" in top
+    # the Extensions Manager installs SlicerPyTorch with it; the description names the minimum Slicer
+    assert re.search(r"set\(EXTENSION_DEPENDS PyTorch\)", top)
+    assert "Slicer 5.10 or later" in re.search(r'EXTENSION_DESCRIPTION "([^"]*)"', top).group(1)
     assert (REPO / "DiffusionAnomaly" / "Resources" / "Icons" / "DiffusionAnomaly.png").is_file()
 
 
