@@ -395,16 +395,20 @@ def test_the_worker_python_inside_slicer_is_python_real_not_the_application(tmp_
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     bin_dir = tmp_path / "Slicer-5.12" / "bin"
     bin_dir.mkdir(parents=True)
-    app = bin_dir / "SlicerApp-real"  # sys.executable inside Slicer
+    launcher = bin_dir / "PythonSlicer"  # sys.executable inside Slicer (Slicer sets it so)
     for name in ("SlicerApp-real", "PythonSlicer", "python-real"):
         (bin_dir / name).write_text("")
-    assert dependencies.slicer_python(str(app)) == str(bin_dir / "python-real")
+    real = str(bin_dir / "python-real")
+    assert dependencies.slicer_python(str(launcher)) == real
+    assert dependencies.slicer_python("") == ""  # PythonSlicer not on PATH: Slicer sets sys.executable to ""
+    # a command typed in a shell goes through the launcher, which sets up the environment python-real needs
+    assert dependencies.launcher_for(real) == str(launcher)
     (bin_dir / "python-real").unlink()
-    assert dependencies.slicer_python(str(app)) == str(bin_dir / "PythonSlicer")
+    assert dependencies.slicer_python(str(launcher)) == str(launcher)
     (bin_dir / "PythonSlicer").unlink()
-    assert dependencies.slicer_python(str(app)) == ""  # never the Slicer application itself
+    assert dependencies.slicer_python(str(bin_dir / "SlicerApp-real")) == ""  # never the Slicer application
     monkeypatch.setenv("DA_WORKER_PYTHON", "/opt/gpu-env/bin/python")
-    assert dependencies.slicer_python(str(app)) == "/opt/gpu-env/bin/python"
+    assert dependencies.slicer_python(str(launcher)) == "/opt/gpu-env/bin/python"
     # the manual install hint names that interpreter
     assert dependencies.install_command(["monai>=1.4"], "/opt/gpu-env/bin/python") == (
         "/opt/gpu-env/bin/python -m pip install 'monai>=1.4'")
