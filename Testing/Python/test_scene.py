@@ -86,6 +86,25 @@ def test_mri_channels_on_different_grids_are_refused():
     assert adapter.channel_nodes_problem([a, a], ["t1n", "t2w"]) == ""
 
 
+def test_the_channel_grid_check_copies_no_voxels(monkeypatch):
+    # the panel runs it on every change of a setting: geometry only, never the volumes
+    scene = _scene()
+    a = adapter.volume_node_from_image(scene, make_image(np.zeros((8, 8, 8), np.float32)), "t1n")
+    b = adapter.volume_node_from_image(scene, make_image(np.zeros((8, 8, 8), np.float32), origin=(0, 0, 1)), "t2w")
+    c = adapter.volume_node_from_image(scene, make_image(np.zeros((8, 8, 9), np.float32)), "t2f")
+
+    def copying(node):
+        raise AssertionError("voxels copied")
+
+    monkeypatch.setattr(adapter, "image_from_volume_node", copying)
+    assert "spacing, origin or direction differ" in adapter.channel_nodes_problem([a, b], ["t1n", "t2w"])
+    assert "size (8, 8, 8) vs (9, 8, 8)" in adapter.channel_nodes_problem([a, c], ["t1n", "t2f"])
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    b2 = adapter.volume_node_from_image(scene, make_image(np.zeros((8, 8, 8), np.float32)), "t2w moved")
+    b2.SetAndObserveTransformNodeID(transform.GetID())
+    assert "different parent transforms" in adapter.channel_nodes_problem([a, b2], ["t1n", "t2w"])
+
+
 def _organ_segmentation(scene, case_dir, reference):
     """A segmentation node made from the phantom's TotalSegmentator-style files, as a user would have."""
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "organs")
