@@ -295,7 +295,7 @@ def test_cancel_mid_run_leaves_the_scene_as_it_was_and_never_blocks_the_gui(widg
         _pump_until(lambda: any(reconstructing))
         widget.onApply()  # the button is "Cancel" now
         _pump_until(lambda: not widget.logic.running, 60)
-        _pump_until(lambda: widget.logic.timer is None, 10)
+        _pump_until(lambda: not widget.logic.timer.isActive(), 10)
     finally:
         del widget.logic._poll
         del widget.onApply
