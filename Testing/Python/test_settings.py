@@ -1,0 +1,79 @@
+"""The one run-settings object: resolved once from a bundle's recommendations plus overrides, validated, and
+round-tripped through JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import REPO
+
+from DiffusionAnomalyLib.bundle import read_meta
+from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.settings import RunSettings
+
+KIDNEY = REPO / "Resources" / "Models" / "kidney-demo"
+
+
+def _kidney():
+    meta = read_meta(KIDNEY)
+    return meta.recommended, meta.preset()
+
+
+def test_the_bundle_recommendation_fills_what_is_not_given():
+    rec, preset = _kidney()
+    s = RunSettings.resolve(rec, preset)
+    assert (s.sampler, s.noise_level, s.steps, s.guidance) == (rec["sampler"], rec["noise_level"], rec["steps"],
+                                                               rec["guidance"])
+    assert (s.reference, s.samples, s.median_filter) == (rec["reference"], rec["samples"], rec["median_filter"])
+    assert (s.threshold, s.min_lesion_ml, s.grow_to) == (rec["threshold"], rec["min_lesion_ml"], rec["grow_to"])
+
+
+def test_an_override_of_zero_stays_zero_and_none_means_not_given():
+    rec, preset = _kidney()
+    s = RunSettings.resolve(rec, preset, guidance=0.0, median_filter=0, min_lesion_ml=0.0, steps=None, seed=0)
+    assert s.guidance == 0.0 and s.median_filter == 0 and s.min_lesion_ml == 0.0
+    assert s.steps == rec["steps"]
+
+
+def test_threshold_modes():
+    rec, preset = _kidney()
+    assert RunSettings.resolve(rec, preset, threshold="bundle").threshold == rec["threshold"]
+    assert RunSettings.resolve(rec, preset, threshold="otsu").threshold is None
+    assert RunSettings.resolve(rec, preset, threshold=0.3).threshold == 0.3
+    assert RunSettings.resolve({}, preset).threshold is None  # no calibrated threshold: Otsu
+
+
+def test_defaults_without_a_recommendation_come_from_one_place():
+    _, preset = _kidney()
+    s = RunSettings.resolve({}, preset)
+    assert (s.sampler, s.noise_level, s.steps, s.guidance, s.reference, s.samples) == ("ddpm", 250, 50, 0.0,
+                                                                                       "input", 1)
+    assert s.median_filter == preset.median_filter_voxels
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"sampler": "euler"}, "unknown sampler"), ({"noise_level": 1000}, "between 1 and 999"),
+    ({"steps": 300, "noise_level": 250}, "between 1 and L = 250"), ({"guidance": -1.0}, ">= 0"),
+    ({"guidance": math.inf}, "finite"), ({"threshold": math.nan}, "finite number > 0"),
+    ({"threshold": -0.5}, "> 0"), ({"samples": 0}, "samples must be >= 1"), ({"grow_to": 1.5}, "(0, 1]"),
+    ({"seed": 2**64}, "0..2^63-1"), ({"reference": "mean"}, "unknown map reference"),
+    ({"median_filter": -1}, ">= 0 voxels"), ({"noise_level": 2.5}, "whole number"),
+    ({"colour": "red"}, "unknown run setting"),
+])
+def test_bad_values_are_refused_with_what_is_wrong(override, message):
+    rec, preset = _kidney()
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("^", r"\^")):
+        RunSettings.resolve(rec, preset, **override)
+
+
+def test_json_round_trip_and_unknown_keys():
+    rec, preset = _kidney()
+    s = RunSettings.resolve(rec, preset, seed=7, device="cpu", threshold="otsu")
+    again = RunSettings.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again == s
+    with pytest.raises(InputError, match="run.json: unknown run setting"):
+        RunSettings.from_dict({**s.to_dict(), "extra": 1}, "run.json")
+    with pytest.raises(InputError, match="must be a JSON object"):
+        RunSettings.from_dict([1, 2], "run.json")
