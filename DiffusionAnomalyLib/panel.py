@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InputError
 from .scene_run import RunRequest, SceneRun, cached_meta
-from .settings import ORGANS, SAMPLERS, map_options, recommended_sampler  # noqa: F401 (the panel's choices)
+from .settings import ORGANS, SAMPLERS, RunSettings  # noqa: F401 (ORGANS, SAMPLERS: the panel's choices)
 
 MINIMUM_SLICER = (5, 10)
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
@@ -37,12 +37,9 @@ def slicer_version_problem(major: int, minor: int) -> str:
 def bundle_defaults(bundle_path: str) -> dict[str, Any]:
     """The panel values a bundle recommends: sampler, L, s, steps, map reference, samples and median filter."""
     meta = cached_meta(bundle_path)
-    rec = meta.recommended or {}
-    sampler = recommended_sampler(rec)
-    opts = map_options(None, rec, meta.preset())
-    return {"sampler": sampler["sampler"], "noiseLevel": int(sampler["noise_level"]),
-            "guidance": float(sampler["guidance"]), "steps": int(sampler["steps"]), "reference": opts.reference,
-            "samples": opts.samples, "medianFilter": opts.median_filter}
+    s = RunSettings.resolve(meta.recommended, meta.preset())
+    return {"sampler": s.sampler, "noiseLevel": s.noise_level, "guidance": s.guidance, "steps": s.steps,
+            "reference": s.reference, "samples": s.samples, "medianFilter": s.median_filter}
 
 
 def input_nodes(pn) -> list:
