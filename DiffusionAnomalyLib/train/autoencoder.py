@@ -1,4 +1,4 @@
-"""Train the VQ-GAN autoencoder (seed 000 §4.3.1, App. A.1) on all non-excluded ROI patches.
+"""Train the VQ-GAN autoencoder (kidney thesis §4.3.1, App. A.1) on all non-excluded ROI patches.
 
 Loss: 4 * L1 + quantisation (commitment) loss [+ 4 * perceptual, if a local feature-network file
 is given] [+ 1 * volume-GAN + 1 * slice-GAN after ``adversarial_start`` iterations]; Adam 3e-4,
