@@ -112,7 +112,8 @@ def _copy_with(tmp_path, change):
     (lambda d: d.update(training_data=800), "training_data"),
     (lambda d: d["recommended"].update(sampler="euler"), "recommended.sampler"),
     (lambda d: d["recommended"].update(samples=0), "recommended.samples"),
-    (lambda d: d["networks"].pop("denoiser"), "networks.denoiser"),
+    (lambda d: d["networks"].pop("autoencoder"), "networks.autoencoder"),
+    (lambda d: d["networks"].update(denoiser=[1]), "networks.denoiser"),
     (lambda d: d.update(channels=[]), "channels"),
     (lambda d: d["files"].update({"denoiser.safetensors": 5}), "files.denoiser.safetensors"),
 ])
