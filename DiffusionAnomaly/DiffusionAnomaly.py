@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import qt
 import slicer
 import vtk
-from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -68,7 +68,7 @@ class DiffusionAnomalyParameterNode:
     samples: Annotated[int, WithinRange(0, 16)] = 0
     medianFilter: Annotated[int, WithinRange(-1, 15)] = -1
     thresholdMode: Annotated[str, Choice(list(panel.THRESHOLD_MODES))] = "bundle"
-    threshold: Annotated[float, WithinRange(0, 10), Decimals(3)] = 0.0
+    threshold: Annotated[float, WithinRange(0, 10)] = 0.0  # 3 decimals: set in the .ui
     device: Annotated[str, Choice(list(panel.DEVICE_CHOICES))] = "auto"
     pythonExecutable: str = ""
     outputFolder: str = ""
@@ -78,9 +78,7 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self.logic = self._parameterNode = self._parameterNodeGuiTag = None
         self._bundles, self._lesionRows = panel.BundleList(), []
 
     def setup(self) -> None:
@@ -114,7 +112,7 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.removeObservers()
         if self.logic:
-            self.logic.cancel()
+            self.logic.cleanup()
 
     def enter(self) -> None:
         if self.logic:  # None on a Slicer that is too old
@@ -181,8 +179,9 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 setattr(pn, name, value)
 
     def onImportBundle(self) -> None:
+        path = panel.ask_bundle_path()  # the file dialogs: not under the wait cursor
         with slicer.util.tryWithErrorDisplay("Could not import the model bundle.", waitCursor=True):
-            dest = panel.import_bundle_from_dialog()
+            dest = panel.import_bundle(path) if path else ""
             if dest:
                 self._bundles.organ = None  # read the list again
                 self.updateGUI()
@@ -227,9 +226,15 @@ class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
     def __init__(self, client_factory=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.runner = panel.PanelRunner(client_factory)
-        self.timer = None
+        self.timer = qt.QTimer()  # one timer, started and stopped (never deleted inside its own timeout)
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self._poll)
         self._onFinished = None
         self._closeTag = slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, lambda *a: self.cancel())
+
+    def cleanup(self) -> None:
+        self.cancel()
+        slicer.mrmlScene.RemoveObserver(self._closeTag)
 
     def getParameterNode(self):
         return DiffusionAnomalyParameterNode(super().getParameterNode())
@@ -253,15 +258,11 @@ class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
         self.runner.start(slicer.mrmlScene, request, panel.input_nodes(pn), pn.maskSegmentation, on_event,
                           pn.outputFolder)
         self._onFinished = on_finished
-        self.timer = qt.QTimer()
-        self.timer.setInterval(200)
-        self.timer.connect("timeout()", self._poll)
         self.timer.start()
 
     def _poll(self) -> None:
-        if not self.runner.poll() and self.timer is not None:
+        if not self.runner.poll() and self.timer.isActive():
             self.timer.stop()
-            self.timer = None
             self._onFinished(self.runner.run)
 
     def cancel(self) -> None:
@@ -270,7 +271,7 @@ class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
 
     def wait(self, timeout_s: float = 600.0) -> None:
         """Process events until the run ends (self-test and scripts)."""
-        panel.wait_for(lambda: self.timer is None, slicer.app.processEvents, timeout_s, on_timeout=self.cancel)
+        panel.wait_for(lambda: not self.timer.isActive(), slicer.app.processEvents, timeout_s, on_timeout=self.cancel)
 
 
 class DiffusionAnomalyTest(ScriptedLoadableModuleTest):

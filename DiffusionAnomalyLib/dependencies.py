@@ -1,8 +1,9 @@
 """The Python packages the worker needs, what is missing in a given interpreter, and how to install them.
 
 Used by the Slicer module on first Apply: it asks before installing anything and, when the user
-declines or the install fails, shows :func:`install_command` (for the worker's interpreter, which
-inside Slicer is not ``sys.executable``: that is the Slicer application) so it can be run by hand.
+declines or the install fails, shows :func:`install_command` for the worker's interpreter (inside
+Slicer: the ``PythonSlicer`` launcher, which sets up the environment a shell lacks) so it can be run
+by hand.
 Nothing here imports the packages it checks.
 """
 
@@ -15,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 #: import name -> pip requirement (torch separately: Slicer's PyTorch extension picks the right build).
@@ -75,35 +77,54 @@ def install_command(requirements: list[str], python: str | None = None) -> str:
     return shlex.join([python or sys.executable, "-m", "pip", "install", *requirements])
 
 
-def pip_install(requirements: list[str], python: str) -> None:
+def pip_install(requirements: list[str], python: str, idle: Callable[[], None] | None = None) -> None:
     """Install ``requirements`` into another interpreter (``python -m pip install``; argument list, no shell).
 
+    ``idle()`` is called for every line pip prints (a GUI passes its event processing, so it keeps painting).
     Raises RuntimeError with pip's last lines when it fails.
     """
-    out = subprocess.run([python, "-m", "pip", "install", *requirements], capture_output=True, text=True,
-                         shell=False, stdin=subprocess.DEVNULL, **_no_window())
-    if out.returncode != 0:
-        tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-5:])
-        raise RuntimeError(f"pip install failed (exit code {out.returncode}): {tail}")
+    process = subprocess.Popen([python, "-m", "pip", "install", *requirements], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
+                               shell=False, stdin=subprocess.DEVNULL, **_no_window())
+    lines: list[str] = []
+    for line in process.stdout:
+        lines.append(line.rstrip())
+        if idle:
+            idle()
+    if process.wait() != 0:
+        tail = "\n".join(lines[-5:])
+        raise RuntimeError(f"pip install failed (exit code {process.returncode}): {tail}")
+
+
+def launcher_for(python: str) -> str:
+    """The interpreter to name in a command a user runs from a shell: Slicer's ``PythonSlicer`` launcher beside a
+    ``python-real`` (which needs the environment the launcher sets up), else ``python`` itself."""
+    path = Path(python)
+    if path.stem == "python-real":
+        launcher = path.with_name("PythonSlicer" + path.suffix)
+        if launcher.is_file():
+            return str(launcher)
+    return python
 
 
 def slicer_python(executable: str | None = None) -> str:
     """The plain Python interpreter of a 3D Slicer installation, for running the worker.
 
-    Inside Slicer ``sys.executable`` is the Slicer application, not Python. Slicer ships ``PythonSlicer``
-    (a launcher that sets up the environment, then starts ``python-real``). Slicer's own process already has
-    that environment, so the worker is started as ``python-real`` directly when it exists: cancelling then
-    stops the real interpreter, not only a launcher (which could leave the child running on Windows).
+    Inside Slicer ``sys.executable`` is the ``PythonSlicer`` launcher (which sets up the environment, then
+    starts ``python-real`` beside it), or "" when it is not on PATH. Slicer's own process already has that
+    environment, so the worker is started as ``python-real`` directly when it exists: cancelling then stops the
+    real interpreter, not only a launcher (which could leave the child running on Windows).
     ``DA_WORKER_PYTHON`` overrides the choice. Returns "" when none is found.
     """
     if os.environ.get("DA_WORKER_PYTHON"):
         return os.environ["DA_WORKER_PYTHON"]
-    executable = executable or sys.executable
+    executable = executable if executable is not None else sys.executable
     suffix = ".exe" if os.name == "nt" else ""
-    candidates = [Path(executable).with_name("python-real" + suffix)]
-    launcher = shutil.which("PythonSlicer") or str(Path(executable).with_name("PythonSlicer" + suffix))
-    candidates += [Path(launcher).with_name("python-real" + suffix), Path(launcher)]
+    candidates = []
+    for start in (executable, shutil.which("PythonSlicer")):
+        if start:
+            candidates += [Path(start).with_name(name + suffix) for name in ("python-real", "PythonSlicer")]
     for c in candidates:
         if c.is_file():
             return str(c)
-    return sys.executable if "python" in Path(executable).name.lower() else ""
+    return executable if executable and "python" in Path(executable).name.lower() else ""

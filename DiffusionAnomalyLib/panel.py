@@ -140,16 +140,19 @@ class BundleList:
         return self.paths.index(path) if path in self.paths else -1
 
 
-def import_bundle_from_dialog() -> str:
-    """Ask for a bundle folder (or, when cancelled, a .zip) and import it into the models folder; "" if none."""
+def ask_bundle_path() -> str:
+    """Ask for a bundle folder (or, when cancelled, a .zip); "" if none."""
     import qt
 
+    path = qt.QFileDialog.getExistingDirectory(None, "Model bundle folder (cancel to pick a .zip)")
+    return path or qt.QFileDialog.getOpenFileName(None, "Model bundle (.zip)", "", "Bundles (*.zip)")
+
+
+def import_bundle(path: str) -> str:
+    """Check a bundle folder or .zip and copy it into the models folder; returns where it went."""
     from .bundle import default_models_dir, import_bundle
 
-    path = qt.QFileDialog.getExistingDirectory(None, "Model bundle folder (cancel to pick a .zip)")
-    if not path:
-        path = qt.QFileDialog.getOpenFileName(None, "Model bundle (.zip)", "", "Bundles (*.zip)")
-    return str(import_bundle(path, default_models_dir())) if path else ""
+    return str(import_bundle(path, default_models_dir()))
 
 
 def models_folder() -> str:
@@ -253,7 +256,7 @@ def ensure_worker_packages(python: str, totalsegmentator: bool, ask: bool = True
     missing = dependencies.missing_packages(python, extra)
     if not missing:
         return True
-    command = dependencies.install_command(missing, python)
+    command = dependencies.install_command(missing, dependencies.launcher_for(python) if own else python)
     if ask and not slicer.util.confirmOkCancelDisplay(
             f"Diffusion Anomaly needs these Python packages: {', '.join(missing)}. Install them now into {python}? "
             "(This may take several minutes.)", windowTitle="Diffusion Anomaly"):
@@ -279,7 +282,7 @@ def _install(missing: list[str], python: str, own: bool) -> None:
     from . import dependencies
 
     if not own:
-        dependencies.pip_install(missing, python)
+        dependencies.pip_install(missing, python, idle=slicer.app.processEvents)  # the GUI keeps painting
         return
     torch = [m for m in missing if m.startswith("torch")]
     if torch and importlib.util.find_spec("PyTorchUtils"):

@@ -449,7 +449,7 @@ class CompareViewState:
     slice view's orientation and linked control."""
 
     arrangement: int
-    orientations: dict[str, str] = field(default_factory=dict)
+    slice_to_ras: dict[str, object] = field(default_factory=dict)  # view -> vtkMatrix4x4 copy (oblique views too)
     linked: dict[str, bool] = field(default_factory=dict)
 
 
@@ -483,9 +483,13 @@ def show_compare(scene, input_node, result: ResultNodes, heatmap_opacity: float 
         if not layout.IsLayoutDescription(COMPARE_LAYOUT_ID):
             layout.AddLayoutDescription(COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML)
         layout.SetViewArrangement(COMPARE_LAYOUT_ID)
+    import vtk
+
     for tag, node in _slice_nodes(scene).items():
         if tag in COMPARE_VIEWS:
-            state.orientations[tag] = node.GetOrientation()
+            saved = vtk.vtkMatrix4x4()
+            saved.DeepCopy(node.GetSliceToRAS())
+            state.slice_to_ras[tag] = saved
             node.SetOrientation("Axial")
     views = {"Red": (input_node, None), "Yellow": (result.reconstruction, None), "Green": (input_node, result.heatmap)}
     for tag, comp in _composite_nodes(scene).items():
@@ -507,8 +511,12 @@ def leave_compare(scene, state: CompareViewState) -> None:
     """Undo :func:`show_compare`'s view settings (orientations, linked control) once the user has left the
     compare layout; the volumes shown stay."""
     for tag, node in _slice_nodes(scene).items():
-        if tag in state.orientations and state.orientations[tag]:
-            node.SetOrientation(state.orientations[tag])
+        if tag in state.slice_to_ras:  # the rotation, not the orientation name (an oblique view has none)
+            current, saved = node.GetSliceToRAS(), state.slice_to_ras[tag]
+            for r in range(3):  # the position the user went to stays
+                for c in range(3):
+                    current.SetElement(r, c, saved.GetElement(r, c))
+            node.UpdateMatrices()
     for tag, comp in _composite_nodes(scene).items():
         if tag in state.linked:
             comp.SetLinkedControl(state.linked[tag])

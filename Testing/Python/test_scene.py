@@ -86,6 +86,25 @@ def test_mri_channels_on_different_grids_are_refused():
     assert adapter.channel_nodes_problem([a, a], ["t1n", "t2w"]) == ""
 
 
+def test_the_channel_grid_check_copies_no_voxels(monkeypatch):
+    # the panel runs it on every change of a setting: geometry only, never the volumes
+    scene = _scene()
+    a = adapter.volume_node_from_image(scene, make_image(np.zeros((8, 8, 8), np.float32)), "t1n")
+    b = adapter.volume_node_from_image(scene, make_image(np.zeros((8, 8, 8), np.float32), origin=(0, 0, 1)), "t2w")
+    c = adapter.volume_node_from_image(scene, make_image(np.zeros((8, 8, 9), np.float32)), "t2f")
+
+    def copying(node):
+        raise AssertionError("voxels copied")
+
+    monkeypatch.setattr(adapter, "image_from_volume_node", copying)
+    assert "spacing, origin or direction differ" in adapter.channel_nodes_problem([a, b], ["t1n", "t2w"])
+    assert "size (8, 8, 8) vs (9, 8, 8)" in adapter.channel_nodes_problem([a, c], ["t1n", "t2f"])
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    b2 = adapter.volume_node_from_image(scene, make_image(np.zeros((8, 8, 8), np.float32)), "t2w moved")
+    b2.SetAndObserveTransformNodeID(transform.GetID())
+    assert "different parent transforms" in adapter.channel_nodes_problem([a, b2], ["t1n", "t2w"])
+
+
 def _organ_segmentation(scene, case_dir, reference):
     """A segmentation node made from the phantom's TotalSegmentator-style files, as a user would have."""
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "organs")
@@ -395,16 +414,20 @@ def test_the_worker_python_inside_slicer_is_python_real_not_the_application(tmp_
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     bin_dir = tmp_path / "Slicer-5.12" / "bin"
     bin_dir.mkdir(parents=True)
-    app = bin_dir / "SlicerApp-real"  # sys.executable inside Slicer
+    launcher = bin_dir / "PythonSlicer"  # sys.executable inside Slicer (Slicer sets it so)
     for name in ("SlicerApp-real", "PythonSlicer", "python-real"):
         (bin_dir / name).write_text("")
-    assert dependencies.slicer_python(str(app)) == str(bin_dir / "python-real")
+    real = str(bin_dir / "python-real")
+    assert dependencies.slicer_python(str(launcher)) == real
+    assert dependencies.slicer_python("") == ""  # PythonSlicer not on PATH: Slicer sets sys.executable to ""
+    # a command typed in a shell goes through the launcher, which sets up the environment python-real needs
+    assert dependencies.launcher_for(real) == str(launcher)
     (bin_dir / "python-real").unlink()
-    assert dependencies.slicer_python(str(app)) == str(bin_dir / "PythonSlicer")
+    assert dependencies.slicer_python(str(launcher)) == str(launcher)
     (bin_dir / "PythonSlicer").unlink()
-    assert dependencies.slicer_python(str(app)) == ""  # never the Slicer application itself
+    assert dependencies.slicer_python(str(bin_dir / "SlicerApp-real")) == ""  # never the Slicer application
     monkeypatch.setenv("DA_WORKER_PYTHON", "/opt/gpu-env/bin/python")
-    assert dependencies.slicer_python(str(app)) == "/opt/gpu-env/bin/python"
+    assert dependencies.slicer_python(str(launcher)) == "/opt/gpu-env/bin/python"
     # the manual install hint names that interpreter
     assert dependencies.install_command(["monai>=1.4"], "/opt/gpu-env/bin/python") == (
         "/opt/gpu-env/bin/python -m pip install 'monai>=1.4'")

@@ -221,6 +221,15 @@ def test_apply_runs_the_worker_and_shows_the_results_in_three_axial_views(widget
     transform.SetMatrixTransformToParent(shift)
     pn.inputVolume.SetAndObserveTransformNodeID(transform.GetID())
     pn.maskSegmentation.SetAndObserveTransformNodeID(transform.GetID())
+    scene = slicer.mrmlScene
+    yellow = scene.GetNodeByID("vtkMRMLSliceNodeYellow")
+    tilt = vtk.vtkTransform()  # an oblique (reformatted) Yellow view, to be given back as it was
+    tilt.RotateX(20)
+    tilt.Concatenate(yellow.GetSliceToRAS())
+    yellow.GetSliceToRAS().DeepCopy(tilt.GetMatrix())
+    yellow.UpdateMatrices()
+    views_before = {n: slicer.util.arrayFromVTKMatrix(scene.GetNodeByID(f"vtkMRMLSliceNode{n}").GetSliceToRAS())
+                    for n in ("Yellow", "Green")}
     events = []
     original = widget.onEvent
     widget.onEvent = lambda e: (events.append(e), original(e))
@@ -246,7 +255,6 @@ def test_apply_runs_the_worker_and_shows_the_results_in_three_axial_views(widget
     objects = slicer_runtime.runtime_objects()
     layout = objects["layoutNode"]
     assert layout.GetViewArrangement() == 5761
-    scene = slicer.mrmlScene
     for name in ("Red", "Yellow", "Green"):
         assert scene.GetNodeByID(f"vtkMRMLSliceNode{name}").GetOrientation() == "Axial", name
     comp = {n: scene.GetNodeByID(f"vtkMRMLSliceCompositeNode{n}") for n in ("Red", "Yellow", "Green")}
@@ -263,8 +271,11 @@ def test_apply_runs_the_worker_and_shows_the_results_in_three_axial_views(widget
     np.testing.assert_allclose(red.GetSliceToRAS().GetElement(2, 3), expected[2], atol=1.0)
     # leaving the compare layout gives the views back as they were
     layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
-    assert scene.GetNodeByID("vtkMRMLSliceNodeYellow").GetOrientation() == "Sagittal"
+    assert yellow.GetOrientation() == "Reformat"
     assert scene.GetNodeByID("vtkMRMLSliceNodeGreen").GetOrientation() == "Coronal"
+    for name, before in views_before.items():
+        after = slicer.util.arrayFromVTKMatrix(scene.GetNodeByID(f"vtkMRMLSliceNode{name}").GetSliceToRAS())
+        np.testing.assert_allclose(after[:3, :3], before[:3, :3], atol=1e-9)  # orientation back, position kept
     assert not any(c.GetLinkedControl() for c in comp.values())
 
 
