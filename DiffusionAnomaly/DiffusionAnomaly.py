@@ -154,8 +154,7 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         paths = self._bundles.refresh(pn.organ)
         if paths is not None:  # another organ: another list
             self.ui.bundleComboBox.blockSignals(True)
-            self.ui.bundleComboBox.clear()
-            self.ui.bundleComboBox.addItems(self._bundles.labels)
+            self._bundles.fill(self.ui.bundleComboBox)
         if pn.bundlePath not in self._bundles.paths:
             self.chooseBundle(self._bundles.paths[0] if self._bundles.paths else "")
         self.ui.bundleComboBox.setCurrentIndex(self._bundles.index(pn.bundlePath))

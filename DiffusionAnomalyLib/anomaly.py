@@ -1,4 +1,4 @@
-"""From an anomaly map to lesions (seed 000 §4.1.1) and the lesion table.
+"""From an anomaly map to lesions (kidney thesis §4.1.1) and the lesion table.
 
 Post-processing order, as in the thesis: threshold -> mask to the organ -> morphological opening
 -> closing (6-connected unit structuring element) -> hole filling -> connected components
@@ -24,9 +24,9 @@ from .roi import voxel_centres_lps
 _STRUCT6 = ndimage.generate_binary_structure(3, 1)
 _STRUCT26 = np.ones((3, 3, 3), dtype=bool)
 
-#: Size strata by largest axial diameter (seed 000 Table 5.2): name and upper bound in mm.
+#: Size strata by largest axial diameter (kidney thesis Table 5.2): name and upper bound in mm.
 SIZE_CLASSES = (("<=2 cm", 20.0), ("2-4 cm", 40.0), ("4-7 cm", 70.0), (">7 cm", np.inf))
-#: The renal-cell-carcinoma T stage of each size stratum (seed 000 Table 5.2, T1a split into T1ai/T1aii): kidney
+#: The renal-cell-carcinoma T stage of each size stratum (kidney thesis Table 5.2, T1a split into T1ai/T1aii): kidney
 #: lesions only; the other organs' staging is not by these sizes.
 KIDNEY_T_STAGES = ("T1ai", "T1aii", "T1b", "T2")
 
@@ -40,7 +40,7 @@ def anomaly_map(x: np.ndarray, x_hat: np.ndarray, channel_axis: int | None = Non
 
 
 def median_filter_map(score: np.ndarray, size: int) -> np.ndarray:
-    """Median filter of the anomaly map (seed 004 scores); ``size`` <= 1 returns it unchanged."""
+    """Median filter of the anomaly map (liver paper scores); ``size`` <= 1 returns it unchanged."""
     return ndimage.median_filter(score, size=size) if size > 1 else score
 
 
@@ -80,7 +80,7 @@ def otsu_threshold(score: np.ndarray, mask: np.ndarray | None = None) -> float:
 def dataset_otsu_threshold(
     scores: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], bins: int = 4096
 ) -> float:
-    """Global Otsu over many maps (seed 000: one threshold for a whole test set).
+    """Global Otsu over many maps (kidney thesis: one threshold for a whole test set).
 
     Uses a pooled histogram with ``bins`` bins so memory does not grow with the dataset.
     """
@@ -127,7 +127,7 @@ def size_class(diameter_mm: float, organ: str = "") -> str:
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """Settings of :func:`postprocess`; defaults are seed 000 §4.1.1.
+    """Settings of :func:`postprocess`; defaults are kidney thesis §4.1.1.
 
     ``grow_to`` < 1 adds hysteresis (not in the thesis): each lesion kept at the threshold is grown over the
     connected organ voxels whose score exceeds ``grow_to`` x threshold, so its extent is not cut at the

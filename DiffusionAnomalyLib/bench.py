@@ -1,7 +1,7 @@
 """``diffusion-anomaly bench``: speed and memory of the samplers, as figures (never asserted in tests).
 
 For each model size (random weights; ``demo`` = the tiny CPU network on the kidney demo latent
-4 x 16 x 12 x 12, ``thesis-kidney`` = seed 000 App. A: latent 8 x 32 x 24 x 24, multipliers
+4 x 16 x 12 x 12, ``thesis-kidney`` = kidney thesis App. A: latent 8 x 32 x 24 x 24, multipliers
 [2, 4, 8, 16]), device, sampler (DDPM, DDIM with inversion), guidance (off / on) and ROIs per batch
 (1, 2) it reports:
 

@@ -1,4 +1,4 @@
-"""Model bundles (DESIGN.md §4): a folder (or a .zip of one) with ``model.json`` and safetensors weights.
+"""Model bundles (docs/model-bundles.md): a folder (or a .zip of one) with ``model.json`` and safetensors weights.
 
 ``model.json`` holds the format version, organ and modality, channel names, preset overrides
 (spacing, ROI size, normalisation, ...), latent shape and scale factor, noise schedule, network
@@ -56,9 +56,14 @@ class BundleMeta:
     schedule: dict[str, Any] = field(default_factory=lambda: {"num_timesteps": 1000, "beta_start": 1e-4,
                                                                "beta_end": 0.02, "kind": "linear"})
     recommended: dict[str, Any] = field(default_factory=dict)
-    training_data: str = ""
+    training_data: str | dict[str, Any] = ""  # what, how many, where from: a description, never a local path
     licence: str = ""
     intended_use: str = ""
+    summary: str = ""  # the model card's fields (docs/model-bundles.md); empty in bundles made before them
+    out_of_scope_use: str = ""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    limitations: str = ""
+    citation: str = ""
     demo: bool = False
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -79,6 +84,9 @@ class BundleMeta:
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
             raise BundleError(f"{source}: unknown field(s) {unknown}")
+        from .schema import check_model_json
+
+        check_model_json(d, source)
         return cls(**d)
 
     def preset(self) -> OrganPreset:
@@ -313,6 +321,11 @@ class AvailableBundle:
     def label(self) -> str:
         demo = " [DEMO, synthetic data]" if self.meta.demo else ""
         return f"{self.meta.name} {self.meta.version}{demo}"
+
+    @property
+    def summary(self) -> str:
+        """The model card's one-line summary (or, for older bundles, the intended use)."""
+        return self.meta.summary or self.meta.intended_use
 
 
 def available_bundles(organ: str | None = None,

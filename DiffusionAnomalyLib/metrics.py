@@ -1,4 +1,4 @@
-"""Evaluation metrics of seed 000 ch. 5: Dice, lesion matching, FROC, size strata, AUROC/AUPRC,
+"""Evaluation metrics of kidney thesis ch. 5: Dice, lesion matching, FROC, size strata, AUROC/AUPRC,
 bootstrap confidence intervals and a one-sided Wilcoxon (non-inferiority) test.
 
 Conventions: labelmaps hold one integer id per lesion (0 = background). Undefined ratios (0/0)
@@ -228,7 +228,7 @@ def stratified_detection(
     pred_labels: np.ndarray, ref_labels: np.ndarray, image: sitk.Image, low_mm: float, high_mm: float,
     iou_threshold: float = 0.2,
 ) -> Detection | None:
-    """Detection restricted to references with diameter in (low, high] mm (seed 000 §5.3.3).
+    """Detection restricted to references with diameter in (low, high] mm (kidney thesis §5.3.3).
 
     Unmatched predictions outside the size range are dropped; returns None when the case has no
     reference lesion in the range (such cases are excluded).

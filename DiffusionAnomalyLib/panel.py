@@ -111,6 +111,7 @@ class BundleList:
         self.organ: str | None = None
         self.paths: list[str] = []
         self.labels: list[str] = []
+        self.summaries: list[str] = []  # each bundle's model-card summary, shown as the item's tooltip
 
     def refresh(self, organ: str) -> list[str] | None:
         """The new paths when the list changed (another organ, or :attr:`organ` reset to None), else None."""
@@ -120,7 +121,17 @@ class BundleList:
             return None
         found = available_bundles(organ)
         self.organ, self.paths, self.labels = organ, [str(b.path) for b in found], [b.label for b in found]
+        self.summaries = [b.summary for b in found]
         return self.paths
+
+    def fill(self, combo) -> None:
+        """Put the labels into ``combo`` (a QComboBox), each with its model card's summary as tooltip."""
+        import qt
+
+        combo.clear()
+        combo.addItems(self.labels)
+        for i, summary in enumerate(self.summaries):
+            combo.setItemData(i, summary, qt.Qt.ToolTipRole)
 
     def index(self, path: str) -> int:
         return self.paths.index(path) if path in self.paths else -1

@@ -1,4 +1,5 @@
-"""Organ presets: everything organ-specific that the pipeline needs, with defaults from the seeds.
+"""Organ presets: everything organ-specific that the pipeline needs, with defaults from the source works
+(docs/method.md).
 
 Axes follow ITK/DICOM patient coordinates (LPS): x runs right->left, y anterior->posterior,
 z inferior->superior. Sizes are given as (x, y, z); numpy arrays of the same grids are (z, y, x).
@@ -44,7 +45,7 @@ class OrganPreset:
 
     ``structures`` maps a side ("left", "right", or "" for unpaired organs) to the
     TotalSegmentator class name of that structure; one ROI patch is taken per structure.
-    ``roi_size_mm`` and ``spacing_mm`` are (x, y, z); kidney defaults follow seed 000 §4.1.1
+    ``roi_size_mm`` and ``spacing_mm`` are (x, y, z); kidney defaults follow the kidney thesis, §4.1.1
     (1 mm isotropic, 96 x 96 x 128 mm with 128 mm along the body axis).
     """
 
@@ -58,9 +59,9 @@ class OrganPreset:
     normalization: IntensityNormalization
     background: float  # value outside the body in input units (air for CT, 0 for skull-stripped MRI)
     display_window: tuple[float, float] | None  # (level, width) in input units; None = auto
-    median_filter_voxels: int = 0  # anomaly-map median filter size (0 = off; seed 004 uses one)
-    min_component_voxels: int = 20  # seed 000 §4.1.1
-    min_axial_extent_mm: float = 3.0  # seed 000 §4.1.1
+    median_filter_voxels: int = 0  # anomaly-map median filter size (0 = off; the liver paper uses one)
+    min_component_voxels: int = 20  # kidney thesis §4.1.1
+    min_axial_extent_mm: float = 3.0  # kidney thesis §4.1.1
     #: Fraction of the ROI size that the image must span along each axis (see roi.py).
     min_image_extent_fraction: float = 0.5
     description: str = ""
@@ -104,7 +105,8 @@ KIDNEY = OrganPreset(
     normalization=IntensityNormalization("ct_window", -200.0, 400.0),
     background=-1024.0,
     display_window=(40.0, 400.0),
-    description="Kidney lesions in contrast-enhanced abdominal CT (seed 000/001): one ROI per kidney.",
+    description="Kidney lesions in contrast-enhanced abdominal CT (Dusseljee's kidney thesis and paper): "
+                "one ROI per kidney.",
 )
 
 LIVER = OrganPreset(
@@ -119,7 +121,8 @@ LIVER = OrganPreset(
     background=-1024.0,
     display_window=(60.0, 200.0),
     median_filter_voxels=3,
-    description="Liver lesions in portal-venous CT (seed 004, 'GDPI'): one ROI over the liver.",
+    description="Liver lesions in portal-venous CT (Shi et al., diffusion-prior inpainting, 'GDPI'): "
+                "one ROI over the liver.",
 )
 
 BRAIN = OrganPreset(
@@ -133,7 +136,7 @@ BRAIN = OrganPreset(
     normalization=IntensityNormalization("mr_percentile", percentiles=(0.5, 99.5)),
     background=0.0,
     display_window=None,
-    description="Brain tumours in skull-stripped, co-registered multi-sequence MRI (seed 002).",
+    description="Brain tumours in skull-stripped, co-registered multi-sequence MRI (Loesch's PhD thesis).",
 )
 
 PRESETS: dict[str, OrganPreset] = {p.name: p for p in (KIDNEY, LIVER, BRAIN)}

@@ -1,9 +1,9 @@
 """Healthy reconstruction with a model bundle: encode ROI patches, noise to level L and denoise back
-toward "healthy" in latent space, decode (DESIGN.md §2 steps 4-6).
+toward "healthy" in latent space, decode (docs/method.md, pipeline steps 4-7).
 
 Implements the pipeline's reconstructor interface (``reconstruct(x, mask, spacing_mm)``). With
 ``reference="autoencoder"`` the anomaly map is taken against the autoencoder's own reconstruction
-D(E(x)) instead of the input, which cancels the compression error (seed 002 §3.4.3). With
+D(E(x)) instead of the input, which cancels the compression error (brain thesis §3.4.3). With
 ``samples`` = K > 1 the stochastic samplers (DDPM, inpaint) draw K reconstructions of every ROI in one
 batch and average them after decoding: the healed lesion is in every sample, while the sampling
 noise of a single draw, a source of false-positive blobs, shrinks about as 1/sqrt(K). DDIM is

@@ -1,4 +1,4 @@
-"""Pseudo-labels from free-text radiology reports (seed 000 §4.2.3).
+"""Pseudo-labels from free-text radiology reports (kidney thesis §4.2.3).
 
 Per organ (per side for kidneys): a lesion, cyst or tumour mentioned and not negated -> unhealthy;
 described as normal or not mentioned -> healthy; stones, calcification, necrosis, atrophy or prior

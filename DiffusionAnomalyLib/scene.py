@@ -1,6 +1,6 @@
 """The MRML scene adapter: the only code in the library that touches 3D Slicer's scene.
 
-It imports ``slicer`` and ``vtk`` inside its functions (DESIGN.md §1), so the rest of the library
+It imports ``slicer`` and ``vtk`` inside its functions (DEVELOPERS.md, layers), so the rest of the library
 stays importable without Slicer. It works on any ``vtkMRMLScene``: Slicer's own, or the real one
 the ``slicer-core`` wheel provides (which the tests use).
 

@@ -207,7 +207,8 @@ def train_organ(organ: str, work: Path, out: Path, smoke: bool, log=print) -> Pa
             if f.is_file():
                 shutil.copy2(f, stage / f.name)
         meta = read_meta(stage)
-        if meta.version != plan["version"]:  # e.g. a new denoiser and classifier on an earlier autoencoder
+        carried = _carry_card(meta, final)
+        if meta.version != plan["version"] or carried:  # e.g. a new denoiser and classifier on an earlier autoencoder
             meta.version = plan["version"]
             (stage / "model.json").write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
     _record(out / "manifest.json", final)
@@ -265,13 +266,32 @@ def _optional_sweep_args(cal: dict) -> list[str]:
     return args
 
 
+CARD_FIELDS = ("summary", "training_data", "licence", "intended_use", "out_of_scope_use", "evaluation", "limitations",
+               "citation")
+
+
+def _carry_card(meta, previous: Path) -> bool:
+    """Copy the model card fields of the bundle shipped before (``previous``) into ``meta``; True if any changed.
+
+    Review them after a retraining: the evaluation figures and counts are the previous bundle's until updated."""
+    if not (previous / "model.json").is_file():
+        return False
+    old = read_meta(previous)
+    changed = False
+    for name in CARD_FIELDS:
+        if getattr(old, name) and getattr(meta, name) != getattr(old, name):
+            setattr(meta, name, getattr(old, name))
+            changed = True
+    return changed
+
+
 def _record(manifest: Path, bundle: Path) -> None:
     meta = read_meta(bundle)
     data = json.loads(manifest.read_text()) if manifest.is_file() else {"format_version": 1, "bundles": []}
     entry = {"name": meta.name, "version": meta.version, "organ": meta.organ, "sha256": bundle_digest(bundle),
              "demo": True, "location": f"{bundle.name}/ (in this repository)",
-             "description": "DEMO model trained by `make demo-models` on the project's synthetic phantoms; "
-                            "not for real scans"}
+             "description": meta.summary or "DEMO model trained by `make demo-models` on the project's synthetic "
+                                            "phantoms; not for real scans"}
     data["bundles"] = [b for b in data.get("bundles", []) if b.get("name") != meta.name] + [entry]
     tmp = manifest.with_name(f".tmp-{os.getpid()}-{manifest.name}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""DDIM: deterministic denoising (seed 000 eq. 4.2) and its reverse, the encoding x_s -> x_t (eq. 4.3),
+"""DDIM: deterministic denoising (kidney thesis eq. 4.2) and its reverse, the encoding x_s -> x_t (eq. 4.3),
 on any grid of timesteps.
 
 Step t -> s (s < t):   x_s = sqrt(ab_s) * x0_hat(x_t) + sqrt(1 - ab_s) * eps(x_t, t)

@@ -1,4 +1,4 @@
-"""DDPM ancestral sampling (seed 000 eq. 2.8), including respaced schedules.
+"""DDPM ancestral sampling (kidney thesis eq. 2.8), including respaced schedules.
 
 Between any two grid timesteps s < t the posterior q(x_s | x_t, x_0) is Gaussian with
     beta'      = 1 - alpha_bar_t / alpha_bar_s

@@ -1,5 +1,5 @@
-"""Guidance toward the label "healthy": classifier guidance (seed 000 eq. 4.1) and classifier-free
-guidance for class-conditional denoisers (seed 002 §3.3).
+"""Guidance toward the label "healthy": classifier guidance (kidney thesis eq. 4.1) and classifier-free
+guidance for class-conditional denoisers (brain thesis §3.3).
 """
 
 from __future__ import annotations

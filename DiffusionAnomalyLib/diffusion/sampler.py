@@ -9,7 +9,7 @@ One entry point, :meth:`LatentSampler.reconstruct`, for a batch of ROI latents (
   input latent.
 - ``inpaint``: RePaint: inside ``mask`` the model generates, outside the input is re-noised to the
   current level at every step; each step is repeated ``resample_jumps`` times, diffusing back one
-  step in between (seed 004: T = 250, r = 10).
+  step in between (liver paper: T = 250, r = 10).
 
 Guidance: classifier guidance (eq. 4.1) with ``guidance`` = s when a classifier is given; for
 class-conditional denoisers ``cfg_scale`` applies classifier-free guidance toward healthy.

@@ -1,4 +1,4 @@
-"""The forward (noising) process: betas, alpha_bar and q(x_t | x_0) (seed 000 eq. 2.6)."""
+"""The forward (noising) process: betas, alpha_bar and q(x_t | x_0) (kidney thesis eq. 2.6)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from ..errors import InputError
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    """VQVAE settings. Two stride-2 levels give the 4x downsampling of seed 000 App. A.1."""
+    """VQVAE settings. Two stride-2 levels give the 4x downsampling of kidney thesis App. A.1."""
 
     in_channels: int = 1
     channels: tuple[int, ...] = (64, 128)
@@ -46,7 +46,7 @@ class AutoencoderConfig:
 
 
 AUTOENCODER_PRESETS = {
-    # seed 000 App. A.1: 8-channel latent, codebook 16,384, downsampling 4
+    # kidney thesis App. A.1: 8-channel latent, codebook 16,384, downsampling 4
     "thesis-kidney": AutoencoderConfig(),
     # small enough to train in minutes on a 2-core CPU
     "tiny": AutoencoderConfig(channels=(16, 32), num_res_layers=1, num_res_channels=(16, 32), embedding_dim=4,

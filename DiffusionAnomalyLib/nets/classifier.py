@@ -1,4 +1,4 @@
-"""Classifier on noisy latents C(y | x_t, t) (seed 000 §4.3.3, App. A.3).
+"""Classifier on noisy latents C(y | x_t, t) (kidney thesis §4.3.3, App. A.3).
 
 The denoiser's downsampling path (time embedding, input convolution, down blocks, middle block)
 followed by global pooling (mean and max, concatenated: a lesion is local, and averaging alone

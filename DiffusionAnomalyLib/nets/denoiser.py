@@ -1,6 +1,6 @@
 """The latent denoiser eps_theta(x_t, t[, label]): MONAI ``DiffusionModelUNet`` in 3D.
 
-The thesis kidney network (seed 000 App. A.2) works on 8 x 32 x 24 x 24 latents with channel
+The thesis kidney network (kidney thesis App. A.2) works on 8 x 32 x 24 x 24 latents with channel
 multipliers [2, 4, 8, 16] of a base width; ``tiny`` is a two-level network for CPU training, and
 ``tiny-3level`` adds a third level so that attention stays on a coarse grid when the latent is finer
 (the ``tiny-2x`` autoencoder): attention over 16 x 12 x 12 tokens costs 64x that over 8 x 6 x 6.

@@ -1,4 +1,4 @@
-"""The VQ-GAN's adversaries (seed 000 App. A.1): a volume-level 3D and a slice-level 2D patch
+"""The VQ-GAN's adversaries (kidney thesis App. A.1): a volume-level 3D and a slice-level 2D patch
 discriminator (MONAI ``PatchDiscriminator``), with a least-squares GAN loss."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Train the VQ-GAN autoencoder (seed 000 §4.3.1, App. A.1) on all non-excluded ROI patches.
+"""Train the VQ-GAN autoencoder (kidney thesis §4.3.1, App. A.1) on all non-excluded ROI patches.
 
 Loss: 4 * L1 + quantisation (commitment) loss [+ 4 * perceptual, if a local feature-network file
 is given] [+ 1 * volume-GAN + 1 * slice-GAN after ``adversarial_start`` iterations]; Adam 3e-4,
@@ -158,7 +158,8 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
             networks={"autoencoder": ae_cfg.to_dict(), "denoiser": None, "classifier": None},
             preset_overrides=dict(cfg.preset_overrides),
             latent={"channels": ae_cfg.embedding_dim, "shape_zyx": shape, "scale_factor": 1.0},
-            training_data=f"{len(data.ids)} patches from {cfg.data}", demo=cfg.demo,
+            training_data=f"{len(data.ids)} ROI patches of dataset {Path(cfg.data).name!r} (autoencoder)",
+            demo=cfg.demo,
             extra={"autoencoder_training": {"iterations": cfg.iterations, "best_val_l1": state["best_val_l1"],
                                             "val_patches": len(val.ids), "train_patches": len(train.ids),
                                             "first_val_l1": next((r["val_l1"] for r in log.rows), None)}},

@@ -1,4 +1,4 @@
-"""Train the noisy-latent classifier C(y | x_t, t) (seed 000 §4.3.3, App. A.3).
+"""Train the noisy-latent classifier C(y | x_t, t) (kidney thesis §4.3.3, App. A.3).
 
 Healthy and unhealthy latents, balanced by sampling; t ~ U{0..T} as in the thesis, or U{0..max_level}
 when the classifier only has to guide samplers started at L <= max_level; x_t from q(x_t | x_0);
@@ -8,7 +8,7 @@ Optional lesion supervision (``lesion_weight`` > 0, not in the thesis): where th
 masks, a 1x1x1 convolution on the pre-pooling features also learns which feature cells hold lesion
 voxels (class-balanced binary cross-entropy), so small lesions shape the features the pooled head
 reads; the convolution is dropped from the bundle. Validation AUC is measured at noise levels 0,
-250 and 500 (seed 000 §5); the weights with the best AUC at ``select_level`` are kept.
+250 and 500 (kidney thesis §5); the weights with the best AUC at ``select_level`` are kept.
 """
 
 from __future__ import annotations

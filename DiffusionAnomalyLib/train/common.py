@@ -86,7 +86,7 @@ def shutdown(d: Dist) -> None:
 
 # -- EMA -----------------------------------------------------------------------------------------
 class EMA:
-    """Exponential moving average of a model's parameters (seed 000: decay 0.995)."""
+    """Exponential moving average of a model's parameters (kidney thesis: decay 0.995)."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         import copy

@@ -1,4 +1,4 @@
-"""Train the latent denoiser (seed 000 §4.3.2, App. A.2) on *healthy* ROI latents.
+"""Train the latent denoiser (kidney thesis §4.3.2, App. A.2) on *healthy* ROI latents.
 
 x_t = sqrt(ab_t) z + sqrt(1 - ab_t) eps with t ~ U{1..T}; loss L1(eps_theta(x_t, t), eps); Adam 1e-4;
 EMA 0.995 (the EMA weights are saved). Latents are the bundle autoencoder's quantised encodings

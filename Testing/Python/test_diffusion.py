@@ -1,4 +1,4 @@
-"""Samplers against closed forms (seed 000 eq. 2.6, 2.8, 4.1-4.3; seed 004 RePaint)."""
+"""Samplers against closed forms (kidney thesis eq. 2.6, 2.8, 4.1-4.3; liver paper RePaint)."""
 
 import numpy as np
 import pytest

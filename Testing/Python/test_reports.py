@@ -1,4 +1,4 @@
-"""Pseudo-labels from reports (seed 000 §4.2.3) on sentences written for the purpose."""
+"""Pseudo-labels from reports (kidney thesis §4.2.3) on sentences written for the purpose."""
 
 import pytest
 
