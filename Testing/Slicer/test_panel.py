@@ -102,6 +102,11 @@ def test_the_panel_opens_without_the_heavy_packages_and_apply_offers_the_install
     pn, _ = _case(widget)  # the worker is Slicer's own Python: this one, without torch
     bundles = [widget.ui.bundleComboBox.itemText(i) for i in range(widget.ui.bundleComboBox.count)]
     assert any("kidney-demo" in b and "DEMO" in b for b in bundles)
+    import qt
+
+    demo = next(i for i, b in enumerate(bundles) if "kidney-demo" in b)
+    card = widget.ui.bundleComboBox.itemData(demo, qt.Qt.ToolTipRole)
+    assert card.startswith("DEMO: kidney CT") and "Not for real scans" in card  # the model card's summary
     assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip
     before = _node_ids()
     slicer_runtime.dialogs.answers.append(False)  # the user declines the install
