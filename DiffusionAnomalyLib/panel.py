@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import InputError
-from .scene_run import RunRequest, SceneRun, cached_meta
+from .scene_run import RunRequest, SceneRun, cached_meta, run_name
 from .settings import ORGANS, SAMPLERS, RunSettings  # noqa: F401 (ORGANS, SAMPLERS: the panel's choices)
 
 MINIMUM_SLICER = (5, 10)
@@ -291,6 +291,17 @@ def _install(missing: list[str], python: str, own: bool) -> None:
         slicer.util.pip_install(missing)
 
 
+def run_output_folder(root: str, name: str) -> str:
+    """A new folder under ``root`` for one run's files, named after the run (never an earlier run's folder)."""
+    import re
+
+    base = os.path.join(root, re.sub(r'[\\/:*?"<>|]+', "-", name).strip(" .") or "run")
+    folder, n = base, 2
+    while os.path.exists(folder):
+        folder, n = f"{base} ({n})", n + 1
+    return folder
+
+
 class PanelRunner:
     """At most one :class:`SceneRun` at a time, with the compare view it shows afterwards.
 
@@ -320,7 +331,7 @@ class PanelRunner:
         ids = adapter.organ_segment_ids(segmentation, request.organ) if segmentation is not None else []
         output = None
         if output_root and nodes:
-            output = os.path.join(output_root, nodes[0].GetName().replace(os.sep, "_"))
+            output = run_output_folder(output_root, run_name(request, nodes[0].GetName()))
         run = SceneRun(scene, request, nodes, segmentation if request.mask_source == "segmentation" else None, ids,
                        client_factory=self.client_factory, on_event=on_event, output_dir=output)
         run.start()  # raises before self.run is set: a failed start leaves the runner idle

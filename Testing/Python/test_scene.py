@@ -473,3 +473,13 @@ def test_the_segmentations_logic_is_used_through_its_static_methods(kidney_case,
     lesions = adapter.lesion_segmentation(scene, kidney_case[1] / "lesions.nii.gz", [], "kidney", ct, "lesions")
     assert sitk.GetArrayViewFromImage(mask).any() and lesions.GetSegmentation().GetNumberOfSegments() == 2
     assert made == []
+
+
+def test_each_kept_run_gets_a_new_folder(tmp_path):
+    from DiffusionAnomalyLib.panel import run_output_folder
+
+    name = "CT: kidney/left ddpm L250 s100 14:02:31"
+    first = run_output_folder(str(tmp_path), name)
+    assert first == str(tmp_path / "CT- kidney-left ddpm L250 s100 14-02-31")  # no separators or colons
+    (tmp_path / first).mkdir()
+    assert run_output_folder(str(tmp_path), name) == first + " (2)"  # an earlier run's folder is never reused

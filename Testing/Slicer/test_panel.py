@@ -214,11 +214,11 @@ def test_a_slicer_older_than_5_10_gets_one_message(module, monkeypatch):
 # --- running ---------------------------------------------------------------------------------------------------------
 
 @needs_worker
-def test_apply_runs_the_worker_and_shows_the_results_in_three_axial_views(widget):
+def test_apply_runs_the_worker_and_shows_the_results_in_three_axial_views(widget, tmp_path):
     import slicer
     import vtk
 
-    pn, _ = _case(widget, thresholdMode="fixed", threshold=0.05, **FAST)
+    pn, _ = _case(widget, thresholdMode="fixed", threshold=0.05, outputFolder=str(tmp_path), **FAST)
     # the input and its segmentation live under a translation: results must follow it
     transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
     shift = vtk.vtkMatrix4x4()
@@ -251,6 +251,8 @@ def test_apply_runs_the_worker_and_shows_the_results_in_three_axial_views(widget
     run = widget.logic.runner.run
     res = run.result_nodes
     assert res is not None and run.error is None
+    kept = [p for p in tmp_path.iterdir() if (p / "run.json").is_file()]  # "Keep outputs in": a new folder
+    assert len(kept) == 1 and (kept[0] / "heatmap.nii.gz").is_file() and kept[0].name.startswith("phantom CT")
     for node in (res.reconstruction, res.heatmap, res.lesions):
         assert node.GetTransformNodeID() == transform.GetID()
     heat_display = res.heatmap.GetDisplayNode()
