@@ -53,11 +53,11 @@ class Model:
 def load_model(args: argparse.Namespace, device) -> Model:
     """From ``--bundle`` (+ sampler options) or ``--baseline --organ``."""
     if getattr(args, "bundle", None):
-        from .bundle import load_bundle
+        from .bundle import load_bundle, shipped_manifest
         from .job import map_options, sampler_settings
         from .reconstruction import DiffusionReconstructor
 
-        bundle = load_bundle(args.bundle, device=device)
+        bundle = load_bundle(args.bundle, device=device, manifest=shipped_manifest())
         rec = bundle.meta.recommended or {}
         settings = sampler_settings(args, rec)
         opts = map_options(args, rec, bundle.preset)

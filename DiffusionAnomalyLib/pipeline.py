@@ -26,7 +26,7 @@ from . import __version__
 from .anomaly import Lesion, PostProcessing, anomaly_map, lesion_table, organ_map, otsu_threshold, postprocess
 from .errors import InputError
 from .intensity import ChannelScaling, fit_scaling
-from .io import array_to_image, atomic_output_dir, geometry, require_same_grid, write_volume
+from .io import array_to_image, atomic_output_dir, check_output_dir, geometry, require_same_grid, write_volume
 from .masks import MaskSet
 from .overview import write_overview
 from .presets import OrganPreset
@@ -176,9 +176,17 @@ def trajectory_images(result: CaseResult, trajectory: list[tuple[int, np.ndarray
     return images
 
 
-def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, inputs: dict) -> Path:
-    """Write the result files atomically into ``out_dir`` (all or nothing)."""
-    with atomic_output_dir(out_dir) as stage:
+def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, inputs: dict, *,
+                  overwrite: bool = False, input_paths: list[str] | None = None) -> Path:
+    """Write the result files atomically into ``out_dir`` (all or nothing).
+
+    ``out_dir`` must not hold any of ``input_paths`` (default: ``inputs["images"]``); an earlier result or other
+    files there are refused unless ``overwrite``, which replaces the whole earlier result set
+    (:func:`~DiffusionAnomalyLib.io.check_output_dir`).
+    """
+    check_output_dir(out_dir, input_paths if input_paths is not None else inputs.get("images", []),
+                     overwrite=overwrite)
+    with atomic_output_dir(out_dir, replace_previous=True) as stage:
         names = preset.channels
         for name, image in zip(names, result.reconstruction, strict=True):
             fname = "reconstruction.nii.gz" if len(names) == 1 else f"reconstruction_{name}.nii.gz"
@@ -202,7 +210,8 @@ def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, 
         (stage / "lesions.json").write_text(json.dumps(
             {"coordinates": "centroid_lps: ITK/DICOM patient LPS (mm); centroid_ras: Slicer RAS (mm)",
              "lesions": rows}, indent=2) + "\n")
-        run = {"version": __version__, "python": platform.python_version(), "inputs": inputs,
+        outputs = sorted(f.name for f in stage.iterdir()) + ["run.json"]
+        run = {"version": __version__, "python": platform.python_version(), "inputs": inputs, "outputs": outputs,
                "parameters": result.parameters, "preset": preset.to_dict(),
                "patches": [p.to_dict() for p in result.patches], "warnings": result.warnings,
                "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
