@@ -173,11 +173,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_result(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier result of evaluate, sweep or batch (they resume there)."""
+    if any((folder / n).exists() for n in ("maps", "report", "sweep", "index.csv", "model.json")):
+        return True
+    return any((d / "run.json").is_file() for d in folder.iterdir() if d.is_dir()) or any(folder.glob("*.error.json"))
+
+
 def _dataset_setup(args: argparse.Namespace):
     from .batch import Ranks, load_model
     from .datasets import discover_cases
+    from .io import check_output_dir
     from .train.common import select_device
 
+    if not Path(args.data).is_dir():
+        raise InputError(f"{args.data}: --data is not a folder")
+    check_output_dir(args.out, [args.data, getattr(args, "bundle", None)], overwrite=args.overwrite,
+                     own=_dataset_result, resume=True)
     device = select_device(args.device)  # auto/cuda -> cuda:LOCAL_RANK under torchrun
     ranks = Ranks(device)
     model = load_model(args, device)
@@ -279,7 +291,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     threshold = resolve_threshold(args.threshold, model.recommended_threshold)
     pp = resolve_postprocessing(model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml, args.grow_to,
                                 model.recommended_grow_to)
-    run_batch(cases, model, out, threshold, ranks.rank, ranks.world, postprocessing=pp)
+    run_batch(cases, model, out, threshold, ranks.rank, ranks.world, postprocessing=pp, redo=args.overwrite)
     ranks.barrier()
     if ranks.rank == 0:
         index = write_index(cases, out)

@@ -395,13 +395,13 @@ def _inside(child: Path, parent: Path) -> bool:
 
 def check_output_dir(out: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = (), *,
                      overwrite: bool = False, option: str = "--out",
-                     own: Callable[[Path], bool] | None = None) -> Path:
+                     own: Callable[[Path], bool] | None = None, resume: bool = False) -> Path:
     """Check an output folder before any work; raise :class:`OutputError` naming it and the problem.
 
     Refused: a path that is a file or lies under one; a folder that cannot be written; a folder that holds
     (or lies inside) any of ``inputs``; a non-empty folder that is not an earlier result (``own(folder)``, by
-    default a ``run.json`` of this tool) unless ``overwrite``; an earlier result unless ``overwrite``. Stale
-    staging folders of killed runs are removed.
+    default a ``run.json`` of this tool) unless ``overwrite``; an earlier result unless ``overwrite`` or ``resume``
+    (commands that continue where they stopped). Stale staging folders of killed runs are removed.
     """
     o = Path(out)
     if o.exists() and not o.is_dir():
@@ -434,6 +434,8 @@ def check_output_dir(out: str | os.PathLike, inputs: Sequence[str | os.PathLike 
         entries = [e for e in o.iterdir() if not e.name.startswith((".staging-", ".replaced-"))]
         if entries and not overwrite:
             if (own or (lambda d: previous_result_files(d) is not None))(o):
+                if resume:
+                    return o
                 raise OutputError(f"{o}: {option} holds the results of an earlier run; pass --overwrite to replace "
                                   "them (all of them: nothing of the earlier run is kept), or choose another folder")
             names = ", ".join(sorted(e.name for e in entries)[:5]) + (" ..." if len(entries) > 5 else "")
