@@ -60,7 +60,7 @@ def read_volume(path: str | os.PathLike, *, allow_nan: bool = False, series_uid:
     if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")):
         check_nifti_file(p, allow_nan=allow_nan)
     try:
-        image = _read_dicom_series(p, series_uid) if p.is_dir() else sitk.ReadImage(str(p))
+        image = _read_dicom_series(p, series_uid) if p.is_dir() else sitk.ReadImage(itk_path(p))
     except InputError:
         raise
     except RuntimeError as exc:
@@ -69,6 +69,23 @@ def read_volume(path: str | os.PathLike, *, allow_nan: bool = False, series_uid:
         raise InputError(f"{p}: the path cannot be encoded for the image reader (non-ASCII characters under "
                          "a C/POSIX locale?); set LC_ALL=C.UTF-8 or rename the file") from None
     return check_volume(image, p, allow_nan=allow_nan)
+
+
+def itk_path(path: str | os.PathLike) -> str:
+    """``path`` as ITK can take it. Under a C/POSIX locale Python holds non-ASCII bytes of a file name as
+    surrogates, which crash ITK's C++ layer (``std::logic_error``, the process aborts); such a name is decoded
+    from its bytes as UTF-8, which is what ITK passes to the operating system."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(text).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{text!r}: the file name is not valid UTF-8 and the image library cannot open it; "
+                         "rename the file") from None
 
 
 def itk_reason(exc: BaseException) -> str:
@@ -208,7 +225,7 @@ def check_volume(image: sitk.Image, name: str | os.PathLike, *, allow_nan: bool 
 
 def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    ids = list(reader.GetGDCMSeriesIDs(str(folder)) or ())
+    ids = list(reader.GetGDCMSeriesIDs(itk_path(folder)) or ())
     if not ids:
         raise InputError(f"{folder}: a folder with no DICOM series in it")
     if series_uid is None:
@@ -218,7 +235,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
         series_uid = ids[0]
     elif series_uid not in ids:
         raise InputError(f"{folder}: no DICOM series {series_uid!r}; found {ids}")
-    files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    files = list(reader.GetGDCMSeriesFileNames(itk_path(folder), series_uid))
     check_slice_spacing(files, folder)
     reader.SetFileNames(files)
     return reader.Execute()
@@ -335,7 +352,7 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, compress: bool =
         raise OutputError(f"{p}: no image file extension (use .nii.gz, .nrrd or .mha)")
     tmp = p.with_name(f".tmp-{os.getpid()}-{stem}{ext}")
     try:
-        sitk.WriteImage(image, str(tmp), compress)
+        sitk.WriteImage(image, itk_path(tmp), compress)
         os.replace(tmp, p)
     except (RuntimeError, OSError) as exc:
         tmp.unlink(missing_ok=True)
