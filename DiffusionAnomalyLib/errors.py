@@ -68,7 +68,7 @@ class WorkerKilledError(DiffusionAnomalyError):
 
 #: Substrings of RuntimeError messages that mean an allocation failed (PyTorch CUDA/CPU, ITK, C++).
 OOM_MARKERS = ("out of memory", "failed to allocate memory", "bad_alloc", "defaultcpuallocator: can't allocate",
-               "cannot allocate memory", "memoryerror")
+               "cannot allocate memory", "memoryerror", "failed to map segment from shared object")
 
 #: OSError numbers that mean the output cannot be written (no space, quota, read-only, permission).
 _OUTPUT_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG"}
@@ -87,8 +87,8 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
         return exc.exit_code, exc.code, one_line(str(exc))
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_CANCELLED, CancelledError.code, "cancelled by the user (interrupt); no results were written"
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
-            k in str(exc).lower() for k in OOM_MARKERS)):
+    if isinstance(exc, MemoryError) or (isinstance(exc, (RuntimeError, ImportError, OSError)) and any(
+            k in str(exc).lower() for k in OOM_MARKERS)) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
         return EXIT_OUT_OF_MEMORY, OutOfMemoryError.code, oom_message(exc)
     if isinstance(exc, OSError) and exc.errno is not None and errno.errorcode.get(exc.errno) in _OUTPUT_ERRNOS:
         where = f" ({exc.filename})" if exc.filename else ""

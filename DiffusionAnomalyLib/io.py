@@ -59,6 +59,8 @@ def read_volume(path: str | os.PathLike, *, allow_nan: bool = False, series_uid:
         raise InputError(f"{p}: the file is empty (0 bytes)")
     if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")):
         check_nifti_file(p, allow_nan=allow_nan)
+    if p.is_file() and p.name.lower().endswith(".mha"):
+        check_metaimage_file(p)
     try:
         image = _read_dicom_series(p, series_uid) if p.is_dir() else sitk.ReadImage(itk_path(p))
     except InputError:
@@ -91,8 +93,8 @@ def itk_path(path: str | os.PathLike) -> str:
 def itk_reason(exc: BaseException) -> str:
     """The informative part of an ITK exception message (one line, no source paths or matrix rows)."""
     text = str(exc)
-    if "determinant is 0" in text or "singular" in text.lower():
-        return "its direction matrix is singular (determinant 0: two axes are parallel or one is zero)"
+    if "determinant is 0" in text or "singular" in text.lower() or "Zero-valued spacing" in text:
+        return "its direction matrix is singular (an axis has zero length, or two axes are parallel)"
     if "data not read completely" in text or "expected" in text and "bytes but received" in text:
         m = re.search(r"expected (\d+) bytes but received (\d+)", text)
         extra = f": {m.group(2)} of {m.group(1)} bytes of voxel data" if m else ""
@@ -167,15 +169,51 @@ def check_nifti_file(path: str | os.PathLike, *, allow_nan: bool = False) -> Non
                     pass
     except InputError:
         raise
-    except gzip.BadGzipFile as exc:
-        raise InputError(f"{p}: not a readable image ({exc}; the name ends in .gz)") from None
-    except (EOFError, zlib.error) as exc:
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        if "Not a gzipped file" in str(exc):
+            raise InputError(f"{p}: not a readable image ({exc}; the name ends in .gz)") from None
         raise InputError(f"{p}: the compressed file is truncated or corrupt ({exc}); the image would be read "
                          "incompletely") from None
     except OSError as exc:
         raise InputError(f"{p}: cannot be read ({exc.strerror or exc})") from None
     if bad:
         raise InputError(f"{p}: {bad} voxels are NaN or infinite; fix or mask them before running")
+
+
+_META_SIZES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
+               "MET_ULONG": 8, "MET_LONG": 8, "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def check_metaimage_file(path: str | os.PathLike) -> None:
+    """A single-file MetaImage (.mha) must hold all its voxel data (ITK only says "cannot be read")."""
+    p = Path(path)
+    header: dict[str, str] = {}
+    with open(p, "rb") as f:
+        for _ in range(100):
+            line = f.readline(4096)
+            if not line or b"=" not in line:
+                return
+            key, _, value = line.decode("latin-1").partition("=")
+            header[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                break
+        if header.get("ElementDataFile") != "LOCAL":
+            return
+        have = p.stat().st_size - f.tell()
+    try:
+        if header.get("CompressedData", "False").lower() == "true":
+            if "CompressedDataSize" not in header:
+                return
+            need = int(header["CompressedDataSize"])
+        else:
+            dims = [int(v) for v in header["DimSize"].split()]
+            channels = int(header.get("ElementNumberOfChannels", "1"))
+            need = int(np.prod(dims)) * channels * _META_SIZES[header["ElementType"]]
+    except (KeyError, ValueError):
+        return
+    if have < need:
+        raise InputError(f"{p}: the file is truncated: {have} of {need} bytes of voxel data "
+                         f"({100 * have / max(need, 1):.0f}%)")
 
 
 def _check_orthogonal(matrix: np.ndarray, name: str | os.PathLike, what: str = "direction") -> None:
