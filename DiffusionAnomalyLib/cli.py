@@ -98,8 +98,8 @@ def _int_in(low: int, high: int | None, what: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{what} must be in [{low}, {high if high is not None else 'inf'}], "
-                                             f"got {text}")
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}" if high is None else
+                                             f"{what} must be in [{low}, {high}], got {text}")
         return value
     parse.__name__ = "int"
     return parse
