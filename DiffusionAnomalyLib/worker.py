@@ -12,12 +12,32 @@ with an ``event`` key:
 - ``log`` / ``warning``: ``message``
 - ``result``: ``outputs`` (name -> path), ``lesions`` (the lesion table rows), ``threshold``,
   ``timings_s``, ``device``
-- ``error``: ``code`` (stable: bad_input, organ_missing, bad_model, missing_dependency,
-  out_of_memory, cancelled, internal_error), ``message``, ``exit_code``
+- ``error``: ``code`` (stable: bad_input, organ_missing, output_not_writable, bad_model,
+  missing_dependency, out_of_memory, cancelled, internal_error), ``message`` (one line naming the
+  file or option and the problem), ``exit_code``
 
-Exit codes: 0 ok, 2 bad input, 3 missing or bad model, 4 out of memory, 5 cancelled,
-6 missing dependency, 1 internal error. SIGTERM cancels: the staging folder is removed, so the
-output folder never holds half results. Human-readable output goes to stderr. ``DA_MEMORY_LIMIT_GB``
+Exit codes (``errors.classify`` maps every exception, not only the project's own):
+
+====  ===========================================  ==========================================
+exit  code                                         when
+====  ===========================================  ==========================================
+0     (result event)                               success
+2     bad_input, organ_missing, output_not_writable  bad input/arguments; ``--out`` refused
+                                                   (holds an input, earlier result without
+                                                   ``--overwrite``, not writable, disk full)
+3     bad_model                                    bundle missing, corrupt, pickled, manifest
+4     out_of_memory                                any allocation failure, ``DA_MEMORY_LIMIT_GB``
+5     cancelled                                    SIGTERM (or SIGINT)
+6     missing_dependency                           TotalSegmentator or its weights absent
+1     internal_error                               a bug (traceback on stderr)
+====  ===========================================  ==========================================
+
+An ``error`` event always precedes a non-zero exit (an 8 MB reserve is freed and a pre-formatted
+``out_of_memory`` line is written if even formatting the error fails); only a kill from outside
+(SIGKILL; the client reports ``killed``) ends the worker without one. SIGTERM cancels: the staging
+folder is removed, so the output folder never holds half results, and a later run removes the
+staging folder a killed run left. ``--overwrite`` (as for ``run``) replaces an earlier result set in a
+user folder. Human-readable output goes to stderr. ``DA_MEMORY_LIMIT_GB``
 caps the worker's address space: a run that needs more fails with ``out_of_memory`` (exit 4) instead
 of the operating system killing it (which the client reports as "killed by signal 9 (out of memory?)").
 """
