@@ -100,9 +100,13 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     sheared.SetDirection((1, 0, 0, 0.3, 1, 0, 0, 0, 1))
     f["shear_nrrd"] = d / "sheared.nrrd"
     sitk.WriteImage(sheared, str(f["shear_nrrd"]))
+    sheared_mask = make_image(_kidneys(), SPACING)
+    sheared_mask.SetDirection((1, 0, 0, 0.3, 1, 0, 0, 0, 1))
+    f["shear_mask"] = d / "shearedmask.nrrd"  # on the same (sheared) grid: only the shear is wrong
+    sitk.WriteImage(sheared_mask, str(f["shear_mask"]))
     f["shear_nii"] = d / "sheared.nii.gz"  # ITK cannot write a sheared sform: patch one in, as other tools write
     head = bytearray(raw)
-    head[252:256] = np.array([0, 1], "<i2").tobytes()  # qform_code 0, sform_code 1
+    head[252:256] = np.array([1, 1], "<i2").tobytes()  # a valid qform and a sheared sform: ITK would pick the qform
     head[280:328] = np.array([[2.5, 0.75, 0, 0], [0, 2.5, 0, 0], [0, 0, 2.5, 0]], "<f4").tobytes()
     import gzip
 
@@ -215,7 +219,8 @@ def _expect(rc, err, code, pattern):
     ("singular", r"singular\.nhdr: .*singular"),
 ])
 def test_corrupt_or_unusable_image_is_refused(inputs, tmp_path, capsys, name, pattern):
-    rc, _, err = _run(_baseline(inputs, tmp_path / "out", image=name), capsys)
+    mask = {"shear_nrrd": "shear_mask", "shear_nii": "shear_nii"}.get(name, "mask")
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", image=name, mask=mask), capsys)
     _expect(rc, err, 2, pattern)
     assert not (tmp_path / "out").exists()
     assert "WARNING: In" not in err and "(0 0 1)" not in err  # no raw ITK blocks, no matrix rows as reasons
@@ -250,6 +255,36 @@ def test_mask_label_with_totalseg_is_refused(inputs, tmp_path, capsys):
 def test_mask_label_without_a_mask_is_refused(inputs, tmp_path, capsys):
     rc, _, err = _run(_baseline(inputs, tmp_path / "out", "--mask-label", "2", mask=None), capsys)
     _expect(rc, err, 2, r"--mask-label 2 applies to --mask only")
+
+
+@pytest.mark.parametrize("name,pattern", [("dicom_gap", "not evenly spaced"), ("dicom_dup", "share a position")])
+def test_dicom_series_with_a_missing_or_duplicated_slice_is_not_averaged(inputs, name, pattern):
+    from DiffusionAnomalyLib.errors import InputError
+    from DiffusionAnomalyLib.io import read_volume
+
+    with pytest.raises(InputError, match=rf"{name}: .*{pattern}"):
+        read_volume(inputs[name])
+
+
+def test_a_complete_dicom_series_is_read_with_its_spacing(inputs, tmp_path):
+    from DiffusionAnomalyLib.io import read_volume
+
+    image = read_volume(_dicom_series(tmp_path / "ok"))
+    assert image.GetSize() == (16, 16, 12) and image.GetSpacing() == pytest.approx((1.5, 1.5, 2.0))
+
+
+def test_a_non_ascii_path_under_the_c_locale(inputs, tmp_path):
+    d = tmp_path / "donn\u00e9es"
+    d.mkdir()
+    shutil.copy(inputs["ct"], d / "sc\u00e4n.nii.gz")
+    shutil.copy(inputs["mask"], d / "m\u00e4sk.nii.gz")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    args = [os.fsencode(a) for a in (sys.executable, "-m", "DiffusionAnomalyLib", "baseline", "--organ", "kidney",
+                                     "--input", d / "sc\u00e4n.nii.gz", "--mask", d / "m\u00e4sk.nii.gz",
+                                     "--out", d / "\u00f6ut")]
+    p = subprocess.run(args, capture_output=True, env=env, cwd=tempfile.gettempdir(), timeout=120)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
+    assert (d / "\u00f6ut" / "run.json").is_file() and b"logic_error" not in p.stderr
 
 
 def test_several_dicom_series_message_gives_advice_the_cli_can_follow(inputs, tmp_path, capsys):
@@ -463,6 +498,16 @@ def test_full_disk_while_writing_leaves_nothing(inputs, tmp_path, capsys, monkey
     monkeypatch.setattr(dio.sitk, "WriteImage", full)
     rc, _, err = _run(_baseline(inputs, tmp_path / "out"), capsys)
     _expect(rc, err, 2, r"could not write \(.*No space left on device")
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_disk_while_writing_the_overview_leaves_nothing(inputs, tmp_path, capsys, monkeypatch):
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "overview.png"))
+
+    monkeypatch.setattr("DiffusionAnomalyLib.pipeline.write_overview", full)
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out"), capsys)
+    _expect(rc, err, 2, r"output_not_writable\]: cannot write \(.*overview\.png\): No space left on device")
     assert not (tmp_path / "out").exists()
 
 
@@ -682,7 +727,7 @@ def test_dataset_out_foreign_folder_is_refused(inputs, tmp_path, capsys, command
 
 def _worker(args: list, env: dict | None = None, timeout: float = 120) -> tuple[int, list[dict], str]:
     p = subprocess.run([sys.executable, "-m", "DiffusionAnomalyLib.worker", *map(str, args)], capture_output=True,
-                       text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
+                       text=True, timeout=timeout, cwd=tempfile.gettempdir(), env={**os.environ, **(env or {})})
     events = [json.loads(ln) for ln in p.stdout.splitlines() if ln.strip()]
     return p.returncode, events, p.stderr
 
@@ -728,8 +773,8 @@ sys.exit(main(sys.argv[2:]))
 def test_a_signal_cancels_with_exit_5_and_leaves_nothing(inputs, tmp_path, sig):
     marker = tmp_path / "started"
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, "-c", _SLOW, marker, *map(str, _baseline(inputs, out))], cwd=REPO,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", _SLOW, marker, *map(str, _baseline(inputs, out))],
+                         cwd=tempfile.gettempdir(), stderr=subprocess.PIPE, text=True)
     t0 = time.time()
     while not marker.exists() and time.time() - t0 < 60 and p.poll() is None:
         time.sleep(0.05)
