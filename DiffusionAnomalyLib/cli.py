@@ -148,7 +148,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     shipped = [b for b in available_bundles(args.organ) if b.meta.demo] if not args.baseline else []
     common = dict(input=[str(case_dir / f"{c}.nii.gz") for c in case.channels], mask=None, mask_label=None,
                   totalseg=str(case_dir / "segmentations") if args.organ != "brain" else None,
-                  skull_stripped=args.organ == "brain", threshold=None, min_lesion_ml=None, out=str(out / "result"))
+                  skull_stripped=args.organ == "brain", threshold=None, min_lesion_ml=None, out=str(out / "result"),
+                  overwrite=True)  # the demo's own folder: a rerun replaces its earlier result
     if shipped:
         print(f"[2/3] detection with the shipped {shipped[0].label} bundle on {args.device} "
               "(trained on synthetic phantoms only) ...")
