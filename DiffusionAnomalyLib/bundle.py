@@ -164,7 +164,12 @@ def check_inside(folder: Path, path: Path) -> None:
 
 
 def shipped_manifest() -> Path | None:
-    """``Resources/Models/manifest.json`` (None when the resources are not installed)."""
+    """``Resources/Models/manifest.json`` (None when the resources are not installed); ``$DA_BUNDLE_MANIFEST``
+    names another manifest, or none when set but empty (for the demo-training script, which rebuilds a listed
+    bundle before it writes its new entry)."""
+    if "DA_BUNDLE_MANIFEST" in os.environ:
+        env = os.environ["DA_BUNDLE_MANIFEST"]
+        return Path(env) if env else None
     try:
         from .resources import resources_dir
 
