@@ -31,9 +31,19 @@ DIRECTION_ATOL = 1e-4
 
 _EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
 
-#: ITK prints warnings (e.g. "Non-orthogonal direction matrix coerced") as raw blocks on stderr; every problem
-#: they describe is checked here and reported as one clear error instead.
-sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+
+@contextlib.contextmanager
+def quiet_itk() -> Iterator[None]:
+    """ITK prints warnings (e.g. "Non-orthogonal direction matrix coerced") as raw blocks on stderr; every problem
+    they describe is checked here and reported as one clear error instead, so they are off while we read."""
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+
 
 #: Direction matrices whose columns are further from orthonormal than this are refused (the outputs could not
 #: be written on exactly the input's grid).
@@ -62,7 +72,8 @@ def read_volume(path: str | os.PathLike, *, allow_nan: bool = False, series_uid:
     if p.is_file() and p.name.lower().endswith(".mha"):
         check_metaimage_file(p)
     try:
-        image = _read_dicom_series(p, series_uid) if p.is_dir() else sitk.ReadImage(itk_path(p))
+        with quiet_itk():
+            image = _read_dicom_series(p, series_uid) if p.is_dir() else sitk.ReadImage(itk_path(p))
     except InputError:
         raise
     except RuntimeError as exc:
