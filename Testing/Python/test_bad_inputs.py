@@ -399,6 +399,31 @@ def test_out_inside_an_input_folder(inputs, tmp_path, capsys):
     assert not (seg / "out").exists()
 
 
+def test_out_is_a_link_to_the_case_folder(case_dir, tmp_path, capsys):
+    before = _digest(case_dir)
+    link = tmp_path / "results-link"
+    link.symlink_to(case_dir)
+    rc, _, err = _run(["baseline", "--organ", "kidney", "--input", case_dir / "ct.nii.gz", "--mask",
+                       case_dir / "mask.nii.gz", "--out", link, "--overwrite"], capsys)
+    _expect(rc, err, 2, r"results-link: --out contains the input .*ct\.nii\.gz")
+    assert _digest(case_dir) == before
+
+
+def test_out_is_the_current_folder_holding_the_input(case_dir, capsys, monkeypatch):
+    monkeypatch.chdir(case_dir)
+    rc, _, err = _run(["baseline", "--organ", "kidney", "--input", "ct.nii.gz", "--mask", "mask.nii.gz", "--out",
+                       "."], capsys)
+    _expect(rc, err, 2, r"^error \[output_not_writable\]: \.: --out contains the input ct\.nii\.gz")
+
+
+def test_a_header_claiming_more_voxels_than_the_file_holds(inputs, tmp_path, capsys):
+    raw = bytearray((inputs["dir"] / "raw.nii").read_bytes())
+    raw[42:48] = np.array([30000, 30000, 30000], "<i2").tobytes()
+    (tmp_path / "huge.nii").write_bytes(bytes(raw))
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", image=str(tmp_path / "huge.nii")), capsys)
+    _expect(rc, err, 2, r"huge\.nii: the file is truncated: \d+ of \d+ bytes of voxel data \(0%\)")
+
+
 def test_out_is_a_file(inputs, tmp_path, capsys):
     f = tmp_path / "out.txt"
     f.write_text("keep me")
