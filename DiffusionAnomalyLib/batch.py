@@ -53,11 +53,11 @@ class Model:
 def load_model(args: argparse.Namespace, device) -> Model:
     """From ``--bundle`` (+ sampler options) or ``--baseline --organ``."""
     if getattr(args, "bundle", None):
-        from .bundle import load_bundle
+        from .bundle import load_bundle, shipped_manifest
         from .job import map_options, sampler_settings
         from .reconstruction import DiffusionReconstructor
 
-        bundle = load_bundle(args.bundle, device=device)
+        bundle = load_bundle(args.bundle, device=device, manifest=shipped_manifest())
         rec = bundle.meta.recommended or {}
         settings = sampler_settings(args, rec)
         opts = map_options(args, rec, bundle.preset)
@@ -95,13 +95,14 @@ class Ranks:
 
 
 def run_batch(cases: list[EvalCase], model: Model, out: Path, threshold, rank: int = 0, world: int = 1,
-              progress: Callable[[str], None] = log, postprocessing=None) -> None:
-    """Full outputs (as ``run``) for this rank's cases into ``out/<case>/``; finished cases are skipped."""
+              progress: Callable[[str], None] = log, postprocessing=None, redo: bool = False) -> None:
+    """Full outputs (as ``run``) for this rank's cases into ``out/<case>/``; finished cases are skipped unless
+    ``redo`` (then each case's earlier result set is replaced as a whole)."""
     import time
 
     from .pipeline import detect, write_outputs
 
-    todo = [c for c in cases[rank::world] if c.inputs and not (out / c.case_id / "run.json").is_file()]
+    todo = [c for c in cases[rank::world] if c.inputs and (redo or not (out / c.case_id / "run.json").is_file())]
     t0 = time.perf_counter()
     for i, case in enumerate(todo):
         try:
@@ -112,7 +113,8 @@ def run_batch(cases: list[EvalCase], model: Model, out: Path, threshold, rank: i
                                 threshold=threshold, postprocessing=postprocessing, input_name=case.case_id)
             write_outputs(result, out / case.case_id, model.preset,
                           {"images": [str(p) for p in case.inputs], "model": model.description,
-                           "bundle": {"demo": model.demo}})
+                           "bundle": {"demo": model.demo}}, overwrite=True)
+            (out / f"{case.case_id}.error.json").unlink(missing_ok=True)  # an earlier failure is stale now
         except Exception as exc:  # one bad case does not stop the batch; it is listed in the index
             (out / f"{case.case_id}.error.json").write_text(json.dumps({"case": case.case_id, "problem": str(exc)}))
         finally:

@@ -145,24 +145,62 @@ def save_bundle(folder: str | os.PathLike, meta: BundleMeta, networks: dict[str,
 
 
 def read_meta(folder: str | os.PathLike) -> BundleMeta:
+    if Path(folder).name == "model.json" and Path(folder).is_file():
+        raise BundleError(f"{folder}: give the bundle folder ({Path(folder).parent}), not its model.json")
     p = Path(folder) / "model.json"
     if not p.is_file():
         raise BundleError(f"{folder}: not a model bundle (no model.json)")
+    check_inside(Path(folder), p)
     try:
         data = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{p}: not valid JSON ({exc})") from None
-    return BundleMeta.from_dict(data, str(p))
+    if not isinstance(data, dict):
+        raise BundleError(f"{p}: not a model.json (a JSON object is expected)")
+    try:
+        return BundleMeta.from_dict(data, str(p))
+    except TypeError as exc:
+        raise BundleError(f"{p}: invalid model.json ({exc})") from None
+
+
+def check_inside(folder: Path, path: Path) -> None:
+    """Refuse a file of the bundle that is a link leading out of the bundle folder."""
+    root = folder.resolve()
+    target = path.resolve()
+    if target != root and root not in target.parents:
+        raise BundleError(f"{path}: a link that leaves the bundle (to {target}); a bundle's files must be inside it")
+
+
+def shipped_manifest() -> Path | None:
+    """``Resources/Models/manifest.json`` (None when the resources are not installed); ``$DA_BUNDLE_MANIFEST``
+    names another manifest, or none when set but empty (for the demo-training script, which rebuilds a listed
+    bundle before it writes its new entry)."""
+    if "DA_BUNDLE_MANIFEST" in os.environ:
+        env = os.environ["DA_BUNDLE_MANIFEST"]
+        return Path(env) if env else None
+    try:
+        from .resources import resources_dir
+
+        p = resources_dir() / "Models" / "manifest.json"
+    except FileNotFoundError:
+        return None
+    return p if p.is_file() else None
 
 
 def verify_files(folder: Path, meta: BundleMeta) -> None:
     """Every weight file listed in model.json exists and has the recorded SHA-256; no pickles."""
     for pickled in list(folder.glob("*.pt")) + list(folder.glob("*.pth")) + list(folder.glob("*.ckpt")):
         raise BundleError(f"{pickled}: pickled weights are never loaded; convert them to safetensors")
+    for f in folder.iterdir():
+        if f.is_symlink():
+            check_inside(folder, f)
     for name, digest in meta.files.items():
         p = folder / name
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise BundleError(f"{folder}: model.json names the weight file {name!r}, which is not a file of the bundle")
         if not p.is_file():
             raise BundleError(f"{folder}: weight file {name} is missing")
+        check_inside(folder, p)
         actual = sha256_file(p)
         if actual != digest:
             raise BundleError(f"{p}: checksum mismatch (SHA-256 {actual[:12]}..., model.json says {digest[:12]}...); "
@@ -173,7 +211,10 @@ def verify_manifest(folder: Path, meta: BundleMeta, manifest: str | os.PathLike 
     """If the manifest lists this bundle (name and version), its SHA-256 must match."""
     if manifest is None or not Path(manifest).is_file():
         return
-    entries = json.loads(Path(manifest).read_text()).get("bundles", [])
+    try:
+        entries = json.loads(Path(manifest).read_text()).get("bundles", [])
+    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest}: the bundle manifest is not valid ({exc})") from None
     for e in entries:
         if e.get("name") == meta.name and str(e.get("version")) == str(meta.version):
             digest = bundle_digest(folder)
@@ -201,7 +242,13 @@ def load_weights(net: nn.Module, path: Path, device: str | torch.device = "cpu")
     """Load safetensors weights, listing every missing, unexpected or mis-shaped tensor on failure."""
     from safetensors.torch import load_file
 
-    state = load_file(str(path), device=str(device))
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as exc:  # SafetensorError and friends: a pickle or anything else under that name
+        head = path.read_bytes()[:2] if path.is_file() else b""
+        what = "a pickle (refused: pickled weights are never loaded)" if head[:1] == b"\x80" or head == b"PK" else \
+            f"not a valid safetensors file ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        raise BundleError(f"{path}: {what}") from None
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -248,7 +295,17 @@ def load_bundle(
     if not p.exists():
         raise BundleError(f"{p}: model bundle not found")
     if p.is_file() and p.suffix == ".zip":
-        p = _extract_zip(p, Path(tempfile.mkdtemp(prefix="da-bundle-")))
+        tmp = Path(tempfile.mkdtemp(prefix="da-bundle-"))
+        try:  # the weights are read into memory: the extracted copy never outlives the call
+            bundle = _load_folder(_extract_zip(p, tmp), device, dtype, manifest, parts)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        bundle.path = p
+        return bundle
+    return _load_folder(p, device, dtype, manifest, parts)
+
+
+def _load_folder(p: Path, device, dtype, manifest, parts) -> Bundle:
     meta = read_meta(p)
     verify_files(p, meta)
     verify_manifest(p, meta, manifest)
@@ -259,7 +316,11 @@ def load_bundle(
             continue
         if not f.is_file():
             raise BundleError(f"{p}: model.json configures a {name} but {f.name} is missing")
-        net = load_weights(_build(name, meta), f)
+        try:
+            net = load_weights(_build(name, meta), f)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{p / 'model.json'}: the {name} configuration is invalid ({type(exc).__name__}: "
+                              f"{exc})") from None
         networks[name] = net.to(device=device, dtype=dtype or _float32()).eval()
     return Bundle(p, meta, networks, bundle_digest(p))
 
@@ -273,10 +334,13 @@ def _float32():
 def _extract_zip(zpath: Path, dest: Path) -> Path:
     try:
         with zipfile.ZipFile(zpath) as z:
-            for member in z.namelist():
-                target = (dest / member).resolve()
-                if not str(target).startswith(str(dest.resolve())):
-                    raise BundleError(f"{zpath}: unsafe path {member!r} in the archive")
+            root = dest.resolve()
+            for info in z.infolist():
+                target = (dest / info.filename).resolve()
+                if target != root and root not in target.parents:
+                    raise BundleError(f"{zpath}: unsafe path {info.filename!r} in the archive")
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise BundleError(f"{zpath}: the archive holds a symbolic link {info.filename!r}; refused")
             z.extractall(dest)
     except zipfile.BadZipFile:
         raise BundleError(f"{zpath}: not a valid zip file") from None

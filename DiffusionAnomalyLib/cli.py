@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
+import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,14 +45,69 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def threshold_arg(text: str) -> float | str:
-    """``--threshold``: a number, ``otsu``, or ``bundle`` (the bundle's calibrated value)."""
+    """``--threshold``: a finite number > 0, ``otsu``, or ``bundle`` (the bundle's calibrated value)."""
     if text.strip().lower() in ("otsu", "bundle"):
         return text.strip().lower()
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, 'otsu' or 'bundle', got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (anomaly scores are >= 0, so {text!r} would "
+                                         "mark the whole organ or nothing), 'otsu' or 'bundle'")
+    return value
+
+
+def baseline_threshold(text: str) -> float:
+    """``baseline --threshold``: a finite number > 0."""
+    value = threshold_arg(text)
+    if isinstance(value, str):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r} (omit it for Otsu)")
+    return value
+
+
+def non_negative(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def grow_to_arg(text: str) -> float:
+    value = _finite(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1 = no growth), got {text!r}")
+    return value
+
+
+def _int_in(low: int, high: int | None, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}" if high is None else
+                                             f"{what} must be in [{low}, {high}], got {text}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+seed_arg = _int_in(0, 2**63 - 1, "the seed")
+positive_int = _int_in(1, None, "the value")
+non_negative_int = _int_in(0, None, "the value")
 
 
 def _report(outcome) -> None:
@@ -88,7 +148,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     shipped = [b for b in available_bundles(args.organ) if b.meta.demo] if not args.baseline else []
     common = dict(input=[str(case_dir / f"{c}.nii.gz") for c in case.channels], mask=None, mask_label=None,
                   totalseg=str(case_dir / "segmentations") if args.organ != "brain" else None,
-                  skull_stripped=args.organ == "brain", threshold=None, min_lesion_ml=None, out=str(out / "result"))
+                  skull_stripped=args.organ == "brain", threshold=None, min_lesion_ml=None, out=str(out / "result"),
+                  overwrite=True)  # the demo's own folder: a rerun replaces its earlier result
     if shipped:
         print(f"[2/3] detection with the shipped {shipped[0].label} bundle on {args.device} "
               "(trained on synthetic phantoms only) ...")
@@ -113,11 +174,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_result(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier result of evaluate, sweep or batch (they resume there)."""
+    if any((folder / n).exists() for n in ("maps", "report", "sweep", "index.csv", "model.json")):
+        return True
+    return any((d / "run.json").is_file() for d in folder.iterdir() if d.is_dir()) or any(folder.glob("*.error.json"))
+
+
 def _dataset_setup(args: argparse.Namespace):
     from .batch import Ranks, load_model
     from .datasets import discover_cases
+    from .io import check_output_dir
     from .train.common import select_device
 
+    if not Path(args.data).is_dir():
+        raise InputError(f"{args.data}: --data is not a folder")
+    check_output_dir(args.out, [args.data, getattr(args, "bundle", None)], overwrite=args.overwrite,
+                     own=_dataset_result, resume=True)
     device = select_device(args.device)  # auto/cuda -> cuda:LOCAL_RANK under torchrun
     ranks = Ranks(device)
     model = load_model(args, device)
@@ -147,14 +220,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=args.bootstrap)
         settings = {"model": model.description, "organ": model.preset.name, "data": str(args.data), "maps": key,
                     "threshold": f"{thr:.4f} ({'global Otsu' if threshold == 'otsu' else 'fixed'})",
-                    "post-processing": "off" if pp is None else "on (seed 000 4.1.1" + (
+                    "post-processing": "off" if pp is None else "on (as in the kidney thesis §4.1.1" + (
                         f"; lesions >= {pp.min_volume_ml:g} ml" if pp.min_volume_ml else "") + (
                         f"; grown to {pp.grow_to:g} x threshold" if pp.grow_to < 1 else "") + ")", "IoU": 0.2,
                     "ranks": ranks.world}
         write_report(out, scores, summary, problems, settings)
         print((out / "report" / "summary.md").read_text())
         if args.threshold is None and model.recommended_threshold is not None:
-            print(f"note: scored at the dataset's global Otsu threshold {thr:.4f} (seed 000 5.2), with the bundle's "
+            print(f"note: scored at the dataset's global Otsu threshold {thr:.4f} (as in the kidney thesis §5.2), "
+                  f"with the bundle's "
                   f"post-processing; its calibrated operating point has the threshold "
                   f"{model.recommended_threshold:.4f}: add --threshold bundle to score that point")
         if model.demo:
@@ -219,7 +293,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     threshold = resolve_threshold(args.threshold, model.recommended_threshold)
     pp = resolve_postprocessing(model.preset, args.min_lesion_ml, model.recommended_min_lesion_ml, args.grow_to,
                                 model.recommended_grow_to)
-    run_batch(cases, model, out, threshold, ranks.rank, ranks.world, postprocessing=pp)
+    run_batch(cases, model, out, threshold, ranks.rank, ranks.world, postprocessing=pp, redo=args.overwrite)
     ranks.barrier()
     if ranks.rank == 0:
         index = write_index(cases, out)
@@ -290,6 +364,10 @@ def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+OVERWRITE_HELP = ("replace an earlier result in --out (the whole result set: nothing of the earlier run is kept), or "
+                  "write into a non-empty folder; without it such a folder is refused. Inputs are never replaced")
+DEBUG_HELP = "on an error, also print the traceback"
+
 GROW_TO_HELP = ("grow each lesion kept at the threshold over the connected organ voxels above F x threshold "
                 "(hysteresis; 1 = off; default: the bundle's calibrated value, else 1)")
 
@@ -301,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Research software; not a medical device.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     ph = sub.add_parser("phantom", help="write synthetic case(s) with known lesions")
@@ -320,10 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--skull-stripped", action="store_true",
                      help="brain: the scan is skull-stripped; the brain mask is its nonzero voxels")
     bl.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
-    bl.add_argument("--threshold", type=float, default=None, help="fixed threshold (default: Otsu in the organ)")
-    bl.add_argument("--min-lesion-ml", type=float, default=None, metavar="ML",
+    bl.add_argument("--threshold", type=baseline_threshold, default=None,
+                    help="fixed threshold > 0 (default: Otsu in the organ)")
+    bl.add_argument("--min-lesion-ml", type=non_negative, default=None, metavar="ML",
                     help="drop lesions smaller than this many millilitres (default 0)")
-    bl.add_argument("--out", required=True, help="output folder")
+    bl.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
+    bl.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    bl.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     bl.set_defaults(func=_cmd_job)
 
     tr = sub.add_parser("train", help="train the autoencoder, the denoiser or the classifier into a bundle",
@@ -385,38 +467,40 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--mask", help="organ mask file (nonzero = organ, or --mask-label)")
     src.add_argument("--totalseg", help="TotalSegmentator output: multilabel file or folder of per-organ files")
     src.add_argument("--skull-stripped", action="store_true", help="brain: the mask is the scan's nonzero voxels")
-    ru.add_argument("--mask-label", type=int, default=None)
+    ru.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
     ru.add_argument("--sampler", choices=["ddpm", "ddim", "inpaint"], help="default: the bundle's recommendation")
-    ru.add_argument("--noise-level", type=int, help="L in [1, T-1] (default: the bundle's)")
-    ru.add_argument("--steps", type=int, help="denoising steps (default: the bundle's)")
-    ru.add_argument("--guidance", type=float, help="classifier-guidance strength s >= 0 (default: the bundle's)")
-    ru.add_argument("--resample-jumps", type=int, default=1, help="inpaint: RePaint resampling jumps r")
+    ru.add_argument("--noise-level", type=positive_int, help="L in [1, T-1] (default: the bundle's)")
+    ru.add_argument("--steps", type=positive_int, help="denoising steps (default: the bundle's)")
+    ru.add_argument("--guidance", type=non_negative, help="classifier-guidance strength s >= 0 (default: the bundle's)")
+    ru.add_argument("--resample-jumps", type=positive_int, default=1, help="inpaint: RePaint resampling jumps r")
     ru.add_argument("--reference", choices=["input", "autoencoder"], default=None,
                     help="anomaly map against the input or against the autoencoder's D(E(x)) (default: the "
                          "bundle's recommendation, else input)")
-    ru.add_argument("--samples", type=int, default=None, metavar="K",
+    ru.add_argument("--samples", type=positive_int, default=None, metavar="K",
                     help="average K stochastic reconstructions (ddpm, inpaint; K x the time; default: the bundle's, "
                          "else 1)")
-    ru.add_argument("--median-filter", type=int, default=None, metavar="N",
+    ru.add_argument("--median-filter", type=non_negative_int, default=None, metavar="N",
                     help="median filter of the anomaly map, N voxels (0 = off; default: the bundle's, else the "
                          "organ preset's)")
-    ru.add_argument("--trajectory-every", type=int, default=0, metavar="K",
+    ru.add_argument("--trajectory-every", type=non_negative_int, default=0, metavar="K",
                     help="also write the decoded x_0 prediction every K steps (4D trajectory_<structure>.nii.gz)")
     ru.add_argument("--deterministic", action="store_true",
                     help="deterministic algorithms (slower on GPU); the seed already fixes all noise")
     ru.add_argument("--skip-modality-check", action="store_true",
                     help="run even if the intensities do not look like the bundle's modality (CT vs MRI)")
-    ru.add_argument("--seed", type=int, default=0)
+    ru.add_argument("--seed", type=seed_arg, default=0, help="random seed, 0..2^63-1 (default 0)")
     ru.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
     ru.add_argument("--threshold", type=threshold_arg, default=None,
                     help="a fixed threshold, or 'otsu' for Otsu over this case (default: the bundle's calibrated "
                          "threshold, else Otsu)")
-    ru.add_argument("--min-lesion-ml", type=float, default=None, metavar="ML",
+    ru.add_argument("--min-lesion-ml", type=non_negative, default=None, metavar="ML",
                     help="drop lesions smaller than this many millilitres (default: the bundle's calibrated value, "
                          "else 0 = only the thesis' 20-voxel and 3 mm limits)")
-    ru.add_argument("--grow-to", type=float, default=None, metavar="F",
+    ru.add_argument("--grow-to", type=grow_to_arg, default=None, metavar="F",
                     help=GROW_TO_HELP)
-    ru.add_argument("--out", required=True, help="output folder")
+    ru.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
+    ru.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    ru.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     ru.set_defaults(func=_cmd_job)
 
     def dataset_parser(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
@@ -428,25 +512,29 @@ def build_parser() -> argparse.ArgumentParser:
         model.add_argument("--baseline", action="store_true", help="the non-neural median baseline (needs --organ)")
         sp.add_argument("--organ", choices=["kidney", "liver", "brain"], help="with --baseline")
         sp.add_argument("--sampler", choices=["ddpm", "ddim", "inpaint"])
-        sp.add_argument("--noise-level", type=int)
-        sp.add_argument("--steps", type=int)
-        sp.add_argument("--guidance", type=float)
+        sp.add_argument("--noise-level", type=positive_int)
+        sp.add_argument("--steps", type=positive_int)
+        sp.add_argument("--guidance", type=non_negative)
         sp.add_argument("--reference", choices=["input", "autoencoder"], default=None,
                         help="default: the bundle's recommendation, else input")
-        sp.add_argument("--samples", type=int, default=None, metavar="K",
+        sp.add_argument("--samples", type=positive_int, default=None, metavar="K",
                         help="reconstructions averaged per ROI (default: the bundle's, else 1)")
-        sp.add_argument("--median-filter", type=int, default=None, metavar="N",
+        sp.add_argument("--median-filter", type=non_negative_int, default=None, metavar="N",
                         help="anomaly-map median filter in voxels (default: the bundle's, else the preset's)")
-        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--seed", type=seed_arg, default=0)
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each rank its own GPU)")
-        sp.add_argument("--min-lesion-ml", type=float, default=None, metavar="ML",
+        sp.add_argument("--min-lesion-ml", type=non_negative, default=None, metavar="ML",
                         help="post-processing: drop lesions smaller than this (default: the bundle's, else 0)")
-        sp.add_argument("--grow-to", type=float, default=None, metavar="F",
+        sp.add_argument("--grow-to", type=grow_to_arg, default=None, metavar="F",
                         help=GROW_TO_HELP)
         sp.add_argument("--out", required=True)
+        sp.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty folder that is not an earlier result of this command")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         return sp
 
-    ev = dataset_parser("evaluate", "metrics over a dataset (seed 000 ch. 5), resumable and shardable",
+    ev = dataset_parser("evaluate", "metrics over a dataset (as in the kidney thesis, ch. 5; docs/evaluation.md), "
+                        "resumable and shardable",
                         "Dice, lesion precision/recall/F1 at IoU 0.2, size strata, FROC, voxel AUROC/AUPRC with "
                         "bootstrap CIs; CSV, JSON, Markdown and PNG plots in OUT/report. Maps are cached in OUT/maps "
                         "(an interrupted run resumes). Shard with: torchrun --nproc_per_node N -m "
@@ -458,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     ev.set_defaults(func=_cmd_evaluate)
 
-    sw = dataset_parser("sweep", "grid search over L and s (seed 000 5.2); can calibrate a copy of the bundle",
+    sw = dataset_parser("sweep", "grid search over L and s (as in the kidney thesis §5.2); can calibrate a copy of "
+                        "the bundle",
                         "For each L and s: maps (cached), one global Otsu threshold, mean Dice without "
                         "post-processing. Best = highest mean Dice. Then, there, the operating point: threshold "
                         "(Otsu x --threshold-scales) and minimum lesion volume, by pooled lesion F1 or under "
@@ -515,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure ends with its documented exit code and one line on stderr (the traceback
+    too with ``--debug``); SIGINT and SIGTERM cancel with exit 5 after the outputs' staging is cleaned up."""
+    from .errors import classify, raise_cancelled
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -526,11 +619,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--baseline needs --organ")
     if getattr(args, "part", None) in ("denoiser", "classifier") and not args.bundle:
         parser.error(f"train {args.part} needs --bundle")
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread (e.g. a test thread): leave signals alone
+        previous = signal.signal(signal.SIGTERM, raise_cancelled)
     try:
         return args.func(args)
-    except DiffusionAnomalyError as exc:
-        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure maps to a documented exit code
+        code, name, message = classify(exc)
+        if getattr(args, "debug", False) or os.environ.get("DA_DEBUG"):
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"error [{name}]: {message}", file=sys.stderr)
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Error types with stable codes and process exit codes (DESIGN.md §5)."""
+"""Error types with stable codes and process exit codes (docs/worker.md; the README's exit-code table)."""
 
 from __future__ import annotations
 
@@ -64,3 +64,50 @@ class WorkerKilledError(DiffusionAnomalyError):
 
     code = "killed"
     exit_code = EXIT_INTERNAL
+
+
+#: Substrings of RuntimeError messages that mean an allocation failed (PyTorch CUDA/CPU, ITK, C++).
+OOM_MARKERS = ("out of memory", "failed to allocate memory", "bad_alloc", "defaultcpuallocator: can't allocate",
+               "cannot allocate memory", "memoryerror", "failed to map segment from shared object")
+
+#: OSError numbers that mean the output cannot be written (no space, quota, read-only, permission).
+_OUTPUT_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG"}
+
+
+def classify(exc: BaseException) -> tuple[int, str, str]:
+    """(exit code, stable code, one-line message) for any exception a run can end with; the documented exit codes
+    for everything, not only this project's own errors (KeyboardInterrupt -> cancelled, MemoryError and allocation
+    failures -> out_of_memory, a full disk or read-only output -> output_not_writable, the rest -> internal_error)."""
+    import errno
+
+    def one_line(text: str) -> str:
+        return " ".join(str(text).split()) or type(exc).__name__
+
+    if isinstance(exc, DiffusionAnomalyError):
+        return exc.exit_code, exc.code, one_line(str(exc))
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_CANCELLED, CancelledError.code, "cancelled by the user (interrupt); no results were written"
+    if isinstance(exc, MemoryError) or (isinstance(exc, (RuntimeError, ImportError, OSError)) and any(
+            k in str(exc).lower() for k in OOM_MARKERS)) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+        return EXIT_OUT_OF_MEMORY, OutOfMemoryError.code, oom_message(exc)
+    if isinstance(exc, OSError) and exc.errno is not None and errno.errorcode.get(exc.errno) in _OUTPUT_ERRNOS:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return OutputError.exit_code, OutputError.code, one_line(f"cannot write{where}: {exc.strerror or exc}")
+    return EXIT_INTERNAL, "internal_error", one_line(f"{type(exc).__name__}: {exc}") + (
+        " (an internal error; run with --debug for the traceback and report it)")
+
+
+def oom_message(exc: BaseException) -> str:
+    """What ran out, and what to try."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return (f"out of memory ({type(exc).__name__}: {text}). Try --device cpu if the GPU is small, close other "
+            "programs using the memory, raise DA_MEMORY_LIMIT_GB if it is set, or use a bundle with a smaller "
+            "network, a coarser spacing or a smaller ROI")
+
+
+def raise_cancelled(signum, frame) -> None:
+    """Signal handler: SIGTERM (and SIGINT where installed) cancel the run; cleanup runs as the exception unwinds."""
+    import signal
+
+    name = signal.Signals(signum).name
+    raise CancelledError(f"cancelled by the user ({name}); no results were written")

@@ -1,12 +1,12 @@
-"""``diffusion-anomaly evaluate``: metrics of seed 000 ch. 5 over a dataset, the way the thesis measures.
+"""``diffusion-anomaly evaluate``: metrics of the kidney thesis ch. 5 over a dataset, the way the thesis measures.
 
 Three phases:
 
 1. **Maps** (sharded over ``torchrun`` ranks, cached, resumable): for each case, the anomaly map and the
    organ mask on the image grid, written to ``OUT/maps/<case>/`` (atomically; a finished case is never
    recomputed, so an interrupted evaluation resumes where it stopped).
-2. **Threshold**: one global Otsu threshold over the organ voxels of all maps (seed 000 §5.2), or a fixed one.
-3. **Scores** (rank 0): post-processing (seed 000 §4.1.1, optional), then per case Dice, lesion matching at
+2. **Threshold**: one global Otsu threshold over the organ voxels of all maps (the kidney thesis §5.2), or a fixed one.
+3. **Scores** (rank 0): post-processing (the kidney thesis §4.1.1, optional), then per case Dice, lesion matching at
    IoU >= 0.2 (precision, recall, F1, false positives per organ), TNM size strata, lesion scores for the
    FROC, voxel AUROC / AUPRC inside the organ, recall by each reference lesion's contrast against the tissue
    around it in the image (how visible it is, whatever the model); aggregates with 1000-resample bootstrap
@@ -167,7 +167,7 @@ def load_maps(case: EvalCase, maps_dir: Path) -> tuple[np.ndarray, np.ndarray, s
 
 
 def global_threshold(cases: list[EvalCase], maps_dir: Path) -> float:
-    """One Otsu threshold over the organ voxels of every case's map (seed 000 §5.2)."""
+    """One Otsu threshold over the organ voxels of every case's map (the kidney thesis §5.2)."""
     values = []
     for case in cases:
         heat, organ, _, _ = load_maps(case, maps_dir)

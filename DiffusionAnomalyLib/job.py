@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,10 +43,42 @@ def load_masks(args: argparse.Namespace, reference, preset: OrganPreset) -> Mask
         return load_user_mask(args.mask, reference, preset, args.mask_label)
     if args.totalseg:
         return load_totalseg_masks(args.totalseg, reference, preset)
-    from .totalseg import run_totalsegmentator
+    from .totalseg import check_available, run_totalsegmentator
 
-    seg_dir = run_totalsegmentator(args.input[0], Path(tempfile.mkdtemp(prefix="da-totalseg-")), preset)
-    return load_totalseg_masks(seg_dir, reference, preset)
+    check_available(preset)
+    tmp = Path(tempfile.mkdtemp(prefix="da-totalseg-"))
+    try:  # the masks are read into memory; the folder never outlives the run
+        return load_totalseg_masks(run_totalsegmentator(args.input[0], tmp, preset), reference, preset)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """Every file or folder a job reads: images, mask or TotalSegmentator output, and the bundle."""
+    paths = [str(p) for p in args.input]
+    for name in ("mask", "totalseg", "bundle"):
+        if getattr(args, name, None):
+            paths.append(str(getattr(args, name)))
+    return paths
+
+
+def check_job_arguments(args: argparse.Namespace) -> None:
+    """What can be checked before any work: options that only make sense together, and the output folder."""
+    from .io import check_output_dir
+
+    if getattr(args, "mask_label", None) is not None and not args.mask:
+        other = "--totalseg" if getattr(args, "totalseg", None) else (
+            "--skull-stripped" if getattr(args, "skull_stripped", False) else "TotalSegmentator")
+        raise InputError(f"--mask-label {args.mask_label} applies to --mask only; with {other} the organ's labels "
+                         "are known by name. Give the organ mask with --mask FILE --mask-label N instead")
+    for p in args.input:
+        if not Path(p).exists():
+            raise InputError(f"{p}: file not found")
+    for name in ("mask", "totalseg"):
+        value = getattr(args, name, None)
+        if value and not Path(value).exists():
+            raise InputError(f"{value}: file not found (--{name})")
+    check_output_dir(args.out, input_paths(args), overwrite=bool(getattr(args, "overwrite", False)))
 
 
 def sampler_settings(args: argparse.Namespace, recommended: dict):
@@ -117,18 +150,19 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         if progress:
             progress(stage, step, total)
 
+    check_job_arguments(args)
     inputs: dict = {"images": [str(p) for p in args.input]}
     params: dict = {}
     settings = None
     warnings: list[str] = []
     demo = False
     if args.command == "run":
-        from .bundle import load_bundle
+        from .bundle import load_bundle, shipped_manifest
         from .reconstruction import DiffusionReconstructor
         from .train.common import select_device
 
         device = select_device(args.device)
-        bundle = load_bundle(args.bundle, device=device)
+        bundle = load_bundle(args.bundle, device=device, manifest=shipped_manifest())
         preset, rec, demo = bundle.preset, bundle.meta.recommended or {}, bundle.meta.demo
         settings = sampler_settings(args, rec)
         warnings = guidance_warnings(bundle.meta.extra, settings)
@@ -178,6 +212,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
 
         result.extra_images.update(trajectory_images(result, reconstructor.trajectory))
     report("write", 0, 1)
-    out = write_outputs(result, args.out, preset, inputs)
+    out = write_outputs(result, args.out, preset, inputs, overwrite=bool(getattr(args, "overwrite", False)),
+                        input_paths=input_paths(args))
     report("write", 1, 1)
     return JobOutcome(result, out, str(device), demo, settings)

@@ -188,6 +188,7 @@ def load_user_mask(
     """
     image = read_volume(path)
     require_same_grid(reference, image, "the image", str(path))
+    check_mask_labels(image, path, preset, label)
     binary = _binary(image, label)
     if not np.any(sitk.GetArrayViewFromImage(binary)):
         what = f"label {label}" if label is not None else "nonzero voxels"
@@ -198,6 +199,40 @@ def load_user_mask(
     else:
         found = {next(iter(preset.structures.values())): binary}
     return _collect(preset, found, str(path))
+
+
+def _label_list(values: np.ndarray, names: dict[int, str]) -> str:
+    shown = [f"{int(v)} ({names[int(v)]})" if int(v) in names else f"{int(v)}" for v in values[:20]]
+    return ", ".join(shown) + (f" ... ({len(values)} labels)" if len(values) > 20 else "")
+
+
+def check_mask_labels(image: sitk.Image, path: str | os.PathLike, preset: OrganPreset, label: int | None) -> None:
+    """Refuse a mask whose values do not say which voxels are the organ: a multilabel file (more than one label;
+    two for a paired organ) without ``label``, non-integer values, or a ``label`` the file does not hold. The
+    message lists the file's labels (with TotalSegmentator's names when its header has them)."""
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind == "f":
+        finite = array[np.isfinite(array)]
+        if finite.size and not np.array_equal(finite, np.round(finite)):
+            raise InputError(f"{path}: the mask holds non-integer values ({float(finite.min()):g} to "
+                             f"{float(finite.max()):g}; a probability map?); give a label or binary mask")
+    if array.dtype.kind in "iu" and array.dtype.itemsize <= 2:
+        offset = int(array.min())
+        counts = np.bincount((np.asarray(array, dtype=np.int64) - offset).ravel())
+        values = np.flatnonzero(counts) + offset
+    else:
+        values = np.unique(array)
+    values = values[values != 0]
+    names = read_multilabel_class_map(path) if Path(path).is_file() else {}
+    if label is None:
+        allowed = 2 if preset.paired else 1
+        if len(values) > allowed:
+            raise InputError(f"{path}: a multilabel file ({len(values)} labels: {_label_list(values, names)}) given "
+                             f"as the {preset.name} mask; say which label is the {preset.name} with --mask-label N "
+                             "(or give TotalSegmentator output with --totalseg)")
+    elif label not in {int(v) for v in values}:
+        raise InputError(f"{path}: the mask is empty (no label {label}); --mask-label {label} is not among its labels "
+                         f"{_label_list(values, names) or 'none (the mask is empty)'}")
 
 
 def mask_from_skull_stripped(channels: list[sitk.Image], preset: OrganPreset) -> MaskSet:

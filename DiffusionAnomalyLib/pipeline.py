@@ -26,11 +26,11 @@ from . import __version__
 from .anomaly import Lesion, PostProcessing, anomaly_map, lesion_table, organ_map, otsu_threshold, postprocess
 from .errors import InputError
 from .intensity import ChannelScaling, fit_scaling
-from .io import array_to_image, atomic_output_dir, geometry, require_same_grid, write_volume
+from .io import array_to_image, atomic_output_dir, check_output_dir, geometry, require_same_grid, write_volume
 from .masks import MaskSet
 from .overview import write_overview
 from .presets import OrganPreset
-from .roi import RoiPatch, check_roi_fits, compose_patches, extract_patch, plan_patch
+from .roi import RoiPatch, check_roi_fits, compose_patches, extract_patch, outside_patch, plan_patch
 from .segfile import write_seg_nrrd
 
 
@@ -118,6 +118,12 @@ def detect(
     warnings = check_roi_fits(ref, preset, input_name) + list(mask_set.missing.values())
     prepared = extract_case_patches(channels, mask_set, preset)
     patches, scalings = prepared.patches, prepared.scalings
+    not_analysed = [o for m, p in zip(mask_set.masks, patches, strict=True) if (o := outside_patch(m.image, p))]
+    for o in not_analysed:
+        roi = " x ".join(f"{v:g}" for v in preset.roi_size_mm)
+        warnings.append(f"{input_name}: {o['fraction']:.1%} of the {o['structure']} ({o['volume_ml']:g} ml, LPS "
+                        f"{o['bbox_lps_min']}..{o['bbox_lps_max']} mm) lies outside the {roi} mm ROI and was NOT "
+                        "analysed; lesions there cannot be found (see not_analysed in run.json)")
     timings["extract"] = time.perf_counter() - t0
     report("extract", 1, 1)
 
@@ -156,7 +162,8 @@ def detect(
         organ_mask=array_to_image(organ.astype(np.uint8), ref), scalings=scalings,
         parameters={"organ": preset.name, "reconstructor": reconstructor.name,
                     "threshold_mode": "otsu-case" if threshold is None else "fixed", "threshold": thr,
-                    "postprocessing": pp.__dict__, "composition": {"heatmap": "max", "reconstruction": "mean"}},
+                    "postprocessing": pp.__dict__, "composition": {"heatmap": "max", "reconstruction": "mean"},
+                    "not_analysed": not_analysed},
     )
 
 
@@ -176,9 +183,17 @@ def trajectory_images(result: CaseResult, trajectory: list[tuple[int, np.ndarray
     return images
 
 
-def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, inputs: dict) -> Path:
-    """Write the result files atomically into ``out_dir`` (all or nothing)."""
-    with atomic_output_dir(out_dir) as stage:
+def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, inputs: dict, *,
+                  overwrite: bool = False, input_paths: list[str] | None = None) -> Path:
+    """Write the result files atomically into ``out_dir`` (all or nothing).
+
+    ``out_dir`` must not hold any of ``input_paths`` (default: ``inputs["images"]``); an earlier result or other
+    files there are refused unless ``overwrite``, which replaces the whole earlier result set
+    (:func:`~DiffusionAnomalyLib.io.check_output_dir`).
+    """
+    check_output_dir(out_dir, input_paths if input_paths is not None else inputs.get("images", []),
+                     overwrite=overwrite)
+    with atomic_output_dir(out_dir, replace_previous=True) as stage:
         names = preset.channels
         for name, image in zip(names, result.reconstruction, strict=True):
             fname = "reconstruction.nii.gz" if len(names) == 1 else f"reconstruction_{name}.nii.gz"
@@ -201,10 +216,12 @@ def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, 
             w.writerows(rows)
         (stage / "lesions.json").write_text(json.dumps(
             {"coordinates": "centroid_lps: ITK/DICOM patient LPS (mm); centroid_ras: Slicer RAS (mm)",
-             "lesions": rows}, indent=2) + "\n")
-        run = {"version": __version__, "python": platform.python_version(), "inputs": inputs,
+             "lesions": rows, "not_analysed": result.parameters.get("not_analysed", [])}, indent=2) + "\n")
+        outputs = sorted(f.name for f in stage.iterdir()) + ["run.json"]
+        run = {"version": __version__, "python": platform.python_version(), "inputs": inputs, "outputs": outputs,
                "parameters": result.parameters, "preset": preset.to_dict(),
                "patches": [p.to_dict() for p in result.patches], "warnings": result.warnings,
+               "not_analysed": result.parameters.get("not_analysed", []),
                "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
                "geometry": geometry(result.heatmap)}
         (stage / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")

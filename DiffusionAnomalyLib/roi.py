@@ -119,6 +119,26 @@ def check_roi_fits(image: sitk.Image, preset: OrganPreset, name: str = "the imag
     return warnings
 
 
+def outside_patch(mask: sitk.Image, patch: RoiPatch) -> dict | None:
+    """The part of ``mask``'s organ that ``patch`` does not cover (None when it covers all of it): voxel count,
+    fraction, volume (ml) and the LPS bounding box of the uncovered voxels."""
+    idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
+    if not len(idx):
+        return None
+    lps = voxel_centres_lps(mask, idx)
+    lo = np.array(patch.origin_lps) - np.array(patch.spacing_mm) / 2
+    hi = lo + np.array(patch.size_voxels) * np.array(patch.spacing_mm)
+    out = np.any((lps < lo) | (lps > hi), axis=1)
+    n = int(np.count_nonzero(out))
+    if n == 0:
+        return None
+    voxel_ml = float(np.prod(mask.GetSpacing())) / 1000.0
+    return {"structure": patch.structure, "side": patch.side, "voxels": n, "fraction": round(n / len(idx), 4),
+            "volume_ml": round(n * voxel_ml, 2), "bbox_lps_min": [round(float(v), 1) for v in lps[out].min(axis=0)],
+            "bbox_lps_max": [round(float(v), 1) for v in lps[out].max(axis=0)],
+            "roi_lps_min": [round(float(v), 1) for v in lo], "roi_lps_max": [round(float(v), 1) for v in hi]}
+
+
 def plan_patch(mask: sitk.Image, preset: OrganPreset, structure: str, side: str) -> RoiPatch:
     """The ROI patch of ``preset`` centred on ``mask``'s organ."""
     return RoiPatch(structure, side, organ_center(mask), preset.roi_size_voxels, tuple(preset.spacing_mm))

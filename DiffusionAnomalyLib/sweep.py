@@ -1,16 +1,16 @@
-"""``diffusion-anomaly sweep``: the L x s grid search of seed 000 §5.2, and bundle calibration.
+"""``diffusion-anomaly sweep``: the L x s grid search of the kidney thesis §5.2, and bundle calibration.
 
 For every noise level L and guidance strength s, the anomaly maps of the dataset are computed (cached
 per setting and networks under ``OUT/maps/<maps_key>/``, so an interrupted sweep resumes), thresholded with one
 global Otsu threshold and scored *without* post-processing, as in the thesis. The best setting is the
 one with the highest mean Dice. Then, at that setting, the maps are thresholded at the Otsu threshold
-times each ``threshold_scales`` value and post-processed (seed 000 §4.1.1) with each candidate minimum
+times each ``threshold_scales`` value and post-processed (the kidney thesis §4.1.1) with each candidate minimum
 lesion volume (small false-positive components are what post-processing can remove) and each ``grow_to_values``
 fraction (hysteresis growth of the kept lesions, :class:`~.anomaly.PostProcessing`); the recommended
 operating point is the one with the best pooled lesion F1, or, given ``max_fp_per_organ``, the one that
 finds the most lesions with at most that many false-positive components per organ (ties: best F1) —
 the way a detection target is stated ("recall at <= 1 false positive per kidney"). ``sweep.csv``,
-``sweep.json`` and ``dice_vs_s.png`` (seed 000 Fig. 5.1: Dice against s, one line per L) are written to
+``sweep.json`` and ``dice_vs_s.png`` (the kidney thesis Fig. 5.1: Dice against s, one line per L) are written to
 ``OUT/sweep``; :func:`write_calibrated_bundle` writes a copy of the bundle whose recommended sampler
 settings, threshold, minimum lesion volume and growth are the chosen ones, which ``run``, ``evaluate``,
 ``batch`` and the Slicer panel then use as defaults.
@@ -30,7 +30,7 @@ from .datasets import EvalCase
 from .evaluate import compute_maps, log, score_dataset
 from .io import atomic_output_dir
 
-#: The thesis grid (seed 000 §5.2): L in {100, 250, 500}, s in {0, 200, ..., 2000}.
+#: The thesis grid (the kidney thesis §5.2): L in {100, 250, 500}, s in {0, 200, ..., 2000}.
 THESIS_NOISE_LEVELS = (100, 250, 500)
 THESIS_GUIDANCE = tuple(range(0, 2001, 200))
 #: Candidate minimum lesion volumes (ml) tried after the grid; 0 = the thesis post-processing alone.

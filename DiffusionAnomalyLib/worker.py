@@ -1,4 +1,4 @@
-"""The background worker: one run in a child process, speaking line-oriented JSON on stdout (DESIGN.md §5).
+"""The background worker: one run in a child process, speaking line-oriented JSON on stdout (docs/worker.md).
 
     python -m DiffusionAnomalyLib.worker run --bundle B --input ct.nii.gz --totalseg seg/ --out OUT [...]
     python -m DiffusionAnomalyLib.worker baseline --organ kidney --input ct.nii.gz --mask m.nrrd --out OUT
@@ -12,12 +12,32 @@ with an ``event`` key:
 - ``log`` / ``warning``: ``message``
 - ``result``: ``outputs`` (name -> path), ``lesions`` (the lesion table rows), ``threshold``,
   ``timings_s``, ``device``
-- ``error``: ``code`` (stable: bad_input, organ_missing, bad_model, missing_dependency,
-  out_of_memory, cancelled, internal_error), ``message``, ``exit_code``
+- ``error``: ``code`` (stable: bad_input, organ_missing, output_not_writable, bad_model,
+  missing_dependency, out_of_memory, cancelled, internal_error), ``message`` (one line naming the
+  file or option and the problem), ``exit_code``
 
-Exit codes: 0 ok, 2 bad input, 3 missing or bad model, 4 out of memory, 5 cancelled,
-6 missing dependency, 1 internal error. SIGTERM cancels: the staging folder is removed, so the
-output folder never holds half results. Human-readable output goes to stderr. ``DA_MEMORY_LIMIT_GB``
+Exit codes (``errors.classify`` maps every exception, not only the project's own):
+
+====  ===========================================  ==========================================
+exit  code                                         when
+====  ===========================================  ==========================================
+0     (result event)                               success
+2     bad_input, organ_missing, output_not_writable  bad input/arguments; ``--out`` refused
+                                                   (holds an input, earlier result without
+                                                   ``--overwrite``, not writable, disk full)
+3     bad_model                                    bundle missing, corrupt, pickled, manifest
+4     out_of_memory                                any allocation failure, ``DA_MEMORY_LIMIT_GB``
+5     cancelled                                    SIGTERM (or SIGINT)
+6     missing_dependency                           TotalSegmentator or its weights absent
+1     internal_error                               a bug (traceback on stderr)
+====  ===========================================  ==========================================
+
+An ``error`` event always precedes a non-zero exit (an 8 MB reserve is freed and a pre-formatted
+``out_of_memory`` line is written if even formatting the error fails); only a kill from outside
+(SIGKILL; the client reports ``killed``) ends the worker without one. SIGTERM cancels: the staging
+folder is removed, so the output folder never holds half results, and a later run removes the
+staging folder a killed run left. ``--overwrite`` (as for ``run``) replaces an earlier result set in a
+user folder. Human-readable output goes to stderr. ``DA_MEMORY_LIMIT_GB``
 caps the worker's address space: a run that needs more fails with ``out_of_memory`` (exit 4) instead
 of the operating system killing it (which the client reports as "killed by signal 9 (out of memory?)").
 """
@@ -33,7 +53,7 @@ import traceback
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import CancelledError, DiffusionAnomalyError, OutOfMemoryError
+from .errors import EXIT_OUT_OF_MEMORY, InputError, classify, oom_message, raise_cancelled
 
 #: Share of the whole run each stage takes, for the overall fraction (reconstruction dominates).
 STAGE_WEIGHTS = {"extract": 0.05, "reconstruct": 0.8, "compose": 0.05, "postprocess": 0.05, "write": 0.05}
@@ -62,10 +82,6 @@ class EventWriter:
                   eta_s=None if eta is None else round(eta, 1))
 
 
-#: Substrings of RuntimeError messages that mean an allocation failed (PyTorch CUDA/CPU, ITK, C++).
-OOM_MARKERS = ("out of memory", "failed to allocate memory", "bad_alloc", "defaultcpuallocator: can't allocate")
-
-
 def limit_memory(gb: float) -> None:
     """Cap this process's address space at ``gb`` GiB, so an oversized run fails with ``out_of_memory``
     (exit 4) instead of being killed by the operating system (Linux/macOS; ``DA_MEMORY_LIMIT_GB``)."""
@@ -73,10 +89,6 @@ def limit_memory(gb: float) -> None:
 
     limit = int(gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise CancelledError("cancelled by the user (SIGTERM); no results were written")
 
 
 def _run_job(args, events: EventWriter) -> dict:
@@ -95,53 +107,60 @@ def _run_job(args, events: EventWriter) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import contextlib
+    import io
+
     from .cli import build_parser
 
     events = EventWriter()
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # anything printed by libraries goes to stderr, not into the protocol
     events.stream = real_stdout
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    if os.environ.get("DA_MEMORY_LIMIT_GB"):
-        limit_memory(float(os.environ["DA_MEMORY_LIMIT_GB"]))
-    parser = build_parser()
+    signal.signal(signal.SIGTERM, raise_cancelled)
+    # Written as it is if even formatting an error fails (e.g. at the memory cap): the client always gets one.
+    fallback = (json.dumps({"event": "error", "code": "out_of_memory", "message": oom_message(MemoryError()),
+                            "exit_code": EXIT_OUT_OF_MEMORY}) + "\n").encode()
+    reserve = bytearray(8 << 20)  # freed on failure, so reporting has memory to work with
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("DA_DEBUG"))
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        events.emit("error", code="bad_input", message="invalid worker arguments (see stderr)", exit_code=2)
-        return int(exc.code or 2)
-    if args.command not in ("run", "baseline"):
-        events.emit("error", code="bad_input", message=f"the worker runs 'run' or 'baseline', not {args.command!r}",
-                    exit_code=2)
-        return 2
-    events.emit("started", pid=os.getpid(), version=__version__, command=args.command)
-    try:
+        if os.environ.get("DA_MEMORY_LIMIT_GB"):
+            try:
+                limit_memory(float(os.environ["DA_MEMORY_LIMIT_GB"]))
+            except ValueError:
+                raise InputError(f"DA_MEMORY_LIMIT_GB={os.environ['DA_MEMORY_LIMIT_GB']!r}: expected a number of "
+                                 "GiB") from None
+        parser = build_parser()
+        captured = io.StringIO()
         try:
-            result = _run_job(args, events)
-        except MemoryError as exc:
-            raise OutOfMemoryError(_oom_message(exc)) from exc
-        except RuntimeError as exc:
-            if any(k in str(exc).lower() for k in OOM_MARKERS):
-                raise OutOfMemoryError(_oom_message(exc)) from exc
-            raise
+            with contextlib.redirect_stderr(captured):
+                args = parser.parse_args(argv)
+        except SystemExit as exc:
+            text = captured.getvalue()
+            sys.stderr.write(text)
+            if exc.code in (0, None):
+                return 0
+            last = [ln for ln in text.strip().splitlines() if ln.strip()]
+            raise InputError("invalid worker arguments: " + (last[-1] if last else "see stderr")) from None
+        if args.command not in ("run", "baseline"):
+            raise InputError(f"the worker runs 'run' or 'baseline', not {args.command!r}")
+        events.emit("started", pid=os.getpid(), version=__version__, command=args.command)
+        result = _run_job(args, events)
         events.emit("result", **result)
         return 0
-    except DiffusionAnomalyError as exc:
-        events.emit("error", code=exc.code, message=str(exc), exit_code=exc.exit_code)
-        return exc.exit_code
-    except Exception as exc:  # anything else is our bug: report it, with the traceback on stderr
-        traceback.print_exc(file=sys.stderr)
-        events.emit("error", code="internal_error", message=f"{type(exc).__name__}: {exc}", exit_code=1)
-        return 1
+    except BaseException as exc:  # noqa: BLE001 - the client always gets an error event and a documented code
+        del reserve
+        try:
+            code, name, message = classify(exc)
+            if debug or name == "internal_error":
+                traceback.print_exception(exc, file=sys.stderr)
+            events.emit("error", code=name, message=message, exit_code=code)
+            return code
+        except BaseException:  # noqa: BLE001
+            with contextlib.suppress(BaseException):
+                os.write(real_stdout.fileno(), fallback)
+            return EXIT_OUT_OF_MEMORY
     finally:
         sys.stdout = real_stdout
-
-
-def _oom_message(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return (f"out of memory ({type(exc).__name__}: {text}). Try --device cpu if the GPU is small, close other "
-            "programs using the memory, raise DA_MEMORY_LIMIT_GB if it is set, or use a bundle with a smaller "
-            "network, a coarser spacing or a smaller ROI")
 
 
 if __name__ == "__main__":

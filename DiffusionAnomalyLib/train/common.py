@@ -28,9 +28,18 @@ def select_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    import re
+
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(name)):
+        raise InputError(f"--device {name!r}: unknown device; use auto, cpu, cuda, cuda:N or mps")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("CUDA was asked for but no CUDA GPU is available to PyTorch (CPU build, no driver or "
                          "no GPU); use --device cpu or install a CUDA build of torch")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps: Apple's MPS backend is not available here; use --device cpu")
     return torch.device(name)
 
 

@@ -1,0 +1,811 @@
+"""The bad-input suite (issue 21): hostile inputs, parameters and faults against the real command line.
+
+Every case asserts the exit code, that the one-line message names the file (or option) and the problem, that
+the inputs' checksums are unchanged, and that nothing partial (``.staging-*``, ``.replaced-*``, ``.tmp-*``,
+``/tmp/da-bundle-*``, ``/tmp/da-totalseg-*``) is left behind. Most cases fail before any computation; the few
+full runs use the non-neural ``baseline`` on a small synthetic image, so the suite stays fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import REPO, make_image
+
+from DiffusionAnomalyLib.cli import main
+from DiffusionAnomalyLib.io import write_volume
+
+DEMO = REPO / "Resources" / "Models" / "kidney-demo"
+SHAPE = (64, 48, 48)  # z, y, x at 2.5 mm: 120 x 120 x 160 mm, enough for the kidney ROI (96 x 96 x 128 mm)
+SPACING = (2.5, 2.5, 2.5)
+
+
+def _kidneys() -> np.ndarray:
+    m = np.zeros(SHAPE, np.uint8)
+    m[20:44, 16:30, 8:18] = 1
+    m[20:44, 16:30, 30:40] = 1
+    return m
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Valid and broken input files, written once (read-only for the tests: checksums are compared)."""
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    ct = rng.normal(40, 10, SHAPE).astype(np.float32)
+    f: dict[str, Path] = {"dir": d}
+    f["ct"] = write_volume(make_image(ct, SPACING), d / "ct.nii.gz")
+    f["mask"] = write_volume(make_image(_kidneys(), SPACING), d / "mask.nii.gz")
+    multi = _kidneys().astype(np.int16)
+    multi[0:10, 0:10, 0:10] = 5
+    multi[50:60, 0:10, 0:10] = 7
+    f["multilabel"] = write_volume(make_image(multi, SPACING), d / "multilabel.nii.gz")
+    f["prob"] = write_volume(make_image(_kidneys().astype(np.float32) * 0.7, SPACING), d / "prob.nii.gz")
+    nan_mask = _kidneys().astype(np.float32)
+    nan_mask[0, 0, 0] = np.nan
+    f["nan_mask"] = write_volume(make_image(nan_mask, SPACING), d / "nanmask.nrrd")
+    f["grid_mask"] = write_volume(make_image(_kidneys(), (2.5, 2.5, 3.0)), d / "gridmask.nii.gz")
+    # corrupt files
+    data = f["ct"].read_bytes()
+    (d / "trunc.nii.gz").write_bytes(data[: len(data) // 3])
+    f["trunc"] = d / "trunc.nii.gz"
+    sitk.WriteImage(make_image(ct, SPACING), str(d / "raw.nii"), False)
+    raw = (d / "raw.nii").read_bytes()
+    (d / "trunc_raw.nii").write_bytes(raw[: len(raw) // 2])
+    f["trunc_raw"] = d / "trunc_raw.nii"
+    flipped = bytearray(data)
+    for i in range(len(flipped) // 2, len(flipped) // 2 + 64):
+        flipped[i] ^= 0xFF
+    (d / "flipped.nii.gz").write_bytes(bytes(flipped))
+    f["flipped"] = d / "flipped.nii.gz"
+    for name, ext in (("nan", "nii.gz"), ("nan_raw", "nii"), ("nan_nrrd", "nrrd"), ("nan_mha", "mha")):
+        a = ct.copy()
+        a[5, 5, 5] = np.nan
+        f[name] = d / f"{name}.{ext}"
+        sitk.WriteImage(make_image(a, SPACING), str(f[name]))
+    a = ct.copy()
+    a[6, 6, 6] = np.inf
+    f["inf"] = d / "inf.nii.gz"
+    sitk.WriteImage(make_image(a, SPACING), str(f["inf"]))
+    for ext in ("nrrd", "mha"):
+        p = d / f"whole.{ext}"
+        sitk.WriteImage(make_image(ct, SPACING), str(p), True)
+        b = p.read_bytes()
+        f[f"trunc_{ext}"] = d / f"trunc.{ext}"
+        f[f"trunc_{ext}"].write_bytes(b[: len(b) // 3])
+        p.unlink()
+    f["empty"] = d / "empty.nii.gz"
+    f["empty"].write_bytes(b"")
+    f["junk"] = d / "junk.nii.gz"
+    f["junk"].write_bytes(b"not an image at all" * 10)
+    f["header_only"] = d / "header.nii"
+    f["header_only"].write_bytes(raw[:348])
+    # geometry the outputs could not honour
+    sheared = make_image(ct, SPACING)
+    sheared.SetDirection((1, 0, 0, 0.3, 1, 0, 0, 0, 1))
+    f["shear_nrrd"] = d / "sheared.nrrd"
+    sitk.WriteImage(sheared, str(f["shear_nrrd"]))
+    sheared_mask = make_image(_kidneys(), SPACING)
+    sheared_mask.SetDirection((1, 0, 0, 0.3, 1, 0, 0, 0, 1))
+    f["shear_mask"] = d / "shearedmask.nrrd"  # on the same (sheared) grid: only the shear is wrong
+    sitk.WriteImage(sheared_mask, str(f["shear_mask"]))
+    f["shear_nii"] = d / "sheared.nii.gz"  # ITK cannot write a sheared sform: patch one in, as other tools write
+    head = bytearray(raw)
+    head[252:256] = np.array([1, 1], "<i2").tobytes()  # a valid qform and a sheared sform: ITK would pick the qform
+    head[280:328] = np.array([[2.5, 0.75, 0, 0], [0, 2.5, 0, 0], [0, 0, 2.5, 0]], "<f4").tobytes()
+    import gzip
+
+    f["shear_nii"].write_bytes(gzip.compress(bytes(head)))
+    f["singular"] = d / "singular.nhdr"
+    (d / "singular.raw").write_bytes(np.zeros(8 * 8 * 8, np.int16).tobytes())
+    f["singular"].write_text("NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 8 8 8\n"
+                             "space directions: (1,0,0) (0,1,0) (0,0,0)\nendian: little\nencoding: raw\n"
+                             "space origin: (0,0,0)\ndata file: singular.raw\n")
+    # DICOM: complete, a missing slice, a duplicated slice, two series
+    f["dicom_gap"] = _dicom_series(d / "dicom_gap", skip=(5,))
+    f["dicom_dup"] = _dicom_series(d / "dicom_dup", dup=(5,))
+    f["dicom_two"] = _dicom_series(d / "dicom_two")
+    _dicom_series(d / "dicom_two", uid="1.2.826.0.1.3680043.2.1125.2", prefix="t")
+    # a TotalSegmentator-style folder of per-organ masks
+    seg = d / "segmentations"
+    seg.mkdir()
+    from DiffusionAnomalyLib.masks import split_left_right
+
+    sides = split_left_right(make_image(_kidneys(), SPACING))
+    for side, img in sides.items():
+        write_volume(img, seg / f"kidney_{side}.nii.gz")
+    f["seg"] = seg
+    return f
+
+
+def _dicom_series(folder: Path, skip=(), dup=(), uid="1.2.826.0.1.3680043.2.1125.1", prefix="s", n=12) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    w = sitk.ImageFileWriter()
+    w.KeepOriginalImageUIDOn()
+    k = 0
+    for i in range(n):
+        if i in skip:
+            continue
+        for rep in range(2 if i in dup else 1):
+            sl = sitk.GetImageFromArray(np.full((16, 16), i * 10, np.int16))
+            sl.SetSpacing((1.5, 1.5))
+            for tag, val in {"0008|0060": "CT", "0020|000d": uid + ".0", "0020|000e": uid,
+                             "0008|0018": f"{uid}.{i}.{rep}", "0020|0013": str(k + 1), "0020|0032": f"0\\0\\{i * 2.0}",
+                             "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "1.5\\1.5", "0018|0050": "2",
+                             "0008|0016": "1.2.840.10008.5.1.4.1.1.2"}.items():
+                sl.SetMetaData(tag, val)
+            w.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
+            w.Execute(sl)
+            k += 1
+    return folder
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def _temp_leftovers() -> set[str]:
+    t = Path(tempfile.gettempdir())
+    return {p.name for p in t.glob("da-bundle-*")} | {p.name for p in t.glob("da-totalseg-*")}
+
+
+@pytest.fixture(autouse=True)
+def untouched(inputs, tmp_path):
+    """Inputs unchanged and nothing partial left, after every case."""
+    before, temps = _digest(inputs["dir"]), _temp_leftovers()
+    yield
+    assert _digest(inputs["dir"]) == before, "an input file was changed"
+    partial = [p for p in tmp_path.rglob("*") if p.name.startswith((".staging-", ".replaced-", ".tmp-", ".probe-"))]
+    assert not partial, partial
+    assert _temp_leftovers() <= temps, _temp_leftovers() - temps
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def _baseline(f, out, *more, image="ct", mask="mask") -> list:
+    args = ["baseline", "--organ", "kidney", "--input", f.get(image, image), "--out", out]
+    if mask:
+        args += ["--mask", f.get(mask, mask)]
+    return args + list(more)
+
+
+def _expect(rc, err, code, pattern):
+    assert rc == code, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error [")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+# ---- 2. corrupt images (before any work) -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,pattern", [
+    ("trunc", r"trunc\.nii\.gz: the (file|compressed file) is truncated"),
+    ("trunc_raw", r"trunc_raw\.nii: the file is truncated: \d+ of \d+ bytes"),
+    ("flipped", r"flipped\.nii\.gz: the compressed file is truncated or corrupt"),
+    ("nan", r"nan\.nii\.gz: 1 voxels are NaN or infinite"),
+    ("nan_raw", r"nan_raw\.nii: 1 voxels are NaN or infinite"),
+    ("nan_nrrd", r"nan_nrrd\.nrrd: 1 voxels are NaN or infinite"),
+    ("nan_mha", r"nan_mha\.mha: 1 voxels are NaN or infinite"),
+    ("inf", r"inf\.nii\.gz: 1 voxels are NaN or infinite"),
+    ("trunc_nrrd", r"trunc\.nrrd: not a readable image \(the file is truncated or corrupt"),
+    ("trunc_mha", r"trunc\.mha: the file is truncated: \d+ of \d+ bytes"),
+    ("empty", r"empty\.nii\.gz: the file is empty"),
+    ("junk", r"junk\.nii\.gz: not a readable image"),
+    ("header_only", r"header\.nii: the file is truncated: 0 of"),
+    ("dicom_gap", r"dicom_gap: the DICOM slices are not evenly spaced .*a slice is missing"),
+    ("dicom_dup", r"dicom_dup: 1 DICOM slice\(s\) share a position"),
+    ("shear_nrrd", r"sheared\.nrrd: its direction matrix is not orthogonal"),
+    ("shear_nii", r"sheared\.nii\.gz: its sform matrix is not orthogonal"),
+    ("singular", r"singular\.nhdr: .*singular"),
+])
+def test_corrupt_or_unusable_image_is_refused(inputs, tmp_path, capsys, name, pattern):
+    mask = {"shear_nrrd": "shear_mask", "shear_nii": "shear_nii"}.get(name, "mask")
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", image=name, mask=mask), capsys)
+    _expect(rc, err, 2, pattern)
+    assert not (tmp_path / "out").exists()
+    assert "WARNING: In" not in err and "(0 0 1)" not in err  # no raw ITK blocks, no matrix rows as reasons
+
+
+@pytest.mark.parametrize("name,pattern", [
+    ("nan_mask", r"nanmask\.nrrd: 1 voxels are NaN"),
+    ("multilabel", r"multilabel\.nii\.gz: a multilabel file \(4 labels: 1, 5, 7, .*\) .*--mask-label"),
+    ("prob", r"prob\.nii\.gz: the mask holds non-integer values"),
+    ("grid_mask", r"gridmask\.nii\.gz and the image are on different grids: spacing \(2\.5, 2\.5, 3\) in "
+                  r".*gridmask\.nii\.gz but \(2\.5, 2\.5, 2\.5\) in the image"),
+])
+def test_unusable_mask_is_refused(inputs, tmp_path, capsys, name, pattern):
+    if name == "multilabel":  # 4 labels: add one so a paired organ's two labels are exceeded
+        pattern = r"multilabel\.nii\.gz: a multilabel file \(3 labels: 1, 5, 7\) .*--mask-label"
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", mask=name), capsys)
+    _expect(rc, err, 2, pattern)
+    assert not (tmp_path / "out").exists()
+
+
+def test_mask_label_not_in_the_file_lists_its_labels(inputs, tmp_path, capsys):
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", "--mask-label", "9", mask="multilabel"), capsys)
+    _expect(rc, err, 2, r"multilabel\.nii\.gz: the mask is empty \(no label 9\); .*its labels 1, 5, 7")
+
+
+def test_mask_label_with_totalseg_is_refused(inputs, tmp_path, capsys):
+    args = _baseline(inputs, tmp_path / "out", "--totalseg", inputs["seg"], "--mask-label", "2", mask=None)
+    rc, _, err = _run(args, capsys)
+    _expect(rc, err, 2, r"--mask-label 2 applies to --mask only; with --totalseg")
+
+
+def test_mask_label_without_a_mask_is_refused(inputs, tmp_path, capsys):
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", "--mask-label", "2", mask=None), capsys)
+    _expect(rc, err, 2, r"--mask-label 2 applies to --mask only")
+
+
+@pytest.mark.parametrize("name,pattern", [("dicom_gap", "not evenly spaced"), ("dicom_dup", "share a position")])
+def test_dicom_series_with_a_missing_or_duplicated_slice_is_not_averaged(inputs, name, pattern):
+    from DiffusionAnomalyLib.errors import InputError
+    from DiffusionAnomalyLib.io import read_volume
+
+    with pytest.raises(InputError, match=rf"{name}: .*{pattern}"):
+        read_volume(inputs[name])
+
+
+def test_a_complete_dicom_series_is_read_with_its_spacing(inputs, tmp_path):
+    from DiffusionAnomalyLib.io import read_volume
+
+    image = read_volume(_dicom_series(tmp_path / "ok"))
+    assert image.GetSize() == (16, 16, 12) and image.GetSpacing() == pytest.approx((1.5, 1.5, 2.0))
+
+
+def test_a_non_ascii_path_under_the_c_locale(inputs, tmp_path):
+    d = tmp_path / "donn\u00e9es"
+    d.mkdir()
+    shutil.copy(inputs["ct"], d / "sc\u00e4n.nii.gz")
+    shutil.copy(inputs["mask"], d / "m\u00e4sk.nii.gz")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    args = [os.fsencode(a) for a in (sys.executable, "-m", "DiffusionAnomalyLib", "baseline", "--organ", "kidney",
+                                     "--input", d / "sc\u00e4n.nii.gz", "--mask", d / "m\u00e4sk.nii.gz",
+                                     "--out", d / "\u00f6ut")]
+    p = subprocess.run(args, capture_output=True, env=env, cwd=tempfile.gettempdir(), timeout=120)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
+    assert (d / "\u00f6ut" / "run.json").is_file() and b"logic_error" not in p.stderr
+
+
+def test_several_dicom_series_message_gives_advice_the_cli_can_follow(inputs, tmp_path, capsys):
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", image="dicom_two"), capsys)
+    _expect(rc, err, 2, r"dicom_two: holds 2 DICOM series .*folder of their own")
+    assert "series_uid" not in err
+
+
+def test_a_missing_input_is_reported_before_anything_else(inputs, tmp_path, capsys):
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", image=str(tmp_path / "nope.nii.gz")), capsys)
+    _expect(rc, err, 2, r"nope\.nii\.gz: file not found")
+
+
+# ---- 5. nonsense parameters --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option,value", [
+    ("--threshold", "nan"), ("--threshold", "inf"), ("--threshold", "-inf"), ("--threshold", "-1"),
+    ("--threshold", "0"), ("--min-lesion-ml", "-1"), ("--min-lesion-ml", "nan"),
+])
+def test_baseline_nonsense_parameter_is_refused(inputs, tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in _baseline(inputs, tmp_path / "out", f"{option}={value}")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument {option}" in err and value in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--threshold", "nan"), ("--threshold", "-1"), ("--guidance", "-5"), ("--guidance", "nan"),
+    ("--seed", str(2**64)), ("--seed", "-1"), ("--steps", "0"), ("--noise-level", "0"), ("--samples", "0"),
+    ("--median-filter", "-1"), ("--grow-to", "0"), ("--grow-to", "1.5"), ("--grow-to", "nan"),
+    ("--trajectory-every", "-2"), ("--resample-jumps", "0"),
+])
+def test_run_nonsense_parameter_is_refused(inputs, tmp_path, capsys, option, value):
+    argv = ["run", "--bundle", DEMO, "--input", inputs["ct"], "--mask", inputs["mask"], "--out", tmp_path / "out",
+            f"{option}={value}"]
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument {option}" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_device_exits_2(inputs, tmp_path, capsys):
+    argv = ["run", "--bundle", DEMO, "--input", inputs["ct"], "--mask", inputs["mask"], "--out", tmp_path / "out",
+            "--device", "tpu"]
+    rc, _, err = _run(argv, capsys)
+    _expect(rc, err, 2, r"--device 'tpu': unknown device")
+
+
+def test_noise_level_beyond_the_schedule_exits_2(inputs, tmp_path, capsys):
+    argv = ["run", "--bundle", DEMO, "--input", inputs["ct"], "--mask", inputs["mask"], "--out", tmp_path / "out",
+            "--device", "cpu", "--noise-level", "5000"]
+    rc, _, err = _run(argv, capsys)
+    _expect(rc, err, 2, r"5000")
+    assert not (tmp_path / "out").exists()
+
+
+# ---- 1. inputs are sacred; results replaced whole ------------------------------------------------------------------
+
+@pytest.fixture()
+def case_dir(inputs, tmp_path) -> Path:
+    """A private copy of a case folder (image, mask, ground truth) that the test may point --out at."""
+    d = tmp_path / "case"
+    d.mkdir()
+    shutil.copy(inputs["ct"], d / "ct.nii.gz")
+    shutil.copy(inputs["mask"], d / "mask.nii.gz")
+    shutil.copy(inputs["mask"], d / "lesions.nii.gz")
+    return d
+
+
+def test_out_is_the_case_folder_of_the_input(case_dir, capsys):
+    before = _digest(case_dir)
+    rc, _, err = _run(["baseline", "--organ", "kidney", "--input", case_dir / "ct.nii.gz", "--mask",
+                       case_dir / "mask.nii.gz", "--out", case_dir], capsys)
+    _expect(rc, err, 2, r"case: --out contains the input .*ct\.nii\.gz")
+    assert _digest(case_dir) == before
+
+
+def test_out_is_the_case_folder_even_with_overwrite(case_dir, capsys):
+    before = _digest(case_dir)
+    rc, _, err = _run(["baseline", "--organ", "kidney", "--input", case_dir / "ct.nii.gz", "--mask",
+                       case_dir / "mask.nii.gz", "--out", case_dir, "--overwrite"], capsys)
+    _expect(rc, err, 2, r"--out contains the input")
+    assert _digest(case_dir) == before
+
+
+def test_an_input_named_like_an_output_inside_out(inputs, tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    shutil.copy(inputs["ct"], out / "reconstruction.nii.gz")
+    before = _digest(out)
+    rc, _, err = _run(_baseline(inputs, out, "--overwrite", image=str(out / "reconstruction.nii.gz")), capsys)
+    _expect(rc, err, 2, r"results: --out contains the input .*reconstruction\.nii\.gz")
+    assert _digest(out) == before
+
+
+def test_mask_inside_out(inputs, tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    shutil.copy(inputs["mask"], out / "mask.nii.gz")
+    rc, _, err = _run(_baseline(inputs, out, "--overwrite", mask=str(out / "mask.nii.gz")), capsys)
+    _expect(rc, err, 2, r"--out contains the input .*mask\.nii\.gz")
+
+
+def test_out_inside_an_input_folder(inputs, tmp_path, capsys):
+    seg = tmp_path / "seg"
+    shutil.copytree(inputs["seg"], seg)
+    args = _baseline(inputs, seg / "out", "--totalseg", seg, mask=None)
+    rc, _, err = _run(args, capsys)
+    _expect(rc, err, 2, r"out: --out lies inside the input folder .*seg")
+    assert not (seg / "out").exists()
+
+
+def test_out_is_a_link_to_the_case_folder(case_dir, tmp_path, capsys):
+    before = _digest(case_dir)
+    link = tmp_path / "results-link"
+    link.symlink_to(case_dir)
+    rc, _, err = _run(["baseline", "--organ", "kidney", "--input", case_dir / "ct.nii.gz", "--mask",
+                       case_dir / "mask.nii.gz", "--out", link, "--overwrite"], capsys)
+    _expect(rc, err, 2, r"results-link: --out contains the input .*ct\.nii\.gz")
+    assert _digest(case_dir) == before
+
+
+def test_out_is_the_current_folder_holding_the_input(case_dir, capsys, monkeypatch):
+    monkeypatch.chdir(case_dir)
+    rc, _, err = _run(["baseline", "--organ", "kidney", "--input", "ct.nii.gz", "--mask", "mask.nii.gz", "--out",
+                       "."], capsys)
+    _expect(rc, err, 2, r"^error \[output_not_writable\]: \.: --out contains the input ct\.nii\.gz")
+
+
+def test_a_header_claiming_more_voxels_than_the_file_holds(inputs, tmp_path, capsys):
+    raw = bytearray((inputs["dir"] / "raw.nii").read_bytes())
+    raw[42:48] = np.array([30000, 30000, 30000], "<i2").tobytes()
+    (tmp_path / "huge.nii").write_bytes(bytes(raw))
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", image=str(tmp_path / "huge.nii")), capsys)
+    _expect(rc, err, 2, r"huge\.nii: the file is truncated: \d+ of \d+ bytes of voxel data \(0%\)")
+
+
+def test_out_is_a_file(inputs, tmp_path, capsys):
+    f = tmp_path / "out.txt"
+    f.write_text("keep me")
+    rc, _, err = _run(_baseline(inputs, f), capsys)
+    _expect(rc, err, 2, r"out\.txt: --out is an existing file")
+    assert f.read_text() == "keep me"
+
+
+def test_out_under_a_file(inputs, tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    rc, _, err = _run(_baseline(inputs, f / "sub" / "out"), capsys)
+    _expect(rc, err, 2, r"afile/sub/out: --out cannot be created: .*afile is a file")
+
+
+def test_read_only_out_is_reported_before_any_work(inputs, tmp_path, capsys, monkeypatch):
+    import DiffusionAnomalyLib.io as dio
+
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(dio.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr("DiffusionAnomalyLib.baseline.MedianBaseline.reconstruct",
+                        lambda *a, **k: pytest.fail("computed before checking the output folder"))
+    rc, _, err = _run(_baseline(inputs, tmp_path / "ro"), capsys)
+    _expect(rc, err, 2, r"ro: output folder is not writable \(Read-only file system")
+
+
+@pytest.fixture(scope="module")
+def first_result(inputs, tmp_path_factory) -> Path:
+    """One real baseline result (the full run that the rerun cases start from)."""
+    out = tmp_path_factory.mktemp("first") / "result"
+    assert main([str(a) for a in _baseline(inputs, out)]) == 0
+    return out
+
+
+def _copy_result(first_result, tmp_path) -> Path:
+    out = tmp_path / "result"
+    shutil.copytree(first_result, out)
+    return out
+
+
+def test_rerun_into_a_result_needs_overwrite(inputs, first_result, tmp_path, capsys):
+    out = _copy_result(first_result, tmp_path)
+    before = _digest(out)
+    rc, _, err = _run(_baseline(inputs, out), capsys)
+    _expect(rc, err, 2, r"result: --out holds the results of an earlier run; pass --overwrite")
+    assert _digest(out) == before
+
+
+def test_overwrite_replaces_the_whole_result_set(inputs, first_result, tmp_path, capsys):
+    out = _copy_result(first_result, tmp_path)
+    (out / "trajectory_kidney_left.nii.gz").write_bytes(b"stale from an earlier run")
+    (out / "reconstruction_ct.nii.gz").write_bytes(b"stale too")
+    rc, _, err = _run(_baseline(inputs, out, "--overwrite", "--threshold", "0.05"), capsys)
+    assert rc == 0, err
+    run = json.loads((out / "run.json").read_text())
+    assert run["parameters"]["threshold"] == 0.05
+    assert sorted(p.name for p in out.iterdir()) == sorted(run["outputs"])
+
+
+def test_a_foreign_non_empty_folder_is_refused(inputs, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    rc, _, err = _run(_baseline(inputs, out), capsys)
+    _expect(rc, err, 2, r"mine: --out is not empty \(notes\.txt\) and is not a result of diffusion-anomaly")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_stale_staging_of_a_killed_run_is_cleaned(inputs, first_result, tmp_path, capsys):
+    out = _copy_result(first_result, tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".staging-{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "heatmap.nii.gz").write_bytes(b"half")
+    old_style = out / ".staging-k2j3h4"
+    old_style.mkdir()
+    rc, _, err = _run(_baseline(inputs, out, "--overwrite"), capsys)
+    assert rc == 0, err
+    assert not stale.exists() and not old_style.exists()
+
+
+def test_full_disk_while_writing_leaves_nothing(inputs, tmp_path, capsys, monkeypatch):
+    import DiffusionAnomalyLib.io as dio
+
+    real = dio.sitk.WriteImage
+    calls = []
+
+    def full(image, path, *a):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(image, path, *a)
+
+    monkeypatch.setattr(dio.sitk, "WriteImage", full)
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out"), capsys)
+    _expect(rc, err, 2, r"could not write \(.*No space left on device")
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_disk_while_writing_the_overview_leaves_nothing(inputs, tmp_path, capsys, monkeypatch):
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "overview.png"))
+
+    monkeypatch.setattr("DiffusionAnomalyLib.pipeline.write_overview", full)
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out"), capsys)
+    _expect(rc, err, 2, r"output_not_writable\]: cannot write \(.*overview\.png\): No space left on device")
+    assert not (tmp_path / "out").exists()
+
+
+# ---- 6. every failure has its documented exit code -----------------------------------------------------------------
+
+@pytest.mark.parametrize("exc,code,pattern", [
+    (MemoryError(), 4, r"^error \[out_of_memory\]: out of memory \(MemoryError"),
+    (RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 GB"), 4,
+     r"out_of_memory.*DefaultCPUAllocator"),
+    (KeyboardInterrupt(), 5, r"^error \[cancelled\]: cancelled by the user"),
+    (ZeroDivisionError("division by zero"), 1,
+     r"^error \[internal_error\]: ZeroDivisionError: division by zero .*--debug"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), 2, r"output_not_writable.*Disk quota exceeded"),
+])
+def test_any_failure_maps_to_its_exit_code(inputs, tmp_path, capsys, monkeypatch, exc, code, pattern):
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr("DiffusionAnomalyLib.baseline.MedianBaseline.reconstruct", boom)
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out"), capsys)
+    _expect(rc, err, code, pattern)
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_shows_the_traceback(inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("DiffusionAnomalyLib.baseline.MedianBaseline.reconstruct", lambda *a, **k: 1 / 0)
+    rc, _, err = _run(["--debug"] + _baseline(inputs, tmp_path / "out"), capsys)
+    assert rc == 1 and "Traceback" in err and "ZeroDivisionError" in err
+
+
+def _bundle_copy(tmp_path: Path) -> Path:
+    b = tmp_path / "kidney-demo"
+    shutil.copytree(DEMO, b)
+    return b
+
+
+def _rehash(bundle: Path) -> None:
+    from DiffusionAnomalyLib.bundle import sha256_file
+
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["files"] = {name: sha256_file(bundle / name) for name in meta["files"]}
+    (bundle / "model.json").write_text(json.dumps(meta, indent=2))
+
+
+def _run_bundle(inputs, bundle, tmp_path, capsys, *more):
+    argv = ["run", "--bundle", bundle, "--input", inputs["ct"], "--mask", inputs["mask"], "--out", tmp_path / "out",
+            "--device", "cpu", *more]
+    return _run(argv, capsys)
+
+
+def test_pickle_saved_as_safetensors_exits_3(inputs, tmp_path, capsys):
+    import pickle
+
+    b = _bundle_copy(tmp_path)
+    (b / "denoiser.safetensors").write_bytes(pickle.dumps({"weight": [1.0, 2.0]}, protocol=4))
+    _rehash(b)
+    meta = json.loads((b / "model.json").read_text())
+    meta["version"] = "9.9-local"  # not the shipped one, so the manifest does not catch it first
+    (b / "model.json").write_text(json.dumps(meta))
+    rc, _, err = _run_bundle(inputs, b, tmp_path, capsys)
+    _expect(rc, err, 3, r"denoiser\.safetensors: a pickle \(refused")
+
+
+def test_garbage_safetensors_exits_3(inputs, tmp_path, capsys):
+    b = _bundle_copy(tmp_path)
+    (b / "classifier.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + b"0" * 100)
+    _rehash(b)
+    meta = json.loads((b / "model.json").read_text())
+    meta["version"] = "9.9-local"
+    (b / "model.json").write_text(json.dumps(meta))
+    rc, _, err = _run_bundle(inputs, b, tmp_path, capsys)
+    _expect(rc, err, 3, r"classifier\.safetensors: not a valid safetensors file")
+
+
+# ---- 7. bundles: the manifest, links, temporary folders -------------------------------------------------------------
+
+def test_a_shipped_bundle_with_changed_weights_and_hashes_is_refused(inputs, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    b = _bundle_copy(tmp_path)
+    state = load_file(str(b / "denoiser.safetensors"))
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(b / "denoiser.safetensors"))
+    _rehash(b)  # model.json's own checksums now agree with the tampered weights
+    assert torch is not None
+    rc, _, err = _run_bundle(inputs, b, tmp_path, capsys)
+    _expect(rc, err, 3, r"kidney-demo: SHA-256 .* does not match the manifest entry for kidney-demo")
+
+
+def test_a_weight_file_linking_out_of_the_bundle_is_refused(inputs, tmp_path, capsys):
+    b = _bundle_copy(tmp_path)
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.move(b / "classifier.safetensors", outside)
+    (b / "classifier.safetensors").symlink_to(outside)
+    rc, _, err = _run_bundle(inputs, b, tmp_path, capsys)
+    _expect(rc, err, 3, r"classifier\.safetensors: a link that leaves the bundle")
+
+
+def test_model_json_linking_out_of_the_bundle_is_refused(inputs, tmp_path, capsys):
+    b = _bundle_copy(tmp_path)
+    shutil.move(b / "model.json", tmp_path / "model.json")
+    (b / "model.json").symlink_to(tmp_path / "model.json")
+    rc, _, err = _run_bundle(inputs, b, tmp_path, capsys)
+    _expect(rc, err, 3, r"model\.json: a link that leaves the bundle")
+
+
+def test_a_zip_with_a_symlink_is_refused(inputs, tmp_path, capsys):
+    z = tmp_path / "b.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in DEMO.iterdir():
+            zf.write(p, f"kidney-demo/{p.name}")
+        info = zipfile.ZipInfo("kidney-demo/evil")
+        info.external_attr = (0o120777 << 16)
+        zf.writestr(info, "/etc/passwd")
+    rc, _, err = _run_bundle(inputs, z, tmp_path, capsys)
+    _expect(rc, err, 3, r"b\.zip: the archive holds a symbolic link")
+
+
+def test_model_json_given_as_the_bundle(inputs, tmp_path, capsys):
+    rc, _, err = _run_bundle(inputs, DEMO / "model.json", tmp_path, capsys)
+    _expect(rc, err, 3, r"model\.json: give the bundle folder .*kidney-demo\), not its model\.json")
+
+
+def test_a_zip_bundle_leaves_no_temporary_folder(inputs, tmp_path, capsys):
+    from DiffusionAnomalyLib.bundle import load_bundle
+
+    z = tmp_path / "kidney.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in DEMO.iterdir():
+            zf.write(p, f"kidney-demo/{p.name}")
+    before = _temp_leftovers()
+    bundle = load_bundle(z)
+    assert bundle.path == z and bundle.networks and _temp_leftovers() <= before
+    # and on a failing run after the bundle was read (the multilabel mask is refused)
+    argv = ["run", "--bundle", z, "--input", inputs["ct"], "--mask", inputs["multilabel"], "--out",
+            tmp_path / "out", "--device", "cpu", "--skip-modality-check"]
+    rc, _, err = _run(argv, capsys)
+    _expect(rc, err, 2, r"multilabel\.nii\.gz: a multilabel file")
+
+
+def test_no_totalsegmentator_exits_6_without_a_temporary_folder(inputs, tmp_path, capsys):
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", mask=None), capsys)
+    _expect(rc, err, 6, r"missing_dependency.*--mask")
+
+
+def test_totalsegmentator_output_folder_is_removed_after_the_run(inputs, tmp_path, capsys, monkeypatch):
+    import DiffusionAnomalyLib.totalseg as ts
+
+    def fake(image, out, preset, **k):
+        shutil.copytree(inputs["seg"], out, dirs_exist_ok=True)
+        return Path(out)
+
+    monkeypatch.setattr(ts, "check_available", lambda preset: None)
+    monkeypatch.setattr(ts, "run_totalsegmentator", fake)
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", mask=None), capsys)
+    assert rc == 0, err  # the autouse fixture checks that no da-totalseg-* folder is left
+
+
+# ---- 4. an organ larger than the ROI ---------------------------------------------------------------------------------
+
+def test_an_organ_larger_than_the_roi_is_reported_and_recorded(tmp_path, capsys):
+    shape, spacing = (30, 24, 24), (10.0, 10.0, 10.0)
+    rng = np.random.default_rng(1)
+    ct = write_volume(make_image(rng.normal(40, 10, shape).astype(np.float32), spacing), tmp_path / "big.nii.gz")
+    m = np.zeros(shape, np.uint8)
+    m[3:26, 8:16, 4:10] = 1  # 230 mm along z: longer than the 128 mm ROI
+    m[3:26, 8:16, 14:20] = 1
+    mask = write_volume(make_image(m, spacing), tmp_path / "bigmask.nii.gz")
+    rc, _, err = _run(["baseline", "--organ", "kidney", "--input", ct, "--mask", mask, "--out", tmp_path / "o"],
+                      capsys)
+    assert rc == 0, err
+    assert re.search(r"big\.nii\.gz: \d+\.\d% of the kidney_(left|right) .*was NOT analysed", err), err
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    lesions = json.loads((tmp_path / "o" / "lesions.json").read_text())
+    assert {o["structure"] for o in run["not_analysed"]} == {"kidney_left", "kidney_right"}
+    assert lesions["not_analysed"] == run["not_analysed"] and run["not_analysed"][0]["fraction"] > 0.3
+
+
+# ---- 8./1. dataset commands --------------------------------------------------------------------------------
+
+def _dataset(tmp_path: Path, inputs) -> Path:
+    data = tmp_path / "data"
+    (data / "case1" / "segmentations").mkdir(parents=True)
+    shutil.copy(inputs["ct"], data / "case1" / "ct.nii.gz")
+    shutil.copy(inputs["mask"], data / "case1" / "lesions.nii.gz")
+    for f in inputs["seg"].iterdir():
+        shutil.copy(f, data / "case1" / "segmentations" / f.name)
+    return data
+
+
+@pytest.mark.parametrize("command", ["batch", "evaluate"])
+def test_dataset_out_inside_the_data_is_refused(inputs, tmp_path, capsys, command):
+    data = _dataset(tmp_path, inputs)
+    before = _digest(data)
+    rc, _, err = _run([command, "--data", data, "--baseline", "--organ", "kidney", "--out", data / "results"], capsys)
+    _expect(rc, err, 2, r"results: --out lies inside the input folder .*data")
+    rc, _, err = _run([command, "--data", data, "--baseline", "--organ", "kidney", "--out", data], capsys)
+    _expect(rc, err, 2, r"data: --out contains the input .*data")
+    assert _digest(data) == before
+
+
+@pytest.mark.parametrize("command", ["batch", "evaluate", "sweep"])
+def test_dataset_out_foreign_folder_is_refused(inputs, tmp_path, capsys, command):
+    data = _dataset(tmp_path, inputs)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.docx").write_text("precious")
+    argv = [command, "--data", data, "--out", out]
+    argv += ["--bundle", DEMO] if command == "sweep" else ["--baseline", "--organ", "kidney"]
+    rc, _, err = _run(argv, capsys)
+    _expect(rc, err, 2, r"mine: --out is not empty \(thesis\.docx\)")
+    assert [p.name for p in out.iterdir()] == ["thesis.docx"]
+
+
+# ---- the worker ---------------------------------------------------------------------------------------------------
+
+def _worker(args: list, env: dict | None = None, timeout: float = 120) -> tuple[int, list[dict], str]:
+    p = subprocess.run([sys.executable, "-m", "DiffusionAnomalyLib.worker", *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout, cwd=tempfile.gettempdir(), env={**os.environ, **(env or {})})
+    events = [json.loads(ln) for ln in p.stdout.splitlines() if ln.strip()]
+    return p.returncode, events, p.stderr
+
+
+def test_worker_refuses_an_out_holding_the_input_with_an_error_event(case_dir):
+    before = _digest(case_dir)
+    rc, events, _ = _worker(["baseline", "--organ", "kidney", "--input", case_dir / "ct.nii.gz", "--mask",
+                             case_dir / "mask.nii.gz", "--out", case_dir, "--overwrite"])
+    assert rc == 2 and events[-1]["event"] == "error" and events[-1]["code"] == "output_not_writable"
+    assert "contains the input" in events[-1]["message"] and events[-1]["exit_code"] == 2
+    assert _digest(case_dir) == before
+
+
+def test_worker_bad_argument_error_event_says_which(inputs, tmp_path):
+    rc, events, _ = _worker(_baseline(inputs, tmp_path / "out", "--threshold", "nan"))
+    assert rc == 2 and events[-1]["event"] == "error" and events[-1]["code"] == "bad_input"
+    assert "--threshold" in events[-1]["message"]
+
+
+def test_worker_under_a_tiny_memory_cap_still_emits_an_error_event(inputs, tmp_path):
+    rc, events, err = _worker(_baseline(inputs, tmp_path / "out"), env={"DA_MEMORY_LIMIT_GB": "0.35"})
+    assert rc == 4, (rc, events, err[-2000:])
+    assert events and events[-1]["event"] == "error" and events[-1]["code"] == "out_of_memory"
+    assert not (tmp_path / "out").exists()
+
+
+# ---- signals: Ctrl-C and SIGTERM exit 5 after cleaning up --------------------------------------------------
+
+_SLOW = """
+import sys, time
+from pathlib import Path
+import DiffusionAnomalyLib.baseline as b
+def slow(self, x, mask, spacing):
+    Path(sys.argv[1]).write_text("started")
+    time.sleep(60)
+b.MedianBaseline.reconstruct = slow
+from DiffusionAnomalyLib.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_cancels_with_exit_5_and_leaves_nothing(inputs, tmp_path, sig):
+    marker = tmp_path / "started"
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-c", _SLOW, marker, *map(str, _baseline(inputs, out))],
+                         cwd=tempfile.gettempdir(), stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not marker.exists() and time.time() - t0 < 60 and p.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), p.communicate()[1]
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 5, err
+    assert re.search(r"^error \[cancelled\]: cancelled by the user", err, re.M) and "Traceback" not in err, err
+    assert not out.exists()
