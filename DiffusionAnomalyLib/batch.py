@@ -54,13 +54,13 @@ def load_model(args: argparse.Namespace, device) -> Model:
     """From ``--bundle`` (+ sampler options) or ``--baseline --organ``."""
     if getattr(args, "bundle", None):
         from .bundle import load_bundle, shipped_manifest
-        from .job import map_options, sampler_settings
+        from .job import run_settings
         from .reconstruction import DiffusionReconstructor
 
         bundle = load_bundle(args.bundle, device=device, manifest=shipped_manifest())
         rec = bundle.meta.recommended or {}
-        settings = sampler_settings(args, rec)
-        opts = map_options(args, rec, bundle.preset)
+        resolved = run_settings(args, rec, bundle.preset)  # the same resolution as `run` and the worker
+        settings, opts = resolved.sampler_settings(), resolved.map_options()
         return Model(opts.apply_to(bundle.preset), settings,
                      lambda st: DiffusionReconstructor(bundle, st, device, reference=opts.reference,
                                                        samples=opts.samples),

@@ -488,8 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deterministic algorithms (slower on GPU); the seed already fixes all noise")
     ru.add_argument("--skip-modality-check", action="store_true",
                     help="run even if the intensities do not look like the bundle's modality (CT vs MRI)")
-    ru.add_argument("--seed", type=seed_arg, default=0, help="random seed, 0..2^63-1 (default 0)")
-    ru.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
+    ru.add_argument("--seed", type=seed_arg, default=None, help="random seed, 0..2^63-1 (default 0)")
+    ru.add_argument("--device", default=None, help="auto (CUDA > MPS > CPU; the default), cpu, cuda, cuda:1, mps")
+    ru.add_argument("--settings", metavar="FILE", default=None,
+                    help="take every run setting from FILE: the run.json of an earlier run (replays it) or a "
+                         "settings JSON; options given explicitly override it")
     ru.add_argument("--threshold", type=threshold_arg, default=None,
                     help="a fixed threshold, or 'otsu' for Otsu over this case (default: the bundle's calibrated "
                          "threshold, else Otsu)")

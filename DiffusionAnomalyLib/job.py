@@ -16,7 +16,7 @@ from .errors import InputError
 from .masks import MaskSet
 from .pipeline import CaseResult, detect, write_outputs
 from .presets import OrganPreset
-from .settings import MapOptions, map_options, recommended_sampler  # noqa: F401 (MapOptions: re-exported)
+from .settings import MapOptions, map_options  # noqa: F401 (re-exported)
 
 Progress = Callable[[str, int, int], None]
 
@@ -56,7 +56,7 @@ def load_masks(args: argparse.Namespace, reference, preset: OrganPreset) -> Mask
 def input_paths(args: argparse.Namespace) -> list[str]:
     """Every file or folder a job reads: images, mask or TotalSegmentator output, and the bundle."""
     paths = [str(p) for p in args.input]
-    for name in ("mask", "totalseg", "bundle"):
+    for name in ("mask", "totalseg", "bundle", "settings"):
         if getattr(args, name, None):
             paths.append(str(getattr(args, name)))
     return paths
@@ -81,19 +81,46 @@ def check_job_arguments(args: argparse.Namespace) -> None:
     check_output_dir(args.out, input_paths(args), overwrite=bool(getattr(args, "overwrite", False)))
 
 
-def sampler_settings(args: argparse.Namespace, recommended: dict):
-    """SamplerSettings from the command's options, each falling back to the bundle's recommendation."""
-    from .diffusion.sampler import SamplerSettings
+def run_settings(args: argparse.Namespace, recommended: dict, preset: OrganPreset):
+    """The run's :class:`~DiffusionAnomalyLib.settings.RunSettings`, resolved once: ``--settings FILE`` (a
+    ``run.json`` or a settings object) or the bundle's recommendations, with the options given explicitly on top."""
+    from .settings import RunSettings, load_settings_file
 
-    rec = recommended_sampler(recommended)
+    given = {name: getattr(args, name, None) for name in RunSettings.__dataclass_fields__}
+    given["sampler"] = getattr(args, "sampler", None)
+    if not getattr(args, "deterministic", False):
+        given["deterministic"] = None
+    settings_file = getattr(args, "settings", None)
+    if settings_file:
+        base = load_settings_file(settings_file)
+        return RunSettings.from_dict({**base.to_dict(), **{k: _threshold_value(k, v, base, recommended)
+                                                           for k, v in given.items() if v is not None}},
+                                     str(settings_file))
+    return RunSettings.resolve(recommended, preset, **given)
 
-    def pick(value, key):
-        return value if value is not None else rec[key]
 
-    return SamplerSettings(
-        method=args.sampler or rec["sampler"], noise_level=pick(args.noise_level, "noise_level"),
-        steps=pick(args.steps, "steps"), guidance=pick(args.guidance, "guidance"), seed=args.seed,
-        resample_jumps=getattr(args, "resample_jumps", 1), trajectory_every=getattr(args, "trajectory_every", 0))
+def requested_device(args: argparse.Namespace) -> str:
+    """``--device``, else the settings file's device, else auto (needed before the bundle is loaded)."""
+    from .settings import load_settings_file
+
+    if getattr(args, "device", None):
+        return args.device
+    return load_settings_file(args.settings).device if getattr(args, "settings", None) else "auto"
+
+
+def _threshold_value(name: str, value, base, recommended: dict):
+    if name != "threshold":
+        return value
+    if value == "bundle":
+        return recommended.get("threshold")
+    return None if value == "otsu" else value
+
+
+def sampler_settings(args: argparse.Namespace, recommended: dict, preset: OrganPreset | None = None):
+    """SamplerSettings of the run's resolved settings (see :func:`run_settings`)."""
+    from .presets import get_preset
+
+    return run_settings(args, recommended, preset or get_preset("kidney")).sampler_settings()
 
 
 #: Below this validation AUC (at the level nearest the sampler's start) a classifier barely tells healthy from
@@ -161,28 +188,29 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         from .reconstruction import DiffusionReconstructor
         from .train.common import select_device
 
-        device = select_device(args.device)
+        device = select_device(requested_device(args))
         bundle = load_bundle(args.bundle, device=device, manifest=shipped_manifest())
         preset, rec, demo = bundle.preset, bundle.meta.recommended or {}, bundle.meta.demo
-        settings = sampler_settings(args, rec)
+        resolved = run_settings(args, rec, preset)
+        settings = resolved.sampler_settings()
         warnings = guidance_warnings(bundle.meta.extra, settings)
-        if args.deterministic:
+        if resolved.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             import torch
 
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        opts = map_options(args, rec, preset)
+        opts = resolved.map_options()
         preset = opts.apply_to(preset)
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=opts.reference,
                                                samples=opts.samples, progress=lambda d, n: report("reconstruct", d, n))
-        threshold = resolve_threshold(args.threshold, rec.get("threshold"))
-        recommended_ml, recommended_grow = rec.get("min_lesion_ml"), rec.get("grow_to")
+        threshold = resolved.threshold
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}
-        params = {"sampler": dataclasses.asdict(settings), "reference": opts.reference,
-                  "samples": reconstructor.effective_samples, "median_filter": opts.median_filter,
-                  "deterministic": bool(args.deterministic)}
+        params = {"settings": resolved.to_dict(), "sampler": dataclasses.asdict(settings),
+                  "reference": opts.reference, "samples": reconstructor.effective_samples,
+                  "median_filter": opts.median_filter, "deterministic": resolved.deterministic}
+        postprocessing = resolved.postprocessing(preset)
     else:
         from .baseline import MedianBaseline
         from .presets import get_preset
@@ -190,7 +218,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         device, preset = "cpu", get_preset(args.organ)
         reconstructor = MedianBaseline.for_preset(preset)
         threshold = resolve_threshold(args.threshold, None)
-        recommended_ml = recommended_grow = None
+        postprocessing = resolve_postprocessing(preset, args.min_lesion_ml, None, getattr(args, "grow_to", None))
     channels = read_channels(args.input, preset.channels if len(args.input) > 1 else None)
     if args.command == "run" and not args.skip_modality_check:
         import SimpleITK as sitk
@@ -200,8 +228,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         check_modality(sitk.GetArrayViewFromImage(channels[0]), preset.modality, str(args.input[0]))
     mask_set = load_masks(args, channels[0], preset)
     result = detect(channels, mask_set, preset, reconstructor, threshold=threshold,
-                    postprocessing=resolve_postprocessing(preset, args.min_lesion_ml, recommended_ml,
-                                                          getattr(args, "grow_to", None), recommended_grow),
+                    postprocessing=postprocessing,
                     input_name=str(args.input[0]),
                     progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))
     result.warnings += warnings

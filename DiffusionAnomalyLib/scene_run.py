@@ -11,6 +11,7 @@ process before the worker's packages are installed.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import CancelledError, DiffusionAnomalyError, InputError
-from .settings import DEVICES, MAX_NOISE_LEVEL, REFERENCES, SAMPLERS
+from .settings import DEVICES
 
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
 THRESHOLD_MODES = ("bundle", "otsu", "fixed")
@@ -54,36 +55,31 @@ class RunRequest:
     median_filter: int | None = None
 
     def problems(self) -> list[str]:
-        """Everything that prevents a run, as sentences for a tooltip (empty when it can run)."""
+        """Everything that prevents a run, as sentences for a tooltip (empty when it can run). The run settings
+        are checked by :class:`~DiffusionAnomalyLib.settings.RunSettings` (one validation for every front end)."""
         out = []
+        bundle_ok = False
         if not self.bundle:
             out.append(f"No model bundle for the {self.organ}: import one (Import bundle...).")
         else:
-            out.extend(self._bundle_problems())
-        if self.sampler not in SAMPLERS:
-            out.append(f"Unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
-        if not 1 <= int(self.noise_level) <= MAX_NOISE_LEVEL:
-            out.append(f"Noise level L must be between 1 and {MAX_NOISE_LEVEL} (got {self.noise_level}).")
-        if self.guidance < 0:
-            out.append(f"Guidance strength must be >= 0 (got {self.guidance}).")
-        if not 1 <= int(self.steps) <= int(self.noise_level):
-            out.append(f"Steps must be between 1 and L = {self.noise_level} (got {self.steps}).")
+            found = self._bundle_problems()
+            out.extend(found)
+            bundle_ok = not found
+        if bundle_ok:
+            try:
+                self.run_settings()
+            except InputError as exc:
+                out.extend(_sentence(p) for p in str(exc).split("; ") if p)
+            except (TypeError, ValueError) as exc:
+                out.append(_sentence(str(exc)))
         if self.device not in DEVICES:
             out.append(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
         if self.threshold_mode not in THRESHOLD_MODES:
             out.append(f"Unknown threshold mode {self.threshold_mode!r}.")
-        if self.threshold_mode == "fixed" and self.threshold <= 0:
-            out.append("A fixed threshold must be > 0.")
         if self.mask_source not in MASK_SOURCES:
             out.append(f"Unknown organ-mask source {self.mask_source!r}.")
         if self.mask_source == "none" and self.organ != "brain":
             out.append(f"The {self.organ} needs an organ mask (only a skull-stripped brain can run without one).")
-        if self.reference is not None and self.reference not in REFERENCES:
-            out.append(f"Unknown map reference {self.reference!r}; choose one of {', '.join(REFERENCES)}.")
-        if self.samples is not None and int(self.samples) < 1:
-            out.append(f"Averaged samples must be at least 1 (got {self.samples}).")
-        if self.median_filter is not None and int(self.median_filter) < 0:
-            out.append(f"The map median filter must be >= 0 voxels (got {self.median_filter}).")
         if self.python and not Path(self.python).is_file():
             out.append(f"The Python interpreter {self.python} does not exist.")
         return out
@@ -91,8 +87,6 @@ class RunRequest:
     def _bundle_problems(self) -> list[str]:
         from .bundle import BundleError
 
-        if Path(self.bundle).suffix == ".zip":
-            return [] if Path(self.bundle).is_file() else [f"The bundle {self.bundle} does not exist."]
         try:
             meta = cached_meta(self.bundle)
         except BundleError as exc:
@@ -105,33 +99,46 @@ class RunRequest:
     def is_valid(self) -> bool:
         return not self.problems()
 
-    def worker_args(self, inputs: Sequence[str | Path], out: str | Path, mask: str | Path | None = None) -> list[str]:
-        """The worker's command-line arguments (``run ...``) for these settings."""
+    def overrides(self) -> dict:
+        """The settings the panel sets explicitly, as :class:`~DiffusionAnomalyLib.settings.RunSettings` fields
+        (None: the bundle's recommendation)."""
+        threshold = {"bundle": "bundle", "otsu": "otsu"}.get(self.threshold_mode, float(self.threshold))
+        return {"sampler": self.sampler, "noise_level": int(self.noise_level), "steps": int(self.steps),
+                "guidance": float(self.guidance), "seed": int(self.seed), "device": self.device,
+                "reference": self.reference, "samples": None if self.samples is None else int(self.samples),
+                "median_filter": None if self.median_filter is None else int(self.median_filter),
+                "threshold": threshold}
+
+    def run_settings(self):
+        """The run's :class:`~DiffusionAnomalyLib.settings.RunSettings`: the bundle's recommendations with the
+        panel's values on top, resolved once (the worker receives exactly this object as JSON)."""
+        from .settings import RunSettings
+
+        meta = cached_meta(self.bundle)
+        return RunSettings.resolve(meta.recommended, meta.preset(), **self.overrides())
+
+    def worker_args(self, inputs: Sequence[str | Path], out: str | Path, mask: str | Path | None,
+                    settings_file: str | Path) -> list[str]:
+        """The worker's arguments (``run ...``): inputs, mask, output folder and the settings JSON file
+        (:meth:`run_settings`, written by the caller)."""
         problems = self.problems()
         if problems:
             raise InputError(" ".join(problems))
         args = ["run", "--bundle", str(self.bundle), "--input", *[str(p) for p in inputs],
-                "--sampler", self.sampler, "--noise-level", str(int(self.noise_level)),
-                "--steps", str(int(self.steps)), "--guidance", repr(float(self.guidance)),
-                "--seed", str(int(self.seed)), "--device", self.device, "--out", str(out)]
-        for flag, value in (("--reference", self.reference), ("--samples", self.samples),
-                            ("--median-filter", self.median_filter)):
-            if value is not None:
-                args += [flag, str(value)]
-        if self.threshold_mode == "otsu":
-            args += ["--threshold", "otsu"]
-        elif self.threshold_mode == "fixed":
-            args += ["--threshold", repr(float(self.threshold))]
+                "--settings", str(settings_file), "--out", str(out)]
         if self.mask_source == "none":
             args.append("--skull-stripped")
         elif mask is not None:
             args += ["--mask", str(mask)]
-        elif self.mask_source == "totalsegmentator":
-            pass  # without a mask the worker runs TotalSegmentator on the input
-        else:
-            raise InputError(f"No organ mask for the {self.organ}: choose a segmentation with the organ, or run "
-                             "TotalSegmentator first.")
+        elif self.mask_source != "totalsegmentator":  # without a mask the worker runs TotalSegmentator
+            raise InputError(f"No organ mask for the {self.organ}: choose a segmentation with the organ, or let "
+                             "TotalSegmentator make one.")
         return args
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:]).rstrip(".") + "."
 
 
 _META_CACHE: dict[tuple[str, float], object] = {}
@@ -142,14 +149,32 @@ def cached_meta(folder: str | Path):
     (the panel asks on every change of a setting)."""
     from .bundle import BundleError, read_meta
 
-    p = Path(folder) / "model.json"
+    zipped = Path(folder).suffix == ".zip"
+    p = Path(folder) if zipped else Path(folder) / "model.json"
     try:
         key = (str(p.resolve()), p.stat().st_mtime)
     except OSError:
         raise BundleError(f"{folder}: not a model bundle (no model.json)") from None
     if key not in _META_CACHE:
-        _META_CACHE[key] = read_meta(folder)
+        _META_CACHE[key] = _zipped_meta(p) if zipped else read_meta(folder)
     return _META_CACHE[key]
+
+
+def _zipped_meta(path: Path):
+    """The ``model.json`` of a bundle .zip, read without extracting it."""
+    import json
+    import zipfile
+
+    from .bundle import BundleError, BundleMeta
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.rsplit("/", 1)[-1] == "model.json"]
+            if len(names) != 1:
+                raise BundleError(f"{path}: expected exactly one model.json in the archive, found {len(names)}")
+            return BundleMeta.from_dict(json.loads(z.read(names[0])), f"{path}:{names[0]}")
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not a readable bundle archive ({exc})") from None
 
 
 def run_name(request: RunRequest, input_name: str) -> str:
@@ -199,8 +224,7 @@ class SceneRun:
         problems = self.request.problems()
         if problems:
             raise InputError(" ".join(problems))
-        channels = self.channels = (cached_meta(self.request.bundle).channels if Path(self.request.bundle).is_dir()
-                                    else ["image"])
+        channels = self.channels = cached_meta(self.request.bundle).channels
         problem = (scene_adapter.channel_nodes_problem(self.input_nodes, channels) if len(channels) > 1
                    else scene_adapter.volume_node_problem(self.input_nodes[0] if self.input_nodes else None))
         if problem:
@@ -220,7 +244,9 @@ class SceneRun:
                                                               self.mask_segment_ids, self.input_nodes[0])
                 # one label: the worker splits paired organs (kidneys) into left and right itself
                 mask = write_volume(mask_image > 0, self.tmp / "mask.nii.gz", compress=False)
-            args = self.request.worker_args(inputs, self.output_dir or self.tmp / "out", mask)
+            settings = self.tmp / "settings.json"
+            settings.write_text(json.dumps(self.request.run_settings().to_dict(), indent=2) + "\n")
+            args = self.request.worker_args(inputs, self.output_dir or self.tmp / "out", mask, settings)
             factory = self.client_factory or (lambda a, python: WorkerClient(a, python=python or None))
             self.client = factory(args, self.request.python)
             self.client.start()

@@ -157,6 +157,23 @@ class RunSettings:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    def sampler_settings(self):
+        """The sampler's part (:class:`~DiffusionAnomalyLib.diffusion.sampler.SamplerSettings`; imports torch)."""
+        from .diffusion.sampler import SamplerSettings
+
+        return SamplerSettings(method=self.sampler, noise_level=self.noise_level, steps=self.steps,
+                               guidance=self.guidance, seed=self.seed, resample_jumps=self.resample_jumps,
+                               trajectory_every=self.trajectory_every)
+
+    def map_options(self) -> MapOptions:
+        return MapOptions(self.reference, self.samples, self.median_filter)
+
+    def postprocessing(self, preset: OrganPreset):
+        """The post-processing (:class:`~DiffusionAnomalyLib.anomaly.PostProcessing`; imports scikit-image)."""
+        from .anomaly import PostProcessing
+
+        return PostProcessing.for_preset(preset, self.min_lesion_ml, self.grow_to)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> RunSettings:
         """Settings from :meth:`to_dict` output (e.g. ``run.json``'s ``settings``); unknown keys are refused."""
@@ -169,6 +186,27 @@ class RunSettings:
             return cls(**{k: _cast(k, v) for k, v in data.items()})
         except (TypeError, ValueError) as exc:
             raise InputError(f"{source}: {exc}") from None
+
+
+def load_settings_file(path) -> RunSettings:
+    """Run settings from a JSON file: a ``run.json`` of an earlier run (its ``parameters.settings``) or a
+    settings object as :meth:`RunSettings.to_dict` writes it."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{p}: settings file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{p}: not a readable JSON settings file ({exc})") from None
+    if isinstance(data, dict) and "parameters" in data:  # a run.json
+        data = (data.get("parameters") or {}).get("settings")
+        if data is None:
+            raise InputError(f"{p}: this run.json records no run settings (written by an older version, or a "
+                             "baseline run)")
+    return RunSettings.from_dict(data, str(p))
 
 
 _CASTS = {"noise_level": int, "steps": int, "seed": int, "resample_jumps": int, "samples": int,

@@ -150,34 +150,37 @@ def _request(bundle, **kw) -> RunRequest:
 
 
 def test_run_request_problems_and_worker_arguments(tiny_bundle, tmp_path):
+    from DiffusionAnomalyLib.cli import build_parser
+
     req = _request(tiny_bundle)
     assert req.problems() == [] and req.is_valid()
-    args = req.worker_args(["a.nii"], tmp_path, mask="m.nii")
+    args = req.worker_args(["a.nii"], tmp_path / "out", "m.nii", tmp_path / "settings.json")
     assert args[:3] == ["run", "--bundle", str(tiny_bundle)]
-    assert args[args.index("--threshold") + 1] == "otsu" and args[args.index("--mask") + 1] == "m.nii"
-    assert "--threshold" not in _request(tiny_bundle, threshold_mode="bundle").worker_args(["a"], tmp_path, "m")
+    assert args[args.index("--settings") + 1] == str(tmp_path / "settings.json")
+    assert args[args.index("--mask") + 1] == "m.nii"
+    parsed = build_parser().parse_args(args)  # the worker's own parser accepts them
+    assert parsed.settings == str(tmp_path / "settings.json") and parsed.sampler is None  # all in the file
     # a bundle for another organ, nonsense settings, a mask-less kidney: each named
     liver = _request(tiny_bundle, organ="liver")
     assert any("is for the kidney, not the liver" in p for p in liver.problems())
     bad = _request(tiny_bundle, noise_level=0, steps=0, guidance=-1, threshold_mode="fixed", mask_source="none")
     text = " ".join(bad.problems())
-    for part in ("between 1 and 999", "Guidance strength must be >= 0", "fixed threshold must be > 0",
-                 "needs an organ mask"):
+    for part in ("between 1 and 999", "Guidance strength must be a finite number >= 0",
+                 "fixed threshold must be a finite number > 0", "needs an organ mask"):
         assert part in text
     assert any("No model bundle" in p for p in _request("").problems())
     with pytest.raises(InputError, match="No organ mask"):
-        req.worker_args(["a.nii"], tmp_path, mask=None)
+        req.worker_args(["a.nii"], tmp_path, None, tmp_path / "settings.json")
 
 
-def test_run_request_passes_the_panel_map_options_to_the_worker(tiny_bundle, tmp_path):
-    from DiffusionAnomalyLib.cli import build_parser
-
-    assert "--samples" not in _request(tiny_bundle).worker_args(["a"], tmp_path, "m")  # None: the bundle decides
-    args = _request(tiny_bundle, reference="autoencoder", samples=4, median_filter=5).worker_args(["a"], tmp_path, "m")
-    parsed = build_parser().parse_args(args)  # the worker's own parser accepts them
-    assert (parsed.reference, parsed.samples, parsed.median_filter) == ("autoencoder", 4, 5)
+def test_run_request_resolves_the_panel_values_over_the_bundle(tiny_bundle):
+    s = _request(tiny_bundle).run_settings()  # reference, samples, median filter: None = the bundle's
+    assert (s.sampler, s.noise_level, s.steps, s.threshold) == ("ddim", 50, 5, None)
+    s = _request(tiny_bundle, reference="autoencoder", samples=4, median_filter=5, threshold_mode="fixed",
+                 threshold=0.2).run_settings()
+    assert (s.reference, s.samples, s.median_filter, s.threshold) == ("autoencoder", 4, 5, 0.2)
     bad = " ".join(_request(tiny_bundle, reference="blur", samples=0, median_filter=-1).problems())
-    for part in ("Unknown map reference 'blur'", "at least 1 (got 0)", "must be >= 0 voxels (got -1)"):
+    for part in ("Unknown map reference 'blur'", "Samples must be >= 1 (got 0)", "must be >= 0 voxels (got -1)"):
         assert part in bad
 
 
