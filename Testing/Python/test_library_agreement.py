@@ -154,3 +154,53 @@ def test_ema_equals_torch_averaged_model_and_the_closed_form():
                                                   for k in range(1, n + 1))
         torch.testing.assert_close(value, closed, rtol=1e-12, atol=1e-12)
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+# -- GAN losses ----------------------------------------------------------------------------------------
+def _lsgan_by_hand(real_outputs, fake_outputs):
+    """The least-squares terms as written before MONAI's ``PatchAdversarialLoss`` computed them."""
+    from DiffusionAnomalyLib.nets.discriminators import _logits
+
+    g = sum(torch.mean((o - 1) ** 2) for o in _logits(fake_outputs))
+    d = 0.5 * (sum(torch.mean((o - 1) ** 2) for o in _logits(real_outputs))
+               + sum(torch.mean(o**2) for o in _logits(fake_outputs)))
+    return g, d
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_gan_losses_equal_the_least_squares_formulas_on_random_logits(dims):
+    """Values and gradients equal to rounding, on the outputs of real ``PatchDiscriminator``s (a list of feature
+    maps whose last is the logits) and on a multi-scale list (scales summed)."""
+    from DiffusionAnomalyLib.nets.discriminators import build_discriminators, discriminator_loss, generator_loss
+
+    torch.manual_seed(0)
+    disc = build_discriminators(2, channels=8, num_layers=2)[3 - dims]
+    real = torch.randn(2, 2, *([16] * dims))
+    fake = torch.randn(2, 2, *([16] * dims), requires_grad=True)
+    out_real, out_fake = disc(real), disc(fake)
+    g_hand, d_hand = _lsgan_by_hand(out_real, out_fake)
+    g, d = generator_loss(out_fake), discriminator_loss(out_real, out_fake)
+    torch.testing.assert_close(g, g_hand, rtol=1e-6, atol=0)
+    torch.testing.assert_close(d, d_hand, rtol=1e-6, atol=0)
+    grad = torch.autograd.grad(g, fake, retain_graph=True)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(g_hand, fake)[0], rtol=1e-5, atol=1e-9)
+    scales_real = [[torch.randn(2, 1, 5, 5)], [torch.randn(2, 1, 3, 3) * 3]]
+    scales_fake = [[torch.randn(2, 1, 5, 5) - 1], [torch.randn(2, 1, 3, 3)]]
+    g_hand, d_hand = _lsgan_by_hand(scales_real, scales_fake)
+    torch.testing.assert_close(generator_loss(scales_fake), g_hand)
+    torch.testing.assert_close(discriminator_loss(scales_real, scales_fake), d_hand)
+
+
+def test_monais_default_least_squares_would_change_the_loss():
+    """MONAI's ``PatchAdversarialLoss(criterion="least_squares")`` applies LeakyReLU(0.05) to the logits unless
+    ``no_activation_leastsq=True``: negative logits then count 20 times less, so the default is not our loss."""
+    from monai.losses import PatchAdversarialLoss
+
+    logits = torch.tensor([[-2.0, -0.5, 0.3, 1.5]])
+    ours = torch.mean(logits**2)
+    default = PatchAdversarialLoss(criterion="least_squares")(logits, target_is_real=False, for_discriminator=True)
+    plain = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)(
+        logits, target_is_real=False, for_discriminator=True)
+    assert plain.item() == pytest.approx(ours.item())
+    assert default.item() == pytest.approx(torch.mean(torch.where(logits < 0, 0.05 * logits, logits) ** 2).item())
+    assert default.item() < 0.5 * ours.item()
