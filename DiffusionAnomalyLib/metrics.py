@@ -7,6 +7,7 @@ are NaN and aggregated with ``nanmean``; Dice of two empty masks is 1.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -292,20 +293,30 @@ def bootstrap_ci(
     values: Sequence[float], n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0,
     statistic: Callable[[np.ndarray], float] = np.nanmean,
 ) -> tuple[float, float, float]:
-    """(statistic, low, high): percentile bootstrap CI over cases, ``n_resamples`` resamples (0: no CI,
-    low and high are NaN)."""
+    """(statistic, low, high): percentile bootstrap CI over cases by ``scipy.stats.bootstrap``, ``n_resamples``
+    resamples drawn from ``numpy.random.default_rng(seed)`` (0: no CI, low and high are NaN).
+
+    Resamples whose statistic is NaN are left out of the percentiles. SciPy draws the resamples as the earlier
+    hand-written loop did (same generator, same index matrix), so the figures are unchanged to rounding with
+    SciPy 1.17; another SciPy may resample differently, which moves the bounds slightly: that is acceptable.
+    """
     v = np.asarray(values, float)
     if v.size == 0:
         return float("nan"), float("nan"), float("nan")
-    if n_resamples < 1:
-        with np.errstate(all="ignore"):
-            return float(statistic(v)), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(n_resamples, v.size))
-    with np.errstate(all="ignore"):
-        boot = np.array([statistic(v[i]) for i in idx])
-    lo, hi = np.nanpercentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(statistic(v)), float(lo), float(hi)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-NaN resample
+        point = float(statistic(v))
+        if n_resamples < 1:
+            return point, float("nan"), float("nan")
+        if v.size == 1:  # every resample is the sample itself (SciPy needs two observations)
+            return point, point, point
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((v,), statistic, n_resamples=n_resamples, confidence_level=1 - alpha,
+                              method="percentile", rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
+    if np.isnan(lo) or np.isnan(hi):
+        lo, hi = np.nanpercentile(res.bootstrap_distribution, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return point, float(lo), float(hi)
 
 
 def wilcoxon_noninferiority(a: Sequence[float], b: Sequence[float], margin: float = 0.0) -> tuple[float, float]:

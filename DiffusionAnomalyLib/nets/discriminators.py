@@ -1,10 +1,15 @@
 """The VQ-GAN's adversaries (kidney thesis App. A.1): a volume-level 3D and a slice-level 2D patch
-discriminator (MONAI ``PatchDiscriminator``), with a least-squares GAN loss."""
+discriminator (MONAI ``PatchDiscriminator``), with a least-squares GAN loss (MONAI ``PatchAdversarialLoss``)."""
 
 from __future__ import annotations
 
 import torch
+from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
+
+#: LSGAN on the raw logits: mean((D - 1)^2) toward real, mean(D^2) toward fake. MONAI's default puts a
+#: LeakyReLU(0.05) on the logits first; ``no_activation_leastsq`` keeps the plain least squares of the thesis.
+LSGAN = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
 
 
 def build_discriminators(in_channels: int, channels: int = 32, num_layers: int = 3):
@@ -23,16 +28,17 @@ def random_axial_slices(x: torch.Tensor, n: int, generator: torch.Generator | No
 
 
 def _logits(outputs) -> list[torch.Tensor]:
+    """The logits of a ``PatchDiscriminator``'s outputs (its last feature map), or of each scale's."""
     return [o[-1] for o in outputs] if isinstance(outputs[0], list) else [outputs[-1]]
 
 
 def generator_loss(disc_outputs) -> torch.Tensor:
-    """LSGAN generator term: push the discriminator's output on fakes toward 1."""
-    return sum(torch.mean((o - 1) ** 2) for o in _logits(disc_outputs))
+    """LSGAN generator term: push the discriminator's output on fakes toward 1 (summed over scales)."""
+    return sum(LSGAN(o, target_is_real=True, for_discriminator=False) for o in _logits(disc_outputs))
 
 
 def discriminator_loss(real_outputs, fake_outputs) -> torch.Tensor:
-    """LSGAN discriminator term: reals -> 1, fakes -> 0."""
-    real = sum(torch.mean((o - 1) ** 2) for o in _logits(real_outputs))
-    fake = sum(torch.mean(o**2) for o in _logits(fake_outputs))
+    """LSGAN discriminator term: reals -> 1, fakes -> 0 (each summed over scales, the two halved)."""
+    real = sum(LSGAN(o, target_is_real=True, for_discriminator=True) for o in _logits(real_outputs))
+    fake = sum(LSGAN(o, target_is_real=False, for_discriminator=True) for o in _logits(fake_outputs))
     return 0.5 * (real + fake)

@@ -8,12 +8,14 @@ betas (0.5, 0.9). The best weights by validation L1 become a bundle holding the 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..bundle import BundleMeta, save_bundle
+from ..logs import stdout_unless_configured
 from ..nets.autoencoder import autoencoder_config, build_autoencoder
 from ..nets.discriminators import build_discriminators, discriminator_loss, generator_loss, random_axial_slices
 from ..presets import get_preset
@@ -32,6 +34,8 @@ from .common import (
     wrap_ddp,
 )
 from .data import load_patches
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,6 +75,7 @@ def _val_l1(ae, x: torch.Tensor, device, batch: int) -> float:
     return total / max(len(x), 1)
 
 
+@stdout_unless_configured
 def train_autoencoder(cfg: AutoencoderTraining) -> Path:
     device = select_device(cfg.device)
     dist = init_distributed(device)
@@ -81,10 +86,10 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
         data = load_patches(cfg.data, preset, cache_dir=work / "cache")
     train, val = data.split(cfg.val_fraction)
     if dist.is_main:
-        print(f"autoencoder: {len(train.ids)} training and {len(val.ids)} validation patches of shape "
-              f"{train.x.shape[1:]} on {device}" + (f", {dist.world_size} processes" if dist.enabled else ""))
+        logger.info(f"autoencoder: {len(train.ids)} training and {len(val.ids)} validation patches of shape "
+                    f"{train.x.shape[1:]} on {device}" + (f", {dist.world_size} processes" if dist.enabled else ""))
         for w in data.warnings:
-            print(f"warning: {w}")
+            logger.warning(w)
     torch.manual_seed(cfg.seed)
     ae_cfg = autoencoder_config(cfg.network, in_channels=len(preset.channels))
     ae = build_autoencoder(ae_cfg).to(device)
@@ -97,14 +102,14 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
 
         perceptual = LocalPerceptualLoss(cfg.perceptual_weights, ae_cfg.in_channels).to(device)
     elif dist.is_main:
-        print("perceptual loss: off (no local feature-network weights given with --perceptual-weights)")
+        logger.info("perceptual loss: off (no local feature-network weights given with --perceptual-weights)")
     best_ae = copy.deepcopy(ae)
     state = {"iteration": 0, "best_val_l1": float("inf")}
     if cfg.resume:
         modules = {"ae": ae, "best": best_ae, "d_vol": d_vol, "d_slice": d_slice}
         state = load_checkpoint(work, modules, {"g": opt_g, "d": opt_d}, device) or state
         if dist.is_main and state["iteration"]:
-            print(f"resumed at iteration {state['iteration']}")
+            logger.info(f"resumed at iteration {state['iteration']}")
     ae_t, dv_t, ds_t = wrap_ddp(ae, dist, device), wrap_ddp(d_vol, dist, device), wrap_ddp(d_slice, dist, device)
     x_train = torch.from_numpy(train.x)
     x_val = torch.from_numpy(val.x if len(val.ids) else train.x[:2])
@@ -165,6 +170,6 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
                                             "first_val_l1": next((r["val_l1"] for r in log.rows), None)}},
         )
         save_bundle(out, meta, {"autoencoder": best_ae}, bundle_extras(None, work, "autoencoder"))
-        print(f"wrote bundle {out} (best validation L1 {state['best_val_l1']:.4f})")
+        logger.info(f"wrote bundle {out} (best validation L1 {state['best_val_l1']:.4f})")
     shutdown(dist)
     return out

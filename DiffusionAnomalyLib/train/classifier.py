@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 from ..bundle import load_bundle, save_bundle
 from ..diffusion.schedule import NoiseSchedule
 from ..errors import InputError
+from ..logs import stdout_unless_configured
 from ..metrics import voxel_auroc
 from ..nets.classifier import LatentClassifier, LesionSupervisedClassifier
 from ..nets.denoiser import DenoiserConfig
@@ -42,6 +44,8 @@ from .common import (
     wrap_ddp,
 )
 from .denoiser import latents_for
+
+logger = logging.getLogger(__name__)
 
 EVAL_LEVELS = (0, 250, 500)
 
@@ -112,6 +116,7 @@ def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.stack(parts).mean()
 
 
+@stdout_unless_configured
 def train_classifier(cfg: ClassifierTraining) -> Path:
     device = select_device(cfg.device)
     dist = init_distributed(device)
@@ -139,8 +144,8 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
     z_train, y_train = torch.from_numpy(lat[is_train] * scale), data.labels[is_train]
     z_val, y_val = torch.from_numpy(lat[~is_train] * scale), data.labels[~is_train]
     if dist.is_main:
-        print(f"classifier: {len(z_train)} training latents ({int(y_train.sum())} unhealthy), {len(z_val)} "
-              f"validation ({int(y_val.sum())} unhealthy), on {device}")
+        logger.info(f"classifier: {len(z_train)} training latents ({int(y_train.sum())} unhealthy), {len(z_val)} "
+                    f"validation ({int(y_val.sum())} unhealthy), on {device}")
     torch.manual_seed(cfg.seed)
     den_cfg = DenoiserConfig.from_dict(bundle.meta.networks["denoiser"])
     clf = LatentClassifier(den_cfg).to(device)
@@ -156,8 +161,8 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
         model = LesionSupervisedClassifier(clf, den_cfg.channels[-1]).to(device)
         if dist.is_main:
             pos = cells[data.labels == 1].reshape(int(data.labels.sum()), -1).any(axis=1)
-            print(f"lesion supervision: feature grid {grid}, {int(cells.sum())} lesion cells of >= "
-                  f"{cfg.lesion_cell_ml} ml in {int(pos.sum())} of {int(data.labels.sum())} unhealthy structures")
+            logger.info(f"lesion supervision: feature grid {grid}, {int(cells.sum())} lesion cells of >= "
+                        f"{cfg.lesion_cell_ml} ml in {int(pos.sum())} of {int(data.labels.sum())} unhealthy structures")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(cfg.iterations // 4, 1))
@@ -171,7 +176,7 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
     if cfg.resume:
         state = load_checkpoint(work, {"clf": model, "best": best}, {"opt": opt}, device) or state
         if dist.is_main and state["iteration"]:
-            print(f"resumed at iteration {state['iteration']}")
+            logger.info(f"resumed at iteration {state['iteration']}")
         sched.last_epoch = state["iteration"]
     model_t = wrap_ddp(model, dist, device)
     counts = np.bincount(y_train, minlength=2).astype(float)
@@ -230,7 +235,7 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
                                                             "val_latents": len(z_val), "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": bundle.networks["denoiser"],
                                 "classifier": best}, bundle_extras(bundle.path, work, "classifier"))
-        print(f"wrote bundle {out} (best validation AUC at t={cfg.select_level}: {state['best_auc']:.3f}; "
-              f"{state['best_aucs']})")
+        logger.info(f"wrote bundle {out} (best validation AUC at t={cfg.select_level}: {state['best_auc']:.3f}; "
+                    f"{state['best_aucs']})")
     shutdown(dist)
     return out

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 # -- devices and distributed ---------------------------------------------------------------------
@@ -163,7 +165,7 @@ def load_checkpoint(folder: Path, modules: dict[str, nn.Module], optimizers: dic
 
 # -- logs -----------------------------------------------------------------------------------------
 class TrainLog:
-    """Progress with ETA on stdout, plus ``log.jsonl`` and ``log.csv`` in the work folder (rank 0 only)."""
+    """Progress with ETA as log records (INFO), plus ``log.jsonl`` and ``log.csv`` in the work folder (rank 0 only)."""
 
     def __init__(self, folder: Path, total: int, enabled: bool = True, start: int = 0) -> None:
         self.folder, self.total, self.enabled = folder, total, enabled
@@ -187,7 +189,7 @@ class TrainLog:
         with open(self.folder / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         shown = " ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float) and math.isfinite(v))
-        print(f"[{it}/{self.total}] {shown} | ETA {self.eta(it):.0f} s", flush=True, file=sys.stdout)
+        logger.info("[%d/%d] %s | ETA %.0f s", it, self.total, shown, self.eta(it))
 
     def write_csv_and_plot(self, out: Path, title: str) -> None:
         if not self.enabled or not self.rows:

@@ -12,6 +12,7 @@ latents, and validation uses whole latents): on a CPU this makes finer latent gr
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..bundle import load_bundle, save_bundle
 from ..diffusion.guidance import NULL_LABEL
 from ..diffusion.schedule import NoiseSchedule
 from ..errors import InputError
+from ..logs import stdout_unless_configured
 from ..nets.autoencoder import LatentCodec
 from ..nets.denoiser import build_denoiser, denoiser_config
 from .common import (
@@ -40,6 +42,8 @@ from .common import (
     wrap_ddp,
 )
 from .data import load_patches, save_npz
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,6 +101,7 @@ def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels:
     return data, lat
 
 
+@stdout_unless_configured
 def train_denoiser(cfg: DenoiserTraining) -> Path:
     device = select_device(cfg.device)
     dist = init_distributed(device)
@@ -124,8 +129,8 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
         raise InputError(f"latent crop {crop} must have {len(lat.shape[2:])} sizes, each at most the latent "
                          f"shape {tuple(lat.shape[2:])} and divisible by {net_cfg.downsampling}")
     if dist.is_main:
-        print(f"denoiser: {len(z_train)} training / {len(z_val)} validation latents {tuple(lat.shape[1:])}, "
-              f"scale factor {scale:.4f}, on {device}")
+        logger.info(f"denoiser: {len(z_train)} training / {len(z_val)} validation latents {tuple(lat.shape[1:])}, "
+                    f"scale factor {scale:.4f}, on {device}")
     torch.manual_seed(cfg.seed)
     net = build_denoiser(net_cfg).to(device)
     ema = EMA(net, cfg.ema_decay)
@@ -136,7 +141,7 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
     if cfg.resume:
         state = load_checkpoint(work, {"net": net, "ema": ema.model, "best": best}, {"opt": opt}, device) or state
         if dist.is_main and state["iteration"]:
-            print(f"resumed at iteration {state['iteration']}")
+            logger.info(f"resumed at iteration {state['iteration']}")
     net_t = wrap_ddp(net, dist, device)
     batches = infinite_batches(len(z_train), cfg.batch_size, dist, cfg.seed + state["iteration"])
     log = TrainLog(work, cfg.iterations, dist.is_main, state["iteration"])
@@ -190,6 +195,6 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
             "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": best},
                     bundle_extras(bundle.path, work, "denoiser"))
-        print(f"wrote bundle {out} (best validation L1 {state['best_val']:.4f})")
+        logger.info(f"wrote bundle {out} (best validation L1 {state['best_val']:.4f})")
     shutdown(dist)
     return out

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from conftest import make_image
@@ -103,6 +105,41 @@ def test_bootstrap_ci():
     assert bootstrap_ci(v, seed=3) == (mean, lo, hi)
     point, lo0, hi0 = bootstrap_ci(v, 0)  # `evaluate --bootstrap 0`: the value without a CI
     assert point == pytest.approx(v.mean()) and np.isnan(lo0) and np.isnan(hi0)
+
+
+def _previous_bootstrap_ci(v, n_resamples=1000, alpha=0.05, seed=0):
+    """The hand-written percentile bootstrap that ``bootstrap_ci`` had before it used ``scipy.stats.bootstrap``."""
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(n_resamples, v.size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-NaN resample
+        boot = np.array([np.nanmean(v[i]) for i in idx])
+    lo, hi = np.nanpercentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(np.nanmean(v)), float(lo), float(hi)
+
+
+@pytest.mark.parametrize("n,seed,n_resamples", [(40, 3, 1000), (7, 0, 200), (300, 5, 2000)])
+def test_bootstrap_ci_with_scipy_keeps_the_previous_figures(n, seed, n_resamples):
+    """The bounds may move slightly when SciPy resamples differently; they must stay within a tenth of the CI's
+    width of the previous ones. (With SciPy 1.17 they are equal to rounding: it draws the same index matrix.)"""
+    v = np.random.default_rng(n).normal(0.5, 0.1, n)
+    mean, lo, hi = bootstrap_ci(v, n_resamples, seed=seed)
+    p_mean, p_lo, p_hi = _previous_bootstrap_ci(v, n_resamples, seed=seed)
+    assert mean == p_mean
+    assert lo == pytest.approx(p_lo, abs=0.1 * (p_hi - p_lo)) and hi == pytest.approx(p_hi, abs=0.1 * (p_hi - p_lo))
+    assert 0.5 < (hi - lo) / (p_hi - p_lo) < 2
+
+
+def test_bootstrap_ci_edge_cases():
+    assert bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)  # one case: every resample is that case
+    assert bootstrap_ci([0.7], 0)[0] == 0.7 and np.isnan(bootstrap_ci([0.7], 0)[1])
+    assert all(np.isnan(x) for x in bootstrap_ci([]))
+    # mostly NaN: resamples with no value give NaN and are left out of the percentiles, as before
+    v = np.array([np.nan] * 8 + [0.2, 0.4])
+    mean, lo, hi = bootstrap_ci(v, 500, seed=1)
+    assert mean == pytest.approx(0.3) and 0.2 - 1e-12 <= lo < hi <= 0.4 + 1e-12
+    assert (lo, hi) == pytest.approx(_previous_bootstrap_ci(v, 500, seed=1)[1:], abs=0.02)
+    med, lo, hi = bootstrap_ci(np.arange(10.0), 300, statistic=np.median)  # a statistic of any shape rule
+    assert med == 4.5 and lo < med < hi
 
 
 def test_wilcoxon_superiority_and_non_inferiority():

@@ -1,6 +1,7 @@
 """Training commands on a small phantom dataset (4 mm patches so that it runs in seconds)."""
 
 import csv
+import logging
 import multiprocessing
 import os
 import shutil
@@ -102,7 +103,8 @@ def test_denoiser_on_latent_crops(dataset, ae_bundle, tmp_path):
                                             iterations=1, device="cpu"))
 
 
-def test_resume_continues_from_the_checkpoint(dataset, tmp_path, capsys):
+def test_resume_continues_from_the_checkpoint(dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="DiffusionAnomalyLib")
     out = tmp_path / "ae"
     cfg = AutoencoderTraining(str(dataset), "kidney", str(out), preset_overrides=COARSE, iterations=4, val_every=2,
                               device="cpu")
@@ -110,7 +112,7 @@ def test_resume_continues_from_the_checkpoint(dataset, tmp_path, capsys):
     shutil.rmtree(out)
     cfg.iterations, cfg.resume = 6, True
     train_autoencoder(cfg)
-    assert "resumed at iteration 4" in capsys.readouterr().out
+    assert "resumed at iteration 4" in caplog.messages
     rows = csv.DictReader((out / "autoencoder_log.csv").read_text().splitlines())
     assert [int(r["iteration"]) for r in rows] == [2, 4, 6]
 
