@@ -609,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure ends with its documented exit code and one line on stderr (the traceback
     too with ``--debug``); SIGINT and SIGTERM cancel with exit 5 after the outputs' staging is cleaned up."""
+    from . import logs
     from .errors import classify, raise_cancelled
 
     parser = build_parser()
@@ -626,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # not the main thread (e.g. a test thread): leave signals alone
         previous = signal.signal(signal.SIGTERM, raise_cancelled)
     try:
-        return args.func(args)
+        with logs.console():  # the library logs; the command line shows it as plain lines
+            return args.func(args)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure maps to a documented exit code

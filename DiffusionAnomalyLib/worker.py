@@ -144,7 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command not in ("run", "baseline"):
             raise InputError(f"the worker runs 'run' or 'baseline', not {args.command!r}")
         events.emit("started", pid=os.getpid(), version=__version__, command=args.command)
-        result = _run_job(args, events)
+        from . import logs
+
+        with logs.attached(logs.EventHandler(events.emit)):  # library log records become log/warning events
+            result = _run_job(args, events)
         events.emit("result", **result)
         return 0
     except BaseException as exc:  # noqa: BLE001 - the client always gets an error event and a documented code
