@@ -40,9 +40,25 @@ def quiet_itk() -> Iterator[None]:
     before = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        yield
+        with keep_locale():
+            yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(before)
+
+
+@contextlib.contextmanager
+def keep_locale() -> Iterator[None]:
+    """ITK's DICOM layer (GDCM) sets the process's C locale to "C"; in Python without UTF-8 mode that turns the
+    default text encoding into ASCII for the rest of the process (a report with "≤" could then not be written).
+    The locale is put back after each ITK call."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(locale.Error):
+            locale.setlocale(locale.LC_ALL, saved)
 
 
 #: Direction matrices whose columns are further from orthonormal than this are refused (the outputs could not
@@ -401,7 +417,8 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, compress: bool =
         raise OutputError(f"{p}: no image file extension (use .nii.gz, .nrrd or .mha)")
     tmp = p.with_name(f".tmp-{os.getpid()}-{stem}{ext}")
     try:
-        sitk.WriteImage(image, itk_path(tmp), compress)
+        with keep_locale():
+            sitk.WriteImage(image, itk_path(tmp), compress)
         os.replace(tmp, p)
     except (RuntimeError, OSError) as exc:
         tmp.unlink(missing_ok=True)

@@ -74,3 +74,17 @@ def tiny_bundle(tmp_path_factory):
     nets = {"autoencoder": build_autoencoder(ae_cfg), "denoiser": build_denoiser(den_cfg),
             "classifier": LatentClassifier(den_cfg)}
     return save_bundle(tmp_path_factory.mktemp("bundle") / "b", meta, nets)
+
+
+_START_LOCALE = __import__("locale").setlocale(__import__("locale").LC_ALL)
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_process_locale():
+    """Each test starts in the locale the session started with: fixtures that write DICOM with ITK (GDCM sets the
+    C locale to "C") must not change the text encoding of the tests that follow."""
+    import locale
+
+    locale.setlocale(locale.LC_ALL, _START_LOCALE)
+    yield
+    locale.setlocale(locale.LC_ALL, _START_LOCALE)

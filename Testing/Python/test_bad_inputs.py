@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from conftest import REPO, make_image
 
 from DiffusionAnomalyLib.cli import main
-from DiffusionAnomalyLib.io import write_volume
+from DiffusionAnomalyLib.io import keep_locale, write_volume
 
 DEMO = REPO / "Resources" / "Models" / "kidney-demo"
 SHAPE = (64, 48, 48)  # z, y, x at 2.5 mm: 120 x 120 x 160 mm, enough for the kidney ROI (96 x 96 x 128 mm)
@@ -150,7 +150,8 @@ def _dicom_series(folder: Path, skip=(), dup=(), uid="1.2.826.0.1.3680043.2.1125
                              "0008|0016": "1.2.840.10008.5.1.4.1.1.2"}.items():
                 sl.SetMetaData(tag, val)
             w.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
-            w.Execute(sl)
+            with keep_locale():  # GDCM's writer sets the C locale to "C" (Python's text encoding would be ASCII)
+                w.Execute(sl)
             k += 1
     return folder
 
