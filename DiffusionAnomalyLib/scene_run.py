@@ -76,6 +76,8 @@ class RunRequest:
             out.append(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
         if self.threshold_mode not in THRESHOLD_MODES:
             out.append(f"Unknown threshold mode {self.threshold_mode!r}.")
+        if self.threshold_mode == "fixed" and not self.threshold > 0:  # 0 would mark the whole organ
+            out.append("A fixed threshold must be > 0.")
         if self.mask_source not in MASK_SOURCES:
             out.append(f"Unknown organ-mask source {self.mask_source!r}.")
         if self.mask_source == "none" and self.organ != "brain":

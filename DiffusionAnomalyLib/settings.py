@@ -118,8 +118,9 @@ class RunSettings:
             out.append(f"samples must be >= 1 (got {self.samples})")
         if self.median_filter < 0:
             out.append(f"the median filter must be >= 0 voxels (got {self.median_filter})")
-        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold > 0):
-            out.append(f"a fixed threshold must be a finite number > 0 (got {self.threshold})")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
+            # >= 0: a bundle calibrated on maps of zeros records 0; the command line refuses 0 from users
+            out.append(f"a fixed threshold must be a finite number >= 0 (got {self.threshold})")
         if not (math.isfinite(self.min_lesion_ml) and self.min_lesion_ml >= 0):
             out.append(f"the minimum lesion volume must be >= 0 ml (got {self.min_lesion_ml})")
         if not 0.0 < self.grow_to <= 1.0:

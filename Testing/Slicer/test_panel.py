@@ -173,7 +173,7 @@ def test_each_bad_input_disables_apply_with_its_reason(widget):
         ({"maskSegmentation": empty_seg}, "no segment named like 'kidney'"),
         ({"maskSource": "none"}, "needs an organ mask"),
         ({"steps": 300, "noiseLevel": 250}, "Steps must be between 1 and L"),
-        ({"thresholdMode": "fixed", "threshold": 0.0}, "fixed threshold must be a finite number > 0"),
+        ({"thresholdMode": "fixed", "threshold": 0.0}, "fixed threshold must be > 0"),
         ({"pythonExecutable": "/no/such/python"}, "does not exist"),
     ]
     for change, reason in cases:
