@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import DiffusionAnomalyError, InputError
+from .settings import ORGANS, REFERENCES, SAMPLERS
 
 
 def _print_table(table) -> None:
@@ -125,8 +126,33 @@ def _report(outcome) -> None:
 def _cmd_job(args: argparse.Namespace) -> int:
     from .job import run_job
 
+    if args.command == "run" and not args.bundle:
+        args.bundle = _best_bundle(args.organ)
+    elif args.command == "run" and args.organ:
+        from .scene_run import cached_meta
+
+        if Path(args.bundle).exists() and cached_meta(args.bundle).organ != args.organ:
+            raise InputError(f"{args.bundle}: the bundle is for the {cached_meta(args.bundle).organ}, not the "
+                             f"{args.organ} (--organ)")
     _report(run_job(args))
     return 0
+
+
+def _best_bundle(organ: str | None) -> str:
+    """The installed bundle ``run`` uses without ``--bundle``: the user's models folder before the shipped ones, a
+    real model before a DEMO; says which."""
+    from .bundle import available_bundles, default_models_dir
+
+    if not organ:
+        raise InputError("run needs --bundle, or --organ to use the best installed bundle for that organ")
+    found = sorted(available_bundles(organ), key=lambda b: b.meta.demo)  # stable: user folder first within each
+    if not found:
+        raise InputError(f"no model bundle for the {organ} is installed (looked in {default_models_dir()} and the "
+                         "shipped Resources/Models); give one with --bundle")
+    best = found[0]
+    note = " - a DEMO trained on synthetic phantoms: its findings on real scans mean nothing" if best.meta.demo else ""
+    print(f"using the {best.label} bundle ({best.path}){note}")
+    return str(best.path)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -383,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     ph = sub.add_parser("phantom", help="write synthetic case(s) with known lesions")
-    ph.add_argument("--organ", required=True, choices=["kidney", "liver", "brain"])
+    ph.add_argument("--organ", required=True, choices=list(ORGANS))
     ph.add_argument("--out", required=True, help="output folder")
     ph.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ph.add_argument("--lesions", type=int, default=None, help="number of lesions (default: random 0-3)")
@@ -391,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.set_defaults(func=_cmd_phantom)
 
     bl = sub.add_parser("baseline", help="detect with the non-neural baseline reconstruction")
-    bl.add_argument("--organ", required=True, choices=["kidney", "liver", "brain"])
+    bl.add_argument("--organ", required=True, choices=list(ORGANS))
     bl.add_argument("--input", required=True, nargs="+", help="image file(s) or DICOM folder; brain: t1n t1c t2w t2f")
     src = bl.add_mutually_exclusive_group()
     src.add_argument("--mask", help="organ mask file (nonzero = organ, or --mask-label)")
@@ -416,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("part", choices=["autoencoder", "denoiser", "classifier"])
     tr.add_argument("--data", required=True, help="dataset folder")
     tr.add_argument("--out", required=True, help="output bundle folder (work files go to OUT.work)")
-    tr.add_argument("--organ", choices=["kidney", "liver", "brain"], help="autoencoder: organ preset")
+    tr.add_argument("--organ", choices=list(ORGANS), help="autoencoder: organ preset")
     tr.add_argument("--bundle", help="denoiser/classifier: the bundle to extend")
     tr.add_argument("--network", default="tiny",
                     help="network preset: tiny, thesis-kidney, or (autoencoder) tiny-8ch (8 latent channels, "
@@ -455,25 +481,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("pseudo-labels", help="healthy/unhealthy/excluded/unknown labels from radiology reports")
     pl.add_argument("--reports", required=True, help="CSV with columns case,report")
-    pl.add_argument("--organ", required=True, choices=["kidney", "liver", "brain"])
+    pl.add_argument("--organ", required=True, choices=list(ORGANS))
     pl.add_argument("--out", required=True, help="output labels CSV (case,structure,side,label,evidence)")
     pl.add_argument("--min-sentences", type=int, default=10, help="shorter reports are labelled unknown")
     pl.set_defaults(func=_cmd_pseudo_labels)
 
     ru = sub.add_parser("run", help="detect with a latent-diffusion model bundle")
-    ru.add_argument("--bundle", required=True, help="model bundle folder or .zip")
+    ru.add_argument("--bundle", help="model bundle folder or .zip (default: the best installed bundle for --organ)")
+    ru.add_argument("--organ", choices=list(ORGANS), help="without --bundle: use the best installed bundle for this "
+                                                         "organ (a real one before a DEMO)")
     ru.add_argument("--input", required=True, nargs="+", help="image file(s) or DICOM folder; brain: t1n t1c t2w t2f")
     src = ru.add_mutually_exclusive_group()
     src.add_argument("--mask", help="organ mask file (nonzero = organ, or --mask-label)")
     src.add_argument("--totalseg", help="TotalSegmentator output: multilabel file or folder of per-organ files")
     src.add_argument("--skull-stripped", action="store_true", help="brain: the mask is the scan's nonzero voxels")
     ru.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
-    ru.add_argument("--sampler", choices=["ddpm", "ddim", "inpaint"], help="default: the bundle's recommendation")
+    ru.add_argument("--sampler", choices=list(SAMPLERS), help="default: the bundle's recommendation")
     ru.add_argument("--noise-level", type=positive_int, help="L in [1, T-1] (default: the bundle's)")
     ru.add_argument("--steps", type=positive_int, help="denoising steps (default: the bundle's)")
     ru.add_argument("--guidance", type=non_negative, help="classifier-guidance strength s >= 0 (default: the bundle's)")
     ru.add_argument("--resample-jumps", type=positive_int, default=1, help="inpaint: RePaint resampling jumps r")
-    ru.add_argument("--reference", choices=["input", "autoencoder"], default=None,
+    ru.add_argument("--reference", choices=list(REFERENCES), default=None,
                     help="anomaly map against the input or against the autoencoder's D(E(x)) (default: the "
                          "bundle's recommendation, else input)")
     ru.add_argument("--samples", type=positive_int, default=None, metavar="K",
@@ -513,12 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
         model = sp.add_mutually_exclusive_group(required=True)
         model.add_argument("--bundle", help="model bundle folder or .zip")
         model.add_argument("--baseline", action="store_true", help="the non-neural median baseline (needs --organ)")
-        sp.add_argument("--organ", choices=["kidney", "liver", "brain"], help="with --baseline")
-        sp.add_argument("--sampler", choices=["ddpm", "ddim", "inpaint"])
+        sp.add_argument("--organ", choices=list(ORGANS), help="with --baseline")
+        sp.add_argument("--sampler", choices=list(SAMPLERS))
         sp.add_argument("--noise-level", type=positive_int)
         sp.add_argument("--steps", type=positive_int)
         sp.add_argument("--guidance", type=non_negative)
-        sp.add_argument("--reference", choices=["input", "autoencoder"], default=None,
+        sp.add_argument("--reference", choices=list(REFERENCES), default=None,
                         help="default: the bundle's recommendation, else input")
         sp.add_argument("--samples", type=positive_int, default=None, metavar="K",
                         help="reconstructions averaged per ROI (default: the bundle's, else 1)")
@@ -595,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.set_defaults(func=_cmd_bench)
 
     de = sub.add_parser("demo", help="generate a phantom and run detection on it, with scores against the truth")
-    de.add_argument("--organ", default="kidney", choices=["kidney", "liver", "brain"])
+    de.add_argument("--organ", default="kidney", choices=list(ORGANS))
     de.add_argument("--seed", type=int, default=1000, help="phantom seed (default 1000: a typical case of the kidney "
                                                          "demo bundle's held-out evaluation, Dice next to the median)")
     de.add_argument("--lesions", type=int, default=None, help="number of lesions (default: the phantom's own, 0-3)")

@@ -207,3 +207,22 @@ def test_guidance_with_a_classifier_near_chance_is_warned_about():
     assert "t = 250 with AUC 0.57" in warning and "--guidance 0" in warning
     (warning,) = guidance_warnings(weak, SamplerSettings(noise_level=450, guidance=100.0))  # nearest level: 500
     assert "t = 500 with AUC 0.53" in warning
+
+
+def test_run_without_a_bundle_uses_the_best_installed_one_for_the_organ(kidney_case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DA_MODELS_DIR", str(tmp_path / "no-user-models"))
+    _, folder = kidney_case
+    common = ["--input", str(folder / "ct.nii.gz"), "--totalseg", str(folder / "segmentations"), "--device", "cpu"]
+    assert main(["run", *common, "--out", str(tmp_path / "x")]) == 2
+    assert "run needs --bundle, or --organ" in capsys.readouterr().err
+    assert main(["run", "--organ", "kidney", *common, "--out", str(tmp_path / "out"), "--noise-level", "10",
+                 "--steps", "2", "--samples", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "using the kidney-demo" in out and "a DEMO trained on synthetic phantoms" in out
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["inputs"]["bundle"]["name"] == "kidney-demo"
+    from conftest import REPO
+
+    assert main(["run", "--organ", "liver", "--bundle", str(REPO / "Resources" / "Models" / "kidney-demo"), *common,
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "is for the kidney, not the liver (--organ)" in capsys.readouterr().err
