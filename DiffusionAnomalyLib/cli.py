@@ -134,8 +134,29 @@ def _cmd_job(args: argparse.Namespace) -> int:
         if Path(args.bundle).exists() and cached_meta(args.bundle).organ != args.organ:
             raise InputError(f"{args.bundle}: the bundle is for the {cached_meta(args.bundle).organ}, not the "
                              f"{args.organ} (--organ)")
-    _report(run_job(args))
+    with _progress_bar(args.command) as progress:
+        outcome = run_job(args, progress=progress)
+    _report(outcome)
     return 0
+
+
+@contextlib.contextmanager
+def _progress_bar(what: str):
+    """A progress bar on stderr for a job's stages (only on a terminal: scripts and logs stay clean)."""
+    from tqdm import tqdm
+
+    from .worker import STAGE_WEIGHTS
+
+    order = list(STAGE_WEIGHTS)
+    with tqdm(total=100, desc=what, file=sys.stderr, disable=None, leave=False,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}") as bar:
+        def progress(stage: str, step: int, total: int) -> None:
+            before = sum(STAGE_WEIGHTS[s] for s in order[: order.index(stage)])
+            done = before + STAGE_WEIGHTS[stage] * step / max(total, 1)
+            bar.set_description_str(f"{what}: {stage} {step}/{total}")
+            bar.update(max(0.0, 100 * done - bar.n))
+
+        yield progress
 
 
 def _best_bundle(organ: str | None) -> str:

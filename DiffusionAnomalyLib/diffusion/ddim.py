@@ -26,18 +26,3 @@ def ddim_reverse_step(schedule: NoiseSchedule, x_s: torch.Tensor, eps: torch.Ten
     x0 = schedule.predict_x0(x_s, s, eps)
     a_t = schedule.alpha_bar_t(t, x_s)
     return a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
-
-
-def ddim_reverse_step_eq_4_3(schedule: NoiseSchedule, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
-    """Eq. 4.3 term by term (one step t -> t+1), to check :func:`ddim_reverse_step`.
-
-    x_{t+1} = x_t + sqrt(ab_{t+1}) [ (sqrt(1/ab_t) - sqrt(1/ab_{t+1})) x_t
-                                     + (sqrt(1/ab_{t+1} - 1) - sqrt(1/ab_t - 1)) eps ]
-    (The seed's text extraction prints the leading factor as sqrt(ab_{t+1} - ab_t); only
-    sqrt(ab_{t+1}) makes the step the inverse of eq. 4.2, as the seed states it is.)
-    """
-    a_t = float(schedule.alpha_bar[t])
-    a_n = float(schedule.alpha_bar[t + 1])
-    return x_t + a_n**0.5 * (
-        ((1 / a_t) ** 0.5 - (1 / a_n) ** 0.5) * x_t + ((1 / a_n - 1) ** 0.5 - (1 / a_t - 1) ** 0.5) * eps
-    )

@@ -38,15 +38,3 @@ def ddpm_step(
     x0 = schedule.predict_x0(x_t, t, eps)
     mean, var = ddpm_posterior(schedule, x_t, x0, t, s)
     return mean + var.sqrt() * noise, x0
-
-
-def ddpm_step_eq_2_8(
-    schedule: NoiseSchedule, x_t: torch.Tensor, eps: torch.Tensor, t: int, noise: torch.Tensor
-) -> torch.Tensor:
-    """The textbook single step x_t -> x_{t-1} of eq. 2.8 (used to check :func:`ddpm_step`)."""
-    beta = float(schedule.betas[t])
-    alpha = 1.0 - beta
-    a_t = float(schedule.alpha_bar[t])
-    a_prev = float(schedule.alpha_bar[t - 1])
-    sigma2 = (1 - a_prev) / (1 - a_t) * beta
-    return (x_t - (1 - alpha) / (1 - a_t) ** 0.5 * eps) / alpha**0.5 + sigma2**0.5 * noise

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from DiffusionAnomalyLib.diffusion.ddim import ddim_reverse_step, ddim_reverse_step_eq_4_3, ddim_step
-from DiffusionAnomalyLib.diffusion.ddpm import ddpm_posterior, ddpm_step, ddpm_step_eq_2_8
+from DiffusionAnomalyLib.diffusion.ddim import ddim_reverse_step, ddim_step
+from DiffusionAnomalyLib.diffusion.ddpm import ddpm_posterior, ddpm_step
 from DiffusionAnomalyLib.diffusion.guidance import NULL_LABEL, classifier_free_eps
 from DiffusionAnomalyLib.diffusion.inpaint import adaptive_liver_mask
 from DiffusionAnomalyLib.diffusion.sampler import LatentSampler, SamplerSettings
@@ -13,6 +13,35 @@ from DiffusionAnomalyLib.diffusion.schedule import NoiseSchedule, sampling_times
 from DiffusionAnomalyLib.errors import InputError
 
 S = NoiseSchedule()
+
+
+# Reference implementations, term by term as the kidney thesis writes them (eq. 2.8, eq. 4.3); only the tests use them.
+
+def ddpm_step_eq_2_8(
+    schedule: NoiseSchedule, x_t: torch.Tensor, eps: torch.Tensor, t: int, noise: torch.Tensor
+) -> torch.Tensor:
+    """The textbook single step x_t -> x_{t-1} of eq. 2.8 (the reference for :func:`ddpm_step`)."""
+    beta = float(schedule.betas[t])
+    alpha = 1.0 - beta
+    a_t = float(schedule.alpha_bar[t])
+    a_prev = float(schedule.alpha_bar[t - 1])
+    sigma2 = (1 - a_prev) / (1 - a_t) * beta
+    return (x_t - (1 - alpha) / (1 - a_t) ** 0.5 * eps) / alpha**0.5 + sigma2**0.5 * noise
+
+
+def ddim_reverse_step_eq_4_3(schedule: NoiseSchedule, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+    """Eq. 4.3 term by term (one step t -> t+1), the reference for :func:`ddim_reverse_step`.
+
+    x_{t+1} = x_t + sqrt(ab_{t+1}) [ (sqrt(1/ab_t) - sqrt(1/ab_{t+1})) x_t
+                                     + (sqrt(1/ab_{t+1} - 1) - sqrt(1/ab_t - 1)) eps ]
+    (The thesis' text extraction prints the leading factor as sqrt(ab_{t+1} - ab_t); only
+    sqrt(ab_{t+1}) makes the step the inverse of eq. 4.2, as the thesis states it is.)
+    """
+    a_t = float(schedule.alpha_bar[t])
+    a_n = float(schedule.alpha_bar[t + 1])
+    return x_t + a_n**0.5 * (
+        ((1 / a_t) ** 0.5 - (1 / a_n) ** 0.5) * x_t + ((1 / a_n - 1) ** 0.5 - (1 / a_t - 1) ** 0.5) * eps
+    )
 
 
 def smooth_eps(x, t, labels=None):
