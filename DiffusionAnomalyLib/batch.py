@@ -31,7 +31,7 @@ class Model:
     recommended_threshold: float | None = None
     demo: bool = False
     recommended_min_lesion_ml: float | None = None
-    options: object = None  # job.MapOptions (None for the baseline)
+    options: object = None  # settings.MapOptions (None for the baseline)
     weights_id: str = ""  # BundleMeta.weights_id(): maps made by other networks are never reused
     recommended_grow_to: float | None = None
 

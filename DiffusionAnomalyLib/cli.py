@@ -131,9 +131,9 @@ def _cmd_job(args: argparse.Namespace) -> int:
     elif args.command == "run" and args.organ:
         from .scene_run import cached_meta
 
-        if Path(args.bundle).exists() and cached_meta(args.bundle).organ != args.organ:
-            raise InputError(f"{args.bundle}: the bundle is for the {cached_meta(args.bundle).organ}, not the "
-                             f"{args.organ} (--organ)")
+        organ = cached_meta(args.bundle).organ if Path(args.bundle).exists() else args.organ
+        if organ != args.organ:
+            raise InputError(f"{args.bundle}: the bundle is for the {organ}, not the {args.organ} (--organ)")
     with _progress_bar(args.command) as progress:
         outcome = run_job(args, progress=progress)
     _report(outcome)

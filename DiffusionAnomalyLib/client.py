@@ -113,23 +113,23 @@ class WorkerClient:
 
     def request_cancel(self) -> None:
         """Ask the worker to stop and return at once (POSIX: SIGTERM to its process group)."""
-        if not self.running:
-            return
-        if os.name == "posix":
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-        else:  # pragma: no cover - Windows
-            self.process.terminate()
+        self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """End the worker and its process group at once (SIGKILL); returns without waiting."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        """``sig`` to the worker's process group (Windows: terminate or kill the process)."""
         if not self.running:
             return
         if os.name == "posix":
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        else:  # pragma: no cover - Windows
+                os.killpg(self.process.pid, sig)
+        elif sig == signal.SIGKILL:  # pragma: no cover - Windows
             self.process.kill()
+        else:  # pragma: no cover - Windows
+            self.process.terminate()
 
     def cancel(self, grace_s: float = 10.0) -> None:
         """Stop the worker, blocking: :meth:`request_cancel`, then :meth:`kill` if it has not exited after

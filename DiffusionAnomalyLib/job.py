@@ -16,7 +16,6 @@ from .errors import InputError
 from .masks import MaskSet
 from .pipeline import CaseResult, detect, write_outputs
 from .presets import OrganPreset
-from .settings import MapOptions, map_options  # noqa: F401 (re-exported)
 
 Progress = Callable[[str, int, int], None]
 
@@ -87,13 +86,12 @@ def run_settings(args: argparse.Namespace, recommended: dict, preset: OrganPrese
     from .settings import RunSettings, load_settings_file
 
     given = {name: getattr(args, name, None) for name in RunSettings.__dataclass_fields__}
-    given["sampler"] = getattr(args, "sampler", None)
     if not getattr(args, "deterministic", False):
         given["deterministic"] = None
     settings_file = getattr(args, "settings", None)
     if settings_file:
         base = load_settings_file(settings_file)
-        return RunSettings.from_dict({**base.to_dict(), **{k: _threshold_value(k, v, base, recommended)
+        return RunSettings.from_dict({**base.to_dict(), **{k: _threshold_value(k, v, recommended)
                                                            for k, v in given.items() if v is not None}},
                                      str(settings_file))
     return RunSettings.resolve(recommended, preset, **given)
@@ -108,19 +106,12 @@ def requested_device(args: argparse.Namespace) -> str:
     return load_settings_file(args.settings).device if getattr(args, "settings", None) else "auto"
 
 
-def _threshold_value(name: str, value, base, recommended: dict):
+def _threshold_value(name: str, value, recommended: dict):
     if name != "threshold":
         return value
     if value == "bundle":
         return recommended.get("threshold")
     return None if value == "otsu" else value
-
-
-def sampler_settings(args: argparse.Namespace, recommended: dict, preset: OrganPreset | None = None):
-    """SamplerSettings of the run's resolved settings (see :func:`run_settings`)."""
-    from .presets import get_preset
-
-    return run_settings(args, recommended, preset or get_preset("kidney")).sampler_settings()
 
 
 #: Below this validation AUC (at the level nearest the sampler's start) a classifier barely tells healthy from

@@ -453,20 +453,10 @@ class CompareViewState:
     linked: dict[str, bool] = field(default_factory=dict)
 
 
-def _slice_nodes(scene) -> dict:
-    out = {}
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
-        out[node.GetLayoutName() or node.GetSingletonTag()] = node
-    return out
-
-
-def _composite_nodes(scene) -> dict:
-    out = {}
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
-        comp = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
-        out[comp.GetLayoutName() or comp.GetSingletonTag()] = comp
-    return out
+def _views(scene, class_name: str) -> dict:
+    """The scene's nodes of ``class_name`` (slice or slice-composite nodes) by view name (Red, Yellow, ...)."""
+    nodes = (scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name)))
+    return {node.GetLayoutName() or node.GetSingletonTag(): node for node in nodes}
 
 
 def show_compare(scene, input_node, result: ResultNodes, heatmap_opacity: float = 0.5) -> CompareViewState:
@@ -485,14 +475,14 @@ def show_compare(scene, input_node, result: ResultNodes, heatmap_opacity: float 
         layout.SetViewArrangement(COMPARE_LAYOUT_ID)
     import vtk
 
-    for tag, node in _slice_nodes(scene).items():
+    for tag, node in _views(scene, "vtkMRMLSliceNode").items():
         if tag in COMPARE_VIEWS:
             saved = vtk.vtkMatrix4x4()
             saved.DeepCopy(node.GetSliceToRAS())
             state.slice_to_ras[tag] = saved
             node.SetOrientation("Axial")
     views = {"Red": (input_node, None), "Yellow": (result.reconstruction, None), "Green": (input_node, result.heatmap)}
-    for tag, comp in _composite_nodes(scene).items():
+    for tag, comp in _views(scene, "vtkMRMLSliceCompositeNode").items():
         if tag not in views:
             continue
         background, foreground = views[tag]
@@ -510,14 +500,14 @@ def show_compare(scene, input_node, result: ResultNodes, heatmap_opacity: float 
 def leave_compare(scene, state: CompareViewState) -> None:
     """Undo :func:`show_compare`'s view settings (orientations, linked control) once the user has left the
     compare layout; the volumes shown stay."""
-    for tag, node in _slice_nodes(scene).items():
+    for tag, node in _views(scene, "vtkMRMLSliceNode").items():
         if tag in state.slice_to_ras:  # the rotation, not the orientation name (an oblique view has none)
             current, saved = node.GetSliceToRAS(), state.slice_to_ras[tag]
             for r in range(3):  # the position the user went to stays
                 for c in range(3):
                     current.SetElement(r, c, saved.GetElement(r, c))
             node.UpdateMatrices()
-    for tag, comp in _composite_nodes(scene).items():
+    for tag, comp in _views(scene, "vtkMRMLSliceCompositeNode").items():
         if tag in state.linked:
             comp.SetLinkedControl(state.linked[tag])
 

@@ -211,6 +211,7 @@ class SceneRun:
         self.error: DiffusionAnomalyError | None = None
         self.finished = False
         self.cancel_requested_at: float | None = None
+        self._exited_at: float | None = None  # when poll first saw the worker gone
         self.channels: list[str] = []  # the bundle's input channels (read in start)
         self.name = run_name(request, self.input_nodes[0].GetName() if self.input_nodes else "volume")
 
@@ -270,7 +271,9 @@ class SceneRun:
             if asked is not None and time.monotonic() - asked > self.CANCEL_GRACE_S:
                 self.client.kill()
             return True
-        if not self.client.output_closed and time.monotonic() - self._exited_at() < 5.0:
+        if self._exited_at is None:
+            self._exited_at = time.monotonic()
+        if not self.client.output_closed and time.monotonic() - self._exited_at < 5.0:
             return True  # the reader threads are still draining the pipes
         self.client.wait(timeout=1.0)
         self._forward_events()
@@ -279,11 +282,6 @@ class SceneRun:
         else:
             self._finish()
         return False
-
-    def _exited_at(self) -> float:
-        if getattr(self, "_exit_seen", None) is None:
-            self._exit_seen = time.monotonic()
-        return self._exit_seen
 
     def wait(self, timeout_s: float = 600.0, interval_s: float = 0.1) -> None:
         """Poll until the run ends (for scripts and tests; the panel polls from a timer instead)."""

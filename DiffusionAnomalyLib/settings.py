@@ -36,22 +36,6 @@ class MapOptions:
         return preset.with_overrides({"median_filter_voxels": self.median_filter})
 
 
-def map_options(args: Any, recommended: dict, preset: OrganPreset) -> MapOptions:
-    """``reference``, ``samples`` and ``median_filter`` from ``args`` (attributes; None = not given), each falling
-    back to the bundle's recommendation (then input, 1 and the preset's median filter)."""
-    def pick(name: str, default):
-        value = getattr(args, name, None)
-        return value if value is not None else recommended.get(name, default)
-
-    opts = MapOptions(pick("reference", "input"), int(pick("samples", 1)),
-                      int(pick("median_filter", preset.median_filter_voxels)))
-    if opts.samples < 1:
-        raise InputError(f"--samples must be >= 1 (got {opts.samples})")
-    if opts.median_filter < 0:
-        raise InputError(f"--median-filter must be >= 0 voxels (got {opts.median_filter})")
-    return opts
-
-
 def recommended_sampler(recommended: dict) -> dict[str, Any]:
     """Sampler, L, steps and s a bundle's ``recommended`` block asks for, defaults filled in."""
     return {"sampler": recommended.get("sampler", SAMPLER_DEFAULTS["sampler"]),

@@ -36,6 +36,7 @@ def widget(module):
     import slicer
 
     w = slicer_runtime.make_widget("DiffusionAnomaly")
+    assert isinstance(w, module.DiffusionAnomalyWidget) and isinstance(w.logic, module.DiffusionAnomalyLogic)
     if w.logic.running:
         w.logic.cancel()
         w.logic.wait(60)
