@@ -47,9 +47,11 @@ class DiffusionAnomaly(ScriptedLoadableModule):
 
 
 @parameterNodeWrapper
-class DiffusionAnomalyParameterNode:
-    """Every setting of the panel; stored in the scene so it survives save and reload. "bundle" / 0 / -1: the
-    chosen bundle's recommendation (choosing a bundle fills in its values)."""
+class DiffusionAnomalyParameterNode(panel.run_setting_parameters()):
+    """Every setting of the panel; stored in the scene so it survives save and reload. The run settings
+    (sampler, noiseLevel, steps, guidance, seed, reference, samples, medianFilter, device) come from the
+    library's one settings object (``panel.run_setting_parameters``); "bundle" / 0 / -1 there mean the chosen
+    bundle's recommendation (choosing a bundle fills in its values)."""
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     channel2Volume: Optional[slicer.vtkMRMLScalarVolumeNode]  # noqa: UP045 (parameterNodeWrapper needs Optional)
@@ -59,17 +61,8 @@ class DiffusionAnomalyParameterNode:
     maskSource: Annotated[str, Choice(list(panel.MASK_SOURCES))] = "segmentation"
     maskSegmentation: Optional[slicer.vtkMRMLSegmentationNode]  # noqa: UP045
     bundlePath: str = ""
-    sampler: Annotated[str, Choice(list(panel.SAMPLERS))] = panel.SAMPLER_DEFAULTS["sampler"]
-    noiseLevel: Annotated[int, WithinRange(1, panel.MAX_NOISE_LEVEL)] = panel.SAMPLER_DEFAULTS["noise_level"]
-    guidance: Annotated[float, WithinRange(0, 3000)] = panel.SAMPLER_DEFAULTS["guidance"]
-    steps: Annotated[int, WithinRange(1, panel.MAX_NOISE_LEVEL)] = panel.SAMPLER_DEFAULTS["steps"]
-    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    reference: Annotated[str, Choice(list(panel.REFERENCE_CHOICES))] = "bundle"
-    samples: Annotated[int, WithinRange(0, 16)] = 0
-    medianFilter: Annotated[int, WithinRange(-1, 15)] = -1
     thresholdMode: Annotated[str, Choice(list(panel.THRESHOLD_MODES))] = "bundle"
     threshold: Annotated[float, WithinRange(0, 10)] = 0.0  # 3 decimals: set in the .ui
-    device: Annotated[str, Choice(list(panel.DEVICE_CHOICES))] = "auto"
     pythonExecutable: str = ""
     outputFolder: str = ""
 

@@ -7,7 +7,7 @@ installed. ``job.py`` (command line and worker) and ``panel.py`` (Slicer) both r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from DiffusionAnomalyLib.detection.presets import OrganPreset
@@ -49,6 +49,35 @@ OVERRIDABLE = ("sampler", "noise_level", "steps", "guidance", "reference", "samp
                "min_lesion_ml", "grow_to")
 
 
+#: The commands that take an option: ``run`` only, or every command that makes anomaly maps.
+RUN = ("run",)
+MAPS = ("run", "evaluate", "sweep", "batch")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a run setting is offered to users, written once beside the field.
+
+    Command line: ``--<field-name>`` on ``commands``, its text parsed as ``kind`` (``app/cli.py``'s
+    ``OPTION_KINDS``); an option left out means "the bundle's recommendation, else the default".
+    Slicer panel: the parameter-node member ``panel`` (bound to a widget by ``SlicerParameterName`` in the
+    ``.ui``), limited to ``panel_range`` or the kind's choices; ``bundle_value`` is the member value that means
+    "the bundle's recommendation" (None: the panel always sends its value).
+    """
+
+    help: str
+    kind: str
+    commands: tuple[str, ...] = RUN
+    metavar: str | None = None
+    panel: str | None = None
+    panel_range: tuple[float, float] | None = None
+    bundle_value: Any = None
+
+
+def _setting(default: Any, option: Option) -> Any:
+    return field(default=default, metadata={"option": option})
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Every setting of one detection run with a bundle, resolved: what the sampler, the map and the
@@ -58,21 +87,46 @@ class RunSettings:
     explicit overrides, once) or :meth:`from_dict` (a replay); both validate.
     """
 
-    sampler: str = SAMPLER_DEFAULTS["sampler"]
-    noise_level: int = SAMPLER_DEFAULTS["noise_level"]
-    steps: int = SAMPLER_DEFAULTS["steps"]
-    guidance: float = SAMPLER_DEFAULTS["guidance"]
-    seed: int = 0
-    resample_jumps: int = 1
-    reference: str = "input"
-    samples: int = 1
-    median_filter: int = 0
-    threshold: float | None = None
-    min_lesion_ml: float = 0.0
-    grow_to: float = 1.0
-    device: str = "auto"
-    trajectory_every: int = 0
-    deterministic: bool = False
+    sampler: str = _setting(SAMPLER_DEFAULTS["sampler"], Option(
+        "sampler (default: the bundle's recommendation)", "sampler", MAPS, panel="sampler"))
+    noise_level: int = _setting(SAMPLER_DEFAULTS["noise_level"], Option(
+        "noise level L the reconstruction starts from, in [1, T-1] (default: the bundle's)", "positive_int", MAPS,
+        "L", panel="noiseLevel", panel_range=(1, MAX_NOISE_LEVEL)))
+    steps: int = _setting(SAMPLER_DEFAULTS["steps"], Option(
+        "denoising steps (default: the bundle's)", "positive_int", MAPS, "N", panel="steps",
+        panel_range=(1, MAX_NOISE_LEVEL)))
+    guidance: float = _setting(SAMPLER_DEFAULTS["guidance"], Option(
+        "classifier-guidance strength s >= 0 (default: the bundle's)", "non_negative", MAPS, "S",
+        panel="guidance", panel_range=(0, 3000)))
+    seed: int = _setting(0, Option("random seed, 0..2^63-1 (default 0)", "seed", MAPS, panel="seed",
+                                   panel_range=(0, 2**31 - 1)))
+    resample_jumps: int = _setting(1, Option("inpaint: RePaint resampling jumps r (default 1)", "positive_int"))
+    reference: str = _setting("input", Option(
+        "anomaly map against the input or against the autoencoder's D(E(x)) (default: the bundle's "
+        "recommendation, else input)", "reference", MAPS, panel="reference", bundle_value="bundle"))
+    samples: int = _setting(1, Option(
+        "average K stochastic reconstructions (ddpm, inpaint; K x the time; default: the bundle's, else 1)",
+        "positive_int", MAPS, "K", panel="samples", panel_range=(0, 16), bundle_value=0))
+    median_filter: int = _setting(0, Option(
+        "median filter of the anomaly map, N voxels (0 = off; default: the bundle's, else the organ preset's)",
+        "non_negative_int", MAPS, "N", panel="medianFilter", panel_range=(-1, 15), bundle_value=-1))
+    threshold: float | None = _setting(None, Option(
+        "a fixed threshold, or 'otsu' for Otsu over each case (default: the bundle's calibrated threshold, else "
+        "Otsu)", "threshold", ("run", "batch")))  # the panel's threshold mode and value: see panel.py
+    min_lesion_ml: float = _setting(0.0, Option(
+        "drop lesions smaller than this many millilitres (default: the bundle's calibrated value, else 0 = only "
+        "the thesis' 20-voxel and 3 mm limits)", "non_negative", MAPS, "ML"))
+    grow_to: float = _setting(1.0, Option(
+        "grow each lesion kept at the threshold over the connected organ voxels above F x threshold (hysteresis; "
+        "1 = off; default: the bundle's calibrated value, else 1)", "grow_to", MAPS, "F"))
+    device: str = _setting("auto", Option(
+        "auto (CUDA > MPS > CPU; the default), cpu, cuda, cuda:1, mps (under torchrun: each rank its own GPU)",
+        "device", MAPS, panel="device"))
+    trajectory_every: int = _setting(0, Option(
+        "also write the decoded x_0 prediction every K steps (4D trajectory_<structure>.nii.gz)",
+        "non_negative_int", RUN, "K"))
+    deterministic: bool = _setting(False, Option(
+        "deterministic algorithms (slower on GPU); the seed already fixes all noise", "flag"))
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -171,6 +225,11 @@ class RunSettings:
             return cls(**{k: _cast(k, v) for k, v in data.items()})
         except (TypeError, ValueError) as exc:
             raise InputError(f"{source}: {exc}") from None
+
+
+def options() -> list[tuple[str, Option]]:
+    """Every run setting with how it is offered, in field order: ``(field name, Option)``."""
+    return [(f.name, f.metadata["option"]) for f in fields(RunSettings)]
 
 
 def load_settings_file(path) -> RunSettings:

@@ -238,7 +238,7 @@ def _dataset_setup(args: argparse.Namespace):
         raise InputError(f"{args.data}: --data is not a folder")
     check_output_dir(args.out, [args.data, getattr(args, "bundle", None)], overwrite=args.overwrite,
                      own=_dataset_result, resume=True)
-    device = select_device(args.device)  # auto/cuda -> cuda:LOCAL_RANK under torchrun
+    device = select_device(args.device or "auto")  # auto/cuda -> cuda:LOCAL_RANK under torchrun
     ranks = Ranks(device)
     from DiffusionAnomalyLib.app.job import run_settings
 
@@ -410,8 +410,26 @@ OVERWRITE_HELP = ("replace an earlier result in --out (the whole result set: not
                   "write into a non-empty folder; without it such a folder is refused. Inputs are never replaced")
 DEBUG_HELP = "on an error, also print the traceback"
 
-GROW_TO_HELP = ("grow each lesion kept at the threshold over the connected organ voxels above F x threshold "
-                "(hysteresis; 1 = off; default: the bundle's calibrated value, else 1)")
+#: How the command line parses each kind of run setting (``settings.Option.kind``).
+OPTION_KINDS = {"sampler": {"choices": list(SAMPLERS)}, "reference": {"choices": list(REFERENCES)}, "device": {},
+                "positive_int": {"type": positive_int}, "non_negative_int": {"type": non_negative_int},
+                "non_negative": {"type": non_negative}, "seed": {"type": seed_arg},
+                "threshold": {"type": threshold_arg}, "grow_to": {"type": grow_to_arg}}
+
+
+def add_run_settings(parser: argparse.ArgumentParser, command: str) -> None:
+    """The run settings ``command`` takes, from ``settings.RunSettings`` (each field's ``Option``); every one
+    defaults to None, "not given", which ``RunSettings.resolve`` turns into the bundle's value or the default."""
+    from DiffusionAnomalyLib.settings import options
+
+    for name, opt in options():
+        if command not in opt.commands:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if opt.kind == "flag":
+            parser.add_argument(flag, action="store_true", help=opt.help)
+        else:
+            parser.add_argument(flag, default=None, metavar=opt.metavar, help=opt.help, **OPTION_KINDS[opt.kind])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,39 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--totalseg", help="TotalSegmentator output: multilabel file or folder of per-organ files")
     src.add_argument("--skull-stripped", action="store_true", help="brain: the mask is the scan's nonzero voxels")
     ru.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
-    ru.add_argument("--sampler", choices=list(SAMPLERS), help="default: the bundle's recommendation")
-    ru.add_argument("--noise-level", type=positive_int, help="L in [1, T-1] (default: the bundle's)")
-    ru.add_argument("--steps", type=positive_int, help="denoising steps (default: the bundle's)")
-    ru.add_argument("--guidance", type=non_negative, help="classifier-guidance strength s >= 0 (default: the bundle's)")
-    ru.add_argument("--resample-jumps", type=positive_int, default=1, help="inpaint: RePaint resampling jumps r")
-    ru.add_argument("--reference", choices=list(REFERENCES), default=None,
-                    help="anomaly map against the input or against the autoencoder's D(E(x)) (default: the "
-                         "bundle's recommendation, else input)")
-    ru.add_argument("--samples", type=positive_int, default=None, metavar="K",
-                    help="average K stochastic reconstructions (ddpm, inpaint; K x the time; default: the bundle's, "
-                         "else 1)")
-    ru.add_argument("--median-filter", type=non_negative_int, default=None, metavar="N",
-                    help="median filter of the anomaly map, N voxels (0 = off; default: the bundle's, else the "
-                         "organ preset's)")
-    ru.add_argument("--trajectory-every", type=non_negative_int, default=0, metavar="K",
-                    help="also write the decoded x_0 prediction every K steps (4D trajectory_<structure>.nii.gz)")
-    ru.add_argument("--deterministic", action="store_true",
-                    help="deterministic algorithms (slower on GPU); the seed already fixes all noise")
+    add_run_settings(ru, "run")
     ru.add_argument("--skip-modality-check", action="store_true",
                     help="run even if the intensities do not look like the bundle's modality (CT vs MRI)")
-    ru.add_argument("--seed", type=seed_arg, default=None, help="random seed, 0..2^63-1 (default 0)")
-    ru.add_argument("--device", default=None, help="auto (CUDA > MPS > CPU; the default), cpu, cuda, cuda:1, mps")
     ru.add_argument("--settings", metavar="FILE", default=None,
                     help="take every run setting from FILE: the run.json of an earlier run (replays it) or a "
                          "settings JSON; options given explicitly override it")
-    ru.add_argument("--threshold", type=threshold_arg, default=None,
-                    help="a fixed threshold, or 'otsu' for Otsu over this case (default: the bundle's calibrated "
-                         "threshold, else Otsu)")
-    ru.add_argument("--min-lesion-ml", type=non_negative, default=None, metavar="ML",
-                    help="drop lesions smaller than this many millilitres (default: the bundle's calibrated value, "
-                         "else 0 = only the thesis' 20-voxel and 3 mm limits)")
-    ru.add_argument("--grow-to", type=grow_to_arg, default=None, metavar="F",
-                    help=GROW_TO_HELP)
     ru.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     ru.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ru.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
@@ -558,22 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
         model.add_argument("--bundle", help="model bundle folder or .zip")
         model.add_argument("--baseline", action="store_true", help="the non-neural median baseline (needs --organ)")
         sp.add_argument("--organ", choices=list(ORGANS), help="with --baseline")
-        sp.add_argument("--sampler", choices=list(SAMPLERS))
-        sp.add_argument("--noise-level", type=positive_int)
-        sp.add_argument("--steps", type=positive_int)
-        sp.add_argument("--guidance", type=non_negative)
-        sp.add_argument("--reference", choices=list(REFERENCES), default=None,
-                        help="default: the bundle's recommendation, else input")
-        sp.add_argument("--samples", type=positive_int, default=None, metavar="K",
-                        help="reconstructions averaged per ROI (default: the bundle's, else 1)")
-        sp.add_argument("--median-filter", type=non_negative_int, default=None, metavar="N",
-                        help="anomaly-map median filter in voxels (default: the bundle's, else the preset's)")
-        sp.add_argument("--seed", type=seed_arg, default=0)
-        sp.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each rank its own GPU)")
-        sp.add_argument("--min-lesion-ml", type=non_negative, default=None, metavar="ML",
-                        help="post-processing: drop lesions smaller than this (default: the bundle's, else 0)")
-        sp.add_argument("--grow-to", type=grow_to_arg, default=None, metavar="F",
-                        help=GROW_TO_HELP)
+        add_run_settings(sp, name)
         sp.add_argument("--out", required=True)
         sp.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty folder that is not an earlier result of this command")
@@ -619,8 +595,6 @@ def build_parser() -> argparse.ArgumentParser:
     ba = dataset_parser("batch", "run detection on every case of a dataset folder (full outputs per case)",
                         "Writes OUT/<case>/ as `run` does, plus OUT/index.csv; finished cases are skipped. Shard "
                         "with torchrun --nproc_per_node N -m DiffusionAnomalyLib.app.cli batch ...")
-    ba.add_argument("--threshold", type=threshold_arg, default=None,
-                    help="fixed number or 'otsu' per case (default: the bundle's, else Otsu)")
     ba.set_defaults(func=_cmd_batch)
 
     be = sub.add_parser("bench", help="speed and memory of the samplers (JSON)",

@@ -13,21 +13,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.settings import (  # noqa: F401 (the panel's choices and defaults)
+from DiffusionAnomalyLib.settings import (
     DEVICES,
-    MAX_NOISE_LEVEL,
-    ORGANS,
-    SAMPLER_DEFAULTS,
+    ORGANS,  # noqa: F401 (the module's organ choice)
+    OVERRIDABLE,
+    REFERENCES,
     SAMPLERS,
     RunSettings,
+    options,
 )
 from DiffusionAnomalyLib.slicer_module.scene_run import RunRequest, SceneRun, cached_meta, run_name
 
 MINIMUM_SLICER = (5, 10)
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
 THRESHOLD_MODES = ("bundle", "otsu", "fixed")
-REFERENCE_CHOICES = ("bundle", "input", "autoencoder")  # "bundle": the bundle's recommendation
-DEVICE_CHOICES = DEVICES
+#: The choices of a run setting's panel member, by ``Option.kind`` (the bundle's value first where it has one).
+PANEL_CHOICES = {"sampler": SAMPLERS, "reference": ("bundle", *REFERENCES), "device": DEVICES}
+PANEL_TYPES = {"sampler": str, "reference": str, "device": str, "non_negative": float}
 #: Lesion-table columns: (key in the worker's lesion rows, header).
 LESION_COLUMNS = (("id", "#"), ("side", "side"), ("volume_ml", "ml"), ("axial_diameter_mm", "diam mm"),
                   ("size_class", "size"), ("max_score", "max"))
@@ -41,12 +43,35 @@ def slicer_version_problem(major: int, minor: int) -> str:
             f"{major}.{minor}. Install a current Slicer from download.slicer.org.")
 
 
+def panel_settings() -> list[tuple[str, Any]]:
+    """The run settings the panel shows: ``(field name, settings.Option)`` for each with a parameter-node member."""
+    return [(name, opt) for name, opt in options() if opt.panel]
+
+
+def run_setting_parameters() -> type:
+    """A class whose annotated members are the panel's run settings (from ``settings.RunSettings``' options:
+    type, range or choices, initial value); the module's ``parameterNodeWrapper`` class derives from it, so a
+    new setting reaches the panel from the settings module and a widget in the ``.ui``."""
+    from typing import Annotated
+
+    from slicer.parameterNodeWrapper import Choice, WithinRange
+
+    annotations, values = {}, {}
+    defaults = RunSettings()
+    for name, opt in panel_settings():
+        kind = PANEL_TYPES.get(opt.kind, int)
+        limit = Choice(list(PANEL_CHOICES[opt.kind])) if opt.kind in PANEL_CHOICES else WithinRange(*opt.panel_range)
+        annotations[opt.panel] = Annotated[kind, limit]
+        values[opt.panel] = kind(getattr(defaults, name) if opt.bundle_value is None else opt.bundle_value)
+    return type("RunSettingParameters", (), {"__annotations__": annotations, "__module__": __name__, **values})
+
+
 def bundle_defaults(bundle_path: str) -> dict[str, Any]:
-    """The panel values a bundle recommends: sampler, L, s, steps, map reference, samples and median filter."""
+    """The panel values a bundle recommends (sampler, L, s, steps, map reference, samples, median filter),
+    by parameter-node member."""
     meta = cached_meta(bundle_path)
     s = RunSettings.resolve(meta.recommended, meta.preset())
-    return {"sampler": s.sampler, "noiseLevel": s.noise_level, "guidance": s.guidance, "steps": s.steps,
-            "reference": s.reference, "samples": s.samples, "medianFilter": s.median_filter}
+    return {opt.panel: getattr(s, name) for name, opt in panel_settings() if name in OVERRIDABLE}
 
 
 def input_nodes(pn) -> list:
@@ -80,13 +105,15 @@ def wait_for(done: Callable[[], bool], process_events: Callable[[], None], timeo
 
 
 def request_from_parameters(pn, python: str) -> RunRequest:
-    """The run request for the panel's parameter node (``"bundle"`` / ``0`` / ``-1``: the bundle's value)."""
-    return RunRequest(organ=pn.organ, bundle=pn.bundlePath, sampler=pn.sampler, noise_level=int(pn.noiseLevel),
-                      guidance=float(pn.guidance), steps=int(pn.steps), seed=int(pn.seed), device=pn.device,
-                      threshold_mode=pn.thresholdMode, threshold=float(pn.threshold), mask_source=pn.maskSource,
-                      python=python, reference=None if pn.reference == "bundle" else pn.reference,
-                      samples=int(pn.samples) or None,
-                      median_filter=None if int(pn.medianFilter) < 0 else int(pn.medianFilter))
+    """The run request for the panel's parameter node: each run setting's member (its ``bundle_value``, e.g.
+    ``"bundle"`` / ``0`` / ``-1``, leaves it to the bundle), and the threshold from its mode and value."""
+    settings: dict[str, Any] = {}
+    for name, opt in panel_settings():
+        value = getattr(pn, opt.panel)
+        settings[name] = None if opt.bundle_value is not None and value == opt.bundle_value else value
+    settings["threshold"] = pn.thresholdMode if pn.thresholdMode != "fixed" else float(pn.threshold)
+    return RunRequest(organ=pn.organ, bundle=pn.bundlePath, settings=settings, mask_source=pn.maskSource,
+                      python=python)
 
 
 def parameter_problems(pn, python: str) -> list[str]:

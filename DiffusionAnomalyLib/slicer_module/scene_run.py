@@ -16,43 +16,32 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from DiffusionAnomalyLib.errors import CancelledError, DiffusionAnomalyError, InputError
-from DiffusionAnomalyLib.settings import DEVICES, SAMPLER_DEFAULTS
+from DiffusionAnomalyLib.settings import DEVICES
 
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
-THRESHOLD_MODES = ("bundle", "otsu", "fixed")
 
 
 @dataclass
 class RunRequest:
     """The settings of one run, as the panel's parameter node holds them.
 
-    ``bundle`` is a bundle folder or zip; ``python`` the interpreter that has the dependencies
-    (empty: the current one). ``mask_source``: ``segmentation`` (segments of an existing
-    segmentation), ``totalsegmentator`` (the worker runs TotalSegmentator on the input, so the GUI
-    never waits for it) or ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels). ``reference``,
-    ``samples`` and ``median_filter`` shape the anomaly map (see ``diffusion-anomaly run --help``); None
-    leaves them to the bundle's recommendation.
+    ``bundle`` is a bundle folder or zip; ``settings`` the run settings the panel sets, as
+    :class:`~DiffusionAnomalyLib.settings.RunSettings` fields (absent or None: the bundle's recommendation;
+    ``threshold``: a number, ``"otsu"`` or ``"bundle"``); ``python`` the interpreter that has the dependencies
+    (empty: the current one). ``mask_source``: ``segmentation`` (segments of an existing segmentation),
+    ``totalsegmentator`` (the worker runs TotalSegmentator on the input, so the GUI never waits for it) or
+    ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels).
     """
 
     organ: str
     bundle: str
-    sampler: str = SAMPLER_DEFAULTS["sampler"]
-    noise_level: int = SAMPLER_DEFAULTS["noise_level"]
-    guidance: float = SAMPLER_DEFAULTS["guidance"]
-    steps: int = SAMPLER_DEFAULTS["steps"]
-    seed: int = 0
-    device: str = "auto"
-    threshold_mode: str = "bundle"
-    threshold: float = 0.0
+    settings: dict = field(default_factory=dict)
     mask_source: str = "segmentation"
     python: str = ""
-    reference: str | None = None
-    samples: int | None = None
-    median_filter: int | None = None
 
     def problems(self) -> list[str]:
         """Everything that prevents a run, as sentences for a tooltip (empty when it can run). The run settings
@@ -72,12 +61,14 @@ class RunRequest:
                 out.extend(_sentence(p) for p in str(exc).split("; ") if p)
             except (TypeError, ValueError) as exc:
                 out.append(_sentence(str(exc)))
-        if self.device not in DEVICES:
-            out.append(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
-        if self.threshold_mode not in THRESHOLD_MODES:
-            out.append(f"Unknown threshold mode {self.threshold_mode!r}.")
-        if self.threshold_mode == "fixed" and not self.threshold > 0:  # 0 would mark the whole organ
-            out.append("A fixed threshold must be > 0.")
+        device = self.settings.get("device") or "auto"
+        if device not in DEVICES:
+            out.append(f"Unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
+        threshold = self.settings.get("threshold")
+        if isinstance(threshold, str) and threshold not in ("bundle", "otsu"):
+            out.append(f"Unknown threshold {threshold!r}: a number, 'otsu' or 'bundle'.")
+        elif threshold is not None and not isinstance(threshold, str) and not threshold > 0:
+            out.append("A fixed threshold must be > 0.")  # 0 would mark the whole organ
         if self.mask_source not in MASK_SOURCES:
             out.append(f"Unknown organ-mask source {self.mask_source!r}.")
         if self.mask_source == "none" and self.organ != "brain":
@@ -101,23 +92,13 @@ class RunRequest:
     def is_valid(self) -> bool:
         return not self.problems()
 
-    def overrides(self) -> dict:
-        """The settings the panel sets explicitly, as :class:`~DiffusionAnomalyLib.settings.RunSettings` fields
-        (None: the bundle's recommendation)."""
-        threshold = {"bundle": "bundle", "otsu": "otsu"}.get(self.threshold_mode, float(self.threshold))
-        return {"sampler": self.sampler, "noise_level": int(self.noise_level), "steps": int(self.steps),
-                "guidance": float(self.guidance), "seed": int(self.seed), "device": self.device,
-                "reference": self.reference, "samples": None if self.samples is None else int(self.samples),
-                "median_filter": None if self.median_filter is None else int(self.median_filter),
-                "threshold": threshold}
-
     def run_settings(self):
         """The run's :class:`~DiffusionAnomalyLib.settings.RunSettings`: the bundle's recommendations with the
         panel's values on top, resolved once (the worker receives exactly this object as JSON)."""
         from DiffusionAnomalyLib.settings import RunSettings
 
         meta = cached_meta(self.bundle)
-        return RunSettings.resolve(meta.recommended, meta.preset(), **self.overrides())
+        return RunSettings.resolve(meta.recommended, meta.preset(), **self.settings)
 
     def worker_args(self, inputs: Sequence[str | Path], out: str | Path, mask: str | Path | None,
                     settings_file: str | Path) -> list[str]:
@@ -181,8 +162,12 @@ def _zipped_meta(path: Path):
 
 def run_name(request: RunRequest, input_name: str) -> str:
     """The subject-hierarchy folder name of a run, e.g. ``"CT kidney ddpm L250 s0 14:02:31"``."""
-    return (f"{input_name} {request.organ} {request.sampler} L{int(request.noise_level)} "
-            f"s{float(request.guidance):g} {time.strftime('%H:%M:%S')}")
+    try:
+        s = request.run_settings()
+        what = f"{s.sampler} L{s.noise_level} s{s.guidance:g}"
+    except Exception:  # noqa: BLE001 - a name for a run that will fail its checks
+        what = "?"
+    return f"{input_name} {request.organ} {what} {time.strftime('%H:%M:%S')}"
 
 
 class SceneRun:
@@ -213,6 +198,7 @@ class SceneRun:
         self.cancel_requested_at: float | None = None
         self._exited_at: float | None = None  # when poll first saw the worker gone
         self.channels: list[str] = []  # the bundle's input channels (read in start)
+        self.settings = None  # the resolved RunSettings (in start)
         self.name = run_name(request, self.input_nodes[0].GetName() if self.input_nodes else "volume")
 
     def start(self) -> None:
@@ -248,7 +234,8 @@ class SceneRun:
                 # one label: the worker splits paired organs (kidneys) into left and right itself
                 mask = write_volume(mask_image > 0, self.tmp / "mask.nii.gz", compress=False)
             settings = self.tmp / "settings.json"
-            settings.write_text(json.dumps(self.request.run_settings().to_dict(), indent=2) + "\n")
+            self.settings = self.request.run_settings()  # resolved once; the worker and the nodes get this
+            settings.write_text(json.dumps(self.settings.to_dict(), indent=2) + "\n")
             args = self.request.worker_args(inputs, self.output_dir or self.tmp / "out", mask, settings)
             factory = self.client_factory or (lambda a, python: WorkerClient(a, python=python or None))
             self.client = factory(args, self.request.python)
@@ -329,7 +316,9 @@ class SceneRun:
             result = self.client.raise_for_status()
             channels = self.channels
             recon = "reconstruction.nii.gz" if len(channels) == 1 else f"reconstruction_{channels[0]}.nii.gz"
-            attributes = scene_adapter.run_attributes(result, {**asdict(self.request), "run": self.name})
+            request = {"organ": self.request.organ, "bundle": self.request.bundle,
+                       "mask_source": self.request.mask_source}
+            attributes = scene_adapter.run_attributes(result, {**request, **self.settings.to_dict(), "run": self.name})
             self.result_nodes = scene_adapter.add_results(
                 self.scene, self.input_nodes[0], result["outputs"], result.get("lesions", []), self.name, attributes,
                 self.request.organ, reconstruction_file=recon)

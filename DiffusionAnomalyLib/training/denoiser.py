@@ -26,6 +26,7 @@ from DiffusionAnomalyLib.models.diffusion.guidance import NULL_LABEL
 from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
 from DiffusionAnomalyLib.models.nets.autoencoder import LatentCodec
 from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config
+from DiffusionAnomalyLib.settings import SAMPLER_DEFAULTS
 from DiffusionAnomalyLib.training.common import (
     EMA,
     TrainLog,
@@ -187,7 +188,7 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
         meta.networks = {**meta.networks, "denoiser": net_cfg.to_dict()}
         meta.latent = {**meta.latent, "scale_factor": scale, "channels": int(lat.shape[1]),
                        "shape_zyx": list(lat.shape[2:])}
-        meta.recommended = meta.recommended or {"sampler": "ddpm", "noise_level": 250, "steps": 50, "guidance": 0.0}
+        meta.recommended = meta.recommended or dict(SAMPLER_DEFAULTS)
         meta.extra = {**meta.extra, "denoiser_training": {
             "iterations": cfg.iterations, "best_val_l1": state["best_val"], "train_latents": len(z_train),
             "val_latents": len(z_val), "first_val_l1": next((r["val_l1"] for r in log.rows), None),

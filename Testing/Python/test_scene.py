@@ -143,10 +143,12 @@ def test_organ_segments_are_found_by_name_and_exported_on_the_input_grid(kidney_
         adapter.mask_from_segments(scene, seg, [], ct)
 
 
-def _request(bundle, **kw) -> RunRequest:
-    base = dict(organ="kidney", bundle=str(bundle), sampler="ddim", noise_level=50, steps=5, guidance=0.0,
-                device="cpu", threshold_mode="otsu")
-    return RunRequest(**{**base, **kw})
+def _request(bundle, organ="kidney", mask_source="segmentation", threshold_mode="otsu", threshold=0.0,
+             **settings) -> RunRequest:
+    """A request as the panel makes one (threshold mode and value as its two widgets hold them)."""
+    base = dict(sampler="ddim", noise_level=50, steps=5, guidance=0.0, device="cpu")
+    chosen = {**base, **settings, "threshold": threshold_mode if threshold_mode != "fixed" else threshold}
+    return RunRequest(organ=organ, bundle=str(bundle), settings=chosen, mask_source=mask_source)
 
 
 def test_run_request_problems_and_worker_arguments(tiny_bundle, tmp_path):

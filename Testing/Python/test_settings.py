@@ -91,8 +91,9 @@ def test_cli_worker_batch_and_panel_resolve_the_same_settings(tiny_bundle, tmp_p
     parse = build_parser().parse_args  # the CLI's parser is also the worker's
     cli = run_settings(parse(["run", "--bundle", b, "--input", "x", "--out", "o", *flags, "--threshold", "otsu"]),
                        meta.recommended, meta.preset())
-    panel = RunRequest(organ="kidney", bundle=b, sampler="ddpm", noise_level=40, steps=4, guidance=0.0, seed=7,
-                       device="cpu", threshold_mode="otsu", samples=2, median_filter=0).run_settings()
+    panel = RunRequest(organ="kidney", bundle=b, settings=dict(
+        sampler="ddpm", noise_level=40, steps=4, guidance=0.0, seed=7, device="cpu", threshold="otsu", samples=2,
+        median_filter=0)).run_settings()
     sent = tmp_path / "settings.json"  # what the panel hands the worker
     sent.write_text(json.dumps(panel.to_dict()))
     worker = run_settings(parse(["run", "--bundle", b, "--input", "x", "--out", "o", "--settings", str(sent)]),
@@ -129,3 +130,59 @@ def test_run_json_replays_to_identical_outputs(tiny_bundle, kidney_case, tmp_pat
                  str(tmp_path / "first" / "run.json"), "--seed", "12"]) == 0
     other = json.loads((tmp_path / "other" / "run.json").read_text())["parameters"]["settings"]
     assert other == {**first["parameters"]["settings"], "seed": 12}
+
+
+def test_every_run_setting_is_declared_once_with_how_it_is_offered():
+    """A field of RunSettings is the only place an option is written: the parsers and the panel follow."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from DiffusionAnomalyLib.app.cli import build_parser
+    from DiffusionAnomalyLib.settings import Option, RunSettings, options
+
+    names = [f.name for f in dataclasses.fields(RunSettings)]
+    assert [n for n, _ in options()] == names
+    assert all(isinstance(o, Option) and o.help for _, o in options())
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name, opt in options():
+        flag = "--" + name.replace("_", "-")
+        for command in opt.commands:
+            assert flag in sub[command]._option_string_actions, (command, flag)
+            action = sub[command]._option_string_actions[flag]
+            assert action.default in (None, False) and action.help == opt.help
+    ui = (Path(__file__).resolve().parents[2] / "Resources" / "UI" / "DiffusionAnomaly.ui").read_text()
+    bound = set(re.findall(r'SlicerParameterName".*?<string>(\w+)</string>', ui, flags=re.S))
+    panel_names = {o.panel for _, o in options() if o.panel}
+    assert panel_names and panel_names <= bound
+
+
+def test_a_panel_request_resolves_like_the_command_line(tiny_bundle):
+    """The panel's sentinels (reference 'bundle', samples 0, median filter -1) leave a value to the bundle."""
+    from types import SimpleNamespace
+
+    from DiffusionAnomalyLib.app.cli import build_parser
+    from DiffusionAnomalyLib.app.job import run_settings
+    from DiffusionAnomalyLib.models.bundle import read_meta
+    from DiffusionAnomalyLib.slicer_module.panel import request_from_parameters
+
+    pn = SimpleNamespace(organ="kidney", bundlePath=str(tiny_bundle), maskSource="segmentation", sampler="ddim",
+                         noiseLevel=40, steps=4, guidance=0.0, seed=3, reference="bundle", samples=0,
+                         medianFilter=-1, device="cpu", thresholdMode="fixed", threshold=0.2)
+    panel = request_from_parameters(pn, "").run_settings()
+    meta = read_meta(tiny_bundle)
+    cli = run_settings(build_parser().parse_args(
+        ["run", "--bundle", str(tiny_bundle), "--input", "x", "--out", "o", "--sampler", "ddim", "--noise-level",
+         "40", "--steps", "4", "--guidance", "0", "--seed", "3", "--device", "cpu", "--threshold", "0.2"]),
+        meta.recommended, meta.preset())
+    assert panel == cli and panel.threshold == 0.2
+
+
+def test_the_bundle_schema_names_the_organs_and_samplers_of_settings():
+    """model.schema.json is JSON and cannot import; it must agree with the one definition in settings."""
+    from DiffusionAnomalyLib.models.schema import model_schema
+    from DiffusionAnomalyLib.settings import ORGANS, SAMPLERS
+
+    schema = model_schema()
+    assert tuple(schema["properties"]["organ"]["enum"]) == ORGANS
+    assert tuple(schema["properties"]["recommended"]["properties"]["sampler"]["enum"]) == SAMPLERS
