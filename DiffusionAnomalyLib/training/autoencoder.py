@@ -25,15 +25,12 @@ from DiffusionAnomalyLib.models.nets.discriminators import (
     random_axial_slices,
 )
 from DiffusionAnomalyLib.training.common import (
-    TrainLog,
+    TrainingLoop,
     autocast,
-    barrier,
     bundle_extras,
     infinite_batches,
     init_distributed,
-    load_checkpoint,
     main_rank_first,
-    save_checkpoint,
     select_device,
     shutdown,
     wrap_ddp,
@@ -109,19 +106,16 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
     elif dist.is_main:
         logger.info("perceptual loss: off (no local feature-network weights given with --perceptual-weights)")
     best_ae = copy.deepcopy(ae)
-    state = {"iteration": 0, "best_val_l1": float("inf")}
-    if cfg.resume:
-        modules = {"ae": ae, "best": best_ae, "d_vol": d_vol, "d_slice": d_slice}
-        state = load_checkpoint(work, modules, {"g": opt_g, "d": opt_d}, device) or state
-        if dist.is_main and state["iteration"]:
-            logger.info(f"resumed at iteration {state['iteration']}")
+    loop = TrainingLoop(work, cfg.iterations, cfg.val_every, cfg.checkpoint_every, dist, device,
+                        {"ae": ae, "best": best_ae, "d_vol": d_vol, "d_slice": d_slice}, {"g": opt_g, "d": opt_d},
+                        {"best_val_l1": float("inf")}, cfg.resume)
     ae_t, dv_t, ds_t = wrap_ddp(ae, dist, device), wrap_ddp(d_vol, dist, device), wrap_ddp(d_slice, dist, device)
     x_train = torch.from_numpy(train.x)
     x_val = torch.from_numpy(val.x if len(val.ids) else train.x[:2])
-    batches = infinite_batches(len(x_train), cfg.batch_size, dist, cfg.seed + state["iteration"])
-    log = TrainLog(work, cfg.iterations, dist.is_main, state["iteration"])
+    batches = infinite_batches(len(x_train), cfg.batch_size, dist, cfg.seed + loop.start)
     gen = torch.Generator().manual_seed(cfg.seed)
-    for it in range(state["iteration"] + 1, cfg.iterations + 1):
+
+    def step(it: int) -> dict:
         x = x_train[next(batches)].to(device)
         adversarial = it > cfg.adversarial_start
         with autocast(device):
@@ -146,21 +140,18 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-        if it % cfg.val_every == 0 or it == cfg.iterations:
-            v = _val_l1(ae, x_val, device, cfg.batch_size)
-            if v < state["best_val_l1"]:
-                state["best_val_l1"] = v
-                best_ae.load_state_dict(ae.state_dict())
-            log.log(it, train_l1=l1.item(), quant=q_loss.item(), gan_g=g_adv.item(), gan_d=d_loss.item(),
-                    val_l1=v)
-        state["iteration"] = it
-        if dist.is_main and (it % cfg.checkpoint_every == 0 or it == cfg.iterations):
-            save_checkpoint(work, {"ae": ae, "best": best_ae, "d_vol": d_vol, "d_slice": d_slice},
-                            {"g": opt_g, "d": opt_d}, state)
-    barrier(dist)
+        return {"train_l1": l1.detach(), "quant": q_loss.detach(), "gan_g": g_adv.detach(), "gan_d": d_loss.detach()}
+
+    def validate(state: dict) -> dict:
+        v = _val_l1(ae, x_val, device, cfg.batch_size)
+        if v < state["best_val_l1"]:
+            state["best_val_l1"] = v
+            best_ae.load_state_dict(ae.state_dict())
+        return {"val_l1": v}
+
+    state = loop.run(step, validate, f"VQ-GAN {preset.name}")
     out = Path(cfg.out)
     if dist.is_main:
-        log.write_csv_and_plot(work, f"VQ-GAN {preset.name}")
         shape = [int(s) // ae_cfg.downsampling for s in train.x.shape[2:]]
         meta = BundleMeta(
             name=cfg.name or f"{preset.name}-{'demo' if cfg.demo else 'model'}", version=cfg.version, organ=preset.name,
@@ -172,7 +163,7 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
             demo=cfg.demo,
             extra={"autoencoder_training": {"iterations": cfg.iterations, "best_val_l1": state["best_val_l1"],
                                             "val_patches": len(val.ids), "train_patches": len(train.ids),
-                                            "first_val_l1": next((r["val_l1"] for r in log.rows), None)}},
+                                            "first_val_l1": loop.first("val_l1")}},
         )
         save_bundle(out, meta, {"autoencoder": best_ae}, bundle_extras(None, work, "autoencoder"))
         logger.info(f"wrote bundle {out} (best validation L1 {state['best_val_l1']:.4f})")

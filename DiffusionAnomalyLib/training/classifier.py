@@ -30,15 +30,12 @@ from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
 from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier, LesionSupervisedClassifier
 from DiffusionAnomalyLib.models.nets.denoiser import DenoiserConfig
 from DiffusionAnomalyLib.training.common import (
-    TrainLog,
+    TrainingLoop,
     autocast,
-    barrier,
     bundle_extras,
     infinite_batches,
     init_distributed,
-    load_checkpoint,
     main_rank_first,
-    save_checkpoint,
     select_device,
     shutdown,
     wrap_ddp,
@@ -166,25 +163,23 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(cfg.iterations // 4, 1))
-    state = {"iteration": 0, "best_auc": -1.0, "best_aucs": {}, "lesion_weight": cfg.lesion_weight}
     saved = work / "checkpoint.json"
     if cfg.resume and saved.is_file():
         before = json.loads(saved.read_text())["state"].get("lesion_weight", 0.0)
         if (before > 0) != supervised:
             raise InputError(f"{work}: the checkpoint was trained with --lesion-weight {before:g}; resume with a "
                              f"weight {'> 0' if before > 0 else 'of 0'} or start a new output folder")
-    if cfg.resume:
-        state = load_checkpoint(work, {"clf": model, "best": best}, {"opt": opt}, device) or state
-        if dist.is_main and state["iteration"]:
-            logger.info(f"resumed at iteration {state['iteration']}")
-        sched.last_epoch = state["iteration"]
+    loop = TrainingLoop(work, cfg.iterations, cfg.val_every, cfg.checkpoint_every, dist, device,
+                        {"clf": model, "best": best}, {"opt": opt},
+                        {"best_auc": -1.0, "best_aucs": {}, "lesion_weight": cfg.lesion_weight}, cfg.resume)
+    sched.last_epoch = loop.start
     model_t = wrap_ddp(model, dist, device)
     counts = np.bincount(y_train, minlength=2).astype(float)
     weights = 1.0 / counts[y_train]
-    batches = infinite_batches(len(z_train), cfg.batch_size, dist, cfg.seed + state["iteration"], weights)
-    log = TrainLog(work, cfg.iterations, dist.is_main, state["iteration"])
+    batches = infinite_batches(len(z_train), cfg.batch_size, dist, cfg.seed + loop.start, weights)
     y_train_t = torch.from_numpy(y_train)
-    for it in range(state["iteration"] + 1, cfg.iterations + 1):
+
+    def step(it: int) -> dict:
         idx = next(batches)
         z = z_train[idx].to(device)
         flip = torch.rand(len(z), device=device) < 0.5
@@ -196,31 +191,30 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
             out = model_t(x_t, t)
         logits, lesion_logits = out if supervised else (out, None)
         loss = ce = torch.nn.functional.cross_entropy(logits.float(), y)
-        extra = {}
+        losses = {"train_ce": ce.detach()}
         if supervised:
             cell = cells_train[idx].to(device)
             cell = torch.where(flip.reshape(-1, 1, 1, 1), cell.flip(-1), cell)
             lesion_loss = balanced_bce(lesion_logits.float(), cell)
             loss = ce + cfg.lesion_weight * lesion_loss
-            extra = {"train_lesion_bce": lesion_loss.item()}
+            losses["train_lesion_bce"] = lesion_loss.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if it % cfg.val_every == 0 or it == cfg.iterations:
-            aucs = auc_at_levels(clf, z_val, y_val, schedule, device)
-            score = aucs[cfg.select_level] if np.isfinite(aucs[cfg.select_level]) else 0.0
-            if score > state["best_auc"]:
-                state["best_auc"], state["best_aucs"] = score, {str(k): v for k, v in aucs.items()}
-                best.load_state_dict(clf.state_dict())
-            log.log(it, train_ce=ce.item(), **extra, **{f"val_auc_t{k}": v for k, v in aucs.items()})
-        state["iteration"] = it
-        if dist.is_main and (it % cfg.checkpoint_every == 0 or it == cfg.iterations):
-            save_checkpoint(work, {"clf": model, "best": best}, {"opt": opt}, state)
-    barrier(dist)
+        return losses
+
+    def validate(state: dict) -> dict:
+        aucs = auc_at_levels(clf, z_val, y_val, schedule, device)
+        score = aucs[cfg.select_level] if np.isfinite(aucs[cfg.select_level]) else 0.0
+        if score > state["best_auc"]:
+            state["best_auc"], state["best_aucs"] = score, {str(k): v for k, v in aucs.items()}
+            best.load_state_dict(clf.state_dict())
+        return {f"val_auc_t{k}": v for k, v in aucs.items()}
+
+    state = loop.run(step, validate, "noisy-latent classifier")
     out = Path(cfg.out)
     if dist.is_main:
-        log.write_csv_and_plot(work, "noisy-latent classifier")
         meta = bundle.meta
         meta.networks = {**meta.networks, "classifier": {"backbone": den_cfg.to_dict(), "head": [384, 192],
                                                          "head_dropout": [0.6, 0.36], "backbone_dropout": 0.2,

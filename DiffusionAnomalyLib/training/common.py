@@ -148,6 +148,54 @@ class TrainLog:
         plt.close(fig)
 
 
+class TrainingLoop:
+    """The loop the three trainers share (autoencoder, denoiser, classifier).
+
+    On construction it resumes from the work folder's checkpoint when asked (``state`` then holds the saved
+    iteration and best scores). :meth:`run` calls ``step(it)`` for each remaining iteration (it returns the
+    training losses, as tensors or numbers); every ``val_every`` iterations and at the last it calls
+    ``validate(state)`` (which returns the validation figures and keeps the best model in ``modules``), logs
+    both with an ETA, and every ``checkpoint_every`` iterations saves ``modules`` and ``optimizers``
+    (safetensors) on rank 0. At the end it waits for every rank and writes ``log.csv`` and the loss curve.
+    """
+
+    def __init__(self, work: Path, iterations: int, val_every: int, checkpoint_every: int, dist: Dist,
+                 device: torch.device, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                 state: dict, resume: bool = False) -> None:
+        self.work, self.iterations, self.dist = work, iterations, dist
+        self.val_every, self.checkpoint_every = val_every, checkpoint_every
+        self.modules, self.optimizers, self.state = modules, optimizers, {"iteration": 0, **state}
+        if resume:
+            self.state = load_checkpoint(work, modules, optimizers, device) or self.state
+            if dist.is_main and self.state["iteration"]:
+                logger.info(f"resumed at iteration {self.state['iteration']}")
+        self.log = TrainLog(work, iterations, dist.is_main, self.state["iteration"])
+
+    @property
+    def start(self) -> int:
+        """The last iteration already done (0, or the resumed checkpoint's)."""
+        return int(self.state["iteration"])
+
+    def run(self, step, validate, title: str) -> dict:
+        """Train to ``iterations``; returns the final state (iteration, best scores)."""
+        for it in range(self.start + 1, self.iterations + 1):
+            losses = step(it)
+            if it % self.val_every == 0 or it == self.iterations:
+                values = validate(self.state)
+                self.log.log(it, **{k: float(v) for k, v in losses.items()}, **values)
+            self.state["iteration"] = it
+            if self.dist.is_main and (it % self.checkpoint_every == 0 or it == self.iterations):
+                save_checkpoint(self.work, self.modules, self.optimizers, self.state)
+        barrier(self.dist)
+        if self.dist.is_main:
+            self.log.write_csv_and_plot(self.work, title)
+        return self.state
+
+    def first(self, key: str):
+        """The first logged value of ``key`` (e.g. the validation loss before training had any effect)."""
+        return next((r[key] for r in self.log.rows if key in r), None)
+
+
 def infinite_batches(n: int, batch_size: int, dist: Dist, seed: int, weights=None):
     """Endless index batches over ``n`` items, sharded across ranks (DistributedSampler semantics).
 

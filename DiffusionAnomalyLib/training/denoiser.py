@@ -29,15 +29,12 @@ from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_co
 from DiffusionAnomalyLib.settings import SAMPLER_DEFAULTS
 from DiffusionAnomalyLib.training.common import (
     EMA,
-    TrainLog,
+    TrainingLoop,
     autocast,
-    barrier,
     bundle_extras,
     infinite_batches,
     init_distributed,
-    load_checkpoint,
     main_rank_first,
-    save_checkpoint,
     select_device,
     shutdown,
     wrap_ddp,
@@ -138,18 +135,16 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
     best = copy.deepcopy(ema.model)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     schedule = NoiseSchedule(**bundle.meta.schedule)
-    state = {"iteration": 0, "best_val": float("inf")}
-    if cfg.resume:
-        state = load_checkpoint(work, {"net": net, "ema": ema.model, "best": best}, {"opt": opt}, device) or state
-        if dist.is_main and state["iteration"]:
-            logger.info(f"resumed at iteration {state['iteration']}")
+    loop = TrainingLoop(work, cfg.iterations, cfg.val_every, cfg.checkpoint_every, dist, device,
+                        {"net": net, "ema": ema.model, "best": best}, {"opt": opt}, {"best_val": float("inf")},
+                        cfg.resume)
     net_t = wrap_ddp(net, dist, device)
-    batches = infinite_batches(len(z_train), cfg.batch_size, dist, cfg.seed + state["iteration"])
-    log = TrainLog(work, cfg.iterations, dist.is_main, state["iteration"])
+    batches = infinite_batches(len(z_train), cfg.batch_size, dist, cfg.seed + loop.start)
     g_val = torch.Generator().manual_seed(1234)
     t_val = torch.randint(1, schedule.num_timesteps + 1, (len(z_val),), generator=g_val)
     n_val = torch.randn(z_val.shape, generator=g_val)
-    for it in range(state["iteration"] + 1, cfg.iterations + 1):
+
+    def step(it: int) -> dict:
         idx = next(batches)
         z = z_train[idx]
         z = (random_crops(z, crop) if crop else z).to(device)
@@ -168,22 +163,21 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
         loss.backward()
         opt.step()
         ema.update(net)
-        if it % cfg.val_every == 0 or it == cfg.iterations:
-            with torch.no_grad():
-                zv, tv, nv = z_val.to(device), t_val.to(device), n_val.to(device)
-                lv = y_val.to(device) if cfg.class_conditional else None
-                v = (ema.model(schedule.q_sample(zv, tv, nv), timesteps=tv, class_labels=lv) - nv).abs().mean().item()
-            if v < state["best_val"]:
-                state["best_val"] = v
-                best.load_state_dict(ema.model.state_dict())
-            log.log(it, train_l1=loss.item(), val_l1=v)
-        state["iteration"] = it
-        if dist.is_main and (it % cfg.checkpoint_every == 0 or it == cfg.iterations):
-            save_checkpoint(work, {"net": net, "ema": ema.model, "best": best}, {"opt": opt}, state)
-    barrier(dist)
+        return {"train_l1": loss.detach()}
+
+    def validate(state: dict) -> dict:
+        with torch.no_grad():
+            zv, tv, nv = z_val.to(device), t_val.to(device), n_val.to(device)
+            lv = y_val.to(device) if cfg.class_conditional else None
+            v = (ema.model(schedule.q_sample(zv, tv, nv), timesteps=tv, class_labels=lv) - nv).abs().mean().item()
+        if v < state["best_val"]:
+            state["best_val"] = v
+            best.load_state_dict(ema.model.state_dict())
+        return {"val_l1": v}
+
+    state = loop.run(step, validate, "latent denoiser (L1 on noise)")
     out = Path(cfg.out)
     if dist.is_main:
-        log.write_csv_and_plot(work, "latent denoiser (L1 on noise)")
         meta = bundle.meta
         meta.networks = {**meta.networks, "denoiser": net_cfg.to_dict()}
         meta.latent = {**meta.latent, "scale_factor": scale, "channels": int(lat.shape[1]),
@@ -191,7 +185,7 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
         meta.recommended = meta.recommended or dict(SAMPLER_DEFAULTS)
         meta.extra = {**meta.extra, "denoiser_training": {
             "iterations": cfg.iterations, "best_val_l1": state["best_val"], "train_latents": len(z_train),
-            "val_latents": len(z_val), "first_val_l1": next((r["val_l1"] for r in log.rows), None),
+            "val_latents": len(z_val), "first_val_l1": loop.first("val_l1"),
             "class_conditional": cfg.class_conditional, "latent_crop": list(crop) if crop else None,
             "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": best},
