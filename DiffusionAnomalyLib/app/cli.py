@@ -193,21 +193,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from DiffusionAnomalyLib.models.bundle import available_bundles
 
     shipped = [b for b in available_bundles(args.organ) if b.meta.demo] if not args.baseline else []
-    common = dict(input=[str(case_dir / f"{c}.nii.gz") for c in case.channels], mask=None, mask_label=None,
-                  totalseg=str(case_dir / "segmentations") if args.organ != "brain" else None,
-                  skull_stripped=args.organ == "brain", threshold=None, min_lesion_ml=None, out=str(out / "result"),
-                  overwrite=True)  # the demo's own folder: a rerun replaces its earlier result
+    # the demo's job is a `run` (or `baseline`) command line, parsed by the same parser as the user's
+    common = ["--input", *[str(case_dir / f"{c}.nii.gz") for c in case.channels],
+              *(["--totalseg", str(case_dir / "segmentations")] if args.organ != "brain" else ["--skull-stripped"]),
+              "--out", str(out / "result"), "--overwrite"]  # the demo's own folder: a rerun replaces its result
     if shipped:
         print(f"[2/3] detection with the shipped {shipped[0].label} bundle on {args.device} "
               "(trained on synthetic phantoms only) ...")
-        job = argparse.Namespace(
-            command="run", bundle=str(shipped[0].path), sampler=None, noise_level=None, steps=None, guidance=None,
-            seed=0, resample_jumps=1, reference=None, samples=None, median_filter=None, trajectory_every=0,
-            deterministic=False,
-            skip_modality_check=False, device=args.device, **common)
+        job = build_parser().parse_args(["run", "--bundle", str(shipped[0].path), "--seed", "0", "--device",
+                                         args.device, *common])
     else:
         print("[2/3] non-neural baseline (organ median filter) ...")
-        job = argparse.Namespace(command="baseline", organ=args.organ, **common)
+        job = build_parser().parse_args(["baseline", "--organ", args.organ, *common])
     result = run_job(job).result
     _print_table(result.table)
     pred = sitk.GetArrayFromImage(result.lesions)
