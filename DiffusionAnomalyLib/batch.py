@@ -34,6 +34,7 @@ class Model:
     options: object = None  # settings.MapOptions (None for the baseline)
     weights_id: str = ""  # BundleMeta.weights_id(): maps made by other networks are never reused
     recommended_grow_to: float | None = None
+    resolved: object = None  # settings.RunSettings of a bundle run (None for the baseline)
 
     def maps_key(self, settings=None) -> str:
         """Cache folder name of the anomaly maps made with ``settings`` (default: this model's) by these
@@ -66,7 +67,7 @@ def load_model(args: argparse.Namespace, device) -> Model:
                                                        samples=opts.samples),
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"
                      + (" DEMO" if bundle.meta.demo else ""), rec.get("threshold"), bundle.meta.demo,
-                     rec.get("min_lesion_ml"), opts, bundle.meta.weights_id(), rec.get("grow_to"))
+                     rec.get("min_lesion_ml"), opts, bundle.meta.weights_id(), rec.get("grow_to"), resolved)
     from .baseline import MedianBaseline
     from .presets import get_preset
 
@@ -110,7 +111,8 @@ def run_batch(cases: list[EvalCase], model: Model, out: Path, threshold, rank: i
             with atomic_output_dir(out / f".{case.case_id}.masks") as scratch:
                 mask_set = case_masks(case, channels, model.preset, scratch)
                 result = detect(channels, mask_set, model.preset, model.make_reconstructor(model.settings),
-                                threshold=threshold, postprocessing=postprocessing, input_name=case.case_id)
+                                threshold=threshold, postprocessing=postprocessing, input_name=case.case_id,
+                                trajectory_heatmaps=bool(model.resolved and model.resolved.trajectory_heatmap))
             write_outputs(result, out / case.case_id, model.preset,
                           {"images": [str(p) for p in case.inputs], "model": model.description,
                            "bundle": {"demo": model.demo}}, overwrite=True)

@@ -507,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--min-sentences", type=int, default=10, help="shorter reports are labelled unknown")
     pl.set_defaults(func=_cmd_pseudo_labels)
 
+    def add_trajectory_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--trajectory-every", type=non_negative_int, default=None, metavar="K",
+                        help="also write the decoded x_0 prediction every K sampler steps, composed onto the input's "
+                             "grid, as one volume sequence (trajectory.seq.nrrd; 3D Slicer opens it as a sequence)")
+        sp.add_argument("--trajectory-heatmap", action="store_true", default=None,
+                        help="with --trajectory-every: also each kept step's anomaly map (trajectory_heatmap.seq.nrrd)")
+
     ru = sub.add_parser("run", help="detect with a latent-diffusion model bundle")
     ru.add_argument("--bundle", help="model bundle folder or .zip (default: the best installed bundle for --organ)")
     ru.add_argument("--organ", choices=list(ORGANS), help="without --bundle: use the best installed bundle for this "
@@ -531,8 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--median-filter", type=non_negative_int, default=None, metavar="N",
                     help="median filter of the anomaly map, N voxels (0 = off; default: the bundle's, else the "
                          "organ preset's)")
-    ru.add_argument("--trajectory-every", type=non_negative_int, default=0, metavar="K",
-                    help="also write the decoded x_0 prediction every K steps (4D trajectory_<structure>.nii.gz)")
+    add_trajectory_options(ru)
     ru.add_argument("--deterministic", action="store_true",
                     help="deterministic algorithms (slower on GPU); the seed already fixes all noise")
     ru.add_argument("--skip-modality-check", action="store_true",
@@ -626,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with torchrun --nproc_per_node N -m DiffusionAnomalyLib.cli batch ...")
     ba.add_argument("--threshold", type=threshold_arg, default=None,
                     help="fixed number or 'otsu' per case (default: the bundle's, else Otsu)")
+    add_trajectory_options(ba)
     ba.set_defaults(func=_cmd_batch)
 
     be = sub.add_parser("bench", help="speed and memory of the samplers (JSON)",

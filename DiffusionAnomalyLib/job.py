@@ -171,7 +171,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
     check_job_arguments(args)
     inputs: dict = {"images": [str(p) for p in args.input]}
     params: dict = {}
-    settings = None
+    settings = resolved = None
     warnings: list[str] = []
     demo = False
     if args.command == "run":
@@ -219,16 +219,12 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         check_modality(sitk.GetArrayViewFromImage(channels[0]), preset.modality, str(args.input[0]))
     mask_set = load_masks(args, channels[0], preset)
     result = detect(channels, mask_set, preset, reconstructor, threshold=threshold,
-                    postprocessing=postprocessing,
+                    postprocessing=postprocessing, trajectory_heatmaps=bool(resolved and resolved.trajectory_heatmap),
                     input_name=str(args.input[0]),
                     progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))
     result.warnings += warnings
     result.parameters.update({**params, "device": str(device),
                               "network_evaluations": getattr(reconstructor, "network_evaluations", 0)})
-    if getattr(reconstructor, "trajectory", None):
-        from .pipeline import trajectory_images
-
-        result.extra_images.update(trajectory_images(result, reconstructor.trajectory))
     report("write", 0, 1)
     out = write_outputs(result, args.out, preset, inputs, overwrite=bool(getattr(args, "overwrite", False)),
                         input_paths=input_paths(args))

@@ -71,7 +71,8 @@ class RunSettings:
     min_lesion_ml: float = 0.0
     grow_to: float = 1.0
     device: str = "auto"
-    trajectory_every: int = 0
+    trajectory_every: int = 0  # keep the decoded x0 every K sampler steps as trajectory.seq.nrrd (0 = no)
+    trajectory_heatmap: bool = False  # also each kept step's anomaly map (trajectory_heatmap.seq.nrrd)
     deterministic: bool = False
 
     def __post_init__(self) -> None:
@@ -111,6 +112,8 @@ class RunSettings:
             out.append(f"grow-to must be in (0, 1] (got {self.grow_to})")
         if self.trajectory_every < 0:
             out.append(f"trajectory-every must be >= 0 (got {self.trajectory_every})")
+        if self.trajectory_heatmap and self.trajectory_every <= 0:
+            out.append("the trajectory heatmap needs a trajectory (trajectory-every K > 0)")
         return out
 
     @classmethod
@@ -196,7 +199,7 @@ def load_settings_file(path) -> RunSettings:
 
 _CASTS = {"noise_level": int, "steps": int, "seed": int, "resample_jumps": int, "samples": int,
           "median_filter": int, "trajectory_every": int, "guidance": float, "min_lesion_ml": float,
-          "grow_to": float, "deterministic": bool}
+          "grow_to": float, "deterministic": bool, "trajectory_heatmap": bool}
 
 
 def _cast(name: str, value: Any) -> Any:
