@@ -72,6 +72,7 @@ class DiffusionAnomalyParameterNode:
     device: Annotated[str, Choice(list(panel.DEVICE_CHOICES))] = "auto"
     pythonExecutable: str = ""
     outputFolder: str = ""
+    keepTrajectory: bool = False
 
 
 class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

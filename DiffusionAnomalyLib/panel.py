@@ -79,7 +79,8 @@ def request_from_parameters(pn, python: str) -> RunRequest:
                       threshold_mode=pn.thresholdMode, threshold=float(pn.threshold), mask_source=pn.maskSource,
                       python=python, reference=None if pn.reference == "bundle" else pn.reference,
                       samples=int(pn.samples) or None,
-                      median_filter=None if int(pn.medianFilter) < 0 else int(pn.medianFilter))
+                      median_filter=None if int(pn.medianFilter) < 0 else int(pn.medianFilter),
+                      keep_trajectory=bool(pn.keepTrajectory))
 
 
 def parameter_problems(pn, python: str) -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import CancelledError, DiffusionAnomalyError, InputError
-from .settings import DEVICES
+from .settings import DEVICES, trajectory_every_for
 
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
 THRESHOLD_MODES = ("bundle", "otsu", "fixed")
@@ -35,7 +35,8 @@ class RunRequest:
     segmentation), ``totalsegmentator`` (the worker runs TotalSegmentator on the input, so the GUI
     never waits for it) or ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels). ``reference``,
     ``samples`` and ``median_filter`` shape the anomaly map (see ``diffusion-anomaly run --help``); None
-    leaves them to the bundle's recommendation.
+    leaves them to the bundle's recommendation. ``keep_trajectory``: the worker also writes the denoising
+    trajectory (every :func:`~DiffusionAnomalyLib.settings.trajectory_every_for` steps), added as a sequence.
     """
 
     organ: str
@@ -53,6 +54,7 @@ class RunRequest:
     reference: str | None = None
     samples: int | None = None
     median_filter: int | None = None
+    keep_trajectory: bool = False  # the denoising trajectory as a sequence in the scene (about 10 frames)
 
     def problems(self) -> list[str]:
         """Everything that prevents a run, as sentences for a tooltip (empty when it can run). The run settings
@@ -109,7 +111,8 @@ class RunRequest:
                 "guidance": float(self.guidance), "seed": int(self.seed), "device": self.device,
                 "reference": self.reference, "samples": None if self.samples is None else int(self.samples),
                 "median_filter": None if self.median_filter is None else int(self.median_filter),
-                "threshold": threshold}
+                "threshold": threshold,
+                "trajectory_every": trajectory_every_for(self.steps) if self.keep_trajectory else 0}
 
     def run_settings(self):
         """The run's :class:`~DiffusionAnomalyLib.settings.RunSettings`: the bundle's recommendations with the

@@ -20,6 +20,13 @@ REFERENCES = ("input", "autoencoder")
 #: Sampler settings used when the bundle recommends none.
 SAMPLER_DEFAULTS: dict[str, Any] = {"sampler": "ddpm", "noise_level": 250, "steps": 50, "guidance": 0.0}
 MAX_NOISE_LEVEL = 999
+#: Frames of a trajectory the Slicer panel keeps ("Keep the denoising trajectory"): about this many.
+PANEL_TRAJECTORY_FRAMES = 10
+
+
+def trajectory_every_for(steps: int, frames: int = PANEL_TRAJECTORY_FRAMES) -> int:
+    """The K (keep every K-th sampler step) that gives about ``frames`` frames of ``steps`` steps."""
+    return max(1, int(steps) // max(1, int(frames)))
 
 
 @dataclass(frozen=True)
