@@ -102,9 +102,9 @@ def write_overview(image: sitk.Image, reconstruction: sitk.Image, heatmap: sitk.
                 if lab.any():
                     ax.contour(lab > 0, levels=[0.5], colors="cyan", linewidths=0.8)
             elif label.startswith("uncertainty"):
-                u = axial_slice(uncertainty, plane)
-                ax.imshow(np.ma.masked_where(u <= 0, u), cmap="viridis", vmin=0, vmax=max(umax, 1e-6), alpha=0.7,
-                          interpolation="nearest")
+                u = axial_slice(uncertainty, plane)  # opacity follows the value: no box where it is low
+                ax.imshow(u, cmap="viridis", vmin=0, vmax=max(umax, 1e-6), interpolation="nearest",
+                          alpha=0.85 * np.clip(u / max(umax, 1e-6), 0.0, 1.0))
             ax.set_title(f"{label} (z = {z:.1f} mm)" + (f"\n{name}" if col == 0 else ""), fontsize=8)
             ax.text(0.01, 0.5, "R", transform=ax.transAxes, color="yellow", fontsize=8, va="center")
             ax.text(0.99, 0.5, "L", transform=ax.transAxes, color="yellow", fontsize=8, va="center", ha="right")
