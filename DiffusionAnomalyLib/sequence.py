@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, OutputError
+from DiffusionAnomalyLib.errors import InputError, OutputError
 
 LIST_AXIS = 3
 _SAFE_VALUE = re.compile(r"^[^\n\r]*$")

@@ -8,15 +8,15 @@ import pytest
 import SimpleITK as sitk
 from conftest import oblique_direction
 
-from DiffusionAnomalyLib import pipeline
-from DiffusionAnomalyLib.anomaly import lesion_sample_fractions, voxel_std
-from DiffusionAnomalyLib.baseline import MedianBaseline
-from DiffusionAnomalyLib.masks import MaskSet, OrganMask
-from DiffusionAnomalyLib.overview import axial_plane, axial_slice
-from DiffusionAnomalyLib.phantoms import make_phantom
-from DiffusionAnomalyLib.presets import get_preset
-from DiffusionAnomalyLib.roi import PatchComposer, blend_weights
+from DiffusionAnomalyLib.detection import pipeline
+from DiffusionAnomalyLib.detection.anomaly import lesion_sample_fractions, voxel_std
+from DiffusionAnomalyLib.detection.baseline import MedianBaseline
+from DiffusionAnomalyLib.detection.overview import axial_plane, axial_slice
+from DiffusionAnomalyLib.detection.presets import get_preset
+from DiffusionAnomalyLib.detection.roi import PatchComposer, blend_weights
+from DiffusionAnomalyLib.imaging.masks import MaskSet, OrganMask
 from DiffusionAnomalyLib.sequence import read_volume_sequence, write_volume_sequence
+from DiffusionAnomalyLib.synthetic.phantoms import make_phantom
 
 KIDNEY = get_preset("kidney")
 
