@@ -65,6 +65,7 @@ class DiffusionAnomalyParameterNode(panel.run_setting_parameters()):
     threshold: Annotated[float, WithinRange(0, 10)] = 0.0  # 3 decimals: set in the .ui
     pythonExecutable: str = ""
     outputFolder: str = ""
+    keepTrajectory: bool = False
 
 
 class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

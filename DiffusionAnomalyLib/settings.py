@@ -20,6 +20,13 @@ REFERENCES = ("input", "autoencoder")
 #: Sampler settings used when the bundle recommends none.
 SAMPLER_DEFAULTS: dict[str, Any] = {"sampler": "ddpm", "noise_level": 250, "steps": 50, "guidance": 0.0}
 MAX_NOISE_LEVEL = 999
+#: Frames of a trajectory the Slicer panel keeps ("Keep the denoising trajectory"): about this many.
+PANEL_TRAJECTORY_FRAMES = 10
+
+
+def trajectory_every_for(steps: int, frames: int = PANEL_TRAJECTORY_FRAMES) -> int:
+    """The K (keep every K-th sampler step) that gives about ``frames`` frames of ``steps`` steps."""
+    return max(1, int(steps) // max(1, int(frames)))
 
 
 @dataclass(frozen=True)
@@ -123,8 +130,12 @@ class RunSettings:
         "auto (CUDA > MPS > CPU; the default), cpu, cuda, cuda:1, mps (under torchrun: each rank its own GPU)",
         "device", MAPS, panel="device"))
     trajectory_every: int = _setting(0, Option(
-        "also write the decoded x_0 prediction every K steps (4D trajectory_<structure>.nii.gz)",
-        "non_negative_int", RUN, "K"))
+        "also write the decoded x_0 prediction every K sampler steps, composed onto the input's grid, as one "
+        "volume sequence (trajectory.seq.nrrd; 3D Slicer opens it as a sequence)", "non_negative_int",
+        ("run", "batch"), "K"))  # the panel's "Keep the denoising trajectory": see panel.py
+    trajectory_heatmap: bool = _setting(False, Option(
+        "with --trajectory-every: also each kept step's anomaly map (trajectory_heatmap.seq.nrrd)", "flag",
+        ("run", "batch")))
     deterministic: bool = _setting(False, Option(
         "deterministic algorithms (slower on GPU); the seed already fixes all noise", "flag"))
 
@@ -165,6 +176,8 @@ class RunSettings:
             out.append(f"grow-to must be in (0, 1] (got {self.grow_to})")
         if self.trajectory_every < 0:
             out.append(f"trajectory-every must be >= 0 (got {self.trajectory_every})")
+        if self.trajectory_heatmap and self.trajectory_every <= 0:
+            out.append("the trajectory heatmap needs a trajectory (trajectory-every K > 0)")
         return out
 
     @classmethod
@@ -255,7 +268,7 @@ def load_settings_file(path) -> RunSettings:
 
 _CASTS = {"noise_level": int, "steps": int, "seed": int, "resample_jumps": int, "samples": int,
           "median_filter": int, "trajectory_every": int, "guidance": float, "min_lesion_ml": float,
-          "grow_to": float, "deterministic": bool}
+          "grow_to": float, "deterministic": bool, "trajectory_heatmap": bool}
 
 
 def _cast(name: str, value: Any) -> Any:

@@ -83,11 +83,12 @@ def check_job_arguments(args: argparse.Namespace) -> None:
 def run_settings(args: argparse.Namespace, recommended: dict, preset: OrganPreset):
     """The run's :class:`~DiffusionAnomalyLib.settings.RunSettings`, resolved once: ``--settings FILE`` (a
     ``run.json`` or a settings object) or the bundle's recommendations, with the options given explicitly on top."""
-    from DiffusionAnomalyLib.settings import RunSettings, load_settings_file
+    from DiffusionAnomalyLib.settings import RunSettings, load_settings_file, options
 
     given = {name: getattr(args, name, None) for name in RunSettings.__dataclass_fields__}
-    if not getattr(args, "deterministic", False):
-        given["deterministic"] = None
+    for name, opt in options():  # an absent flag is "not given" (a settings file's True stays)
+        if opt.kind == "flag" and not given.get(name):
+            given[name] = None
     settings_file = getattr(args, "settings", None)
     if settings_file:
         base = load_settings_file(settings_file)
@@ -151,7 +152,7 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
     check_job_arguments(args)
     inputs: dict = {"images": [str(p) for p in args.input]}
     params: dict = {}
-    settings = None
+    settings = resolved = None
     warnings: list[str] = []
     demo = False
     if args.command == "run":
@@ -199,16 +200,12 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         check_modality(sitk.GetArrayViewFromImage(channels[0]), preset.modality, str(args.input[0]))
     mask_set = load_masks(args, channels[0], preset)
     result = detect(channels, mask_set, preset, reconstructor, threshold=threshold,
-                    postprocessing=postprocessing,
+                    postprocessing=postprocessing, trajectory_heatmaps=bool(resolved and resolved.trajectory_heatmap),
                     input_name=str(args.input[0]),
                     progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))
     result.warnings += warnings
     result.parameters.update({**params, "device": str(device),
                               "network_evaluations": getattr(reconstructor, "network_evaluations", 0)})
-    if getattr(reconstructor, "trajectory", None):
-        from DiffusionAnomalyLib.detection.pipeline import trajectory_images
-
-        result.extra_images.update(trajectory_images(result, reconstructor.trajectory))
     report("write", 0, 1)
     out = write_outputs(result, args.out, preset, inputs, overwrite=bool(getattr(args, "overwrite", False)),
                         input_paths=input_paths(args))

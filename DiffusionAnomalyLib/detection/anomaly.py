@@ -10,7 +10,7 @@ unlike a voxel count, means the same on every scan; ``diffusion-anomaly sweep`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -232,6 +232,8 @@ class Lesion:
     centroid_ras: tuple[float, float, float]
     mean_score: float
     max_score: float
+    mean_uncertainty: float | None = None  # mean of the uncertainty map over the lesion (K >= 2 samples only)
+    sample_fraction: float | None = None  # fraction of the K samples whose own lesions overlap this one
 
     def to_row(self) -> dict:
         row = asdict(self)
@@ -267,3 +269,35 @@ def lesion_table(
             centroid_ras=(-lps[0], -lps[1], lps[2]), mean_score=float(values.mean()), max_score=float(values.max()),
         ))
     return lesions
+
+
+def voxel_std(samples: Iterable[np.ndarray]) -> np.ndarray:
+    """Voxel-wise population standard deviation (numpy's ``std``, ddof 0) of a stream of equally shaped arrays,
+    in one pass (Welford), holding two arrays instead of all of them (float32 result, float64 sums). Identical
+    samples give exactly 0."""
+    mean = m2 = None
+    n = 0
+    for a in samples:
+        a = np.asarray(a, np.float64)
+        n += 1
+        if mean is None:
+            mean, m2 = a.copy(), np.zeros_like(a)
+            continue
+        delta = a - mean
+        mean += delta / n
+        m2 += delta * (a - mean)
+    if mean is None:
+        raise InputError("no samples for a standard deviation")
+    return np.sqrt(m2 / n).astype(np.float32)
+
+
+def lesion_sample_fractions(labels: np.ndarray, sample_labels: Iterable[np.ndarray], k: int) -> dict[int, float]:
+    """For each lesion of ``labels``: the fraction of the ``k`` samples whose own lesion labelmap (each sample's map
+    thresholded and post-processed alone) overlaps it."""
+    ids = [int(v) for v in np.unique(labels) if v]
+    hits = dict.fromkeys(ids, 0)
+    for sample in sample_labels:
+        found = np.unique(labels[(sample > 0) & (labels > 0)])
+        for lab in found:
+            hits[int(lab)] += 1
+    return {lab: hits[lab] / k for lab in ids}

@@ -2,10 +2,14 @@
 compose into native geometry -> post-process -> lesion table -> output files.
 
 The reconstructor is pluggable (``reconstruct(x, mask, spacing_mm)`` on (B, C, z, y, x) patches in
-network units); today the non-neural :class:`~DiffusionAnomalyLib.detection.baseline.MedianBaseline`.
+network units): the latent diffusion model or the non-neural :class:`~.baseline.MedianBaseline`.
+A reconstructor may also offer ``draws`` (the K stochastic reconstructions it averaged, (K, B, C, ...)), which
+give the uncertainty map, and ``trajectory`` (``(step, t, x0_hat)`` during denoising), composed on demand.
 The anomaly map is |x - x_hat| in network units ([-1, 1] per channel, summed over channels), so
 it is comparable across CT windows and MR sequences. The reconstruction is written in input units
-as ``input + (x_hat - x)`` mapped back, so voxels the model leaves unchanged keep their exact value.
+as ``input + (x_hat - x)`` mapped back, so voxels the model leaves unchanged keep their exact value; each
+ROI's change is blended into the input over a margin at its faces (:class:`~.roi.PatchComposer`),
+so no patch edge shows.
 """
 
 from __future__ import annotations
@@ -27,18 +31,20 @@ from DiffusionAnomalyLib.detection.anomaly import (
     Lesion,
     PostProcessing,
     anomaly_map,
+    lesion_sample_fractions,
     lesion_table,
     organ_map,
     otsu_threshold,
     postprocess,
+    voxel_std,
 )
 from DiffusionAnomalyLib.detection.intensity import ChannelScaling, fit_scaling
 from DiffusionAnomalyLib.detection.overview import write_overview
 from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.detection.roi import (
+    PatchComposer,
     RoiPatch,
     check_roi_fits,
-    compose_patches,
     extract_patch,
     outside_patch,
     plan_patch,
@@ -79,7 +85,41 @@ class CaseResult:
     input_image: sitk.Image | None = None  # the first input channel (for the overview)
     organ_mask: sitk.Image | None = None  # union of the organ masks
     scalings: list = field(default_factory=list)  # per patch, per channel: network units <-> input units
-    extra_images: dict[str, sitk.Image] = field(default_factory=dict)  # more files to write, e.g. trajectories
+    extra_images: dict[str, sitk.Image] = field(default_factory=dict)  # more files to write
+    uncertainty: list[sitk.Image] = field(default_factory=list)  # per channel, input units (K >= 2 draws only)
+    trajectory: TrajectoryFrames | None = None  # the denoising trajectory, composed when written
+
+
+@dataclass
+class TrajectoryFrames:
+    """The decoded x0 predictions during denoising, on the patch grids, and what composes them onto the input grid
+    exactly as the final reconstruction (and, with ``heatmaps``, the anomaly map) is composed."""
+
+    frames: list[tuple[int, int, np.ndarray]]  # (sampler step, noise level t, x0_hat (B, C, z, y, x) network units)
+    composer: PatchComposer
+    input_array: np.ndarray  # first channel, float32, input grid
+    input_patches: list[np.ndarray]  # per patch: the first channel in input units (patch grid)
+    scalings: list  # per patch: the first channel's ChannelScaling
+    reference_x: np.ndarray  # what the anomaly map compares against, network units (B, C, ...)
+    organ: np.ndarray
+    median_filter: int
+    heatmaps: bool = False
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def reconstruction(self, index: int) -> np.ndarray:
+        """Frame ``index`` as a reconstruction of the first channel on the input grid (input units, float32)."""
+        x0 = self.frames[index][2]
+        deltas = [self.scalings[i].inverse(x0[i, 0]) - self.input_patches[i] for i in range(len(self.input_patches))]
+        return self.input_array + self.composer.compose(deltas, "mean")
+
+    def heatmap(self, index: int) -> np.ndarray:
+        """Frame ``index``'s anomaly map on the input grid (network units), made as the final heatmap."""
+        x0 = self.frames[index][2]
+        heat = self.composer.compose([anomaly_map(self.reference_x[i], x0[i], channel_axis=0)
+                                      for i in range(len(x0))], "max")
+        return organ_map(heat, self.organ, self.median_filter)
 
 
 @dataclass
@@ -117,12 +157,15 @@ def detect(
     postprocessing: PostProcessing | None = None,
     input_name: str = "the image",
     progress: Callable[[str, int, int], None] | None = None,
+    trajectory_heatmaps: bool = False,
 ) -> CaseResult:
     """Run one case. ``threshold`` None = Otsu over this case's organ voxels, else a fixed value.
 
     ``input_name`` (e.g. the file name) is used in error messages and warnings. ``progress(stage,
     step, total)`` is called as stages start and end (stages: extract, reconstruct, compose,
-    postprocess); the reconstructor reports its own sampler steps.
+    postprocess); the reconstructor reports its own sampler steps. With a reconstructor that drew K >= 2 samples
+    (``draws``), the result has the uncertainty map and each lesion its mean uncertainty and sample fraction; with
+    its ``trajectory``, the frames to compose (and, with ``trajectory_heatmaps``, each frame's anomaly map).
     """
     def report(stage: str, step: int, total: int) -> None:
         if progress:
@@ -156,15 +199,23 @@ def detect(
     report("compose", 0, 1)
 
     t0 = time.perf_counter()
+    composer = PatchComposer(patches, ref)
     ref_x = reconstructor.reference_image(x) if hasattr(reconstructor, "reference_image") else x
-    scores = [(p, anomaly_map(ref_x[i], x_hat[i], channel_axis=0)) for i, p in enumerate(patches)]
-    heat, _ = compose_patches(scores, ref, mode="max", fill=0.0)
+    heat = composer.compose([anomaly_map(ref_x[i], x_hat[i], channel_axis=0) for i in range(len(patches))], "max")
+    inputs = [sitk.GetArrayViewFromImage(ch).astype(np.float32) for ch in channels]
+    raw = [[scalings[i][c].inverse(x[i, c]) for i in range(len(patches))] for c in range(len(channels))]
     recon = []
     for c, ch in enumerate(channels):
-        deltas = [(p, scalings[i][c].inverse(x_hat[i, c]) - scalings[i][c].inverse(x[i, c]))
-                  for i, p in enumerate(patches)]
-        delta, _ = compose_patches(deltas, ref, mode="mean", fill=0.0)
-        recon.append(array_to_image(sitk.GetArrayViewFromImage(ch).astype(np.float32) + delta, ch))
+        delta = composer.compose([scalings[i][c].inverse(x_hat[i, c]) - raw[c][i] for i in range(len(patches))])
+        recon.append(array_to_image(inputs[c] + delta, ch))
+    draws = getattr(reconstructor, "draws", None)
+    draws = draws if draws is not None and len(draws) >= 2 else None
+    uncertainty = []
+    if draws is not None:
+        for c, ch in enumerate(channels):
+            recs = (inputs[c] + composer.compose([scalings[i][c].inverse(d[i, c]) - raw[c][i]
+                                                  for i in range(len(patches))]) for d in draws)
+            uncertainty.append(array_to_image(voxel_std(recs), ch))
     timings["compose"] = time.perf_counter() - t0
     report("postprocess", 0, 1)
 
@@ -176,33 +227,62 @@ def detect(
     labels = postprocess(heat, thr, organ, ref, pp)
     side_masks = {m.side: sitk.GetArrayViewFromImage(m.image) > 0 for m in mask_set.masks if m.side}
     table = lesion_table(labels, heat, ref, preset.name, side_masks or None)
+    if draws is not None:
+        unc = sitk.GetArrayViewFromImage(uncertainty[0])
+        sample_maps = (organ_map(composer.compose([anomaly_map(ref_x[i], d[i], channel_axis=0)
+                                                   for i in range(len(patches))], "max"),
+                                 organ, preset.median_filter_voxels) for d in draws)
+        fractions = lesion_sample_fractions(labels, (postprocess(m, thr, organ, ref, pp) for m in sample_maps),
+                                            len(draws))
+        for le in table:
+            le.mean_uncertainty = float(unc[labels == le.id].mean())
+            le.sample_fraction = fractions[le.id]
     timings["postprocess"] = time.perf_counter() - t0
     report("postprocess", 1, 1)
+    frames = getattr(reconstructor, "trajectory", None) or []
+    trajectory = TrajectoryFrames(list(frames), composer, inputs[0], raw[0], [sc[0] for sc in scalings], ref_x,
+                                  organ, preset.median_filter_voxels, trajectory_heatmaps) if frames else None
     return CaseResult(
         reconstruction=recon, heatmap=array_to_image(heat, ref), lesions=array_to_image(labels, ref), table=table,
         threshold=thr, patches=patches, warnings=warnings, timings=timings, input_image=ref,
-        organ_mask=array_to_image(organ.astype(np.uint8), ref), scalings=scalings,
+        organ_mask=array_to_image(organ.astype(np.uint8), ref), scalings=scalings, uncertainty=uncertainty,
+        trajectory=trajectory,
         parameters={"organ": preset.name, "reconstructor": reconstructor.name,
                     "threshold_mode": "otsu-case" if threshold is None else "fixed", "threshold": thr,
-                    "postprocessing": pp.__dict__, "composition": {"heatmap": "max", "reconstruction": "mean"},
+                    "postprocessing": pp.__dict__, "composition": {"heatmap": "max", "reconstruction": "mean",
+                                                    "blend_margin_voxels": composer.margin},
+                    "uncertainty_samples": 0 if draws is None else len(draws),
                     "not_analysed": not_analysed},
     )
 
 
 LESION_COLUMNS = ["id", "organ", "side", "voxels", "volume_ml", "axial_diameter_mm", "size_class",
                   "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "centroid_ras_x", "centroid_ras_y",
-                  "centroid_ras_z", "mean_score", "max_score"]
+                  "centroid_ras_z", "mean_score", "max_score", "mean_uncertainty", "sample_fraction"]
 
 
-def trajectory_images(result: CaseResult, trajectory: list[tuple[int, np.ndarray]]) -> dict[str, sitk.Image]:
-    """Decoded predictions of x_0 during denoising, one 4D file per ROI (time, then z, y, x), in input units
-    (first channel), on the patch grid. The frames run from the noise level L down to 0."""
-    images = {}
-    for i, patch in enumerate(result.patches):
-        frames = [patch.image(result.scalings[i][0].inverse(x0[i, 0])) for _, x0 in trajectory]
-        if frames:
-            images[f"trajectory_{patch.structure}.nii.gz"] = sitk.JoinSeries(frames)
-    return images
+def write_trajectory(trajectory: TrajectoryFrames, reference: sitk.Image, folder: Path) -> list[str]:
+    """``trajectory.seq.nrrd`` (and ``trajectory_heatmap.seq.nrrd`` when asked) in ``folder``: one frame per kept
+    sampler step, composed onto ``reference``'s grid one at a time. The frames' index is the sampler step (0 = the
+    noisiest); each frame records its step and noise level t."""
+    from DiffusionAnomalyLib.imaging.sequence import write_volume_sequence
+
+    steps = [int(step) for step, _, _ in trajectory.frames]
+    levels = [int(t) for _, t, _ in trajectory.frames]
+    items = [{"DiffusionAnomaly.step": str(s), "DiffusionAnomaly.noise_level": str(t)}
+             for s, t in zip(steps, levels, strict=True)]
+    attrs = {"DiffusionAnomaly.steps": " ".join(map(str, steps)),
+             "DiffusionAnomaly.noise_levels": " ".join(map(str, levels))}
+    n = len(trajectory)
+    write_volume_sequence(folder / "trajectory.seq.nrrd", (trajectory.reconstruction(i) for i in range(n)), reference,
+                          "step", steps, items, {**attrs, "DiffusionAnomaly.content": "reconstruction (input units)"})
+    names = ["trajectory.seq.nrrd"]
+    if trajectory.heatmaps:
+        write_volume_sequence(folder / "trajectory_heatmap.seq.nrrd", (trajectory.heatmap(i) for i in range(n)),
+                              reference, "step", steps, items,
+                              {**attrs, "DiffusionAnomaly.content": "anomaly map (network units)"})
+        names.append("trajectory_heatmap.seq.nrrd")
+    return names
 
 
 def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, inputs: dict, *,
@@ -223,12 +303,18 @@ def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, 
         write_volume(result.heatmap, stage / "heatmap.nii.gz")
         write_volume(result.lesions, stage / "lesions.nii.gz")
         write_seg_nrrd(result.lesions, result.table, stage / "lesions.seg.nrrd")
+        for name, image in zip(names, result.uncertainty, strict=False):
+            write_volume(image, stage / ("uncertainty.nii.gz" if len(names) == 1 else f"uncertainty_{name}.nii.gz"))
         for name, image in result.extra_images.items():
             write_volume(image, stage / name)
+        if result.trajectory is not None:
+            write_trajectory(result.trajectory, result.input_image, stage)
         organ = sitk.GetArrayViewFromImage(result.organ_mask) > 0
         note = "DEMO / synthetic-data model - " if inputs.get("bundle", {}).get("demo") else ""
         write_overview(result.input_image, result.reconstruction[0], result.heatmap, result.lesions, result.table,
                        organ, stage / "overview.png", preset.display_window,
+                       uncertainty=result.uncertainty[0] if result.uncertainty else None,
+                       title=
                        f"{note}{preset.name}: {len(result.table)} candidate lesion(s); research software, not for "
                        "diagnosis")
         rows = [le.to_row() for le in result.table]

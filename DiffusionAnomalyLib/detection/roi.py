@@ -217,3 +217,92 @@ def compose_patches(
         acc[covered] /= count[covered]
     acc[~covered] = fill
     return acc, covered
+
+
+#: Width (patch voxels) of the band at each patch face over which a patch's change fades out into the input.
+BLEND_MARGIN_VOXELS = 4
+
+
+def blend_weights(shape_zyx: Sequence[int], margin: int = BLEND_MARGIN_VOXELS) -> np.ndarray:
+    """A patch's blending weight (z, y, x): 0 on the outermost voxel layer (where decoders are least reliable), then a
+    raised-cosine ramp ``margin`` voxels wide up to 1 inside, at every face (the product of one ramp per axis). So
+    between the patch's face and one voxel inside it the input is left exactly as it is. All ones when ``margin``
+    is 0 (no blending)."""
+    w = np.ones(tuple(int(n) for n in shape_zyx), np.float32)
+    if margin <= 0:
+        return w
+    for axis, n in enumerate(w.shape):
+        j = np.arange(n, dtype=np.float64)
+        d = np.minimum(j, n - 1 - j)
+        ramp = (0.5 - 0.5 * np.cos(np.pi * np.clip((d - 1.0) / margin, 0.0, 1.0))).astype(np.float32)
+        shape = [1, 1, 1]
+        shape[axis] = n
+        w *= ramp.reshape(shape)
+    return w
+
+
+class PatchComposer:
+    """Puts patch-grid arrays back onto ``reference``'s grid, blending each patch's border into what lies around it.
+
+    Each patch carries :func:`blend_weights` (resampled onto the native grid once, so composing many frames or
+    samples of one case costs one resampling per patch and frame). ``mean`` composition (changes: a
+    reconstruction's difference from the input) gives ``sum(w_i v_i) / max(sum(w_i), 1)``: a patch's change fades to
+    0 at its faces, and where patches overlap they cross-fade, so no patch edge shows. ``max`` composition (anomaly
+    maps) gives ``max_i(w_i v_i)``: a lesion seen by one patch is not diluted by another, and a patch's scores fade
+    out at its faces. Inside every patch, beyond ``margin`` voxels from its faces, the result is the plain mean / max.
+    """
+
+    def __init__(self, patches: Sequence[RoiPatch], reference: sitk.Image, margin: int = BLEND_MARGIN_VOXELS) -> None:
+        self.patches = list(patches)
+        self.reference = reference
+        self.margin = int(margin)
+        self.shape = tuple(reversed(reference.GetSize()))
+        self._boxes: list[tuple[sitk.Image, tuple[slice, ...]] | None] = []
+        self._weights: list[np.ndarray | None] = []
+        for patch in self.patches:
+            region = _covered_region(patch, reference)
+            if region is None:
+                self._boxes.append(None)
+                self._weights.append(None)
+                continue
+            lo, hi = region
+            sub = sitk.Image([int(v) for v in hi - lo + 1], sitk.sitkFloat32)
+            sub.SetSpacing(reference.GetSpacing())
+            sub.SetDirection(reference.GetDirection())
+            sub.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in lo]))
+            sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo[::-1], hi[::-1], strict=True))
+            self._boxes.append((sub, sl))
+            w = self._resample(patch, blend_weights(patch.shape_zyx, margin), sub)
+            self._weights.append(np.where(np.isfinite(w), w, 0.0).astype(np.float32))
+
+    @staticmethod
+    def _resample(patch: RoiPatch, values: np.ndarray, sub: sitk.Image) -> np.ndarray:
+        out = sitk.Resample(patch.image(values), sub, sitk.Transform(), sitk.sitkLinear, float("nan"))
+        return sitk.GetArrayFromImage(out)
+
+    def compose(self, values: Sequence[np.ndarray], mode: str = "mean", fill: float = 0.0) -> np.ndarray:
+        """One (z, y, x) float32 array on the reference grid from one array per patch (in the patches' order)."""
+        if mode not in ("max", "mean"):
+            raise InputError(f"unknown composition mode {mode!r}; use 'max' or 'mean'")
+        if len(values) != len(self.patches):
+            raise InputError(f"{len(values)} patch arrays for {len(self.patches)} patches")
+        acc = np.zeros(self.shape, np.float32)
+        wsum = np.zeros(self.shape, np.float32)
+        for patch, v, box, w in zip(self.patches, values, self._boxes, self._weights, strict=True):
+            if tuple(v.shape) != patch.shape_zyx:
+                raise InputError(f"patch array shape {v.shape} does not match its grid {patch.shape_zyx}")
+            if box is None:
+                continue
+            sub, sl = box
+            res = self._resample(patch, v, sub)
+            weighted = np.where(np.isfinite(res), res, 0.0) * w
+            if mode == "max":
+                acc[sl] = np.where(w > 0, np.maximum(np.where(wsum[sl] > 0, acc[sl], -np.inf), weighted), acc[sl])
+            else:
+                acc[sl] += weighted
+            wsum[sl] += w
+        covered = wsum > 0
+        if mode == "mean":
+            np.divide(acc, np.maximum(wsum, 1.0), out=acc)
+        acc[~covered] = fill
+        return acc

@@ -428,7 +428,8 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, compress: bool =
 
 #: File names a run writes (``run.json`` lists them too); with ``--overwrite`` these are what is replaced.
 RESULT_PATTERNS = ("run.json", "heatmap.nii.gz", "lesions.nii.gz", "lesions.seg.nrrd", "lesions.csv", "lesions.json",
-                   "overview.png", "reconstruction.nii.gz", "reconstruction_*.nii.gz", "trajectory_*.nii.gz")
+                   "overview.png", "reconstruction.nii.gz", "reconstruction_*.nii.gz", "trajectory_*.nii.gz",
+                   "trajectory.seq.nrrd", "trajectory_heatmap.seq.nrrd", "uncertainty.nii.gz", "uncertainty_*.nii.gz")
 
 
 def previous_result_files(folder: Path) -> list[Path] | None:

@@ -7,7 +7,7 @@ D(E(x)) instead of the input, which cancels the compression error (brain thesis 
 ``samples`` = K > 1 the stochastic samplers (DDPM, inpaint) draw K reconstructions of every ROI in one
 batch and average them after decoding: the healed lesion is in every sample, while the sampling
 noise of a single draw, a source of false-positive blobs, shrinks about as 1/sqrt(K). DDIM is
-deterministic, so it always draws one.
+deterministic, so it always draws one. The K decoded draws stay available (``draws``) for the uncertainty map.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ class DiffusionReconstructor:
                                      classifier=nets.get("classifier"),
                                      class_conditional=den_cfg.get("num_class_embeds") is not None)
         self.settings.validate(self.sampler.schedule)
-        self.trajectory: list[tuple[int, np.ndarray]] = []
+        self.trajectory: list[tuple[int, int, np.ndarray]] = []  # (sampler step, noise level t, decoded x0_hat)
+        self.draws: np.ndarray | None = None  # the K >= 2 decoded draws (K, B, C, ...) of the last reconstruct
         self.network_evaluations = 0
 
     def _maybe_autocast(self, fn):
@@ -95,13 +96,17 @@ class DiffusionReconstructor:
                 lat_mask = lat_mask.repeat(k, *([1] * (lat_mask.dim() - 1))) if lat_mask is not None else None
             result = self.sampler.reconstruct(z0, self.settings, mask=lat_mask, progress=self.progress)
             self.network_evaluations = result.network_evaluations
-            self.trajectory = [(t, self._decode_mean(x0, k)) for t, x0 in result.trajectory]
-            return self._decode_mean(result.latent, k)
+            every = self.settings.trajectory_every
+            self.trajectory = [(j * every, t, self._decode(x0, k).mean(axis=0)) for j, (t, x0) in
+                               enumerate(result.trajectory)]
+            draws = self._decode(result.latent, k)
+            self.draws = draws if k > 1 else None
+            return draws.mean(axis=0)
 
-    def _decode_mean(self, z: torch.Tensor, k: int) -> np.ndarray:
-        """Decode a batch of K x B latents and average the K draws of each ROI (float32, (B, C, ...))."""
+    def _decode(self, z: torch.Tensor, k: int) -> np.ndarray:
+        """Decode a batch of K x B latents into the K draws of each ROI (float32, (K, B, C, ...))."""
         decoded = self.codec.decode(z).float()
-        return decoded.reshape(k, decoded.shape[0] // k, *decoded.shape[1:]).mean(dim=0).cpu().numpy()
+        return decoded.reshape(k, decoded.shape[0] // k, *decoded.shape[1:]).cpu().numpy()
 
     def reference_image(self, x: np.ndarray) -> np.ndarray:
         """What the anomaly map compares against: the input, or D(E(x))."""

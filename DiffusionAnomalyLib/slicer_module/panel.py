@@ -21,6 +21,7 @@ from DiffusionAnomalyLib.settings import (
     SAMPLERS,
     RunSettings,
     options,
+    trajectory_every_for,
 )
 from DiffusionAnomalyLib.slicer_module.scene_run import RunRequest, SceneRun, cached_meta, run_name
 
@@ -106,12 +107,15 @@ def wait_for(done: Callable[[], bool], process_events: Callable[[], None], timeo
 
 def request_from_parameters(pn, python: str) -> RunRequest:
     """The run request for the panel's parameter node: each run setting's member (its ``bundle_value``, e.g.
-    ``"bundle"`` / ``0`` / ``-1``, leaves it to the bundle), and the threshold from its mode and value."""
+    ``"bundle"`` / ``0`` / ``-1``, leaves it to the bundle), the threshold from its mode and value, and the
+    trajectory from its check box."""
     settings: dict[str, Any] = {}
     for name, opt in panel_settings():
         value = getattr(pn, opt.panel)
         settings[name] = None if opt.bundle_value is not None and value == opt.bundle_value else value
     settings["threshold"] = pn.thresholdMode if pn.thresholdMode != "fixed" else float(pn.threshold)
+    # "Keep the denoising trajectory": about PANEL_TRAJECTORY_FRAMES frames of the run's steps
+    settings["trajectory_every"] = trajectory_every_for(int(pn.steps)) if pn.keepTrajectory else 0
     return RunRequest(organ=pn.organ, bundle=pn.bundlePath, settings=settings, mask_source=pn.maskSource,
                       python=python)
 

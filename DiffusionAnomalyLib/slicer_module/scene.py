@@ -24,6 +24,7 @@ from DiffusionAnomalyLib.errors import InputError
 
 ATTRIBUTE_PREFIX = "DiffusionAnomaly."
 HEATMAP_COLOR_NAME = "DiffusionAnomaly heatmap"
+UNCERTAINTY_COLOR_NAME = "DiffusionAnomaly uncertainty"
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 #: Words that identify an organ's segments in a segmentation (TotalSegmentator names and terminology).
 ORGAN_SEGMENT_WORDS = {"kidney": ("kidney",), "liver": ("liver",), "brain": ("brain",)}
@@ -234,27 +235,48 @@ class ResultNodes:
     heatmap: object
     lesions: object
     nodes: list = field(default_factory=list)  # everything created, for removal
+    uncertainty: object = None  # the uncertainty volume (runs with K >= 2 samples)
+    trajectory: object = None  # the trajectory's vtkMRMLSequenceNode (runs that kept it)
+    browser: object = None  # its vtkMRMLSequenceBrowserNode
+    trajectory_proxy: object = None  # the volume node the browser shows (the current frame)
+
+    @property
+    def reconstruction_view_volume(self):
+        """What the compare layout's reconstruction view shows: the trajectory's current frame, else the
+        reconstruction."""
+        return self.trajectory_proxy or self.reconstruction
 
 
-def _heatmap_color_node(scene):
-    """A shared colour table for heatmaps (black-red-yellow-white ramp), created once per scene."""
+def _color_node(scene, name: str, ramp):
+    """A shared colour table ``name`` with 256 colours ``ramp(t)`` -> (r, g, b), created once per scene; returns
+    (node, created)."""
     import slicer
 
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
         node = scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
-        if node.GetName() == HEATMAP_COLOR_NAME:
+        if node.GetName() == name:
             return node, False
     node = slicer.vtkMRMLColorTableNode()
-    node.SetName(HEATMAP_COLOR_NAME)
+    node.SetName(name)
     node.SetTypeToUser()
     node.SetNumberOfColors(256)
     for i in range(256):
-        t = i / 255.0
-        r, g, b = min(1.0, 3 * t), min(1.0, max(0.0, 3 * t - 1)), min(1.0, max(0.0, 3 * t - 2))
-        node.SetColor(i, f"{i}", r, g, b, 1.0)
+        node.SetColor(i, f"{i}", *ramp(i / 255.0), 1.0)
     node.SetAttribute("Category", "DiffusionAnomaly")
     scene.AddNode(node)
     return node, True
+
+
+def _heatmap_color_node(scene):
+    """The heatmaps' colour table (black-red-yellow-white ramp)."""
+    return _color_node(scene, HEATMAP_COLOR_NAME, lambda t: (min(1.0, 3 * t), min(1.0, max(0.0, 3 * t - 1)),
+                                                             min(1.0, max(0.0, 3 * t - 2))))
+
+
+def _uncertainty_color_node(scene):
+    """The uncertainty maps' colour table (dark blue - teal - yellow, unlike the heatmap's)."""
+    return _color_node(scene, UNCERTAINTY_COLOR_NAME, lambda t: (min(1.0, max(0.0, 2 * t - 1)) * 0.99,
+                                                                 0.05 + 0.85 * t, 0.35 + 0.5 * t - 0.75 * t * t))
 
 
 def add_color_legend(scene, displayable_node, title: str):
@@ -312,9 +334,11 @@ def add_results(scene, input_node, outputs: dict[str, str], lesions: Sequence[di
                 reconstruction_file: str = "reconstruction.nii.gz") -> ResultNodes:
     """Add one run's outputs to ``scene`` in a subject-hierarchy folder next to ``input_node``.
 
-    ``outputs`` maps file names (``reconstruction_file``, ``heatmap.nii.gz``, ``lesions.nii.gz``) to paths;
-    ``lesions`` are the worker's lesion-table rows. All or nothing: if anything fails, every node
-    created here is removed again and the scene is as it was.
+    ``outputs`` maps file names (``reconstruction_file``, ``heatmap.nii.gz``, ``lesions.nii.gz``; when the run made
+    them ``uncertainty.nii.gz`` and ``trajectory.seq.nrrd``) to paths; ``lesions`` are the worker's lesion-table
+    rows. The uncertainty map gets its own colour table; the trajectory becomes a sequence node with a sequence
+    browser (at its last, healthiest frame). All or nothing: if anything fails, every node created here is removed
+    again and the scene is as it was.
     """
     import slicer
 
@@ -350,8 +374,16 @@ def add_results(scene, input_node, outputs: dict[str, str], lesions: Sequence[di
             created.append(legend)
         seg = lesion_segmentation(scene, outputs["lesions.nii.gz"], lesions, organ, input_node, f"{run_name} lesions")
         created.append(seg)
+        extra = {}
+        unc_name = "uncertainty.nii.gz" if reconstruction_file == "reconstruction.nii.gz" else \
+            reconstruction_file.replace("reconstruction_", "uncertainty_")
+        if outputs.get(unc_name):
+            extra["uncertainty"] = _uncertainty_volume(scene, outputs[unc_name], f"{run_name} uncertainty", created)
+        if outputs.get("trajectory.seq.nrrd"):
+            extra.update(_trajectory_sequence(scene, outputs["trajectory.seq.nrrd"], input_node,
+                                              f"{run_name} trajectory", created))
         transform_id = input_node.GetTransformNodeID() if input_node is not None else None
-        for node in (recon, heat, seg):
+        for node in (recon, heat, seg, *extra.values()):
             _set_attributes(node, attributes)
             if transform_id:  # same local grid as the input, so the same parent transform places it in the world
                 node.SetAndObserveTransformNodeID(transform_id)
@@ -359,14 +391,83 @@ def add_results(scene, input_node, outputs: dict[str, str], lesions: Sequence[di
         folder = sh.CreateFolderItem(parent or sh.GetSceneItemID(), run_name)
         for key, value in attributes.items():
             sh.SetItemAttribute(folder, ATTRIBUTE_PREFIX + key, value)
-        for node in (recon, heat, seg):
+        for node in (recon, heat, seg, *extra.values()):
             _place_in_folder(sh, node, folder)
-        return ResultNodes(folder, recon, heat, seg, created)
+        return ResultNodes(folder, recon, heat, seg, created, **extra)
     except BaseException:
         if folder:
             sh.RemoveItem(folder, False, False)
         _remove_nodes_added_since(scene, before)  # created nodes and their display nodes
         raise
+
+
+def _uncertainty_volume(scene, path: str, name: str, created: list):
+    """The uncertainty map as a volume with its own colour table (0 .. its 99.5th percentile inside the ROIs)."""
+    image = sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)
+    node = volume_node_from_image(scene, image, name)
+    created.append(node)
+    color, new_color = _uncertainty_color_node(scene)
+    if new_color:
+        created.append(color)
+    values = sitk.GetArrayViewFromImage(image)
+    top = float(np.percentile(values[values > 0], 99.5)) if np.any(values > 0) else 1.0
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(color.GetID())
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevelMinMax(0.0, top)
+    legend = add_color_legend(scene, node, "Uncertainty (SD)")
+    if legend is not None:
+        created.append(legend)
+    return node
+
+
+def sequences_logic(scene):
+    """Slicer's Sequences module logic (in Slicer), else one made for ``scene`` (a bare MRML scene): it registers
+    the sequence node classes and keeps a browser's proxy node up to date."""
+    import slicer
+
+    modules = getattr(slicer, "modules", None)
+    if modules is not None and hasattr(modules, "sequences"):
+        return modules.sequences.logic()
+    known = _SEQUENCE_LOGICS.get(id(scene))
+    if known is None or known[0] is not scene:
+        logic = slicer.vtkSlicerSequencesLogic()
+        logic.SetMRMLScene(scene)
+        known = _SEQUENCE_LOGICS[id(scene)] = (scene, logic)
+    return known[1]
+
+
+_SEQUENCE_LOGICS: dict[int, tuple] = {}
+
+
+def _trajectory_sequence(scene, path: str, input_node, name: str, created: list) -> dict:
+    """``trajectory.seq.nrrd`` read by Slicer's own volume-sequence reader into a sequence node, with a sequence
+    browser (at the last frame) whose proxy volume has the input's window/level."""
+    logic = sequences_logic(scene)
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    created.append(sequence)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
+    try:
+        storage.SetFileName(str(path))
+        if not storage.ReadData(sequence) or sequence.GetNumberOfDataNodes() == 0:
+            raise InputError(f"{path}: could not read the trajectory as a volume sequence")
+    finally:  # the file lives in the run's folder, which may be temporary: the scene keeps the frames themselves
+        scene.RemoveNode(storage)
+    sequence.SetName(name)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
+    created.append(browser)
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    browser.SetSelectedItemNumber(sequence.GetNumberOfDataNodes() - 1)
+    logic.UpdateProxyNodesFromSequences(browser)
+    proxy = browser.GetProxyNode(sequence)
+    if proxy is None:
+        raise InputError(f"{path}: the sequence browser made no volume for the trajectory")
+    created.append(proxy)
+    proxy.SetName(f"{name} (current step)")
+    if proxy.GetDisplayNode() is None:
+        proxy.CreateDefaultDisplayNodes()
+    _copy_window_level(input_node, proxy)
+    return {"trajectory": sequence, "browser": browser, "trajectory_proxy": proxy}
 
 
 def lesion_segmentation(scene, labelmap_path: str | os.PathLike, lesions: Sequence[dict], organ: str,
@@ -460,7 +561,9 @@ def _views(scene, class_name: str) -> dict:
 
 
 def show_compare(scene, input_node, result: ResultNodes, heatmap_opacity: float = 0.5) -> CompareViewState:
-    """Input | reconstruction | input + heatmap overlay, in three linked axial views.
+    """Input | reconstruction | input + heatmap overlay, in three linked axial views. With a kept trajectory the
+    reconstruction view shows the sequence browser's current frame, so scrolling the browser steps from noisy to
+    healthy there while the input stays put.
 
     Registers the layout on the scene's layout node (if there is one), makes the Red, Yellow and Green
     slice views axial (Slicer's Yellow and Green views exist already as sagittal and coronal, and a layout
@@ -481,7 +584,8 @@ def show_compare(scene, input_node, result: ResultNodes, heatmap_opacity: float 
             saved.DeepCopy(node.GetSliceToRAS())
             state.slice_to_ras[tag] = saved
             node.SetOrientation("Axial")
-    views = {"Red": (input_node, None), "Yellow": (result.reconstruction, None), "Green": (input_node, result.heatmap)}
+    views = {"Red": (input_node, None), "Yellow": (result.reconstruction_view_volume, None),
+             "Green": (input_node, result.heatmap)}
     for tag, comp in _views(scene, "vtkMRMLSliceCompositeNode").items():
         if tag not in views:
             continue

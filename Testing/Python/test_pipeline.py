@@ -125,7 +125,7 @@ def test_brain_four_channels_with_skull_stripped_mask(tmp_path):
         "reconstruction_t2f.nii.gz", "heatmap.nii.gz", "lesions.nii.gz", "lesions.csv", "lesions.json", "run.json",
         "lesions.seg.nrrd", "overview.png"}
     run = json.loads((out / "run.json").read_text())
-    assert run["parameters"]["composition"] == {"heatmap": "max", "reconstruction": "mean"}
+    assert run["parameters"]["composition"] == {"heatmap": "max", "reconstruction": "mean", "blend_margin_voxels": 4}
     assert run["geometry"]["size"] == list(channels[0].GetSize())
     with pytest.raises(InputError, match="needs 4 channel"):
         pipeline.detect(channels[:2], masks, brain, MedianBaseline())

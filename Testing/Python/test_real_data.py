@@ -146,3 +146,23 @@ def test_demo_bundles_run_on_real_scans_in_the_exact_input_geometry(shared_data,
         written = sitk.ReadImage(str(out / name))
         assert written.GetSize() == reference.GetSize() and same_grid(reference, written) == [], name
         assert written.GetDirection() == pytest.approx(reference.GetDirection())
+
+
+def test_overview_slices_of_the_real_ct_are_the_right_way_up(shared_data):
+    """TotalSegmentator's example CT is stored RAS: drawn from the patient axes, the spine is at the bottom
+    (posterior), the liver on the picture's left (the patient's right) and the spleen on its right."""
+    from DiffusionAnomalyLib.detection.overview import axial_plane, axial_slice
+
+    ts = shared_data / "totalsegmentator_examples"
+    ct = read_volume(ts / "example_ct_sm.nii.gz")
+    seg = read_volume(ts / "example_seg.nii.gz")
+    assert np.sign(np.diag(np.array(ct.GetDirection()).reshape(3, 3))[:2]).tolist() == [-1.0, -1.0]  # RAS storage
+    z = ct.TransformIndexToPhysicalPoint([0, 0, ct.GetSize()[2] // 2])[2]
+    plane = axial_plane(ct, z)
+    image = axial_slice(ct, plane, default=-1024)
+    labels = axial_slice(seg, plane, labels=True)
+    rows, cols = np.indices(image.shape)
+    body = image > -300
+    bone = image > 300
+    assert rows[bone].mean() > rows[body].mean() + 0.1 * image.shape[0]  # the spine lies posterior: low on the picture
+    assert cols[labels == 5].mean() < cols[body].mean() < cols[labels == 1].mean()  # liver left, spleen right

@@ -3,6 +3,7 @@ plumbing (geometry, outputs, settings, errors), not detection quality."""
 
 import json
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -98,16 +99,33 @@ def test_trajectory_output_and_deterministic_flag(tiny_bundle, kidney_case, tmp_
     try:
         rc = main(["run", "--bundle", str(tiny_bundle), "--input", str(folder / "ct.nii.gz"), "--totalseg",
                    str(folder / "segmentations"), "--out", str(out), "--device", "cpu", "--sampler", "ddpm",
-                   "--noise-level", "40", "--steps", "8", "--trajectory-every", "2", "--deterministic"])
+                   "--noise-level", "40", "--steps", "8", "--trajectory-every", "2", "--trajectory-heatmap",
+                   "--samples", "2", "--deterministic"])
     finally:
         torch.use_deterministic_algorithms(False)  # process-wide state: do not leak into other tests
     assert rc == 0, capsys.readouterr().err
-    for side in ("left", "right"):
-        traj = sitk.ReadImage(str(out / f"trajectory_kidney_{side}.nii.gz"))
-        assert traj.GetDimension() == 4 and traj.GetSize() == (24, 24, 32, 4)  # 8 steps, every 2nd
-        assert traj.GetSpacing()[:3] == (4.0, 4.0, 4.0)
+    from DiffusionAnomalyLib.imaging.sequence import read_volume_sequence
+
+    ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    recon = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "reconstruction.nii.gz")))
+    frames, fields, grid = read_volume_sequence(out / "trajectory.seq.nrrd")
+    assert frames.shape == (4, *recon.shape)  # 8 steps, every 2nd, on the input's grid
+    assert grid.GetOrigin() == ct.GetOrigin() and grid.GetSpacing() == ct.GetSpacing()
+    assert fields["axis 3 index values"] == "0 2 4 6" and fields["DiffusionAnomaly.noise_levels"] == "40 30 20 10"
+    assert fields["axis 3 item 0002 DiffusionAnomaly.noise_level"] == "20"
+    heat_frames, _, _ = read_volume_sequence(out / "trajectory_heatmap.seq.nrrd")
+    assert heat_frames.shape == frames.shape and heat_frames.min() >= 0
+    src = sitk.GetArrayFromImage(ct).astype(np.float32)
+    roi_free = np.all(frames == src, axis=0)  # voxels no ROI reaches keep the input's value in every frame
+    assert roi_free.mean() > 0.3 and np.all(recon[roi_free] == src[roi_free])
+    unc = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty.nii.gz")))
+    assert np.all(unc[roi_free] == 0) and unc.max() > 0
     run = json.loads((out / "run.json").read_text())
     assert run["parameters"]["deterministic"] is True and run["parameters"]["sampler"]["trajectory_every"] == 2
+    assert run["parameters"]["settings"]["trajectory_heatmap"] is True and run["parameters"]["uncertainty_samples"] == 2
+    assert {"trajectory.seq.nrrd", "trajectory_heatmap.seq.nrrd", "uncertainty.nii.gz"} <= set(run["outputs"])
+    rows = json.loads((out / "lesions.json").read_text())["lesions"]
+    assert all(0 <= r["sample_fraction"] <= 1 and r["mean_uncertainty"] >= 0 for r in rows)
 
 
 def test_run_takes_the_minimum_lesion_volume_from_the_bundle_unless_given(tiny_bundle, kidney_case, tmp_path):

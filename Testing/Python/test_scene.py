@@ -488,3 +488,77 @@ def test_each_kept_run_gets_a_new_folder(tmp_path):
     assert first == str(tmp_path / "CT- kidney-left ddpm L250 s100 14-02-31")  # no separators or colons
     (tmp_path / first).mkdir()
     assert run_output_folder(str(tmp_path), name) == first + " (2)"  # an earlier run's folder is never reused
+
+
+@pytest.fixture(scope="module")
+def trajectory_scene(kidney_case, tiny_bundle, tmp_path_factory):
+    """A run that kept its trajectory and drew 2 samples (DDPM, 4 steps: one frame per step), real worker."""
+    _, folder = kidney_case
+    scene = _scene()
+    ct = adapter.volume_node_from_image(scene, sitk.ReadImage(str(folder / "ct.nii.gz")), "CT")
+    ct.GetDisplayNode().SetAutoWindowLevel(False)
+    ct.GetDisplayNode().SetWindowLevel(400, 40)
+    seg = _organ_segmentation(scene, folder, ct)
+    out = tmp_path_factory.mktemp("trajectory-run") / "out"
+    from DiffusionAnomalyLib.settings import trajectory_every_for
+
+    # as the panel's "Keep the denoising trajectory" asks: about 10 frames, so every step of 4
+    request = _request(tiny_bundle, sampler="ddpm", noise_level=40, steps=4, samples=2,
+                       trajectory_every=trajectory_every_for(4))
+    assert request.run_settings().trajectory_every == 1
+    run = SceneRun(scene, request, [ct], seg, adapter.organ_segment_ids(seg, "kidney"), output_dir=out)
+    run.start()
+    run.wait(300)
+    assert run.error is None, run.error
+    return dict(scene=scene, ct=ct, run=run, out=out)
+
+
+def test_the_trajectory_is_a_sequence_on_the_input_grid_with_a_browser(trajectory_scene):
+    from DiffusionAnomalyLib.imaging.sequence import read_volume_sequence
+
+    scene, ct, res = trajectory_scene["scene"], trajectory_scene["ct"], trajectory_scene["run"].result_nodes
+    frames, fields, _ = read_volume_sequence(trajectory_scene["out"] / "trajectory.seq.nrrd")
+    seq = res.trajectory
+    assert seq.IsA("vtkMRMLSequenceNode") and seq.GetNumberOfDataNodes() == 4 == len(frames)
+    assert seq.GetIndexName() == "step" and [seq.GetNthIndexValue(i) for i in range(4)] == ["0", "1", "2", "3"]
+    levels = fields["DiffusionAnomaly.noise_levels"].split()
+    assert levels[0] == "40" and len(levels) == 4 and levels == sorted(levels, key=int, reverse=True)
+    for i in range(4):
+        frame = seq.GetNthDataNode(i)
+        np.testing.assert_allclose(_ijk_to_ras(frame), _ijk_to_ras(ct), atol=1e-6)
+        assert frame.GetImageData().GetDimensions() == ct.GetImageData().GetDimensions()
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(adapter.image_from_volume_node(frame)), frames[i])
+        assert frame.GetAttribute("DiffusionAnomaly.noise_level") == levels[i]
+    # the browser starts at the last (healthiest) frame; moving it changes what the proxy volume shows
+    browser, proxy = res.browser, res.trajectory_proxy
+    assert browser.IsA("vtkMRMLSequenceBrowserNode") and browser.GetNumberOfItems() == 4
+    assert browser.GetSelectedItemNumber() == 3
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(adapter.image_from_volume_node(proxy)), frames[3])
+    browser.SetSelectedItemNumber(0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(adapter.image_from_volume_node(proxy)), frames[0])
+    assert proxy.GetDisplayNode().GetWindow() == pytest.approx(400)
+    # the compare layout shows the moving frame in the reconstruction view, the input stays in the others
+    layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
+    comps = {}
+    for name in ("Red", "Yellow", "Green"):
+        comps[name] = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        comps[name].SetLayoutName(name)
+    adapter.show_compare(scene, ct, res)
+    assert layout.GetViewArrangement() == adapter.COMPARE_LAYOUT_ID
+    assert comps["Yellow"].GetBackgroundVolumeID() == proxy.GetID()
+    assert comps["Red"].GetBackgroundVolumeID() == ct.GetID() and all(c.GetLinkedControl() for c in comps.values())
+    sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    for node in (seq, browser, proxy, res.uncertainty):
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == res.folder_item
+
+
+def test_the_uncertainty_map_lands_with_its_own_colour_table(trajectory_scene):
+    ct, run, out = trajectory_scene["ct"], trajectory_scene["run"], trajectory_scene["out"]
+    res = run.result_nodes
+    unc_file = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty.nii.gz")))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(adapter.image_from_volume_node(res.uncertainty)), unc_file)
+    np.testing.assert_allclose(_ijk_to_ras(res.uncertainty), _ijk_to_ras(ct), atol=1e-6)
+    assert res.uncertainty.GetDisplayNode().GetColorNode().GetName() == adapter.UNCERTAINTY_COLOR_NAME
+    assert unc_file.max() > 0
+    rows = run.client.result["lesions"]
+    assert all(0 <= r["sample_fraction"] <= 1 and r["mean_uncertainty"] >= 0 for r in rows)

@@ -47,7 +47,7 @@ def _ui_bindings() -> dict[str, str]:
 
 #: Which widget classes the parameterNodeWrapper can bind to each kind of field.
 WIDGETS_FOR = {"node": {"qMRMLNodeComboBox"}, "choice": {"QComboBox"}, "float": {"ctkSliderWidget", "QDoubleSpinBox"},
-               "int": {"QSpinBox", "ctkSliderWidget"}, "str": {"QLineEdit", "QComboBox"}}
+               "int": {"QSpinBox", "ctkSliderWidget"}, "str": {"QLineEdit", "QComboBox"}, "bool": {"QCheckBox"}}
 
 
 def _kind(annotation: str) -> str:
@@ -55,7 +55,7 @@ def _kind(annotation: str) -> str:
         return "node"
     if "Choice(" in annotation:
         return "choice"
-    for k in ("float", "int", "str"):
+    for k in ("float", "int", "str", "bool"):
         if annotation == k or annotation.startswith(f"Annotated[{k}"):
             return k
     raise AssertionError(f"unexpected parameter annotation {annotation}")

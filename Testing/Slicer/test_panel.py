@@ -288,6 +288,42 @@ def test_apply_runs_the_worker_and_shows_the_results_in_three_axial_views(widget
 
 
 @needs_worker
+def test_keeping_the_trajectory_puts_a_browsable_sequence_in_the_reconstruction_view(widget):
+    import slicer
+
+    pn, _ = _case(widget, **{**FAST, "samples": 2, "sampler": "ddpm", "steps": 4, "noiseLevel": 40,
+                             "thresholdMode": "fixed", "threshold": 0.05})
+    assert not pn.keepTrajectory  # off by default
+    widget.ui.keepTrajectoryCheckBox.click()  # the user ticks "Keep the denoising trajectory"
+    assert pn.keepTrajectory
+    widget.ui.applyButton.click()
+    widget.logic.wait(300)
+    assert not slicer_runtime.dialogs.texts("errorDisplay"), slicer_runtime.dialogs.shown
+    run = widget.logic.runner.run
+    res = run.result_nodes
+    assert run.error is None and res is not None
+    seq, browser, proxy = res.trajectory, res.browser, res.trajectory_proxy
+    assert seq.GetNumberOfDataNodes() == 4 and browser.GetNumberOfItems() == 4  # every step of 4 (about 10 frames)
+    scene = slicer.mrmlScene
+    assert scene.GetNodeByID("vtkMRMLSliceCompositeNodeYellow").GetBackgroundVolumeID() == proxy.GetID()
+    assert scene.GetNodeByID("vtkMRMLSliceCompositeNodeRed").GetBackgroundVolumeID() == pn.inputVolume.GetID()
+    first = slicer.util.arrayFromVolume(seq.GetNthDataNode(0))
+    browser.SetSelectedItemNumber(0)  # scrolling the browser changes the reconstruction view's volume only
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(proxy), first)
+    import vtk
+
+    matrices = []
+    for node in (proxy, pn.inputVolume):
+        m = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(m)
+        matrices.append(slicer.util.arrayFromVTKMatrix(m))
+    np.testing.assert_allclose(matrices[0], matrices[1], atol=1e-6)  # each frame on the input's grid
+    assert res.uncertainty is not None and res.uncertainty.GetDisplayNode().GetColorNode().GetName() == (
+        "DiffusionAnomaly uncertainty")
+    assert all("sample_fraction" in row for row in widget._lesionRows)
+
+
+@needs_worker
 def test_cancel_mid_run_leaves_the_scene_as_it_was_and_never_blocks_the_gui(widget):
     pn, _ = _case(widget, **{**FAST, "noiseLevel": 999, "steps": 999})
     durations: list[float] = []  # every call on the GUI thread from the moment the worker runs

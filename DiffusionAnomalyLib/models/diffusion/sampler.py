@@ -161,5 +161,5 @@ class LatentSampler:
                         x = ratio.sqrt() * x_s + (1 - ratio).sqrt() * randn()
                     else:
                         x = x_s
-                    tick(i, t, x0)
+                    tick(i, t, x0 if u == settings.resample_jumps - 1 else None)  # one frame per step
         return SampleResult(x, trajectory, self._nfe)
