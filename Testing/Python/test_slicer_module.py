@@ -19,14 +19,23 @@ MODULE = REPO / "DiffusionAnomaly" / "DiffusionAnomaly.py"
 
 
 def _parameter_annotations() -> dict[str, str]:
-    """Field name -> annotation source of the @parameterNodeWrapper class."""
+    """Field name -> annotation source of the @parameterNodeWrapper class: its own members, and the run
+    settings it derives from ``panel.run_setting_parameters()`` (written as that function builds them)."""
+    from DiffusionAnomalyLib.slicer_module.panel import PANEL_CHOICES, PANEL_TYPES, panel_settings
+
     text = MODULE.read_text()
     for node in ast.parse(text).body:
         if isinstance(node, ast.ClassDef) and any(
             getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list
         ):
-            return {s.target.id: ast.get_source_segment(text, s.annotation) for s in node.body
-                    if isinstance(s, ast.AnnAssign)}
+            own = {s.target.id: ast.get_source_segment(text, s.annotation) for s in node.body
+                   if isinstance(s, ast.AnnAssign)}
+            assert "run_setting_parameters()" in ast.get_source_segment(text, node.bases[0])
+            derived = {opt.panel: f"Annotated[{PANEL_TYPES.get(opt.kind, int).__name__}, "
+                       + (f"Choice({list(PANEL_CHOICES[opt.kind])})]" if opt.kind in PANEL_CHOICES
+                          else f"WithinRange{opt.panel_range}]") for _, opt in panel_settings()}
+            assert not set(own) & set(derived)
+            return {**own, **derived}
     raise AssertionError("no @parameterNodeWrapper class in the module")
 
 
@@ -98,7 +107,7 @@ def test_every_setting_has_a_widget_of_a_fitting_kind():
 def test_every_widget_the_module_uses_exists_in_the_ui():
     root = ET.parse(resource_path("UI", "DiffusionAnomaly.ui")).getroot()
     widgets = {w.get("name") for w in root.iter("widget")}
-    panel_code = (REPO / "DiffusionAnomalyLib" / "panel.py").read_text()
+    panel_code = (REPO / "DiffusionAnomalyLib" / "slicer_module" / "panel.py").read_text()
     used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text())) | set(re.findall(r"\bui\.(\w+)", panel_code))
     assert used, "the module uses no widgets?"
     assert used <= widgets, f"used by the module but not in the .ui: {used - widgets}"
@@ -123,8 +132,8 @@ def test_cmake_registers_the_module_tests_and_ships_the_library():
 def test_library_imports_no_slicer_qt_ctk_or_vtk():
     code = (
         "import importlib, pkgutil, sys, DiffusionAnomalyLib as L\n"
-        "for m in pkgutil.iter_modules(L.__path__):\n"
-        "    if m.name != '__main__': importlib.import_module('DiffusionAnomalyLib.' + m.name)\n"
+        "for m in pkgutil.walk_packages(L.__path__, 'DiffusionAnomalyLib.'):\n"
+        "    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
         "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('slicer', 'qt', 'ctk', 'vtk'))\n"
         "print(bad)\n"
     )
