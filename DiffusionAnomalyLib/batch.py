@@ -34,6 +34,7 @@ class Model:
     options: object = None  # settings.MapOptions (None for the baseline)
     weights_id: str = ""  # BundleMeta.weights_id(): maps made by other networks are never reused
     recommended_grow_to: float | None = None
+    precision: str = "fp32"  # the networks' resolved precision (fp32 or bf16; precision.py)
 
     def maps_key(self, settings=None) -> str:
         """Cache folder name of the anomaly maps made with ``settings`` (default: this model's) by these
@@ -47,7 +48,8 @@ class Model:
         o = self.options
         samples = samples_drawn(st.method, o.samples)
         return (key + ("_refae" if o.reference == "autoencoder" else "") + (f"_k{samples}" if samples > 1 else "")
-                + (f"_med{o.median_filter}" if o.median_filter else "") + f"_w{self.weights_id}")
+                + (f"_med{o.median_filter}" if o.median_filter else "") + f"_w{self.weights_id}"
+                + ("_bf16" if self.precision == "bf16" else ""))
 
 
 def load_model(args: argparse.Namespace, device) -> Model:
@@ -61,12 +63,16 @@ def load_model(args: argparse.Namespace, device) -> Model:
         rec = bundle.meta.recommended or {}
         resolved = run_settings(args, rec, bundle.preset)  # the same resolution as `run` and the worker
         settings, opts = resolved.sampler_settings(), resolved.map_options()
+        from .precision import resolve_precision
+
+        precision = resolve_precision(resolved.precision, device)
         return Model(opts.apply_to(bundle.preset), settings,
                      lambda st: DiffusionReconstructor(bundle, st, device, reference=opts.reference,
-                                                       samples=opts.samples),
+                                                       samples=opts.samples, precision=precision),
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"
-                     + (" DEMO" if bundle.meta.demo else ""), rec.get("threshold"), bundle.meta.demo,
-                     rec.get("min_lesion_ml"), opts, bundle.meta.weights_id(), rec.get("grow_to"))
+                     + (" DEMO" if bundle.meta.demo else "") + (" bf16" if precision == "bf16" else ""),
+                     rec.get("threshold"), bundle.meta.demo,
+                     rec.get("min_lesion_ml"), opts, bundle.meta.weights_id(), rec.get("grow_to"), precision)
     from .baseline import MedianBaseline
     from .presets import get_preset
 

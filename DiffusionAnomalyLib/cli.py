@@ -15,7 +15,10 @@ from pathlib import Path
 
 from . import __version__
 from .errors import DiffusionAnomalyError, InputError
-from .settings import ORGANS, REFERENCES, SAMPLERS
+from .settings import ORGANS, PRECISIONS, REFERENCES, SAMPLERS
+
+PRECISION_HELP = ("network precision: auto (bfloat16 autocast on CPUs with native bfloat16 and on CUDA, else "
+                  "float32; the default), fp32 (the fast path off), bf16 (force it)")
 
 
 def _print_table(table) -> None:
@@ -180,7 +183,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from .io import read_volume
-    from .job import run_job
+    from .job import demo_job_args, run_job
     from .metrics import dice, match_lesions
     from .phantoms import make_phantom, write_phantom
 
@@ -193,21 +196,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .bundle import available_bundles
 
     shipped = [b for b in available_bundles(args.organ) if b.meta.demo] if not args.baseline else []
-    common = dict(input=[str(case_dir / f"{c}.nii.gz") for c in case.channels], mask=None, mask_label=None,
-                  totalseg=str(case_dir / "segmentations") if args.organ != "brain" else None,
-                  skull_stripped=args.organ == "brain", threshold=None, min_lesion_ml=None, out=str(out / "result"),
-                  overwrite=True)  # the demo's own folder: a rerun replaces its earlier result
     if shipped:
         print(f"[2/3] detection with the shipped {shipped[0].label} bundle on {args.device} "
               "(trained on synthetic phantoms only) ...")
-        job = argparse.Namespace(
-            command="run", bundle=str(shipped[0].path), sampler=None, noise_level=None, steps=None, guidance=None,
-            seed=0, resample_jumps=1, reference=None, samples=None, median_filter=None, trajectory_every=0,
-            deterministic=False,
-            skip_modality_check=False, device=args.device, **common)
     else:
         print("[2/3] non-neural baseline (organ median filter) ...")
-        job = argparse.Namespace(command="baseline", organ=args.organ, **common)
+    job = demo_job_args(str(shipped[0].path) if shipped else None, case_dir, case.channels, args.organ,
+                        out / "result", args.device, args.precision)
     result = run_job(job).result
     _print_table(result.table)
     pred = sitk.GetArrayFromImage(result.lesions)
@@ -216,8 +211,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"[3/3] against the known truth: Dice {dice(pred, truth):.3f}; lesions: {det.tp} of {det.tp + det.fn} "
           f"found, {det.fp} false positive(s); recall {det.recall:.2f}, precision {det.precision:.2f}, "
           f"F1 {det.f1:.2f}")
+    prec = result.parameters.get("precision")
     print(f"outputs in {out / 'result'} (heatmap, lesions, segmentation, reconstruction, overview.png, run.json); "
-          f"{time.perf_counter() - t0:.1f} s. Synthetic data and a demo model: not a clinical result.")
+          f"{time.perf_counter() - t0:.1f} s{f' (networks in {prec})' if prec else ''}. "
+          "Synthetic data and a demo model: not a clinical result.")
     return 0
 
 
@@ -354,9 +351,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import run_bench
 
+    if args.gpu_check:
+        from .bench import gpu_check
+
+        return gpu_check(args.out)
     report = run_bench(sizes=args.sizes, devices=args.devices, steps=args.steps, repeats=args.repeats,
                        reference=not args.no_reference, methods=args.samplers, guidance=args.guidance_values,
-                       rois=args.rois)
+                       rois=args.rois, precisions=tuple(args.precisions), network_time=not args.no_network_time,
+                       agreement=args.agreement)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
@@ -539,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run even if the intensities do not look like the bundle's modality (CT vs MRI)")
     ru.add_argument("--seed", type=seed_arg, default=None, help="random seed, 0..2^63-1 (default 0)")
     ru.add_argument("--device", default=None, help="auto (CUDA > MPS > CPU; the default), cpu, cuda, cuda:1, mps")
+    ru.add_argument("--precision", choices=list(PRECISIONS), default=None, help=PRECISION_HELP)
     ru.add_argument("--settings", metavar="FILE", default=None,
                     help="take every run setting from FILE: the run.json of an earlier run (replays it) or a "
                          "settings JSON; options given explicitly override it")
@@ -575,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="anomaly-map median filter in voxels (default: the bundle's, else the preset's)")
         sp.add_argument("--seed", type=seed_arg, default=0)
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each rank its own GPU)")
+        sp.add_argument("--precision", choices=list(PRECISIONS), default=None, help=PRECISION_HELP)
         sp.add_argument("--min-lesion-ml", type=non_negative, default=None, metavar="ML",
                         help="post-processing: drop lesions smaller than this (default: the bundle's, else 0)")
         sp.add_argument("--grow-to", type=grow_to_arg, default=None, metavar="F",
@@ -640,6 +644,18 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--samplers", nargs="+", default=["ddpm", "ddim"], choices=["ddpm", "ddim"])
     be.add_argument("--guidance-values", type=float, nargs="+", default=[0.0, 100.0], help="0 = unguided")
     be.add_argument("--rois", type=int, nargs="+", default=[1, 2], help="ROIs per batch")
+    be.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=list(PRECISIONS),
+                    help="network precisions to run side by side (default: fp32 and auto, the fast path; the first "
+                         "is the baseline of the speedups and MONAI's reference loop)")
+    be.add_argument("--no-network-time", action="store_true",
+                    help="skip the bare network loop (network_s, network_share, overhead): half the time")
+    be.add_argument("--agreement", action="store_true",
+                    help="also run demo's case (kidney phantom 1000, the shipped kidney-demo bundle) at fp32 and at "
+                         "the other precisions: heatmap differences and whether the lesion tables are identical")
+    be.add_argument("--gpu-check", action="store_true",
+                    help="the GPU check (scripts/gpu_check.sh): demo and thesis sizes in bf16 on CUDA, peak GPU "
+                         "memory, a provoked out-of-memory run (exit 4) and the agreement check; exit 0 and a "
+                         "'skipped' line without CUDA")
     be.add_argument("--out", help="also write the JSON here")
     be.set_defaults(func=_cmd_bench)
 
@@ -650,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--lesions", type=int, default=None, help="number of lesions (default: the phantom's own, 0-3)")
     de.add_argument("--out", default="demo-output")
     de.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda")
+    de.add_argument("--precision", choices=list(PRECISIONS), default=None, help=PRECISION_HELP)
     de.add_argument("--baseline", action="store_true", help="use the non-neural baseline instead of the demo bundle")
     de.set_defaults(func=_cmd_demo)
     return p

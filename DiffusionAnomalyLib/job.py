@@ -160,6 +160,22 @@ def resolve_postprocessing(preset: OrganPreset, value: float | None, recommended
                                      grow_to if grow_to is not None else recommended_grow_to)
 
 
+def demo_job_args(bundle: str | None, case_dir: Path, channels, organ: str, out: Path, device: str,
+                  precision: str | None = None) -> argparse.Namespace:
+    """The job ``demo`` runs on a written phantom (``case_dir``): ``run`` with ``bundle`` and its recommended
+    settings (seed 0), or the median baseline when ``bundle`` is None; ``out`` is replaced if it exists."""
+    common = dict(input=[str(Path(case_dir) / f"{c}.nii.gz") for c in channels], mask=None, mask_label=None,
+                  totalseg=str(Path(case_dir) / "segmentations") if organ != "brain" else None,
+                  skull_stripped=organ == "brain", threshold=None, min_lesion_ml=None, out=str(out),
+                  overwrite=True)  # the demo's own folder: a rerun replaces its earlier result
+    if bundle is None:
+        return argparse.Namespace(command="baseline", organ=organ, **common)
+    return argparse.Namespace(
+        command="run", bundle=str(bundle), sampler=None, noise_level=None, steps=None, guidance=None, seed=0,
+        resample_jumps=1, reference=None, samples=None, median_filter=None, trajectory_every=0, deterministic=False,
+        precision=precision, skip_modality_check=False, device=device, **common)
+
+
 def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOutcome:
     """Read inputs, reconstruct, post-process and write the outputs of one case."""
     from .io import read_channels
@@ -194,13 +210,15 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         opts = resolved.map_options()
         preset = opts.apply_to(preset)
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=opts.reference,
-                                               samples=opts.samples, progress=lambda d, n: report("reconstruct", d, n))
+                                               samples=opts.samples, precision=resolved.precision,
+                                               progress=lambda d, n: report("reconstruct", d, n))
         threshold = resolved.threshold
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}
         params = {"settings": resolved.to_dict(), "sampler": dataclasses.asdict(settings),
                   "reference": opts.reference, "samples": reconstructor.effective_samples,
-                  "median_filter": opts.median_filter, "deterministic": resolved.deterministic}
+                  "median_filter": opts.median_filter, "deterministic": resolved.deterministic,
+                  "precision": reconstructor.resolved_precision}
         postprocessing = resolved.postprocessing(preset)
     else:
         from .baseline import MedianBaseline

@@ -17,6 +17,9 @@ ORGANS = ("kidney", "liver", "brain")
 SAMPLERS = ("ddpm", "ddim", "inpaint")
 DEVICES = ("auto", "cuda", "cpu")
 REFERENCES = ("input", "autoencoder")
+#: Network precision: auto = bfloat16 autocast where the hardware runs it natively (docs/performance.md), else
+#: float32; fp32 turns the fast path off; bf16 forces it (CPU and CUDA).
+PRECISIONS = ("auto", "fp32", "bf16")
 #: Sampler settings used when the bundle recommends none.
 SAMPLER_DEFAULTS: dict[str, Any] = {"sampler": "ddpm", "noise_level": 250, "steps": 50, "guidance": 0.0}
 MAX_NOISE_LEVEL = 999
@@ -73,6 +76,7 @@ class RunSettings:
     device: str = "auto"
     trajectory_every: int = 0
     deterministic: bool = False
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -111,6 +115,8 @@ class RunSettings:
             out.append(f"grow-to must be in (0, 1] (got {self.grow_to})")
         if self.trajectory_every < 0:
             out.append(f"trajectory-every must be >= 0 (got {self.trajectory_every})")
+        if self.precision not in PRECISIONS:
+            out.append(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         return out
 
     @classmethod
