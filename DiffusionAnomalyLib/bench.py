@@ -37,7 +37,7 @@ from .diffusion.sampler import LatentSampler, SamplerSettings
 from .diffusion.schedule import NoiseSchedule, sampling_timesteps
 from .nets.classifier import LatentClassifier
 from .nets.denoiser import build_denoiser, denoiser_config, eps_function
-from .precision import classifier_in_precision, eps_in_precision, resolve_precision
+from .precision import classifier_in_precision, eps_in_precision, network_layout, resolve_precision
 
 SIZES = {
     "demo": {"denoiser": "tiny", "latent": (4, 16, 12, 12)},
@@ -147,6 +147,8 @@ def bench_case(size: str, device: torch.device, method: str, guidance: float, ro
     """One sampler call timed (after a warm-up), with the bare network loop and MONAI's reference beside it."""
     den, clf = nets or build_networks(size, device)
     resolved = resolve_precision(precision, device)
+    network_layout(den, device, resolved)  # the shared networks: each row sets the layout of its precision
+    network_layout(clf, device, resolved)
     eps = eps_in_precision(eps_function(den), device, resolved)
     clf = classifier_in_precision(clf, device, resolved)
     sampler = LatentSampler(eps, NoiseSchedule(), classifier=clf)

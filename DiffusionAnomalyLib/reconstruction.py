@@ -24,7 +24,7 @@ from .diffusion.sampler import LatentSampler, SamplerSettings
 from .errors import InputError
 from .nets.autoencoder import LatentCodec
 from .nets.denoiser import eps_function
-from .precision import classifier_in_precision, eps_in_precision, resolve_precision
+from .precision import classifier_in_precision, eps_in_precision, network_layout, resolve_precision
 
 REFERENCES = ("input", "autoencoder")
 
@@ -58,6 +58,8 @@ class DiffusionReconstructor:
         #: the precision the networks run at here: "fp32" or "bf16" (``precision`` resolved for the device)
         self.resolved_precision = resolve_precision(self.precision, self.device)
         p = self.resolved_precision
+        network_layout(nets["denoiser"], self.device, p)
+        network_layout(nets.get("classifier"), self.device, p)
         self.sampler = LatentSampler(eps_in_precision(eps_function(nets["denoiser"]), self.device, p),
                                      self.bundle.schedule(),
                                      classifier=classifier_in_precision(nets.get("classifier"), self.device, p),
