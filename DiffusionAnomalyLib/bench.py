@@ -147,8 +147,7 @@ def bench_case(size: str, device: torch.device, method: str, guidance: float, ro
     """One sampler call timed (after a warm-up), with the bare network loop and MONAI's reference beside it."""
     den, clf = nets or build_networks(size, device)
     resolved = resolve_precision(precision, device)
-    network_layout(den, device, resolved)  # the shared networks: each row sets the layout of its precision
-    network_layout(clf, device, resolved)
+    network_layout(den, device, resolved)  # the shared denoiser: each row sets the layout of its precision
     eps = eps_in_precision(eps_function(den), device, resolved)
     clf = classifier_in_precision(clf, device, resolved)
     sampler = LatentSampler(eps, NoiseSchedule(), classifier=clf)

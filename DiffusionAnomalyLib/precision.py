@@ -7,9 +7,10 @@ bfloat16), float32 elsewhere. Only the networks (denoiser forward, classifier fo
 run in autocast; their outputs are cast back to float32, so the sampler arithmetic stays float32.
 ``fp32`` turns the fast path off.
 
-On the CPU the bfloat16 path also runs the 3D networks in the ``channels_last_3d`` memory format
-(:func:`network_layout`): oneDNN then computes the bfloat16 convolutions without reordering every activation,
-which nearly halves their time again on this project's CPU (docs/performance.md). float32 keeps the default
+On the CPU the bfloat16 path also runs the denoiser in the ``channels_last_3d`` memory format
+(:func:`network_layout`): oneDNN then computes its bfloat16 convolutions without reordering every activation,
+which nearly halves their time again on this project's CPU (docs/performance.md). The classifier's gradient
+(a backward pass) was slower in that layout and keeps the default one. float32 keeps the default
 layout, so ``fp32`` results stay exactly those of earlier versions. ``torch.compile`` is not used.
 """
 
@@ -129,7 +130,7 @@ class ClassifierInPrecision:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with network_autocast(self.device, self.precision):
-            return self.classifier(_layout_input(x, self.device, self.precision), t).float()
+            return self.classifier(x, t).float()
 
 
 def classifier_in_precision(classifier, device: torch.device, precision: str):

@@ -59,7 +59,6 @@ class DiffusionReconstructor:
         self.resolved_precision = resolve_precision(self.precision, self.device)
         p = self.resolved_precision
         network_layout(nets["denoiser"], self.device, p)
-        network_layout(nets.get("classifier"), self.device, p)
         self.sampler = LatentSampler(eps_in_precision(eps_function(nets["denoiser"]), self.device, p),
                                      self.bundle.schedule(),
                                      classifier=classifier_in_precision(nets.get("classifier"), self.device, p),
