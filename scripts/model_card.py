@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from DiffusionAnomalyLib.bundle import BundleMeta, read_meta  # noqa: E402
+from DiffusionAnomalyLib.models.bundle import BundleMeta, read_meta  # noqa: E402
 
 LABELS = {
     "description": "What", "cases": "Cases", "seeds": "Phantom seeds", "real_scans": "Real scans",

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.masks import TOTALSEG_LABELS, load_totalseg_masks
-from DiffusionAnomalyLib.phantoms import PHASES, _diameter, make_phantom, write_dataset
-from DiffusionAnomalyLib.presets import get_preset
+from DiffusionAnomalyLib.imaging.masks import TOTALSEG_LABELS, load_totalseg_masks
+from DiffusionAnomalyLib.synthetic.phantoms import PHASES, _diameter, make_phantom, write_dataset
 
 
 def _arr(image):

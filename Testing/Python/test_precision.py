@@ -7,13 +7,13 @@ import warnings
 import pytest
 import torch
 
-from DiffusionAnomalyLib.diffusion.guidance import ClassifierGuidance
-from DiffusionAnomalyLib.diffusion.sampler import LatentSampler, SamplerSettings
-from DiffusionAnomalyLib.diffusion.schedule import NoiseSchedule
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.nets.classifier import LatentClassifier
-from DiffusionAnomalyLib.nets.denoiser import build_denoiser, denoiser_config, eps_function
-from DiffusionAnomalyLib.precision import (
+from DiffusionAnomalyLib.models.diffusion.guidance import ClassifierGuidance
+from DiffusionAnomalyLib.models.diffusion.sampler import LatentSampler, SamplerSettings
+from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
+from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
+from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config, eps_function
+from DiffusionAnomalyLib.models.precision import (
     classifier_in_precision,
     cpu_native_bf16,
     eps_in_precision,
@@ -107,7 +107,7 @@ def test_the_sampler_arithmetic_stays_float32_with_bf16_networks(tiny_nets):
 
 
 def test_bench_puts_fp32_and_the_fast_path_side_by_side():
-    from DiffusionAnomalyLib.bench import run_bench
+    from DiffusionAnomalyLib.evaluation.bench import run_bench
 
     report = run_bench(sizes=["demo"], devices=["cpu"], steps=2, methods=("ddim",), guidance=(50.0,), rois=(2,),
                        precisions=("fp32", "bf16"))
@@ -124,7 +124,7 @@ def test_bench_puts_fp32_and_the_fast_path_side_by_side():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 def test_gpu_check_without_cuda_says_it_skipped(tmp_path, capsys):
-    from DiffusionAnomalyLib.bench import gpu_check
+    from DiffusionAnomalyLib.evaluation.bench import gpu_check
 
     assert gpu_check(str(tmp_path / "g.json")) == 0
     doc = json.loads((tmp_path / "g.json").read_text())
@@ -134,7 +134,7 @@ def test_gpu_check_without_cuda_says_it_skipped(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_provoked_out_of_memory_run_ends_with_exit_4():
     """The GPU check's out-of-memory run, on the CPU under a 4 GiB address-space cap (the same command line)."""
-    from DiffusionAnomalyLib.bench import provoke_out_of_memory
+    from DiffusionAnomalyLib.evaluation.bench import provoke_out_of_memory
 
     res = provoke_out_of_memory("cpu", memory_limit_gb=4)
     assert res["ok"], res

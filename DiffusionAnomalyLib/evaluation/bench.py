@@ -1,0 +1,422 @@
+"""``diffusion-anomaly bench``: speed and memory of the samplers, as figures (never asserted in tests).
+
+For each model size (random weights; ``demo`` = the tiny CPU network on the kidney demo latent
+4 x 16 x 12 x 12, ``thesis-kidney`` = kidney thesis App. A: latent 8 x 32 x 24 x 24, multipliers
+[2, 4, 8, 16]), device, sampler (DDPM, DDIM with inversion), guidance (off / on), ROIs per batch
+(1, 2) and network precision (``--precisions``, default fp32 and auto = the fast path; precision.py),
+side by side in one run, it reports:
+
+- ``seconds`` (wall clock) for one sampler call and ``cpu_seconds`` (the process's CPU time: on a shared
+  machine less inflated by other programs than the wall clock), ``per_step_s`` (per network evaluation),
+  ``per_denoising_step_s``, ``per_case_s`` (a case = 2 kidney ROIs);
+- ``network_s``: the same network evaluations (denoiser forward, classifier forward + backward)
+  in a bare loop; ``network_share`` = network_s / seconds and ``overhead`` = seconds / network_s - 1;
+- ``batch_speedup``: per-case throughput of 2 ROIs in one batch over 1 ROI at a time;
+- ``reference_s`` and ``speedup_vs_reference`` (DDIM, first precision only): a plain loop on MONAI's
+  ``DDIMScheduler`` (``reversed_step`` then ``step``) with the same networks, one ROI at a time;
+- ``peak_rss_mb`` and ``peak_cuda_mb`` (the peaks are reset before each row);
+- ``comparison``: per configuration, the precisions and MONAI's loop side by side;
+- ``agreement`` (``--agreement``): demo's case at fp32 and the fast path: heatmap differences, lesion tables.
+
+Targets: overhead <= 5 %; batch speedup >= 1.6; >= 1.5x the reference (issue 6); thesis-size case with DDIM
+50 steps + guidance <= 90 s on 2 CPU cores (issue 25: with the fast path) and <= 3 s on an H200; peak memory
+<= 4 GB (CPU) / 8 GB (GPU). ``--gpu-check`` (scripts/gpu_check.sh) is the GPU check.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+from DiffusionAnomalyLib.models.diffusion.guidance import HEALTHY, ClassifierGuidance
+from DiffusionAnomalyLib.models.diffusion.sampler import LatentSampler, SamplerSettings
+from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule, sampling_timesteps
+from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
+from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config, eps_function
+from DiffusionAnomalyLib.models.precision import (
+    classifier_in_precision,
+    eps_in_precision,
+    network_layout,
+    resolve_precision,
+)
+
+SIZES = {
+    "demo": {"denoiser": "tiny", "latent": (4, 16, 12, 12)},
+    "thesis-kidney": {"denoiser": "thesis-kidney", "latent": (8, 32, 24, 24)},
+}
+GUIDANCE_ON = 100.0
+NOISE_LEVEL = 500
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peaks(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:  # Linux: writing 5 resets the process's peak RSS (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def build_networks(size: str, device: torch.device, seed: int = 0):
+    """Random-weight denoiser and classifier of a named size, in eval mode on ``device``."""
+    torch.manual_seed(seed)
+    cfg = denoiser_config(SIZES[size]["denoiser"], latent_channels=SIZES[size]["latent"][0])
+    den = build_denoiser(cfg).to(device).eval()
+    clf = LatentClassifier(cfg).to(device).eval()
+    return den, clf
+
+
+def bare_network_time(eps, clf, z: torch.Tensor, settings: SamplerSettings, device) -> float:
+    """The sampler's network evaluations without the sampler: same count, batch, timesteps and guidance."""
+    grid = sampling_timesteps(settings.noise_level, settings.steps)
+    ts = list(grid[:-1]) * (2 if settings.method == "ddim" else 1)
+    guided = list(grid[:-1]) if settings.guidance > 0 else []
+    guidance = ClassifierGuidance(clf, settings.guidance)
+
+    def run():
+        with torch.no_grad():
+            for t in ts:
+                eps(z, torch.full((z.shape[0],), int(t), device=device, dtype=torch.long), None)
+            for t in guided:
+                guidance.log_prob_gradient(z, torch.full((z.shape[0],), int(t), device=device, dtype=torch.long))
+
+    return _timed(run, device)
+
+
+def reference_ddim_time(eps, clf, z: torch.Tensor, settings: SamplerSettings, device) -> float:
+    """A plain loop on MONAI's DDIMScheduler: inversion (reversed_step) then denoising (step), one ROI at a time."""
+    from monai.networks.schedulers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=1000, schedule="linear_beta", beta_start=1e-4, beta_end=0.02,
+                          clip_sample=False)
+    sched.set_timesteps(max(1, settings.steps * 1000 // settings.noise_level))
+    ts = [int(t) for t in sched.timesteps if int(t) <= settings.noise_level][: settings.steps]
+    alphas = sched.alphas_cumprod.to(device)
+
+    def run():
+        for b in range(z.shape[0]):
+            x = z[b: b + 1]
+            with torch.no_grad():
+                for t in reversed(ts):
+                    e = eps(x, torch.full((1,), t, device=device, dtype=torch.long), None)
+                    x, _ = sched.reversed_step(e, t, x)
+            for t in ts:
+                tv = torch.full((1,), t, device=device, dtype=torch.long)
+                with torch.no_grad():
+                    e = eps(x, tv, None)
+                if settings.guidance > 0:
+                    with torch.enable_grad():
+                        xi = x.detach().requires_grad_(True)
+                        logp = torch.log_softmax(clf(xi, tv), dim=1)[:, HEALTHY].sum()
+                        (g,) = torch.autograd.grad(logp, xi)
+                    e = e - settings.guidance * (1 - alphas[t]).sqrt() * g
+                with torch.no_grad():
+                    x, _ = sched.step(e, t, x)
+
+    return _timed(run, device)
+
+
+def bench_case(size: str, device: torch.device, method: str, guidance: float, rois: int, steps: int,
+               reference: bool, nets=None, precision: str = "fp32", network_time: bool = True) -> dict:
+    """One sampler call timed (after a warm-up), with the bare network loop and MONAI's reference beside it."""
+    den, clf = nets or build_networks(size, device)
+    resolved = resolve_precision(precision, device)
+    network_layout(den, device, resolved)  # the shared denoiser: each row sets the layout of its precision
+    eps = eps_in_precision(eps_function(den), device, resolved)
+    clf = classifier_in_precision(clf, device, resolved)
+    sampler = LatentSampler(eps, NoiseSchedule(), classifier=clf)
+    z = torch.randn((rois, *SIZES[size]["latent"]), generator=torch.Generator().manual_seed(1)).to(device)
+    settings = SamplerSettings(method=method, noise_level=NOISE_LEVEL, steps=steps, guidance=guidance, seed=0)
+    sampler.reconstruct(z[:1], SamplerSettings(method="ddpm", noise_level=NOISE_LEVEL, steps=2,
+                                               guidance=guidance))  # warm-up (oneDNN primitives, allocator)
+    _reset_peaks(device)
+    result = {}
+    cpu0 = time.process_time()
+    seconds = _timed(lambda: result.setdefault("r", sampler.reconstruct(z, settings)), device)
+    cpu_seconds = time.process_time() - cpu0
+    nfe = result["r"].network_evaluations
+    steps_done = len(sampling_timesteps(NOISE_LEVEL, steps)) - 1
+    out = {"size": size, "device": str(device), "precision": precision, "resolved_precision": resolved,
+           "sampler": method, "guidance": guidance, "rois": rois, "steps": steps, "network_evaluations": nfe,
+           "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+           "per_step_s": round(seconds / max(nfe, 1), 4),
+           "per_denoising_step_s": round(seconds / steps_done, 4), "per_case_s": round(seconds / rois * 2, 3),
+           "peak_rss_mb": _peak_rss_mb(),
+           "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda"
+           else None}
+    if network_time:
+        net_s = bare_network_time(eps, clf, z, settings, device)
+        out["network_s"] = round(net_s, 3)
+        out["network_share"] = round(net_s / seconds, 4)
+        out["overhead"] = round(seconds / net_s - 1, 4)
+    if reference and method == "ddim":
+        ref = reference_ddim_time(eps, clf, z, settings, device)
+        out["reference_s"] = round(ref, 3)
+        out["speedup_vs_reference"] = round(ref / seconds, 3)
+    return out
+
+
+def run_bench(sizes=("demo", "thesis-kidney"), devices=None, steps: int = 50, repeats: int = 1,
+              reference: bool = True, methods=("ddpm", "ddim"), guidance=(0.0, GUIDANCE_ON),
+              rois=(1, 2), precisions=("fp32", "auto"), network_time: bool = True,
+              agreement: bool = False) -> dict:
+    """Every configuration at every precision, side by side in one run; returns the JSON-able report (environment,
+    rows, a ``comparison`` per configuration: fp32 against the fast path and MONAI's loop, and, with ``agreement``,
+    the fast path's heatmap and lesion table against fp32 on the demo case).
+
+    MONAI's reference loop runs once per configuration, with the networks at the first precision listed (fp32 by
+    default)."""
+    if devices is None:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows, comparison, agreements = [], [], []
+    for dev_name in devices:
+        device = torch.device(dev_name)
+        for size in sizes:
+            nets = build_networks(size, device)
+            for method in methods:
+                for g in guidance:
+                    for n in rois:
+                        by_precision = {}
+                        for k, prec in enumerate(precisions):
+                            best = min((bench_case(size, device, method, g, n, steps, reference and k == 0, nets,
+                                                   prec, network_time) for _ in range(repeats)),
+                                       key=lambda r: r["seconds"])
+                            by_precision[prec] = best
+                            rows.append(best)
+                        comparison.append(_compare(by_precision, precisions))
+            for prec in precisions:  # batch speedup: 2 ROIs in one batch over 1 ROI at a time
+                for method in methods:
+                    for g in guidance:
+                        one = [r for r in rows if _same(r, size, dev_name, prec, method, g, 1)]
+                        two = [r for r in rows if _same(r, size, dev_name, prec, method, g, 2)]
+                        if one and two:
+                            two[0]["batch_speedup"] = round(one[0]["seconds"] * 2 / two[0]["seconds"], 3)
+            del nets
+        if agreement:
+            agreements.append(demo_case_agreement(device, [p for p in precisions if p != "fp32"] or ["auto"]))
+    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+           "interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
+           "cpu_native_bf16": _cpu_native_bf16(), "load_average": _load_average(),
+           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "noise_level": NOISE_LEVEL, "guidance_on": GUIDANCE_ON}
+    report = {"environment": env, "results": rows, "comparison": comparison}
+    if agreement:
+        report["agreement"] = agreements
+    return report
+
+
+def _same(r: dict, size, dev, prec, method, g, n) -> bool:
+    return (r["size"], r["device"], r["precision"], r["sampler"], r["guidance"], r["rois"]) == (
+        size, str(torch.device(dev)), prec, method, g, n)
+
+
+def _compare(by_precision: dict, precisions) -> dict:
+    """One configuration, side by side: seconds per case at each precision, the speedup over the first, MONAI."""
+    base = by_precision[precisions[0]]
+    out = {k: base[k] for k in ("size", "device", "sampler", "guidance", "rois", "steps")}
+    for prec in precisions:
+        r = by_precision[prec]
+        label = prec if prec == r["resolved_precision"] else f"{prec}={r['resolved_precision']}"
+        out[f"{label}_per_case_s"] = r["per_case_s"]
+        out[f"{label}_cpu_s"] = r["cpu_seconds"]
+        out[f"{label}_per_denoising_step_s"] = r["per_denoising_step_s"]
+        if "network_share" in r:
+            out[f"{label}_network_share"] = r["network_share"]
+        out[f"{label}_peak_rss_mb"] = r["peak_rss_mb"]
+        if r["peak_cuda_mb"] is not None:
+            out[f"{label}_peak_cuda_mb"] = r["peak_cuda_mb"]
+        if prec != precisions[0]:
+            out[f"{label}_speedup_vs_{precisions[0]}"] = round(base["seconds"] / r["seconds"], 3)
+            out[f"{label}_cpu_ratio_vs_{precisions[0]}"] = round(base["cpu_seconds"] / max(r["cpu_seconds"], 1e-9),
+                                                                  3)
+    if "reference_s" in base:
+        out["monai_reference_per_case_s"] = round(base["reference_s"] / base["rois"] * 2, 3)
+    return out
+
+
+def _cpu_native_bf16() -> bool:
+    from DiffusionAnomalyLib.models.precision import cpu_native_bf16
+
+    return cpu_native_bf16()
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def demo_case_agreement(device: torch.device, fast: list[str], seed: int = 1000) -> dict:
+    """``demo``'s case (the kidney phantom ``seed`` with the shipped kidney-demo bundle, its recommended settings)
+    run at fp32 and at each precision in ``fast``: seconds, the heatmaps' max and mean absolute difference (in the
+    organ and overall) and whether the lesion tables are identical."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from DiffusionAnomalyLib.app.job import demo_job_args, run_job
+    from DiffusionAnomalyLib.models.bundle import available_bundles
+    from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_phantom
+
+    bundles = [b for b in available_bundles("kidney") if b.meta.demo]
+    if not bundles:
+        return {"skipped": "no shipped kidney-demo bundle"}
+    out: dict = {"case": f"kidney phantom seed {seed}", "bundle": bundles[0].label, "device": str(device)}
+    with tempfile.TemporaryDirectory(prefix="da-bench-") as tmp:
+        case = make_phantom("kidney", seed, None)
+        case_dir = write_phantom(case, Path(tmp) / "case")
+        runs = {}
+        for prec in ["fp32", *fast]:
+            args = demo_job_args(str(bundles[0].path), case_dir, case.channels, "kidney", Path(tmp) / prec,
+                                 str(device), prec)
+            t0 = time.perf_counter()
+            res = run_job(args).result
+            runs[prec] = (res, time.perf_counter() - t0)
+            out[f"{prec}_seconds"] = round(runs[prec][1], 2)
+            out[f"{prec}_resolved"] = res.parameters.get("precision")
+            out[f"{prec}_lesions"] = len(res.table)
+        ref_heat = sitk.GetArrayFromImage(runs["fp32"][0].heatmap)
+        organ = sitk.GetArrayFromImage(runs["fp32"][0].organ_mask) > 0
+        ref_rows = [le.to_row() for le in runs["fp32"][0].table]
+        for prec in fast:
+            res, sec = runs[prec]
+            diff = np.abs(sitk.GetArrayFromImage(res.heatmap) - ref_heat)
+            out[f"{prec}_vs_fp32"] = {
+                "speedup": round(runs["fp32"][1] / sec, 3),
+                "heatmap_max_abs_diff": float(diff.max()), "heatmap_mean_abs_diff": float(diff.mean()),
+                "heatmap_max_abs_diff_in_organ": float(diff[organ].max()),
+                "heatmap_mean_abs_diff_in_organ": float(diff[organ].mean()),
+                "heatmap_max_fp32": float(ref_heat.max()),
+                "threshold": [runs["fp32"][0].threshold, res.threshold],
+                "lesion_table_identical": [le.to_row() for le in res.table] == ref_rows,
+                "lesion_voxels": [[le.voxels for le in runs["fp32"][0].table], [le.voxels for le in res.table]]}
+    return out
+
+
+#: --samples of the run that ``gpu_check`` makes run out of GPU memory on purpose: 2 x 200,000 demo latents
+#: (7 GB) whose first feature maps alone need ~60 GB each, beyond any single GPU today.
+OOM_SAMPLES = 200_000
+
+
+def provoke_out_of_memory(device: str, timeout_s: float = 240, memory_limit_gb: float | None = None) -> dict:
+    """``run`` on demo's case with an absurd ``--samples`` on ``device``, as a real subprocess: it must stop with the
+    documented out-of-memory error (exit 4, ``out_of_memory``), not a traceback or a kill. ``memory_limit_gb`` caps
+    the subprocess's address space (``worker.limit_memory``), so that on a CPU the allocation fails cleanly instead
+    of the system's out-of-memory killer stepping in."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from DiffusionAnomalyLib.errors import EXIT_OUT_OF_MEMORY
+    from DiffusionAnomalyLib.models.bundle import available_bundles
+    from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_phantom
+
+    bundle = next(b for b in available_bundles("kidney") if b.meta.demo)
+    with tempfile.TemporaryDirectory(prefix="da-oom-") as tmp:
+        case = make_phantom("kidney", 1000, None)
+        case_dir = write_phantom(case, Path(tmp) / "case")
+        cmd = [sys.executable, "-m", "DiffusionAnomalyLib", "run", "--bundle", str(bundle.path), "--input",
+               str(case_dir / "ct.nii.gz"), "--totalseg", str(case_dir / "segmentations"), "--device", device,
+               "--precision", "bf16", "--samples", str(OOM_SAMPLES), "--out", str(Path(tmp) / "out")]
+        t0 = time.perf_counter()
+        cap = None
+        if memory_limit_gb is not None:
+            from DiffusionAnomalyLib.app.worker import limit_memory
+
+            def cap() -> None:
+                limit_memory(memory_limit_gb)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, preexec_fn=cap)
+    last = (proc.stderr.strip().splitlines() or [""])[-1]
+    return {"samples": OOM_SAMPLES, "exit_code": proc.returncode, "stderr_last_line": last[:400],
+            "seconds": round(time.perf_counter() - t0, 1),
+            "ok": proc.returncode == EXIT_OUT_OF_MEMORY and "out_of_memory" in last and "Traceback" not in proc.stderr}
+
+
+def gpu_check(out: str | None = None) -> int:
+    """The GPU check of issue 25 (< 5 min on one GPU): DDIM 50 + guidance, 2 ROIs, at demo and thesis sizes in
+    bf16 autocast and fp32 (seconds per case, peak GPU memory), demo's case at fp32 and bf16 (agreement), and an
+    out-of-memory run provoked on purpose (exit 4). Prints JSON; 0 when everything ran and the out-of-memory run
+    ended as documented, 1 otherwise; without CUDA prints a 'skipped' report and returns 0."""
+    import json
+    from pathlib import Path
+
+    if not torch.cuda.is_available():
+        report: dict = {"gpu_check": "skipped", "reason": "no CUDA GPU available to PyTorch (CPU build, no driver or "
+                        "no GPU); nothing was measured"}
+        text = json.dumps(report, indent=2)
+        print(text)
+        if out:
+            Path(out).write_text(text + "\n")
+        return 0
+    device = torch.device("cuda")
+    t0 = time.perf_counter()
+    report = {"gpu_check": "ran", "gpu": torch.cuda.get_device_name(device),
+              "total_memory_mb": round(torch.cuda.get_device_properties(device).total_memory / 2**20),
+              "torch": torch.__version__, "cases": [], "problems": []}
+    for size in ("demo", "thesis-kidney"):
+        nets = build_networks(size, device)
+        for prec in ("bf16", "fp32"):
+            try:
+                r = bench_case(size, device, "ddim", GUIDANCE_ON, 2, 50, reference=False, nets=nets, precision=prec,
+                               network_time=False)
+                report["cases"].append({k: r[k] for k in ("size", "precision", "per_case_s", "per_step_s",
+                                                          "peak_cuda_mb", "peak_rss_mb")})
+            except Exception as exc:  # noqa: BLE001 - a check reports every failure and goes on
+                report["problems"].append(f"{size} {prec}: {type(exc).__name__}: {exc}")
+        del nets
+        torch.cuda.empty_cache()
+    thesis = [c for c in report["cases"] if c["size"] == "thesis-kidney" and c["precision"] == "bf16"]
+    if thesis:
+        report["targets"] = {"thesis_bf16_per_case_s_le_3": thesis[0]["per_case_s"] <= 3.0,
+                             "thesis_bf16_peak_cuda_mb_le_8192": thesis[0]["peak_cuda_mb"] <= 8192}
+    try:
+        report["agreement"] = demo_case_agreement(device, ["bf16"])
+    except Exception as exc:  # noqa: BLE001
+        report["problems"].append(f"agreement: {type(exc).__name__}: {exc}")
+    try:
+        report["out_of_memory"] = oom = provoke_out_of_memory("cuda")
+        if not oom["ok"]:
+            report["problems"].append("the provoked out-of-memory run did not end with exit 4 / out_of_memory")
+    except Exception as exc:  # noqa: BLE001
+        report["problems"].append(f"out-of-memory run: {type(exc).__name__}: {exc}")
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+    return 1 if report["problems"] else 0
