@@ -17,6 +17,9 @@ ORGANS = ("kidney", "liver", "brain")
 SAMPLERS = ("ddpm", "ddim", "inpaint")
 DEVICES = ("auto", "cuda", "cpu")
 REFERENCES = ("input", "autoencoder")
+#: Network precision: auto = bfloat16 autocast where the hardware runs it natively (docs/performance.md), else
+#: float32; fp32 turns the fast path off; bf16 forces it (CPU and CUDA).
+PRECISIONS = ("auto", "fp32", "bf16")
 #: Sampler settings used when the bundle recommends none.
 SAMPLER_DEFAULTS: dict[str, Any] = {"sampler": "ddpm", "noise_level": 250, "steps": 50, "guidance": 0.0}
 MAX_NOISE_LEVEL = 999
@@ -138,6 +141,9 @@ class RunSettings:
         ("run", "batch")))
     deterministic: bool = _setting(False, Option(
         "deterministic algorithms (slower on GPU); the seed already fixes all noise", "flag"))
+    precision: str = _setting("auto", Option(
+        "network precision: auto (bfloat16 autocast on CPUs with native bfloat16 and on CUDA, else float32; the "
+        "default), fp32 (the fast path off), bf16 (force it)", "precision", ("run", "evaluate", "sweep", "batch")))
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -178,6 +184,8 @@ class RunSettings:
             out.append(f"trajectory-every must be >= 0 (got {self.trajectory_every})")
         if self.trajectory_heatmap and self.trajectory_every <= 0:
             out.append("the trajectory heatmap needs a trajectory (trajectory-every K > 0)")
+        if self.precision not in PRECISIONS:
+            out.append(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         return out
 
     @classmethod

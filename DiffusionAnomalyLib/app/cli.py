@@ -15,7 +15,9 @@ from pathlib import Path
 
 from DiffusionAnomalyLib import __version__
 from DiffusionAnomalyLib.errors import DiffusionAnomalyError, InputError
-from DiffusionAnomalyLib.settings import ORGANS, REFERENCES, SAMPLERS
+from DiffusionAnomalyLib.settings import ORGANS, PRECISIONS, REFERENCES, SAMPLERS, options
+
+PRECISION_HELP = dict(options())["precision"].help  # for demo, which is not a detection command
 
 
 def _print_table(table) -> None:
@@ -179,7 +181,7 @@ def _best_bundle(organ: str | None) -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from DiffusionAnomalyLib.app.job import run_job
+    from DiffusionAnomalyLib.app.job import demo_job_args, run_job
     from DiffusionAnomalyLib.evaluation.metrics import dice, match_lesions
     from DiffusionAnomalyLib.imaging.io import read_volume
     from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_phantom
@@ -193,18 +195,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from DiffusionAnomalyLib.models.bundle import available_bundles
 
     shipped = [b for b in available_bundles(args.organ) if b.meta.demo] if not args.baseline else []
-    # the demo's job is a `run` (or `baseline`) command line, parsed by the same parser as the user's
-    common = ["--input", *[str(case_dir / f"{c}.nii.gz") for c in case.channels],
-              *(["--totalseg", str(case_dir / "segmentations")] if args.organ != "brain" else ["--skull-stripped"]),
-              "--out", str(out / "result"), "--overwrite"]  # the demo's own folder: a rerun replaces its result
     if shipped:
         print(f"[2/3] detection with the shipped {shipped[0].label} bundle on {args.device} "
               "(trained on synthetic phantoms only) ...")
-        job = build_parser().parse_args(["run", "--bundle", str(shipped[0].path), "--seed", "0", "--device",
-                                         args.device, *common])
     else:
         print("[2/3] non-neural baseline (organ median filter) ...")
-        job = build_parser().parse_args(["baseline", "--organ", args.organ, *common])
+    job = demo_job_args(str(shipped[0].path) if shipped else None, case_dir, case.channels, args.organ,
+                        out / "result", args.device, args.precision)
     result = run_job(job).result
     _print_table(result.table)
     pred = sitk.GetArrayFromImage(result.lesions)
@@ -213,8 +210,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"[3/3] against the known truth: Dice {dice(pred, truth):.3f}; lesions: {det.tp} of {det.tp + det.fn} "
           f"found, {det.fp} false positive(s); recall {det.recall:.2f}, precision {det.precision:.2f}, "
           f"F1 {det.f1:.2f}")
+    prec = result.parameters.get("precision")
     print(f"outputs in {out / 'result'} (heatmap, lesions, segmentation, reconstruction, overview.png, run.json); "
-          f"{time.perf_counter() - t0:.1f} s. Synthetic data and a demo model: not a clinical result.")
+          f"{time.perf_counter() - t0:.1f} s{f' (networks in {prec})' if prec else ''}. "
+          "Synthetic data and a demo model: not a clinical result.")
     return 0
 
 
@@ -344,11 +343,17 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
+    from DiffusionAnomalyLib.app.diagnostics import demo_case_agreement
     from DiffusionAnomalyLib.evaluation.bench import run_bench
 
+    if args.gpu_check:
+        from DiffusionAnomalyLib.app.diagnostics import gpu_check
+
+        return gpu_check(args.out)
     report = run_bench(sizes=args.sizes, devices=args.devices, steps=args.steps, repeats=args.repeats,
                        reference=not args.no_reference, methods=args.samplers, guidance=args.guidance_values,
-                       rois=args.rois)
+                       rois=args.rois, precisions=tuple(args.precisions), network_time=not args.no_network_time,
+                       agreement=demo_case_agreement if args.agreement else None)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
@@ -409,6 +414,7 @@ DEBUG_HELP = "on an error, also print the traceback"
 
 #: How the command line parses each kind of run setting (``settings.Option.kind``).
 OPTION_KINDS = {"sampler": {"choices": list(SAMPLERS)}, "reference": {"choices": list(REFERENCES)}, "device": {},
+                "precision": {"choices": list(PRECISIONS)},
                 "positive_int": {"type": positive_int}, "non_negative_int": {"type": non_negative_int},
                 "non_negative": {"type": non_negative}, "seed": {"type": seed_arg},
                 "threshold": {"type": threshold_arg}, "grow_to": {"type": grow_to_arg}}
@@ -606,6 +612,18 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--samplers", nargs="+", default=["ddpm", "ddim"], choices=["ddpm", "ddim"])
     be.add_argument("--guidance-values", type=float, nargs="+", default=[0.0, 100.0], help="0 = unguided")
     be.add_argument("--rois", type=int, nargs="+", default=[1, 2], help="ROIs per batch")
+    be.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=list(PRECISIONS),
+                    help="network precisions to run side by side (default: fp32 and auto, the fast path; the first "
+                         "is the baseline of the speedups and MONAI's reference loop)")
+    be.add_argument("--no-network-time", action="store_true",
+                    help="skip the bare network loop (network_s, network_share, overhead): half the time")
+    be.add_argument("--agreement", action="store_true",
+                    help="also run demo's case (kidney phantom 1000, the shipped kidney-demo bundle) at fp32 and at "
+                         "the other precisions: heatmap differences and whether the lesion tables are identical")
+    be.add_argument("--gpu-check", action="store_true",
+                    help="the GPU check (scripts/gpu_check.sh): demo and thesis sizes in bf16 on CUDA, peak GPU "
+                         "memory, a provoked out-of-memory run (exit 4) and the agreement check; exit 0 and a "
+                         "'skipped' line without CUDA")
     be.add_argument("--out", help="also write the JSON here")
     be.set_defaults(func=_cmd_bench)
 
@@ -616,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--lesions", type=int, default=None, help="number of lesions (default: the phantom's own, 0-3)")
     de.add_argument("--out", default="demo-output")
     de.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda")
+    de.add_argument("--precision", choices=list(PRECISIONS), default=None, help=PRECISION_HELP)
     de.add_argument("--baseline", action="store_true", help="use the non-neural baseline instead of the demo bundle")
     de.set_defaults(func=_cmd_demo)
     return p

@@ -115,6 +115,22 @@ def _threshold_value(name: str, value, recommended: dict):
     return None if value == "otsu" else value
 
 
+def demo_job_args(bundle: str | None, case_dir: Path, channels, organ: str, out: Path, device: str,
+                  precision: str | None = None) -> argparse.Namespace:
+    """The job ``demo`` runs on a written phantom (``case_dir``), as a ``run`` command line with ``bundle`` and
+    its recommended settings (seed 0), or ``baseline`` when ``bundle`` is None, parsed by the command line's
+    own parser; ``out`` is replaced if it exists (the demo's own folder)."""
+    from DiffusionAnomalyLib.app.cli import build_parser
+
+    common = ["--input", *[str(Path(case_dir) / f"{c}.nii.gz") for c in channels],
+              *(["--totalseg", str(Path(case_dir) / "segmentations")] if organ != "brain" else ["--skull-stripped"]),
+              "--out", str(out), "--overwrite"]
+    if bundle is None:
+        return build_parser().parse_args(["baseline", "--organ", organ, *common])
+    return build_parser().parse_args(["run", "--bundle", str(bundle), "--seed", "0", "--device", str(device),
+                                      *(["--precision", precision] if precision else []), *common])
+
+
 #: Below this validation AUC (at the level nearest the sampler's start) a classifier barely tells healthy from
 #: unhealthy, so its gradients steer the sample toward noise rather than health.
 WEAK_CLASSIFIER_AUC = 0.7
@@ -175,13 +191,15 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
         opts = resolved.map_options()
         preset = opts.apply_to(preset)
         reconstructor = DiffusionReconstructor(bundle, settings, device, reference=opts.reference,
-                                               samples=opts.samples, progress=lambda d, n: report("reconstruct", d, n))
+                                               samples=opts.samples, precision=resolved.precision,
+                                               progress=lambda d, n: report("reconstruct", d, n))
         threshold = resolved.threshold
         inputs["bundle"] = {"path": str(bundle.path), "name": bundle.meta.name, "version": bundle.meta.version,
                             "sha256": bundle.digest, "demo": demo}
         params = {"settings": resolved.to_dict(), "sampler": dataclasses.asdict(settings),
                   "reference": opts.reference, "samples": reconstructor.effective_samples,
-                  "median_filter": opts.median_filter, "deterministic": resolved.deterministic}
+                  "median_filter": opts.median_filter, "deterministic": resolved.deterministic,
+                  "precision": reconstructor.resolved_precision}
         postprocessing = resolved.postprocessing(preset)
     else:
         from DiffusionAnomalyLib.detection.baseline import MedianBaseline

@@ -34,6 +34,7 @@ class Model:
     demo: bool = False
     weights_id: str = ""  # BundleMeta.weights_id(): maps made by other networks are never reused
     recommended: dict = field(default_factory=dict)  # the bundle's ``recommended`` block, as calibrated
+    precision: str = "fp32"  # the networks' resolved precision (fp32 or bf16; models/precision.py)
 
     @property
     def settings(self):
@@ -56,7 +57,8 @@ class Model:
         o = self.options
         samples = samples_drawn(st.method, o.samples)
         return (key + ("_refae" if o.reference == "autoencoder" else "") + (f"_k{samples}" if samples > 1 else "")
-                + (f"_med{o.median_filter}" if o.median_filter else "") + f"_w{self.weights_id}")
+                + (f"_med{o.median_filter}" if o.median_filter else "") + f"_w{self.weights_id}"
+                + ("_bf16" if self.precision == "bf16" else ""))
 
 
 #: Builds the run settings from a bundle's ``recommended`` block and preset (the command line's options on top).
@@ -74,12 +76,16 @@ def load_model(bundle_path: str | None, organ: str | None, device, resolve: Reso
         rec = dict(bundle.meta.recommended or {})
         run = resolve(rec, bundle.preset)
         opts = run.map_options()
+        from DiffusionAnomalyLib.models.precision import resolve_precision
+
+        precision = resolve_precision(run.precision, device)
         return Model(opts.apply_to(bundle.preset), run,
                      lambda st: DiffusionReconstructor(bundle, st, device, reference=opts.reference,
-                                                       samples=opts.samples),
+                                                       samples=opts.samples, precision=precision),
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"
-                     + (" DEMO" if bundle.meta.demo else ""), demo=bundle.meta.demo,
-                     weights_id=bundle.meta.weights_id(), recommended=rec)
+                     + (" DEMO" if bundle.meta.demo else "") + (" bf16" if precision == "bf16" else ""),
+                     demo=bundle.meta.demo, weights_id=bundle.meta.weights_id(), recommended=rec,
+                     precision=precision)
     from DiffusionAnomalyLib.detection.baseline import MedianBaseline
     from DiffusionAnomalyLib.detection.presets import get_preset
 

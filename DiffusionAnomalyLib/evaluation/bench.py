@@ -2,20 +2,25 @@
 
 For each model size (random weights; ``demo`` = the tiny CPU network on the kidney demo latent
 4 x 16 x 12 x 12, ``thesis-kidney`` = kidney thesis App. A: latent 8 x 32 x 24 x 24, multipliers
-[2, 4, 8, 16]), device, sampler (DDPM, DDIM with inversion), guidance (off / on) and ROIs per batch
-(1, 2) it reports:
+[2, 4, 8, 16]), device, sampler (DDPM, DDIM with inversion), guidance (off / on), ROIs per batch
+(1, 2) and network precision (``--precisions``, default fp32 and auto = the fast path; precision.py),
+side by side in one run, it reports:
 
-- ``seconds`` for one sampler call, ``per_step_s``, ``per_case_s`` (a case = 2 kidney ROIs);
+- ``seconds`` (wall clock) for one sampler call and ``cpu_seconds`` (the process's CPU time: on a shared
+  machine less inflated by other programs than the wall clock), ``per_step_s`` (per network evaluation),
+  ``per_denoising_step_s``, ``per_case_s`` (a case = 2 kidney ROIs);
 - ``network_s``: the same network evaluations (denoiser forward, classifier forward + backward)
-  in a bare loop, and ``overhead`` = seconds / network_s - 1 (the sampler's own cost);
+  in a bare loop; ``network_share`` = network_s / seconds and ``overhead`` = seconds / network_s - 1;
 - ``batch_speedup``: per-case throughput of 2 ROIs in one batch over 1 ROI at a time;
-- ``reference_s`` and ``speedup_vs_reference`` (DDIM): a plain loop on MONAI's ``DDIMScheduler``
-  (``reversed_step`` then ``step``) with the same networks, one ROI at a time;
-- ``peak_rss_mb`` and ``peak_cuda_mb``.
+- ``reference_s`` and ``speedup_vs_reference`` (DDIM, first precision only): a plain loop on MONAI's
+  ``DDIMScheduler`` (``reversed_step`` then ``step``) with the same networks, one ROI at a time;
+- ``peak_rss_mb`` and ``peak_cuda_mb`` (the peaks are reset before each row);
+- ``comparison``: per configuration, the precisions and MONAI's loop side by side;
+- ``agreement`` (``--agreement``): demo's case at fp32 and the fast path: heatmap differences, lesion tables.
 
-Targets (issue 6): overhead <= 5 %; batch speedup >= 1.6; >= 1.5x the reference; thesis-size case
-with DDIM 50 steps + guidance <= 90 s on 2 CPU cores and <= 3 s on an H200; peak memory <= 4 GB
-(CPU) / 8 GB (GPU).
+Targets: overhead <= 5 %; batch speedup >= 1.6; >= 1.5x the reference (issue 6); thesis-size case with DDIM
+50 steps + guidance <= 90 s on 2 CPU cores (issue 25: with the fast path) and <= 3 s on an H200; peak memory
+<= 4 GB (CPU) / 8 GB (GPU). ``--gpu-check`` (scripts/gpu_check.sh) is the GPU check.
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ from DiffusionAnomalyLib.models.diffusion.guidance import HEALTHY, ClassifierGui
 from DiffusionAnomalyLib.models.diffusion.sampler import LatentSampler, SamplerSettings
 from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule, sampling_timesteps
 from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
-from DiffusionAnomalyLib.models.nets.denoiser import bf16_on_cuda, build_denoiser, denoiser_config, eps_function
+from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config, eps_function
+from DiffusionAnomalyLib.models.precision import (
+    classifier_in_precision,
+    eps_in_precision,
+    network_layout,
+    resolve_precision,
+)
 
 SIZES = {
     "demo": {"denoiser": "tiny", "latent": (4, 16, 12, 12)},
@@ -137,26 +148,38 @@ def reference_ddim_time(eps, clf, z: torch.Tensor, settings: SamplerSettings, de
 
 
 def bench_case(size: str, device: torch.device, method: str, guidance: float, rois: int, steps: int,
-               reference: bool, nets=None) -> dict:
+               reference: bool, nets=None, precision: str = "fp32", network_time: bool = True) -> dict:
+    """One sampler call timed (after a warm-up), with the bare network loop and MONAI's reference beside it."""
     den, clf = nets or build_networks(size, device)
-    eps = bf16_on_cuda(eps_function(den), device)
+    resolved = resolve_precision(precision, device)
+    network_layout(den, device, resolved)  # the shared denoiser: each row sets the layout of its precision
+    eps = eps_in_precision(eps_function(den), device, resolved)
+    clf = classifier_in_precision(clf, device, resolved)
     sampler = LatentSampler(eps, NoiseSchedule(), classifier=clf)
     z = torch.randn((rois, *SIZES[size]["latent"]), generator=torch.Generator().manual_seed(1)).to(device)
     settings = SamplerSettings(method=method, noise_level=NOISE_LEVEL, steps=steps, guidance=guidance, seed=0)
-    sampler.reconstruct(z[:1], SamplerSettings(method="ddpm", noise_level=NOISE_LEVEL, steps=2))  # warm-up
+    sampler.reconstruct(z[:1], SamplerSettings(method="ddpm", noise_level=NOISE_LEVEL, steps=2,
+                                               guidance=guidance))  # warm-up (oneDNN primitives, allocator)
     _reset_peaks(device)
     result = {}
+    cpu0 = time.process_time()
     seconds = _timed(lambda: result.setdefault("r", sampler.reconstruct(z, settings)), device)
+    cpu_seconds = time.process_time() - cpu0
     nfe = result["r"].network_evaluations
-    out = {"size": size, "device": str(device), "sampler": method, "guidance": guidance, "rois": rois,
-           "steps": steps, "network_evaluations": nfe, "seconds": round(seconds, 3),
-           "per_step_s": round(seconds / max(nfe, 1), 4), "per_case_s": round(seconds / rois * 2, 3),
+    steps_done = len(sampling_timesteps(NOISE_LEVEL, steps)) - 1
+    out = {"size": size, "device": str(device), "precision": precision, "resolved_precision": resolved,
+           "sampler": method, "guidance": guidance, "rois": rois, "steps": steps, "network_evaluations": nfe,
+           "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+           "per_step_s": round(seconds / max(nfe, 1), 4),
+           "per_denoising_step_s": round(seconds / steps_done, 4), "per_case_s": round(seconds / rois * 2, 3),
            "peak_rss_mb": _peak_rss_mb(),
            "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda"
            else None}
-    net_s = bare_network_time(eps, clf, z, settings, device)
-    out["network_s"] = round(net_s, 3)
-    out["overhead"] = round(seconds / net_s - 1, 4)
+    if network_time:
+        net_s = bare_network_time(eps, clf, z, settings, device)
+        out["network_s"] = round(net_s, 3)
+        out["network_share"] = round(net_s / seconds, 4)
+        out["overhead"] = round(seconds / net_s - 1, 4)
     if reference and method == "ddim":
         ref = reference_ddim_time(eps, clf, z, settings, device)
         out["reference_s"] = round(ref, 3)
@@ -166,27 +189,90 @@ def bench_case(size: str, device: torch.device, method: str, guidance: float, ro
 
 def run_bench(sizes=("demo", "thesis-kidney"), devices=None, steps: int = 50, repeats: int = 1,
               reference: bool = True, methods=("ddpm", "ddim"), guidance=(0.0, GUIDANCE_ON),
-              rois=(1, 2)) -> dict:
-    """Every configuration; returns the JSON-able report (environment, rows, and a summary per size/device)."""
+              rois=(1, 2), precisions=("fp32", "auto"), network_time: bool = True,
+              agreement=None) -> dict:
+    """Every configuration at every precision, side by side in one run; returns the JSON-able report (environment,
+    rows, a ``comparison`` per configuration: fp32 against the fast path and MONAI's loop, and, with ``agreement``,
+    the fast path's heatmap and lesion table against fp32 on the demo case).
+
+    MONAI's reference loop runs once per configuration, with the networks at the first precision listed (fp32 by
+    default)."""
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
+    rows, comparison, agreements = [], [], []
     for dev_name in devices:
         device = torch.device(dev_name)
         for size in sizes:
             nets = build_networks(size, device)
             for method in methods:
                 for g in guidance:
-                    by_rois = {}
                     for n in rois:
-                        best = min((bench_case(size, device, method, g, n, steps, reference, nets)
-                                    for _ in range(repeats)), key=lambda r: r["seconds"])
-                        by_rois[n] = best
-                        rows.append(best)
-                    if 1 in by_rois and 2 in by_rois:
-                        speed = (by_rois[1]["seconds"] * 2) / by_rois[2]["seconds"]
-                        by_rois[2]["batch_speedup"] = round(speed, 3)
+                        by_precision = {}
+                        for k, prec in enumerate(precisions):
+                            best = min((bench_case(size, device, method, g, n, steps, reference and k == 0, nets,
+                                                   prec, network_time) for _ in range(repeats)),
+                                       key=lambda r: r["seconds"])
+                            by_precision[prec] = best
+                            rows.append(best)
+                        comparison.append(_compare(by_precision, precisions))
+            for prec in precisions:  # batch speedup: 2 ROIs in one batch over 1 ROI at a time
+                for method in methods:
+                    for g in guidance:
+                        one = [r for r in rows if _same(r, size, dev_name, prec, method, g, 1)]
+                        two = [r for r in rows if _same(r, size, dev_name, prec, method, g, 2)]
+                        if one and two:
+                            two[0]["batch_speedup"] = round(one[0]["seconds"] * 2 / two[0]["seconds"], 3)
+            del nets
+        if agreement:  # app.diagnostics.demo_case_agreement (a detection run, from the application layer)
+            agreements.append(agreement(device, [p for p in precisions if p != "fp32"] or ["auto"]))
     env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
+           "cpu_native_bf16": _cpu_native_bf16(), "load_average": _load_average(),
+           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
            "noise_level": NOISE_LEVEL, "guidance_on": GUIDANCE_ON}
-    return {"environment": env, "results": rows}
+    report = {"environment": env, "results": rows, "comparison": comparison}
+    if agreement:
+        report["agreement"] = agreements
+    return report
+
+
+def _same(r: dict, size, dev, prec, method, g, n) -> bool:
+    return (r["size"], r["device"], r["precision"], r["sampler"], r["guidance"], r["rois"]) == (
+        size, str(torch.device(dev)), prec, method, g, n)
+
+
+def _compare(by_precision: dict, precisions) -> dict:
+    """One configuration, side by side: seconds per case at each precision, the speedup over the first, MONAI."""
+    base = by_precision[precisions[0]]
+    out = {k: base[k] for k in ("size", "device", "sampler", "guidance", "rois", "steps")}
+    for prec in precisions:
+        r = by_precision[prec]
+        label = prec if prec == r["resolved_precision"] else f"{prec}={r['resolved_precision']}"
+        out[f"{label}_per_case_s"] = r["per_case_s"]
+        out[f"{label}_cpu_s"] = r["cpu_seconds"]
+        out[f"{label}_per_denoising_step_s"] = r["per_denoising_step_s"]
+        if "network_share" in r:
+            out[f"{label}_network_share"] = r["network_share"]
+        out[f"{label}_peak_rss_mb"] = r["peak_rss_mb"]
+        if r["peak_cuda_mb"] is not None:
+            out[f"{label}_peak_cuda_mb"] = r["peak_cuda_mb"]
+        if prec != precisions[0]:
+            out[f"{label}_speedup_vs_{precisions[0]}"] = round(base["seconds"] / r["seconds"], 3)
+            out[f"{label}_cpu_ratio_vs_{precisions[0]}"] = round(base["cpu_seconds"] / max(r["cpu_seconds"], 1e-9),
+                                                                  3)
+    if "reference_s" in base:
+        out["monai_reference_per_case_s"] = round(base["reference_s"] / base["rois"] * 2, 3)
+    return out
+
+
+def _cpu_native_bf16() -> bool:
+    from DiffusionAnomalyLib.models.precision import cpu_native_bf16
+
+    return cpu_native_bf16()
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None

@@ -23,7 +23,13 @@ from DiffusionAnomalyLib.models.bundle import Bundle
 from DiffusionAnomalyLib.models.diffusion.inpaint import adaptive_liver_mask
 from DiffusionAnomalyLib.models.diffusion.sampler import LatentSampler, SamplerSettings
 from DiffusionAnomalyLib.models.nets.autoencoder import LatentCodec
-from DiffusionAnomalyLib.models.nets.denoiser import bf16_on_cuda, eps_function
+from DiffusionAnomalyLib.models.nets.denoiser import eps_function
+from DiffusionAnomalyLib.models.precision import (
+    classifier_in_precision,
+    eps_in_precision,
+    network_layout,
+    resolve_precision,
+)
 
 REFERENCES = ("input", "autoencoder")
 
@@ -40,7 +46,7 @@ class DiffusionReconstructor:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     reference: str = "input"
     progress: Callable[[int, int], None] | None = None  # sampler steps done, total
-    autocast: bool = True  # bfloat16 network evaluations on CUDA; the sampler arithmetic stays float32
+    precision: str = "auto"  # networks in fp32 or bf16 autocast (precision.py); the sampler arithmetic stays float32
     samples: int = 1  # stochastic reconstructions averaged per ROI (DDPM, inpaint)
     name: str = "latent-diffusion"
 
@@ -54,16 +60,18 @@ class DiffusionReconstructor:
             raise InputError(f"{self.bundle.path}: the bundle needs an autoencoder and a denoiser to reconstruct")
         den_cfg = self.bundle.meta.networks["denoiser"]
         self.codec = LatentCodec(nets["autoencoder"], self.bundle.meta.latent.get("scale_factor", 1.0))
-        self.sampler = LatentSampler(self._maybe_autocast(eps_function(nets["denoiser"])), self.bundle.schedule(),
-                                     classifier=nets.get("classifier"),
+        #: the precision the networks run at here: "fp32" or "bf16" (``precision`` resolved for the device)
+        self.resolved_precision = resolve_precision(self.precision, self.device)
+        p = self.resolved_precision
+        network_layout(nets["denoiser"], self.device, p)
+        self.sampler = LatentSampler(eps_in_precision(eps_function(nets["denoiser"]), self.device, p),
+                                     self.bundle.schedule(),
+                                     classifier=classifier_in_precision(nets.get("classifier"), self.device, p),
                                      class_conditional=den_cfg.get("num_class_embeds") is not None)
         self.settings.validate(self.sampler.schedule)
         self.trajectory: list[tuple[int, int, np.ndarray]] = []  # (sampler step, noise level t, decoded x0_hat)
         self.draws: np.ndarray | None = None  # the K >= 2 decoded draws (K, B, C, ...) of the last reconstruct
         self.network_evaluations = 0
-
-    def _maybe_autocast(self, fn):
-        return bf16_on_cuda(fn, self.device) if self.autocast else fn
 
     def _latent_mask(self, x: np.ndarray, mask: np.ndarray, z_shape: torch.Size) -> torch.Tensor:
         """Inpainting region on the latent grid: the adaptive (darker-than-median) mask for CT, else the organ."""

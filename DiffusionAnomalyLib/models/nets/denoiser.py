@@ -79,19 +79,6 @@ def build_denoiser(cfg: DenoiserConfig) -> DiffusionModelUNet:
     )
 
 
-def bf16_on_cuda(eps, device: torch.device):
-    """``eps`` evaluated in bfloat16 autocast on CUDA (returned as float32, so sampler arithmetic stays
-    float32); unchanged on other devices."""
-    if device.type != "cuda":
-        return eps
-
-    def wrapped(x, t, labels=None):
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            return eps(x, t, labels).float()
-
-    return wrapped
-
-
 def eps_function(net: DiffusionModelUNet):
     """Adapt the network to the samplers' ``eps(x, t, labels)`` signature."""
 
