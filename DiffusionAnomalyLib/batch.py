@@ -12,7 +12,7 @@ import argparse
 import csv
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .datasets import EvalCase, discover_cases
@@ -34,6 +34,7 @@ class Model:
     options: object = None  # settings.MapOptions (None for the baseline)
     weights_id: str = ""  # BundleMeta.weights_id(): maps made by other networks are never reused
     recommended_grow_to: float | None = None
+    extra: dict = field(default_factory=dict)  # the bundle's model.json "extra" (training records)
 
     def maps_key(self, settings=None) -> str:
         """Cache folder name of the anomaly maps made with ``settings`` (default: this model's) by these
@@ -66,7 +67,8 @@ def load_model(args: argparse.Namespace, device) -> Model:
                                                        samples=opts.samples),
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"
                      + (" DEMO" if bundle.meta.demo else ""), rec.get("threshold"), bundle.meta.demo,
-                     rec.get("min_lesion_ml"), opts, bundle.meta.weights_id(), rec.get("grow_to"))
+                     rec.get("min_lesion_ml"), opts, bundle.meta.weights_id(), rec.get("grow_to"),
+                     dict(bundle.meta.extra or {}))
     from .baseline import MedianBaseline
     from .presets import get_preset
 

@@ -248,7 +248,7 @@ def _dataset_setup(args: argparse.Namespace):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import compute_maps, score_dataset, write_report
+    from .evaluate import baseline_beside, compute_maps, score_dataset, write_report
     from .job import resolve_postprocessing
 
     ranks, model, cases = _dataset_setup(args)
@@ -257,6 +257,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     maps = out / "maps" / key
     compute_maps(cases, model.make_reconstructor(model.settings), model.preset, maps, ranks.rank, ranks.world)
     ranks.barrier()
+    beside = None
+    if model.settings is not None and not args.no_baseline:  # a bundle: the baseline on the same cases
+        beside = baseline_beside(cases, model.preset.name, out, ranks.rank, ranks.world, ranks.barrier,
+                                 not args.no_postprocessing, args.min_lesion_ml, args.grow_to, args.bootstrap)
     if ranks.rank == 0:
         asked = "otsu" if args.threshold is None else args.threshold  # a fixed 0 stays 0
         threshold = model.recommended_threshold if asked == "bundle" else asked
@@ -270,8 +274,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                     "post-processing": "off" if pp is None else "on (as in the kidney thesis §4.1.1" + (
                         f"; lesions >= {pp.min_volume_ml:g} ml" if pp.min_volume_ml else "") + (
                         f"; grown to {pp.grow_to:g} x threshold" if pp.grow_to < 1 else "") + ")", "IoU": 0.2,
-                    "ranks": ranks.world}
-        write_report(out, scores, summary, problems, settings)
+                    "ranks": ranks.world,
+                    "baseline": "this is the baseline" if model.settings is None else "off (--no-baseline)"
+                    if args.no_baseline else "the median baseline beside (its global Otsu threshold)"}
+        write_report(out, scores, summary, problems, settings, beside)
         print((out / "report" / "summary.md").read_text())
         if args.threshold is None and model.recommended_threshold is not None:
             print(f"note: scored at the dataset's global Otsu threshold {thr:.4f} (as in the kidney thesis §5.2), "
@@ -288,7 +294,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .anomaly import PostProcessing
-    from .sweep import run_sweep, write_calibrated_bundle
+    from .sweep import run_sweep, weak_guidance, write_calibrated_bundle
 
     if min(args.threshold_scales) <= 0:
         raise InputError(f"--threshold-scales must be > 0 (got {min(args.threshold_scales):g})")
@@ -300,11 +306,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     ranks, model, cases = _dataset_setup(args)
     if model.settings is None:
         raise DiffusionAnomalyError("sweep needs --bundle (the baseline has no L or s)")
+    guidance_values = args.guidance_values
+    weak = weak_guidance(model.extra, args.noise_levels) if any(s > 0 for s in guidance_values) else None
+    if weak and not args.allow_weak_classifier:
+        guidance_values = [0.0]
+        if ranks.rank == 0:
+            print(f"warning: {weak}: the sweep tries s = 0 only (--allow-weak-classifier to sweep s > 0 anyway)",
+                  file=sys.stderr)
     res = run_sweep(cases, model.make_reconstructor, model.preset, Path(args.out), model.settings,
-                    args.noise_levels, args.guidance_values, ranks.rank, ranks.world, ranks.barrier,
+                    args.noise_levels, guidance_values, ranks.rank, ranks.world, ranks.barrier,
                     min_lesion_ml_values=args.min_lesion_ml_values, maps_key=model.maps_key,
                     options=dataclasses.asdict(model.options), threshold_scales=args.threshold_scales,
-                    max_fp_per_organ=args.max_fp_per_organ, grow_to_values=grow_to_values)
+                    max_fp_per_organ=args.max_fp_per_organ, grow_to_values=grow_to_values,
+                    baseline_organ=None if args.no_baseline else model.preset.name)
     if res is not None:
         print(f"{'L':>5} {'s':>7} {'threshold':>10} {'Dice':>7} {'F1':>7}")
         for r in res["grid"]:
@@ -322,12 +336,30 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                   f"{r['dice'] or 0:>7.3f}")
         print(f"recommended: threshold {b['threshold']:.4f}, minimum lesion volume {b['min_lesion_ml']:g} ml, "
               f"grow to {b['grow_to']:g} x threshold ({b['objective']})")
+        if "baseline" in res:
+            _print_beside(res["baseline"])
         if args.write_bundle:
             dest = write_calibrated_bundle(args.bundle, args.write_bundle, b,
                                            note=f"sweep over {len(cases)} cases of {args.data}")
             print(f"calibrated bundle written to {dest}")
     ranks.close()
     return 0
+
+
+def _print_beside(comparison: dict) -> None:
+    """The model beside the baseline, as sweep prints it (evaluate prints summary.md, which holds the same)."""
+    m, b = comparison["model"], comparison["baseline"]
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"beside the non-neural median baseline ({comparison['cases']} cases): found {m['found']}/{m['lesions']} "
+          f"vs {b['found']}/{b['lesions']}; FP per organ {f(m['fp_per_organ'])} vs {f(b['fp_per_organ'])}; "
+          f"pooled F1 {f(m['pooled_f1'])} vs {f(b['pooled_f1'])}; Dice {f(m['dice'])} vs {f(b['dice'])}")
+    for key, name in (("dice", "Dice"), ("f1", "lesion F1")):
+        t = comparison["paired"][key]
+        print(f"  paired Wilcoxon on per-case {name} ({t['n']} pairs): {t['verdict']} (p model better "
+              f"{f(t['p_model_better'])}, p baseline better {f(t['p_baseline_better'])})")
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
@@ -596,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "bundle's calibrated operating point)")
     ev.add_argument("--no-postprocessing", action="store_true", help="threshold + components only")
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    ev.add_argument("--no-baseline", action="store_true",
+                    help="with --bundle: do not run the non-neural median baseline on the same cases (by default it "
+                         "runs, and summary.md puts the two side by side with a paired Wilcoxon test per case)")
     ev.set_defaults(func=_cmd_evaluate)
 
     sw = dataset_parser("sweep", "grid search over L and s (as in the kidney thesis §5.2); can calibrate a copy of "
@@ -617,6 +652,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-fp-per-organ", type=float, default=None, metavar="N",
                     help="recommend the operating point that finds the most lesions with at most N false-positive "
                          "components per organ (default: the best pooled lesion F1)")
+    sw.add_argument("--no-baseline", action="store_true",
+                    help="do not run the non-neural median baseline on the same cases (by default it runs and the "
+                         "report puts it beside the recommended operating point, with a paired Wilcoxon test)")
+    sw.add_argument("--allow-weak-classifier", action="store_true",
+                    help="sweep s > 0 even when the bundle's recorded classifier AUC is near chance (below 0.7; by "
+                         "default only s = 0 is tried then)")
     sw.add_argument("--write-bundle", help="write a copy of the bundle calibrated with the best L, s, threshold and "
                                            "minimum lesion volume")
     sw.set_defaults(func=_cmd_sweep)
