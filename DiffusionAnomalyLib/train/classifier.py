@@ -34,6 +34,7 @@ from .common import (
     autocast,
     barrier,
     bundle_extras,
+    cleans_empty_work,
     infinite_batches,
     init_distributed,
     load_checkpoint,
@@ -117,6 +118,7 @@ def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @stdout_unless_configured
+@cleans_empty_work
 def train_classifier(cfg: ClassifierTraining) -> Path:
     device = select_device(cfg.device)
     dist = init_distributed(device)

@@ -95,6 +95,27 @@ def shutdown(d: Dist) -> None:
         dist.destroy_process_group()
 
 
+# -- work folders ----------------------------------------------------------------------------------
+def cleans_empty_work(func):
+    """Decorator for a ``train_*(cfg)`` function: when it fails, its ``<cfg.out>.work`` folder is removed again if the
+    run created it and wrote no file into it (a bad dataset leaves no empty work folder behind)."""
+    import functools
+    import shutil
+
+    @functools.wraps(func)
+    def wrapper(cfg, *args, **kwargs):
+        work = Path(f"{cfg.out}.work")
+        existed = work.exists()
+        try:
+            return func(cfg, *args, **kwargs)
+        except BaseException:
+            if not existed and work.is_dir() and not any(p.is_file() for p in work.rglob("*")):
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    return wrapper
+
+
 # -- EMA -----------------------------------------------------------------------------------------
 class EMA:
     """Exponential moving average of a model's parameters (kidney thesis: decay 0.995)."""

@@ -32,6 +32,7 @@ from .common import (
     autocast,
     barrier,
     bundle_extras,
+    cleans_empty_work,
     infinite_batches,
     init_distributed,
     load_checkpoint,
@@ -102,6 +103,7 @@ def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels:
 
 
 @stdout_unless_configured
+@cleans_empty_work
 def train_denoiser(cfg: DenoiserTraining) -> Path:
     device = select_device(cfg.device)
     dist = init_distributed(device)
