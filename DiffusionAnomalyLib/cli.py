@@ -704,10 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
         model.add_argument("--bundle", help="model bundle folder or .zip")
         model.add_argument("--baseline", action="store_true", help="the non-neural median baseline (needs --organ)")
         sp.add_argument("--organ", choices=list(ORGANS), help="with --baseline")
-        sp.add_argument("--sampler", choices=list(SAMPLERS))
-        sp.add_argument("--noise-level", type=positive_int)
-        sp.add_argument("--steps", type=positive_int)
-        sp.add_argument("--guidance", type=non_negative)
+        sp.add_argument("--sampler", choices=list(SAMPLERS), help="default: the bundle's recommendation")
+        sp.add_argument("--noise-level", type=positive_int, help="L (default: the bundle's)")
+        sp.add_argument("--steps", type=positive_int, help="denoising steps (default: the bundle's)")
+        sp.add_argument("--guidance", type=non_negative, help="guidance strength s (default: the bundle's)")
         sp.add_argument("--reference", choices=list(REFERENCES), default=None,
                         help="default: the bundle's recommendation, else input")
         sp.add_argument("--samples", type=positive_int, default=None, metavar="K",
@@ -748,8 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "post-processing. Best = highest mean Dice. Then, there, the operating point: threshold "
                         "(Otsu x --threshold-scales) and minimum lesion volume, by pooled lesion F1 or under "
                         "--max-fp-per-organ. Writes OUT/sweep/{sweep.csv,sweep.json,dice_vs_s.png}.")
-    sw.add_argument("--noise-levels", type=int, nargs="+", default=[100, 250, 500])
-    sw.add_argument("--guidance-values", type=float, nargs="+", default=[float(s) for s in range(0, 2001, 200)])
+    sw.add_argument("--noise-levels", type=int, nargs="+", default=[100, 250, 500], help="the L values of the grid")
+    sw.add_argument("--guidance-values", type=float, nargs="+", default=[float(s) for s in range(0, 2001, 200)],
+                    help="the s values of the grid")
     sw.add_argument("--min-lesion-ml-values", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
                     metavar="ML", help="then, at the best L and s: post-processing with each minimum lesion volume "
                                        "(see --max-fp-per-organ for which one is recommended)")

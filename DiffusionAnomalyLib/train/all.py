@@ -537,7 +537,7 @@ def prepare(plan: TrainAllPlan, work: Path, dry_run: bool = False, progress: Cal
 
 
 # -- time estimates ------------------------------------------------------------------------------
-def _probe(step: Callable[[], None], repeats: int = 2) -> float:
+def _probe(step: Callable[[], None], repeats: int = 1) -> float:
     step()  # warm-up
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -546,7 +546,7 @@ def _probe(step: Callable[[], None], repeats: int = 2) -> float:
 
 
 def seconds_per_iteration(resolved: dict, organ: str, device) -> dict[str, float]:
-    """Seconds per training iteration of each stage, timed on random tensors of the real shapes (2 iterations
+    """Seconds per training iteration of each stage, timed on random tensors of the real shapes (one iteration
     after a warm-up), and seconds per denoising step of one ROI (the sweep)."""
     import torch
 
