@@ -33,12 +33,13 @@ def _print_table(table) -> None:
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from .phantoms import make_phantom, write_dataset, write_phantom
 
+    variety = {"variety": True} if args.variety else {}
     if args.cases > 1:
         seeds = list(range(args.seed, args.seed + args.cases))
-        out = write_dataset(args.organ, args.out, seeds, args.lesions)
+        out = write_dataset(args.organ, args.out, seeds, args.lesions, **variety)
         print(f"wrote {args.cases} synthetic {args.organ} cases to {out} (labels.csv, reports.csv)")
         return 0
-    case = make_phantom(args.organ, args.seed, args.lesions)
+    case = make_phantom(args.organ, args.seed, args.lesions, **variety)
     out = write_phantom(case, args.out)
     print(f"wrote synthetic {args.organ} case {case.case_id} ({case.phase}) to {out}")
     for le in case.lesions:
@@ -497,6 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ph.add_argument("--lesions", type=int, default=None, help="number of lesions (default: random 0-3)")
     ph.add_argument("--cases", type=int, default=1, help="write N cases (seeds seed..seed+N-1) as a dataset")
+    ph.add_argument("--variety", action="store_true",
+                    help="kidney, liver: the varied generator (kidney size, shape and cortex, texture, all contrast "
+                         "phases, noise 5-30 HU, slices 1.5-5 mm, lesion shapes beyond ellipsoids; cases "
+                         "<organ>-var-<seed>)")
     ph.set_defaults(func=_cmd_phantom)
 
     bl = sub.add_parser("baseline", help="detect with the non-neural baseline reconstruction")
