@@ -629,10 +629,12 @@ def _fmt_s(s: float) -> str:
 
 # -- the run ---------------------------------------------------------------------------------------
 class Stages:
-    """``OUT.work/stages.json``: each finished stage, its settings and wall time."""
+    """``OUT.work/stages.json``: each finished stage, its settings and wall time. Under torchrun only rank 0 writes it;
+    the other ranks wait for rank 0 to record a stage before they go on (:meth:`wait_for`)."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, main: bool = True) -> None:
         self.path = work / "stages.json"
+        self.main = main
         self.done: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def finished(self, stage: str, settings: dict) -> bool:
@@ -648,9 +650,21 @@ class Stages:
 
     def record(self, stage: str, settings: dict, seconds: float, **info) -> None:
         self.done[stage] = {"settings": settings, "seconds": round(seconds, 1), **info}
+        if not self.main:
+            return
         tmp = self.path.with_name(".stages.json.tmp")
         tmp.write_text(json.dumps(self.done, indent=2) + "\n")
         os.replace(tmp, self.path)
+
+    def wait_for(self, stage: str, poll_s: float = 1.0) -> None:
+        """(Ranks other than 0) block until rank 0 has recorded ``stage``, then read every record."""
+        while True:
+            if self.path.is_file():
+                done = json.loads(self.path.read_text())
+                if stage in done:
+                    self.done = done
+                    return
+            time.sleep(poll_s)
 
     def forget_from(self, stage: str, work: Path) -> None:
         """Drop ``stage`` and every later one (their outputs too)."""
@@ -810,37 +824,63 @@ def train_all(plan: TrainAllPlan, dry_run: bool = False, from_stage: str | None 
         _dry_run_report(plan, resolved, prepared, est, device)
         return None
     created = not work.exists()
+    from .common import keep_process_group
+
     try:
-        return _run(plan, resolved, out, work, device, from_stage, progress, read_meta, atomic_output_dir, render)
+        with keep_process_group(device):  # under torchrun: one process group for every stage
+            return _run(plan, resolved, out, work, device, from_stage, progress, read_meta, atomic_output_dir,
+                        render)
     except BaseException:
         if created and work.is_dir() and not any(p.is_file() for p in work.rglob("*")):
             shutil.rmtree(work, ignore_errors=True)
         raise
 
 
-def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, atomic_output_dir, render) -> Path:
+def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, atomic_output_dir, render) -> Path | None:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    main = rank == 0
+    if not main:  # under torchrun: rank 0 alone prepares, computes the validation AUC and writes; the rest wait
+        progress = logger.debug
     work.mkdir(parents=True, exist_ok=True)
-    stages = Stages(work)
-    if from_stage:
-        stages.forget_from(from_stage, work)
+    one_node = os.environ.get("LOCAL_WORLD_SIZE", str(world)) == str(world)
+    token = work / (f".run-{os.environ.get('TORCHELASTIC_RUN_ID', 'local')}-{os.environ.get('MASTER_PORT', '')}"
+                    + (f"-{os.getppid()}" if one_node else ""))  # this launch's ranks share it
+    stages = Stages(work, main)
     total_t0 = time.perf_counter()
-    # 1. prepare
-    t0 = time.perf_counter()
-    if not stages.finished("prepare", resolved["prepare"]):
-        progress("[1/6] prepare: reading, checking and splitting the cases")
-        prepared = prepare(plan, work, progress=progress)
-        (work / "prepared.json").write_text(json.dumps(asdict(prepared), default=str, indent=2) + "\n")
-        stages.record("prepare", resolved["prepare"], time.perf_counter() - t0)
+    if main:
+        if from_stage:
+            stages.forget_from(from_stage, work)
+        # 1. prepare
+        t0 = time.perf_counter()
+        if not stages.finished("prepare", resolved["prepare"]):
+            progress("[1/6] prepare: reading, checking and splitting the cases")
+            prepared = prepare(plan, work, progress=progress)
+            (work / "prepared.json").write_text(json.dumps(asdict(prepared), default=str, indent=2) + "\n")
+            stages.record("prepare", resolved["prepare"], time.perf_counter() - t0)
+        if world > 1:
+            token.write_text("ready\n")
+    else:
+        while not token.is_file():
+            time.sleep(1.0)
+        stages = Stages(work, main)
+
+    def finish(stage: str, settings: dict, t0: float, **info) -> None:
+        if main:
+            stages.record(stage, settings, time.perf_counter() - t0, **info)
+        else:
+            stages.wait_for(stage)
+
     d = json.loads((work / "prepared.json").read_text())
     prepared = Prepared(**{**d, "train": Path(d["train"]), "validation": Path(d["validation"])})
-    for w in prepared.warnings:
-        logger.warning(w)
-    for u in prepared.unusable[:20]:
-        logger.warning(f"not used: {u}")
+    if main:
+        for w in prepared.warnings:
+            logger.warning(w)
+        for u in prepared.unusable[:20]:
+            logger.warning(f"not used: {u}")
     # time estimates, for the ETA
     todo = [s for s in STAGES[1:] if s not in stages.done]
     est = {}
-    if todo:
+    if todo:  # every rank times it: MONAI's quantizer all-reduces its statistics in training mode under torchrun
         per_it = seconds_per_iteration(resolved, plan.organ, device)
         est = estimate(resolved, prepared, per_it, len(get_preset(plan.organ).structures), 0.0)
         progress("estimated: " + ", ".join(f"{s} {_fmt_s(est[s])}" for s in todo)
@@ -870,7 +910,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
             adversarial_start=a["adversarial_start"] if a["adversarial_start"] is not None else a["iterations"],
             name=plan.name or f"{plan.organ}-{'demo' if plan.demo else 'model'}", version=plan.version,
             demo=plan.demo))
-        stages.record("autoencoder", a, time.perf_counter() - t0)
+        finish("autoencoder", a, t0)
     if not stages.finished("denoiser", dn):
         t0 = start(3, "denoiser", f"{dn['iterations']} iterations on healthy structures")
         from .denoiser import DenoiserTraining, train_denoiser
@@ -879,7 +919,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
                                         network=dn["network"], iterations=dn["iterations"], batch_size=dn["batch"],
                                         val_every=every(dn["iterations"]), seed=plan.seed, device=plan.device,
                                         resume=True))
-        stages.record("denoiser", dn, time.perf_counter() - t0)
+        finish("denoiser", dn, t0)
     if not stages.finished("classifier", cl):
         t0 = start(4, "classifier", f"{cl['iterations']} iterations")
         from .classifier import ClassifierTraining, train_classifier
@@ -888,27 +928,31 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
                                             iterations=cl["iterations"], batch_size=cl["batch"], lr=cl["lr"],
                                             val_every=every(cl["iterations"]), seed=plan.seed, device=plan.device,
                                             resume=True))
-        auc = validation_auc(work / "classifier", prepared.validation, work / "validation-latents", device) \
-            if prepared.cases["validation"] else {}
-        meta_path = work / "classifier" / "model.json"  # recorded where the sweep's guidance check reads it
-        doc = json.loads(meta_path.read_text())
-        doc["extra"] = {**doc.get("extra", {}), "validation": {"classifier_auc": auc,
-                                                               "cases": len(prepared.cases["validation"])}}
-        meta_path.write_text(json.dumps(doc, indent=2) + "\n")
-        stages.record("classifier", cl, time.perf_counter() - t0, validation_auc=auc)
+        auc = {}
+        if main:
+            auc = validation_auc(work / "classifier", prepared.validation, work / "validation-latents", device) \
+                if prepared.cases["validation"] else {}
+            meta_path = work / "classifier" / "model.json"  # recorded where the sweep's guidance check reads it
+            doc = json.loads(meta_path.read_text())
+            doc["extra"] = {**doc.get("extra", {}), "validation": {"classifier_auc": auc,
+                                                                   "cases": len(prepared.cases["validation"])}}
+            meta_path.write_text(json.dumps(doc, indent=2) + "\n")
+        finish("classifier", cl, t0, validation_auc=auc)
     auc = stages.done["classifier"].get("validation_auc", {})
     # 5. calibration on the validation split only
     sweep = None
     if prepared.cases["validation"]:
         if not stages.finished("calibrate", cal):
             t0 = start(5, "calibrate", f"sweep on the {len(prepared.cases['validation'])} validation cases")
-            _calibrate(work, prepared, cal, plan.device)
-            stages.record("calibrate", cal, time.perf_counter() - t0)
+            _calibrate(work, prepared, cal, plan.device, main)
+            finish("calibrate", cal, t0)
         sweep = json.loads((work / "sweep" / "sweep" / "sweep.json").read_text())
         source = work / "calibrated"
     else:
         logger.warning("no validation cases: the bundle is not calibrated (the denoiser's default settings)")
         source = work / "classifier"
+    if not main:
+        return None
     # 6. the bundle with its model card
     if not stages.finished("bundle", resolved["bundle"]) or not (out / "model.json").is_file():
         t0 = start(6, "bundle", f"{out} with its model card")
@@ -932,6 +976,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         stages.record("bundle", resolved["bundle"], time.perf_counter() - t0)
     else:
         progress(f"every stage is done; nothing to train ({work} holds the work files)")
+    token.unlink(missing_ok=True)
     for line in summary_lines(prepared, stages, auc, sweep, out):
         progress(line)
     progress(f"bundle: {out} ({_fmt_s(time.perf_counter() - total_t0)} this run; the work files in {work} can be "
@@ -939,7 +984,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
     return out
 
 
-def _calibrate(work: Path, prepared: Prepared, cal: dict, device: str) -> None:
+def _calibrate(work: Path, prepared: Prepared, cal: dict, device: str, main: bool = True) -> None:
     """``sweep`` on the validation split with the median baseline beside; the calibrated copy in
     ``work/calibrated``. The classifier's validation AUC (in the bundle) limits the sweep to s = 0 when weak."""
     from ..cli import build_parser
@@ -953,7 +998,7 @@ def _calibrate(work: Path, prepared: Prepared, cal: dict, device: str) -> None:
             "--write-bundle", str(work / "calibrated")]
     if cal["max_fp_per_organ"] is not None:
         argv += ["--max-fp-per-organ", str(cal["max_fp_per_organ"])]
-    if (work / "calibrated").exists():
+    if main and (work / "calibrated").exists():
         shutil.rmtree(work / "calibrated")
     args = build_parser().parse_args(argv)
     previous = os.environ.get("DA_BUNDLE_MANIFEST")
