@@ -177,3 +177,27 @@ def test_gan_schedule_is_reported():
     assert gan_schedule(10_000, 3000).startswith("off") and "3000" in gan_schedule(10_000, 3000)
     assert gan_schedule(3, 6) == "on from iteration 4 of 6"
     assert json.dumps(gan_schedule(0, 1))
+
+
+@pytest.mark.slow
+def test_train_all_under_torchrun_with_two_processes(data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from DiffusionAnomalyLib.bundle import load_bundle
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "dist"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+         "-m", "DiffusionAnomalyLib", "train", "all", "--data", str(data), "--out", str(out), *FAST],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout + proc.stderr
+    assert "[rank 1] maps" in printed and printed.count("[6/6] bundle") == 1  # the sweep sharded, one writer
+    bundle = load_bundle(out, manifest=None)
+    assert set(bundle.networks) == {"autoencoder", "denoiser", "classifier"} and (out / "README.md").is_file()
+    assert not list((tmp_path / "dist.work").glob(".run-*"))
