@@ -181,7 +181,12 @@ def find_cases(data: Path, preset: OrganPreset) -> tuple[list[RawCase], list[str
         raise InputError(f"{data}: --data is not a folder")
     known = {n for group in (TRAIN_SPLITS, VALIDATION_SPLITS, TEST_SPLITS) for n in group}
     folders = sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
-    splits = [f for f in folders if f.name.lower() in known and _case_in_folder(f, preset) is None]
+    def holds_cases(folder: Path) -> bool:
+        return bool(_lits_cases(folder, preset)) or any(
+            _case_in_folder(sub, preset) is not None for sub in folder.iterdir() if sub.is_dir())
+
+    splits = [f for f in folders if f.name.lower() in known and _case_in_folder(f, preset) is None
+              and holds_cases(f)]
     roots = [(f, f.name.lower()) for f in splits] if splits else [(data, "")]
     cases, unusable = [], []
     for root, split in roots:
