@@ -181,8 +181,10 @@ NEAR_MISS_IOU = 0.1
 
 
 def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
-               iou: float = 0.2) -> CaseScore:
-    """Phase 3 for one case (``pp`` None: threshold and connected components only, as in the sweep)."""
+               iou: float = 0.2, detail: bool = True) -> CaseScore:
+    """Phase 3 for one case (``pp`` None: threshold and connected components only, as in the sweep). ``detail``
+    False skips what only the report shows (size strata, each reference lesion's contrast in the image, the phantom
+    lesion attributes): the sweep scores many operating points and needs the detection figures only."""
     heat, organ, image, info = load_maps(case, maps_dir)
     truth, _ = reference_lesions(case, image)
     pred = components((heat > threshold) & organ) if pp is None else postprocess(heat, threshold, organ, image, pp)
@@ -192,15 +194,16 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
     pred_ids = [int(v) for v in np.unique(pred) if v]
     scores = [float(heat[pred == p].max()) for p in pred_ids]
     strata = {}
-    by_size = detection_by_size(pred, truth, image, SIZE_BOUNDS, iou, matched=det)
+    by_size = detection_by_size(pred, truth, image, SIZE_BOUNDS, iou, matched=det) if detail else [None] * len(
+        SIZE_CLASSES)
     for (name, _), s in zip(SIZE_CLASSES, by_size, strict=True):
         if s is not None:
             strata[name] = [s.tp, s.fn, s.fp]
     found = {r for r, _, _ in det.matches}
-    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou)
+    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou) if detail else ([], {})
     return CaseScore(
         case=case.case_id, lesions=n_ref, structures=int(info.get("structures", 1)),
-        kinds=lesion_kinds(case, found), contrast=contrast, reference_rows=rows,
+        kinds=lesion_kinds(case, found) if detail else {}, contrast=contrast, reference_rows=rows,
         dice=dice(pred, truth) if n_ref else float("nan"), tp=det.tp, fp=det.fp, fn=det.fn,
         fp_per_organ=det.fp / max(int(info.get("structures", 1)), 1),
         auroc=voxel_auroc(heat, truth > 0, organ), auprc=voxel_auprc(heat, truth > 0, organ),
@@ -507,14 +510,16 @@ def collect_problems(cases: list[EvalCase], maps_dir: Path) -> dict[str, str]:
 
 
 def score_dataset(cases: list[EvalCase], maps_dir: Path, threshold: float | str, pp: PostProcessing | None,
-                  iou: float = 0.2, n_boot: int = 1000) -> tuple[list[CaseScore], dict, dict[str, str], float]:
-    """Phases 2 and 3 over the cached maps: (per-case scores, summary, skipped cases, threshold used)."""
+                  iou: float = 0.2, n_boot: int = 1000, detail: bool = True
+                  ) -> tuple[list[CaseScore], dict, dict[str, str], float]:
+    """Phases 2 and 3 over the cached maps: (per-case scores, summary, skipped cases, threshold used); ``detail``:
+    see :func:`score_case`."""
     problems = collect_problems(cases, maps_dir)
     good = [c for c in cases if c.case_id not in problems]
     if not good:
         raise InputError("no case could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
     thr = global_threshold(good, maps_dir) if threshold == "otsu" else float(threshold)
-    scores = [score_case(c, maps_dir, thr, pp, iou) for c in good]
+    scores = [score_case(c, maps_dir, thr, pp, iou, detail) for c in good]
     summary = aggregate(scores, n_boot)
     summary["threshold"] = thr
     return scores, summary, problems, thr
@@ -540,5 +545,5 @@ def baseline_beside(cases: list[EvalCase], organ: str, out: Path, rank: int = 0,
     if rank != 0:
         return None
     pp = resolve_postprocessing(preset, min_lesion_ml, None, grow_to, None) if postprocessing else None
-    scores, summary, _, _ = score_dataset(cases, maps, "otsu", pp, n_boot=n_boot)
+    scores, summary, _, _ = score_dataset(cases, maps, "otsu", pp, n_boot=n_boot, detail=n_boot > 0)
     return scores, summary

@@ -88,7 +88,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
             compute_maps(cases, make_reconstructor(st), preset, maps, rank, world, progress)
             barrier()
             if rank == 0:
-                _, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=200)
+                _, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=200, detail=False)
                 rows.append({"noise_level": int(L), "guidance": float(s), "sampler": st.method, "steps": st.steps,
                              "maps": key(st),
                              "threshold": _significant(thr), "dice": summary["dice"]["mean"],
@@ -107,7 +107,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
         for ml in sorted(float(v) for v in min_lesion_ml_values):
             for grow in sorted((float(v) for v in grow_to_values), reverse=True):
                 pp = PostProcessing.for_preset(preset, ml, grow)
-                _, summary, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0)
+                _, summary, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0, detail=False)
                 d = summary["lesion_detection"]
                 progress(f"sweep: post-processing {len(pp_rows) + 1}/{points}: {scale:g} x Otsu, {ml:g} ml, "
                          f"grow to {grow:g}: {d['tp']}/{d['tp'] + d['fn']} found, "
@@ -123,7 +123,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     result = {"grid": rows, "best": best, "postprocessing": pp_rows}
     if beside is not None:
         pp = PostProcessing.for_preset(preset, chosen["min_lesion_ml"], chosen["grow_to"])
-        scores, summary, _, _ = score_dataset(cases, maps, chosen["threshold"], pp, n_boot=0)
+        scores, summary, _, _ = score_dataset(cases, maps, chosen["threshold"], pp, n_boot=0, detail=False)
         result["baseline"] = compare_with_baseline(scores, beside[0], summary, beside[1])
     with atomic_output_dir(out / "sweep") as stage:
         with open(stage / "sweep.csv", "w", newline="") as f:

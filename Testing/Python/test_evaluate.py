@@ -93,6 +93,9 @@ def test_scoring_a_perfect_map_gives_perfect_figures(dataset, tmp_path):
         assert first["id"] == 1
         expected[f"kind={first['kind']}"] = expected.get(f"kind={first['kind']}", 0) + 1
     scores, summary, _, _ = score_dataset(cases, maps, 0.5, None, n_boot=20)
+    _, brief, _, _ = score_dataset(cases, maps, 0.5, None, n_boot=0, detail=False)  # the sweep's: detection only
+    assert brief["lesion_detection"] == summary["lesion_detection"] and brief["dice"]["mean"] == summary["dice"]["mean"]
+    assert brief["fp_per_organ"]["mean"] == summary["fp_per_organ"]["mean"] and not brief["lesion_contrast"]
     found = {k: v["found"] for k, v in summary["lesion_kinds"].items() if k.startswith("kind=") and v["found"]}
     assert found == expected and summary["lesion_detection"]["tp"] == len(cases)
     rows = [r for s in scores for r in s.reference_rows]
