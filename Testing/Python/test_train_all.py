@@ -118,23 +118,28 @@ def test_dry_run_split_folders_kits_and_derived_labels(data, tmp_path, capsys):
 
 
 def test_labels_rows_that_cannot_be_used_are_named_and_nothing_is_left_behind(data, tmp_path, capsys):
+    from DiffusionAnomalyLib.presets import get_preset
+    from DiffusionAnomalyLib.train.all import read_labels_file
+
     root = tmp_path / "d"
     for i in range(3):
         shutil.copytree(data / f"kidney-{i:05d}", root / f"kidney-{i:05d}")
     (root / "labels.csv").write_text("case,structure,label\nkidney-00000,left,healthy\nkidney-00000,kidney_right,"
                                      "healthy\nkidney-00001,kidney_left,sick\nkidney-00009,kidney_left,healthy\n"
                                      "kidney-00002,liver,healthy\n")
-    assert main(["train", "all", "--data", str(root), "--out", str(tmp_path / "b"), *FAST, "--dry-run"]) == 0
-    printed = capsys.readouterr().out
-    assert "labels.csv line 2 (kidney-00000,left,healthy): unknown structure 'left' for the kidney; a structure is " \
-           "the segmentation file's name: kidney_left or kidney_right" in printed
-    assert "line 4 (kidney-00001,kidney_left,sick): unknown label 'sick'" in printed
-    assert "line 5 (kidney-00009,kidney_left,healthy): no case 'kidney-00009'" in printed
-    assert "line 6" not in printed  # another organ's structure is ignored
+    rows = read_labels_file(root / "labels.csv", get_preset("kidney"), {f"kidney-{i:05d}" for i in range(3)})
+    assert rows.labels == {("kidney-00000", "kidney_right"): "healthy"} and rows.other_organs == 1  # liver ignored
+    assert rows.unusable == [
+        "labels.csv line 2 (kidney-00000,left,healthy): unknown structure 'left' for the kidney; a structure is the "
+        "segmentation file's name: kidney_left or kidney_right",
+        "labels.csv line 4 (kidney-00001,kidney_left,sick): unknown label 'sick' (use healthy, unhealthy, excluded, "
+        "unknown)",
+        "labels.csv line 5 (kidney-00009,kidney_left,healthy): no case 'kidney-00009' in the dataset"]
+    # training stops before reading a case, names the rows, and leaves nothing behind
     assert main(["train", "all", "--data", str(root), "--out", str(tmp_path / "b"), *FAST]) == 2
     err = capsys.readouterr().err
-    assert "3 unusable row(s)" in err and "line 2" in err
-    assert not (tmp_path / "b").exists() and not (tmp_path / "b.work").exists()  # a failed run leaves nothing
+    assert "3 unusable row(s)" in err and "line 2" in err and "--dry-run lists them all" in err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.work").exists()
 
 
 def test_split_is_deterministic_stratified_and_independent_of_order():
