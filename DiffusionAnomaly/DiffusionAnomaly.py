@@ -1,7 +1,7 @@
-"""DiffusionAnomaly: the 3D Slicer scripted module (thin; the logic lives in DiffusionAnomalyLib.panel).
+"""DiffusionAnomaly: the 3D Slicer scripted module (thin; the logic lives in DiffusionAnomalyLib.slicer_module.panel).
 
 Slicer 5.10 or later. Slicer's own process imports only what Slicer ships; the model work runs in a
-background worker process (DiffusionAnomalyLib.worker) that the Logic polls from a timer, so the GUI
+background worker process (DiffusionAnomalyLib.app.worker) that the Logic polls from a timer, so the GUI
 never blocks. Tested outside Slicer in Testing/Slicer against Slicer's own Python layer.
 """
 
@@ -28,7 +28,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not importlib.util.find_spec("DiffusionAnomalyLib") and os.path.isdir(f"{_REPO_ROOT}/DiffusionAnomalyLib"):
     sys.path.insert(0, _REPO_ROOT)
 
-from DiffusionAnomalyLib import panel  # noqa: E402 (after the path fallback; torch-free)
+from DiffusionAnomalyLib.slicer_module import panel  # noqa: E402 (after the path fallback; torch-free)
 
 
 class DiffusionAnomaly(ScriptedLoadableModule):
@@ -221,7 +221,7 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
-    """Drives a DiffusionAnomalyLib.panel.PanelRunner from a timer; ``client_factory`` is injectable (tests)."""
+    """Drives a DiffusionAnomalyLib.slicer_module.panel.PanelRunner from a timer; ``client_factory`` is injectable (tests)."""
 
     def __init__(self, client_factory=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -285,7 +285,7 @@ class DiffusionAnomalyTest(ScriptedLoadableModuleTest):
         self.test_demo_bundle_finds_the_phantom_lesion()
 
     def test_demo_bundle_finds_the_phantom_lesion(self):
-        from DiffusionAnomalyLib import selftest
+        from DiffusionAnomalyLib.slicer_module import selftest
 
         logic = DiffusionAnomalyLogic()
         # not the singleton: an open panel must not apply its bundle's defaults over the test's settings

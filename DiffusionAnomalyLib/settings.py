@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InputError
-from .presets import OrganPreset
+from DiffusionAnomalyLib.detection.presets import OrganPreset
+from DiffusionAnomalyLib.errors import InputError
 
 ORGANS = ("kidney", "liver", "brain")
 SAMPLERS = ("ddpm", "ddim", "inpaint")
@@ -143,8 +143,8 @@ class RunSettings:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     def sampler_settings(self):
-        """The sampler's part (:class:`~DiffusionAnomalyLib.diffusion.sampler.SamplerSettings`; imports torch)."""
-        from .diffusion.sampler import SamplerSettings
+        """The sampler's part (:class:`~DiffusionAnomalyLib.models.diffusion.sampler.SamplerSettings`; imports torch)."""
+        from DiffusionAnomalyLib.models.diffusion.sampler import SamplerSettings
 
         return SamplerSettings(method=self.sampler, noise_level=self.noise_level, steps=self.steps,
                                guidance=self.guidance, seed=self.seed, resample_jumps=self.resample_jumps,
@@ -154,8 +154,8 @@ class RunSettings:
         return MapOptions(self.reference, self.samples, self.median_filter)
 
     def postprocessing(self, preset: OrganPreset):
-        """The post-processing (:class:`~DiffusionAnomalyLib.anomaly.PostProcessing`; imports scikit-image)."""
-        from .anomaly import PostProcessing
+        """The post-processing (:class:`~DiffusionAnomalyLib.detection.anomaly.PostProcessing`; imports scikit-image)."""
+        from DiffusionAnomalyLib.detection.anomaly import PostProcessing
 
         return PostProcessing.for_preset(preset, self.min_lesion_ml, self.grow_to)
 

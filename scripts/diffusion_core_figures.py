@@ -22,13 +22,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from DiffusionAnomalyLib.bundle import load_bundle
-from DiffusionAnomalyLib.diffusion.sampler import LatentSampler, SamplerSettings
-from DiffusionAnomalyLib.metrics import contrast_kept, lesion_contrast, voxel_auroc
-from DiffusionAnomalyLib.nets.autoencoder import LatentCodec
-from DiffusionAnomalyLib.nets.denoiser import eps_function
-from DiffusionAnomalyLib.train.classifier import p_unhealthy_at_levels
-from DiffusionAnomalyLib.train.denoiser import latents_for
+from DiffusionAnomalyLib.evaluation.metrics import contrast_kept, lesion_contrast, voxel_auroc
+from DiffusionAnomalyLib.models.bundle import load_bundle
+from DiffusionAnomalyLib.models.diffusion.sampler import LatentSampler, SamplerSettings
+from DiffusionAnomalyLib.models.nets.autoencoder import LatentCodec
+from DiffusionAnomalyLib.models.nets.denoiser import eps_function
+from DiffusionAnomalyLib.training.classifier import p_unhealthy_at_levels
+from DiffusionAnomalyLib.training.denoiser import latents_for
 
 #: A lesion counts as visible in the image when it differs from the tissue around it by at least half that
 #: tissue's spread (the lowest contrast stratum of ``evaluate``).
@@ -83,7 +83,7 @@ def _auc_by_lesion(clf, z, labels, lesions, schedule, draws: int) -> dict:
 
 def _case_lesions(folder: Path) -> list[dict]:
     """The phantom's lesions, each with its CNR against the organ tissue around it in the image
-    (:func:`~DiffusionAnomalyLib.metrics.lesion_contrast`; NaN counts as not visible)."""
+    (:func:`~DiffusionAnomalyLib.evaluation.metrics.lesion_contrast`; NaN counts as not visible)."""
     info = json.loads((folder / "case.json").read_text())
     if not info["lesions"]:
         return []

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from DiffusionAnomalyLib.bundle import read_meta  # noqa: E402
-from DiffusionAnomalyLib.modelcard import render  # noqa: E402
+from DiffusionAnomalyLib.models.bundle import read_meta  # noqa: E402
+from DiffusionAnomalyLib.models.modelcard import render  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,12 @@ import shutil
 import time
 from pathlib import Path
 
-from DiffusionAnomalyLib.bundle import bundle_digest, read_meta
-from DiffusionAnomalyLib.io import atomic_output_dir
-from DiffusionAnomalyLib.phantoms import write_dataset
-from DiffusionAnomalyLib.train.autoencoder import AutoencoderTraining, train_autoencoder
-from DiffusionAnomalyLib.train.classifier import ClassifierTraining, train_classifier
-from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, train_denoiser
+from DiffusionAnomalyLib.imaging.io import atomic_output_dir
+from DiffusionAnomalyLib.models.bundle import bundle_digest, read_meta
+from DiffusionAnomalyLib.synthetic.phantoms import write_dataset
+from DiffusionAnomalyLib.training.autoencoder import AutoencoderTraining, train_autoencoder
+from DiffusionAnomalyLib.training.classifier import ClassifierTraining, train_classifier
+from DiffusionAnomalyLib.training.denoiser import DenoiserTraining, train_denoiser
 
 #: Per organ: phantom cases, isotropic spacing (mm) of the ROI patches, iterations of each stage, and
 #: the iteration after which the autoencoder's adversarial (GAN) losses start (None: L1 only). The
@@ -233,7 +233,7 @@ def _subset(organ: str, data: Path, dest: Path, seeds: list[int]) -> Path:
 
 def _calibrate(organ: str, bundle: Path, root: Path, cal: dict, log=print) -> Path:
     """``diffusion-anomaly sweep`` on validation phantoms; returns the calibrated copy of ``bundle``."""
-    from DiffusionAnomalyLib.cli import main as cli
+    from DiffusionAnomalyLib.app.cli import main as cli
 
     calibrated = root / "calibrated"
     stamp = root / "calibration.json"  # the plan it was calibrated with: a changed plan recalibrates (maps are cached)

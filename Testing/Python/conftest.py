@@ -45,7 +45,7 @@ def oblique_direction(deg: float = 20.0) -> tuple[float, ...]:
 @pytest.fixture(scope="session")
 def kidney_case(tmp_path_factory):
     """A written kidney phantom with 2 lesions (seed 3): (case object, folder)."""
-    from DiffusionAnomalyLib.phantoms import make_phantom, write_phantom
+    from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_phantom
 
     case = make_phantom("kidney", seed=3, n_lesions=2)
     return case, write_phantom(case, tmp_path_factory.mktemp("kidney") / "case")
@@ -56,10 +56,10 @@ def tiny_bundle(tmp_path_factory):
     """A kidney bundle at 4 mm with untrained tiny networks: for plumbing tests, not detection."""
     import torch
 
-    from DiffusionAnomalyLib.bundle import BundleMeta, save_bundle
-    from DiffusionAnomalyLib.nets.autoencoder import autoencoder_config, build_autoencoder
-    from DiffusionAnomalyLib.nets.classifier import LatentClassifier
-    from DiffusionAnomalyLib.nets.denoiser import build_denoiser, denoiser_config
+    from DiffusionAnomalyLib.models.bundle import BundleMeta, save_bundle
+    from DiffusionAnomalyLib.models.nets.autoencoder import autoencoder_config, build_autoencoder
+    from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
+    from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config
 
     torch.manual_seed(0)
     ae_cfg, den_cfg = autoencoder_config("tiny"), denoiser_config("tiny")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import make_image
 
-from DiffusionAnomalyLib.anomaly import (
+from DiffusionAnomalyLib.detection.anomaly import (
     PostProcessing,
     anomaly_map,
     axial_extent_mm,

@@ -27,8 +27,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import REPO, make_image
 
-from DiffusionAnomalyLib.cli import main
-from DiffusionAnomalyLib.io import keep_locale, write_volume
+from DiffusionAnomalyLib.app.cli import main
+from DiffusionAnomalyLib.imaging.io import keep_locale, write_volume
 
 DEMO = REPO / "Resources" / "Models" / "kidney-demo"
 SHAPE = (64, 48, 48)  # z, y, x at 2.5 mm: 120 x 120 x 160 mm, enough for the kidney ROI (96 x 96 x 128 mm)
@@ -124,7 +124,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     # a TotalSegmentator-style folder of per-organ masks
     seg = d / "segmentations"
     seg.mkdir()
-    from DiffusionAnomalyLib.masks import split_left_right
+    from DiffusionAnomalyLib.imaging.masks import split_left_right
 
     sides = split_left_right(make_image(_kidneys(), SPACING))
     for side, img in sides.items():
@@ -261,14 +261,14 @@ def test_mask_label_without_a_mask_is_refused(inputs, tmp_path, capsys):
 @pytest.mark.parametrize("name,pattern", [("dicom_gap", "not evenly spaced"), ("dicom_dup", "share a position")])
 def test_dicom_series_with_a_missing_or_duplicated_slice_is_not_averaged(inputs, name, pattern):
     from DiffusionAnomalyLib.errors import InputError
-    from DiffusionAnomalyLib.io import read_volume
+    from DiffusionAnomalyLib.imaging.io import read_volume
 
     with pytest.raises(InputError, match=rf"{name}: .*{pattern}"):
         read_volume(inputs[name])
 
 
 def test_a_complete_dicom_series_is_read_with_its_spacing(inputs, tmp_path):
-    from DiffusionAnomalyLib.io import read_volume
+    from DiffusionAnomalyLib.imaging.io import read_volume
 
     image = read_volume(_dicom_series(tmp_path / "ok"))
     assert image.GetSize() == (16, 16, 12) and image.GetSpacing() == pytest.approx((1.5, 1.5, 2.0))
@@ -441,13 +441,13 @@ def test_out_under_a_file(inputs, tmp_path, capsys):
 
 
 def test_read_only_out_is_reported_before_any_work(inputs, tmp_path, capsys, monkeypatch):
-    import DiffusionAnomalyLib.io as dio
+    import DiffusionAnomalyLib.imaging.io as dio
 
     def refuse(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(dio.tempfile, "mkstemp", refuse)
-    monkeypatch.setattr("DiffusionAnomalyLib.baseline.MedianBaseline.reconstruct",
+    monkeypatch.setattr("DiffusionAnomalyLib.detection.baseline.MedianBaseline.reconstruct",
                         lambda *a, **k: pytest.fail("computed before checking the output folder"))
     rc, _, err = _run(_baseline(inputs, tmp_path / "ro"), capsys)
     _expect(rc, err, 2, r"ro: output folder is not writable \(Read-only file system")
@@ -510,7 +510,7 @@ def test_stale_staging_of_a_killed_run_is_cleaned(inputs, first_result, tmp_path
 
 
 def test_full_disk_while_writing_leaves_nothing(inputs, tmp_path, capsys, monkeypatch):
-    import DiffusionAnomalyLib.io as dio
+    import DiffusionAnomalyLib.imaging.io as dio
 
     real = dio.sitk.WriteImage
     calls = []
@@ -531,7 +531,7 @@ def test_full_disk_while_writing_the_overview_leaves_nothing(inputs, tmp_path, c
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "overview.png"))
 
-    monkeypatch.setattr("DiffusionAnomalyLib.pipeline.write_overview", full)
+    monkeypatch.setattr("DiffusionAnomalyLib.detection.pipeline.write_overview", full)
     rc, _, err = _run(_baseline(inputs, tmp_path / "out"), capsys)
     _expect(rc, err, 2, r"output_not_writable\]: cannot write \(.*overview\.png\): No space left on device")
     assert not (tmp_path / "out").exists()
@@ -552,14 +552,14 @@ def test_any_failure_maps_to_its_exit_code(inputs, tmp_path, capsys, monkeypatch
     def boom(*a, **k):
         raise exc
 
-    monkeypatch.setattr("DiffusionAnomalyLib.baseline.MedianBaseline.reconstruct", boom)
+    monkeypatch.setattr("DiffusionAnomalyLib.detection.baseline.MedianBaseline.reconstruct", boom)
     rc, _, err = _run(_baseline(inputs, tmp_path / "out"), capsys)
     _expect(rc, err, code, pattern)
     assert not (tmp_path / "out").exists()
 
 
 def test_debug_shows_the_traceback(inputs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("DiffusionAnomalyLib.baseline.MedianBaseline.reconstruct", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("DiffusionAnomalyLib.detection.baseline.MedianBaseline.reconstruct", lambda *a, **k: 1 / 0)
     rc, _, err = _run(["--debug"] + _baseline(inputs, tmp_path / "out"), capsys)
     assert rc == 1 and "Traceback" in err and "ZeroDivisionError" in err
 
@@ -571,7 +571,7 @@ def _bundle_copy(tmp_path: Path) -> Path:
 
 
 def _rehash(bundle: Path) -> None:
-    from DiffusionAnomalyLib.bundle import sha256_file
+    from DiffusionAnomalyLib.models.bundle import sha256_file
 
     meta = json.loads((bundle / "model.json").read_text())
     meta["files"] = {name: sha256_file(bundle / name) for name in meta["files"]}
@@ -659,7 +659,7 @@ def test_model_json_given_as_the_bundle(inputs, tmp_path, capsys):
 
 
 def test_a_zip_bundle_leaves_no_temporary_folder(inputs, tmp_path, capsys):
-    from DiffusionAnomalyLib.bundle import load_bundle
+    from DiffusionAnomalyLib.models.bundle import load_bundle
 
     z = tmp_path / "kidney.zip"
     with zipfile.ZipFile(z, "w") as zf:
@@ -681,7 +681,7 @@ def test_no_totalsegmentator_exits_6_without_a_temporary_folder(inputs, tmp_path
 
 
 def test_totalsegmentator_output_folder_is_removed_after_the_run(inputs, tmp_path, capsys, monkeypatch):
-    import DiffusionAnomalyLib.totalseg as ts
+    import DiffusionAnomalyLib.imaging.totalseg as ts
 
     def fake(image, out, preset, **k):
         shutil.copytree(inputs["seg"], out, dirs_exist_ok=True)
@@ -752,7 +752,7 @@ def test_dataset_out_foreign_folder_is_refused(inputs, tmp_path, capsys, command
 # ---- the worker ---------------------------------------------------------------------------------------------------
 
 def _worker(args: list, env: dict | None = None, timeout: float = 120) -> tuple[int, list[dict], str]:
-    p = subprocess.run([sys.executable, "-m", "DiffusionAnomalyLib.worker", *map(str, args)], capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "DiffusionAnomalyLib.app.worker", *map(str, args)], capture_output=True,
                        text=True, timeout=timeout, cwd=tempfile.gettempdir(), env={**os.environ, **(env or {})})
     events = [json.loads(ln) for ln in p.stdout.splitlines() if ln.strip()]
     return p.returncode, events, p.stderr
@@ -785,12 +785,12 @@ def test_worker_under_a_tiny_memory_cap_still_emits_an_error_event(inputs, tmp_p
 _SLOW = """
 import sys, time
 from pathlib import Path
-import DiffusionAnomalyLib.baseline as b
+import DiffusionAnomalyLib.detection.baseline as b
 def slow(self, x, mask, spacing):
     Path(sys.argv[1]).write_text("started")
     time.sleep(60)
 b.MedianBaseline.reconstruct = slow
-from DiffusionAnomalyLib.cli import main
+from DiffusionAnomalyLib.app.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -7,10 +7,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from DiffusionAnomalyLib.bundle import BundleError, BundleMeta, bundle_digest, import_bundle, load_bundle, save_bundle
-from DiffusionAnomalyLib.nets.autoencoder import LatentCodec, autoencoder_config, build_autoencoder
-from DiffusionAnomalyLib.nets.classifier import LatentClassifier
-from DiffusionAnomalyLib.nets.denoiser import build_denoiser, denoiser_config
+from DiffusionAnomalyLib.models.bundle import (
+    BundleError,
+    BundleMeta,
+    bundle_digest,
+    import_bundle,
+    load_bundle,
+    save_bundle,
+)
+from DiffusionAnomalyLib.models.nets.autoencoder import LatentCodec, autoencoder_config, build_autoencoder
+from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
+from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config
 
 
 def _meta(ae_cfg, den_cfg, with_classifier=True):
@@ -168,7 +175,7 @@ def test_classifier_backbone_from_denoiser_and_frozen_levels(nets):
 def test_available_bundles_lists_shipped_and_user_bundles_by_organ(tiny_bundle, tmp_path, monkeypatch):
     import shutil
 
-    from DiffusionAnomalyLib.bundle import available_bundles, default_models_dir
+    from DiffusionAnomalyLib.models.bundle import available_bundles, default_models_dir
 
     monkeypatch.setenv("DA_MODELS_DIR", str(tmp_path / "models"))
     assert default_models_dir() == tmp_path / "models"
@@ -183,7 +190,7 @@ def test_available_bundles_lists_shipped_and_user_bundles_by_organ(tiny_bundle, 
 
 
 def test_weights_id_names_the_networks_not_the_calibration(bundle_dir, nets, tmp_path):
-    from DiffusionAnomalyLib.bundle import read_meta
+    from DiffusionAnomalyLib.models.bundle import read_meta
 
     meta = read_meta(bundle_dir)
     recalibrated = BundleMeta.from_dict({**meta.to_dict(), "recommended": {"threshold": 0.3}, "version": "1.1"})

@@ -8,8 +8,8 @@ import SimpleITK as sitk
 from conftest import REPO, make_image
 
 from DiffusionAnomalyLib import __version__
-from DiffusionAnomalyLib.cli import main
-from DiffusionAnomalyLib.io import write_volume
+from DiffusionAnomalyLib.app.cli import main
+from DiffusionAnomalyLib.imaging.io import write_volume
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-from DiffusionAnomalyLib.bundle import load_bundle
+from DiffusionAnomalyLib.models.bundle import load_bundle
 
 SCRIPT = REPO / "scripts" / "train_demo_models.py"
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from DiffusionAnomalyLib.diffusion.ddim import ddim_reverse_step, ddim_step
-from DiffusionAnomalyLib.diffusion.ddpm import ddpm_posterior, ddpm_step
-from DiffusionAnomalyLib.diffusion.guidance import NULL_LABEL, classifier_free_eps
-from DiffusionAnomalyLib.diffusion.inpaint import adaptive_liver_mask
-from DiffusionAnomalyLib.diffusion.sampler import LatentSampler, SamplerSettings
-from DiffusionAnomalyLib.diffusion.schedule import NoiseSchedule, sampling_timesteps
 from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.models.diffusion.ddim import ddim_reverse_step, ddim_step
+from DiffusionAnomalyLib.models.diffusion.ddpm import ddpm_posterior, ddpm_step
+from DiffusionAnomalyLib.models.diffusion.guidance import NULL_LABEL, classifier_free_eps
+from DiffusionAnomalyLib.models.diffusion.inpaint import adaptive_liver_mask
+from DiffusionAnomalyLib.models.diffusion.sampler import LatentSampler, SamplerSettings
+from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule, sampling_timesteps
 
 S = NoiseSchedule()
 

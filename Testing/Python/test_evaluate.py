@@ -14,17 +14,17 @@ import pytest
 import SimpleITK as sitk
 from conftest import REPO
 
-from DiffusionAnomalyLib.cli import main
-from DiffusionAnomalyLib.datasets import discover_cases
-from DiffusionAnomalyLib.evaluate import markdown_summary, score_dataset
-from DiffusionAnomalyLib.presets import get_preset
+from DiffusionAnomalyLib.app.cli import main
+from DiffusionAnomalyLib.detection.presets import get_preset
+from DiffusionAnomalyLib.evaluation.datasets import discover_cases
+from DiffusionAnomalyLib.evaluation.evaluate import markdown_summary, score_dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Three kidney phantoms plus four problem cases (no labels, KiTS labels with a value 7, a label on
     another grid, a folder with no image)."""
-    from DiffusionAnomalyLib.phantoms import write_dataset
+    from DiffusionAnomalyLib.synthetic.phantoms import write_dataset
 
     root = tmp_path_factory.mktemp("eval") / "data"
     write_dataset("kidney", root, [11, 12, 13], n_lesions=2)
@@ -179,7 +179,7 @@ def test_evaluate_reports_metrics_lists_bad_cases_and_resumes(dataset, tmp_path,
 
 
 def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny_bundle, tmp_path, capsys):
-    from DiffusionAnomalyLib.bundle import load_bundle, read_meta
+    from DiffusionAnomalyLib.models.bundle import load_bundle, read_meta
 
     data = tmp_path / "two"
     data.mkdir()
@@ -292,7 +292,7 @@ def test_evaluate_puts_the_baseline_beside_a_bundle(dataset, tiny_bundle, tmp_pa
 def test_paired_test_figures_and_ties():
     from scipy import stats
 
-    from DiffusionAnomalyLib.evaluate import _paired_test
+    from DiffusionAnomalyLib.evaluation.evaluate import _paired_test
 
     model = [0.5, 0.6, 0.7, 0.2, float("nan"), 0.9]
     base = [0.4, 0.4, 0.3, 0.3, 0.8, 0.1]
@@ -332,7 +332,7 @@ def test_sweep_leaves_out_guidance_of_a_classifier_near_chance(dataset, tiny_bun
 
 
 def test_operating_point_under_a_false_positive_budget():
-    from DiffusionAnomalyLib.sweep import choose_operating_point
+    from DiffusionAnomalyLib.evaluation.sweep import choose_operating_point
 
     def row(scale, ml, found, fp, f1):
         return {"threshold_scale": scale, "threshold": scale * 0.1, "min_lesion_ml": ml, "found": found,
@@ -347,7 +347,7 @@ def test_operating_point_under_a_false_positive_budget():
     best, why = choose_operating_point(rows, 0.1)
     assert best is rows[0] and "no setting" in why  # none within: the fewest false positives
     # thresholds keep 6 significant digits: a map in small units does not get a threshold of 0
-    from DiffusionAnomalyLib.sweep import _significant
+    from DiffusionAnomalyLib.evaluation.sweep import _significant
 
     assert _significant(3.14159265e-7) == 3.14159e-7 and _significant(0.1498137) == 0.149814
 
@@ -371,7 +371,7 @@ def test_evaluate_shards_over_two_torchrun_processes(dataset, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "DiffusionAnomalyLib.cli", "evaluate", "--data", str(data), "--baseline", "--organ", "kidney",
+         "-m", "DiffusionAnomalyLib.app.cli", "evaluate", "--data", str(data), "--baseline", "--organ", "kidney",
          "--out", str(out), "--bootstrap", "50", "--device", "cpu"],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -382,7 +382,7 @@ def test_evaluate_shards_over_two_torchrun_processes(dataset, tmp_path):
 
 
 def test_bench_reports_the_figures_it_promises():
-    from DiffusionAnomalyLib.bench import run_bench
+    from DiffusionAnomalyLib.evaluation.bench import run_bench
 
     report = run_bench(sizes=["demo"], devices=["cpu"], steps=2, methods=("ddim",), guidance=(0.0, 50.0))
     rows = report["results"]

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from DiffusionAnomalyLib.diffusion.sampler import LatentSampler, SamplerSettings
-from DiffusionAnomalyLib.diffusion.schedule import NoiseSchedule
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.nets.denoiser import build_denoiser, denoiser_config, eps_function
-from DiffusionAnomalyLib.train.common import autocast, select_device
+from DiffusionAnomalyLib.models.diffusion.sampler import LatentSampler, SamplerSettings
+from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
+from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config, eps_function
+from DiffusionAnomalyLib.training.common import autocast, select_device
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU available to PyTorch")
 

@@ -6,7 +6,7 @@ import SimpleITK as sitk
 from conftest import make_image, oblique_direction
 
 from DiffusionAnomalyLib.errors import InputError, OutputError
-from DiffusionAnomalyLib.io import (
+from DiffusionAnomalyLib.imaging.io import (
     atomic_output_dir,
     read_channels,
     read_volume,

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from DiffusionAnomalyLib.diffusion.ddim import ddim_reverse_step, ddim_step
-from DiffusionAnomalyLib.diffusion.schedule import NoiseSchedule, sampling_timesteps
-from DiffusionAnomalyLib.metrics import voxel_auprc, voxel_auroc
-from DiffusionAnomalyLib.train.common import EMA
+from DiffusionAnomalyLib.evaluation.metrics import voxel_auprc, voxel_auroc
+from DiffusionAnomalyLib.models.diffusion.ddim import ddim_reverse_step, ddim_step
+from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule, sampling_timesteps
+from DiffusionAnomalyLib.training.common import EMA
 
 
 # -- AUROC / AUPRC ---------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def test_ema_equals_torch_averaged_model_and_the_closed_form():
 # -- GAN losses ----------------------------------------------------------------------------------------
 def _lsgan_by_hand(real_outputs, fake_outputs):
     """The least-squares terms as written before MONAI's ``PatchAdversarialLoss`` computed them."""
-    from DiffusionAnomalyLib.nets.discriminators import _logits
+    from DiffusionAnomalyLib.models.nets.discriminators import _logits
 
     g = sum(torch.mean((o - 1) ** 2) for o in _logits(fake_outputs))
     d = 0.5 * (sum(torch.mean((o - 1) ** 2) for o in _logits(real_outputs))
@@ -171,7 +171,7 @@ def _lsgan_by_hand(real_outputs, fake_outputs):
 def test_gan_losses_equal_the_least_squares_formulas_on_random_logits(dims):
     """Values and gradients equal to rounding, on the outputs of real ``PatchDiscriminator``s (a list of feature
     maps whose last is the logits) and on a multi-scale list (scales summed)."""
-    from DiffusionAnomalyLib.nets.discriminators import build_discriminators, discriminator_loss, generator_loss
+    from DiffusionAnomalyLib.models.nets.discriminators import build_discriminators, discriminator_loss, generator_loss
 
     torch.manual_seed(0)
     disc = build_discriminators(2, channels=8, num_layers=2)[3 - dims]

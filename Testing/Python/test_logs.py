@@ -5,9 +5,9 @@ import json
 import logging
 
 from DiffusionAnomalyLib import logs
-from DiffusionAnomalyLib.worker import EventWriter
+from DiffusionAnomalyLib.app.worker import EventWriter
 
-log = logging.getLogger("DiffusionAnomalyLib.train.example")
+log = logging.getLogger("DiffusionAnomalyLib.training.example")
 
 
 def _unconfigure(monkeypatch):

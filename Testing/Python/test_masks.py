@@ -3,16 +3,16 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_image
 
+from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.errors import InputError, MissingDependencyError, OrganMissingError
-from DiffusionAnomalyLib.io import write_volume
-from DiffusionAnomalyLib.masks import (
+from DiffusionAnomalyLib.imaging.io import write_volume
+from DiffusionAnomalyLib.imaging.masks import (
     load_totalseg_masks,
     load_user_mask,
     read_multilabel_class_map,
     split_left_right,
 )
-from DiffusionAnomalyLib.presets import get_preset
-from DiffusionAnomalyLib.totalseg import check_available
+from DiffusionAnomalyLib.imaging.totalseg import check_available
 
 KIDNEY = get_preset("kidney")
 LPS = (1, 0, 0, 0, 1, 0, 0, 0, 1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import make_image
 
-from DiffusionAnomalyLib.metrics import (
+from DiffusionAnomalyLib.evaluation.metrics import (
     bootstrap_ci,
     contrast_class,
     detection_by_size,
@@ -182,7 +182,7 @@ def test_lesion_contrast_is_the_contrast_over_the_local_spread():
 def test_contrast_kept_by_a_reconstruction():
     from scipy import ndimage
 
-    from DiffusionAnomalyLib.metrics import contrast_kept
+    from DiffusionAnomalyLib.evaluation.metrics import contrast_kept
 
     zz, yy, xx = np.mgrid[:40, :40, :40]
     small = (zz - 10) ** 2 + (yy - 10) ** 2 + (xx - 10) ** 2 <= 2 ** 2  # 33 voxels of 2 mm: ~10 mm across

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from DiffusionAnomalyLib.bundle import (
+from DiffusionAnomalyLib.models.bundle import (
     AvailableBundle,
     BundleError,
     BundleMeta,
@@ -18,7 +18,7 @@ from DiffusionAnomalyLib.bundle import (
     read_meta,
     verify_manifest,
 )
-from DiffusionAnomalyLib.schema import SCHEMA_PATH, model_schema, problems
+from DiffusionAnomalyLib.models.schema import SCHEMA_PATH, model_schema, problems
 
 MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 SHIPPED = sorted(p for p in MODELS.iterdir() if (p / "model.json").is_file())
@@ -141,7 +141,7 @@ def test_schema_and_validator_stay_torch_free():
     import sys
 
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from DiffusionAnomalyLib.bundle import available_bundles\n"
+            "from DiffusionAnomalyLib.models.bundle import available_bundles\n"
             f"assert len(available_bundles(folders=[{str(MODELS)!r}])) == 3")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=MODELS.parents[1])
 

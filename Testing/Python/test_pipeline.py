@@ -6,14 +6,14 @@ import SimpleITK as sitk
 from conftest import oblique_direction
 from scipy import ndimage
 
-from DiffusionAnomalyLib import pipeline
-from DiffusionAnomalyLib.baseline import MedianBaseline
+from DiffusionAnomalyLib.detection import pipeline
+from DiffusionAnomalyLib.detection.baseline import MedianBaseline
+from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.errors import InputError, OutputError
-from DiffusionAnomalyLib.io import same_grid
-from DiffusionAnomalyLib.masks import MaskSet, OrganMask, mask_from_skull_stripped
-from DiffusionAnomalyLib.metrics import match_lesions
-from DiffusionAnomalyLib.phantoms import make_phantom
-from DiffusionAnomalyLib.presets import get_preset
+from DiffusionAnomalyLib.evaluation.metrics import match_lesions
+from DiffusionAnomalyLib.imaging.io import same_grid
+from DiffusionAnomalyLib.imaging.masks import MaskSet, OrganMask, mask_from_skull_stripped
+from DiffusionAnomalyLib.synthetic.phantoms import make_phantom
 
 KIDNEY = get_preset("kidney")
 

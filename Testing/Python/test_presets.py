@@ -1,7 +1,7 @@
 import pytest
 
+from DiffusionAnomalyLib.detection.presets import PRESETS, get_preset
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.presets import PRESETS, get_preset
 
 
 def test_kidney_preset_follows_seed_000():

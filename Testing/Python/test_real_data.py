@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffusionAnomalyLib.anomaly import PostProcessing
-from DiffusionAnomalyLib.baseline import MedianBaseline
-from DiffusionAnomalyLib.io import read_channels, read_volume, same_grid
-from DiffusionAnomalyLib.masks import load_totalseg_masks, mask_from_skull_stripped
-from DiffusionAnomalyLib.pipeline import detect, write_outputs
-from DiffusionAnomalyLib.presets import get_preset
-from DiffusionAnomalyLib.roi import compose_patches, extract_patch, plan_patch
+from DiffusionAnomalyLib.detection.anomaly import PostProcessing
+from DiffusionAnomalyLib.detection.baseline import MedianBaseline
+from DiffusionAnomalyLib.detection.pipeline import detect, write_outputs
+from DiffusionAnomalyLib.detection.presets import get_preset
+from DiffusionAnomalyLib.detection.roi import compose_patches, extract_patch, plan_patch
+from DiffusionAnomalyLib.imaging.io import read_channels, read_volume, same_grid
+from DiffusionAnomalyLib.imaging.masks import load_totalseg_masks, mask_from_skull_stripped
 
 pytestmark = pytest.mark.shared_data
 
@@ -89,7 +89,7 @@ def test_real_brats_channels_and_skull_stripped_mask(shared_data):
 
 
 def test_run_with_a_bundle_on_real_ct_keeps_the_exact_geometry(shared_data, tiny_bundle, tmp_path, capsys):
-    from DiffusionAnomalyLib.cli import main
+    from DiffusionAnomalyLib.app.cli import main
 
     ts = shared_data / "totalsegmentator_examples"
     out = tmp_path / "out"
@@ -108,8 +108,8 @@ def test_run_with_a_bundle_on_real_ct_keeps_the_exact_geometry(shared_data, tiny
 def test_demo_bundles_run_on_real_scans_in_the_exact_input_geometry(shared_data, organ, tmp_path, capsys):
     """example_ct with its real TotalSegmentator labels (kidney) and the 3D BraTS case (brain), with the
     shipped demo bundles; the findings mean nothing, the geometry must be exact."""
-    from DiffusionAnomalyLib.bundle import available_bundles
-    from DiffusionAnomalyLib.cli import main
+    from DiffusionAnomalyLib.app.cli import main
+    from DiffusionAnomalyLib.models.bundle import available_bundles
 
     demo = [b for b in available_bundles(organ) if b.meta.demo]
     if not demo:

@@ -3,8 +3,8 @@
 import pytest
 
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.phantoms import make_phantom
-from DiffusionAnomalyLib.reports import label_report, label_reports_csv
+from DiffusionAnomalyLib.synthetic.phantoms import make_phantom
+from DiffusionAnomalyLib.synthetic.reports import label_report, label_reports_csv
 
 FILLER = ("The liver is normal. The spleen is unremarkable. The pancreas is normal. No free fluid. "
           "No lymphadenopathy. The aorta is normal. The bowel is unremarkable. No osseous lesion. "

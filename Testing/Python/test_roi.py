@@ -3,9 +3,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_image, oblique_direction
 
-from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.presets import get_preset
-from DiffusionAnomalyLib.roi import (
+from DiffusionAnomalyLib.detection.presets import get_preset
+from DiffusionAnomalyLib.detection.roi import (
     RoiPatch,
     check_roi_fits,
     compose_patches,
@@ -13,6 +12,7 @@ from DiffusionAnomalyLib.roi import (
     organ_center,
     plan_patch,
 )
+from DiffusionAnomalyLib.errors import InputError
 
 SMALL = get_preset("kidney").with_overrides({"spacing_mm": (2.0, 2.0, 2.0), "roi_size_mm": (48.0, 40.0, 64.0)})
 

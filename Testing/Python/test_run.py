@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DiffusionAnomalyLib.cli import main
-from DiffusionAnomalyLib.io import same_grid
+from DiffusionAnomalyLib.app.cli import main
+from DiffusionAnomalyLib.imaging.io import same_grid
 
 
 @pytest.mark.parametrize("extra", [[], ["--sampler", "ddpm", "--guidance", "5"],
@@ -57,7 +57,7 @@ def test_run_bad_settings(tiny_bundle, kidney_case, tmp_path, capsys, extra, cod
 
 
 def test_run_with_a_bundle_for_another_modality(tiny_bundle, tmp_path, capsys):
-    from DiffusionAnomalyLib.phantoms import make_phantom, write_phantom
+    from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_phantom
 
     case = write_phantom(make_phantom("brain", 1, 0), tmp_path / "brain")
     inputs = [str(case / f"{c}.nii.gz") for c in ("t1n", "t1c", "t2w", "t2f")]
@@ -76,7 +76,7 @@ def test_missing_bundle_has_its_own_exit_code(kidney_case, tmp_path, capsys):
 
 
 def test_modality_that_does_not_fit_the_bundle_is_refused_unless_overridden(tiny_bundle, tmp_path, capsys):
-    from DiffusionAnomalyLib.phantoms import make_phantom, write_phantom
+    from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_phantom
 
     case = write_phantom(make_phantom("brain", 2, 0), tmp_path / "brain")
     mask = case / "segmentations" / "brain.nii.gz"
@@ -111,7 +111,7 @@ def test_trajectory_output_and_deterministic_flag(tiny_bundle, kidney_case, tmp_
 
 
 def test_run_takes_the_minimum_lesion_volume_from_the_bundle_unless_given(tiny_bundle, kidney_case, tmp_path):
-    from DiffusionAnomalyLib.sweep import write_calibrated_bundle
+    from DiffusionAnomalyLib.evaluation.sweep import write_calibrated_bundle
 
     _, folder = kidney_case
     calibrated = write_calibrated_bundle(tiny_bundle, tmp_path / "cal", {
@@ -131,9 +131,9 @@ def test_run_takes_the_minimum_lesion_volume_from_the_bundle_unless_given(tiny_b
 def _reconstructions(bundle, method: str, samples: int, seeds) -> "list":
     import numpy as np
 
-    from DiffusionAnomalyLib.bundle import load_bundle
-    from DiffusionAnomalyLib.diffusion.sampler import SamplerSettings
-    from DiffusionAnomalyLib.reconstruction import DiffusionReconstructor
+    from DiffusionAnomalyLib.models.bundle import load_bundle
+    from DiffusionAnomalyLib.models.diffusion.sampler import SamplerSettings
+    from DiffusionAnomalyLib.models.reconstruction import DiffusionReconstructor
 
     b = load_bundle(bundle)
     x = np.random.default_rng(0).uniform(-1, 1, size=(2, 1, 16, 16, 16)).astype(np.float32)
@@ -164,7 +164,7 @@ def test_ddim_is_deterministic_so_it_draws_one_sample(tiny_bundle):
 
 
 def test_run_takes_reference_and_samples_from_the_bundle_unless_given(tiny_bundle, kidney_case, tmp_path):
-    from DiffusionAnomalyLib.sweep import write_calibrated_bundle
+    from DiffusionAnomalyLib.evaluation.sweep import write_calibrated_bundle
 
     _, folder = kidney_case
     calibrated = write_calibrated_bundle(tiny_bundle, tmp_path / "cal", {
@@ -184,8 +184,8 @@ def test_run_takes_reference_and_samples_from_the_bundle_unless_given(tiny_bundl
 
 
 def test_guidance_above_the_classifiers_training_levels_is_warned_about():
-    from DiffusionAnomalyLib.diffusion.sampler import SamplerSettings
-    from DiffusionAnomalyLib.job import guidance_warnings
+    from DiffusionAnomalyLib.app.job import guidance_warnings
+    from DiffusionAnomalyLib.models.diffusion.sampler import SamplerSettings
 
     trained = {"classifier_training": {"max_level": 300}}
     assert guidance_warnings(trained, SamplerSettings(noise_level=300, guidance=10.0)) == []
@@ -196,8 +196,8 @@ def test_guidance_above_the_classifiers_training_levels_is_warned_about():
 
 
 def test_guidance_with_a_classifier_near_chance_is_warned_about():
-    from DiffusionAnomalyLib.diffusion.sampler import SamplerSettings
-    from DiffusionAnomalyLib.job import guidance_warnings
+    from DiffusionAnomalyLib.app.job import guidance_warnings
+    from DiffusionAnomalyLib.models.diffusion.sampler import SamplerSettings
 
     weak = {"classifier_training": {"max_level": 1000, "best_val_auc": {"0": 0.59, "250": 0.57, "500": 0.53}}}
     good = {"classifier_training": {"max_level": 1000, "best_val_auc": {"0": 0.92, "250": 0.88, "500": 0.83}}}

@@ -15,9 +15,9 @@ from conftest import make_image, oblique_direction
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e .[test])")
 
-from DiffusionAnomalyLib import scene as adapter  # noqa: E402
 from DiffusionAnomalyLib.errors import DiffusionAnomalyError, InputError  # noqa: E402
-from DiffusionAnomalyLib.scene_run import RunRequest, SceneRun  # noqa: E402
+from DiffusionAnomalyLib.slicer_module import scene as adapter  # noqa: E402
+from DiffusionAnomalyLib.slicer_module.scene_run import RunRequest, SceneRun  # noqa: E402
 
 
 def _scene():
@@ -150,7 +150,7 @@ def _request(bundle, **kw) -> RunRequest:
 
 
 def test_run_request_problems_and_worker_arguments(tiny_bundle, tmp_path):
-    from DiffusionAnomalyLib.cli import build_parser
+    from DiffusionAnomalyLib.app.cli import build_parser
 
     req = _request(tiny_bundle)
     assert req.problems() == [] and req.is_valid()
@@ -267,7 +267,7 @@ def test_heatmap_values_and_segments_match_the_files(run_scene):
 
 
 def adapter_palette(label: int):
-    from DiffusionAnomalyLib.segfile import PALETTE
+    from DiffusionAnomalyLib.imaging.segfile import PALETTE
 
     return PALETTE[(label - 1) % len(PALETTE)]
 
@@ -399,7 +399,7 @@ def test_compare_view_uses_the_scene_slice_views(run_scene):
 def test_missing_dependencies_and_the_install_command(monkeypatch):
     import importlib.util
 
-    from DiffusionAnomalyLib import dependencies
+    from DiffusionAnomalyLib.app import dependencies
 
     assert dependencies.missing_packages() == []  # the test environment has everything
     real = importlib.util.find_spec
@@ -411,7 +411,7 @@ def test_missing_dependencies_and_the_install_command(monkeypatch):
 
 
 def test_the_worker_python_inside_slicer_is_python_real_not_the_application(tmp_path, monkeypatch):
-    from DiffusionAnomalyLib import dependencies
+    from DiffusionAnomalyLib.app import dependencies
 
     monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
@@ -439,7 +439,7 @@ def test_the_worker_python_inside_slicer_is_python_real_not_the_application(tmp_
 def test_missing_packages_are_asked_of_the_worker_interpreter_in_a_child_process(tmp_path):
     import sys
 
-    from DiffusionAnomalyLib import dependencies
+    from DiffusionAnomalyLib.app import dependencies
 
     assert dependencies.missing_packages(sys.executable) == []
     # a Python without the packages: an interpreter started with -S and no site-packages would do, but the
@@ -479,7 +479,7 @@ def test_the_segmentations_logic_is_used_through_its_static_methods(kidney_case,
 
 
 def test_each_kept_run_gets_a_new_folder(tmp_path):
-    from DiffusionAnomalyLib.panel import run_output_folder
+    from DiffusionAnomalyLib.slicer_module.panel import run_output_folder
 
     name = "CT: kidney/left ddpm L250 s100 14:02:31"
     first = run_output_folder(str(tmp_path), name)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffusionAnomalyLib.anomaly import lesion_table
-from DiffusionAnomalyLib.segfile import PALETTE, segment_name, write_seg_nrrd
+from DiffusionAnomalyLib.detection.anomaly import lesion_table
+from DiffusionAnomalyLib.imaging.segfile import PALETTE, segment_name, write_seg_nrrd
 
 
 def _read_segmentation(path):

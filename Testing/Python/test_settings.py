@@ -9,8 +9,8 @@ import math
 import pytest
 from conftest import REPO
 
-from DiffusionAnomalyLib.bundle import read_meta
 from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.models.bundle import read_meta
 from DiffusionAnomalyLib.settings import RunSettings
 
 KIDNEY = REPO / "Resources" / "Models" / "kidney-demo"
@@ -80,9 +80,9 @@ def test_json_round_trip_and_unknown_keys():
 
 
 def test_cli_worker_batch_and_panel_resolve_the_same_settings(tiny_bundle, tmp_path):
-    from DiffusionAnomalyLib.cli import build_parser
-    from DiffusionAnomalyLib.job import run_settings
-    from DiffusionAnomalyLib.scene_run import RunRequest
+    from DiffusionAnomalyLib.app.cli import build_parser
+    from DiffusionAnomalyLib.app.job import run_settings
+    from DiffusionAnomalyLib.slicer_module.scene_run import RunRequest
 
     meta = read_meta(tiny_bundle)
     b = str(tiny_bundle)
@@ -108,7 +108,7 @@ def test_run_json_replays_to_identical_outputs(tiny_bundle, kidney_case, tmp_pat
     import numpy as np
     import SimpleITK as sitk
 
-    from DiffusionAnomalyLib.cli import main
+    from DiffusionAnomalyLib.app.cli import main
 
     _, folder = kidney_case
     common = ["--bundle", str(tiny_bundle), "--input", str(folder / "ct.nii.gz"), "--totalseg",

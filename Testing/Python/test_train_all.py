@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffusionAnomalyLib.cli import main
-from DiffusionAnomalyLib.phantoms import write_dataset
+from DiffusionAnomalyLib.app.cli import main
+from DiffusionAnomalyLib.synthetic.phantoms import write_dataset
 
 FAST = ["--organ", "kidney", "--spacing", "4", "--iterations", "3", "--noise-levels", "20", "--steps", "2",
         "--sampler", "ddim", "--threshold-scales", "1", "--min-lesion-ml-values", "0", "--grow-to-values", "1",
@@ -32,7 +32,7 @@ def _stamps(folder):
 
 @pytest.mark.slow
 def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothing(data, tmp_path, capsys):
-    from DiffusionAnomalyLib.bundle import load_bundle, read_meta
+    from DiffusionAnomalyLib.models.bundle import load_bundle, read_meta
 
     out = tmp_path / "bundle"
     assert main(["train", "all", "--data", str(data), "--out", str(out), *FAST]) == 0
@@ -118,8 +118,8 @@ def test_dry_run_split_folders_kits_and_derived_labels(data, tmp_path, capsys):
 
 
 def test_labels_rows_that_cannot_be_used_are_named_and_nothing_is_left_behind(data, tmp_path, capsys):
-    from DiffusionAnomalyLib.presets import get_preset
-    from DiffusionAnomalyLib.train.all import read_labels_file
+    from DiffusionAnomalyLib.detection.presets import get_preset
+    from DiffusionAnomalyLib.training.all import read_labels_file
 
     root = tmp_path / "d"
     for i in range(3):
@@ -143,7 +143,7 @@ def test_labels_rows_that_cannot_be_used_are_named_and_nothing_is_left_behind(da
 
 
 def test_split_is_deterministic_stratified_and_independent_of_order():
-    from DiffusionAnomalyLib.train.all import split_cases
+    from DiffusionAnomalyLib.training.all import split_cases
 
     labels = {f"c{i}": {"kidney_left": "unhealthy" if i % 3 == 0 else "healthy", "kidney_right": "healthy"}
               for i in range(30)}
@@ -156,7 +156,7 @@ def test_split_is_deterministic_stratified_and_independent_of_order():
 
 def test_a_failed_stage_leaves_no_empty_work_folder(tmp_path):
     from DiffusionAnomalyLib.errors import InputError
-    from DiffusionAnomalyLib.train.autoencoder import AutoencoderTraining, train_autoencoder
+    from DiffusionAnomalyLib.training.autoencoder import AutoencoderTraining, train_autoencoder
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError):
@@ -177,7 +177,7 @@ def test_help_shows_defaults(capsys):
 
 
 def test_gan_schedule_is_reported():
-    from DiffusionAnomalyLib.train.autoencoder import gan_schedule
+    from DiffusionAnomalyLib.training.autoencoder import gan_schedule
 
     assert gan_schedule(10_000, 3000).startswith("off") and "3000" in gan_schedule(10_000, 3000)
     assert gan_schedule(3, 6) == "on from iteration 4 of 6"
@@ -192,7 +192,7 @@ def test_train_all_under_torchrun_with_two_processes(data, tmp_path):
 
     from conftest import REPO
 
-    from DiffusionAnomalyLib.bundle import load_bundle
+    from DiffusionAnomalyLib.models.bundle import load_bundle
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "dist"

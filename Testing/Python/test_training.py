@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from DiffusionAnomalyLib.bundle import load_bundle
+from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.phantoms import write_dataset
-from DiffusionAnomalyLib.presets import get_preset
-from DiffusionAnomalyLib.train.autoencoder import AutoencoderTraining, train_autoencoder
-from DiffusionAnomalyLib.train.classifier import ClassifierTraining, train_classifier
-from DiffusionAnomalyLib.train.data import load_patches, save_npz
-from DiffusionAnomalyLib.train.denoiser import DenoiserTraining, random_crops, train_denoiser
+from DiffusionAnomalyLib.models.bundle import load_bundle
+from DiffusionAnomalyLib.synthetic.phantoms import write_dataset
+from DiffusionAnomalyLib.training.autoencoder import AutoencoderTraining, train_autoencoder
+from DiffusionAnomalyLib.training.classifier import ClassifierTraining, train_classifier
+from DiffusionAnomalyLib.training.data import load_patches, save_npz
+from DiffusionAnomalyLib.training.denoiser import DenoiserTraining, random_crops, train_denoiser
 
 COARSE = {"spacing_mm": [4.0, 4.0, 4.0]}
 
@@ -175,7 +175,7 @@ def test_dataset_errors(dataset, tmp_path):
 
 
 def test_lesion_cell_targets_count_lesion_volume_per_cell():
-    from DiffusionAnomalyLib.train.classifier import lesion_cell_targets
+    from DiffusionAnomalyLib.training.classifier import lesion_cell_targets
 
     masks = np.zeros((2, 8, 4, 4), np.uint8)
     masks[0, 0:3, 0:2, 0] = 1  # 6 voxels in cell (0, 0, 0) (cells of 4 x 2 x 2 voxels)
@@ -192,7 +192,7 @@ def test_lesion_cell_targets_count_lesion_volume_per_cell():
 def test_balanced_bce_weighs_lesion_and_background_cells_equally():
     import torch
 
-    from DiffusionAnomalyLib.train.classifier import balanced_bce
+    from DiffusionAnomalyLib.training.classifier import balanced_bce
 
     target = torch.zeros(1, 10)
     target[0, 0] = 1.0

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from DiffusionAnomalyLib.client import WorkerClient
+from DiffusionAnomalyLib.app.client import WorkerClient
 from DiffusionAnomalyLib.errors import CancelledError, InputError, WorkerKilledError
 
 

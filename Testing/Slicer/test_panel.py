@@ -53,7 +53,7 @@ def _case(widget, **settings):
     ``settings`` (parameter-node fields) applied; returns the parameter node."""
     import slicer
 
-    from DiffusionAnomalyLib import selftest
+    from DiffusionAnomalyLib.slicer_module import selftest
 
     pn = widget._parameterNode
     case = selftest.prepare(slicer.mrmlScene, pn)
@@ -160,7 +160,7 @@ def test_setting_ranges_come_from_the_parameter_class(widget):
 def test_each_bad_input_disables_apply_with_its_reason(widget):
     import slicer
 
-    from DiffusionAnomalyLib import scene as adapter
+    from DiffusionAnomalyLib.slicer_module import scene as adapter
 
     pn, case = _case(widget, pythonExecutable=WORKER_PYTHON or sys.executable)
     assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip

@@ -1,0 +1,250 @@
+"""One case end to end: masks -> ROI patches -> normalise -> reconstruct -> anomaly map ->
+compose into native geometry -> post-process -> lesion table -> output files.
+
+The reconstructor is pluggable (``reconstruct(x, mask, spacing_mm)`` on (B, C, z, y, x) patches in
+network units); today the non-neural :class:`~DiffusionAnomalyLib.detection.baseline.MedianBaseline`.
+The anomaly map is |x - x_hat| in network units ([-1, 1] per channel, summed over channels), so
+it is comparable across CT windows and MR sequences. The reconstruction is written in input units
+as ``input + (x_hat - x)`` mapped back, so voxels the model leaves unchanged keep their exact value.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import SimpleITK as sitk
+
+from DiffusionAnomalyLib import __version__
+from DiffusionAnomalyLib.detection.anomaly import (
+    Lesion,
+    PostProcessing,
+    anomaly_map,
+    lesion_table,
+    organ_map,
+    otsu_threshold,
+    postprocess,
+)
+from DiffusionAnomalyLib.detection.intensity import ChannelScaling, fit_scaling
+from DiffusionAnomalyLib.detection.overview import write_overview
+from DiffusionAnomalyLib.detection.presets import OrganPreset
+from DiffusionAnomalyLib.detection.roi import (
+    RoiPatch,
+    check_roi_fits,
+    compose_patches,
+    extract_patch,
+    outside_patch,
+    plan_patch,
+)
+from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.imaging.io import (
+    array_to_image,
+    atomic_output_dir,
+    check_output_dir,
+    geometry,
+    require_same_grid,
+    write_volume,
+)
+from DiffusionAnomalyLib.imaging.masks import MaskSet
+from DiffusionAnomalyLib.imaging.segfile import write_seg_nrrd
+
+
+class Reconstructor(Protocol):
+    name: str
+
+    def reconstruct(self, x: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+        ...
+
+
+@dataclass
+class CaseResult:
+    """Everything one run produced, on the input's native grid."""
+
+    reconstruction: list[sitk.Image]  # one per channel, input units
+    heatmap: sitk.Image  # float32, network units
+    lesions: sitk.Image  # uint16 labelmap, 1..n
+    table: list[Lesion]
+    threshold: float
+    patches: list[RoiPatch]
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
+    input_image: sitk.Image | None = None  # the first input channel (for the overview)
+    organ_mask: sitk.Image | None = None  # union of the organ masks
+    scalings: list = field(default_factory=list)  # per patch, per channel: network units <-> input units
+    extra_images: dict[str, sitk.Image] = field(default_factory=dict)  # more files to write, e.g. trajectories
+
+
+@dataclass
+class PreparedPatches:
+    """ROI patches of one case in network units: ``x`` (B, C, z, y, x), ``masks`` (B, z, y, x)."""
+
+    patches: list[RoiPatch]
+    x: np.ndarray
+    masks: np.ndarray
+    scalings: list[list[ChannelScaling]]
+
+
+def extract_case_patches(channels: list[sitk.Image], mask_set: MaskSet, preset: OrganPreset) -> PreparedPatches:
+    """One patch per organ structure, resampled to the preset grid and normalised (inference and training)."""
+    patches, xs, pmasks, scalings = [], [], [], []
+    for m in mask_set.masks:
+        patch = plan_patch(m.image, preset, m.structure, m.side)
+        pmask = extract_patch(m.image, patch, interpolator="nearest")
+        raw = [extract_patch(ch, patch, default=preset.background) for ch in channels]
+        sc = [fit_scaling(preset.normalization, r, pmask, name) for r, name in zip(raw, preset.channels, strict=True)]
+        patches.append(patch)
+        xs.append(np.stack([s.forward(r) for s, r in zip(sc, raw, strict=True)]))
+        pmasks.append(pmask)
+        scalings.append(sc)
+    return PreparedPatches(patches, np.stack(xs), np.stack(pmasks), scalings)
+
+
+def detect(
+    channels: list[sitk.Image],
+    mask_set: MaskSet,
+    preset: OrganPreset,
+    reconstructor: Reconstructor,
+    *,
+    threshold: float | None = None,
+    postprocessing: PostProcessing | None = None,
+    input_name: str = "the image",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> CaseResult:
+    """Run one case. ``threshold`` None = Otsu over this case's organ voxels, else a fixed value.
+
+    ``input_name`` (e.g. the file name) is used in error messages and warnings. ``progress(stage,
+    step, total)`` is called as stages start and end (stages: extract, reconstruct, compose,
+    postprocess); the reconstructor reports its own sampler steps.
+    """
+    def report(stage: str, step: int, total: int) -> None:
+        if progress:
+            progress(stage, step, total)
+
+    if len(channels) != len(preset.channels):
+        raise InputError(f"the {preset.name} preset needs {len(preset.channels)} channel(s) {list(preset.channels)}, "
+                         f"got {len(channels)}")
+    ref = channels[0]
+    for m in mask_set.masks:
+        require_same_grid(ref, m.image, input_name, f"the {m.structure} mask")
+    timings: dict[str, float] = {}
+    report("extract", 0, 1)
+    t0 = time.perf_counter()
+    warnings = check_roi_fits(ref, preset, input_name) + list(mask_set.missing.values())
+    prepared = extract_case_patches(channels, mask_set, preset)
+    patches, scalings = prepared.patches, prepared.scalings
+    not_analysed = [o for m, p in zip(mask_set.masks, patches, strict=True) if (o := outside_patch(m.image, p))]
+    for o in not_analysed:
+        roi = " x ".join(f"{v:g}" for v in preset.roi_size_mm)
+        warnings.append(f"{input_name}: {o['fraction']:.1%} of the {o['structure']} ({o['volume_ml']:g} ml, LPS "
+                        f"{o['bbox_lps_min']}..{o['bbox_lps_max']} mm) lies outside the {roi} mm ROI and was NOT "
+                        "analysed; lesions there cannot be found (see not_analysed in run.json)")
+    timings["extract"] = time.perf_counter() - t0
+    report("extract", 1, 1)
+
+    t0 = time.perf_counter()
+    x = prepared.x
+    x_hat = reconstructor.reconstruct(x, prepared.masks, preset.spacing_mm)
+    timings["reconstruct"] = time.perf_counter() - t0
+    report("compose", 0, 1)
+
+    t0 = time.perf_counter()
+    ref_x = reconstructor.reference_image(x) if hasattr(reconstructor, "reference_image") else x
+    scores = [(p, anomaly_map(ref_x[i], x_hat[i], channel_axis=0)) for i, p in enumerate(patches)]
+    heat, _ = compose_patches(scores, ref, mode="max", fill=0.0)
+    recon = []
+    for c, ch in enumerate(channels):
+        deltas = [(p, scalings[i][c].inverse(x_hat[i, c]) - scalings[i][c].inverse(x[i, c]))
+                  for i, p in enumerate(patches)]
+        delta, _ = compose_patches(deltas, ref, mode="mean", fill=0.0)
+        recon.append(array_to_image(sitk.GetArrayViewFromImage(ch).astype(np.float32) + delta, ch))
+    timings["compose"] = time.perf_counter() - t0
+    report("postprocess", 0, 1)
+
+    t0 = time.perf_counter()
+    organ = mask_set.union()
+    heat = organ_map(heat, organ, preset.median_filter_voxels)
+    thr = otsu_threshold(heat, organ) if threshold is None else float(threshold)
+    pp = postprocessing or PostProcessing.for_preset(preset)
+    labels = postprocess(heat, thr, organ, ref, pp)
+    side_masks = {m.side: sitk.GetArrayViewFromImage(m.image) > 0 for m in mask_set.masks if m.side}
+    table = lesion_table(labels, heat, ref, preset.name, side_masks or None)
+    timings["postprocess"] = time.perf_counter() - t0
+    report("postprocess", 1, 1)
+    return CaseResult(
+        reconstruction=recon, heatmap=array_to_image(heat, ref), lesions=array_to_image(labels, ref), table=table,
+        threshold=thr, patches=patches, warnings=warnings, timings=timings, input_image=ref,
+        organ_mask=array_to_image(organ.astype(np.uint8), ref), scalings=scalings,
+        parameters={"organ": preset.name, "reconstructor": reconstructor.name,
+                    "threshold_mode": "otsu-case" if threshold is None else "fixed", "threshold": thr,
+                    "postprocessing": pp.__dict__, "composition": {"heatmap": "max", "reconstruction": "mean"},
+                    "not_analysed": not_analysed},
+    )
+
+
+LESION_COLUMNS = ["id", "organ", "side", "voxels", "volume_ml", "axial_diameter_mm", "size_class",
+                  "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "centroid_ras_x", "centroid_ras_y",
+                  "centroid_ras_z", "mean_score", "max_score"]
+
+
+def trajectory_images(result: CaseResult, trajectory: list[tuple[int, np.ndarray]]) -> dict[str, sitk.Image]:
+    """Decoded predictions of x_0 during denoising, one 4D file per ROI (time, then z, y, x), in input units
+    (first channel), on the patch grid. The frames run from the noise level L down to 0."""
+    images = {}
+    for i, patch in enumerate(result.patches):
+        frames = [patch.image(result.scalings[i][0].inverse(x0[i, 0])) for _, x0 in trajectory]
+        if frames:
+            images[f"trajectory_{patch.structure}.nii.gz"] = sitk.JoinSeries(frames)
+    return images
+
+
+def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, inputs: dict, *,
+                  overwrite: bool = False, input_paths: list[str] | None = None) -> Path:
+    """Write the result files atomically into ``out_dir`` (all or nothing).
+
+    ``out_dir`` must not hold any of ``input_paths`` (default: ``inputs["images"]``); an earlier result or other
+    files there are refused unless ``overwrite``, which replaces the whole earlier result set
+    (:func:`~DiffusionAnomalyLib.imaging.io.check_output_dir`).
+    """
+    check_output_dir(out_dir, input_paths if input_paths is not None else inputs.get("images", []),
+                     overwrite=overwrite)
+    with atomic_output_dir(out_dir, replace_previous=True) as stage:
+        names = preset.channels
+        for name, image in zip(names, result.reconstruction, strict=True):
+            fname = "reconstruction.nii.gz" if len(names) == 1 else f"reconstruction_{name}.nii.gz"
+            write_volume(image, stage / fname)
+        write_volume(result.heatmap, stage / "heatmap.nii.gz")
+        write_volume(result.lesions, stage / "lesions.nii.gz")
+        write_seg_nrrd(result.lesions, result.table, stage / "lesions.seg.nrrd")
+        for name, image in result.extra_images.items():
+            write_volume(image, stage / name)
+        organ = sitk.GetArrayViewFromImage(result.organ_mask) > 0
+        note = "DEMO / synthetic-data model - " if inputs.get("bundle", {}).get("demo") else ""
+        write_overview(result.input_image, result.reconstruction[0], result.heatmap, result.lesions, result.table,
+                       organ, stage / "overview.png", preset.display_window,
+                       f"{note}{preset.name}: {len(result.table)} candidate lesion(s); research software, not for "
+                       "diagnosis")
+        rows = [le.to_row() for le in result.table]
+        with open(stage / "lesions.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LESION_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        (stage / "lesions.json").write_text(json.dumps(
+            {"coordinates": "centroid_lps: ITK/DICOM patient LPS (mm); centroid_ras: Slicer RAS (mm)",
+             "lesions": rows, "not_analysed": result.parameters.get("not_analysed", [])}, indent=2) + "\n")
+        outputs = sorted(f.name for f in stage.iterdir()) + ["run.json"]
+        run = {"version": __version__, "python": platform.python_version(), "inputs": inputs, "outputs": outputs,
+               "parameters": result.parameters, "preset": preset.to_dict(),
+               "patches": [p.to_dict() for p in result.patches], "warnings": result.warnings,
+               "not_analysed": result.parameters.get("not_analysed", []),
+               "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+               "geometry": geometry(result.heatmap)}
+        (stage / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    return Path(out_dir)

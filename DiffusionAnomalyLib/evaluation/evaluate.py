@@ -1,0 +1,555 @@
+"""``diffusion-anomaly evaluate``: metrics of the kidney thesis ch. 5 over a dataset, the way the thesis measures.
+
+Three phases:
+
+1. **Maps** (sharded over ``torchrun`` ranks, cached, resumable): for each case, the anomaly map and the
+   organ mask on the image grid, written to ``OUT/maps/<case>/`` (atomically; a finished case is never
+   recomputed, so an interrupted evaluation resumes where it stopped).
+2. **Threshold**: one global Otsu threshold over the organ voxels of all maps (the kidney thesis §5.2), or a fixed one.
+3. **Scores** (rank 0): post-processing (the kidney thesis §4.1.1, optional), then per case Dice, lesion matching at
+   IoU >= 0.2 (precision, recall, F1, false positives per organ), TNM size strata, lesion scores for the
+   FROC, voxel AUROC / AUPRC inside the organ, recall by each reference lesion's contrast against the tissue
+   around it in the image (how visible it is, whatever the model); aggregates with 1000-resample bootstrap
+   95 % CIs. Written as ``per_case.csv``, ``reference_lesions.csv`` (one row per reference lesion: volume,
+   diameter, contrast, spread, CNR, found, the best IoU any prediction has with it),
+   ``summary.json``, ``summary.md``, ``froc.png``, ``size_strata.png``, ``dice_hist.png``.
+
+Cases with problems (no labels, unexpected label values, image and label on different grids, a run
+that failed) are listed per case in the report; the rest is evaluated.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from DiffusionAnomalyLib.detection.anomaly import (
+    SIZE_CLASSES,
+    PostProcessing,
+    dataset_otsu_threshold,
+    postprocess,
+    size_class_name,
+)
+from DiffusionAnomalyLib.detection.presets import OrganPreset
+from DiffusionAnomalyLib.errors import DiffusionAnomalyError, InputError
+from DiffusionAnomalyLib.evaluation.datasets import EvalCase, reference_lesions
+from DiffusionAnomalyLib.evaluation.metrics import (
+    CONTRAST_CLASSES,
+    Detection,
+    bootstrap_ci,
+    components,
+    contrast_class,
+    detection_by_size,
+    dice,
+    froc_points,
+    lesion_contrast,
+    lesion_diameters,
+    match_lesions,
+    voxel_auprc,
+    voxel_auroc,
+    wilcoxon_noninferiority,
+)
+from DiffusionAnomalyLib.imaging.io import atomic_output_dir, read_channels, read_volume, write_volume
+
+SIZE_BOUNDS = [(0.0, 20.0), (20.0, 40.0), (40.0, 70.0), (70.0, math.inf)]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def case_masks(case: EvalCase, channels: list[sitk.Image], preset: OrganPreset, scratch: Path):
+    """The organ MaskSet of a case (TotalSegmentator files, the KiTS labels, or the skull-stripped brain)."""
+    from DiffusionAnomalyLib.imaging.masks import load_totalseg_masks, load_user_mask, mask_from_skull_stripped
+
+    if case.skull_stripped:
+        return mask_from_skull_stripped(channels, preset)
+    if case.totalseg is not None:
+        return load_totalseg_masks(case.totalseg, channels[0], preset)
+    if case.organ_from_labels:
+        _, organ = reference_lesions(case, channels[0])
+        path = write_volume(sitk.Cast(_image(organ, channels[0]), sitk.sitkUInt8), scratch / "organ-from-labels.nii.gz")
+        return load_user_mask(path, channels[0], preset)
+    raise InputError(f"{case.case_id}: no organ masks (segmentations/ folder) for this case")
+
+
+def _image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    im = sitk.GetImageFromArray(array)
+    im.CopyInformation(reference)
+    return im
+
+
+def compute_maps(cases: list[EvalCase], reconstructor, preset: OrganPreset, maps_dir: Path, rank: int = 0,
+                 world: int = 1, progress: Callable[[str], None] = log) -> None:
+    """Phase 1 for this rank's shard (cases[rank::world]); cached cases are skipped."""
+    from DiffusionAnomalyLib.detection.pipeline import detect
+
+    todo = [c for c in cases[rank::world] if not c.problems and not (maps_dir / c.case_id / "heatmap.nii.gz").is_file()
+            and not (maps_dir / f"{c.case_id}.error.json").is_file()]
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i, case in enumerate(todo):
+        try:
+            channels = read_channels(case.inputs, preset.channels if len(case.inputs) > 1 else None)
+            reference_lesions(case, channels[0])  # label problems are found before the expensive part
+            with atomic_output_dir(maps_dir / case.case_id) as stage:
+                mask_set = case_masks(case, channels, preset, stage)
+                # an infinite threshold skips post-processing here; phase 3 thresholds the cached map
+                result = detect(channels, mask_set, preset, reconstructor, threshold=math.inf, input_name=case.case_id)
+                write_volume(result.heatmap, stage / "heatmap.nii.gz")
+                write_volume(result.organ_mask, stage / "organ.nii.gz")
+                (stage / "case.json").write_text(json.dumps({
+                    "case": case.case_id, "structures": len(mask_set.masks), "warnings": result.warnings,
+                    "timings_s": result.timings}) + "\n")
+        except DiffusionAnomalyError as exc:
+            (maps_dir / f"{case.case_id}.error.json").write_text(json.dumps({"case": case.case_id,
+                                                                             "problem": str(exc)}) + "\n")
+        done = i + 1
+        eta = (time.perf_counter() - t0) / done * (len(todo) - done)
+        progress(f"[rank {rank}] maps {done}/{len(todo)} ({case.case_id}); ETA {eta:.0f} s")
+
+
+@dataclass
+class CaseScore:
+    case: str
+    lesions: int
+    structures: int
+    dice: float
+    tp: int
+    fp: int
+    fn: int
+    fp_per_organ: float
+    auroc: float
+    auprc: float
+    lesion_scores: list[float] = field(default_factory=list)
+    lesion_hits: list[bool] = field(default_factory=list)
+    strata: dict[str, list[int]] = field(default_factory=dict)  # size class -> [tp, fn, fp]
+    #: Phantom cases: "attribute=value" (kind, phase, position) -> [found, total] over reference lesions.
+    kinds: dict[str, list[int]] = field(default_factory=dict)
+    #: Contrast-to-noise stratum -> [found, total] over reference lesions (any dataset).
+    contrast: dict[str, list[int]] = field(default_factory=dict)
+    #: One row per reference lesion: id, volume, diameter, contrast, spread, CNR, found.
+    reference_rows: list[dict] = field(default_factory=list)
+
+    @property
+    def detection(self) -> Detection:
+        return Detection(self.tp, self.fp, self.fn)
+
+    @property
+    def precision(self) -> float:
+        return self.detection.precision
+
+    @property
+    def recall(self) -> float:
+        return self.detection.recall
+
+    @property
+    def f1(self) -> float:
+        return self.detection.f1
+
+    def row(self) -> dict:
+        return {"case": self.case, "lesions": self.lesions, "dice": _r(self.dice), "tp": self.tp, "fp": self.fp,
+                "fn": self.fn, "precision": _r(self.precision), "recall": _r(self.recall), "f1": _r(self.f1),
+                "fp_per_organ": _r(self.fp_per_organ), "voxel_auroc": _r(self.auroc), "voxel_auprc": _r(self.auprc)}
+
+
+def _r(v: float) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
+
+
+def load_maps(case: EvalCase, maps_dir: Path) -> tuple[np.ndarray, np.ndarray, sitk.Image, dict]:
+    heat_img = read_volume(maps_dir / case.case_id / "heatmap.nii.gz")
+    organ = sitk.GetArrayFromImage(read_volume(maps_dir / case.case_id / "organ.nii.gz")) > 0
+    info = json.loads((maps_dir / case.case_id / "case.json").read_text())
+    return sitk.GetArrayFromImage(heat_img), organ, heat_img, info
+
+
+def global_threshold(cases: list[EvalCase], maps_dir: Path) -> float:
+    """One Otsu threshold over the organ voxels of every case's map (the kidney thesis §5.2)."""
+    values = []
+    for case in cases:
+        heat, organ, _, _ = load_maps(case, maps_dir)
+        values.append(heat[organ])
+    return dataset_otsu_threshold(values, [None] * len(values))
+
+
+#: Missed lesions whose best IoU with a prediction reaches this are counted as near misses in the summary.
+NEAR_MISS_IOU = 0.1
+
+
+def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
+               iou: float = 0.2, detail: bool = True) -> CaseScore:
+    """Phase 3 for one case (``pp`` None: threshold and connected components only, as in the sweep). ``detail``
+    False skips what only the report shows (size strata, each reference lesion's contrast in the image, the phantom
+    lesion attributes): the sweep scores many operating points and needs the detection figures only."""
+    heat, organ, image, info = load_maps(case, maps_dir)
+    truth, _ = reference_lesions(case, image)
+    pred = components((heat > threshold) & organ) if pp is None else postprocess(heat, threshold, organ, image, pp)
+    det = match_lesions(pred, truth, iou)
+    n_ref = len([v for v in np.unique(truth) if v])
+    matched = {p for _, p, _ in det.matches}
+    pred_ids = [int(v) for v in np.unique(pred) if v]
+    scores = [float(heat[pred == p].max()) for p in pred_ids]
+    strata = {}
+    by_size = detection_by_size(pred, truth, image, SIZE_BOUNDS, iou, matched=det) if detail else [None] * len(
+        SIZE_CLASSES)
+    for (name, _), s in zip(SIZE_CLASSES, by_size, strict=True):
+        if s is not None:
+            strata[name] = [s.tp, s.fn, s.fp]
+    found = {r for r, _, _ in det.matches}
+    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou) if detail else ([], {})
+    return CaseScore(
+        case=case.case_id, lesions=n_ref, structures=int(info.get("structures", 1)),
+        kinds=lesion_kinds(case, found) if detail else {}, contrast=contrast, reference_rows=rows,
+        dice=dice(pred, truth) if n_ref else float("nan"), tp=det.tp, fp=det.fp, fn=det.fn,
+        fp_per_organ=det.fp / max(int(info.get("structures", 1)), 1),
+        auroc=voxel_auroc(heat, truth > 0, organ), auprc=voxel_auprc(heat, truth > 0, organ),
+        lesion_scores=scores, lesion_hits=[p in matched for p in pred_ids], strata=strata)
+
+
+def reference_lesion_rows(case: EvalCase, truth: np.ndarray, organ: np.ndarray, image: sitk.Image,
+                          found: set[int], best_iou: dict[int, float] | None = None
+                          ) -> tuple[list[dict], dict[str, list[int]]]:
+    """Per reference lesion: volume, diameter, contrast against the tissue around it in the input image(s)
+    (see :func:`lesion_contrast`), whether it was found, and the highest IoU any predicted component has with
+    it (``best_iou``: a missed lesion with a value above 0 was touched, but not delineated well enough to
+    count); and [found, total] per contrast stratum."""
+    if not truth.any():
+        return [], {}
+    channels = [sitk.GetArrayFromImage(c) for c in read_channels(case.inputs)]
+    measured = lesion_contrast(channels, truth, organ, image.GetSpacing()[::-1])
+    diameters = lesion_diameters(truth, image)
+    voxels = np.bincount(truth.ravel())
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    rows, strata = [], {}
+    for lab, m in measured.items():
+        rows.append({"case": case.case_id, "lesion": lab, "volume_ml": _r(voxels[lab] * voxel_ml),
+                     "diameter_mm": _r(diameters.get(lab, float("nan"))), "contrast": _r(m.contrast),
+                     "spread": _r(m.spread), "cnr": _r(m.cnr), "found": int(lab in found),
+                     "best_iou": _r((best_iou or {}).get(lab, 0.0))})
+        row = strata.setdefault(contrast_class(m.cnr), [0, 0])
+        row[0] += lab in found
+        row[1] += 1
+    return rows, strata
+
+
+#: Phantom lesion attributes that the report breaks recall down by (from the case's ``case.json``).
+KIND_ATTRIBUTES = ("kind", "phase", "position")
+
+
+def lesion_kinds(case: EvalCase, found: set[int]) -> dict[str, list[int]]:
+    """[found, total] per phantom lesion attribute value; {} for cases without a phantom ``case.json``.
+
+    The phantom's lesion ids are the values of its ``lesions.nii.gz``, so ``found`` (reference ids
+    matched by a prediction) says which described lesions were detected.
+    """
+    meta_path = case.labels.parent / "case.json" if case.layout == "phantom" and case.labels else None
+    if meta_path is None or not meta_path.is_file():
+        return {}
+    meta = json.loads(meta_path.read_text())
+    out: dict[str, list[int]] = {}
+    for lesion in meta.get("lesions", []):
+        values = {"kind": lesion.get("kind"), "phase": meta.get("phase"), "position": lesion.get("position")}
+        for attr in KIND_ATTRIBUTES:
+            if values[attr]:
+                row = out.setdefault(f"{attr}={values[attr]}", [0, 0])
+                row[0] += int(lesion["id"]) in found
+                row[1] += 1
+    return out
+
+
+def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
+    """Dataset figures: means with bootstrap CIs, pooled lesion detection, size strata, FROC."""
+    tp, fp, fn = (sum(getattr(s, k) for s in scores) for k in ("tp", "fp", "fn"))
+    out = {"cases": len(scores), "reference_lesions": tp + fn, "predicted_lesions": tp + fp}
+    for key, values in (("dice", [s.dice for s in scores]), ("f1", [s.f1 for s in scores]),
+                        ("fp_per_organ", [s.fp_per_organ for s in scores]),
+                        ("voxel_auroc", [s.auroc for s in scores]), ("voxel_auprc", [s.auprc for s in scores])):
+        v = np.array([x for x in values if not math.isnan(x)], float)
+        mean, lo, hi = bootstrap_ci(v, n_boot) if v.size else (float("nan"),) * 3
+        out[key] = {"mean": _r(mean), "sd": _r(float(v.std())) if v.size else None, "ci95": [_r(lo), _r(hi)],
+                    "n": int(v.size)}
+    out["lesion_detection"] = {"tp": tp, "fp": fp, "fn": fn, "precision": _r(tp / (tp + fp)) if tp + fp else None,
+                               "recall": _r(tp / (tp + fn)) if tp + fn else None,
+                               "f1": _r(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else None}
+    strata = {}
+    for name, _ in SIZE_CLASSES:
+        rows = [s.strata[name] for s in scores if name in s.strata]
+        if rows:
+            t, n, f = (sum(r[i] for r in rows) for i in range(3))
+            strata[name] = {"cases": len(rows), "lesions": t + n, "found": t, "recall": _r(t / (t + n)),
+                            "fp": f}
+    out["size_strata"] = strata
+    out["lesion_kinds"] = _recall_table([s.kinds for s in scores])
+    order = [name for name, _ in CONTRAST_CLASSES] + ["CNR n/a"]
+    contrast = _recall_table([s.contrast for s in scores])
+    out["lesion_contrast"] = {k: contrast[k] for k in order if k in contrast}
+    missed = [r for s in scores for r in s.reference_rows if not r["found"]]
+    out["missed_overlapped"] = {"missed": len(missed),
+                                "overlapped": sum(1 for r in missed if r["best_iou"] > 0),
+                                "near": sum(1 for r in missed if r["best_iou"] >= NEAR_MISS_IOU)}
+    out["froc"] = [{"threshold": _r(t), "fp_per_scan": _r(f), "sensitivity": _r(s)}
+                   for t, f, s in froc_points([(s.lesion_scores, s.lesion_hits, s.lesions) for s in scores])]
+    return out
+
+
+def _recall_table(per_case: list[dict[str, list[int]]]) -> dict[str, dict]:
+    """Sum [found, total] per key over cases: {key: {lesions, found, recall}}, keys sorted."""
+    total: dict[str, list[int]] = {}
+    for d in per_case:
+        for key, (f, n) in d.items():
+            row = total.setdefault(key, [0, 0])
+            row[0] += f
+            row[1] += n
+    return {k: {"lesions": n, "found": f, "recall": _r(f / n) if n else None} for k, (f, n) in sorted(total.items())}
+
+
+#: Significance level of the paired test that the reports name a winner by.
+PAIRED_ALPHA = 0.05
+
+
+def _paired_test(model: list[float], baseline: list[float]) -> dict:
+    """Paired per-case figures (pairs with a NaN dropped): means, wins, and the one-sided Wilcoxon signed-rank p-value
+    of each direction (:func:`~.metrics.wilcoxon_noninferiority` with margin 0); p is None when every pair ties."""
+    pairs = [(a, b) for a, b in zip(model, baseline, strict=True) if not (math.isnan(a) or math.isnan(b))]
+    a = np.array([p[0] for p in pairs], float)
+    b = np.array([p[1] for p in pairs], float)
+    out = {"n": len(pairs), "model_mean": _r(float(a.mean())) if pairs else None,
+           "baseline_mean": _r(float(b.mean())) if pairs else None,
+           "mean_difference": _r(float((a - b).mean())) if pairs else None,
+           "model_better": int((a > b).sum()), "baseline_better": int((a < b).sum()), "ties": int((a == b).sum()),
+           "p_model_better": None, "p_baseline_better": None}
+    if pairs and (a != b).any():
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # small samples: SciPy notes the normal approximation
+            out["p_model_better"] = _r(wilcoxon_noninferiority(a, b)[1])
+            out["p_baseline_better"] = _r(wilcoxon_noninferiority(b, a)[1])
+    p_m, p_b = out["p_model_better"], out["p_baseline_better"]
+    out["verdict"] = ("model better" if p_m is not None and p_m < PAIRED_ALPHA else
+                      "baseline better" if p_b is not None and p_b < PAIRED_ALPHA else "no significant difference")
+    return out
+
+
+def compare_with_baseline(model: list[CaseScore], baseline: list[CaseScore], summary: dict,
+                          baseline_summary: dict) -> dict:
+    """The model beside the baseline on the cases both scored: both summaries' headline figures and the paired
+    Wilcoxon signed-rank test on per-case Dice (cases with lesions) and per-case lesion F1."""
+    by_case = {s.case: s for s in baseline}
+    common = [s for s in model if s.case in by_case]
+    other = [by_case[s.case] for s in common]
+
+    def headline(summ: dict) -> dict:
+        d = summ["lesion_detection"]
+        return {"dice": summ["dice"]["mean"], "f1_per_case": summ["f1"]["mean"], "found": d["tp"],
+                "lesions": d["tp"] + d["fn"], "recall": d["recall"], "false_positives": d["fp"],
+                "fp_per_organ": summ["fp_per_organ"]["mean"], "pooled_f1": d["f1"],
+                "voxel_auroc": summ["voxel_auroc"]["mean"], "threshold": summ.get("threshold")}
+
+    return {"cases": len(common), "model": headline(summary), "baseline": headline(baseline_summary),
+            "paired": {"dice": _paired_test([s.dice for s in common], [s.dice for s in other]),
+                       "f1": _paired_test([s.f1 for s in common], [s.f1 for s in other])}}
+
+
+def comparison_markdown(comparison: dict, model_name: str = "model") -> list[str]:
+    """The summary.md section that puts the model and the baseline side by side, with the paired tests."""
+    m, b = comparison["model"], comparison["baseline"]
+    lines = ["", f"## Beside the non-neural baseline ({comparison['cases']} cases scored by both)", "",
+             f"| metric | {model_name} | median baseline |", "|---|---|---|"]
+    for key, name in (("dice", "mean Dice (cases with lesions)"), ("f1_per_case", "mean lesion F1 per case"),
+                      ("pooled_f1", "pooled lesion F1"), ("fp_per_organ", "false positives per organ"),
+                      ("voxel_auroc", "voxel AUROC in the organ")):
+        lines.append(f"| {name} | {_fmt(m[key])} | {_fmt(b[key])} |")
+    lines.append(f"| lesions found | {m['found']} of {m['lesions']} | {b['found']} of {b['lesions']} |")
+    lines += ["", "Paired Wilcoxon signed-rank test per case (one-sided, each direction):", "",
+              "| per-case figure | pairs | mean difference (model - baseline) | model better / baseline better / "
+              "ties | p (model better) | p (baseline better) | verdict (p < 0.05) |", "|---|---|---|---|---|---|---|"]
+    for key, name in (("dice", "Dice"), ("f1", "lesion F1")):
+        t = comparison["paired"][key]
+        lines.append(f"| {name} | {t['n']} | {_fmt(t['mean_difference'])} | {t['model_better']} / "
+                     f"{t['baseline_better']} / {t['ties']} | {_fmt(t['p_model_better'])} | "
+                     f"{_fmt(t['p_baseline_better'])} | {t['verdict']} |")
+    return lines
+
+
+def write_report(out: Path, scores: list[CaseScore], summary: dict, problems: dict[str, str], settings: dict,
+                 baseline: tuple[list[CaseScore], dict] | None = None) -> None:
+    """per_case.csv, summary.json, summary.md and the PNG plots, written atomically into ``out/report``.
+
+    ``baseline``: the baseline's (per-case scores, summary) on the same cases; then ``baseline_per_case.csv`` too,
+    and summary.json / summary.md put the two side by side with the paired test (:func:`compare_with_baseline`)."""
+    comparison = compare_with_baseline(scores, baseline[0], summary, baseline[1]) if baseline else None
+    with atomic_output_dir(out / "report") as stage:
+        rows = [s.row() for s in scores]
+        with open(stage / "per_case.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
+            w.writeheader()
+            w.writerows(rows)
+        if baseline:
+            rows = [s.row() for s in baseline[0]]
+            with open(stage / "baseline_per_case.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
+                w.writeheader()
+                w.writerows(rows)
+        lesions = [r for s in scores for r in s.reference_rows]
+        with open(stage / "reference_lesions.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["case", "lesion", "volume_ml", "diameter_mm", "contrast", "spread",
+                                              "cnr", "found", "best_iou"])
+            w.writeheader()
+            w.writerows(lesions)
+        doc = {"settings": settings, "summary": summary, "skipped_cases": problems}
+        if comparison:
+            doc["baseline"] = {"summary": baseline[1], "comparison": comparison}
+        (stage / "summary.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        (stage / "summary.md").write_text(markdown_summary(summary, problems, settings, comparison))
+        _plots(stage, scores, summary)
+    if not baseline:  # an earlier run's baseline table is not this report's
+        (out / "report" / "baseline_per_case.csv").unlink(missing_ok=True)
+
+
+def markdown_summary(summary: dict, problems: dict[str, str], settings: dict, comparison: dict | None = None) -> str:
+    def fmt(m: dict) -> str:
+        if m.get("mean") is None:
+            return "n/a"
+        lo, hi = m["ci95"]
+        if lo is None:  # --bootstrap 0, or a single case
+            return f"{m['mean']:.3f} (n = {m['n']})"
+        return f"{m['mean']:.3f} (95% CI {lo:.3f}-{hi:.3f}; n = {m['n']})"
+
+    d = summary["lesion_detection"]
+    lines = [
+        f"# Evaluation: {settings.get('model', '')}", "",
+        f"Settings: {', '.join(f'{k} = {v}' for k, v in settings.items() if k != 'model')}", "",
+        "| metric | value |", "|---|---|",
+        f"| cases evaluated | {summary['cases']} |",
+        f"| Dice (cases with lesions) | {fmt(summary['dice'])} |",
+        f"| lesion F1 per case | {fmt(summary['f1'])} |",
+        f"| lesions found (IoU >= 0.2) | {d['tp']} of {d['tp'] + d['fn']} (recall {_fmt(d['recall'])}) |",
+        *_overlap_row(summary),
+        f"| false-positive components | {d['fp']} (precision {_fmt(d['precision'])}, pooled F1 {_fmt(d['f1'])}) |",
+        f"| false positives per organ | {fmt(summary['fp_per_organ'])} |",
+        f"| voxel AUROC in the organ | {fmt(summary['voxel_auroc'])} |",
+        f"| voxel AUPRC in the organ | {fmt(summary['voxel_auprc'])} |", "",
+        "| size stratum | cases | lesions | found | recall |", "|---|---|---|---|---|",
+    ]
+    for name, s in summary["size_strata"].items():
+        shown = size_class_name(name, settings.get("organ", ""))
+        lines.append(f"| {shown} | {s['cases']} | {s['lesions']} | {s['found']} | {_fmt(s['recall'])} |")
+    if summary.get("lesion_contrast"):
+        lines += ["", "| lesion contrast / spread of the tissue around it (image) | lesions | found | recall |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {v['lesions']} | {v['found']} | {_fmt(v['recall'])} |"
+                  for k, v in summary["lesion_contrast"].items()]
+    if summary.get("lesion_kinds"):
+        lines += ["", "| phantom lesion attribute | lesions | found | recall |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['lesions']} | {v['found']} | {_fmt(v['recall'])} |"
+                  for k, v in summary["lesion_kinds"].items()]
+    if comparison:
+        lines += comparison_markdown(comparison)
+    if problems:
+        lines += ["", "Skipped cases:", ""] + [f"- {c}: {p}" for c, p in sorted(problems.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _overlap_row(summary: dict) -> list[str]:
+    """The markdown row on missed lesions that a predicted component touched: one too large or too small to match
+    it, or matched to another lesion."""
+    m = summary.get("missed_overlapped")
+    if not m or not m["missed"]:
+        return []
+    return [f"| missed lesions that a predicted component overlaps | {m['overlapped']} of "
+            f"{m['missed']} ({m['near']} at IoU >= {NEAR_MISS_IOU:g}) |"]
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _plots(stage: Path, scores: list[CaseScore], summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    froc = summary["froc"]
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    if froc:
+        ax.step([p["fp_per_scan"] for p in froc], [p["sensitivity"] or 0 for p in froc], where="post")
+    ax.set(xlabel="false positives per scan", ylabel="sensitivity", title="FROC", ylim=(0, 1.02))
+    fig.tight_layout()
+    fig.savefig(stage / "froc.png", dpi=100)
+    plt.close(fig)
+    strata = summary["size_strata"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    names = list(strata)
+    ax.bar(range(len(names)), [strata[n]["recall"] or 0 for n in names])
+    ax.set_xticks(range(len(names)), [f"{n}\n(n={strata[n]['lesions']})" for n in names], fontsize=7)
+    ax.set(ylabel="recall", title="Detection by lesion size", ylim=(0, 1.02))
+    fig.tight_layout()
+    fig.savefig(stage / "size_strata.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.hist([s.dice for s in scores if not math.isnan(s.dice)], bins=np.linspace(0, 1, 11))
+    ax.set(xlabel="Dice", ylabel="cases", title="Dice per case")
+    fig.tight_layout()
+    fig.savefig(stage / "dice_hist.png", dpi=100)
+    plt.close(fig)
+
+
+def collect_problems(cases: list[EvalCase], maps_dir: Path) -> dict[str, str]:
+    problems = {c.case_id: "; ".join(c.problems) for c in cases if c.problems}
+    for c in cases:
+        err = maps_dir / f"{c.case_id}.error.json"
+        if err.is_file():
+            problems[c.case_id] = json.loads(err.read_text())["problem"]
+    return problems
+
+
+def score_dataset(cases: list[EvalCase], maps_dir: Path, threshold: float | str, pp: PostProcessing | None,
+                  iou: float = 0.2, n_boot: int = 1000, detail: bool = True
+                  ) -> tuple[list[CaseScore], dict, dict[str, str], float]:
+    """Phases 2 and 3 over the cached maps: (per-case scores, summary, skipped cases, threshold used); ``detail``:
+    see :func:`score_case`."""
+    problems = collect_problems(cases, maps_dir)
+    good = [c for c in cases if c.case_id not in problems]
+    if not good:
+        raise InputError("no case could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
+    thr = global_threshold(good, maps_dir) if threshold == "otsu" else float(threshold)
+    scores = [score_case(c, maps_dir, thr, pp, iou, detail) for c in good]
+    summary = aggregate(scores, n_boot)
+    summary["threshold"] = thr
+    return scores, summary, problems, thr
+
+
+def baseline_beside(cases: list[EvalCase], organ: str, out: Path, rank: int = 0, world: int = 1,
+                    barrier: Callable[[], None] = lambda: None, postprocessing: bool = True,
+                    min_lesion_ml: float | None = None, grow_to: float | None = None, n_boot: int = 1000,
+                    progress: Callable[[str], None] = log) -> tuple[list[CaseScore], dict] | None:
+    """The non-neural median baseline (:class:`~.baseline.MedianBaseline`, the organ's own preset, as the
+    ``baseline`` command runs it) on the same cases: maps cached in ``out/maps/baseline``, scored at its own global
+    Otsu threshold with the thesis post-processing (``min_lesion_ml`` / ``grow_to`` given by the user apply to
+    both; a bundle's calibrated values are the model's only). Returns (scores, summary) on rank 0, else None."""
+    from DiffusionAnomalyLib.app.job import resolve_postprocessing
+    from DiffusionAnomalyLib.detection.baseline import MedianBaseline
+    from DiffusionAnomalyLib.detection.presets import get_preset
+
+    preset = get_preset(organ)
+    maps = out / "maps" / "baseline"
+    compute_maps(cases, MedianBaseline.for_preset(preset), preset, maps, rank, world,
+                 lambda m: progress(m.replace("maps", "baseline maps", 1)))
+    barrier()
+    if rank != 0:
+        return None
+    pp = resolve_postprocessing(preset, min_lesion_ml, None, grow_to, None) if postprocessing else None
+    scores, summary, _, _ = score_dataset(cases, maps, "otsu", pp, n_boot=n_boot, detail=n_boot > 0)
+    return scores, summary

@@ -1,0 +1,214 @@
+"""``diffusion-anomaly sweep``: the L x s grid search of the kidney thesis §5.2, and bundle calibration.
+
+For every noise level L and guidance strength s, the anomaly maps of the dataset are computed (cached
+per setting and networks under ``OUT/maps/<maps_key>/``, so an interrupted sweep resumes), thresholded with one
+global Otsu threshold and scored *without* post-processing, as in the thesis. The best setting is the
+one with the highest mean Dice. Then, at that setting, the maps are thresholded at the Otsu threshold
+times each ``threshold_scales`` value and post-processed (the kidney thesis §4.1.1) with each candidate minimum
+lesion volume (small false-positive components are what post-processing can remove) and each ``grow_to_values``
+fraction (hysteresis growth of the kept lesions, :class:`~.anomaly.PostProcessing`); the recommended
+operating point is the one with the best pooled lesion F1, or, given ``max_fp_per_organ``, the one that
+finds the most lesions with at most that many false-positive components per organ (ties: best F1) —
+the way a detection target is stated ("recall at <= 1 false positive per kidney"). ``sweep.csv``,
+``sweep.json`` and ``dice_vs_s.png`` (the kidney thesis Fig. 5.1: Dice against s, one line per L) are written to
+``OUT/sweep``; :func:`write_calibrated_bundle` writes a copy of the bundle whose recommended sampler
+settings, threshold, minimum lesion volume and growth are the chosen ones, which ``run``, ``evaluate``,
+``batch`` and the Slicer panel then use as defaults.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from DiffusionAnomalyLib.detection.anomaly import PostProcessing
+from DiffusionAnomalyLib.evaluation.datasets import EvalCase
+from DiffusionAnomalyLib.evaluation.evaluate import (
+    baseline_beside,
+    compare_with_baseline,
+    comparison_markdown,
+    compute_maps,
+    log,
+    score_dataset,
+)
+from DiffusionAnomalyLib.imaging.io import atomic_output_dir
+
+#: The thesis grid (the kidney thesis §5.2): L in {100, 250, 500}, s in {0, 200, ..., 2000}.
+THESIS_NOISE_LEVELS = (100, 250, 500)
+THESIS_GUIDANCE = tuple(range(0, 2001, 200))
+#: Candidate minimum lesion volumes (ml) tried after the grid; 0 = the thesis post-processing alone.
+MIN_LESION_ML = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def _significant(value: float) -> float:
+    """A threshold kept to 6 significant digits (a fixed number of decimals would turn the small thresholds of maps
+    in small units into 0)."""
+    return float(f"{value:.6g}")
+
+
+def choose_operating_point(rows: list[dict], max_fp_per_organ: float | None = None) -> tuple[dict, str]:
+    """The recommended post-processing row and why. Without a budget: best pooled F1 (ties: the smaller minimum
+    volume, then the scale nearest 1, then less growth). With one: most lesions found among rows within the
+    false-positive budget (ties: best F1); when no row is within it, the row with the fewest false positives."""
+    def f1(r):
+        return -1.0 if r["f1"] is None else r["f1"]
+
+    def plain(r):
+        return (f1(r), -r["min_lesion_ml"], -abs(r["threshold_scale"] - 1.0), r.get("grow_to", 1.0))
+
+    if max_fp_per_organ is None:
+        return max(rows, key=plain), "best pooled lesion F1"
+    within = [r for r in rows if r["fp_per_organ"] is not None and r["fp_per_organ"] <= max_fp_per_organ]
+    if within:
+        return (max(within, key=lambda r: (r["found"], *plain(r))),
+                f"most lesions found with <= {max_fp_per_organ:g} false positives per organ")
+    return (min(rows, key=lambda r: (float("inf") if r["fp_per_organ"] is None else r["fp_per_organ"], -f1(r))),
+            f"no setting had <= {max_fp_per_organ:g} false positives per organ: the fewest")
+
+
+def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: Path, settings,
+              noise_levels: Sequence[int] = THESIS_NOISE_LEVELS, guidance: Sequence[float] = THESIS_GUIDANCE,
+              rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
+              progress: Callable[[str], None] = log,
+              min_lesion_ml_values: Sequence[float] = MIN_LESION_ML,
+              maps_key: Callable | None = None, options: dict | None = None,
+              threshold_scales: Sequence[float] = (1.0,), max_fp_per_organ: float | None = None,
+              grow_to_values: Sequence[float] = (1.0,), baseline_organ: str | None = None) -> dict | None:
+    """Run the grid; returns (on rank 0) {"grid": rows, "best": row, "postprocessing": rows}; ``best`` also
+    holds the recommended ``threshold`` (Otsu x the chosen scale), ``min_lesion_ml``, the ``objective`` and
+    ``options`` (e.g. the anomaly reference and the number of averaged samples, which the calibrated bundle
+    then recommends too). ``settings`` gives sampler, steps, seed; ``maps_key(settings)`` names a setting's
+    map cache folder (default ``L<L>_s<s>``). ``baseline_organ``: also run the non-neural median baseline on the
+    same cases and put it beside the recommended operating point (``baseline`` in the result and sweep.json,
+    ``OUT/sweep/report.md``), with the paired Wilcoxon test on per-case Dice and lesion F1."""
+    rows = []
+    key = maps_key or (lambda st: f"L{st.noise_level}_s{st.guidance:g}")
+    for L in noise_levels:
+        for s in guidance:
+            st = replace(settings, noise_level=int(L), guidance=float(s), steps=min(settings.steps, int(L)))
+            maps = out / "maps" / key(st)
+            progress(f"sweep: L = {L}, s = {s:g}")
+            compute_maps(cases, make_reconstructor(st), preset, maps, rank, world, progress)
+            barrier()
+            if rank == 0:
+                _, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=200, detail=False)
+                rows.append({"noise_level": int(L), "guidance": float(s), "sampler": st.method, "steps": st.steps,
+                             "maps": key(st),
+                             "threshold": _significant(thr), "dice": summary["dice"]["mean"],
+                             "f1": summary["lesion_detection"]["f1"], "cases": summary["cases"],
+                             "skipped": len(problems)})
+    beside = baseline_beside(cases, baseline_organ, out, rank, world, barrier, n_boot=0, progress=progress) \
+        if baseline_organ else None
+    if rank != 0:
+        return None
+    best = max(rows, key=lambda r: -1.0 if r["dice"] is None else r["dice"])
+    maps = out / "maps" / best["maps"]
+    pp_rows = []
+    points = len(threshold_scales) * len(min_lesion_ml_values) * len(grow_to_values)
+    for scale in sorted(float(v) for v in threshold_scales):
+        threshold = _significant(best["threshold"] * scale)
+        for ml in sorted(float(v) for v in min_lesion_ml_values):
+            for grow in sorted((float(v) for v in grow_to_values), reverse=True):
+                pp = PostProcessing.for_preset(preset, ml, grow)
+                _, summary, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0, detail=False)
+                d = summary["lesion_detection"]
+                progress(f"sweep: post-processing {len(pp_rows) + 1}/{points}: {scale:g} x Otsu, {ml:g} ml, "
+                         f"grow to {grow:g}: {d['tp']}/{d['tp'] + d['fn']} found, "
+                         f"{summary['fp_per_organ']['mean'] or 0:.2f} FP per organ")
+                pp_rows.append({"threshold_scale": scale, "threshold": threshold, "min_lesion_ml": ml,
+                                "grow_to": grow, "lesions": d["tp"] + d["fn"], "found": d["tp"], "fp": d["fp"],
+                                "fp_per_organ": summary["fp_per_organ"]["mean"], "f1": d["f1"],
+                                "dice": summary["dice"]["mean"]})
+    chosen, objective = choose_operating_point(pp_rows, max_fp_per_organ)
+    best = {**best, **(options or {}), "otsu_threshold": best["threshold"], "threshold": chosen["threshold"],
+            "min_lesion_ml": chosen["min_lesion_ml"], "grow_to": chosen["grow_to"], "objective": objective,
+            "postprocessed": chosen}
+    result = {"grid": rows, "best": best, "postprocessing": pp_rows}
+    if beside is not None:
+        pp = PostProcessing.for_preset(preset, chosen["min_lesion_ml"], chosen["grow_to"])
+        scores, summary, _, _ = score_dataset(cases, maps, chosen["threshold"], pp, n_boot=0, detail=False)
+        result["baseline"] = compare_with_baseline(scores, beside[0], summary, beside[1])
+    with atomic_output_dir(out / "sweep") as stage:
+        with open(stage / "sweep.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        (stage / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+        if "baseline" in result:
+            (stage / "report.md").write_text("\n".join([
+                "# Sweep: the recommended operating point beside the baseline", "",
+                f"Model at L = {best['noise_level']}, s = {best['guidance']:g}, threshold {best['threshold']:g}, "
+                f"minimum lesion {best['min_lesion_ml']:g} ml, grow to {best['grow_to']:g} ({objective}); the "
+                "baseline at its own global Otsu threshold.",
+                *comparison_markdown(result["baseline"], "model (recommended point)")]) + "\n")
+        _plot(rows, stage / "dice_vs_s.png")
+    if "baseline" not in result:  # an earlier run's comparison is not this sweep's
+        (out / "sweep" / "report.md").unlink(missing_ok=True)
+    return result
+
+
+def classifier_auc(extra: dict) -> tuple[dict[int, float], str]:
+    """The bundle's classifier AUCs by noise level and where they come from: the validation split of ``train all``
+    (cases training never saw) when recorded, else the classifier training's own validation latents."""
+    held = (extra.get("validation") or {}).get("classifier_auc")
+    if held:
+        return {int(k): float(v) for k, v in held.items() if v is not None}, "the validation split"
+    aucs = (extra.get("classifier_training") or {}).get("best_val_auc") or {}
+    return {int(k): float(v) for k, v in aucs.items() if v is not None}, "its training's validation latents"
+
+
+def weak_guidance(extra: dict, noise_levels: Sequence[int]) -> str | None:
+    """Why the sweep must not choose guidance s > 0 for this bundle (None: it may): a recorded classifier AUC, at the
+    level nearest some swept L, below :data:`~.job.WEAK_CLASSIFIER_AUC` (near chance)."""
+    from DiffusionAnomalyLib.app.job import WEAK_CLASSIFIER_AUC
+
+    aucs, source = classifier_auc(extra)
+    if not aucs:
+        return None
+    for L in noise_levels:
+        level = min(aucs, key=lambda k: (abs(k - L), k))
+        if not aucs[level] >= WEAK_CLASSIFIER_AUC:  # NaN counts as weak
+            return (f"the bundle's classifier has AUC {aucs[level]:.2f} at t = {level} on {source} (below "
+                    f"{WEAK_CLASSIFIER_AUC}: near chance, 0.5), so its guidance steers toward noise, not health")
+    return None
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for L in sorted({r["noise_level"] for r in rows}):
+        pts = sorted((r["guidance"], r["dice"] or 0.0) for r in rows if r["noise_level"] == L)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"L = {L}")
+    ax.set(xlabel="guidance strength s", ylabel="mean Dice (global Otsu, no post-processing)",
+           title="Dice vs guidance")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_calibrated_bundle(bundle: str | Path, out: str | Path, best: dict, note: str = "") -> Path:
+    """A copy of ``bundle`` whose recommended sampler / L / s / steps / threshold / minimum lesion volume
+    (and anomaly reference, averaged samples and median filter, when ``best`` has them) are ``best``'s."""
+    from DiffusionAnomalyLib.models.bundle import BundleMeta, read_meta
+
+    meta: BundleMeta = read_meta(bundle)
+    meta.recommended = {**(meta.recommended or {}), "sampler": best["sampler"], "noise_level": best["noise_level"],
+                        "guidance": best["guidance"], "steps": best["steps"], "threshold": best["threshold"],
+                        **{k: best[k] for k in ("min_lesion_ml", "grow_to", "reference", "samples", "median_filter")
+                           if k in best}}
+    meta.extra = {**(meta.extra or {}), "calibration": {**best, "note": note}}
+    with atomic_output_dir(out) as stage:
+        for f in Path(bundle).iterdir():
+            if f.is_file() and f.name != "model.json":
+                shutil.copy2(f, stage / f.name)
+        (stage / "model.json").write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+    return Path(out)

@@ -1,0 +1,421 @@
+"""Model bundles (docs/model-bundles.md): a folder (or a .zip of one) with ``model.json`` and safetensors weights.
+
+``model.json`` holds the format version, organ and modality, channel names, preset overrides
+(spacing, ROI size, normalisation, ...), latent shape and scale factor, noise schedule, network
+configurations, recommended sampler settings and threshold, training-data description, licence,
+intended use, whether it is a demo model, and the SHA-256 of every weight file. Weights are
+``autoencoder.safetensors``, ``denoiser.safetensors`` (EMA) and optionally
+``classifier.safetensors``. Pickled weights are never loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from DiffusionAnomalyLib.detection.presets import OrganPreset, get_preset
+from DiffusionAnomalyLib.errors import EXIT_MISSING_MODEL, DiffusionAnomalyError, InputError
+from DiffusionAnomalyLib.imaging.io import atomic_output_dir
+
+if TYPE_CHECKING:  # torch is imported where weights are handled, so listing bundles works without it (Slicer)
+    import torch
+    from torch import nn
+
+FORMAT_VERSION = 1
+WEIGHT_FILES = ("autoencoder", "denoiser", "classifier")
+REQUIRED_FIELDS = ("format_version", "name", "version", "organ", "modality", "channels", "networks")
+
+
+class BundleError(DiffusionAnomalyError):
+    """A bundle is missing, unreadable, corrupt or incompatible."""
+
+    code = "bad_model"
+    exit_code = EXIT_MISSING_MODEL
+
+
+@dataclass
+class BundleMeta:
+    """The content of ``model.json`` (everything but the weights)."""
+
+    name: str
+    version: str
+    organ: str
+    modality: str
+    channels: list[str]
+    networks: dict[str, dict | None]
+    preset_overrides: dict[str, Any] = field(default_factory=dict)
+    latent: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=lambda: {"num_timesteps": 1000, "beta_start": 1e-4,
+                                                               "beta_end": 0.02, "kind": "linear"})
+    recommended: dict[str, Any] = field(default_factory=dict)
+    training_data: str | dict[str, Any] = ""  # what, how many, where from: a description, never a local path
+    licence: str = ""
+    intended_use: str = ""
+    summary: str = ""  # the model card's fields (docs/model-bundles.md); empty in bundles made before them
+    out_of_scope_use: str = ""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    limitations: str = ""
+    citation: str = ""
+    demo: bool = False
+    files: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "model.json") -> BundleMeta:
+        missing = [k for k in REQUIRED_FIELDS if k not in d]
+        if missing:
+            raise BundleError(f"{source}: required field(s) missing: {missing}")
+        if d["format_version"] != FORMAT_VERSION:
+            raise BundleError(f"{source}: unknown bundle format version {d['format_version']!r}; this version of "
+                              f"DiffusionAnomaly reads format {FORMAT_VERSION} - update DiffusionAnomaly or re-export "
+                              "the bundle")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise BundleError(f"{source}: unknown field(s) {unknown}")
+        from DiffusionAnomalyLib.models.schema import check_model_json
+
+        check_model_json(d, source)
+        return cls(**d)
+
+    def preset(self) -> OrganPreset:
+        """The organ preset with this bundle's overrides applied."""
+        return get_preset(self.organ).with_overrides({**self.preset_overrides, "channels": list(self.channels)})
+
+    def weights_id(self) -> str:
+        """8 hex digits naming the networks (weight checksums, schedule, latent scaling and ROI geometry): what
+        an anomaly map depends on besides the sampler settings. Recalibration (a new threshold) keeps it."""
+        basis = [self.files, self.schedule, self.latent, self.preset_overrides, list(self.channels)]
+        return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bundle_digest(folder: str | os.PathLike) -> str:
+    """SHA-256 identifying a bundle: over ``model.json`` and the weight files, by name and content."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for name in sorted(["model.json"] + [f"{w}.safetensors" for w in WEIGHT_FILES]):
+        p = folder / name
+        if p.exists():
+            h.update(name.encode() + b"\0" + sha256_file(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def save_bundle(folder: str | os.PathLike, meta: BundleMeta, networks: dict[str, nn.Module],
+                extra_files: dict[str, Path] | None = None) -> Path:
+    """Write a bundle atomically; records each weight file's SHA-256 in ``model.json``.
+
+    ``extra_files`` (name -> source path) are copied in too, e.g. training logs and loss curves.
+    """
+    from safetensors.torch import save_file
+
+    unknown = set(networks) - set(WEIGHT_FILES)
+    if unknown:
+        raise InputError(f"unknown network name(s) {sorted(unknown)}; use {list(WEIGHT_FILES)}")
+    with atomic_output_dir(folder) as stage:
+        files = {}  # exactly the weights written now: nothing stale from an earlier bundle
+        for name, net in networks.items():
+            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            save_file(state, str(stage / f"{name}.safetensors"))
+            files[f"{name}.safetensors"] = sha256_file(stage / f"{name}.safetensors")
+        meta.files = files
+        for name, src in (extra_files or {}).items():
+            if Path(src).is_file():
+                shutil.copy2(src, stage / name)
+        (stage / "model.json").write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+    return Path(folder)
+
+
+def read_meta(folder: str | os.PathLike) -> BundleMeta:
+    if Path(folder).name == "model.json" and Path(folder).is_file():
+        raise BundleError(f"{folder}: give the bundle folder ({Path(folder).parent}), not its model.json")
+    p = Path(folder) / "model.json"
+    if not p.is_file():
+        raise BundleError(f"{folder}: not a model bundle (no model.json)")
+    check_inside(Path(folder), p)
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{p}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{p}: not a model.json (a JSON object is expected)")
+    try:
+        return BundleMeta.from_dict(data, str(p))
+    except TypeError as exc:
+        raise BundleError(f"{p}: invalid model.json ({exc})") from None
+
+
+def check_inside(folder: Path, path: Path) -> None:
+    """Refuse a file of the bundle that is a link leading out of the bundle folder."""
+    root = folder.resolve()
+    target = path.resolve()
+    if target != root and root not in target.parents:
+        raise BundleError(f"{path}: a link that leaves the bundle (to {target}); a bundle's files must be inside it")
+
+
+def shipped_manifest() -> Path | None:
+    """``Resources/Models/manifest.json`` (None when the resources are not installed); ``$DA_BUNDLE_MANIFEST``
+    names another manifest, or none when set but empty (for the demo-training script, which rebuilds a listed
+    bundle before it writes its new entry)."""
+    if "DA_BUNDLE_MANIFEST" in os.environ:
+        env = os.environ["DA_BUNDLE_MANIFEST"]
+        return Path(env) if env else None
+    try:
+        from DiffusionAnomalyLib.resources import resources_dir
+
+        p = resources_dir() / "Models" / "manifest.json"
+    except FileNotFoundError:
+        return None
+    return p if p.is_file() else None
+
+
+def verify_files(folder: Path, meta: BundleMeta) -> None:
+    """Every weight file listed in model.json exists and has the recorded SHA-256; no pickles."""
+    for pickled in list(folder.glob("*.pt")) + list(folder.glob("*.pth")) + list(folder.glob("*.ckpt")):
+        raise BundleError(f"{pickled}: pickled weights are never loaded; convert them to safetensors")
+    for f in folder.iterdir():
+        if f.is_symlink():
+            check_inside(folder, f)
+    for name, digest in meta.files.items():
+        p = folder / name
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise BundleError(f"{folder}: model.json names the weight file {name!r}, which is not a file of the bundle")
+        if not p.is_file():
+            raise BundleError(f"{folder}: weight file {name} is missing")
+        check_inside(folder, p)
+        actual = sha256_file(p)
+        if actual != digest:
+            raise BundleError(f"{p}: checksum mismatch (SHA-256 {actual[:12]}..., model.json says {digest[:12]}...); "
+                              "the file is corrupt or was replaced")
+
+
+def verify_manifest(folder: Path, meta: BundleMeta, manifest: str | os.PathLike | None) -> None:
+    """If the manifest lists this bundle (name and version), its SHA-256 must match."""
+    if manifest is None or not Path(manifest).is_file():
+        return
+    try:
+        entries = json.loads(Path(manifest).read_text()).get("bundles", [])
+    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest}: the bundle manifest is not valid ({exc})") from None
+    for e in entries:
+        if e.get("name") == meta.name and str(e.get("version")) == str(meta.version):
+            digest = bundle_digest(folder)
+            if e.get("sha256") != digest:
+                raise BundleError(f"{folder}: SHA-256 {digest[:12]}... does not match the manifest entry for "
+                                  f"{meta.name} {meta.version} ({str(e.get('sha256'))[:12]}...)")
+
+
+def _build(name: str, meta: BundleMeta) -> nn.Module:
+    from DiffusionAnomalyLib.models.nets.autoencoder import AutoencoderConfig, build_autoencoder
+    from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
+    from DiffusionAnomalyLib.models.nets.denoiser import DenoiserConfig, build_denoiser
+
+    cfg = meta.networks.get(name)
+    if name == "autoencoder":
+        return build_autoencoder(AutoencoderConfig.from_dict(cfg))
+    if name == "denoiser":
+        return build_denoiser(DenoiserConfig.from_dict(cfg))
+    head = dict(cfg)
+    backbone = DenoiserConfig.from_dict(head.pop("backbone"))
+    return LatentClassifier(backbone, **{k: tuple(v) if isinstance(v, list) else v for k, v in head.items()})
+
+
+def load_weights(net: nn.Module, path: Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Load safetensors weights, listing every missing, unexpected or mis-shaped tensor on failure."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as exc:  # SafetensorError and friends: a pickle or anything else under that name
+        head = path.read_bytes()[:2] if path.is_file() else b""
+        what = "a pickle (refused: pickled weights are never loaded)" if head[:1] == b"\x80" or head == b"PK" else \
+            f"not a valid safetensors file ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        raise BundleError(f"{path}: {what}") from None
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)})")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)})")
+        if shapes:
+            parts.append(f"shape mismatch {shapes[:8]} ({len(shapes)})")
+        raise BundleError(f"{path}: tensors do not match the configuration in model.json: " + "; ".join(parts))
+    net.load_state_dict(state)
+    return net
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: metadata, preset, schedule and networks (on ``device``, in eval mode)."""
+
+    path: Path
+    meta: BundleMeta
+    networks: dict[str, nn.Module]
+    digest: str
+
+    @property
+    def preset(self) -> OrganPreset:
+        return self.meta.preset()
+
+    def schedule(self):
+        from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
+
+        return NoiseSchedule(**self.meta.schedule)
+
+
+def load_bundle(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    manifest: str | os.PathLike | None = None, parts: tuple[str, ...] | None = None,
+) -> Bundle:
+    """Load a bundle folder or .zip: validate model.json, checksums (and the manifest), build and load nets."""
+    p = Path(path)
+    if not p.exists():
+        raise BundleError(f"{p}: model bundle not found")
+    if p.is_file() and p.suffix == ".zip":
+        tmp = Path(tempfile.mkdtemp(prefix="da-bundle-"))
+        try:  # the weights are read into memory: the extracted copy never outlives the call
+            bundle = _load_folder(_extract_zip(p, tmp), device, dtype, manifest, parts)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        bundle.path = p
+        return bundle
+    return _load_folder(p, device, dtype, manifest, parts)
+
+
+def _load_folder(p: Path, device, dtype, manifest, parts) -> Bundle:
+    meta = read_meta(p)
+    verify_files(p, meta)
+    verify_manifest(p, meta, manifest)
+    networks = {}
+    for name in parts or WEIGHT_FILES:
+        f = p / f"{name}.safetensors"
+        if meta.networks.get(name) is None:
+            continue
+        if not f.is_file():
+            raise BundleError(f"{p}: model.json configures a {name} but {f.name} is missing")
+        try:
+            net = load_weights(_build(name, meta), f)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{p / 'model.json'}: the {name} configuration is invalid ({type(exc).__name__}: "
+                              f"{exc})") from None
+        networks[name] = net.to(device=device, dtype=dtype or _float32()).eval()
+    return Bundle(p, meta, networks, bundle_digest(p))
+
+
+def _float32():
+    import torch
+
+    return torch.float32
+
+
+def _extract_zip(zpath: Path, dest: Path) -> Path:
+    try:
+        with zipfile.ZipFile(zpath) as z:
+            root = dest.resolve()
+            for info in z.infolist():
+                target = (dest / info.filename).resolve()
+                if target != root and root not in target.parents:
+                    raise BundleError(f"{zpath}: unsafe path {info.filename!r} in the archive")
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise BundleError(f"{zpath}: the archive holds a symbolic link {info.filename!r}; refused")
+            z.extractall(dest)
+    except zipfile.BadZipFile:
+        raise BundleError(f"{zpath}: not a valid zip file") from None
+    found = [m.parent for m in dest.rglob("model.json")]
+    if len(found) != 1:
+        raise BundleError(f"{zpath}: expected exactly one model.json in the archive, found {len(found)}")
+    return found[0]
+
+
+def import_bundle(source: str | os.PathLike, models_dir: str | os.PathLike) -> Path:
+    """Copy a bundle (folder or .zip) into ``models_dir/<name>-<version>`` after validating it."""
+    src = Path(source)
+    tmp = Path(tempfile.mkdtemp(prefix="da-import-"))
+    try:
+        folder = _extract_zip(src, tmp) if src.suffix == ".zip" else src
+        meta = read_meta(folder)
+        verify_files(folder, meta)
+        dest = Path(models_dir) / f"{meta.name}-{meta.version}"
+        with atomic_output_dir(dest) as stage:
+            for f in folder.iterdir():
+                if f.is_file():
+                    shutil.copy2(f, stage / f.name)
+        return dest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_models_dir() -> Path:
+    """The user's models folder: ``$DA_MODELS_DIR``, else ``~/.diffusion-anomaly/models``."""
+    env = os.environ.get("DA_MODELS_DIR")
+    return Path(env) if env else Path.home() / ".diffusion-anomaly" / "models"
+
+
+@dataclass
+class AvailableBundle:
+    """A bundle found on disk (metadata only; nothing loaded)."""
+
+    path: Path
+    meta: BundleMeta
+
+    @property
+    def label(self) -> str:
+        demo = " [DEMO, synthetic data]" if self.meta.demo else ""
+        return f"{self.meta.name} {self.meta.version}{demo}"
+
+    @property
+    def summary(self) -> str:
+        """The model card's one-line summary (or, for older bundles, the intended use)."""
+        return self.meta.summary or self.meta.intended_use
+
+
+def available_bundles(organ: str | None = None,
+                      folders: list[str | os.PathLike] | None = None) -> list[AvailableBundle]:
+    """Bundles in the shipped ``Resources/Models`` and the user's models folder (for ``organ`` if given).
+
+    Folders without a readable ``model.json`` are skipped; user bundles come first.
+    """
+    if folders is None:
+        from DiffusionAnomalyLib.resources import resources_dir
+
+        folders = [default_models_dir()]
+        with contextlib.suppress(FileNotFoundError):
+            folders.append(resources_dir() / "Models")
+    found = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for sub in sorted(folder.iterdir()):
+            if not (sub / "model.json").is_file():
+                continue
+            try:
+                meta = read_meta(sub)
+            except (BundleError, ValueError, TypeError):
+                continue
+            if organ is None or meta.organ == organ:
+                found.append(AvailableBundle(sub, meta))
+    return found

@@ -1,0 +1,371 @@
+"""What the Slicer panel does, without Qt: the testable half of ``DiffusionAnomaly/DiffusionAnomaly.py``.
+
+Runs in Slicer's own process, so it imports only what Slicer ships (numpy, SimpleITK, vtk and ``slicer``,
+the last two inside functions): the panel opens, lists bundles, checks inputs and enables Apply before the
+worker's packages (torch, MONAI, scikit-image) are installed. The module's Logic owns a
+:class:`PanelRunner` and polls it from a timer; every method returns at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.settings import ORGANS, SAMPLERS, RunSettings  # noqa: F401 (ORGANS, SAMPLERS: the panel's choices)
+from DiffusionAnomalyLib.slicer_module.scene_run import RunRequest, SceneRun, cached_meta, run_name
+
+MINIMUM_SLICER = (5, 10)
+MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
+THRESHOLD_MODES = ("bundle", "otsu", "fixed")
+REFERENCE_CHOICES = ("bundle", "input", "autoencoder")  # "bundle": the bundle's recommendation
+DEVICE_CHOICES = ("auto", "cuda", "cpu")
+#: Lesion-table columns: (key in the worker's lesion rows, header).
+LESION_COLUMNS = (("id", "#"), ("side", "side"), ("volume_ml", "ml"), ("axial_diameter_mm", "diam mm"),
+                  ("size_class", "size"), ("max_score", "max"))
+
+
+def slicer_version_problem(major: int, minor: int) -> str:
+    """Why this Slicer cannot run the module ("" when it can): 5.10 and later (Python 3.12)."""
+    if (int(major), int(minor)) >= MINIMUM_SLICER:
+        return ""
+    return (f"Diffusion Anomaly needs 3D Slicer {MINIMUM_SLICER[0]}.{MINIMUM_SLICER[1]} or later; this is "
+            f"{major}.{minor}. Install a current Slicer from download.slicer.org.")
+
+
+def bundle_defaults(bundle_path: str) -> dict[str, Any]:
+    """The panel values a bundle recommends: sampler, L, s, steps, map reference, samples and median filter."""
+    meta = cached_meta(bundle_path)
+    s = RunSettings.resolve(meta.recommended, meta.preset())
+    return {"sampler": s.sampler, "noiseLevel": s.noise_level, "guidance": s.guidance, "steps": s.steps,
+            "reference": s.reference, "samples": s.samples, "medianFilter": s.median_filter}
+
+
+def input_nodes(pn) -> list:
+    """The chosen input volumes (first one, then MRI channels 2-4), skipping empty selectors."""
+    return [n for n in (pn.inputVolume, pn.channel2Volume, pn.channel3Volume, pn.channel4Volume) if n]
+
+
+def worker_python(pn) -> tuple[str, bool]:
+    """The worker's interpreter and whether it is Slicer's own: the panel's "Python for the worker", else
+    ``DA_WORKER_PYTHON``, else Slicer's Python (:func:`~DiffusionAnomalyLib.app.dependencies.slicer_python`)."""
+    from DiffusionAnomalyLib.app.dependencies import slicer_python
+
+    if pn.pythonExecutable:
+        return pn.pythonExecutable, False
+    return slicer_python(), not os.environ.get("DA_WORKER_PYTHON")
+
+
+def wait_for(done: Callable[[], bool], process_events: Callable[[], None], timeout_s: float,
+             on_timeout: Callable[[], None] | None = None) -> None:
+    """Process GUI events until ``done()`` (scripts and the self-test); on timeout call ``on_timeout`` and raise."""
+    import time
+
+    t_end = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > t_end:
+            if on_timeout:
+                on_timeout()
+            raise TimeoutError(f"the run did not finish within {timeout_s:.0f} s")
+        process_events()
+        time.sleep(0.05)
+
+
+def request_from_parameters(pn, python: str) -> RunRequest:
+    """The run request for the panel's parameter node (``"bundle"`` / ``0`` / ``-1``: the bundle's value)."""
+    return RunRequest(organ=pn.organ, bundle=pn.bundlePath, sampler=pn.sampler, noise_level=int(pn.noiseLevel),
+                      guidance=float(pn.guidance), steps=int(pn.steps), seed=int(pn.seed), device=pn.device,
+                      threshold_mode=pn.thresholdMode, threshold=float(pn.threshold), mask_source=pn.maskSource,
+                      python=python, reference=None if pn.reference == "bundle" else pn.reference,
+                      samples=int(pn.samples) or None,
+                      median_filter=None if int(pn.medianFilter) < 0 else int(pn.medianFilter))
+
+
+def parameter_problems(pn, python: str) -> list[str]:
+    """Why Apply is disabled (empty when a run can start). Cheap: reads no voxels and starts no process."""
+    from DiffusionAnomalyLib.slicer_module import scene
+
+    first = scene.volume_node_problem(pn.inputVolume)
+    out = [first] if first else []
+    if not python:
+        out.append("No Python interpreter for the worker was found; set 'Python for the worker'.")
+    out += request_from_parameters(pn, python).problems()
+    if not out and os.path.isdir(pn.bundlePath):
+        channels = cached_meta(pn.bundlePath).channels
+        if len(channels) > 1 or len(input_nodes(pn)) > 1:
+            problem = scene.channel_nodes_problem(input_nodes(pn), channels)
+            out += [problem] if problem else []
+    if pn.maskSource == "segmentation":
+        if pn.maskSegmentation is None:
+            out.append(f"Choose the segmentation that holds the {pn.organ} (or let TotalSegmentator make one).")
+        elif not scene.organ_segment_ids(pn.maskSegmentation, pn.organ):
+            out.append(f"'{pn.maskSegmentation.GetName()}' has no segment named like '{pn.organ}'.")
+    return out
+
+
+class BundleList:
+    """The bundles offered for one organ (metadata only; re-read when the organ changes or after an import)."""
+
+    def __init__(self) -> None:
+        self.organ: str | None = None
+        self.paths: list[str] = []
+        self.labels: list[str] = []
+        self.summaries: list[str] = []  # each bundle's model-card summary, shown as the item's tooltip
+
+    def refresh(self, organ: str) -> list[str] | None:
+        """The new paths when the list changed (another organ, or :attr:`organ` reset to None), else None."""
+        from DiffusionAnomalyLib.models.bundle import available_bundles
+
+        if organ == self.organ:
+            return None
+        found = available_bundles(organ)
+        self.organ, self.paths, self.labels = organ, [str(b.path) for b in found], [b.label for b in found]
+        self.summaries = [b.summary for b in found]
+        return self.paths
+
+    def fill(self, combo) -> None:
+        """Put the labels into ``combo`` (a QComboBox), each with its model card's summary as tooltip."""
+        import qt
+
+        combo.clear()
+        combo.addItems(self.labels)
+        for i, summary in enumerate(self.summaries):
+            combo.setItemData(i, summary, qt.Qt.ToolTipRole)
+
+    def index(self, path: str) -> int:
+        return self.paths.index(path) if path in self.paths else -1
+
+
+def ask_bundle_path() -> str:
+    """Ask for a bundle folder (or, when cancelled, a .zip); "" if none."""
+    import qt
+
+    path = qt.QFileDialog.getExistingDirectory(None, "Model bundle folder (cancel to pick a .zip)")
+    return path or qt.QFileDialog.getOpenFileName(None, "Model bundle (.zip)", "", "Bundles (*.zip)")
+
+
+def import_bundle(path: str) -> str:
+    """Check a bundle folder or .zip and copy it into the models folder; returns where it went."""
+    from DiffusionAnomalyLib.models.bundle import default_models_dir, import_bundle
+
+    return str(import_bundle(path, default_models_dir()))
+
+
+def models_folder() -> str:
+    """The user's models folder (created if missing)."""
+    from DiffusionAnomalyLib.models.bundle import default_models_dir
+
+    folder = default_models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
+def event_text(event: dict) -> tuple[int | None, str | None, str | None]:
+    """What a worker event shows: (progress percent, status line, log line), each None when unchanged."""
+    kind = event.get("event")
+    if kind == "progress":
+        eta = event.get("eta_s")
+        status = f"{event.get('stage')} {event.get('step')}/{event.get('total')}" + (
+            f" - about {eta:.0f} s left" if eta is not None else "")
+        return int(100 * float(event.get("fraction", 0))), status, None
+    if kind in ("log", "warning", "error"):
+        return None, None, f"{kind}: {event.get('message', '')}"
+    if kind == "started":
+        return None, None, f"worker started (pid {event.get('pid')})"
+    return None, None, None
+
+
+def show_event(ui, event: dict) -> None:
+    """Show a worker event in the panel (``ui``: the module's widgets): progress bar, status line, log."""
+    percent, status, line = event_text(event)
+    if percent is not None:
+        ui.progressBar.value = percent
+    if status:
+        ui.statusLabel.text = status
+    if line:
+        ui.logTextEdit.appendPlainText(line)
+
+
+def outcome(run: SceneRun) -> tuple[str, str, list[dict]]:
+    """A finished run as (status line, error to show in a dialog or "", lesion-table rows)."""
+    if run.error is not None:
+        shown = "" if getattr(run.error, "code", "") == "cancelled" else str(run.error)
+        return f"Not completed: {run.error}", shown, []
+    rows = run.client.result.get("lesions", [])
+    return f"{len(rows)} candidate lesion(s) in '{run.name}'.", "", rows
+
+
+def show_outcome(ui, run: SceneRun) -> list[dict]:
+    """Show a finished run in the panel (status, error dialog, lesion table); returns the lesion rows."""
+    import qt
+    import slicer
+
+    ui.progressBar.visible = False
+    ui.statusLabel.text, error, rows = outcome(run)
+    if error:
+        slicer.util.errorDisplay(error, windowTitle="Diffusion Anomaly")
+    ui.lesionTable.setRowCount(len(rows))
+    for r, row in enumerate(rows):
+        for c, (key, _) in enumerate(LESION_COLUMNS):
+            ui.lesionTable.setItem(r, c, qt.QTableWidgetItem(cell_text(row.get(key, ""))))
+    return rows
+
+
+def show_start_error(exc: BaseException) -> None:
+    """A run that could not start: its reason in a dialog (with the traceback as details unless it is bad input)."""
+    import traceback
+
+    import slicer
+
+    from DiffusionAnomalyLib.errors import DiffusionAnomalyError
+
+    details = {} if isinstance(exc, DiffusionAnomalyError) else {"detailedText": "".join(
+        traceback.format_exception(exc))}
+    slicer.util.errorDisplay(f"Could not start the run: {exc}", windowTitle="Diffusion Anomaly", **details)
+
+
+def show_apply_state(button, running: bool, problems: list[str]) -> None:
+    """Apply turns into Cancel while a run goes; disabled with the reasons as its tooltip when a run cannot start."""
+    button.text = "Cancel" if running else "Apply"
+    button.enabled = running or not problems
+    button.toolTip = "Stop the run; nothing is added to the scene." if running else (
+        "\n".join(problems) if problems else "Reconstruct a healthy organ and show where the scan differs.")
+
+
+def cell_text(value: Any) -> str:
+    """A lesion-table cell."""
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def ensure_worker_packages(python: str, totalsegmentator: bool, ask: bool = True, own: bool = True) -> bool:
+    """Check the worker's packages in ``python``; ask, then install what is missing (Slicer dialogs).
+
+    ``own``: ``python`` is Slicer's own interpreter: torch comes from the PyTorch extension (the right CUDA build),
+    the rest from ``slicer.util.pip_install``; otherwise that interpreter's own pip installs everything.
+    Returns True when nothing is missing any more.
+    """
+    import slicer
+
+    from DiffusionAnomalyLib.app import dependencies
+
+    extra = dependencies.TOTALSEGMENTATOR_REQUIREMENT if totalsegmentator else None
+    missing = dependencies.missing_packages(python, extra)
+    if not missing:
+        return True
+    command = dependencies.install_command(missing, dependencies.launcher_for(python) if own else python)
+    if ask and not slicer.util.confirmOkCancelDisplay(
+            f"Diffusion Anomaly needs these Python packages: {', '.join(missing)}. Install them now into {python}? "
+            "(This may take several minutes.)", windowTitle="Diffusion Anomaly"):
+        slicer.util.errorDisplay(f"Not installed. To install by hand, run:\n{command}")
+        return False
+    try:
+        with slicer.util.WaitCursor():
+            _install(missing, python, own)
+    except Exception as exc:
+        slicer.util.errorDisplay(f"Installation failed ({exc}). To install by hand, run:\n{command}")
+        return False
+    still = dependencies.missing_packages(python, extra)
+    if still:
+        slicer.util.errorDisplay(f"Still missing after the install: {', '.join(still)}. Run:\n{command}")
+    return not still
+
+
+def _install(missing: list[str], python: str, own: bool) -> None:
+    import importlib.util
+
+    import slicer
+
+    from DiffusionAnomalyLib.app import dependencies
+
+    if not own:
+        dependencies.pip_install(missing, python, idle=slicer.app.processEvents)  # the GUI keeps painting
+        return
+    torch = [m for m in missing if m.startswith("torch")]
+    if torch and importlib.util.find_spec("PyTorchUtils"):
+        import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS)
+
+        PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.3")
+        missing = [m for m in missing if m not in torch]
+    if missing:
+        slicer.util.pip_install(missing)
+
+
+def run_output_folder(root: str, name: str) -> str:
+    """A new folder under ``root`` for one run's files, named after the run (never an earlier run's folder)."""
+    import re
+
+    base = os.path.join(root, re.sub(r'[\\/:*?"<>|]+', "-", name).strip(" .") or "run")
+    folder, n = base, 2
+    while os.path.exists(folder):
+        folder, n = f"{base} ({n})", n + 1
+    return folder
+
+
+class PanelRunner:
+    """At most one :class:`SceneRun` at a time, with the compare view it shows afterwards.
+
+    ``client_factory`` is passed to :class:`SceneRun` (tests can inject one; default: the real worker).
+    A failure in :meth:`start` leaves the runner ready for the next start. :meth:`cancel` never waits:
+    the run finishes (cancelled, nothing added) on a later :meth:`poll`.
+    """
+
+    def __init__(self, client_factory: Callable | None = None) -> None:
+        self.client_factory = client_factory
+        self.run: SceneRun | None = None
+        self.compare_state = None
+        self._scene = None
+        self._input = None
+
+    @property
+    def running(self) -> bool:
+        return self.run is not None and not self.run.finished
+
+    def start(self, scene, request: RunRequest, nodes: Sequence, segmentation=None,
+              on_event: Callable[[dict], None] | None = None, output_root: str = "") -> SceneRun:
+        """Check, write the inputs and start the worker; raises InputError (nothing started) on bad input."""
+        from DiffusionAnomalyLib.slicer_module import scene as adapter
+
+        if self.running:
+            raise InputError("A run is in progress; cancel it first.")
+        ids = adapter.organ_segment_ids(segmentation, request.organ) if segmentation is not None else []
+        output = None
+        if output_root and nodes:
+            output = run_output_folder(output_root, run_name(request, nodes[0].GetName()))
+        run = SceneRun(scene, request, nodes, segmentation if request.mask_source == "segmentation" else None, ids,
+                       client_factory=self.client_factory, on_event=on_event, output_dir=output)
+        run.start()  # raises before self.run is set: a failed start leaves the runner idle
+        self.run, self._scene, self._input = run, scene, nodes[0]
+        return run
+
+    def poll(self) -> bool:
+        """Forward events; when the run ends, show the compare view if it succeeded. True while running."""
+        if self.run is None or self.run.finished:
+            return False
+        if self.run.poll():
+            return True
+        if self.run.result_nodes is not None:
+            from DiffusionAnomalyLib.slicer_module import scene as adapter
+
+            self.compare_state = adapter.show_compare(self._scene, self._input, self.run.result_nodes)
+        return False
+
+    def cancel(self) -> None:
+        """Ask the worker to stop (returns at once; keep polling until :attr:`running` is False)."""
+        if self.running:
+            self.run.request_cancel()
+
+    def layout_changed(self) -> None:
+        """Call when the view layout changed: leaving the compare layout restores the views' settings."""
+        from DiffusionAnomalyLib.slicer_module import scene as adapter
+
+        if self.compare_state is not None and self._scene is not None and not adapter.in_compare_layout(self._scene):
+            adapter.leave_compare(self._scene, self.compare_state)
+            self.compare_state = None
+
+    def lesion_position(self, row: dict) -> tuple[float, float, float]:
+        """World RAS of a lesion-table row's centroid (through the input's parent transforms)."""
+        from DiffusionAnomalyLib.slicer_module import scene as adapter
+
+        local = [float(row[f"centroid_ras_{a}"]) for a in "xyz"]
+        return adapter.to_world(self._input, local)

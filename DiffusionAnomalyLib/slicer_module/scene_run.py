@@ -1,0 +1,347 @@
+"""One detection run started from a Slicer scene, without any GUI: the engine of the panel's Logic.
+
+:class:`RunRequest` holds the panel's settings, says what is wrong with them (:meth:`RunRequest.problems`)
+and builds the worker's arguments. :class:`SceneRun` writes the input volumes (and organ mask) to a
+private temporary folder, starts the worker through :class:`~DiffusionAnomalyLib.app.client.WorkerClient`,
+is polled (the panel polls it from a timer, so the GUI never blocks), and on success adds the results
+to the scene through :mod:`DiffusionAnomalyLib.slicer_module.scene`. Cancel, failure or a crash leave the scene as
+it was; the temporary folder is always removed. Nothing here imports torch: it runs in Slicer's own
+process before the worker's packages are installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from DiffusionAnomalyLib.errors import CancelledError, DiffusionAnomalyError, InputError
+from DiffusionAnomalyLib.settings import DEVICES
+
+MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
+THRESHOLD_MODES = ("bundle", "otsu", "fixed")
+
+
+@dataclass
+class RunRequest:
+    """The settings of one run, as the panel's parameter node holds them.
+
+    ``bundle`` is a bundle folder or zip; ``python`` the interpreter that has the dependencies
+    (empty: the current one). ``mask_source``: ``segmentation`` (segments of an existing
+    segmentation), ``totalsegmentator`` (the worker runs TotalSegmentator on the input, so the GUI
+    never waits for it) or ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels). ``reference``,
+    ``samples`` and ``median_filter`` shape the anomaly map (see ``diffusion-anomaly run --help``); None
+    leaves them to the bundle's recommendation.
+    """
+
+    organ: str
+    bundle: str
+    sampler: str = "ddpm"
+    noise_level: int = 250
+    guidance: float = 0.0
+    steps: int = 50
+    seed: int = 0
+    device: str = "auto"
+    threshold_mode: str = "bundle"
+    threshold: float = 0.0
+    mask_source: str = "segmentation"
+    python: str = ""
+    reference: str | None = None
+    samples: int | None = None
+    median_filter: int | None = None
+
+    def problems(self) -> list[str]:
+        """Everything that prevents a run, as sentences for a tooltip (empty when it can run). The run settings
+        are checked by :class:`~DiffusionAnomalyLib.settings.RunSettings` (one validation for every front end)."""
+        out = []
+        bundle_ok = False
+        if not self.bundle:
+            out.append(f"No model bundle for the {self.organ}: import one (Import bundle...).")
+        else:
+            found = self._bundle_problems()
+            out.extend(found)
+            bundle_ok = not found
+        if bundle_ok:
+            try:
+                self.run_settings()
+            except InputError as exc:
+                out.extend(_sentence(p) for p in str(exc).split("; ") if p)
+            except (TypeError, ValueError) as exc:
+                out.append(_sentence(str(exc)))
+        if self.device not in DEVICES:
+            out.append(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        if self.threshold_mode not in THRESHOLD_MODES:
+            out.append(f"Unknown threshold mode {self.threshold_mode!r}.")
+        if self.threshold_mode == "fixed" and not self.threshold > 0:  # 0 would mark the whole organ
+            out.append("A fixed threshold must be > 0.")
+        if self.mask_source not in MASK_SOURCES:
+            out.append(f"Unknown organ-mask source {self.mask_source!r}.")
+        if self.mask_source == "none" and self.organ != "brain":
+            out.append(f"The {self.organ} needs an organ mask (only a skull-stripped brain can run without one).")
+        if self.python and not Path(self.python).is_file():
+            out.append(f"The Python interpreter {self.python} does not exist.")
+        return out
+
+    def _bundle_problems(self) -> list[str]:
+        from DiffusionAnomalyLib.models.bundle import BundleError
+
+        try:
+            meta = cached_meta(self.bundle)
+        except BundleError as exc:
+            return [str(exc)]
+        if meta.organ != self.organ:
+            return [f"The bundle '{meta.name}' is for the {meta.organ}, not the {self.organ}; choose a {self.organ} "
+                    "bundle."]
+        return []
+
+    def is_valid(self) -> bool:
+        return not self.problems()
+
+    def overrides(self) -> dict:
+        """The settings the panel sets explicitly, as :class:`~DiffusionAnomalyLib.settings.RunSettings` fields
+        (None: the bundle's recommendation)."""
+        threshold = {"bundle": "bundle", "otsu": "otsu"}.get(self.threshold_mode, float(self.threshold))
+        return {"sampler": self.sampler, "noise_level": int(self.noise_level), "steps": int(self.steps),
+                "guidance": float(self.guidance), "seed": int(self.seed), "device": self.device,
+                "reference": self.reference, "samples": None if self.samples is None else int(self.samples),
+                "median_filter": None if self.median_filter is None else int(self.median_filter),
+                "threshold": threshold}
+
+    def run_settings(self):
+        """The run's :class:`~DiffusionAnomalyLib.settings.RunSettings`: the bundle's recommendations with the
+        panel's values on top, resolved once (the worker receives exactly this object as JSON)."""
+        from DiffusionAnomalyLib.settings import RunSettings
+
+        meta = cached_meta(self.bundle)
+        return RunSettings.resolve(meta.recommended, meta.preset(), **self.overrides())
+
+    def worker_args(self, inputs: Sequence[str | Path], out: str | Path, mask: str | Path | None,
+                    settings_file: str | Path) -> list[str]:
+        """The worker's arguments (``run ...``): inputs, mask, output folder and the settings JSON file
+        (:meth:`run_settings`, written by the caller)."""
+        problems = self.problems()
+        if problems:
+            raise InputError(" ".join(problems))
+        args = ["run", "--bundle", str(self.bundle), "--input", *[str(p) for p in inputs],
+                "--settings", str(settings_file), "--out", str(out)]
+        if self.mask_source == "none":
+            args.append("--skull-stripped")
+        elif mask is not None:
+            args += ["--mask", str(mask)]
+        elif self.mask_source != "totalsegmentator":  # without a mask the worker runs TotalSegmentator
+            raise InputError(f"No organ mask for the {self.organ}: choose a segmentation with the organ, or let "
+                             "TotalSegmentator make one.")
+        return args
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:]).rstrip(".") + "."
+
+
+_META_CACHE: dict[tuple[str, float], object] = {}
+
+
+def cached_meta(folder: str | Path):
+    """A bundle's :class:`~DiffusionAnomalyLib.models.bundle.BundleMeta`, read once per version of its ``model.json``
+    (the panel asks on every change of a setting)."""
+    from DiffusionAnomalyLib.models.bundle import BundleError, read_meta
+
+    zipped = Path(folder).suffix == ".zip"
+    p = Path(folder) if zipped else Path(folder) / "model.json"
+    try:
+        key = (str(p.resolve()), p.stat().st_mtime)
+    except OSError:
+        raise BundleError(f"{folder}: not a model bundle (no model.json)") from None
+    if key not in _META_CACHE:
+        _META_CACHE[key] = _zipped_meta(p) if zipped else read_meta(folder)
+    return _META_CACHE[key]
+
+
+def _zipped_meta(path: Path):
+    """The ``model.json`` of a bundle .zip, read without extracting it."""
+    import json
+    import zipfile
+
+    from DiffusionAnomalyLib.models.bundle import BundleError, BundleMeta
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.rsplit("/", 1)[-1] == "model.json"]
+            if len(names) != 1:
+                raise BundleError(f"{path}: expected exactly one model.json in the archive, found {len(names)}")
+            return BundleMeta.from_dict(json.loads(z.read(names[0])), f"{path}:{names[0]}")
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not a readable bundle archive ({exc})") from None
+
+
+def run_name(request: RunRequest, input_name: str) -> str:
+    """The subject-hierarchy folder name of a run, e.g. ``"CT kidney ddpm L250 s0 14:02:31"``."""
+    return (f"{input_name} {request.organ} {request.sampler} L{int(request.noise_level)} "
+            f"s{float(request.guidance):g} {time.strftime('%H:%M:%S')}")
+
+
+class SceneRun:
+    """One run from scene nodes to results in the scene. Poll it until :attr:`finished`.
+
+    ``client_factory(args, python)`` makes the worker client (default: the real
+    :class:`~DiffusionAnomalyLib.app.client.WorkerClient`). ``on_event(event)`` receives every worker
+    event (progress, log, warning, result, error). ``output_dir``: also keep the run's files there
+    (written atomically by the worker); by default they live in the temporary folder and go with it.
+    """
+
+    def __init__(self, scene, request: RunRequest, input_nodes: Sequence, mask_segmentation=None,
+                 mask_segment_ids: Sequence[str] = (), client_factory: Callable | None = None,
+                 on_event: Callable[[dict], None] | None = None, output_dir: str | Path | None = None) -> None:
+        self.scene = scene
+        self.request = request
+        self.input_nodes = list(input_nodes)
+        self.mask_segmentation = mask_segmentation
+        self.mask_segment_ids = list(mask_segment_ids)
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.client_factory = client_factory
+        self.on_event = on_event or (lambda e: None)
+        self.client = None
+        self.tmp: Path | None = None
+        self.result_nodes = None
+        self.error: DiffusionAnomalyError | None = None
+        self.finished = False
+        self.cancel_requested_at: float | None = None
+        self._exited_at: float | None = None  # when poll first saw the worker gone
+        self.channels: list[str] = []  # the bundle's input channels (read in start)
+        self.name = run_name(request, self.input_nodes[0].GetName() if self.input_nodes else "volume")
+
+    def start(self) -> None:
+        """Check the inputs, write them to a private temporary folder and start the worker.
+
+        Raises :class:`~DiffusionAnomalyLib.errors.InputError` (nothing started, nothing in the scene) on bad input.
+        """
+        from DiffusionAnomalyLib.app.client import WorkerClient
+        from DiffusionAnomalyLib.imaging.io import write_volume
+        from DiffusionAnomalyLib.slicer_module import scene as scene_adapter
+
+        problems = self.request.problems()
+        if problems:
+            raise InputError(" ".join(problems))
+        channels = self.channels = cached_meta(self.request.bundle).channels
+        problem = (scene_adapter.channel_nodes_problem(self.input_nodes, channels) if len(channels) > 1
+                   else scene_adapter.volume_node_problem(self.input_nodes[0] if self.input_nodes else None))
+        if problem:
+            raise InputError(problem)
+        self.tmp = Path(tempfile.mkdtemp(prefix="da-slicer-run-"))
+        try:
+            inputs = []
+            for i, node in enumerate(self.input_nodes):
+                inputs.append(write_volume(scene_adapter.image_from_volume_node(node), self.tmp / f"input{i}.nii.gz",
+                                           compress=False))
+            mask = None
+            if self.request.mask_source == "segmentation":
+                if self.mask_segmentation is None:
+                    raise InputError(f"No organ mask for the {self.request.organ}: choose a segmentation with the "
+                                     "organ, or let TotalSegmentator make one.")
+                mask_image = scene_adapter.mask_from_segments(self.scene, self.mask_segmentation,
+                                                              self.mask_segment_ids, self.input_nodes[0])
+                # one label: the worker splits paired organs (kidneys) into left and right itself
+                mask = write_volume(mask_image > 0, self.tmp / "mask.nii.gz", compress=False)
+            settings = self.tmp / "settings.json"
+            settings.write_text(json.dumps(self.request.run_settings().to_dict(), indent=2) + "\n")
+            args = self.request.worker_args(inputs, self.output_dir or self.tmp / "out", mask, settings)
+            factory = self.client_factory or (lambda a, python: WorkerClient(a, python=python or None))
+            self.client = factory(args, self.request.python)
+            self.client.start()
+        except BaseException:
+            self._cleanup()
+            raise
+
+    #: Seconds a cancelled worker gets to clean up before it is killed.
+    CANCEL_GRACE_S = 10.0
+
+    def poll(self) -> bool:
+        """Forward new events; when the worker has exited and its output is read, finish the run. Never blocks.
+        Returns True while running."""
+        if self.finished or self.client is None:
+            return False
+        self._forward_events()
+        if self.client.running:
+            asked = self.cancel_requested_at
+            if asked is not None and time.monotonic() - asked > self.CANCEL_GRACE_S:
+                self.client.kill()
+            return True
+        if self._exited_at is None:
+            self._exited_at = time.monotonic()
+        if not self.client.output_closed and time.monotonic() - self._exited_at < 5.0:
+            return True  # the reader threads are still draining the pipes
+        self.client.wait(timeout=1.0)
+        self._forward_events()
+        if self.cancel_requested_at is not None:
+            self._finish_cancelled()
+        else:
+            self._finish()
+        return False
+
+    def wait(self, timeout_s: float = 600.0, interval_s: float = 0.1) -> None:
+        """Poll until the run ends (for scripts and tests; the panel polls from a timer instead)."""
+        t_end = time.monotonic() + timeout_s
+        while self.poll():
+            if time.monotonic() > t_end:
+                self.cancel()
+                raise TimeoutError(f"the run did not finish within {timeout_s:.0f} s; it was cancelled")
+            time.sleep(interval_s)
+
+    def request_cancel(self) -> None:
+        """Ask the worker to stop and return at once; keep polling until :attr:`finished` (nothing is added to the
+        scene; the worker is killed if it has not stopped within :attr:`CANCEL_GRACE_S`)."""
+        if self.client is not None and not self.finished and self.cancel_requested_at is None:
+            self.cancel_requested_at = time.monotonic()
+            self.client.request_cancel()
+
+    def cancel(self, timeout_s: float = 30.0) -> None:
+        """Stop the worker and wait until it has (scripts and tests; the panel uses :meth:`request_cancel`)."""
+        self.request_cancel()
+        t_end = time.monotonic() + timeout_s
+        while self.poll() and time.monotonic() < t_end:
+            time.sleep(0.02)
+
+    def _finish_cancelled(self) -> None:
+        try:
+            self.client.raise_for_status()
+            self.error = CancelledError("cancelled by the user; nothing was added to the scene")
+        except CancelledError as exc:
+            self.error = exc
+        except DiffusionAnomalyError:  # killed after the grace period, or it failed while stopping
+            self.error = CancelledError("cancelled by the user; nothing was added to the scene")
+        finally:
+            self.finished = True
+            self._cleanup()
+
+    def _forward_events(self) -> None:
+        for event in self.client.poll_events():
+            self.on_event(event)
+
+    def _finish(self) -> None:
+        from DiffusionAnomalyLib.slicer_module import scene as scene_adapter
+
+        try:
+            result = self.client.raise_for_status()
+            channels = self.channels
+            recon = "reconstruction.nii.gz" if len(channels) == 1 else f"reconstruction_{channels[0]}.nii.gz"
+            attributes = scene_adapter.run_attributes(result, {**asdict(self.request), "run": self.name})
+            self.result_nodes = scene_adapter.add_results(
+                self.scene, self.input_nodes[0], result["outputs"], result.get("lesions", []), self.name, attributes,
+                self.request.organ, reconstruction_file=recon)
+        except DiffusionAnomalyError as exc:
+            self.error = exc
+        except Exception as exc:  # adding to the scene failed: add_results has already undone its changes
+            self.error = DiffusionAnomalyError(f"adding the results to the scene failed: {type(exc).__name__}: {exc}")
+        finally:
+            self.finished = True
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None

@@ -1,0 +1,672 @@
+"""Synthetic cases: the project's own data, deterministic from a seed.
+
+Three generators share one lesion model:
+- ``abdomen_ct`` (kidney and liver cases): CT-like abdomen in HU with body wall and fat, spine,
+  psoas, aorta and IVC, liver, spleen, bowel, and two kidneys with cortex, medullary pyramids,
+  sinus fat and hilum; contrast phase (non-contrast / corticomedullary / nephrographic /
+  portal-venous) changes the enhancement; CT-like correlated noise.
+- ``brain_mr``: skull-stripped, co-registered t1n / t1c / t2w / t2f head with white and grey
+  matter (folded cortex), deep grey nuclei, ventricles, sulcal CSF and cerebellum; bias field
+  and noise; glioma-like tumours (necrotic core, enhancing rim, oedema) or metastases.
+
+Lesions: count, diameter (0.5-8 cm, drawn across the TNM strata), irregular shape, contrast
+(hypo / hyper / iso / cystic) and position (inside, at the border, exophytic). Outputs follow
+TotalSegmentator's conventions for organ masks (per-structure binary files in
+``segmentations/`` and a multilabel ``segmentations.nii.gz`` with its label numbers), plus an
+instance lesion labelmap, a per-structure healthy/unhealthy label and a short free-text report.
+Everything here is synthetic; no finding on a phantom says anything about real patients.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.imaging.io import atomic_output_dir, write_volume
+from DiffusionAnomalyLib.imaging.masks import TOTALSEG_LABELS
+
+KINDS_CT = ("hypo", "hyper", "iso", "cyst")
+POSITIONS = ("inside", "border", "exophytic")
+#: Diameter strata (mm) lesions are drawn from, one stratum chosen uniformly per lesion.
+DIAMETER_STRATA = ((5.0, 20.0), (20.0, 40.0), (40.0, 70.0), (70.0, 80.0))
+
+
+@dataclass
+class LesionSpec:
+    """One synthetic lesion (world coordinates LPS, mm)."""
+
+    id: int
+    structure: str
+    side: str
+    kind: str
+    position: str
+    diameter_mm: float
+    center_lps: tuple[float, float, float]
+    voxels: int = 0
+    shape: str = ""  # the varied generator's lesion shape (VARIED_SHAPES); "" for the default generator
+
+
+@dataclass
+class PhantomCase:
+    """A generated case: channel images, organ masks, lesion instance labels and metadata."""
+
+    case_id: str
+    organ: str
+    seed: int
+    channels: dict[str, sitk.Image]
+    organ_masks: dict[str, sitk.Image]  # TotalSegmentator structure name -> binary mask
+    lesion_labels: sitk.Image  # 0 background, 1..K lesion ids
+    lesions: list[LesionSpec]
+    structure_labels: dict[str, str]  # structure -> "healthy" | "unhealthy"
+    report: str
+    phase: str
+    meta: dict = field(default_factory=dict)
+
+
+class _Grid:
+    """World coordinates (LPS) of an axis-aligned grid, as broadcastable (z, y, x) arrays."""
+
+    def __init__(self, size_xyz: tuple[int, int, int], spacing: tuple[float, float, float],
+                 center: tuple[float, float, float]):
+        self.size = size_xyz
+        self.spacing = spacing
+        self.origin = tuple(c - (n - 1) / 2.0 * s for c, n, s in zip(center, size_xyz, spacing, strict=True))
+        nx, ny, nz = size_xyz
+        self.x = (self.origin[0] + np.arange(nx, dtype=np.float32) * spacing[0])[None, None, :]
+        self.y = (self.origin[1] + np.arange(ny, dtype=np.float32) * spacing[1])[None, :, None]
+        self.z = (self.origin[2] + np.arange(nz, dtype=np.float32) * spacing[2])[:, None, None]
+        self.shape = (nz, ny, nx)
+
+    def image(self, array: np.ndarray) -> sitk.Image:
+        im = sitk.GetImageFromArray(array)
+        im.SetSpacing(self.spacing)
+        im.SetOrigin(self.origin)
+        return im
+
+    def local(self, center, rotation: np.ndarray | None = None):
+        """Coordinates relative to ``center``, optionally in a rotated frame (columns = local axes)."""
+        dx, dy, dz = self.x - center[0], self.y - center[1], self.z - center[2]
+        if rotation is None:
+            return dx, dy, dz
+        r = rotation
+        return (r[0, 0] * dx + r[1, 0] * dy + r[2, 0] * dz,
+                r[0, 1] * dx + r[1, 1] * dy + r[2, 1] * dz,
+                r[0, 2] * dx + r[1, 2] * dy + r[2, 2] * dz)
+
+    def crop(self, center, half_mm: float) -> tuple[tuple[slice, slice, slice], _Grid]:
+        """The sub-grid within ``half_mm`` of ``center`` (for work local to a lesion)."""
+        slices = []
+        for axis, c in ((self.z, center[2]), (self.y, center[1]), (self.x, center[0])):
+            a = axis.ravel()
+            lo, hi = np.searchsorted(a, c - half_mm), np.searchsorted(a, c + half_mm)
+            slices.append(slice(int(lo), int(max(hi, lo + 1))))
+        sub = object.__new__(_Grid)
+        sub.spacing, sub.size, sub.origin = self.spacing, self.size, self.origin
+        sub.z, sub.y, sub.x = self.z[slices[0]], self.y[:, slices[1]], self.x[:, :, slices[2]]
+        sub.shape = (sub.z.shape[0], sub.y.shape[1], sub.x.shape[2])
+        return tuple(slices), sub
+
+    def ellipsoid_r(self, center, radii, rotation=None) -> np.ndarray:
+        """Normalised ellipsoid radius: < 1 inside, 1 on the surface."""
+        u, v, w = self.local(center, rotation)
+        return np.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (w / radii[2]) ** 2)
+
+
+def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
+    """Rotation matrix from angles in degrees about x, then y, then z."""
+    a, b, c = np.deg2rad([rx, ry, rz])
+    mx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    my = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    mz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return mz @ my @ mx
+
+
+def _waves(rng: np.random.Generator, n: int, wavelength: tuple[float, float]):
+    """Random plane waves (k vectors in rad/mm, phases) for smooth folding/irregularity fields."""
+    dirs = rng.normal(size=(n, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    k = dirs * (2 * np.pi / rng.uniform(*wavelength, size=(n, 1)))
+    return k, rng.uniform(0, 2 * np.pi, size=n)
+
+
+def _wave_field(grid: _Grid, k: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    out = np.zeros(grid.shape, np.float32)
+    for kv, ph in zip(k, phase, strict=True):
+        out += np.cos(kv[0] * grid.x + kv[1] * grid.y + kv[2] * grid.z + ph)
+    return out / np.sqrt(len(phase))
+
+
+def _lesion_shape(grid: _Grid, rng: np.random.Generator, center, diameter: float) -> np.ndarray:
+    """Irregular lesion: an ellipsoid whose surface is modulated by smooth directional harmonics."""
+    radii = diameter / 2.0 * rng.uniform(0.85, 1.15, size=3)
+    rot = _rotation(*rng.uniform(0, 180, size=3))
+    u, v, w = grid.local(center, rot)
+    r = np.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (w / radii[2]) ** 2)
+    norm = np.sqrt(u * u + v * v + w * w) + 1e-3
+    bump = np.zeros(grid.shape, np.float32)
+    for _ in range(4):
+        d = rng.normal(size=3)
+        d /= np.linalg.norm(d)
+        bump += np.cos(rng.integers(1, 4) * np.pi * (d[0] * u + d[1] * v + d[2] * w) / norm + rng.uniform(0, 6.3))
+    return r * (1.0 + 0.08 * bump) < 1.0
+
+
+#: Lesion shapes of the varied generator (``variety=True``): the default generator's harmonically modulated
+#: ellipsoid, a strongly lobulated one, several merged blobs, and a thresholded random field inside a sphere.
+VARIED_SHAPES = ("ellipsoid", "lobulated", "multifocal", "irregular")
+
+
+def _varied_lesion_shape(grid: _Grid, rng: np.random.Generator, center, diameter: float) -> tuple[np.ndarray, str]:
+    """A lesion of one of :data:`VARIED_SHAPES` (drawn from ``rng``), about ``diameter`` across."""
+    kind = str(rng.choice(VARIED_SHAPES))
+    if kind == "ellipsoid":
+        return _lesion_shape(grid, rng, center, diameter), kind
+    if kind == "lobulated":
+        radii = diameter / 2.0 * rng.uniform(0.7, 1.3, size=3)
+        rot = _rotation(*rng.uniform(0, 180, size=3))
+        u, v, w = grid.local(center, rot)
+        r = np.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (w / radii[2]) ** 2)
+        norm = np.sqrt(u * u + v * v + w * w) + 1e-3
+        bump = np.zeros(grid.shape, np.float32)
+        for _ in range(6):
+            d = rng.normal(size=3)
+            d /= np.linalg.norm(d)
+            bump += np.cos(rng.integers(2, 6) * np.pi * (d[0] * u + d[1] * v + d[2] * w) / norm + rng.uniform(0, 6.3))
+        return r * (1.0 + 0.1 * bump) < 1.0, kind
+    if kind == "multifocal":
+        out = np.zeros(grid.shape, bool)
+        n = int(rng.integers(2, 5))
+        for _ in range(n):
+            offset = rng.normal(size=3)
+            offset *= rng.uniform(0.1, 0.3) * diameter / np.linalg.norm(offset)
+            sub_d = diameter * rng.uniform(0.45, 0.7)
+            out |= grid.ellipsoid_r(tuple(np.array(center) + offset), sub_d / 2.0 * rng.uniform(0.8, 1.2, size=3),
+                                    _rotation(*rng.uniform(0, 180, size=3))) < 1.0
+        return out, kind
+    # irregular: a smooth random field thresholded inside a sphere, so that the lesion is one ragged mass
+    r = grid.ellipsoid_r(center, (diameter / 2.0,) * 3)
+    field = ndimage.gaussian_filter(rng.normal(size=grid.shape).astype(np.float32),
+                                    sigma=max(diameter / 8.0 / min(grid.spacing), 1.0))
+    field /= field.std() + 1e-6
+    return (r < 1.0) & (field + 2.5 * (1.0 - r) > 0.9) | (r < 0.45), kind
+
+
+def _diameter(rng: np.random.Generator, max_diameter: float) -> float:
+    strata = [s for s in DIAMETER_STRATA if s[0] < max_diameter]
+    lo, hi = strata[rng.integers(len(strata))]
+    return float(rng.uniform(lo, min(hi, max_diameter)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Abdomen CT
+# ----------------------------------------------------------------------------------------------
+
+#: Enhancement (HU) by contrast phase: kidney cortex / medulla, liver, spleen, aorta, veins.
+PHASES = {
+    "non-contrast": dict(cortex=35, medulla=30, liver=58, spleen=48, aorta=42, vein=40, pelvis=8),
+    "corticomedullary": dict(cortex=185, medulla=85, liver=75, spleen=120, aorta=300, vein=110, pelvis=8),
+    "nephrographic": dict(cortex=165, medulla=150, liver=105, spleen=115, aorta=160, vein=150, pelvis=10),
+    "portal-venous": dict(cortex=170, medulla=125, liver=110, spleen=120, aorta=170, vein=165, pelvis=10),
+}
+
+
+@dataclass
+class _Kidney:
+    side: str
+    center: tuple[float, float, float]
+    radii: tuple[float, float, float]
+    rotation: np.ndarray
+
+
+def _kidney_fields(grid: _Grid, k: _Kidney, rng: np.random.Generator, medulla_extent: float = 0.8,
+                   lobulation: float = 0.0, vr: np.random.Generator | None = None):
+    """Return (kidney mask, cortex, medulla, sinus) boolean arrays for one kidney (``medulla_extent``: the
+    normalised radius the pyramids reach, so the cortex is thinner when it is larger; ``lobulation`` > 0: the
+    surface is modulated by smooth waves drawn from ``vr``)."""
+    u, v, w = grid.local(k.center, k.rotation)
+    medial = 1.0 if k.side == "right" else -1.0  # local +u points towards the patient's midline
+    r = np.sqrt((u / k.radii[0]) ** 2 + (v / k.radii[1]) ** 2 + (w / k.radii[2]) ** 2)
+    if lobulation > 0 and vr is not None:
+        kw, ph = _waves(vr, 4, (30, 70))
+        r = r * (1.0 + lobulation * _wave_field(grid, kw, ph))
+    # Hilum: a notch on the medial, slightly anterior side at mid height.
+    hilum = (medial * u / k.radii[0] > 0.45) & (np.abs(w) / k.radii[2] < 0.3) & (v / k.radii[1] < 0.5)
+    kidney = (r < 1.0) & ~hilum
+    us = u - medial * 0.25 * k.radii[0]
+    rs = np.sqrt((us / (0.5 * k.radii[0])) ** 2 + (v / (0.45 * k.radii[1])) ** 2 + (w / (0.62 * k.radii[2])) ** 2)
+    sinus = (rs < 1.0) & kidney
+    # Medullary pyramids: lobes around the sinus, separated by cortical columns.
+    theta = np.arctan2(v, us)
+    phi = np.arctan2(w, np.sqrt(us * us + v * v))
+    n_lobes = int(rng.integers(6, 9))
+    lobes = np.cos(n_lobes * phi + rng.uniform(0, 6.3)) + 0.6 * np.cos(3 * theta + rng.uniform(0, 6.3))
+    medulla = kidney & ~sinus & (r < medulla_extent) & (lobes > -0.3)
+    cortex = kidney & ~sinus & ~medulla
+    return kidney, cortex, medulla, sinus
+
+
+def abdomen_ct(
+    organ: str, seed: int, n_lesions: int | None = None, *, max_diameter: float = 80.0,
+    spacing: tuple[float, float, float] | None = None, variety: bool = False,
+) -> PhantomCase:
+    """A CT-like abdomen (HU) for ``organ`` "kidney" or "liver", lesions placed in that organ.
+
+    ``variety``: the varied generator. On top of the default one (whose draws it leaves as they are, from a second
+    random stream of the same seed) it varies kidney size and shape (lobulation), cortex thickness, parenchymal
+    texture, the contrast phase (all four, with +-20 % enhancement), the noise level (5-30 HU), the slice
+    thickness (1.5-5 mm) and in-plane spacing (1.2-1.8 mm), and draws lesion shapes from :data:`VARIED_SHAPES`.
+    The draws are recorded in ``meta["variety"]``. The case id is ``<organ>-var-<seed>``.
+    """
+    rng = np.random.default_rng(seed)
+    vr = np.random.default_rng([seed, 7919]) if variety else None
+    var: dict = {}
+    if spacing is None:
+        spacing = (1.5, 1.5, 2.5)
+        if vr is not None:
+            xy = float(vr.choice([1.2, 1.5, 1.8]))
+            spacing = (xy, xy, float(vr.choice([1.5, 2.5, 3.0, 5.0])))
+    if organ == "kidney":
+        fov_center, fov = (0.0, 10.0, 0.0), (330.0, 260.0, 210.0)
+        phase = str(rng.choice(list(PHASES)[:3], p=[0.15, 0.35, 0.5]))
+    else:
+        fov_center, fov = (0.0, 10.0, 95.0), (330.0, 260.0, 250.0)
+        phase = str(rng.choice(["portal-venous", "corticomedullary", "non-contrast"], p=[0.7, 0.15, 0.15]))
+    hu = PHASES[phase]
+    if vr is not None:
+        phase = str(vr.choice(list(PHASES)))
+        gain = float(vr.uniform(0.8, 1.2))
+        hu = {k: (v if k == "pelvis" else round(v * gain)) for k, v in PHASES[phase].items()}
+        var = {"spacing_mm": list(spacing), "enhancement_gain": round(gain, 3),
+               "kidney_scale": [round(float(v), 3) for v in vr.uniform(0.8, 1.2, size=3)],
+               "lobulation": round(float(vr.uniform(0.0, 0.12)), 3),
+               "medulla_extent": round(float(vr.uniform(0.62, 0.86)), 3),
+               "texture_hu": round(float(vr.uniform(0.0, 15.0)), 1), "noise_hu": round(float(vr.uniform(5, 30)), 1)}
+    size = tuple(int(round(f / s)) for f, s in zip(fov, spacing, strict=True))
+    g = _Grid(size, spacing, fov_center)
+    img = np.full(g.shape, -1000.0, np.float32)
+
+    # Body: skin/subcutaneous fat, muscle wall, visceral fat.
+    a, b = 150 + rng.uniform(-12, 12), 112 + rng.uniform(-10, 10)
+    body = ((g.x / a) ** 2 + ((g.y - 10) / b) ** 2 < 1.0) & np.ones(g.shape, bool)
+    t_fat = rng.uniform(12, 28)
+    wall = ((g.x / (a - t_fat)) ** 2 + ((g.y - 10) / (b - t_fat)) ** 2 < 1.0) & body
+    visceral = ((g.x / (a - t_fat - 10)) ** 2 + ((g.y - 10) / (b - t_fat - 10)) ** 2 < 1.0) & body
+    img[body] = -105
+    img[wall] = 45
+    img[visceral] = -92
+    # Spine (posterior: +y in LPS), canal, psoas.
+    vert = ((g.x / 20) ** 2 + ((g.y - 75) / 17) ** 2 < 1) & np.ones(g.shape, bool)
+    disc = (np.mod(g.z + rng.uniform(0, 30), 30) < 6) & vert
+    img[vert] = 260
+    img[vert & ~(((g.x / 16) ** 2 + ((g.y - 75) / 13) ** 2) < 1)] = 750
+    img[disc] = 90
+    img[(((g.x / 9) ** 2 + ((g.y - 103) / 8) ** 2) < 1) & np.ones(g.shape, bool)] = 15
+    for sx in (-1, 1):
+        psoas_r = 12 + 10 * np.clip((60 - g.z) / 160, 0, 1)
+        img[((((g.x - sx * 38) / psoas_r) ** 2 + ((g.y - 68) / 16) ** 2) < 1) & np.ones(g.shape, bool)] = 50
+    # Vessels: aorta left of midline (+x), IVC right (-x).
+    img[((((g.x - 14) / 11) ** 2 + ((g.y - 42) / 11) ** 2) < 1) & np.ones(g.shape, bool)] = hu["aorta"]
+    img[((((g.x + 22) / 13) ** 2 + ((g.y - 40) / 10) ** 2) < 1) & np.ones(g.shape, bool)] = hu["vein"]
+    # Bowel loops anteriorly: walls with fluid or gas content.
+    for _ in range(int(rng.integers(6, 11))):
+        c = (rng.uniform(-90, 90), rng.uniform(-70, -10), rng.uniform(g.z.min(), g.z.max()))
+        rad = rng.uniform(12, 22, size=3)
+        rr = g.ellipsoid_r(c, rad)
+        img[(rr < 1) & visceral] = 40
+        img[(rr < 0.78) & visceral] = -850 if rng.random() < 0.5 else 12
+    # Liver (patient's right = -x), spleen (left = +x).
+    liver_c = (-62 + rng.uniform(-6, 6), -5 + rng.uniform(-6, 6), 105 + rng.uniform(-8, 8))
+    liver_rad = (82 + rng.uniform(-8, 8), 88 + rng.uniform(-8, 8), 88 + rng.uniform(-8, 8))
+    liver_rot = _rotation(0, rng.uniform(-10, 10), rng.uniform(-15, 15))
+    k_liver, ph_liver = _waves(rng, 5, (90, 160))
+    liver_r = g.ellipsoid_r(liver_c, liver_rad, liver_rot) + 0.06 * _wave_field(g, k_liver, ph_liver)
+    liver = (liver_r < 1.0) & visceral & (g.x < 40)
+    spleen = (g.ellipsoid_r((92 + rng.uniform(-5, 5), 35, 85 + rng.uniform(-8, 8)), (30, 45, 55),
+                            _rotation(0, 0, 30)) < 1.0) & visceral
+    img[liver] = hu["liver"]
+    img[spleen] = hu["spleen"]
+    # Hepatic/portal vessels: tubes of enhancing blood inside the liver.
+    k_v, ph_v = _waves(rng, 3, (40, 80))
+    vessels = liver & (np.abs(_wave_field(g, k_v, ph_v)) < 0.07) & (liver_r < 0.85)
+    img[vessels] = hu["vein"] + 10
+
+    # Kidneys.
+    kidneys = {}
+    for side, sx in (("right", -1.0), ("left", 1.0)):
+        center = (sx * (70 + rng.uniform(-6, 6)), 55 + rng.uniform(-6, 6),
+                  (-12.0 if side == "right" else 0.0) + rng.uniform(-10, 10))
+        radii = (27 + rng.uniform(-3, 3), 22 + rng.uniform(-3, 3), 55 + rng.uniform(-6, 6))
+        rot = _rotation(rng.uniform(-10, 10), sx * rng.uniform(5, 15), -sx * rng.uniform(15, 35))
+        if var:
+            radii = tuple(r * f * float(vr.uniform(0.95, 1.05)) for r, f in zip(radii, var["kidney_scale"],
+                                                                                  strict=True))
+        kd = _Kidney(side, center, radii, rot)
+        kidney, cortex, medulla, sinus = _kidney_fields(g, kd, rng, var.get("medulla_extent", 0.8),
+                                                        var.get("lobulation", 0.0), vr)
+        img[sinus] = -80
+        pelvis = sinus & (g.ellipsoid_r(center, (0.3 * radii[0], 0.25 * radii[1], 0.4 * radii[2]), rot) < 1)
+        img[pelvis] = hu["pelvis"]
+        img[cortex] = hu["cortex"]
+        img[medulla] = hu["medulla"]
+        if var and var["texture_hu"] > 0:  # parenchymal texture: smooth, patchy enhancement
+            tex = ndimage.gaussian_filter(vr.normal(size=g.shape).astype(np.float32), sigma=(1.5, 2.5, 2.5))
+            parenchyma = cortex | medulla
+            img[parenchyma] += (tex / (tex.std() + 1e-6) * var["texture_hu"])[parenchyma]
+        kidneys[side] = (kd, kidney)
+
+    organ_masks = {"spleen": spleen, "liver": liver, "kidney_right": kidneys["right"][1],
+                   "kidney_left": kidneys["left"][1]}
+
+    # Lesions.
+    requested = n_lesions is not None
+    if n_lesions is None:
+        n_lesions = int(rng.integers(0, 4))
+    labels = np.zeros(g.shape, np.uint16)
+    lesions: list[LesionSpec] = []
+    for lid in range(1, n_lesions + 1):
+        for _attempt in range(30):
+            if organ == "kidney":
+                side = str(rng.choice(["right", "left"]))
+                kd, kmask = kidneys[side]
+                structure, host, ref_hu = f"kidney_{side}", kmask, hu["cortex"]
+                d = _diameter(rng, min(max_diameter, 80.0))
+                position = str(rng.choice(POSITIONS))
+                depth = {"inside": rng.uniform(0.2, 0.55), "border": 1.0,
+                         "exophytic": 1.0 + 0.5 * d / (2 * np.mean(kd.radii))}[position]
+                dirn = rng.normal(size=3)
+                dirn /= np.linalg.norm(dirn)
+                local = dirn * np.array(kd.radii) * depth
+                center = tuple(float(v) for v in np.array(kd.center) + kd.rotation @ local)
+            else:
+                side, structure, host, ref_hu = "", "liver", liver, hu["liver"]
+                d = _diameter(rng, min(max_diameter, 80.0))
+                position = str(rng.choice(["inside", "inside", "border"]))
+                idx = np.argwhere(host)
+                pick = idx[rng.integers(len(idx))]
+                center = (float(g.x[0, 0, pick[2]]), float(g.y[0, pick[1], 0]), float(g.z[pick[0], 0, 0]))
+            sl, sub = g.crop(center, 0.7 * d + 3)
+            if vr is not None:
+                shape, shape_kind = _varied_lesion_shape(sub, vr, center, d)
+            else:
+                shape, shape_kind = _lesion_shape(sub, rng, center, d), ""
+            inside_host = np.count_nonzero(shape & host[sl])
+            if inside_host < 0.3 * max(np.count_nonzero(shape), 1) or np.any(labels[sl][shape]) or not shape.any():
+                continue
+            kind = str(rng.choice(KINDS_CT))
+            if kind == "cyst":
+                values = rng.uniform(0, 12) + rng.normal(0, 3, size=sub.shape).astype(np.float32)
+            else:
+                delta = {"hypo": -rng.uniform(55, 100), "hyper": rng.uniform(50, 90),
+                         "iso": rng.choice([-1, 1]) * rng.uniform(12, 25)}[kind]
+                if phase == "non-contrast":
+                    delta = {"hypo": -12, "hyper": 15, "iso": 6}[kind]
+                texture = ndimage.gaussian_filter(rng.normal(0, 18, size=sub.shape).astype(np.float32), 2)
+                values = ref_hu + delta + texture
+            img[sl][shape] = values[shape]
+            labels[sl][shape] = lid
+            organ_masks[structure][sl] |= shape & visceral[sl]
+            lesions.append(LesionSpec(lid, structure, side, kind, position, round(d, 1), center,
+                                      int(np.count_nonzero(shape)), shape_kind))
+            break
+        else:
+            if requested:
+                raise InputError(f"phantom seed {seed}: could not place lesion {lid} without overlap; use fewer")
+            break  # a random count: keep the lesions that fit
+
+    # Partial-volume blur, then CT-like correlated noise.
+    img = ndimage.gaussian_filter(img, sigma=(0.5, 0.7, 0.7))
+    sigma = rng.uniform(8, 18)
+    if var:
+        sigma = var["noise_hu"]
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, size=g.shape).astype(np.float32), sigma=(0.4, 0.8, 0.8))
+    img += noise / noise.std() * sigma
+    img = np.round(img).astype(np.int16)
+
+    structures = ("kidney_right", "kidney_left") if organ == "kidney" else ("liver",)
+    status = {s: ("unhealthy" if any(le.structure == s for le in lesions) else "healthy") for s in structures}
+    return PhantomCase(
+        case_id=case_name(organ, seed, variety), organ=organ, seed=seed, channels={"ct": g.image(img)},
+        organ_masks={k: g.image(v.astype(np.uint8)) for k, v in organ_masks.items()},
+        lesion_labels=g.image(labels), lesions=lesions, structure_labels=status,
+        report=_ct_report(organ, phase, lesions, rng), phase=phase,
+        meta={"noise_hu": round(float(sigma), 1), **({"generator": "varied", "variety": var} if variety else {})},
+    )
+
+
+def _ct_report(organ: str, phase: str, lesions: list[LesionSpec], rng: np.random.Generator) -> str:
+    words = {"cyst": "simple cyst", "hypo": "hypodense solid lesion", "hyper": "hyperdense enhancing mass",
+             "iso": "subtle isodense lesion"}
+    lines = [f"CT of the abdomen, {phase} phase.", "Comparison: none."]
+    sides = ("right", "left") if organ == "kidney" else ()
+    for side in sides:
+        found = [le for le in lesions if le.side == side]
+        if not found:
+            lines.append(str(rng.choice([f"The {side} kidney is normal in size without focal lesion.",
+                                         f"No cyst or mass in the {side} kidney.",
+                                         f"The {side} kidney enhances normally."])))
+        for le in found:
+            where = {"inside": "intraparenchymal", "border": "cortical", "exophytic": "exophytic"}[le.position]
+            lines.append(f"There is a {le.diameter_mm / 10:.1f} cm {where} {words[le.kind]} in the {side} kidney.")
+    if organ == "liver":
+        if not lesions:
+            lines.append("The liver is normal in size and attenuation without focal lesion.")
+        for le in lesions:
+            lines.append(f"A {le.diameter_mm / 10:.1f} cm {words[le.kind]} is seen in the liver.")
+    else:
+        lines.append("The liver is normal in size and attenuation.")
+    fillers = ["The spleen is unremarkable.", "The pancreas is unremarkable.", "The adrenal glands are normal.",
+               "No free fluid.", "No lymphadenopathy.", "The aorta is of normal calibre.",
+               "The bowel loops are unremarkable.", "No suspicious osseous lesion.", "The lung bases are clear.",
+               "The urinary bladder is unremarkable."]
+    lines += list(rng.permutation(fillers)[: int(rng.integers(7, 11))])
+    lines.append("Impression: " + ("findings as described above." if lesions else "no acute abnormality."))
+    return " ".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Brain MRI
+# ----------------------------------------------------------------------------------------------
+
+#: Tissue intensities (arbitrary MR units) per sequence.
+BRAIN_TISSUE = {
+    "t1n": dict(wm=800, gm=560, csf=200, necrosis=300, rim=520, edema=600),
+    "t1c": dict(wm=790, gm=570, csf=190, necrosis=280, rim=1150, edema=610),
+    "t2w": dict(wm=450, gm=650, csf=1200, necrosis=1050, rim=800, edema=920),
+    "t2f": dict(wm=470, gm=620, csf=110, necrosis=520, rim=820, edema=960),
+}
+
+
+def brain_mr(seed: int, n_lesions: int | None = None, *, max_diameter: float = 60.0,
+             spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)) -> PhantomCase:
+    """A skull-stripped 4-sequence brain MRI with glioma-like tumours or metastases."""
+    rng = np.random.default_rng(seed)
+    size = tuple(int(round(f / s)) for f, s in zip((180.0, 216.0, 162.0), spacing, strict=True))
+    g = _Grid(size, spacing, (0.0, 0.0, 0.0))
+    radii = (66 + rng.uniform(-4, 4), 84 + rng.uniform(-5, 5), 60 + rng.uniform(-4, 4))
+    k_b, ph_b = _waves(rng, 4, (60, 120))
+    rb = g.ellipsoid_r((0, 0, 8), radii) + 0.03 * _wave_field(g, k_b, ph_b)
+    cerebellum_r = g.ellipsoid_r((0, 52, -40), (48, 28, 22))
+    brain = (rb < 1.0) | (cerebellum_r < 1.0)
+    k_f, ph_f = _waves(rng, 16, (10, 20))
+    folds = _wave_field(g, k_f, ph_f)
+    tissue = np.zeros(g.shape, np.uint8)  # 1 csf, 2 gm, 3 wm
+    tissue[brain] = 2
+    wm = (rb < 0.88 + 0.07 * folds) & brain
+    tissue[wm] = 3
+    tissue[brain & (rb > 0.86) & (folds > 0.9)] = 1  # sulci
+    tissue[brain & (np.abs(g.x) < 1.5) & (g.z > -5)] = 1  # interhemispheric fissure
+    tissue[(cerebellum_r < 0.7) & (np.abs(folds) < 0.5)] = 3
+    for sx in (-1, 1):
+        tissue[g.ellipsoid_r((sx * 13, 5, 2), (10, 15, 10)) < 1] = 2  # thalami
+        tissue[g.ellipsoid_r((sx * 9, -6, 14), (5, 27, 9), _rotation(0, 0, sx * 8)) < 1] = 1  # lateral ventricles
+    tissue[g.ellipsoid_r((0, 5, 2), (2, 12, 8)) < 1] = 1  # third ventricle
+
+    labels = np.zeros(g.shape, np.uint16)
+    core = np.zeros(g.shape, np.uint8)  # 0 none, 1 oedema, 2 rim, 3 necrosis
+    lesions: list[LesionSpec] = []
+    if n_lesions is None:
+        n_lesions = int(rng.integers(0, 3))
+    for lid in range(1, n_lesions + 1):
+        for _attempt in range(30):
+            kind = str(rng.choice(["glioma", "non-enhancing", "metastasis"]))
+            d = float(rng.uniform(8, 20) if kind == "metastasis" else rng.uniform(15, max_diameter))
+            idx = np.argwhere(wm)
+            pick = idx[rng.integers(len(idx))]
+            center = (float(g.x[0, 0, pick[2]]), float(g.y[0, pick[1], 0]), float(g.z[pick[0], 0, 0]))
+            margin = rng.uniform(10, 30)
+            sl, sub = g.crop(center, 0.7 * (d + margin) + 3)
+            tumour = _lesion_shape(sub, rng, center, d) & brain[sl]
+            edema = _lesion_shape(sub, rng, center, d + margin) & brain[sl] & (tissue[sl] != 1)
+            whole = tumour | edema
+            if not tumour.any() or np.any(labels[sl][whole]):
+                continue
+            c = core[sl]
+            c[edema] = np.maximum(c[edema], 1)
+            if kind == "non-enhancing":
+                c[tumour] = 1
+            else:
+                c[tumour] = 2
+                c[_lesion_shape(sub, rng, center, d * rng.uniform(0.4, 0.7)) & tumour] = 3
+            labels[sl][whole] = lid
+            position = "border" if np.any(whole & (rb[sl] > 0.9)) else "inside"
+            lesions.append(LesionSpec(lid, "brain", "", kind, position, round(d, 1), center,
+                                      int(np.count_nonzero(whole))))
+            break
+
+    bias_k, bias_ph = _waves(rng, 3, (200, 400))
+    channels = {}
+    for name, t in BRAIN_TISSUE.items():
+        vol = np.zeros(g.shape, np.float32)
+        vol[tissue == 1] = t["csf"]
+        vol[tissue == 2] = t["gm"]
+        vol[tissue == 3] = t["wm"]
+        vol[core == 1] = t["edema"]
+        vol[core == 2] = t["rim"]
+        vol[core == 3] = t["necrosis"]
+        vol = ndimage.gaussian_filter(vol, 0.6)
+        vol *= 1.0 + 0.06 * _wave_field(g, bias_k, bias_ph)
+        vol += rng.normal(0, 18, size=g.shape).astype(np.float32)
+        vol[~brain] = 0.0
+        channels[name] = g.image(np.clip(vol, 0, None).astype(np.float32))
+    status = {"brain": "unhealthy" if lesions else "healthy"}
+    report = _brain_report(lesions, rng)
+    return PhantomCase(
+        case_id=f"brain-{seed:05d}", organ="brain", seed=seed, channels=channels,
+        organ_masks={"brain": g.image(brain.astype(np.uint8))}, lesion_labels=g.image(labels), lesions=lesions,
+        structure_labels=status, report=report, phase="pre/post gadolinium",
+    )
+
+
+def _brain_report(lesions: list[LesionSpec], rng: np.random.Generator) -> str:
+    lines = ["MRI of the brain with and without gadolinium.", "Comparison: none."]
+    desc = {"glioma": "heterogeneously enhancing mass with central necrosis and surrounding oedema",
+            "non-enhancing": "non-enhancing T2/FLAIR hyperintense mass", "metastasis": "small enhancing nodule"}
+    for le in lesions:
+        side = "left" if le.center_lps[0] > 0 else "right"
+        lines.append(f"There is a {le.diameter_mm / 10:.1f} cm {desc[le.kind]} in the {side} hemisphere.")
+    if not lesions:
+        lines.append("No intracranial mass or abnormal enhancement.")
+    fillers = ["The ventricles are normal in size.", "No midline shift.", "No acute infarct.",
+               "No intracranial haemorrhage.", "The basal cisterns are patent.", "The orbits are unremarkable.",
+               "The paranasal sinuses are clear.", "Normal flow voids.", "The cerebellum is unremarkable."]
+    lines += list(rng.permutation(fillers)[: int(rng.integers(7, 10))])
+    lines.append("Impression: " + ("intracranial lesion as described." if lesions else "normal study."))
+    return " ".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def case_name(organ: str, seed: int, variety: bool = False) -> str:
+    """A phantom's case id: ``<organ>-<seed>``, or ``<organ>-var-<seed>`` from the varied generator."""
+    return f"{organ}-var-{seed:05d}" if variety else f"{organ}-{seed:05d}"
+
+
+def make_phantom(organ: str, seed: int = 0, n_lesions: int | None = None, **kwargs) -> PhantomCase:
+    """Generate one case for ``organ`` ("kidney", "liver" or "brain"); ``variety=True`` (kidney, liver): the varied
+    generator (:func:`abdomen_ct`)."""
+    if n_lesions is not None and n_lesions < 0:
+        raise InputError(f"number of lesions must be >= 0, got {n_lesions}")
+    if organ in ("kidney", "liver"):
+        return abdomen_ct(organ, seed, n_lesions, **kwargs)
+    if organ == "brain":
+        if kwargs.pop("variety", False):
+            raise InputError("the varied phantom generator is for the kidney and the liver (CT) only")
+        return brain_mr(seed, n_lesions, **kwargs)
+    raise InputError(f"unknown organ {organ!r}; choose kidney, liver or brain")
+
+
+def _multilabel(case: PhantomCase) -> sitk.Image:
+    table = TOTALSEG_LABELS["total_mr" if case.organ == "brain" else "total"]
+    ref = next(iter(case.organ_masks.values()))
+    out = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
+    for name, mask in case.organ_masks.items():
+        out[sitk.GetArrayViewFromImage(mask) > 0] = table[name]
+    im = sitk.GetImageFromArray(out)
+    im.CopyInformation(ref)
+    return im
+
+
+def write_phantom(case: PhantomCase, out_dir: str | os.PathLike) -> Path:
+    """Write a case folder atomically; returns it. Layout documented in the module docstring."""
+    out = Path(out_dir)
+    with atomic_output_dir(out) as stage:
+        for name, image in case.channels.items():
+            write_volume(image, stage / f"{name}.nii.gz")
+        (stage / "segmentations").mkdir()
+        for name, mask in case.organ_masks.items():
+            write_volume(mask, stage / "segmentations" / f"{name}.nii.gz")
+        write_volume(_multilabel(case), stage / "segmentations.nii.gz")
+        write_volume(case.lesion_labels, stage / "lesions.nii.gz")
+        (stage / "report.txt").write_text(case.report + "\n")
+        info = {
+            "case_id": case.case_id, "organ": case.organ, "seed": case.seed, "phase": case.phase,
+            "synthetic": True, "channels": list(case.channels), "structure_labels": case.structure_labels,
+            "lesions": [asdict(le) for le in case.lesions], "meta": case.meta,
+        }
+        (stage / "case.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_lesions: int | None = None,
+                  skip_existing: bool = False, variety: bool = False) -> Path:
+    """Write many cases (``<out>/<case_id>/``) plus ``labels.csv`` and ``reports.csv``.
+
+    ``skip_existing`` keeps case folders that are already complete (restartable generation).
+    """
+    out = Path(out_dir)
+    rows, reports = [], []
+    for seed in seeds:
+        done = out / case_name(organ, seed, variety) / "case.json"
+        if skip_existing and done.is_file():
+            info = json.loads(done.read_text())
+            case_id, labels, lesions = info["case_id"], info["structure_labels"], info["lesions"]
+            report = (done.parent / "report.txt").read_text().strip()
+        else:
+            case = make_phantom(organ, seed, n_lesions, **({"variety": True} if variety else {}))
+            write_phantom(case, out / case.case_id)
+            case_id, labels, lesions, report = (case.case_id, case.structure_labels,
+                                                [asdict(le) for le in case.lesions], case.report)
+        for structure, label in labels.items():
+            side = structure.split("_")[-1] if structure.startswith("kidney_") else ""
+            n = sum(le["structure"] == structure for le in lesions)
+            rows.append({"case": case_id, "organ": organ, "structure": structure, "side": side,
+                         "label": label, "lesions": n})
+        reports.append({"case": case_id, "report": report})
+    with atomic_output_dir(out) as stage:
+        for name, table in (("labels.csv", rows), ("reports.csv", reports)):
+            with open(stage / name, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(table[0]))
+                writer.writeheader()
+                writer.writerows(table)
+    return out

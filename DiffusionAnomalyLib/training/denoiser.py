@@ -1,0 +1,202 @@
+"""Train the latent denoiser (kidney thesis §4.3.2, App. A.2) on *healthy* ROI latents.
+
+x_t = sqrt(ab_t) z + sqrt(1 - ab_t) eps with t ~ U{1..T}; loss L1(eps_theta(x_t, t), eps); Adam 1e-4;
+EMA 0.995 (the EMA weights are saved). Latents are the bundle autoencoder's quantised encodings
+scaled to unit variance (the scale factor is stored in the bundle). With ``class_conditional``
+the denoiser also sees healthy and unhealthy latents with their label, dropped to "null" with
+probability ``label_dropout``, for classifier-free guidance. With ``latent_crop`` each training
+sample is a random window of its latent (the network is convolutional, so it still denoises whole
+latents, and validation uses whole latents): on a CPU this makes finer latent grids trainable.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.logs import stdout_unless_configured
+from DiffusionAnomalyLib.models.bundle import load_bundle, save_bundle
+from DiffusionAnomalyLib.models.diffusion.guidance import NULL_LABEL
+from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
+from DiffusionAnomalyLib.models.nets.autoencoder import LatentCodec
+from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config
+from DiffusionAnomalyLib.training.common import (
+    EMA,
+    TrainLog,
+    autocast,
+    barrier,
+    bundle_extras,
+    cleans_empty_work,
+    infinite_batches,
+    init_distributed,
+    load_checkpoint,
+    main_rank_first,
+    save_checkpoint,
+    select_device,
+    shutdown,
+    wrap_ddp,
+)
+from DiffusionAnomalyLib.training.data import load_patches, save_npz
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DenoiserTraining:
+    data: str
+    bundle: str
+    out: str
+    network: str = "tiny"
+    iterations: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-4
+    ema_decay: float = 0.995
+    class_conditional: bool = False
+    label_dropout: float = 0.15
+    latent_crop: tuple[int, int, int] | None = None  # (z, y, x) latent voxels; None: whole latents
+    val_fraction: float = 0.2
+    val_every: int = 100
+    checkpoint_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+def encode_all(codec: LatentCodec, x: np.ndarray, device: torch.device, batch: int = 4) -> np.ndarray:
+    """Encode patches (N, C, ...) to unscaled quantised latents."""
+    out = []
+    for i in range(0, len(x), batch):
+        out.append(codec.encode(torch.from_numpy(x[i:i + batch]).to(device)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def random_crops(z: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """One random crop of ``size`` (spatial) per sample of ``z`` (N, C, *spatial); global RNG."""
+    spans = zip(z.shape[2:], size, strict=True)
+    starts = torch.stack([torch.randint(0, full - s + 1, (len(z),)) for full, s in spans], 1)
+    return torch.stack([z[(i, slice(None), *(slice(int(a), int(a) + s) for a, s in zip(st, size, strict=True)))]
+                        for i, st in enumerate(starts)])
+
+
+def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels: tuple[str, ...],
+                lesions: bool = False):
+    """The patch set (with lesion masks if ``lesions``) and its unscaled latents under the bundle's
+    autoencoder (cached in ``work``)."""
+    preset = bundle.preset
+    data = load_patches(data_dir, preset, cache_dir=work / "cache", labels=labels, lesions=lesions)
+    codec = LatentCodec(bundle.networks["autoencoder"])
+    key = bundle.meta.files.get("autoencoder.safetensors", "none")[:16]
+    cache = work / f"latents-{key}-{'-'.join(labels)}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            if list(z["ids"]) == data.ids:
+                return data, z["latents"]
+    lat = encode_all(codec, data.x, device)  # new or changed dataset: (re-)encode and (re-)cache
+    save_npz(cache, latents=lat, ids=np.array(data.ids))
+    return data, lat
+
+
+@stdout_unless_configured
+@cleans_empty_work
+def train_denoiser(cfg: DenoiserTraining) -> Path:
+    device = select_device(cfg.device)
+    dist = init_distributed(device)
+    bundle = load_bundle(cfg.bundle, device=device, parts=("autoencoder",))
+    work = Path(f"{cfg.out}.work")
+    work.mkdir(parents=True, exist_ok=True)
+    labels = ("healthy", "unhealthy") if cfg.class_conditional else ("healthy",)
+    with main_rank_first(dist):
+        data, lat = latents_for(bundle, cfg.data, work, device, labels)
+    train_mask = ~data.val_mask(cfg.val_fraction)
+    scale = 1.0 / float(lat[train_mask].std())
+    z_train = torch.from_numpy(lat[train_mask] * scale)
+    z_val = torch.from_numpy(lat[~train_mask] * scale) if (~train_mask).any() else z_train[:2]
+    y_train = torch.from_numpy(data.labels[train_mask])
+    y_val = torch.from_numpy(data.labels[~train_mask]) if (~train_mask).any() else y_train[:2]
+    net_cfg = denoiser_config(cfg.network, latent_channels=int(lat.shape[1]),
+                              num_class_embeds=3 if cfg.class_conditional else None, label_dropout=cfg.label_dropout)
+    bad = [s for s in lat.shape[2:] if s % net_cfg.downsampling]
+    if bad:
+        raise InputError(f"latent shape {tuple(lat.shape[2:])} is not divisible by the denoiser's "
+                         f"{net_cfg.downsampling}x downsampling; change the ROI size or the network preset")
+    crop = tuple(cfg.latent_crop) if cfg.latent_crop else None
+    if crop is not None and (len(crop) != len(lat.shape[2:]) or any(  # length checked before zip
+            c < 1 or c > s or c % net_cfg.downsampling for c, s in zip(crop, lat.shape[2:], strict=True))):
+        raise InputError(f"latent crop {crop} must have {len(lat.shape[2:])} sizes, each at most the latent "
+                         f"shape {tuple(lat.shape[2:])} and divisible by {net_cfg.downsampling}")
+    if dist.is_main:
+        logger.info(f"denoiser: {len(z_train)} training / {len(z_val)} validation latents {tuple(lat.shape[1:])}, "
+                    f"scale factor {scale:.4f}, on {device}")
+    torch.manual_seed(cfg.seed)
+    net = build_denoiser(net_cfg).to(device)
+    ema = EMA(net, cfg.ema_decay)
+    best = copy.deepcopy(ema.model)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    schedule = NoiseSchedule(**bundle.meta.schedule)
+    state = {"iteration": 0, "best_val": float("inf")}
+    if cfg.resume:
+        state = load_checkpoint(work, {"net": net, "ema": ema.model, "best": best}, {"opt": opt}, device) or state
+        if dist.is_main and state["iteration"]:
+            logger.info(f"resumed at iteration {state['iteration']}")
+    net_t = wrap_ddp(net, dist, device)
+    batches = infinite_batches(len(z_train), cfg.batch_size, dist, cfg.seed + state["iteration"])
+    log = TrainLog(work, cfg.iterations, dist.is_main, state["iteration"])
+    g_val = torch.Generator().manual_seed(1234)
+    t_val = torch.randint(1, schedule.num_timesteps + 1, (len(z_val),), generator=g_val)
+    n_val = torch.randn(z_val.shape, generator=g_val)
+    for it in range(state["iteration"] + 1, cfg.iterations + 1):
+        idx = next(batches)
+        z = z_train[idx]
+        z = (random_crops(z, crop) if crop else z).to(device)
+        t = torch.randint(1, schedule.num_timesteps + 1, (len(z),), device=device)
+        noise = torch.randn_like(z)
+        x_t = schedule.q_sample(z, t, noise)
+        labels_b = None
+        if cfg.class_conditional:
+            labels_b = y_train[idx].to(device)
+            labels_b = torch.where(torch.rand(len(z), device=device) < cfg.label_dropout,
+                                   torch.full_like(labels_b, NULL_LABEL), labels_b)
+        with autocast(device):
+            pred = net_t(x_t, timesteps=t, class_labels=labels_b)
+        loss = (pred.float() - noise).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(net)
+        if it % cfg.val_every == 0 or it == cfg.iterations:
+            with torch.no_grad():
+                zv, tv, nv = z_val.to(device), t_val.to(device), n_val.to(device)
+                lv = y_val.to(device) if cfg.class_conditional else None
+                v = (ema.model(schedule.q_sample(zv, tv, nv), timesteps=tv, class_labels=lv) - nv).abs().mean().item()
+            if v < state["best_val"]:
+                state["best_val"] = v
+                best.load_state_dict(ema.model.state_dict())
+            log.log(it, train_l1=loss.item(), val_l1=v)
+        state["iteration"] = it
+        if dist.is_main and (it % cfg.checkpoint_every == 0 or it == cfg.iterations):
+            save_checkpoint(work, {"net": net, "ema": ema.model, "best": best}, {"opt": opt}, state)
+    barrier(dist)
+    out = Path(cfg.out)
+    if dist.is_main:
+        log.write_csv_and_plot(work, "latent denoiser (L1 on noise)")
+        meta = bundle.meta
+        meta.networks = {**meta.networks, "denoiser": net_cfg.to_dict()}
+        meta.latent = {**meta.latent, "scale_factor": scale, "channels": int(lat.shape[1]),
+                       "shape_zyx": list(lat.shape[2:])}
+        meta.recommended = meta.recommended or {"sampler": "ddpm", "noise_level": 250, "steps": 50, "guidance": 0.0}
+        meta.extra = {**meta.extra, "denoiser_training": {
+            "iterations": cfg.iterations, "best_val_l1": state["best_val"], "train_latents": len(z_train),
+            "val_latents": len(z_val), "first_val_l1": next((r["val_l1"] for r in log.rows), None),
+            "class_conditional": cfg.class_conditional, "latent_crop": list(crop) if crop else None,
+            "data": str(cfg.data)}}
+        save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": best},
+                    bundle_extras(bundle.path, work, "denoiser"))
+        logger.info(f"wrote bundle {out} (best validation L1 {state['best_val']:.4f})")
+    shutdown(dist)
+    return out
