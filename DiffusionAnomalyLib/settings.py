@@ -23,6 +23,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 #: Sampler settings used when the bundle recommends none.
 SAMPLER_DEFAULTS: dict[str, Any] = {"sampler": "ddpm", "noise_level": 250, "steps": 50, "guidance": 0.0}
 MAX_NOISE_LEVEL = 999
+#: Below this validation AUC (at the level nearest the sampler's start) a classifier barely tells healthy from
+#: unhealthy, so its gradients steer the sample toward noise rather than health.
+WEAK_CLASSIFIER_AUC = 0.7
 #: Frames of a trajectory the Slicer panel keeps ("Keep the denoising trajectory"): about this many.
 PANEL_TRAJECTORY_FRAMES = 10
 

@@ -35,12 +35,13 @@ def _print_table(table) -> None:
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_dataset, write_phantom
 
+    variety = {"variety": True} if args.variety else {}
     if args.cases > 1:
         seeds = list(range(args.seed, args.seed + args.cases))
-        out = write_dataset(args.organ, args.out, seeds, args.lesions)
+        out = write_dataset(args.organ, args.out, seeds, args.lesions, **variety)
         print(f"wrote {args.cases} synthetic {args.organ} cases to {out} (labels.csv, reports.csv)")
         return 0
-    case = make_phantom(args.organ, args.seed, args.lesions)
+    case = make_phantom(args.organ, args.seed, args.lesions, **variety)
     out = write_phantom(case, args.out)
     print(f"wrote synthetic {args.organ} case {case.case_id} ({case.phase}) to {out}")
     for le in case.lesions:
@@ -247,7 +248,7 @@ def _dataset_setup(args: argparse.Namespace):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from DiffusionAnomalyLib.evaluation.evaluate import compute_maps, score_dataset, write_report
+    from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, score_dataset, write_report
 
     ranks, model, cases = _dataset_setup(args)
     out = Path(args.out)
@@ -255,6 +256,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     maps = out / "maps" / key
     compute_maps(cases, model.make_reconstructor(model.settings), model.preset, maps, ranks.rank, ranks.world)
     ranks.barrier()
+    beside = None
+    if model.settings is not None and not args.no_baseline:  # a bundle: the baseline on the same cases
+        beside = baseline_beside(cases, model.preset.name, out, ranks.rank, ranks.world, ranks.barrier,
+                                 not args.no_postprocessing, args.min_lesion_ml, args.grow_to, args.bootstrap)
     if ranks.rank == 0:
         # evaluate's default is one Otsu threshold over the whole dataset; 'bundle' is the calibrated one
         threshold = "otsu" if args.threshold in (None, "otsu") or model.run.threshold is None else model.run.threshold
@@ -265,8 +270,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                     "post-processing": "off" if pp is None else "on (as in the kidney thesis §4.1.1" + (
                         f"; lesions >= {pp.min_volume_ml:g} ml" if pp.min_volume_ml else "") + (
                         f"; grown to {pp.grow_to:g} x threshold" if pp.grow_to < 1 else "") + ")", "IoU": 0.2,
-                    "ranks": ranks.world}
-        write_report(out, scores, summary, problems, settings)
+                    "ranks": ranks.world,
+                    "baseline": "this is the baseline" if model.settings is None else "off (--no-baseline)"
+                    if args.no_baseline else "the median baseline beside (its global Otsu threshold)"}
+        write_report(out, scores, summary, problems, settings, beside)
         print((out / "report" / "summary.md").read_text())
         if args.threshold is None and model.recommended.get("threshold") is not None:
             print(f"note: scored at the dataset's global Otsu threshold {thr:.4f} (as in the kidney thesis §5.2), "
@@ -283,7 +290,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     import dataclasses
 
     from DiffusionAnomalyLib.detection.anomaly import PostProcessing
-    from DiffusionAnomalyLib.evaluation.sweep import run_sweep, write_calibrated_bundle
+    from DiffusionAnomalyLib.evaluation.sweep import run_sweep, weak_guidance, write_calibrated_bundle
 
     if min(args.threshold_scales) <= 0:
         raise InputError(f"--threshold-scales must be > 0 (got {min(args.threshold_scales):g})")
@@ -295,11 +302,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     ranks, model, cases = _dataset_setup(args)
     if model.settings is None:
         raise DiffusionAnomalyError("sweep needs --bundle (the baseline has no L or s)")
+    guidance_values = args.guidance_values
+    weak = weak_guidance(model.extra, args.noise_levels) if any(s > 0 for s in guidance_values) else None
+    if weak and not args.allow_weak_classifier:
+        guidance_values = [0.0]
+        if ranks.rank == 0:
+            print(f"warning: {weak}: the sweep tries s = 0 only (--allow-weak-classifier to sweep s > 0 anyway)",
+                  file=sys.stderr)
     res = run_sweep(cases, model.make_reconstructor, model.preset, Path(args.out), model.settings,
-                    args.noise_levels, args.guidance_values, ranks.rank, ranks.world, ranks.barrier,
+                    args.noise_levels, guidance_values, ranks.rank, ranks.world, ranks.barrier,
                     min_lesion_ml_values=args.min_lesion_ml_values, maps_key=model.maps_key,
                     options=dataclasses.asdict(model.options), threshold_scales=args.threshold_scales,
-                    max_fp_per_organ=args.max_fp_per_organ, grow_to_values=grow_to_values)
+                    max_fp_per_organ=args.max_fp_per_organ, grow_to_values=grow_to_values,
+                    baseline_organ=None if args.no_baseline else model.preset.name)
     if res is not None:
         print(f"{'L':>5} {'s':>7} {'threshold':>10} {'Dice':>7} {'F1':>7}")
         for r in res["grid"]:
@@ -317,12 +332,30 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                   f"{r['dice'] or 0:>7.3f}")
         print(f"recommended: threshold {b['threshold']:.4f}, minimum lesion volume {b['min_lesion_ml']:g} ml, "
               f"grow to {b['grow_to']:g} x threshold ({b['objective']})")
+        if "baseline" in res:
+            _print_beside(res["baseline"])
         if args.write_bundle:
             dest = write_calibrated_bundle(args.bundle, args.write_bundle, b,
                                            note=f"sweep over {len(cases)} cases of {args.data}")
             print(f"calibrated bundle written to {dest}")
     ranks.close()
     return 0
+
+
+def _print_beside(comparison: dict) -> None:
+    """The model beside the baseline, as sweep prints it (evaluate prints summary.md, which holds the same)."""
+    m, b = comparison["model"], comparison["baseline"]
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"beside the non-neural median baseline ({comparison['cases']} cases): found {m['found']}/{m['lesions']} "
+          f"vs {b['found']}/{b['lesions']}; FP per organ {f(m['fp_per_organ'])} vs {f(b['fp_per_organ'])}; "
+          f"pooled F1 {f(m['pooled_f1'])} vs {f(b['pooled_f1'])}; Dice {f(m['dice'])} vs {f(b['dice'])}")
+    for key, name in (("dice", "Dice"), ("f1", "lesion F1")):
+        t = comparison["paired"][key]
+        print(f"  paired Wilcoxon on per-case {name} ({t['n']} pairs): {t['verdict']} (p model better "
+              f"{f(t['p_model_better'])}, p baseline better {f(t['p_baseline_better'])})")
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
@@ -371,12 +404,30 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.part == "all":
+        from DiffusionAnomalyLib.app.train_all import TrainAllPlan, train_all
+
+        iterations = {s: getattr(args, f"{s}_iterations") or args.iterations
+                      for s in ("autoencoder", "denoiser", "classifier")}
+        if not 0 <= args.val_fraction < 1:
+            raise InputError(f"--val-fraction must be in [0, 1) (got {args.val_fraction:g})")
+        plan = TrainAllPlan(
+            data=args.data, organ=args.organ, out=args.out, preset=args.preset, spacing=args.spacing,
+            iterations={k: v for k, v in iterations.items() if v}, adversarial_start=args.adversarial_start,
+            val_fraction=args.val_fraction, cases=args.cases, validation_cases=args.validation_cases,
+            labels=args.labels, totalseg=args.totalseg, sampler=args.sampler, steps=args.steps,
+            noise_levels=args.noise_levels, guidance=args.guidance_values, threshold_scales=args.threshold_scales,
+            min_lesion_ml_values=args.min_lesion_ml_values, grow_to_values=args.grow_to_values,
+            max_fp_per_organ=args.max_fp_per_organ, seed=args.seed, device=args.device, name=args.name,
+            version=args.version, demo=args.demo)
+        train_all(plan, dry_run=args.dry_run, from_stage=args.from_stage)
+        return 0
     if args.part == "autoencoder":
         from DiffusionAnomalyLib.training.autoencoder import AutoencoderTraining, train_autoencoder
 
         train_autoencoder(AutoencoderTraining(
             data=args.data, organ=args.organ, out=args.out, network=args.network, preset_overrides=_overrides(args),
-            iterations=args.iterations, batch_size=args.batch_size or 2, val_every=args.val_every,
+            iterations=args.iterations, batch_size=args.batch_size, val_every=args.val_every,
             adversarial_start=args.adversarial_start, perceptual_weights=args.perceptual_weights, seed=args.seed,
             device=args.device, resume=args.resume, name=args.name, version=args.version, demo=args.demo,
             **({"lr": args.lr} if args.lr else {})))
@@ -385,7 +436,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         train_denoiser(DenoiserTraining(
             data=args.data, bundle=args.bundle, out=args.out, network=args.network, iterations=args.iterations,
-            batch_size=args.batch_size or 8, val_every=args.val_every, class_conditional=args.class_conditional,
+            batch_size=args.batch_size, val_every=args.val_every, class_conditional=args.class_conditional,
             latent_crop=tuple(args.latent_crop) if args.latent_crop else None,
             seed=args.seed, device=args.device, resume=args.resume, **({"lr": args.lr} if args.lr else {})))
     else:
@@ -393,7 +444,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         train_classifier(ClassifierTraining(
             data=args.data, bundle=args.bundle, out=args.out, iterations=args.iterations,
-            batch_size=args.batch_size or 16, val_every=args.val_every, seed=args.seed, device=args.device,
+            batch_size=args.batch_size, val_every=args.val_every, seed=args.seed, device=args.device,
             resume=args.resume, frozen_levels=args.frozen_levels, max_level=args.max_level,
             lesion_weight=args.lesion_weight, lesion_cell_ml=args.lesion_cell_ml,
             **({"lr": args.lr} if args.lr else {})))
@@ -406,6 +457,18 @@ def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
     counts = label_reports_csv(args.reports, args.organ, args.out, args.min_sentences)
     print(f"wrote {args.out}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return 0
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, except where the help text already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings or "%(default)" in text):
+            return text
+        value = " ".join(map(str, action.default)) if isinstance(action.default, list | tuple) else action.default
+        return f"{text} (default: {str(value).replace('%', '%%')})"
 
 
 OVERWRITE_HELP = ("replace an earlier result in --out (the whole result set: nothing of the earlier run is kept), or "
@@ -451,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ph.add_argument("--lesions", type=int, default=None, help="number of lesions (default: random 0-3)")
     ph.add_argument("--cases", type=int, default=1, help="write N cases (seeds seed..seed+N-1) as a dataset")
+    ph.add_argument("--variety", action="store_true",
+                    help="kidney, liver: the varied generator (kidney size, shape and cortex, texture, all contrast "
+                         "phases, noise 5-30 HU, slices 1.5-5 mm, lesion shapes beyond ellipsoids; cases "
+                         "<organ>-var-<seed>)")
     ph.set_defaults(func=_cmd_phantom)
 
     bl = sub.add_parser("baseline", help="detect with the non-neural baseline reconstruction")
@@ -471,49 +538,128 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     bl.set_defaults(func=_cmd_job)
 
-    tr = sub.add_parser("train", help="train the autoencoder, the denoiser or the classifier into a bundle",
-                        description="Train one part of a model bundle on a dataset folder (DATA/labels.csv, "
-                                    "DATA/<case>/<channel>.nii.gz, DATA/<case>/segmentations/). Run under "
-                                    "torchrun for several processes/GPUs. Order: autoencoder -> denoiser -> "
-                                    "classifier; each writes a bundle that the next one extends.")
-    tr.add_argument("part", choices=["autoencoder", "denoiser", "classifier"])
-    tr.add_argument("--data", required=True, help="dataset folder")
-    tr.add_argument("--out", required=True, help="output bundle folder (work files go to OUT.work)")
-    tr.add_argument("--organ", choices=list(ORGANS), help="autoencoder: organ preset")
-    tr.add_argument("--bundle", help="denoiser/classifier: the bundle to extend")
-    tr.add_argument("--network", default="tiny",
-                    help="network preset: tiny, thesis-kidney, or (autoencoder) tiny-8ch (8 latent channels, "
-                         "1,024 codes) or tiny-2x (one stride-2 level: a 2x finer latent grid), or (denoiser) "
-                         "tiny-3level (a third level, for the finer grid) (default tiny)")
-    tr.add_argument("--spacing", type=float, help="autoencoder: override the preset spacing (mm, isotropic)")
-    tr.add_argument("--roi-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="autoencoder: ROI size in mm")
-    tr.add_argument("--iterations", type=int, default=1000)
-    tr.add_argument("--batch-size", type=int, default=None)
-    tr.add_argument("--lr", type=float, default=None,
-                    help="learning rate (defaults: autoencoder 3e-4, denoiser 1e-4, classifier 1e-4)")
-    tr.add_argument("--val-every", type=int, default=50)
-    tr.add_argument("--adversarial-start", type=int, default=10_000, help="autoencoder: start of the GAN losses")
-    tr.add_argument("--perceptual-weights", help="autoencoder: local .safetensors of a 3D resnet10 (optional)")
-    tr.add_argument("--frozen-levels", type=int, default=None,
-                    help="classifier: backbone levels to freeze (default: half of them)")
-    tr.add_argument("--max-level", type=int, default=None,
-                    help="classifier: train on noise levels 0..N only (default: all, 0..T); guidance from a "
-                         "start level L above N is then outside what the classifier saw")
-    tr.add_argument("--lesion-weight", type=float, default=0.0,
-                    help="classifier: > 0 also trains a per-cell lesion loss with this weight from each case's "
-                         "lesions.nii.gz (default 0: image labels only, as in the thesis)")
-    tr.add_argument("--lesion-cell-ml", type=float, default=0.1,
-                    help="classifier: lesion volume (ml) that makes a feature cell a lesion cell (default 0.1)")
-    tr.add_argument("--class-conditional", action="store_true", help="denoiser: train with labels for CFG")
-    tr.add_argument("--latent-crop", type=int, nargs=3, metavar=("Z", "Y", "X"),
-                    help="denoiser: train on random crops of this many latent voxels (validation and use: "
-                         "whole latents); makes fine latent grids trainable on a CPU")
-    tr.add_argument("--name", help="bundle name")
-    tr.add_argument("--version", default="0.1.0", help="bundle version (autoencoder; later stages keep it)")
-    tr.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    tr.add_argument("--resume", action="store_true", help="continue from OUT.work/checkpoint")
+    tr = sub.add_parser("train", help="train a bundle: every stage at once (all), or one part",
+                        description="Train a model bundle on a dataset folder. `train all` goes from the dataset to a "
+                                    "calibrated bundle with its model card in one restartable command; the single "
+                                    "parts (autoencoder -> denoiser -> classifier, each extending the previous "
+                                    "bundle) are its stages. Run under torchrun for several processes/GPUs "
+                                    "(docs/training.md).")
+    tparts = tr.add_subparsers(dest="part", metavar="PART", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", required=True, help="dataset folder (DATA/labels.csv, DATA/<case>/<channel>.nii.gz, "
+                                                      "DATA/<case>/segmentations/)")
+    common.add_argument("--out", required=True, help="output bundle folder (work files go to OUT.work)")
+    common.add_argument("--seed", type=int, default=0, help="random seed")
+    common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    part = argparse.ArgumentParser(add_help=False, parents=[common])
+    part.add_argument("--iterations", type=positive_int, default=1000, help="training iterations")
+    part.add_argument("--lr", type=float, default=None,
+                      help="learning rate (defaults: autoencoder 3e-4, denoiser 1e-4, classifier 1e-4)")
+    part.add_argument("--val-every", type=positive_int, default=50, help="validate every N iterations")
+    part.add_argument("--resume", action="store_true", help="continue from OUT.work/checkpoint")
+    network_help = ("network preset: tiny, thesis-kidney, or (autoencoder) tiny-8ch (8 latent channels, 1,024 codes) "
+                    "or tiny-2x (one stride-2 level: a 2x finer latent grid), or (denoiser) tiny-3level (a third "
+                    "level, for the finer grid)")
+
+    ta = tparts.add_parser("autoencoder", parents=[part], formatter_class=DefaultsFormatter,
+                           help="the VQ-GAN autoencoder (first stage; writes a new bundle)")
+    ta.add_argument("--organ", required=True, choices=list(ORGANS), help="organ preset")
+    ta.add_argument("--network", default="tiny", help=network_help)
+    ta.add_argument("--spacing", type=float, help="override the preset spacing (mm, isotropic; default: the organ "
+                                                  "preset's)")
+    ta.add_argument("--roi-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="ROI size in mm (default: the "
+                                                                                      "organ preset's)")
+    ta.add_argument("--batch-size", type=positive_int, default=2, help="patches per batch")
+    ta.add_argument("--adversarial-start", type=int, default=10_000,
+                    help="the GAN losses start after this iteration (never, when >= --iterations: it says so)")
+    ta.add_argument("--perceptual-weights", help="local .safetensors of a 3D resnet10 (optional; default: no "
+                                                 "perceptual loss)")
+    ta.add_argument("--name", help="bundle name (default: <organ>-model, or <organ>-demo with --demo)")
+    ta.add_argument("--version", default="0.1.0", help="bundle version (later stages keep it)")
+    ta.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
+
+    td = tparts.add_parser("denoiser", parents=[part], formatter_class=DefaultsFormatter,
+                           help="the latent denoiser on healthy structures (extends --bundle)")
+    td.add_argument("--bundle", required=True, help="the autoencoder bundle to extend")
+    td.add_argument("--network", default="tiny", help=network_help)
+    td.add_argument("--batch-size", type=positive_int, default=8, help="latents per batch")
+    td.add_argument("--class-conditional", action="store_true", help="train with labels for CFG")
+    td.add_argument("--latent-crop", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                    help="train on random crops of this many latent voxels (validation and use: whole latents); "
+                         "makes fine latent grids trainable on a CPU")
+
+    tc = tparts.add_parser("classifier", parents=[part], formatter_class=DefaultsFormatter,
+                           help="the noisy-latent classifier for guidance (extends --bundle)")
+    tc.add_argument("--bundle", required=True, help="the denoiser bundle to extend")
+    tc.add_argument("--batch-size", type=positive_int, default=16, help="latents per batch")
+    tc.add_argument("--frozen-levels", type=int, default=None,
+                    help="backbone levels to freeze (default: half of them)")
+    tc.add_argument("--max-level", type=int, default=None,
+                    help="train on noise levels 0..N only (default: all, 0..T); guidance from a start level L above N "
+                         "is then outside what the classifier saw")
+    tc.add_argument("--lesion-weight", type=float, default=0.0,
+                    help="> 0 also trains a per-cell lesion loss with this weight from each case's lesions.nii.gz "
+                         "(0: image labels only, as in the thesis)")
+    tc.add_argument("--lesion-cell-ml", type=float, default=0.1,
+                    help="lesion volume (ml) that makes a feature cell a lesion cell")
+
+    tall = tparts.add_parser(
+        "all", parents=[common], formatter_class=DefaultsFormatter,
+        help="dataset folder -> calibrated bundle with its model card, in one restartable command",
+        description="From a dataset folder (phantom, KiTS, BraTS or LiTS layout; split folders DATA/<split>/<case>/; "
+                    "docs/training.md) to a calibrated bundle: prepare (organ masks, labels, a deterministic train / "
+                    "validation split), autoencoder, denoiser (healthy structures), classifier, calibration sweep on "
+                    "the validation split only (the median baseline beside), the bundle with its model card. A "
+                    "rerun resumes where it stopped and trains nothing when all is done.")
+    tall.add_argument("--organ", required=True, choices=list(ORGANS), help="organ preset")
+    tall.add_argument("--preset", choices=["tiny", "thesis"], default="tiny",
+                      help="network sizes and stage defaults: tiny (a CPU, the demo recipe: 3000 iterations per stage, "
+                           "2 mm kidney / 4 mm liver and brain patches, no GAN) or thesis (GPUs: the thesis networks "
+                           "at 1 mm kidney / 2 mm, 20000/20000/10000 iterations, GAN after 10000)")
+    tall.add_argument("--spacing", type=float, default=None, help="patch spacing in mm (default: the preset's)")
+    tall.add_argument("--iterations", type=positive_int, default=None,
+                      help="iterations of each of the three networks (default: the preset's)")
+    for stage in ("autoencoder", "denoiser", "classifier"):
+        tall.add_argument(f"--{stage}-iterations", type=positive_int, default=None,
+                          help=f"{stage} iterations (default: --iterations, else the preset's)")
+    tall.add_argument("--adversarial-start", type=int, default=None,
+                      help="autoencoder GAN losses after this iteration (default: the preset's; tiny: off)")
+    tall.add_argument("--val-fraction", type=float, default=0.2,
+                      help="share of cases held out for validation and calibration (deterministic, by case name)")
+    tall.add_argument("--validation-cases", metavar="FILE", help="the validation cases, one name per line (default: "
+                                                                 "a val/ split folder, else --val-fraction)")
+    tall.add_argument("--cases", metavar="FILE", help="use only the cases listed, one name (or split/name) per line")
+    tall.add_argument("--labels", metavar="CSV", help="labels file: case,structure,label with structure the "
+                                                      "segmentation file's name (default: DATA/labels.csv, else "
+                                                      "derived from the lesion labels)")
+    tall.add_argument("--totalseg", metavar="DIR", help="organ masks from TotalSegmentator: DIR/<case>/ or "
+                                                        "DIR/<case>.nii.gz (default: the dataset's own)")
+    tall.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm", help="calibration: sampler")
+    tall.add_argument("--steps", type=positive_int, default=50, help="calibration: denoising steps")
+    tall.add_argument("--noise-levels", type=positive_int, nargs="+", default=None,
+                      help="calibration: L values (default: the preset's: tiny 250, thesis 100 250 500)")
+    tall.add_argument("--guidance-values", type=non_negative, nargs="+", default=None,
+                      help="calibration: s values (default: tiny 0 100, thesis 0..2000 by 200; s > 0 only when "
+                           "the classifier's validation AUC is >= 0.7)")
+    tall.add_argument("--threshold-scales", type=float, nargs="+", default=[0.8, 0.9, 1.0, 1.15, 1.3],
+                      help="calibration: thresholds tried, x the validation maps' Otsu")
+    tall.add_argument("--min-lesion-ml-values", type=non_negative, nargs="+", default=[0.0, 0.5, 1.0, 2.0],
+                      help="calibration: minimum lesion volumes tried")
+    tall.add_argument("--grow-to-values", type=grow_to_arg, nargs="+", default=[1.0, 0.7],
+                      help="calibration: lesion growth tried (1 = off)")
+    tall.add_argument("--max-fp-per-organ", type=non_negative, default=1.0,
+                      help="calibration: the operating point finds the most lesions with at most this many false "
+                           "positives per organ")
+    tall.add_argument("--name", help="bundle name (default: <organ>-model, or <organ>-demo with --demo)")
+    tall.add_argument("--version", default="0.1.0", help="bundle version")
+    tall.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
+    tall.add_argument("--dry-run", action="store_true",
+                      help="check the data (cases and structures per label and split, unusable rows and cases named) "
+                           "and estimate each stage's time; train nothing")
+    tall.add_argument("--from-stage", choices=["prepare", "autoencoder", "denoiser", "classifier", "calibrate",
+                                               "bundle"], default=None,
+                      help="redo this stage and the ones after it (default: resume; finished stages are kept)")
     tr.set_defaults(func=_cmd_train)
 
     pl = sub.add_parser("pseudo-labels", help="healthy/unhealthy/excluded/unknown labels from radiology reports")
@@ -570,6 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "bundle's calibrated operating point)")
     ev.add_argument("--no-postprocessing", action="store_true", help="threshold + components only")
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    ev.add_argument("--no-baseline", action="store_true",
+                    help="with --bundle: do not run the non-neural median baseline on the same cases (by default it "
+                         "runs, and summary.md puts the two side by side with a paired Wilcoxon test per case)")
     ev.set_defaults(func=_cmd_evaluate)
 
     sw = dataset_parser("sweep", "grid search over L and s (as in the kidney thesis §5.2); can calibrate a copy of "
@@ -578,8 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "post-processing. Best = highest mean Dice. Then, there, the operating point: threshold "
                         "(Otsu x --threshold-scales) and minimum lesion volume, by pooled lesion F1 or under "
                         "--max-fp-per-organ. Writes OUT/sweep/{sweep.csv,sweep.json,dice_vs_s.png}.")
-    sw.add_argument("--noise-levels", type=int, nargs="+", default=[100, 250, 500])
-    sw.add_argument("--guidance-values", type=float, nargs="+", default=[float(s) for s in range(0, 2001, 200)])
+    sw.add_argument("--noise-levels", type=int, nargs="+", default=[100, 250, 500], help="the L values of the grid")
+    sw.add_argument("--guidance-values", type=float, nargs="+", default=[float(s) for s in range(0, 2001, 200)],
+                    help="the s values of the grid")
     sw.add_argument("--min-lesion-ml-values", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
                     metavar="ML", help="then, at the best L and s: post-processing with each minimum lesion volume "
                                        "(see --max-fp-per-organ for which one is recommended)")
@@ -591,6 +741,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-fp-per-organ", type=float, default=None, metavar="N",
                     help="recommend the operating point that finds the most lesions with at most N false-positive "
                          "components per organ (default: the best pooled lesion F1)")
+    sw.add_argument("--no-baseline", action="store_true",
+                    help="do not run the non-neural median baseline on the same cases (by default it runs and the "
+                         "report puts it beside the recommended operating point, with a paired Wilcoxon test)")
+    sw.add_argument("--allow-weak-classifier", action="store_true",
+                    help="sweep s > 0 even when the bundle's recorded classifier AUC is near chance (below 0.7; by "
+                         "default only s = 0 is tried then)")
     sw.add_argument("--write-bundle", help="write a copy of the bundle calibrated with the best L, s, threshold and "
                                            "minimum lesion volume")
     sw.set_defaults(func=_cmd_sweep)
@@ -637,6 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--precision", choices=list(PRECISIONS), default=None, help=PRECISION_HELP)
     de.add_argument("--baseline", action="store_true", help="use the non-neural baseline instead of the demo bundle")
     de.set_defaults(func=_cmd_demo)
+    for command in sub.choices.values():  # every command's --help shows its defaults
+        command.formatter_class = DefaultsFormatter
     return p
 
 
@@ -651,12 +809,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    if getattr(args, "part", None) == "autoencoder" and not args.organ:
-        parser.error("train autoencoder needs --organ")
     if getattr(args, "baseline", False) and not args.organ:
         parser.error("--baseline needs --organ")
-    if getattr(args, "part", None) in ("denoiser", "classifier") and not args.bundle:
-        parser.error(f"train {args.part} needs --bundle")
     previous = None
     with contextlib.suppress(ValueError):  # not the main thread (e.g. a test thread): leave signals alone
         previous = signal.signal(signal.SIGTERM, raise_cancelled)

@@ -16,6 +16,7 @@ from DiffusionAnomalyLib.detection.pipeline import CaseResult, detect, write_out
 from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.imaging.masks import MaskSet
+from DiffusionAnomalyLib.settings import WEAK_CLASSIFIER_AUC
 
 Progress = Callable[[str, int, int], None]
 
@@ -131,9 +132,6 @@ def demo_job_args(bundle: str | None, case_dir: Path, channels, organ: str, out:
                                       *(["--precision", precision] if precision else []), *common])
 
 
-#: Below this validation AUC (at the level nearest the sampler's start) a classifier barely tells healthy from
-#: unhealthy, so its gradients steer the sample toward noise rather than health.
-WEAK_CLASSIFIER_AUC = 0.7
 
 
 def guidance_warnings(extra: dict, settings) -> list[str]:

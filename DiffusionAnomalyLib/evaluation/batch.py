@@ -35,6 +35,7 @@ class Model:
     weights_id: str = ""  # BundleMeta.weights_id(): maps made by other networks are never reused
     recommended: dict = field(default_factory=dict)  # the bundle's ``recommended`` block, as calibrated
     precision: str = "fp32"  # the networks' resolved precision (fp32 or bf16; models/precision.py)
+    extra: dict = field(default_factory=dict)  # the bundle's model.json "extra" (training records)
 
     @property
     def settings(self):
@@ -85,7 +86,7 @@ def load_model(bundle_path: str | None, organ: str | None, device, resolve: Reso
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"
                      + (" DEMO" if bundle.meta.demo else "") + (" bf16" if precision == "bf16" else ""),
                      demo=bundle.meta.demo, weights_id=bundle.meta.weights_id(), recommended=rec,
-                     precision=precision)
+                     precision=precision, extra=dict(bundle.meta.extra or {}))
     from DiffusionAnomalyLib.detection.baseline import MedianBaseline
     from DiffusionAnomalyLib.detection.presets import get_preset
 

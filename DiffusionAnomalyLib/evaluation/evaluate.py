@@ -56,6 +56,7 @@ from DiffusionAnomalyLib.evaluation.metrics import (
     match_lesions,
     voxel_auprc,
     voxel_auroc,
+    wilcoxon_noninferiority,
 )
 from DiffusionAnomalyLib.imaging.io import atomic_output_dir, read_channels, read_volume, write_volume
 
@@ -186,8 +187,10 @@ NEAR_MISS_IOU = 0.1
 
 
 def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
-               iou: float = 0.2) -> CaseScore:
-    """Phase 3 for one case (``pp`` None: threshold and connected components only, as in the sweep)."""
+               iou: float = 0.2, detail: bool = True) -> CaseScore:
+    """Phase 3 for one case (``pp`` None: threshold and connected components only, as in the sweep). ``detail``
+    False skips what only the report shows (size strata, each reference lesion's contrast in the image, the phantom
+    lesion attributes): the sweep scores many operating points and needs the detection figures only."""
     heat, organ, image, info = load_maps(case, maps_dir)
     truth, _ = reference_lesions(case, image)
     pred = components((heat > threshold) & organ) if pp is None else postprocess(heat, threshold, organ, image, pp)
@@ -197,15 +200,16 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
     pred_ids = [int(v) for v in np.unique(pred) if v]
     scores = [float(heat[pred == p].max()) for p in pred_ids]
     strata = {}
-    by_size = detection_by_size(pred, truth, image, SIZE_BOUNDS, iou, matched=det)
+    by_size = detection_by_size(pred, truth, image, SIZE_BOUNDS, iou, matched=det) if detail else [None] * len(
+        SIZE_CLASSES)
     for (name, _), s in zip(SIZE_CLASSES, by_size, strict=True):
         if s is not None:
             strata[name] = [s.tp, s.fn, s.fp]
     found = {r for r, _, _ in det.matches}
-    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou)
+    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou) if detail else ([], {})
     return CaseScore(
         case=case.case_id, lesions=n_ref, structures=int(info.get("structures", 1)),
-        kinds=lesion_kinds(case, found), contrast=contrast, reference_rows=rows,
+        kinds=lesion_kinds(case, found) if detail else {}, contrast=contrast, reference_rows=rows,
         dice=dice(pred, truth) if n_ref else float("nan"), tp=det.tp, fp=det.fp, fn=det.fn,
         fp_per_organ=det.fp / max(int(info.get("structures", 1)), 1),
         auroc=voxel_auroc(heat, truth > 0, organ), auprc=voxel_auprc(heat, truth > 0, organ),
@@ -309,14 +313,94 @@ def _recall_table(per_case: list[dict[str, list[int]]]) -> dict[str, dict]:
     return {k: {"lesions": n, "found": f, "recall": _r(f / n) if n else None} for k, (f, n) in sorted(total.items())}
 
 
-def write_report(out: Path, scores: list[CaseScore], summary: dict, problems: dict[str, str], settings: dict) -> None:
-    """per_case.csv, summary.json, summary.md and the PNG plots, written atomically into ``out/report``."""
+#: Significance level of the paired test that the reports name a winner by.
+PAIRED_ALPHA = 0.05
+
+
+def _paired_test(model: list[float], baseline: list[float]) -> dict:
+    """Paired per-case figures (pairs with a NaN dropped): means, wins, and the one-sided Wilcoxon signed-rank p-value
+    of each direction (:func:`~.metrics.wilcoxon_noninferiority` with margin 0); p is None when every pair ties."""
+    pairs = [(a, b) for a, b in zip(model, baseline, strict=True) if not (math.isnan(a) or math.isnan(b))]
+    a = np.array([p[0] for p in pairs], float)
+    b = np.array([p[1] for p in pairs], float)
+    out = {"n": len(pairs), "model_mean": _r(float(a.mean())) if pairs else None,
+           "baseline_mean": _r(float(b.mean())) if pairs else None,
+           "mean_difference": _r(float((a - b).mean())) if pairs else None,
+           "model_better": int((a > b).sum()), "baseline_better": int((a < b).sum()), "ties": int((a == b).sum()),
+           "p_model_better": None, "p_baseline_better": None}
+    if pairs and (a != b).any():
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # small samples: SciPy notes the normal approximation
+            out["p_model_better"] = _r(wilcoxon_noninferiority(a, b)[1])
+            out["p_baseline_better"] = _r(wilcoxon_noninferiority(b, a)[1])
+    p_m, p_b = out["p_model_better"], out["p_baseline_better"]
+    out["verdict"] = ("model better" if p_m is not None and p_m < PAIRED_ALPHA else
+                      "baseline better" if p_b is not None and p_b < PAIRED_ALPHA else "no significant difference")
+    return out
+
+
+def compare_with_baseline(model: list[CaseScore], baseline: list[CaseScore], summary: dict,
+                          baseline_summary: dict) -> dict:
+    """The model beside the baseline on the cases both scored: both summaries' headline figures and the paired
+    Wilcoxon signed-rank test on per-case Dice (cases with lesions) and per-case lesion F1."""
+    by_case = {s.case: s for s in baseline}
+    common = [s for s in model if s.case in by_case]
+    other = [by_case[s.case] for s in common]
+
+    def headline(summ: dict) -> dict:
+        d = summ["lesion_detection"]
+        return {"dice": summ["dice"]["mean"], "f1_per_case": summ["f1"]["mean"], "found": d["tp"],
+                "lesions": d["tp"] + d["fn"], "recall": d["recall"], "false_positives": d["fp"],
+                "fp_per_organ": summ["fp_per_organ"]["mean"], "pooled_f1": d["f1"],
+                "voxel_auroc": summ["voxel_auroc"]["mean"], "threshold": summ.get("threshold")}
+
+    return {"cases": len(common), "model": headline(summary), "baseline": headline(baseline_summary),
+            "paired": {"dice": _paired_test([s.dice for s in common], [s.dice for s in other]),
+                       "f1": _paired_test([s.f1 for s in common], [s.f1 for s in other])}}
+
+
+def comparison_markdown(comparison: dict, model_name: str = "model") -> list[str]:
+    """The summary.md section that puts the model and the baseline side by side, with the paired tests."""
+    m, b = comparison["model"], comparison["baseline"]
+    lines = ["", f"## Beside the non-neural baseline ({comparison['cases']} cases scored by both)", "",
+             f"| metric | {model_name} | median baseline |", "|---|---|---|"]
+    for key, name in (("dice", "mean Dice (cases with lesions)"), ("f1_per_case", "mean lesion F1 per case"),
+                      ("pooled_f1", "pooled lesion F1"), ("fp_per_organ", "false positives per organ"),
+                      ("voxel_auroc", "voxel AUROC in the organ")):
+        lines.append(f"| {name} | {_fmt(m[key])} | {_fmt(b[key])} |")
+    lines.append(f"| lesions found | {m['found']} of {m['lesions']} | {b['found']} of {b['lesions']} |")
+    lines += ["", "Paired Wilcoxon signed-rank test per case (one-sided, each direction):", "",
+              "| per-case figure | pairs | mean difference (model - baseline) | model better / baseline better / "
+              "ties | p (model better) | p (baseline better) | verdict (p < 0.05) |", "|---|---|---|---|---|---|---|"]
+    for key, name in (("dice", "Dice"), ("f1", "lesion F1")):
+        t = comparison["paired"][key]
+        lines.append(f"| {name} | {t['n']} | {_fmt(t['mean_difference'])} | {t['model_better']} / "
+                     f"{t['baseline_better']} / {t['ties']} | {_fmt(t['p_model_better'])} | "
+                     f"{_fmt(t['p_baseline_better'])} | {t['verdict']} |")
+    return lines
+
+
+def write_report(out: Path, scores: list[CaseScore], summary: dict, problems: dict[str, str], settings: dict,
+                 baseline: tuple[list[CaseScore], dict] | None = None) -> None:
+    """per_case.csv, summary.json, summary.md and the PNG plots, written atomically into ``out/report``.
+
+    ``baseline``: the baseline's (per-case scores, summary) on the same cases; then ``baseline_per_case.csv`` too,
+    and summary.json / summary.md put the two side by side with the paired test (:func:`compare_with_baseline`)."""
+    comparison = compare_with_baseline(scores, baseline[0], summary, baseline[1]) if baseline else None
     with atomic_output_dir(out / "report") as stage:
         rows = [s.row() for s in scores]
         with open(stage / "per_case.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
             w.writeheader()
             w.writerows(rows)
+        if baseline:
+            rows = [s.row() for s in baseline[0]]
+            with open(stage / "baseline_per_case.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
+                w.writeheader()
+                w.writerows(rows)
         lesions = [r for s in scores for r in s.reference_rows]
         with open(stage / "reference_lesions.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["case", "lesion", "volume_ml", "diameter_mm", "contrast", "spread",
@@ -324,12 +408,16 @@ def write_report(out: Path, scores: list[CaseScore], summary: dict, problems: di
             w.writeheader()
             w.writerows(lesions)
         doc = {"settings": settings, "summary": summary, "skipped_cases": problems}
+        if comparison:
+            doc["baseline"] = {"summary": baseline[1], "comparison": comparison}
         (stage / "summary.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        (stage / "summary.md").write_text(markdown_summary(summary, problems, settings))
+        (stage / "summary.md").write_text(markdown_summary(summary, problems, settings, comparison))
         _plots(stage, scores, summary)
+    if not baseline:  # an earlier run's baseline table is not this report's
+        (out / "report" / "baseline_per_case.csv").unlink(missing_ok=True)
 
 
-def markdown_summary(summary: dict, problems: dict[str, str], settings: dict) -> str:
+def markdown_summary(summary: dict, problems: dict[str, str], settings: dict, comparison: dict | None = None) -> str:
     def fmt(m: dict) -> str:
         if m.get("mean") is None:
             return "n/a"
@@ -366,6 +454,8 @@ def markdown_summary(summary: dict, problems: dict[str, str], settings: dict) ->
         lines += ["", "| phantom lesion attribute | lesions | found | recall |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['lesions']} | {v['found']} | {_fmt(v['recall'])} |"
                   for k, v in summary["lesion_kinds"].items()]
+    if comparison:
+        lines += comparison_markdown(comparison)
     if problems:
         lines += ["", "Skipped cases:", ""] + [f"- {c}: {p}" for c, p in sorted(problems.items())]
     return "\n".join(lines) + "\n"
@@ -426,14 +516,39 @@ def collect_problems(cases: list[EvalCase], maps_dir: Path) -> dict[str, str]:
 
 
 def score_dataset(cases: list[EvalCase], maps_dir: Path, threshold: float | str, pp: PostProcessing | None,
-                  iou: float = 0.2, n_boot: int = 1000) -> tuple[list[CaseScore], dict, dict[str, str], float]:
-    """Phases 2 and 3 over the cached maps: (per-case scores, summary, skipped cases, threshold used)."""
+                  iou: float = 0.2, n_boot: int = 1000, detail: bool = True
+                  ) -> tuple[list[CaseScore], dict, dict[str, str], float]:
+    """Phases 2 and 3 over the cached maps: (per-case scores, summary, skipped cases, threshold used); ``detail``:
+    see :func:`score_case`."""
     problems = collect_problems(cases, maps_dir)
     good = [c for c in cases if c.case_id not in problems]
     if not good:
         raise InputError("no case could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
     thr = global_threshold(good, maps_dir) if threshold == "otsu" else float(threshold)
-    scores = [score_case(c, maps_dir, thr, pp, iou) for c in good]
+    scores = [score_case(c, maps_dir, thr, pp, iou, detail) for c in good]
     summary = aggregate(scores, n_boot)
     summary["threshold"] = thr
     return scores, summary, problems, thr
+
+
+def baseline_beside(cases: list[EvalCase], organ: str, out: Path, rank: int = 0, world: int = 1,
+                    barrier: Callable[[], None] = lambda: None, postprocessing: bool = True,
+                    min_lesion_ml: float | None = None, grow_to: float | None = None, n_boot: int = 1000,
+                    progress: Callable[[str], None] = log) -> tuple[list[CaseScore], dict] | None:
+    """The non-neural median baseline (:class:`~.baseline.MedianBaseline`, the organ's own preset, as the
+    ``baseline`` command runs it) on the same cases: maps cached in ``out/maps/baseline``, scored at its own global
+    Otsu threshold with the thesis post-processing (``min_lesion_ml`` / ``grow_to`` given by the user apply to
+    both; a bundle's calibrated values are the model's only). Returns (scores, summary) on rank 0, else None."""
+    from DiffusionAnomalyLib.detection.baseline import MedianBaseline
+    from DiffusionAnomalyLib.detection.presets import get_preset
+
+    preset = get_preset(organ)
+    maps = out / "maps" / "baseline"
+    compute_maps(cases, MedianBaseline.for_preset(preset), preset, maps, rank, world,
+                 lambda m: progress(m.replace("maps", "baseline maps", 1)))
+    barrier()
+    if rank != 0:
+        return None
+    pp = PostProcessing.for_preset(preset, min_lesion_ml, grow_to) if postprocessing else None
+    scores, summary, _, _ = score_dataset(cases, maps, "otsu", pp, n_boot=n_boot, detail=n_boot > 0)
+    return scores, summary

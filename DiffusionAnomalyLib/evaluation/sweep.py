@@ -27,7 +27,14 @@ from pathlib import Path
 
 from DiffusionAnomalyLib.detection.anomaly import PostProcessing
 from DiffusionAnomalyLib.evaluation.datasets import EvalCase
-from DiffusionAnomalyLib.evaluation.evaluate import compute_maps, log, score_dataset
+from DiffusionAnomalyLib.evaluation.evaluate import (
+    baseline_beside,
+    compare_with_baseline,
+    comparison_markdown,
+    compute_maps,
+    log,
+    score_dataset,
+)
 from DiffusionAnomalyLib.imaging.io import atomic_output_dir
 
 #: The thesis grid (the kidney thesis §5.2): L in {100, 250, 500}, s in {0, 200, ..., 2000}.
@@ -70,12 +77,14 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
               min_lesion_ml_values: Sequence[float] = MIN_LESION_ML,
               maps_key: Callable | None = None, options: dict | None = None,
               threshold_scales: Sequence[float] = (1.0,), max_fp_per_organ: float | None = None,
-              grow_to_values: Sequence[float] = (1.0,)) -> dict | None:
+              grow_to_values: Sequence[float] = (1.0,), baseline_organ: str | None = None) -> dict | None:
     """Run the grid; returns (on rank 0) {"grid": rows, "best": row, "postprocessing": rows}; ``best`` also
     holds the recommended ``threshold`` (Otsu x the chosen scale), ``min_lesion_ml``, the ``objective`` and
     ``options`` (e.g. the anomaly reference and the number of averaged samples, which the calibrated bundle
     then recommends too). ``settings`` gives sampler, steps, seed; ``maps_key(settings)`` names a setting's
-    map cache folder (default ``L<L>_s<s>``)."""
+    map cache folder (default ``L<L>_s<s>``). ``baseline_organ``: also run the non-neural median baseline on the
+    same cases and put it beside the recommended operating point (``baseline`` in the result and sweep.json,
+    ``OUT/sweep/report.md``), with the paired Wilcoxon test on per-case Dice and lesion F1."""
     rows = []
     key = maps_key or (lambda st: f"L{st.noise_level}_s{st.guidance:g}")
     for L in noise_levels:
@@ -86,12 +95,14 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
             compute_maps(cases, make_reconstructor(st), preset, maps, rank, world, progress)
             barrier()
             if rank == 0:
-                _, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=200)
+                _, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=200, detail=False)
                 rows.append({"noise_level": int(L), "guidance": float(s), "sampler": st.method, "steps": st.steps,
                              "maps": key(st),
                              "threshold": _significant(thr), "dice": summary["dice"]["mean"],
                              "f1": summary["lesion_detection"]["f1"], "cases": summary["cases"],
                              "skipped": len(problems)})
+    beside = baseline_beside(cases, baseline_organ, out, rank, world, barrier, n_boot=0, progress=progress) \
+        if baseline_organ else None
     if rank != 0:
         return None
     best = max(rows, key=lambda r: -1.0 if r["dice"] is None else r["dice"])
@@ -103,7 +114,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
         for ml in sorted(float(v) for v in min_lesion_ml_values):
             for grow in sorted((float(v) for v in grow_to_values), reverse=True):
                 pp = PostProcessing.for_preset(preset, ml, grow)
-                _, summary, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0)
+                _, summary, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0, detail=False)
                 d = summary["lesion_detection"]
                 progress(f"sweep: post-processing {len(pp_rows) + 1}/{points}: {scale:g} x Otsu, {ml:g} ml, "
                          f"grow to {grow:g}: {d['tp']}/{d['tp'] + d['fn']} found, "
@@ -116,15 +127,54 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     best = {**best, **(options or {}), "otsu_threshold": best["threshold"], "threshold": chosen["threshold"],
             "min_lesion_ml": chosen["min_lesion_ml"], "grow_to": chosen["grow_to"], "objective": objective,
             "postprocessed": chosen}
+    result = {"grid": rows, "best": best, "postprocessing": pp_rows}
+    if beside is not None:
+        pp = PostProcessing.for_preset(preset, chosen["min_lesion_ml"], chosen["grow_to"])
+        scores, summary, _, _ = score_dataset(cases, maps, chosen["threshold"], pp, n_boot=0, detail=False)
+        result["baseline"] = compare_with_baseline(scores, beside[0], summary, beside[1])
     with atomic_output_dir(out / "sweep") as stage:
         with open(stage / "sweep.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        (stage / "sweep.json").write_text(json.dumps({"grid": rows, "best": best, "postprocessing": pp_rows},
-                                                     indent=2) + "\n")
+        (stage / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+        if "baseline" in result:
+            (stage / "report.md").write_text("\n".join([
+                "# Sweep: the recommended operating point beside the baseline", "",
+                f"Model at L = {best['noise_level']}, s = {best['guidance']:g}, threshold {best['threshold']:g}, "
+                f"minimum lesion {best['min_lesion_ml']:g} ml, grow to {best['grow_to']:g} ({objective}); the "
+                "baseline at its own global Otsu threshold.",
+                *comparison_markdown(result["baseline"], "model (recommended point)")]) + "\n")
         _plot(rows, stage / "dice_vs_s.png")
-    return {"grid": rows, "best": best, "postprocessing": pp_rows}
+    if "baseline" not in result:  # an earlier run's comparison is not this sweep's
+        (out / "sweep" / "report.md").unlink(missing_ok=True)
+    return result
+
+
+def classifier_auc(extra: dict) -> tuple[dict[int, float], str]:
+    """The bundle's classifier AUCs by noise level and where they come from: the validation split of ``train all``
+    (cases training never saw) when recorded, else the classifier training's own validation latents."""
+    held = (extra.get("validation") or {}).get("classifier_auc")
+    if held:
+        return {int(k): float(v) for k, v in held.items() if v is not None}, "the validation split"
+    aucs = (extra.get("classifier_training") or {}).get("best_val_auc") or {}
+    return {int(k): float(v) for k, v in aucs.items() if v is not None}, "its training's validation latents"
+
+
+def weak_guidance(extra: dict, noise_levels: Sequence[int]) -> str | None:
+    """Why the sweep must not choose guidance s > 0 for this bundle (None: it may): a recorded classifier AUC, at the
+    level nearest some swept L, below :data:`~DiffusionAnomalyLib.settings.WEAK_CLASSIFIER_AUC` (near chance)."""
+    from DiffusionAnomalyLib.settings import WEAK_CLASSIFIER_AUC
+
+    aucs, source = classifier_auc(extra)
+    if not aucs:
+        return None
+    for L in noise_levels:
+        level = min(aucs, key=lambda k: (abs(k - L), k))
+        if not aucs[level] >= WEAK_CLASSIFIER_AUC:  # NaN counts as weak
+            return (f"the bundle's classifier has AUC {aucs[level]:.2f} at t = {level} on {source} (below "
+                    f"{WEAK_CLASSIFIER_AUC}: near chance, 0.5), so its guidance steers toward noise, not health")
+    return None
 
 
 def _plot(rows: list[dict], path: Path) -> None:

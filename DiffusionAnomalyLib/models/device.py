@@ -81,8 +81,29 @@ def main_rank_first(d: Dist) -> Iterator[None]:
         barrier(d)
 
 
+#: Set by :func:`keep_process_group`: stages leave the process group in place for the next one.
+_KEEP_GROUP = False
+
+
+@contextmanager
+def keep_process_group(device: torch.device) -> Iterator[Dist]:
+    """One process group for several stages in one torchrun launch (``train all``): each stage's
+    :func:`init_distributed` reuses it and its :func:`shutdown` leaves it; it is destroyed at the end. (Destroying
+    and creating the group again in the same launch can hang: the new group meets the old one's keys in the
+    launcher's store.)"""
+    global _KEEP_GROUP
+    d = init_distributed(device)
+    _KEEP_GROUP, before = True, _KEEP_GROUP
+    try:
+        yield d
+    finally:
+        _KEEP_GROUP = before
+        shutdown(d)
+
+
 def shutdown(d: Dist) -> None:
-    if d.enabled:
+    if d.enabled and not _KEEP_GROUP:
         import torch.distributed as dist
 
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -51,6 +51,7 @@ class LesionSpec:
     diameter_mm: float
     center_lps: tuple[float, float, float]
     voxels: int = 0
+    shape: str = ""  # the varied generator's lesion shape (VARIED_SHAPES); "" for the default generator
 
 
 @dataclass
@@ -158,6 +159,46 @@ def _lesion_shape(grid: _Grid, rng: np.random.Generator, center, diameter: float
     return r * (1.0 + 0.08 * bump) < 1.0
 
 
+#: Lesion shapes of the varied generator (``variety=True``): the default generator's harmonically modulated
+#: ellipsoid, a strongly lobulated one, several merged blobs, and a thresholded random field inside a sphere.
+VARIED_SHAPES = ("ellipsoid", "lobulated", "multifocal", "irregular")
+
+
+def _varied_lesion_shape(grid: _Grid, rng: np.random.Generator, center, diameter: float) -> tuple[np.ndarray, str]:
+    """A lesion of one of :data:`VARIED_SHAPES` (drawn from ``rng``), about ``diameter`` across."""
+    kind = str(rng.choice(VARIED_SHAPES))
+    if kind == "ellipsoid":
+        return _lesion_shape(grid, rng, center, diameter), kind
+    if kind == "lobulated":
+        radii = diameter / 2.0 * rng.uniform(0.7, 1.3, size=3)
+        rot = _rotation(*rng.uniform(0, 180, size=3))
+        u, v, w = grid.local(center, rot)
+        r = np.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (w / radii[2]) ** 2)
+        norm = np.sqrt(u * u + v * v + w * w) + 1e-3
+        bump = np.zeros(grid.shape, np.float32)
+        for _ in range(6):
+            d = rng.normal(size=3)
+            d /= np.linalg.norm(d)
+            bump += np.cos(rng.integers(2, 6) * np.pi * (d[0] * u + d[1] * v + d[2] * w) / norm + rng.uniform(0, 6.3))
+        return r * (1.0 + 0.1 * bump) < 1.0, kind
+    if kind == "multifocal":
+        out = np.zeros(grid.shape, bool)
+        n = int(rng.integers(2, 5))
+        for _ in range(n):
+            offset = rng.normal(size=3)
+            offset *= rng.uniform(0.1, 0.3) * diameter / np.linalg.norm(offset)
+            sub_d = diameter * rng.uniform(0.45, 0.7)
+            out |= grid.ellipsoid_r(tuple(np.array(center) + offset), sub_d / 2.0 * rng.uniform(0.8, 1.2, size=3),
+                                    _rotation(*rng.uniform(0, 180, size=3))) < 1.0
+        return out, kind
+    # irregular: a smooth random field thresholded inside a sphere, so that the lesion is one ragged mass
+    r = grid.ellipsoid_r(center, (diameter / 2.0,) * 3)
+    field = ndimage.gaussian_filter(rng.normal(size=grid.shape).astype(np.float32),
+                                    sigma=max(diameter / 8.0 / min(grid.spacing), 1.0))
+    field /= field.std() + 1e-6
+    return (r < 1.0) & (field + 2.5 * (1.0 - r) > 0.9) | (r < 0.45), kind
+
+
 def _diameter(rng: np.random.Generator, max_diameter: float) -> float:
     strata = [s for s in DIAMETER_STRATA if s[0] < max_diameter]
     lo, hi = strata[rng.integers(len(strata))]
@@ -185,11 +226,17 @@ class _Kidney:
     rotation: np.ndarray
 
 
-def _kidney_fields(grid: _Grid, k: _Kidney, rng: np.random.Generator):
-    """Return (kidney mask, cortex, medulla, sinus) boolean arrays for one kidney."""
+def _kidney_fields(grid: _Grid, k: _Kidney, rng: np.random.Generator, medulla_extent: float = 0.8,
+                   lobulation: float = 0.0, vr: np.random.Generator | None = None):
+    """Return (kidney mask, cortex, medulla, sinus) boolean arrays for one kidney (``medulla_extent``: the
+    normalised radius the pyramids reach, so the cortex is thinner when it is larger; ``lobulation`` > 0: the
+    surface is modulated by smooth waves drawn from ``vr``)."""
     u, v, w = grid.local(k.center, k.rotation)
     medial = 1.0 if k.side == "right" else -1.0  # local +u points towards the patient's midline
     r = np.sqrt((u / k.radii[0]) ** 2 + (v / k.radii[1]) ** 2 + (w / k.radii[2]) ** 2)
+    if lobulation > 0 and vr is not None:
+        kw, ph = _waves(vr, 4, (30, 70))
+        r = r * (1.0 + lobulation * _wave_field(grid, kw, ph))
     # Hilum: a notch on the medial, slightly anterior side at mid height.
     hilum = (medial * u / k.radii[0] > 0.45) & (np.abs(w) / k.radii[2] < 0.3) & (v / k.radii[1] < 0.5)
     kidney = (r < 1.0) & ~hilum
@@ -201,17 +248,31 @@ def _kidney_fields(grid: _Grid, k: _Kidney, rng: np.random.Generator):
     phi = np.arctan2(w, np.sqrt(us * us + v * v))
     n_lobes = int(rng.integers(6, 9))
     lobes = np.cos(n_lobes * phi + rng.uniform(0, 6.3)) + 0.6 * np.cos(3 * theta + rng.uniform(0, 6.3))
-    medulla = kidney & ~sinus & (r < 0.8) & (lobes > -0.3)
+    medulla = kidney & ~sinus & (r < medulla_extent) & (lobes > -0.3)
     cortex = kidney & ~sinus & ~medulla
     return kidney, cortex, medulla, sinus
 
 
 def abdomen_ct(
     organ: str, seed: int, n_lesions: int | None = None, *, max_diameter: float = 80.0,
-    spacing: tuple[float, float, float] = (1.5, 1.5, 2.5),
+    spacing: tuple[float, float, float] | None = None, variety: bool = False,
 ) -> PhantomCase:
-    """A CT-like abdomen (HU) for ``organ`` "kidney" or "liver", lesions placed in that organ."""
+    """A CT-like abdomen (HU) for ``organ`` "kidney" or "liver", lesions placed in that organ.
+
+    ``variety``: the varied generator. On top of the default one (whose draws it leaves as they are, from a second
+    random stream of the same seed) it varies kidney size and shape (lobulation), cortex thickness, parenchymal
+    texture, the contrast phase (all four, with +-20 % enhancement), the noise level (5-30 HU), the slice
+    thickness (1.5-5 mm) and in-plane spacing (1.2-1.8 mm), and draws lesion shapes from :data:`VARIED_SHAPES`.
+    The draws are recorded in ``meta["variety"]``. The case id is ``<organ>-var-<seed>``.
+    """
     rng = np.random.default_rng(seed)
+    vr = np.random.default_rng([seed, 7919]) if variety else None
+    var: dict = {}
+    if spacing is None:
+        spacing = (1.5, 1.5, 2.5)
+        if vr is not None:
+            xy = float(vr.choice([1.2, 1.5, 1.8]))
+            spacing = (xy, xy, float(vr.choice([1.5, 2.5, 3.0, 5.0])))
     if organ == "kidney":
         fov_center, fov = (0.0, 10.0, 0.0), (330.0, 260.0, 210.0)
         phase = str(rng.choice(list(PHASES)[:3], p=[0.15, 0.35, 0.5]))
@@ -219,6 +280,15 @@ def abdomen_ct(
         fov_center, fov = (0.0, 10.0, 95.0), (330.0, 260.0, 250.0)
         phase = str(rng.choice(["portal-venous", "corticomedullary", "non-contrast"], p=[0.7, 0.15, 0.15]))
     hu = PHASES[phase]
+    if vr is not None:
+        phase = str(vr.choice(list(PHASES)))
+        gain = float(vr.uniform(0.8, 1.2))
+        hu = {k: (v if k == "pelvis" else round(v * gain)) for k, v in PHASES[phase].items()}
+        var = {"spacing_mm": list(spacing), "enhancement_gain": round(gain, 3),
+               "kidney_scale": [round(float(v), 3) for v in vr.uniform(0.8, 1.2, size=3)],
+               "lobulation": round(float(vr.uniform(0.0, 0.12)), 3),
+               "medulla_extent": round(float(vr.uniform(0.62, 0.86)), 3),
+               "texture_hu": round(float(vr.uniform(0.0, 15.0)), 1), "noise_hu": round(float(vr.uniform(5, 30)), 1)}
     size = tuple(int(round(f / s)) for f, s in zip(fov, spacing, strict=True))
     g = _Grid(size, spacing, fov_center)
     img = np.full(g.shape, -1000.0, np.float32)
@@ -275,13 +345,21 @@ def abdomen_ct(
                   (-12.0 if side == "right" else 0.0) + rng.uniform(-10, 10))
         radii = (27 + rng.uniform(-3, 3), 22 + rng.uniform(-3, 3), 55 + rng.uniform(-6, 6))
         rot = _rotation(rng.uniform(-10, 10), sx * rng.uniform(5, 15), -sx * rng.uniform(15, 35))
+        if var:
+            radii = tuple(r * f * float(vr.uniform(0.95, 1.05)) for r, f in zip(radii, var["kidney_scale"],
+                                                                                  strict=True))
         kd = _Kidney(side, center, radii, rot)
-        kidney, cortex, medulla, sinus = _kidney_fields(g, kd, rng)
+        kidney, cortex, medulla, sinus = _kidney_fields(g, kd, rng, var.get("medulla_extent", 0.8),
+                                                        var.get("lobulation", 0.0), vr)
         img[sinus] = -80
         pelvis = sinus & (g.ellipsoid_r(center, (0.3 * radii[0], 0.25 * radii[1], 0.4 * radii[2]), rot) < 1)
         img[pelvis] = hu["pelvis"]
         img[cortex] = hu["cortex"]
         img[medulla] = hu["medulla"]
+        if var and var["texture_hu"] > 0:  # parenchymal texture: smooth, patchy enhancement
+            tex = ndimage.gaussian_filter(vr.normal(size=g.shape).astype(np.float32), sigma=(1.5, 2.5, 2.5))
+            parenchyma = cortex | medulla
+            img[parenchyma] += (tex / (tex.std() + 1e-6) * var["texture_hu"])[parenchyma]
         kidneys[side] = (kd, kidney)
 
     organ_masks = {"spleen": spleen, "liver": liver, "kidney_right": kidneys["right"][1],
@@ -315,7 +393,10 @@ def abdomen_ct(
                 pick = idx[rng.integers(len(idx))]
                 center = (float(g.x[0, 0, pick[2]]), float(g.y[0, pick[1], 0]), float(g.z[pick[0], 0, 0]))
             sl, sub = g.crop(center, 0.7 * d + 3)
-            shape = _lesion_shape(sub, rng, center, d)
+            if vr is not None:
+                shape, shape_kind = _varied_lesion_shape(sub, vr, center, d)
+            else:
+                shape, shape_kind = _lesion_shape(sub, rng, center, d), ""
             inside_host = np.count_nonzero(shape & host[sl])
             if inside_host < 0.3 * max(np.count_nonzero(shape), 1) or np.any(labels[sl][shape]) or not shape.any():
                 continue
@@ -333,7 +414,7 @@ def abdomen_ct(
             labels[sl][shape] = lid
             organ_masks[structure][sl] |= shape & visceral[sl]
             lesions.append(LesionSpec(lid, structure, side, kind, position, round(d, 1), center,
-                                      int(np.count_nonzero(shape))))
+                                      int(np.count_nonzero(shape)), shape_kind))
             break
         else:
             if requested:
@@ -343,6 +424,8 @@ def abdomen_ct(
     # Partial-volume blur, then CT-like correlated noise.
     img = ndimage.gaussian_filter(img, sigma=(0.5, 0.7, 0.7))
     sigma = rng.uniform(8, 18)
+    if var:
+        sigma = var["noise_hu"]
     noise = ndimage.gaussian_filter(rng.normal(0, 1, size=g.shape).astype(np.float32), sigma=(0.4, 0.8, 0.8))
     img += noise / noise.std() * sigma
     img = np.round(img).astype(np.int16)
@@ -350,10 +433,11 @@ def abdomen_ct(
     structures = ("kidney_right", "kidney_left") if organ == "kidney" else ("liver",)
     status = {s: ("unhealthy" if any(le.structure == s for le in lesions) else "healthy") for s in structures}
     return PhantomCase(
-        case_id=f"{organ}-{seed:05d}", organ=organ, seed=seed, channels={"ct": g.image(img)},
+        case_id=case_name(organ, seed, variety), organ=organ, seed=seed, channels={"ct": g.image(img)},
         organ_masks={k: g.image(v.astype(np.uint8)) for k, v in organ_masks.items()},
         lesion_labels=g.image(labels), lesions=lesions, structure_labels=status,
-        report=_ct_report(organ, phase, lesions, rng), phase=phase, meta={"noise_hu": round(float(sigma), 1)},
+        report=_ct_report(organ, phase, lesions, rng), phase=phase,
+        meta={"noise_hu": round(float(sigma), 1), **({"generator": "varied", "variety": var} if variety else {})},
     )
 
 
@@ -503,13 +587,21 @@ def _brain_report(lesions: list[LesionSpec], rng: np.random.Generator) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def case_name(organ: str, seed: int, variety: bool = False) -> str:
+    """A phantom's case id: ``<organ>-<seed>``, or ``<organ>-var-<seed>`` from the varied generator."""
+    return f"{organ}-var-{seed:05d}" if variety else f"{organ}-{seed:05d}"
+
+
 def make_phantom(organ: str, seed: int = 0, n_lesions: int | None = None, **kwargs) -> PhantomCase:
-    """Generate one case for ``organ`` ("kidney", "liver" or "brain")."""
+    """Generate one case for ``organ`` ("kidney", "liver" or "brain"); ``variety=True`` (kidney, liver): the varied
+    generator (:func:`abdomen_ct`)."""
     if n_lesions is not None and n_lesions < 0:
         raise InputError(f"number of lesions must be >= 0, got {n_lesions}")
     if organ in ("kidney", "liver"):
         return abdomen_ct(organ, seed, n_lesions, **kwargs)
     if organ == "brain":
+        if kwargs.pop("variety", False):
+            raise InputError("the varied phantom generator is for the kidney and the liver (CT) only")
         return brain_mr(seed, n_lesions, **kwargs)
     raise InputError(f"unknown organ {organ!r}; choose kidney, liver or brain")
 
@@ -547,7 +639,7 @@ def write_phantom(case: PhantomCase, out_dir: str | os.PathLike) -> Path:
 
 
 def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_lesions: int | None = None,
-                  skip_existing: bool = False) -> Path:
+                  skip_existing: bool = False, variety: bool = False) -> Path:
     """Write many cases (``<out>/<case_id>/``) plus ``labels.csv`` and ``reports.csv``.
 
     ``skip_existing`` keeps case folders that are already complete (restartable generation).
@@ -555,13 +647,13 @@ def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_le
     out = Path(out_dir)
     rows, reports = [], []
     for seed in seeds:
-        done = out / f"{organ}-{seed:05d}" / "case.json"
+        done = out / case_name(organ, seed, variety) / "case.json"
         if skip_existing and done.is_file():
             info = json.loads(done.read_text())
             case_id, labels, lesions = info["case_id"], info["structure_labels"], info["lesions"]
             report = (done.parent / "report.txt").read_text().strip()
         else:
-            case = make_phantom(organ, seed, n_lesions)
+            case = make_phantom(organ, seed, n_lesions, **({"variety": True} if variety else {}))
             write_phantom(case, out / case.case_id)
             case_id, labels, lesions, report = (case.case_id, case.structure_labels,
                                                 [asdict(le) for le in case.lesions], case.report)

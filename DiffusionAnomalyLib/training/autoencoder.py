@@ -28,6 +28,7 @@ from DiffusionAnomalyLib.training.common import (
     TrainingLoop,
     autocast,
     bundle_extras,
+    cleans_empty_work,
     infinite_batches,
     init_distributed,
     main_rank_first,
@@ -77,7 +78,16 @@ def _val_l1(ae, x: torch.Tensor, device, batch: int) -> float:
     return total / max(len(x), 1)
 
 
+def gan_schedule(adversarial_start: int, iterations: int) -> str:
+    """Whether the volume- and slice-GAN losses switch on in this run, in words (logged, and kept in the bundle)."""
+    if adversarial_start >= iterations:
+        return (f"off: they start after iteration {adversarial_start} (--adversarial-start) and the run has "
+                f"{iterations} (--iterations); L1 and quantisation losses only")
+    return f"on from iteration {adversarial_start + 1} of {iterations}"
+
+
 @stdout_unless_configured
+@cleans_empty_work
 def train_autoencoder(cfg: AutoencoderTraining) -> Path:
     device = select_device(cfg.device)
     dist = init_distributed(device)
@@ -105,6 +115,9 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
         perceptual = LocalPerceptualLoss(cfg.perceptual_weights, ae_cfg.in_channels).to(device)
     elif dist.is_main:
         logger.info("perceptual loss: off (no local feature-network weights given with --perceptual-weights)")
+    gan = gan_schedule(cfg.adversarial_start, cfg.iterations)
+    if dist.is_main:
+        (logger.warning if gan.startswith("off") else logger.info)(f"GAN losses: {gan}")
     best_ae = copy.deepcopy(ae)
     loop = TrainingLoop(work, cfg.iterations, cfg.val_every, cfg.checkpoint_every, dist, device,
                         {"ae": ae, "best": best_ae, "d_vol": d_vol, "d_slice": d_slice}, {"g": opt_g, "d": opt_d},
@@ -162,6 +175,7 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
             training_data=f"{len(data.ids)} ROI patches of dataset {Path(cfg.data).name!r} (autoencoder)",
             demo=cfg.demo,
             extra={"autoencoder_training": {"iterations": cfg.iterations, "best_val_l1": state["best_val_l1"],
+                                            "gan": gan,
                                             "val_patches": len(val.ids), "train_patches": len(train.ids),
                                             "first_val_l1": loop.first("val_l1")}},
         )

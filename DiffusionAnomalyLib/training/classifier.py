@@ -33,6 +33,7 @@ from DiffusionAnomalyLib.training.common import (
     TrainingLoop,
     autocast,
     bundle_extras,
+    cleans_empty_work,
     infinite_batches,
     init_distributed,
     main_rank_first,
@@ -114,6 +115,7 @@ def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @stdout_unless_configured
+@cleans_empty_work
 def train_classifier(cfg: ClassifierTraining) -> Path:
     device = select_device(cfg.device)
     dist = init_distributed(device)

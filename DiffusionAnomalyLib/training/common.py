@@ -17,6 +17,7 @@ from DiffusionAnomalyLib.models.device import (  # noqa: F401 (re-exported for t
     Dist,
     barrier,
     init_distributed,
+    keep_process_group,
     main_rank_first,
     select_device,
     shutdown,
@@ -238,3 +239,24 @@ def bundle_extras(previous: Path | None, work: Path, part: str) -> dict[str, Pat
         if previous else {}
     extras.update({f"{part}_log.csv": work / "log.csv", f"{part}_loss.png": work / "loss_curve.png"})
     return extras
+
+
+# -- work folders ----------------------------------------------------------------------------------
+def cleans_empty_work(func):
+    """Decorator for a ``train_*(cfg)`` function: when it fails, its ``<cfg.out>.work`` folder is removed again if the
+    run created it and wrote no file into it (a bad dataset leaves no empty work folder behind)."""
+    import functools
+    import shutil
+
+    @functools.wraps(func)
+    def wrapper(cfg, *args, **kwargs):
+        work = Path(f"{cfg.out}.work")
+        existed = work.exists()
+        try:
+            return func(cfg, *args, **kwargs)
+        except BaseException:
+            if not existed and work.is_dir() and not any(p.is_file() for p in work.rglob("*")):
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    return wrapper

@@ -32,6 +32,7 @@ from DiffusionAnomalyLib.training.common import (
     TrainingLoop,
     autocast,
     bundle_extras,
+    cleans_empty_work,
     infinite_batches,
     init_distributed,
     main_rank_first,
@@ -100,6 +101,7 @@ def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels:
 
 
 @stdout_unless_configured
+@cleans_empty_work
 def train_denoiser(cfg: DenoiserTraining) -> Path:
     device = select_device(cfg.device)
     dist = init_distributed(device)

@@ -93,6 +93,9 @@ def test_scoring_a_perfect_map_gives_perfect_figures(dataset, tmp_path):
         assert first["id"] == 1
         expected[f"kind={first['kind']}"] = expected.get(f"kind={first['kind']}", 0) + 1
     scores, summary, _, _ = score_dataset(cases, maps, 0.5, None, n_boot=20)
+    _, brief, _, _ = score_dataset(cases, maps, 0.5, None, n_boot=0, detail=False)  # the sweep's: detection only
+    assert brief["lesion_detection"] == summary["lesion_detection"] and brief["dice"]["mean"] == summary["dice"]["mean"]
+    assert brief["fp_per_organ"]["mean"] == summary["fp_per_organ"]["mean"] and not brief["lesion_contrast"]
     found = {k: v["found"] for k, v in summary["lesion_kinds"].items() if k.startswith("kind=") and v["found"]}
     assert found == expected and summary["lesion_detection"]["tp"] == len(cases)
     rows = [r for s in scores for r in s.reference_rows]
@@ -205,11 +208,18 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
     assert (rec["reference"], rec["samples"], rec["median_filter"]) == ("autoencoder", 1, 3)
     wid = read_meta(tiny_bundle).weights_id()
     assert read_meta(calibrated).weights_id() == wid  # recalibrating does not change the networks
-    assert sorted(p.name for p in (out / "maps").iterdir()) == [
+    assert sorted(p.name for p in (out / "maps").iterdir()) == ["baseline"] + [
         f"ddim_L{L}_s{s}_n2_seed0_refae_med3_w{wid}" for L in (20, 50) for s in (0, 10)]
     load_bundle(calibrated)  # still a valid bundle (weights and checksums copied)
     printed = capsys.readouterr().out
     assert "best: L =" in printed and "recommended: threshold" in printed
+    # the baseline beside the recommended point, on the same cases, with the paired test
+    beside = res["baseline"]
+    assert beside["cases"] == 2 and beside["baseline"]["lesions"] == beside["model"]["lesions"] == 4
+    assert beside["model"]["found"] == res["best"]["postprocessed"]["found"]
+    assert set(beside["paired"]) == {"dice", "f1"} and beside["paired"]["dice"]["n"] == 2
+    assert (out / "maps" / "baseline").is_dir() and "paired Wilcoxon" in printed
+    assert "| lesions found |" in (out / "sweep" / "report.md").read_text()
     # operating point under a false-positive budget, over thresholds x Otsu (the cached maps are reused)
     assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--sampler", "ddim", "--steps", "2",
                  "--noise-levels", "20", "--guidance-values", "0", "--device", "cpu", "--out", str(out),
@@ -243,6 +253,82 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
                  "--threshold-scales", "0"]) == 2
     assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(out),
                  "--max-fp-per-organ", "-1"]) == 2
+
+
+def test_evaluate_puts_the_baseline_beside_a_bundle(dataset, tiny_bundle, tmp_path, capsys):
+    data = tmp_path / "two"
+    data.mkdir()
+    for c in ("kidney-00011", "kidney-00012"):
+        shutil.copytree(dataset / c, data / c)
+    out = tmp_path / "ev"
+    args = ["evaluate", "--data", str(data), "--bundle", str(tiny_bundle), "--sampler", "ddim", "--steps", "2",
+            "--noise-level", "20", "--device", "cpu", "--out", str(out), "--bootstrap", "0"]
+    assert main(args) == 0
+    report = out / "report"
+    doc = json.loads((report / "summary.json").read_text())
+    comparison = doc["baseline"]["comparison"]
+    with open(report / "baseline_per_case.csv") as f:
+        base_rows = {r["case"]: r for r in csv.DictReader(f)}
+    with open(report / "per_case.csv") as f:
+        model_rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert sorted(base_rows) == sorted(model_rows) == ["kidney-00011", "kidney-00012"]
+    # the paired figures are those of the two per-case tables
+    diff = np.mean([float(model_rows[c]["dice"]) - float(base_rows[c]["dice"]) for c in model_rows])
+    assert comparison["paired"]["dice"]["mean_difference"] == pytest.approx(diff, abs=1e-3)
+    assert comparison["baseline"]["found"] == sum(int(r["tp"]) for r in base_rows.values())
+    assert comparison["model"]["found"] == doc["summary"]["lesion_detection"]["tp"]
+    md = (report / "summary.md").read_text()
+    assert "## Beside the non-neural baseline (2 cases scored by both)" in md and "| lesion F1 |" in md
+    # the baseline's maps are cached too: a rerun computes no map
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "maps 1/" not in capsys.readouterr().err
+    # --no-baseline: the model alone
+    assert main([*args, "--no-baseline"]) == 0
+    assert "baseline" not in json.loads((report / "summary.json").read_text())
+    assert not (report / "baseline_per_case.csv").exists() and "Beside the" not in (report / "summary.md").read_text()
+
+
+def test_paired_test_figures_and_ties():
+    from scipy import stats
+
+    from DiffusionAnomalyLib.evaluation.evaluate import _paired_test
+
+    model = [0.5, 0.6, 0.7, 0.2, float("nan"), 0.9]
+    base = [0.4, 0.4, 0.3, 0.3, 0.8, 0.1]
+    t = _paired_test(model, base)
+    d = np.array([0.1, 0.2, 0.4, -0.1, 0.8])
+    assert t["n"] == 5 and (t["model_better"], t["baseline_better"], t["ties"]) == (4, 1, 0)  # the NaN pair dropped
+    assert t["mean_difference"] == pytest.approx(d.mean(), abs=1e-4)
+    assert t["p_model_better"] == pytest.approx(stats.wilcoxon(d, alternative="greater").pvalue, abs=1e-4)
+    assert t["p_baseline_better"] == pytest.approx(stats.wilcoxon(-d, alternative="greater").pvalue, abs=1e-4)
+    assert t["verdict"] == "no significant difference"  # 5 pairs cannot reach p < 0.05 with one loss
+    better = _paired_test([v + 0.1 for v in base] * 2, base * 2)
+    assert better["verdict"] == "model better" and better["p_model_better"] < 0.05
+    tied = _paired_test([0.3, 0.4], [0.3, 0.4])
+    assert tied["p_model_better"] is None and tied["ties"] == 2 and tied["verdict"] == "no significant difference"
+
+
+def test_sweep_leaves_out_guidance_of_a_classifier_near_chance(dataset, tiny_bundle, tmp_path, capsys):
+    weak = tmp_path / "weak"
+    shutil.copytree(tiny_bundle, weak)
+    meta = json.loads((weak / "model.json").read_text())
+    meta["extra"] = {**meta.get("extra", {}), "classifier_training": {"best_val_auc": {"0": 0.9, "250": 0.61}}}
+    (weak / "model.json").write_text(json.dumps(meta))
+    data = tmp_path / "one"
+    data.mkdir()
+    shutil.copytree(dataset / "kidney-00011", data / "kidney-00011")
+    out = tmp_path / "sw"
+    common = ["sweep", "--data", str(data), "--bundle", str(weak), "--sampler", "ddim", "--steps", "2",
+              "--noise-levels", "250", "--guidance-values", "0", "100", "--device", "cpu",
+              "--min-lesion-ml-values", "0", "--no-baseline"]
+    assert main([*common, "--out", str(out), "--write-bundle", str(tmp_path / "cal")]) == 0
+    assert "AUC 0.61 at t = 250" in capsys.readouterr().err
+    res = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert [r["guidance"] for r in res["grid"]] == [0.0] and "baseline" not in res
+    assert json.loads((tmp_path / "cal" / "model.json").read_text())["recommended"]["guidance"] == 0.0
+    assert main([*common, "--out", str(out), "--allow-weak-classifier"]) == 0
+    assert [r["guidance"] for r in json.loads((out / "sweep" / "sweep.json").read_text())["grid"]] == [0.0, 100.0]
 
 
 def test_operating_point_under_a_false_positive_budget():

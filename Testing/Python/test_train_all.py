@@ -1,0 +1,208 @@
+"""``train all`` through the real command line: 8 phantom cases, tiny networks, a few iterations, 4 mm patches.
+
+The bundle loads, runs and has a filled model card; a rerun trains nothing; --dry-run counts labels per split,
+names unusable labels rows, reads KiTS cases in split folders and derives labels from the lesions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from DiffusionAnomalyLib.app.cli import main
+from DiffusionAnomalyLib.synthetic.phantoms import write_dataset
+
+FAST = ["--organ", "kidney", "--spacing", "4", "--iterations", "3", "--noise-levels", "20", "--steps", "2",
+        "--sampler", "ddim", "--threshold-scales", "1", "--min-lesion-ml-values", "0", "--grow-to-values", "1",
+        "--val-fraction", "0.25", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_dataset("kidney", tmp_path_factory.mktemp("ta") / "data", list(range(8)))
+
+
+def _stamps(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.slow
+def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothing(data, tmp_path, capsys):
+    from DiffusionAnomalyLib.models.bundle import load_bundle, read_meta
+
+    out = tmp_path / "bundle"
+    assert main(["train", "all", "--data", str(data), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    bundle = load_bundle(out, manifest=None)
+    assert set(bundle.networks) == {"autoencoder", "denoiser", "classifier"}
+    meta = read_meta(out)
+    # the split: deterministic, disjoint, every case once; recorded in model.json and split.csv
+    split = meta.extra["train_all"]["split"]
+    assert sorted(split["train"] + split["validation"]) == [f"kidney-{i:05d}" for i in range(8)]
+    assert len(split["validation"]) == 2 and not set(split["train"]) & set(split["validation"])
+    with open(out / "split.csv") as f:
+        assert {r["case"]: r["split"] for r in csv.DictReader(f)} == {
+            **{c: "train" for c in split["train"]}, **{c: "validation" for c in split["validation"]}}
+    # calibrated on the validation split only, the baseline beside; the card filled from what was done
+    rec = meta.recommended
+    assert rec["noise_level"] == 20 and rec["sampler"] == "ddim" and rec["threshold"] > 0
+    assert meta.extra["calibration"]["cases"] == 2
+    assert set(meta.extra["validation"]["classifier_auc"]) == {"0", "250", "500"}
+    card = (out / "README.md").read_text()
+    for text in ("## Training data", "2 validation (never trained on)", "Median baseline (the same cases)",
+                 "Classifier AUC (validation split)", "GAN losses off"):
+        assert text in card, text
+    assert "Not evaluated" not in card and meta.summary and meta.intended_use and meta.limitations
+    stage_seconds = meta.extra["train_all"]["stage_seconds"]
+    assert set(stage_seconds) == {"prepare", "autoencoder", "denoiser", "classifier", "calibrate", "bundle"}
+    assert "| autoencoder |" in (out / "training.md").read_text() and "Median baseline on the same cases" in printed
+    # it runs
+    case = data / split["validation"][0]
+    assert main(["run", "--bundle", str(out), "--input", str(case / "ct.nii.gz"), "--totalseg",
+                 str(case / "segmentations"), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert (tmp_path / "run" / "heatmap.nii.gz").is_file()
+    # a rerun: every stage done, nothing trained or rewritten
+    before = _stamps(out)
+    work = {p: p.stat().st_mtime_ns for p in (tmp_path / "bundle.work").glob("*/*.safetensors")}
+    capsys.readouterr()
+    assert main(["train", "all", "--data", str(data), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to train" in printed and "[2/6]" not in printed
+    assert _stamps(out) == before
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "bundle.work").glob("*/*.safetensors")} == work
+    # a changed stage setting is refused, naming the stage and how to redo it
+    assert main(["train", "all", "--data", str(data), "--out", str(out), *FAST, "--denoiser-iterations", "4"]) == 2
+    assert "--from-stage denoiser" in capsys.readouterr().err
+
+
+def _to_kits(case, dest):
+    """A phantom case in the KiTS layout: imaging.nii.gz, segmentation.nii.gz (1 kidney, 2 tumour)."""
+    dest.mkdir(parents=True)
+    shutil.copy(case / "ct.nii.gz", dest / "imaging.nii.gz")
+    kidney = sum(sitk.GetArrayFromImage(sitk.ReadImage(str(case / "segmentations" / f"kidney_{s}.nii.gz")))
+                 for s in ("left", "right")) > 0
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lesions.nii.gz"))) > 0
+    seg = np.where(lesion, 2, np.where(kidney, 1, 0)).astype(np.uint8)
+    img = sitk.GetImageFromArray(seg)
+    img.CopyInformation(sitk.ReadImage(str(case / "lesions.nii.gz")))
+    sitk.WriteImage(img, str(dest / "segmentation.nii.gz"))
+
+
+@pytest.mark.slow
+def test_dry_run_split_folders_kits_and_derived_labels(data, tmp_path, capsys):
+    root = tmp_path / "split"
+    for i in range(4):  # phantom cases without labels.csv: labels derived from the lesions
+        shutil.copytree(data / f"kidney-{i:05d}", root / "train" / f"kidney-{i:05d}")
+    for i in (4, 5):
+        _to_kits(data / f"kidney-{i:05d}", root / "val" / f"case_{i:05d}")
+    shutil.copytree(data / "kidney-00006", root / "test" / "kidney-00006")  # never read
+    assert main(["train", "all", "--data", str(root), "--out", str(tmp_path / "b"), *FAST, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 training, 2 validation (the validation split folder); 1 test cases left untouched" in printed
+    assert "layouts: kits, phantom" in printed and "derived from the lesion labels" in printed
+    with open(data / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    expected = {split: {lab: sum(r["label"] == lab for r in rows if r["case"] in cases) for lab in
+                        ("healthy", "unhealthy")}
+                for split, cases in (("train", {f"kidney-{i:05d}" for i in range(4)}),
+                                     ("validation", {"kidney-00004", "kidney-00005"}))}
+    for split, counts in expected.items():
+        line = next(line for line in printed.splitlines() if line.split()[:1] == [split] and len(line.split()) == 5)
+        assert line.split()[1:3] == [str(counts["healthy"]), str(counts["unhealthy"])], (line, counts)
+    assert "too few" in printed and "autoencoder" in printed and not (tmp_path / "b").exists()
+    assert not (tmp_path / "b.work").exists()
+
+
+def test_labels_rows_that_cannot_be_used_are_named_and_nothing_is_left_behind(data, tmp_path, capsys):
+    from DiffusionAnomalyLib.app.train_all import read_labels_file
+    from DiffusionAnomalyLib.detection.presets import get_preset
+
+    root = tmp_path / "d"
+    for i in range(3):
+        shutil.copytree(data / f"kidney-{i:05d}", root / f"kidney-{i:05d}")
+    (root / "labels.csv").write_text("case,structure,label\nkidney-00000,left,healthy\nkidney-00000,kidney_right,"
+                                     "healthy\nkidney-00001,kidney_left,sick\nkidney-00009,kidney_left,healthy\n"
+                                     "kidney-00002,liver,healthy\n")
+    rows = read_labels_file(root / "labels.csv", get_preset("kidney"), {f"kidney-{i:05d}" for i in range(3)})
+    assert rows.labels == {("kidney-00000", "kidney_right"): "healthy"} and rows.other_organs == 1  # liver ignored
+    assert rows.unusable == [
+        "labels.csv line 2 (kidney-00000,left,healthy): unknown structure 'left' for the kidney; a structure is the "
+        "segmentation file's name: kidney_left or kidney_right",
+        "labels.csv line 4 (kidney-00001,kidney_left,sick): unknown label 'sick' (use healthy, unhealthy, excluded, "
+        "unknown)",
+        "labels.csv line 5 (kidney-00009,kidney_left,healthy): no case 'kidney-00009' in the dataset"]
+    # training stops before reading a case, names the rows, and leaves nothing behind
+    assert main(["train", "all", "--data", str(root), "--out", str(tmp_path / "b"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "3 unusable row(s)" in err and "line 2" in err and "--dry-run lists them all" in err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.work").exists()
+
+
+def test_split_is_deterministic_stratified_and_independent_of_order():
+    from DiffusionAnomalyLib.app.train_all import split_cases
+
+    labels = {f"c{i}": {"kidney_left": "unhealthy" if i % 3 == 0 else "healthy", "kidney_right": "healthy"}
+              for i in range(30)}
+    val = split_cases(labels, 0.2)
+    assert val == split_cases(dict(reversed(list(labels.items()))), 0.2)
+    unhealthy = {c for c, v in labels.items() if "unhealthy" in v.values()}
+    assert len(val & unhealthy) == 2 and len(val - unhealthy) == 4
+    assert split_cases(labels, 0.0) == set()
+
+
+def test_a_failed_stage_leaves_no_empty_work_folder(tmp_path):
+    from DiffusionAnomalyLib.errors import InputError
+    from DiffusionAnomalyLib.training.autoencoder import AutoencoderTraining, train_autoencoder
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError):
+        train_autoencoder(AutoencoderTraining(str(tmp_path / "empty"), "kidney", str(tmp_path / "ae"),
+                                              iterations=1, device="cpu"))
+    assert not (tmp_path / "ae.work").exists()
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "denoiser", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 1000)" in text and "(default: 8)" in text
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 100 250 500)" in text
+
+
+def test_gan_schedule_is_reported():
+    from DiffusionAnomalyLib.training.autoencoder import gan_schedule
+
+    assert gan_schedule(10_000, 3000).startswith("off") and "3000" in gan_schedule(10_000, 3000)
+    assert gan_schedule(3, 6) == "on from iteration 4 of 6"
+    assert json.dumps(gan_schedule(0, 1))
+
+
+@pytest.mark.slow
+def test_train_all_under_torchrun_with_two_processes(data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from DiffusionAnomalyLib.models.bundle import load_bundle
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "dist"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+         "-m", "DiffusionAnomalyLib", "train", "all", "--data", str(data), "--out", str(out), *FAST],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout + proc.stderr
+    assert "[rank 1] maps" in printed and printed.count("[6/6] bundle") == 1  # the sweep sharded, one writer
+    bundle = load_bundle(out, manifest=None)
+    assert set(bundle.networks) == {"autoencoder", "denoiser", "classifier"} and (out / "README.md").is_file()
+    assert not list((tmp_path / "dist.work").glob(".run-*"))
