@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from DiffusionAnomalyLib.detection.presets import OrganPreset
+from DiffusionAnomalyLib.errors import CancelledError
 from DiffusionAnomalyLib.evaluation.datasets import EvalCase, discover_cases
 from DiffusionAnomalyLib.evaluation.evaluate import case_masks, log
 from DiffusionAnomalyLib.imaging.io import atomic_output_dir, read_channels
@@ -140,6 +141,8 @@ def run_batch(cases: list[EvalCase], model: Model, out: Path, rank: int = 0, wor
                           {"images": [str(p) for p in case.inputs], "model": model.description,
                            "bundle": {"demo": model.demo}}, overwrite=True)
             (out / f"{case.case_id}.error.json").unlink(missing_ok=True)  # an earlier failure is stale now
+        except CancelledError:  # SIGTERM stops the whole batch; the case's partial output is not kept
+            raise
         except Exception as exc:  # one bad case does not stop the batch; it is listed in the index
             (out / f"{case.case_id}.error.json").write_text(json.dumps({"case": case.case_id, "problem": str(exc)}))
         finally:

@@ -40,7 +40,7 @@ from DiffusionAnomalyLib.detection.anomaly import (
     size_class_name,
 )
 from DiffusionAnomalyLib.detection.presets import OrganPreset
-from DiffusionAnomalyLib.errors import DiffusionAnomalyError, InputError
+from DiffusionAnomalyLib.errors import CancelledError, DiffusionAnomalyError, InputError
 from DiffusionAnomalyLib.evaluation.datasets import EvalCase, reference_lesions
 from DiffusionAnomalyLib.evaluation.metrics import (
     CONTRAST_CLASSES,
@@ -110,6 +110,8 @@ def compute_maps(cases: list[EvalCase], reconstructor, preset: OrganPreset, maps
                 (stage / "case.json").write_text(json.dumps({
                     "case": case.case_id, "structures": len(mask_set.masks), "warnings": result.warnings,
                     "timings_s": result.timings}) + "\n")
+        except CancelledError:  # SIGTERM stops the whole run (this case's staging is gone); a rerun resumes here
+            raise
         except DiffusionAnomalyError as exc:
             (maps_dir / f"{case.case_id}.error.json").write_text(json.dumps({"case": case.case_id,
                                                                              "problem": str(exc)}) + "\n")

@@ -393,3 +393,31 @@ def test_bench_reports_the_figures_it_promises():
         assert r["reference_s"] > 0 and r["peak_rss_mb"] > 0
     assert all("batch_speedup" in r for r in rows if r["rois"] == 2)
     assert report["environment"]["torch"]
+
+
+def test_a_cancelled_evaluate_stops_at_once_and_a_rerun_redoes_the_case(dataset, tmp_path):
+    """SIGTERM (CancelledError) during a case stops the run; it is not recorded as that case's problem."""
+    from DiffusionAnomalyLib.detection.baseline import MedianBaseline
+    from DiffusionAnomalyLib.errors import CancelledError
+    from DiffusionAnomalyLib.evaluation.evaluate import compute_maps
+
+    preset = get_preset("kidney")
+    cases = [c for c in discover_cases(dataset, preset) if c.case_id.startswith("kidney-")]
+    base = MedianBaseline.for_preset(preset)
+
+    class CancelledOnSecondCase:
+        name = base.name
+        calls = 0
+
+        def reconstruct(self, x, mask, spacing_mm):
+            self.calls += 1
+            if self.calls == 2:
+                raise CancelledError("cancelled by the user (SIGTERM); no results were written")
+            return base.reconstruct(x, mask, spacing_mm)
+
+    maps = tmp_path / "maps"
+    with pytest.raises(CancelledError):
+        compute_maps(cases, CancelledOnSecondCase(), preset, maps)
+    assert [p.name for p in maps.iterdir()] == [cases[0].case_id]  # no error.json, no half-written case
+    compute_maps(cases, base, preset, maps)
+    assert sorted(p.name for p in maps.iterdir()) == sorted(c.case_id for c in cases)
