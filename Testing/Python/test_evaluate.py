@@ -188,7 +188,8 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
     out = tmp_path / "sw"
     calibrated = tmp_path / "calibrated"
     assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--sampler", "ddim", "--steps", "2",
-                 "--noise-levels", "20", "50", "--guidance-values", "0", "10", "--device", "cpu", "--out", str(out),
+                 "--noise-levels", "20", "50", "--guidance-values", "0", "10", "--device", "cpu", "--precision", "fp32",
+                 "--out", str(out),
                  "--reference", "autoencoder", "--median-filter", "3", "--write-bundle", str(calibrated)]) == 0
     res = json.loads((out / "sweep" / "sweep.json").read_text())
     assert [(r["noise_level"], r["guidance"]) for r in res["grid"]] == [(20, 0.0), (20, 10.0), (50, 0.0), (50, 10.0)]
