@@ -15,7 +15,7 @@ from pathlib import Path
 
 from DiffusionAnomalyLib import __version__
 from DiffusionAnomalyLib.errors import DiffusionAnomalyError, InputError
-from DiffusionAnomalyLib.settings import ORGANS, PRECISIONS, REFERENCES, SAMPLERS, options
+from DiffusionAnomalyLib.settings import ORGANS, PRECISIONS, REFERENCES, SAMPLER_DEFAULTS, SAMPLERS, options
 
 PRECISION_HELP = dict(options())["precision"].help  # for demo, which is not a detection command
 
@@ -635,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "derived from the lesion labels)")
     tall.add_argument("--totalseg", metavar="DIR", help="organ masks from TotalSegmentator: DIR/<case>/ or "
                                                         "DIR/<case>.nii.gz (default: the dataset's own)")
-    tall.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm", help="calibration: sampler")
+    tall.add_argument("--sampler", choices=list(SAMPLERS), default=SAMPLER_DEFAULTS["sampler"], help="calibration: sampler")
     tall.add_argument("--steps", type=positive_int, default=50, help="calibration: denoising steps")
     tall.add_argument("--noise-levels", type=positive_int, nargs="+", default=None,
                       help="calibration: L values (default: the preset's: tiny 250, thesis 100 250 500)")
