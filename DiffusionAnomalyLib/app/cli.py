@@ -637,7 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "DIR/<case>.nii.gz (default: the dataset's own)")
     tall.add_argument("--sampler", choices=list(SAMPLERS), default=SAMPLER_DEFAULTS["sampler"],
                       help="calibration: sampler")
-    tall.add_argument("--steps", type=positive_int, default=SAMPLER_DEFAULTS["steps"], help="calibration: denoising steps")
+    tall.add_argument("--steps", type=positive_int, default=SAMPLER_DEFAULTS["steps"],
+                      help="calibration: denoising steps")
     tall.add_argument("--noise-levels", type=positive_int, nargs="+", default=None,
                       help="calibration: L values (default: the preset's: tiny 250, thesis 100 250 500)")
     tall.add_argument("--guidance-values", type=non_negative, nargs="+", default=None,
