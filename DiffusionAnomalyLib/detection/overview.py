@@ -54,6 +54,16 @@ def axial_slice(image: sitk.Image, plane: sitk.Image, labels: bool = False, defa
     return sitk.GetArrayFromImage(out)[0]
 
 
+def body_crop(plane_values: np.ndarray, low: float, margin: int = 3) -> tuple[slice, slice]:
+    """Rows and columns of an axial slice that hold the body (values above ``low``, the window's lower end), widened by
+    ``margin`` pixels: the field of view then depends on the patient, not on how the scan's grid was stored."""
+    rows, cols = np.nonzero(plane_values > low)
+    if not len(rows):
+        return slice(None), slice(None)
+    return (slice(max(int(rows.min()) - margin, 0), int(rows.max()) + margin + 1),
+            slice(max(int(cols.min()) - margin, 0), int(cols.max()) + margin + 1))
+
+
 def overview_slices(image: sitk.Image, lesions: Sequence[Lesion], organ_mask: np.ndarray,
                     max_rows: int = 3) -> list[tuple[float, str]]:
     """The axial heights (LPS z, mm) shown and their captions: the largest lesions, else the organ's centre."""
@@ -90,19 +100,22 @@ def write_overview(image: sitk.Image, reconstruction: sitk.Image, heatmap: sitk.
     for row, (z, name) in enumerate(rows):
         plane = axial_plane(image, z)
         base = axial_slice(image, plane, default=background)
-        shown = {"input": base, "healthy reconstruction": axial_slice(reconstruction, plane, default=background)}
+        crop = body_crop(base, lo)
+        base = base[crop]
+        shown = {"input": base,
+                 "healthy reconstruction": axial_slice(reconstruction, plane, default=background)[crop]}
         for col, label in enumerate(columns):
             ax = axes[row, col]
             ax.imshow(shown.get(label, base), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
             if label == "heatmap":
-                h = axial_slice(heatmap, plane)
+                h = axial_slice(heatmap, plane)[crop]
                 ax.imshow(np.ma.masked_where(h <= 0, h), cmap="inferno", vmin=0, vmax=max(vmax, 1e-6), alpha=0.6,
                           interpolation="nearest")
-                lab = axial_slice(labels, plane, labels=True)
+                lab = axial_slice(labels, plane, labels=True)[crop]
                 if lab.any():
                     ax.contour(lab > 0, levels=[0.5], colors="cyan", linewidths=0.8)
             elif label.startswith("uncertainty"):
-                u = axial_slice(uncertainty, plane)  # opacity follows the value: no box where it is low
+                u = axial_slice(uncertainty, plane)[crop]  # opacity follows the value: no box where it is low
                 ax.imshow(u, cmap="viridis", vmin=0, vmax=max(umax, 1e-6), interpolation="nearest",
                           alpha=0.85 * np.clip(u / max(umax, 1e-6), 0.0, 1.0))
             ax.set_title(f"{label} (z = {z:.1f} mm)" + (f"\n{name}" if col == 0 else ""), fontsize=8)

@@ -42,6 +42,7 @@ from DiffusionAnomalyLib.detection.intensity import ChannelScaling, fit_scaling
 from DiffusionAnomalyLib.detection.overview import write_overview
 from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.detection.roi import (
+    BLEND_MARGIN_VOXELS,
     PatchComposer,
     RoiPatch,
     check_roi_fits,
@@ -60,6 +61,16 @@ from DiffusionAnomalyLib.imaging.io import (
 )
 from DiffusionAnomalyLib.imaging.masks import MaskSet
 from DiffusionAnomalyLib.imaging.segfile import write_seg_nrrd
+
+#: Width (mm) over which a ROI's change to the reconstruction fades into the input at its faces (at least
+#: ``BLEND_MARGIN_VOXELS`` patch voxels). The anomaly map fades over ``BLEND_MARGIN_VOXELS`` only, so scores near a
+#: ROI's face (where an organ's pole may lie) are barely touched.
+RECONSTRUCTION_BLEND_MM = 10.0
+
+
+def reconstruction_margin_voxels(preset: OrganPreset) -> int:
+    """The reconstruction's blending margin in patch voxels: ``RECONSTRUCTION_BLEND_MM`` at the preset's spacing."""
+    return max(BLEND_MARGIN_VOXELS, int(np.ceil(RECONSTRUCTION_BLEND_MM / min(preset.spacing_mm))))
 
 
 class Reconstructor(Protocol):
@@ -96,7 +107,7 @@ class TrajectoryFrames:
     exactly as the final reconstruction (and, with ``heatmaps``, the anomaly map) is composed."""
 
     frames: list[tuple[int, int, np.ndarray]]  # (sampler step, noise level t, x0_hat (B, C, z, y, x) network units)
-    composer: PatchComposer
+    composer: PatchComposer  # the reconstruction's composition
     input_array: np.ndarray  # first channel, float32, input grid
     input_patches: list[np.ndarray]  # per patch: the first channel in input units (patch grid)
     scalings: list  # per patch: the first channel's ChannelScaling
@@ -104,6 +115,7 @@ class TrajectoryFrames:
     organ: np.ndarray
     median_filter: int
     heatmaps: bool = False
+    heat_composer: PatchComposer | None = None  # the anomaly map's composition (default: ``composer``)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -117,7 +129,7 @@ class TrajectoryFrames:
     def heatmap(self, index: int) -> np.ndarray:
         """Frame ``index``'s anomaly map on the input grid (network units), made as the final heatmap."""
         x0 = self.frames[index][2]
-        heat = self.composer.compose([anomaly_map(self.reference_x[i], x0[i], channel_axis=0)
+        heat = (self.heat_composer or self.composer).compose([anomaly_map(self.reference_x[i], x0[i], channel_axis=0)
                                       for i in range(len(x0))], "max")
         return organ_map(heat, self.organ, self.median_filter)
 
@@ -158,6 +170,7 @@ def detect(
     input_name: str = "the image",
     progress: Callable[[str, int, int], None] | None = None,
     trajectory_heatmaps: bool = False,
+    uncertainty: bool = True,
 ) -> CaseResult:
     """Run one case. ``threshold`` None = Otsu over this case's organ voxels, else a fixed value.
 
@@ -166,6 +179,7 @@ def detect(
     postprocess); the reconstructor reports its own sampler steps. With a reconstructor that drew K >= 2 samples
     (``draws``), the result has the uncertainty map and each lesion its mean uncertainty and sample fraction; with
     its ``trajectory``, the frames to compose (and, with ``trajectory_heatmaps``, each frame's anomaly map).
+    ``uncertainty=False`` skips the uncertainty map and the per-draw lesions (callers that keep only the map).
     """
     def report(stage: str, step: int, total: int) -> None:
         if progress:
@@ -199,9 +213,10 @@ def detect(
     report("compose", 0, 1)
 
     t0 = time.perf_counter()
-    composer = PatchComposer(patches, ref)
+    composer = PatchComposer(patches, ref, reconstruction_margin_voxels(preset))
+    heat_composer = PatchComposer(patches, ref)
     ref_x = reconstructor.reference_image(x) if hasattr(reconstructor, "reference_image") else x
-    heat = composer.compose([anomaly_map(ref_x[i], x_hat[i], channel_axis=0) for i in range(len(patches))], "max")
+    heat = heat_composer.compose([anomaly_map(ref_x[i], x_hat[i], channel_axis=0) for i in range(len(patches))], "max")
     inputs = [sitk.GetArrayViewFromImage(ch).astype(np.float32) for ch in channels]
     raw = [[scalings[i][c].inverse(x[i, c]) for i in range(len(patches))] for c in range(len(channels))]
     recon = []
@@ -209,13 +224,13 @@ def detect(
         delta = composer.compose([scalings[i][c].inverse(x_hat[i, c]) - raw[c][i] for i in range(len(patches))])
         recon.append(array_to_image(inputs[c] + delta, ch))
     draws = getattr(reconstructor, "draws", None)
-    draws = draws if draws is not None and len(draws) >= 2 else None
-    uncertainty = []
+    draws = draws if uncertainty and draws is not None and len(draws) >= 2 else None
+    uncertainty_maps = []
     if draws is not None:
         for c, ch in enumerate(channels):
             recs = (inputs[c] + composer.compose([scalings[i][c].inverse(d[i, c]) - raw[c][i]
                                                   for i in range(len(patches))]) for d in draws)
-            uncertainty.append(array_to_image(voxel_std(recs), ch))
+            uncertainty_maps.append(array_to_image(voxel_std(recs), ch))
     timings["compose"] = time.perf_counter() - t0
     report("postprocess", 0, 1)
 
@@ -228,8 +243,8 @@ def detect(
     side_masks = {m.side: sitk.GetArrayViewFromImage(m.image) > 0 for m in mask_set.masks if m.side}
     table = lesion_table(labels, heat, ref, preset.name, side_masks or None)
     if draws is not None:
-        unc = sitk.GetArrayViewFromImage(uncertainty[0])
-        sample_maps = (organ_map(composer.compose([anomaly_map(ref_x[i], d[i], channel_axis=0)
+        unc = sitk.GetArrayViewFromImage(uncertainty_maps[0])
+        sample_maps = (organ_map(heat_composer.compose([anomaly_map(ref_x[i], d[i], channel_axis=0)
                                                    for i in range(len(patches))], "max"),
                                  organ, preset.median_filter_voxels) for d in draws)
         fractions = lesion_sample_fractions(labels, (postprocess(m, thr, organ, ref, pp) for m in sample_maps),
@@ -241,16 +256,18 @@ def detect(
     report("postprocess", 1, 1)
     frames = getattr(reconstructor, "trajectory", None) or []
     trajectory = TrajectoryFrames(list(frames), composer, inputs[0], raw[0], [sc[0] for sc in scalings], ref_x,
-                                  organ, preset.median_filter_voxels, trajectory_heatmaps) if frames else None
+                                  organ, preset.median_filter_voxels, trajectory_heatmaps,
+                                  heat_composer) if frames else None
     return CaseResult(
         reconstruction=recon, heatmap=array_to_image(heat, ref), lesions=array_to_image(labels, ref), table=table,
         threshold=thr, patches=patches, warnings=warnings, timings=timings, input_image=ref,
-        organ_mask=array_to_image(organ.astype(np.uint8), ref), scalings=scalings, uncertainty=uncertainty,
+        organ_mask=array_to_image(organ.astype(np.uint8), ref), scalings=scalings, uncertainty=uncertainty_maps,
         trajectory=trajectory,
         parameters={"organ": preset.name, "reconstructor": reconstructor.name,
                     "threshold_mode": "otsu-case" if threshold is None else "fixed", "threshold": thr,
                     "postprocessing": pp.__dict__, "composition": {"heatmap": "max", "reconstruction": "mean",
-                                                    "blend_margin_voxels": composer.margin},
+                                                    "blend_margin_voxels": {"reconstruction": composer.margin,
+                                                                            "heatmap": heat_composer.margin}},
                     "uncertainty_samples": 0 if draws is None else len(draws),
                     "not_analysed": not_analysed},
     )

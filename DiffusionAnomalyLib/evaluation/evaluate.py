@@ -104,7 +104,8 @@ def compute_maps(cases: list[EvalCase], reconstructor, preset: OrganPreset, maps
             with atomic_output_dir(maps_dir / case.case_id) as stage:
                 mask_set = case_masks(case, channels, preset, stage)
                 # an infinite threshold skips post-processing here; phase 3 thresholds the cached map
-                result = detect(channels, mask_set, preset, reconstructor, threshold=math.inf, input_name=case.case_id)
+                result = detect(channels, mask_set, preset, reconstructor, threshold=math.inf, input_name=case.case_id,
+                                uncertainty=False)  # only the map is kept
                 write_volume(result.heatmap, stage / "heatmap.nii.gz")
                 write_volume(result.organ_mask, stage / "organ.nii.gz")
                 (stage / "case.json").write_text(json.dumps({

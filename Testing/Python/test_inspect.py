@@ -117,7 +117,7 @@ def test_uncertainty_is_numpys_std_of_the_composed_draws(lesion_case):
     unc = sitk.GetArrayFromImage(result.uncertainty[0])
     # the saved draws, each composed back as a reconstruction in input units, then numpy's std
     prepared = pipeline.extract_case_patches([image], masks, KIDNEY)
-    composer = PatchComposer(result.patches, image)
+    composer = PatchComposer(result.patches, image, pipeline.reconstruction_margin_voxels(KIDNEY))
     src = sitk.GetArrayFromImage(image).astype(np.float32)
     sc = prepared.scalings
     recs = np.stack([src + composer.compose([sc[i][0].inverse(d[i, 0]) - sc[i][0].inverse(prepared.x[i, 0])

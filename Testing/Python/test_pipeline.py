@@ -110,6 +110,31 @@ def test_same_findings_whatever_the_storage_orientation(inserted_lesion_case, st
     assert twin.side == biggest.side
 
 
+
+@pytest.mark.parametrize("storage", ["RAS", "oblique"])
+def test_the_overview_is_the_same_whatever_the_storage_orientation(inserted_lesion_case, storage, tmp_path):
+    """LPS-, RAS- and obliquely-stored copies of one case give the same overview.png (radiological orientation
+    from the patient axes); the oblique copy is resampled, so its picture differs by interpolation only."""
+    import matplotlib.image
+    from DiffusionAnomalyLib.overview import write_overview
+
+    image, masks, _ = inserted_lesion_case
+    store = (lambda im, nearest=False: _as_ras(im)) if storage == "RAS" else (lambda im, nearest=False: _as_oblique(
+        im, sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear))
+    a = pipeline.detect([image], masks, KIDNEY, MedianBaseline.for_preset(KIDNEY))
+    pictures = {}
+    for name, res, conv in (("LPS", a, lambda im, nearest=False: im), (storage, a, store)):
+        organ = sitk.GetArrayFromImage(conv(a.organ_mask, True)) > 0
+        write_overview(conv(image), conv(res.reconstruction[0]), conv(res.heatmap), conv(res.lesions, True), a.table,
+                       organ, tmp_path / f"{name}.png", KIDNEY.display_window, "same case")
+        pictures[name] = matplotlib.image.imread(tmp_path / f"{name}.png")
+    diff = np.abs(pictures["LPS"] - pictures[storage])
+    if storage == "RAS":
+        assert diff.max() == 0  # the same voxels: the same picture, pixel for pixel
+    else:
+        assert pictures["LPS"].shape == pictures[storage].shape and diff.mean() < 0.02, diff.mean()
+
+
 def test_brain_four_channels_with_skull_stripped_mask(tmp_path):
     case = make_phantom("brain", 2, 1)
     brain = get_preset("brain")
@@ -125,7 +150,8 @@ def test_brain_four_channels_with_skull_stripped_mask(tmp_path):
         "reconstruction_t2f.nii.gz", "heatmap.nii.gz", "lesions.nii.gz", "lesions.csv", "lesions.json", "run.json",
         "lesions.seg.nrrd", "overview.png"}
     run = json.loads((out / "run.json").read_text())
-    assert run["parameters"]["composition"] == {"heatmap": "max", "reconstruction": "mean", "blend_margin_voxels": 4}
+    assert run["parameters"]["composition"] == {"heatmap": "max", "reconstruction": "mean",
+                                                "blend_margin_voxels": {"reconstruction": 5, "heatmap": 4}}
     assert run["geometry"]["size"] == list(channels[0].GetSize())
     with pytest.raises(InputError, match="needs 4 channel"):
         pipeline.detect(channels[:2], masks, brain, MedianBaseline())

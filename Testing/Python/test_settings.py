@@ -87,13 +87,15 @@ def test_cli_worker_batch_and_panel_resolve_the_same_settings(tiny_bundle, tmp_p
     meta = read_meta(tiny_bundle)
     b = str(tiny_bundle)
     flags = ["--sampler", "ddpm", "--noise-level", "40", "--steps", "4", "--guidance", "0", "--seed", "7",
-             "--samples", "2", "--median-filter", "0", "--device", "cpu"]
+             "--samples", "2", "--median-filter", "0", "--device", "cpu", "--trajectory-every", "1"]
     parse = build_parser().parse_args  # the CLI's parser is also the worker's
     cli = run_settings(parse(["run", "--bundle", b, "--input", "x", "--out", "o", *flags, "--threshold", "otsu"]),
                        meta.recommended, meta.preset())
-    panel = RunRequest(organ="kidney", bundle=b, settings=dict(
+    from DiffusionAnomalyLib.settings import trajectory_every_for
+
+    panel = RunRequest(organ="kidney", bundle=b, settings=dict(  # "Keep the denoising trajectory": ~10 frames of 4
         sampler="ddpm", noise_level=40, steps=4, guidance=0.0, seed=7, device="cpu", threshold="otsu", samples=2,
-        median_filter=0)).run_settings()
+        median_filter=0, trajectory_every=trajectory_every_for(4))).run_settings()
     sent = tmp_path / "settings.json"  # what the panel hands the worker
     sent.write_text(json.dumps(panel.to_dict()))
     worker = run_settings(parse(["run", "--bundle", b, "--input", "x", "--out", "o", "--settings", str(sent)]),
@@ -102,6 +104,17 @@ def test_cli_worker_batch_and_panel_resolve_the_same_settings(tiny_bundle, tmp_p
                          meta.recommended, meta.preset())
     assert cli == panel == worker == batch
     assert (cli.sampler, cli.noise_level, cli.samples, cli.median_filter, cli.threshold) == ("ddpm", 40, 2, 0, None)
+    assert cli.trajectory_every == 1 and not cli.trajectory_heatmap
+    # the heatmap sequence: on run and batch, replayed from a settings file unless an option says otherwise
+    heat = run_settings(parse(["batch", "--data", "d", "--bundle", b, "--out", "o", *flags, "--trajectory-heatmap"]),
+                        meta.recommended, meta.preset())
+    assert heat.trajectory_heatmap and heat.trajectory_every == 1
+    sent.write_text(json.dumps(heat.to_dict()))
+    replay = run_settings(parse(["run", "--bundle", b, "--input", "x", "--out", "o", "--settings", str(sent)]),
+                          meta.recommended, meta.preset())
+    assert replay == heat
+    with pytest.raises(InputError, match="trajectory heatmap needs a trajectory"):
+        RunSettings.from_dict({**heat.to_dict(), "trajectory_every": 0})
 
 
 @pytest.mark.slow
