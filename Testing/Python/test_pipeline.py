@@ -116,6 +116,7 @@ def test_the_overview_is_the_same_whatever_the_storage_orientation(inserted_lesi
     """LPS-, RAS- and obliquely-stored copies of one case give the same overview.png (radiological orientation
     from the patient axes); the oblique copy is resampled, so its picture differs by interpolation only."""
     import matplotlib.image
+
     from DiffusionAnomalyLib.detection.overview import write_overview
 
     image, masks, _ = inserted_lesion_case
