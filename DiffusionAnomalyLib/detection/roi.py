@@ -158,6 +158,15 @@ def extract_patch(
     return sitk.GetArrayFromImage(out)
 
 
+def _region_grid(reference: sitk.Image, lo, hi) -> sitk.Image:
+    """An empty float32 image on ``reference``'s grid covering the index box ``lo``..``hi`` (x, y, z; inclusive)."""
+    sub = sitk.Image([int(v) for v in hi - lo + 1], sitk.sitkFloat32)
+    sub.SetSpacing(reference.GetSpacing())
+    sub.SetDirection(reference.GetDirection())
+    sub.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in lo]))
+    return sub
+
+
 def _covered_region(patch: RoiPatch, reference: sitk.Image) -> tuple[np.ndarray, np.ndarray] | None:
     size = np.array(patch.size_voxels, dtype=float)
     origin = np.array(patch.origin_lps)
@@ -199,10 +208,7 @@ def compose_patches(
         if region is None:
             continue
         lo, hi = region
-        sub = sitk.Image([int(v) for v in hi - lo + 1], sitk.sitkFloat32)
-        sub.SetSpacing(reference.GetSpacing())
-        sub.SetDirection(reference.GetDirection())
-        sub.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in lo]))
+        sub = _region_grid(reference, lo, hi)
         resampled = sitk.Resample(patch.image(values), sub, sitk.Transform(), sitk.sitkLinear, float("nan"))
         res = sitk.GetArrayFromImage(resampled)
         sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo[::-1], hi[::-1], strict=True))
@@ -266,10 +272,7 @@ class PatchComposer:
                 self._weights.append(None)
                 continue
             lo, hi = region
-            sub = sitk.Image([int(v) for v in hi - lo + 1], sitk.sitkFloat32)
-            sub.SetSpacing(reference.GetSpacing())
-            sub.SetDirection(reference.GetDirection())
-            sub.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in lo]))
+            sub = _region_grid(reference, lo, hi)
             sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo[::-1], hi[::-1], strict=True))
             self._boxes.append((sub, sl))
             w = self._resample(patch, blend_weights(patch.shape_zyx, margin), sub)
