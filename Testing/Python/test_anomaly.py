@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from conftest import make_image
+from scipy import ndimage
 
 from DiffusionAnomalyLib.detection.anomaly import (
     PostProcessing,
@@ -10,6 +11,7 @@ from DiffusionAnomalyLib.detection.anomaly import (
     axial_extent_mm,
     dataset_otsu_threshold,
     lesion_table,
+    median_at,
     median_filter_map,
     organ_box,
     organ_map,
@@ -57,6 +59,24 @@ def test_organ_box_and_map_match_the_whole_volume_computation():
         whole = np.where(organ, median_filter_map(score, size), 0.0).astype(np.float32)
         np.testing.assert_array_equal(organ_map(score, organ, size), whole)
     assert not organ_map(score, np.zeros_like(organ), 5).any()
+
+
+@pytest.mark.parametrize("parts", [2, 12])
+def test_organ_map_per_part_boxes_match_the_whole_volume(parts):
+    """Two kidneys one voxel apart and a speckled mask: the median at the organ's voxels alone equals filtering
+    the whole volume, for odd and even sizes (scipy's rank and footprint) and at the volume's border."""
+    score, _ = _blobby_map((30, 44, 60), 5)
+    zz, yy, xx = np.indices(score.shape)
+    organ = np.zeros(score.shape, bool)
+    for k in range(parts):
+        cx = (18, 38)[k] if parts == 2 else 4 + k * 4.5  # the two kidneys one voxel apart
+        organ |= ((zz - 15) / 8.0) ** 2 + ((yy - 22) / 9.0) ** 2 + ((xx - cx) / (10.0 if parts == 2 else 1.2)) ** 2 < 1
+    assert ndimage.label(organ, np.ones((3, 3, 3)))[1] == parts
+    organ[0, 20:25, 10:14] = organ[-1, -3:, -2:] = True  # on the volume's faces, edges and corner
+    for size in (2, 3, 4, 5):
+        whole = np.where(organ, median_filter_map(score, size), 0.0).astype(np.float32)
+        np.testing.assert_array_equal(organ_map(score, organ, size), whole)
+    np.testing.assert_array_equal(median_at(score, np.nonzero(organ), 3, chunk=7), median_filter_map(score, 3)[organ])
 
 
 @pytest.mark.parametrize("grow", [1.0, 0.8])
