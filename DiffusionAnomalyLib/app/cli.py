@@ -287,8 +287,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from DiffusionAnomalyLib.detection.anomaly import PostProcessing
     from DiffusionAnomalyLib.evaluation.sweep import run_sweep, weak_guidance, write_calibrated_bundle
 
@@ -312,18 +310,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     res = run_sweep(cases, model.make_reconstructor, model.preset, Path(args.out), model.settings,
                     args.noise_levels, guidance_values, ranks.rank, ranks.world, ranks.barrier,
                     min_lesion_ml_values=args.min_lesion_ml_values, maps_key=model.maps_key,
-                    options=dataclasses.asdict(model.options), threshold_scales=args.threshold_scales,
+                    options=model.options, threshold_scales=args.threshold_scales,
                     max_fp_per_organ=args.max_fp_per_organ, grow_to_values=grow_to_values,
-                    baseline_organ=None if args.no_baseline else model.preset.name)
+                    baseline_organ=None if args.no_baseline else model.preset.name,
+                    map_variants=_map_variants(args, model.run))
     if res is not None:
-        print(f"{'L':>5} {'s':>7} {'threshold':>10} {'Dice':>7} {'F1':>7}")
+        print(f"{'L':>5} {'s':>7} {'reference':>11} {'k':>3} {'median':>6} {'threshold':>10} {'Dice':>7} {'F1':>7}")
         for r in res["grid"]:
-            print(f"{r['noise_level']:>5} {r['guidance']:>7g} {r['threshold']:>10.4f} {r['dice'] or 0:>7.3f} "
-                  f"{r['f1'] or 0:>7.3f}")
+            print(f"{r['noise_level']:>5} {r['guidance']:>7g} {r['reference']:>11} {r['samples']:>3} "
+                  f"{r['median_filter']:>6} {r['threshold']:>10.4f} {r['dice'] or 0:>7.3f} {r['f1'] or 0:>7.3f}")
         b = res["best"]
-        print(f"best: L = {b['noise_level']}, s = {b['guidance']:g}, Otsu threshold {b['otsu_threshold']:.4f}, "
+        print(f"best: L = {b['noise_level']}, s = {b['guidance']:g}, reference {b['reference']}, {b['samples']} "
+              f"sample(s), median filter {b['median_filter']}, Otsu threshold {b['otsu_threshold']:.4f}, "
               f"mean Dice {b['dice']}; plot in {Path(args.out) / 'sweep' / 'dice_vs_s.png'}")
-        print("post-processing at the best L and s, by threshold (x Otsu), minimum lesion volume and growth:")
+        print("post-processing at the best point, by threshold (x Otsu), minimum lesion volume and growth:")
         print(f"{'scale':>6} {'threshold':>10} {'ml':>6} {'grow':>5} {'found':>9} {'FP/organ':>9} {'F1':>7} "
               f"{'Dice':>7}")
         for r in res["postprocessing"]:
@@ -340,6 +340,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(f"calibrated bundle written to {dest}")
     ranks.close()
     return 0
+
+
+def _map_variants(args: argparse.Namespace, run) -> list:
+    """The map options the sweep tries: every combination of --reference-values, --samples-values and
+    --median-filter-values (each defaulting to the run's own value), checked before any map is made."""
+    import dataclasses
+    import itertools
+
+    variants = []
+    for ref, k, med in itertools.product(args.reference_values or [run.reference], args.samples_values or [run.samples],
+                                         args.median_filter_values or [run.median_filter]):
+        try:
+            point = dataclasses.replace(run, reference=ref, samples=k, median_filter=med)  # checks the values
+        except InputError as exc:
+            raise InputError(f"sweep --reference-values / --samples-values / --median-filter-values: {exc}") from None
+        if point.map_options() not in variants:
+            variants.append(point.map_options())
+    return variants
 
 
 def _print_beside(comparison: dict) -> None:
@@ -732,6 +750,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--noise-levels", type=int, nargs="+", default=[100, 250, 500], help="the L values of the grid")
     sw.add_argument("--guidance-values", type=float, nargs="+", default=[float(s) for s in range(0, 2001, 200)],
                     help="the s values of the grid")
+    sw.add_argument("--reference-values", nargs="+", choices=list(REFERENCES), default=None, metavar="REF",
+                    help="also sweep the anomaly map's reference: input and/or autoencoder (default: --reference)")
+    sw.add_argument("--samples-values", type=int, nargs="+", default=None, metavar="K",
+                    help="also sweep the number of averaged reconstructions (default: --samples)")
+    sw.add_argument("--median-filter-values", type=int, nargs="+", default=None, metavar="N",
+                    help="also sweep the anomaly map's median filter size in voxels, 0 = none (default: "
+                         "--median-filter); the grid is L x s x every reference, K and N")
     sw.add_argument("--min-lesion-ml-values", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
                     metavar="ML", help="then, at the best L and s: post-processing with each minimum lesion volume "
                                        "(see --max-fp-per-organ for which one is recommended)")

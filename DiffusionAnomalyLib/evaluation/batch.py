@@ -25,7 +25,7 @@ from DiffusionAnomalyLib.settings import MapOptions, RunSettings
 @dataclass
 class Model:
     """What a dataset command needs: the organ preset (with the map's median filter), the resolved run
-    settings, and a reconstructor factory (sampler settings -> reconstructor)."""
+    settings, and a reconstructor factory (sampler settings[, map options] -> reconstructor)."""
 
     preset: OrganPreset
     run: RunSettings  # resolved once: the bundle's recommendations with the command line's options on top
@@ -47,16 +47,16 @@ class Model:
     def options(self) -> MapOptions:
         return self.run.map_options()
 
-    def maps_key(self, settings=None) -> str:
-        """Cache folder name of the anomaly maps made with ``settings`` (default: this model's) by these
-        networks (``_w<weights id>``)."""
+    def maps_key(self, settings=None, options: MapOptions | None = None) -> str:
+        """Cache folder name of the anomaly maps made with ``settings`` and map ``options`` (default: this
+        model's) by these networks (``_w<weights id>``)."""
         st = settings or self.settings
         if st is None:
             return "baseline"
         key = f"{st.method}_L{st.noise_level}_s{st.guidance:g}_n{st.steps}_seed{st.seed}"
         from DiffusionAnomalyLib.models.reconstruction import samples_drawn
 
-        o = self.options
+        o = options or self.options
         samples = samples_drawn(st.method, o.samples)
         return (key + ("_refae" if o.reference == "autoencoder" else "") + (f"_k{samples}" if samples > 1 else "")
                 + (f"_med{o.median_filter}" if o.median_filter else "") + f"_w{self.weights_id}"
@@ -82,8 +82,8 @@ def load_model(bundle_path: str | None, organ: str | None, device, resolve: Reso
 
         precision = resolve_precision(run.precision, device)
         return Model(opts.apply_to(bundle.preset), run,
-                     lambda st: DiffusionReconstructor(bundle, st, device, reference=opts.reference,
-                                                       samples=opts.samples, precision=precision),
+                     lambda st, o=opts: DiffusionReconstructor(bundle, st, device, reference=o.reference,
+                                                               samples=o.samples, precision=precision),
                      f"{bundle.meta.name} {bundle.meta.version} ({bundle.digest[:12]})"
                      + (" DEMO" if bundle.meta.demo else "") + (" bf16" if precision == "bf16" else ""),
                      demo=bundle.meta.demo, weights_id=bundle.meta.weights_id(), recommended=rec,
@@ -92,7 +92,7 @@ def load_model(bundle_path: str | None, organ: str | None, device, resolve: Reso
     from DiffusionAnomalyLib.detection.presets import get_preset
 
     preset = get_preset(organ)
-    return Model(preset, resolve({}, preset), lambda st: MedianBaseline.for_preset(preset),
+    return Model(preset, resolve({}, preset), lambda st, o=None: MedianBaseline.for_preset(preset),
                  "non-neural median baseline", baseline=True)
 
 

@@ -1,6 +1,7 @@
 """``diffusion-anomaly sweep``: the L x s grid search of the kidney thesis §5.2, and bundle calibration.
 
-For every noise level L and guidance strength s, the anomaly maps of the dataset are computed (cached
+For every noise level L and guidance strength s (and, when asked, every anomaly reference, number of averaged
+samples and median filter size: the map options), the anomaly maps of the dataset are computed (cached
 per setting and networks under ``OUT/maps/<maps_key>/``, so an interrupted sweep resumes), thresholded with one
 global Otsu threshold and scored *without* post-processing, as in the thesis. The best setting is the
 one with the highest mean Dice. Then, at that setting, the maps are thresholded at the Otsu threshold
@@ -22,7 +23,7 @@ import csv
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from DiffusionAnomalyLib.detection.anomaly import PostProcessing
@@ -36,6 +37,7 @@ from DiffusionAnomalyLib.evaluation.evaluate import (
     score_dataset,
 )
 from DiffusionAnomalyLib.imaging.io import atomic_output_dir
+from DiffusionAnomalyLib.settings import MapOptions
 
 #: The thesis grid (the kidney thesis §5.2): L in {100, 250, 500}, s in {0, 200, ..., 2000}.
 THESIS_NOISE_LEVELS = (100, 250, 500)
@@ -75,32 +77,44 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
               rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
               progress: Callable[[str], None] = log,
               min_lesion_ml_values: Sequence[float] = MIN_LESION_ML,
-              maps_key: Callable | None = None, options: dict | None = None,
+              maps_key: Callable | None = None, options: MapOptions | None = None,
               threshold_scales: Sequence[float] = (1.0,), max_fp_per_organ: float | None = None,
-              grow_to_values: Sequence[float] = (1.0,), baseline_organ: str | None = None) -> dict | None:
+              grow_to_values: Sequence[float] = (1.0,), baseline_organ: str | None = None,
+              map_variants: Sequence[MapOptions] | None = None) -> dict | None:
     """Run the grid; returns (on rank 0) {"grid": rows, "best": row, "postprocessing": rows}; ``best`` also
-    holds the recommended ``threshold`` (Otsu x the chosen scale), ``min_lesion_ml``, the ``objective`` and
-    ``options`` (e.g. the anomaly reference and the number of averaged samples, which the calibrated bundle
-    then recommends too). ``settings`` gives sampler, steps, seed; ``maps_key(settings)`` names a setting's
-    map cache folder (default ``L<L>_s<s>``). ``baseline_organ``: also run the non-neural median baseline on the
-    same cases and put it beside the recommended operating point (``baseline`` in the result and sweep.json,
-    ``OUT/sweep/report.md``), with the paired Wilcoxon test on per-case Dice and lesion F1."""
+    holds the recommended ``threshold`` (Otsu x the chosen scale), ``min_lesion_ml``, the ``objective`` and the
+    map options it was made with (anomaly reference, averaged samples, median filter), which the calibrated
+    bundle then recommends too. ``settings`` gives sampler, steps, seed. The grid is L x s x ``map_variants``
+    (each a :class:`~DiffusionAnomalyLib.settings.MapOptions`; default: ``options`` alone);
+    ``make_reconstructor(settings, options)`` builds a reconstructor for one point and ``maps_key(settings,
+    options)`` names its map cache folder (default ``L<L>_s<s>``, with the options when several are swept).
+    ``baseline_organ``: also run the non-neural median baseline on the same cases and put it beside the
+    recommended operating point (``baseline`` in the result and sweep.json, ``OUT/sweep/report.md``), with the
+    paired Wilcoxon test on per-case Dice and lesion F1."""
+    variants = list(map_variants or [options or MapOptions()])
     rows = []
-    key = maps_key or (lambda st: f"L{st.noise_level}_s{st.guidance:g}")
+
+    def default_key(st, o):
+        return f"L{st.noise_level}_s{st.guidance:g}" + (
+            f"_{o.reference}_k{o.samples}_med{o.median_filter}" if len(variants) > 1 else "")
+
+    key = maps_key or default_key
     for L in noise_levels:
         for s in guidance:
-            st = replace(settings, noise_level=int(L), guidance=float(s), steps=min(settings.steps, int(L)))
-            maps = out / "maps" / key(st)
-            progress(f"sweep: L = {L}, s = {s:g}")
-            compute_maps(cases, make_reconstructor(st), preset, maps, rank, world, progress)
-            barrier()
-            if rank == 0:
-                _, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=200, detail=False)
-                rows.append({"noise_level": int(L), "guidance": float(s), "sampler": st.method, "steps": st.steps,
-                             "maps": key(st),
-                             "threshold": _significant(thr), "dice": summary["dice"]["mean"],
-                             "f1": summary["lesion_detection"]["f1"], "cases": summary["cases"],
-                             "skipped": len(problems)})
+            for o in variants:
+                st = replace(settings, noise_level=int(L), guidance=float(s), steps=min(settings.steps, int(L)))
+                maps = out / "maps" / key(st, o)
+                progress(f"sweep: L = {L}, s = {s:g}" + (f", reference {o.reference}, {o.samples} sample(s), median "
+                                                        f"filter {o.median_filter}" if len(variants) > 1 else ""))
+                compute_maps(cases, make_reconstructor(st, o), o.apply_to(preset), maps, rank, world, progress)
+                barrier()
+                if rank == 0:
+                    _, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=200, detail=False)
+                    rows.append({"noise_level": int(L), "guidance": float(s), **asdict(o), "sampler": st.method,
+                                 "steps": st.steps, "maps": key(st, o),
+                                 "threshold": _significant(thr), "dice": summary["dice"]["mean"],
+                                 "f1": summary["lesion_detection"]["f1"], "cases": summary["cases"],
+                                 "skipped": len(problems)})
     beside = baseline_beside(cases, baseline_organ, out, rank, world, barrier, n_boot=0, progress=progress) \
         if baseline_organ else None
     if rank != 0:
@@ -124,7 +138,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
                                 "fp_per_organ": summary["fp_per_organ"]["mean"], "f1": d["f1"],
                                 "dice": summary["dice"]["mean"]})
     chosen, objective = choose_operating_point(pp_rows, max_fp_per_organ)
-    best = {**best, **(options or {}), "otsu_threshold": best["threshold"], "threshold": chosen["threshold"],
+    best = {**best, "otsu_threshold": best["threshold"], "threshold": chosen["threshold"],
             "min_lesion_ml": chosen["min_lesion_ml"], "grow_to": chosen["grow_to"], "objective": objective,
             "postprocessed": chosen}
     result = {"grid": rows, "best": best, "postprocessing": pp_rows}
@@ -183,10 +197,15 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def variant(r: dict) -> tuple:
+        return r["reference"], r["samples"], r["median_filter"]
+
+    several = len({variant(r) for r in rows}) > 1
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for L in sorted({r["noise_level"] for r in rows}):
-        pts = sorted((r["guidance"], r["dice"] or 0.0) for r in rows if r["noise_level"] == L)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"L = {L}")
+    for line in sorted({(r["noise_level"], *variant(r)) for r in rows}):
+        pts = sorted((r["guidance"], r["dice"] or 0.0) for r in rows if (r["noise_level"], *variant(r)) == line)
+        label = f"L = {line[0]}" + (f", {line[1]}, k = {line[2]}, median {line[3]}" if several else "")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set(xlabel="guidance strength s", ylabel="mean Dice (global Otsu, no post-processing)",
            title="Dice vs guidance")
     ax.legend()

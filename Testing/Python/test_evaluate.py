@@ -310,6 +310,40 @@ def test_paired_test_figures_and_ties():
     assert tied["p_model_better"] is None and tied["ties"] == 2 and tied["verdict"] == "no significant difference"
 
 
+def test_sweep_varies_the_map_options_and_recommends_the_best(dataset, tiny_bundle, tmp_path, capsys):
+    """The grid is L x s x reference x samples x median filter; each point has its own cached maps; the chosen
+    point's map options go into the calibrated bundle."""
+    from DiffusionAnomalyLib.models.bundle import read_meta
+
+    data = tmp_path / "one"
+    data.mkdir()
+    shutil.copytree(dataset / "kidney-00011", data / "kidney-00011")
+    out = tmp_path / "sw"
+    assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--sampler", "ddim", "--steps", "2",
+                 "--noise-levels", "20", "--guidance-values", "0", "--device", "cpu", "--precision", "fp32",
+                 "--reference-values", "input", "autoencoder", "--median-filter-values", "0", "3",
+                 "--min-lesion-ml-values", "0", "--no-baseline", "--out", str(out),
+                 "--write-bundle", str(tmp_path / "cal")]) == 0
+    res = json.loads((out / "sweep" / "sweep.json").read_text())
+    grid = [(r["reference"], r["samples"], r["median_filter"]) for r in res["grid"]]
+    assert grid == [("input", 1, 0), ("input", 1, 3), ("autoencoder", 1, 0), ("autoencoder", 1, 3)]
+    assert len({r["maps"] for r in res["grid"]}) == 4 and all((out / "maps" / r["maps"]).is_dir() for r in res["grid"])
+    # the median filter changes the map; the reference changes the map
+    dice = {g: r["dice"] for g, r in zip(grid, res["grid"], strict=True)}
+    assert len(set(dice.values())) > 1
+    best = res["best"]
+    assert best["dice"] == max(dice.values())
+    rec = read_meta(tmp_path / "cal").recommended
+    assert (rec["reference"], rec["samples"], rec["median_filter"]) == (best["reference"], 1, best["median_filter"])
+    assert "median" in capsys.readouterr().out
+    # a bad value is refused before any map is made, naming the option
+    assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "sw2"),
+                 "--samples-values", "4", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--samples-values" in err and "samples must be >= 1 (got 0)" in err
+    assert not (tmp_path / "sw2" / "maps").exists()
+
+
 def test_sweep_leaves_out_guidance_of_a_classifier_near_chance(dataset, tiny_bundle, tmp_path, capsys):
     weak = tmp_path / "weak"
     shutil.copytree(tiny_bundle, weak)
