@@ -436,8 +436,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             labels=args.labels, totalseg=args.totalseg, sampler=args.sampler, steps=args.steps,
             noise_levels=args.noise_levels, guidance=args.guidance_values, threshold_scales=args.threshold_scales,
             min_lesion_ml_values=args.min_lesion_ml_values, grow_to_values=args.grow_to_values,
-            max_fp_per_organ=args.max_fp_per_organ, seed=args.seed, device=args.device, name=args.name,
-            version=args.version, demo=args.demo)
+            max_fp_per_organ=args.max_fp_per_organ, reference_values=args.reference_values,
+            samples_values=args.samples_values, median_filter_values=args.median_filter_values, seed=args.seed,
+            device=args.device, name=args.name, version=args.version, demo=args.demo)
         train_all(plan, dry_run=args.dry_run, from_stage=args.from_stage)
         return 0
     if args.part == "autoencoder":
@@ -671,6 +672,12 @@ def build_parser() -> argparse.ArgumentParser:
     tall.add_argument("--max-fp-per-organ", type=non_negative, default=1.0,
                       help="calibration: the operating point finds the most lesions with at most this many false "
                            "positives per organ")
+    tall.add_argument("--reference-values", nargs="+", choices=list(REFERENCES), default=None, metavar="REF",
+                      help="calibration: anomaly map references tried, input and/or autoencoder (default: input)")
+    tall.add_argument("--samples-values", type=positive_int, nargs="+", default=None, metavar="K",
+                      help="calibration: numbers of averaged reconstructions tried (DDPM; default: 1)")
+    tall.add_argument("--median-filter-values", type=non_negative_int, nargs="+", default=None, metavar="N",
+                      help="calibration: anomaly map median filter sizes tried, in voxels (default: the organ's)")
     tall.add_argument("--name", help="bundle name (default: <organ>-model, or <organ>-demo with --demo)")
     tall.add_argument("--version", default="0.1.0", help="bundle version")
     tall.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")

@@ -87,6 +87,9 @@ class TrainAllPlan:
     min_lesion_ml_values: list = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
     grow_to_values: list = field(default_factory=lambda: [1.0, 0.7])
     max_fp_per_organ: float | None = 1.0
+    reference_values: list | None = None  # map options swept in calibration (None: the run setting's default)
+    samples_values: list | None = None
+    median_filter_values: list | None = None
     seed: int = 0
     device: str = "auto"
     name: str | None = None
@@ -112,7 +115,9 @@ class TrainAllPlan:
                           "noise_levels": [int(v) for v in (self.noise_levels or p["noise_levels"])],
                           "guidance": [float(v) for v in (self.guidance or p["guidance"])],
                           "threshold_scales": self.threshold_scales, "min_lesion_ml_values": self.min_lesion_ml_values,
-                          "grow_to_values": self.grow_to_values, "max_fp_per_organ": self.max_fp_per_organ},
+                          "grow_to_values": self.grow_to_values, "max_fp_per_organ": self.max_fp_per_organ,
+                          "reference_values": self.reference_values, "samples_values": self.samples_values,
+                          "median_filter_values": self.median_filter_values},
             "bundle": {"name": self.name, "version": self.version, "demo": self.demo},
         }
 
@@ -608,15 +613,22 @@ def seconds_per_iteration(resolved: dict, organ: str, device) -> dict[str, float
     return out
 
 
+def calibration_points(cal: dict) -> int:
+    """How many map settings the calibration sweep computes: L x s x reference x samples x median filter."""
+    return (len(cal["noise_levels"]) * len(cal["guidance"]) * len(cal.get("reference_values") or [0])
+            * len(cal.get("samples_values") or [0]) * len(cal.get("median_filter_values") or [0]))
+
+
 def estimate(resolved: dict, prepared: Prepared, per_it: dict[str, float], structures_per_case: int,
              prepare_s_per_case: float) -> dict[str, float]:
     """Seconds each stage is expected to take (rough: iterations x the timed iteration, plus validation)."""
     cal = resolved["calibrate"]
     n_val = len(prepared.cases["validation"])
-    grid = len(cal["noise_levels"]) * len(cal["guidance"])
+    grid = calibration_points(cal)
     steps = [min(cal["steps"], L) for L in cal["noise_levels"]]
     guided = sum(1 for s in cal["guidance"] if s > 0) / max(len(cal["guidance"]), 1)
-    per_map = structures_per_case * np.mean(steps) * per_it["denoise_step"] * (1 + 2 * guided)
+    samples = np.mean(cal.get("samples_values") or [1]) if cal["sampler"] != "ddim" else 1.0  # DDIM draws once
+    per_map = structures_per_case * np.mean(steps) * per_it["denoise_step"] * (1 + 2 * guided) * samples
     n_cases = sum(len(v) for v in prepared.cases.values())
     return {"prepare": prepare_s_per_case * n_cases,
             "autoencoder": resolved["autoencoder"]["iterations"] * per_it["autoencoder"] * 1.1,
@@ -1003,6 +1015,9 @@ def _calibrate(work: Path, prepared: Prepared, cal: dict, device: str, main: boo
             "--write-bundle", str(work / "calibrated")]
     if cal["max_fp_per_organ"] is not None:
         argv += ["--max-fp-per-organ", str(cal["max_fp_per_organ"])]
+    for key in ("reference_values", "samples_values", "median_filter_values"):
+        if cal.get(key):
+            argv += ["--" + key.replace("_", "-"), *map(str, cal[key])]
     if main and (work / "calibrated").exists():
         shutil.rmtree(work / "calibrated")
     args = build_parser().parse_args(argv)
@@ -1037,8 +1052,8 @@ def _dry_run_report(plan: TrainAllPlan, resolved: dict, prepared: Prepared, est:
             "autoencoder": f"{resolved['autoencoder']['iterations']} iterations, {resolved['autoencoder']['network']}",
             "denoiser": f"{resolved['denoiser']['iterations']} iterations, {resolved['denoiser']['network']}",
             "classifier": f"{resolved['classifier']['iterations']} iterations",
-            "calibrate": f"{len(resolved['calibrate']['noise_levels']) * len(resolved['calibrate']['guidance'])} "
-                         f"settings x {len(prepared.cases['validation'])} validation cases",
+            "calibrate": f"{calibration_points(resolved['calibrate'])} settings x "
+                         f"{len(prepared.cases['validation'])} validation cases",
             "bundle": "the model card"}
     for s in STAGES:
         print(f"{s:<12} {_fmt_s(est[s]):>10}  {what[s]}")

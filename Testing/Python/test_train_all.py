@@ -35,7 +35,8 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     from DiffusionAnomalyLib.models.bundle import load_bundle, read_meta
 
     out = tmp_path / "bundle"
-    assert main(["train", "all", "--data", str(data), "--out", str(out), *FAST]) == 0
+    argv = ["train", "all", "--data", str(data), "--out", str(out), *FAST, "--median-filter-values", "0", "3"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     bundle = load_bundle(out, manifest=None)
     assert set(bundle.networks) == {"autoencoder", "denoiser", "classifier"}
@@ -50,6 +51,8 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     # calibrated on the validation split only, the baseline beside; the card filled from what was done
     rec = meta.recommended
     assert rec["noise_level"] == 20 and rec["sampler"] == "ddim" and rec["threshold"] > 0
+    grid = meta.extra["calibration"]
+    assert rec["median_filter"] == grid["median_filter"] in (0, 3)  # swept: L x s x median filter 0 and 3
     assert meta.extra["calibration"]["cases"] == 2
     assert set(meta.extra["validation"]["classifier_auc"]) == {"0", "250", "500"}
     card = (out / "README.md").read_text()
@@ -69,13 +72,13 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     before = _stamps(out)
     work = {p: p.stat().st_mtime_ns for p in (tmp_path / "bundle.work").glob("*/*.safetensors")}
     capsys.readouterr()
-    assert main(["train", "all", "--data", str(data), "--out", str(out), *FAST]) == 0
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "nothing to train" in printed and "[2/6]" not in printed
     assert _stamps(out) == before
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "bundle.work").glob("*/*.safetensors")} == work
     # a changed stage setting is refused, naming the stage and how to redo it
-    assert main(["train", "all", "--data", str(data), "--out", str(out), *FAST, "--denoiser-iterations", "4"]) == 2
+    assert main([*argv, "--denoiser-iterations", "4"]) == 2
     assert "--from-stage denoiser" in capsys.readouterr().err
 
 
