@@ -59,9 +59,9 @@ test-slicer: $(SLICER_VENV)/.installed $(VENV)/.installed
 	  $(SLICER_BIN)/python -m pytest -q -p no:cacheprovider Testing/Slicer; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the Slicer suite is broken" >&2; fi; exit $$rc
 
-## demo-models: train the demo bundles on synthetic phantoms into Resources/Models (restartable; ~2 h for the kidney, ~80-130 min each for liver and brain, on 2 CPU cores)
+## demo-models: the demo bundles, each made by `diffusion-anomaly train all` on phantoms, installed into Resources/Models (restartable; hours per organ on 2 CPU cores; ORGANS=kidney, SMOKE=1: see scripts/demo_models.sh)
 demo-models: setup
-	$(BIN)/python scripts/train_demo_models.py
+	PYTHON=$(abspath $(BIN)/python) bash scripts/demo_models.sh
 
 lint: setup-test
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing

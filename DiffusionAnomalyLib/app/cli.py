@@ -38,8 +38,9 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     variety = {"variety": True} if args.variety else {}
     if args.cases > 1:
         seeds = list(range(args.seed, args.seed + args.cases))
-        out = write_dataset(args.organ, args.out, seeds, args.lesions, **variety)
-        print(f"wrote {args.cases} synthetic {args.organ} cases to {out} (labels.csv, reports.csv)")
+        out = write_dataset(args.organ, args.out, seeds, args.lesions, skip_existing=True, **variety)
+        print(f"wrote {args.cases} synthetic {args.organ} cases to {out} (labels.csv, reports.csv; complete cases "
+              "already there are kept)")
         return 0
     case = make_phantom(args.organ, args.seed, args.lesions, **variety)
     out = write_phantom(case, args.out)
@@ -438,7 +439,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             min_lesion_ml_values=args.min_lesion_ml_values, grow_to_values=args.grow_to_values,
             max_fp_per_organ=args.max_fp_per_organ, reference_values=args.reference_values,
             samples_values=args.samples_values, median_filter_values=args.median_filter_values, seed=args.seed,
-            device=args.device, name=args.name, version=args.version, demo=args.demo)
+            device=args.device, name=args.name, version=args.version, demo=args.demo, install=args.install)
         train_all(plan, dry_run=args.dry_run, from_stage=args.from_stage)
         return 0
     if args.part == "autoencoder":
@@ -532,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--out", required=True, help="output folder")
     ph.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ph.add_argument("--lesions", type=int, default=None, help="number of lesions (default: random 0-3)")
-    ph.add_argument("--cases", type=int, default=1, help="write N cases (seeds seed..seed+N-1) as a dataset")
+    ph.add_argument("--cases", type=int, default=1, help="write N cases (seeds seed..seed+N-1) as a dataset; complete "
+                                                         "cases already in OUT are kept (a rerun resumes)")
     ph.add_argument("--variety", action="store_true",
                     help="kidney, liver: the varied generator (kidney size, shape and cortex, texture, all contrast "
                          "phases, noise 5-30 HU, slices 1.5-5 mm, lesion shapes beyond ellipsoids; cases "
@@ -681,6 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     tall.add_argument("--name", help="bundle name (default: <organ>-model, or <organ>-demo with --demo)")
     tall.add_argument("--version", default="0.1.0", help="bundle version")
     tall.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
+    tall.add_argument("--install", metavar="MODELS_DIR",
+                      help="when done, copy the bundle into this models folder as MODELS_DIR/<name>/ and list it with "
+                           "its SHA-256 in MODELS_DIR/manifest.json (make demo-models: Resources/Models)")
     tall.add_argument("--dry-run", action="store_true",
                       help="check the data (cases and structures per label and split, unusable rows and cases named) "
                            "and estimate each stage's time; train nothing")

@@ -95,6 +95,7 @@ class TrainAllPlan:
     name: str | None = None
     version: str = "0.1.0"
     demo: bool = False
+    install: str | None = None  # a models folder: the finished bundle is copied there and listed in its manifest
 
     def resolved(self) -> dict:
         """The settings each stage depends on (a change to one of them after the stage ran is refused)."""
@@ -996,6 +997,11 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
     token.unlink(missing_ok=True)
     for line in summary_lines(prepared, stages, auc, sweep, out):
         progress(line)
+    if plan.install:
+        from DiffusionAnomalyLib.models.bundle import install_bundle
+
+        progress(f"installed as {install_bundle(out, plan.install)}, listed in "
+                 f"{Path(plan.install) / 'manifest.json'}")
     progress(f"bundle: {out} ({_fmt_s(time.perf_counter() - total_t0)} this run; the work files in {work} can be "
              "deleted once you are done with it)")
     return out

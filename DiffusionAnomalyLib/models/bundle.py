@@ -173,8 +173,8 @@ def check_inside(folder: Path, path: Path) -> None:
 
 def shipped_manifest() -> Path | None:
     """``Resources/Models/manifest.json`` (None when the resources are not installed); ``$DA_BUNDLE_MANIFEST``
-    names another manifest, or none when set but empty (for the demo-training script, which rebuilds a listed
-    bundle before it writes its new entry)."""
+    names another manifest, or none when set but empty (for ``train all``, whose new bundle may share a listed
+    bundle's name and version until :func:`install_bundle` writes its entry)."""
     if "DA_BUNDLE_MANIFEST" in os.environ:
         env = os.environ["DA_BUNDLE_MANIFEST"]
         return Path(env) if env else None
@@ -185,6 +185,29 @@ def shipped_manifest() -> Path | None:
     except FileNotFoundError:
         return None
     return p if p.is_file() else None
+
+
+def install_bundle(bundle: str | os.PathLike, models_dir: str | os.PathLike) -> Path:
+    """Copy ``bundle`` into the models folder ``models_dir`` as ``<name>/`` (replacing an earlier copy as a whole)
+    and list it, with its SHA-256, in ``models_dir/manifest.json`` (an entry of the same name is replaced); both
+    written atomically. Returns the installed folder."""
+    meta = read_meta(bundle)
+    dest = Path(models_dir) / meta.name
+    with atomic_output_dir(dest, replace_previous=True) as stage:
+        for f in Path(bundle).iterdir():
+            if f.is_file():
+                shutil.copy2(f, stage / f.name)
+    manifest = Path(models_dir) / "manifest.json"
+    data = json.loads(manifest.read_text()) if manifest.is_file() else {"format_version": 1, "bundles": []}
+    entry = {"name": meta.name, "version": meta.version, "organ": meta.organ, "sha256": bundle_digest(dest),
+             "demo": bool(meta.demo), "location": f"{meta.name}/ (in this models folder)",
+             "description": meta.summary or f"{meta.name} {meta.version}"}
+    data["bundles"] = [b for b in data.get("bundles", []) if b.get("name") != meta.name] + [entry]
+    data["bundles"].sort(key=lambda b: str(b.get("name")))
+    tmp = manifest.with_name(f".tmp-{os.getpid()}-{manifest.name}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(manifest)
+    return dest
 
 
 def verify_files(folder: Path, meta: BundleMeta) -> None:
