@@ -41,6 +41,7 @@ from DiffusionAnomalyLib.models.precision import (
     classifier_in_precision,
     eps_in_precision,
     network_layout,
+    parallel_guidance,
     resolve_precision,
 )
 
@@ -155,7 +156,7 @@ def bench_case(size: str, device: torch.device, method: str, guidance: float, ro
     network_layout(den, device, resolved)  # the shared denoiser: each row sets the layout of its precision
     eps = eps_in_precision(eps_function(den), device, resolved)
     clf = classifier_in_precision(clf, device, resolved)
-    sampler = LatentSampler(eps, NoiseSchedule(), classifier=clf)
+    sampler = LatentSampler(eps, NoiseSchedule(), classifier=clf, parallel_guidance=parallel_guidance(device, resolved))
     z = torch.randn((rois, *SIZES[size]["latent"]), generator=torch.Generator().manual_seed(1)).to(device)
     settings = SamplerSettings(method=method, noise_level=NOISE_LEVEL, steps=steps, guidance=guidance, seed=0)
     sampler.reconstruct(z[:1], SamplerSettings(method="ddpm", noise_level=NOISE_LEVEL, steps=2,

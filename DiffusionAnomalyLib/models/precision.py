@@ -83,6 +83,13 @@ def channels_last(device: torch.device, precision: str) -> bool:
     return device.type == "cpu" and precision == "bf16"
 
 
+def parallel_guidance(device: torch.device, precision: str) -> bool:
+    """Whether the sampler runs the classifier's gradient beside the denoiser (``LatentSampler.parallel_guidance``):
+    on the CPU's fast path with at least two intra-op threads. ``fp32`` keeps the one-after-the-other order (and
+    the thread count) of earlier versions; on a GPU the two would share one stream, so nothing is gained."""
+    return device.type == "cpu" and precision == "bf16" and torch.get_num_threads() >= 2
+
+
 def network_layout(module, device: torch.device, precision: str):
     """``module`` (in place) in the memory format its precision runs fastest in: ``channels_last_3d`` for bfloat16
     on the CPU, else the default; the values are unchanged. None passes through."""

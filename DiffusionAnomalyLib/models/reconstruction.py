@@ -28,6 +28,7 @@ from DiffusionAnomalyLib.models.precision import (
     classifier_in_precision,
     eps_in_precision,
     network_layout,
+    parallel_guidance,
     resolve_precision,
 )
 
@@ -67,7 +68,8 @@ class DiffusionReconstructor:
         self.sampler = LatentSampler(eps_in_precision(eps_function(nets["denoiser"]), self.device, p),
                                      self.bundle.schedule(),
                                      classifier=classifier_in_precision(nets.get("classifier"), self.device, p),
-                                     class_conditional=den_cfg.get("num_class_embeds") is not None)
+                                     class_conditional=den_cfg.get("num_class_embeds") is not None,
+                                     parallel_guidance=parallel_guidance(self.device, p))
         self.settings.validate(self.sampler.schedule)
         self.trajectory: list[tuple[int, int, np.ndarray]] = []  # (sampler step, noise level t, decoded x0_hat)
         self.draws: np.ndarray | None = None  # the K >= 2 decoded draws (K, B, C, ...) of the last reconstruct

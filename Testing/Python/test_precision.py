@@ -18,6 +18,7 @@ from DiffusionAnomalyLib.models.precision import (
     cpu_native_bf16,
     eps_in_precision,
     network_autocast,
+    parallel_guidance,
     resolve_precision,
 )
 from DiffusionAnomalyLib.settings import RunSettings
@@ -104,6 +105,46 @@ def test_the_sampler_arithmetic_stays_float32_with_bf16_networks(tiny_nets):
                          classifier=classifier_in_precision(clf, CPU, "bf16")).reconstruct(z, st)
     assert fast.latent.dtype == torch.float32 and fast.network_evaluations == ref.network_evaluations
     assert ((fast.latent - ref.latent).norm() / ref.latent.norm()).item() < 0.05
+
+
+@pytest.mark.parametrize("method", ["ddim", "ddpm"])
+def test_guidance_beside_the_denoiser_gives_the_sequential_result(tiny_nets, method):
+    """parallel_guidance runs the same operations on two threads: the same latent (up to float rounding), the same
+    number of network evaluations, and the intra-op thread count is back afterwards."""
+    den, clf = tiny_nets
+    z = torch.randn(2, 4, 8, 8, 8, generator=torch.Generator().manual_seed(3))
+    st = SamplerSettings(method=method, noise_level=100, steps=4, guidance=10.0, seed=5)
+    threads = torch.get_num_threads()
+    ref = LatentSampler(eps_function(den), NoiseSchedule(), classifier=clf).reconstruct(z, st)
+    calls = []
+
+    def eps(x, t, labels=None):
+        calls.append(torch.is_grad_enabled())  # the denoiser runs without gradients in either order
+        return eps_function(den)(x, t, labels)
+
+    par = LatentSampler(eps, NoiseSchedule(), classifier=clf, parallel_guidance=True).reconstruct(z, st)
+    assert par.network_evaluations == ref.network_evaluations and not any(calls)
+    torch.testing.assert_close(par.latent, ref.latent, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(par.latent, LatentSampler(eps_function(den), NoiseSchedule(), classifier=clf).reconstruct(
+        z, SamplerSettings(method=method, noise_level=100, steps=4, guidance=0.0, seed=5)).latent)  # guidance acted
+    assert torch.get_num_threads() == threads
+    # the fast path on the CPU takes it; fp32 and the GPU keep the sequential order
+    assert parallel_guidance(CPU, "bf16") == (threads >= 2)
+    assert not parallel_guidance(CPU, "fp32") and not parallel_guidance(CUDA, "bf16")
+
+
+def test_an_error_in_the_guidance_thread_reaches_the_caller(tiny_nets):
+    den, _ = tiny_nets
+
+    def broken(x, t):
+        raise RuntimeError("classifier exploded")
+
+    z = torch.randn(1, 4, 8, 8, 8)
+    threads = torch.get_num_threads()
+    sampler = LatentSampler(eps_function(den), NoiseSchedule(), classifier=broken, parallel_guidance=True)
+    with pytest.raises(RuntimeError, match="classifier exploded"):
+        sampler.reconstruct(z, SamplerSettings(method="ddim", noise_level=100, steps=2, guidance=1.0))
+    assert torch.get_num_threads() == threads
 
 
 def test_bench_puts_fp32_and_the_fast_path_side_by_side():

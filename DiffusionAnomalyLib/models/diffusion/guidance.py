@@ -38,8 +38,13 @@ class ClassifierGuidance:
     def apply(self, eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
         if self.scale == 0:
             return eps
+        return self.apply_gradient(eps, self.log_prob_gradient(x, t), x, t, schedule)
+
+    def apply_gradient(self, eps: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                       schedule: NoiseSchedule) -> torch.Tensor:
+        """Eq. 4.1 with ``grad`` = :meth:`log_prob_gradient` computed elsewhere (e.g. beside the denoiser)."""
         a = schedule.alpha_bar_t(t, x)
-        return eps - self.scale * (1 - a).sqrt() * self.log_prob_gradient(x, t)
+        return eps - self.scale * (1 - a).sqrt() * grad
 
 
 def classifier_free_eps(

@@ -17,8 +17,10 @@ class-conditional denoisers ``cfg_scale`` applies classifier-free guidance towar
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -67,6 +69,36 @@ class SampleResult:
 EpsModel = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
+def side_by_side(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
+    """``first()`` in this thread (gradients off) and ``second()`` in another, at the same time, each with half of
+    PyTorch's intra-op threads: on a few CPU cores two networks side by side keep the cores busier than one after
+    the other, each on all of them (the deep, small layers of a 3D U-Net parallelise poorly). Errors of either
+    are raised here; the thread count is restored."""
+    n = torch.get_num_threads()
+    half = max(1, n // 2)
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        torch.set_num_threads(half)
+        try:
+            out["second"] = second()
+        except BaseException as exc:  # re-raised in the caller's thread
+            out["error"] = exc
+
+    torch.set_num_threads(half)
+    worker = threading.Thread(target=work, name="guidance", daemon=True)
+    try:
+        worker.start()
+        with torch.no_grad():
+            result = first()
+    finally:
+        worker.join()
+        torch.set_num_threads(n)
+    if "error" in out:
+        raise out["error"]
+    return result, out["second"]
+
+
 class LatentSampler:
     """Samplers over a noise-prediction network ``eps_model(x, t, labels)``.
 
@@ -75,11 +107,14 @@ class LatentSampler:
     """
 
     def __init__(self, eps_model: EpsModel, schedule: NoiseSchedule, classifier=None,
-                 class_conditional: bool = False) -> None:
+                 class_conditional: bool = False, parallel_guidance: bool = False) -> None:
         self.eps_model = eps_model
         self.schedule = schedule
         self.classifier = classifier
         self.class_conditional = class_conditional
+        #: run the classifier's gradient beside the denoiser (both depend on x_t alone), each on half of the
+        #: intra-op threads (:func:`side_by_side`); the same operations, so the same results up to float rounding
+        self.parallel_guidance = parallel_guidance
         self._nfe = 0
 
     # -- noise estimates -------------------------------------------------------------------
@@ -88,6 +123,11 @@ class LatentSampler:
 
     def _eps(self, x: torch.Tensor, t: int, settings: SamplerSettings, guided: bool) -> torch.Tensor:
         tv = self._tvec(x, t)
+        if guided and settings.guidance > 0 and self.parallel_guidance and not self.class_conditional:
+            guide = ClassifierGuidance(self.classifier, settings.guidance)
+            eps, grad = side_by_side(lambda: self.eps_model(x, tv, None), lambda: guide.log_prob_gradient(x, tv))
+            self._nfe += 1
+            return guide.apply_gradient(eps, grad, x, tv, self.schedule)
         if self.class_conditional:
             scale = settings.cfg_scale if guided else 0.0
             eps = classifier_free_eps(self.eps_model, x, tv, HEALTHY, scale)
