@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,67 @@ def test_train_all_under_torchrun_with_two_processes(data, tmp_path):
     bundle = load_bundle(out, manifest=None)
     assert set(bundle.networks) == {"autoencoder", "denoiser", "classifier"} and (out / "README.md").is_file()
     assert not list((tmp_path / "dist.work").glob(".run-*"))
+
+
+def _write_like(values, like: Path, dest: Path) -> None:
+    img = sitk.GetImageFromArray(values)
+    img.CopyInformation(sitk.ReadImage(str(like)))
+    sitk.WriteImage(img, str(dest))
+
+
+@pytest.mark.slow
+def test_dry_run_reads_the_lits_layout_with_derived_labels(tmp_path, capsys):
+    """LiTS: flat volume-N.nii.gz / segmentation-N.nii.gz (1 liver, 2 tumour); the organ mask and the labels come
+    from the segmentation; a label value LiTS does not define is named."""
+    phantoms = write_dataset("liver", tmp_path / "ph", [0, 1, 2, 3])
+    root = tmp_path / "lits"
+    root.mkdir()
+    unhealthy = 0
+    for n, case in enumerate(sorted(p for p in phantoms.iterdir() if p.is_dir())):
+        shutil.copy(case / "ct.nii.gz", root / f"volume-{n}.nii.gz")
+        liver = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "segmentations" / "liver.nii.gz"))) > 0
+        lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lesions.nii.gz"))) > 0
+        unhealthy += bool((lesion & liver).any())
+        _write_like(np.where(lesion & liver, 2, np.where(liver, 1, 0)).astype(np.uint8), case / "lesions.nii.gz",
+                    root / f"segmentation-{n}.nii.gz")
+    assert main(["train", "all", "--data", str(root), "--organ", "liver", "--out", str(tmp_path / "b"),
+                 "--val-fraction", "0.25", "--device", "cpu", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "layouts: lits" in printed and "derived from the lesion labels" in printed
+    counts = [line.split() for line in printed.splitlines() if line.split()[:1] in (["train"], ["validation"])
+              and len(line.split()) == 5]
+    assert sum(int(c[1]) for c in counts) == 4 - unhealthy and sum(int(c[2]) for c in counts) == unhealthy
+    # a value LiTS does not define (3) makes that case unusable, named with the file
+    seg = root / "segmentation-0.nii.gz"
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(seg)))
+    arr.flat[np.flatnonzero(arr == 1)[0]] = 3
+    _write_like(arr, seg, seg)
+    assert main(["train", "all", "--data", str(root), "--organ", "liver", "--out", str(tmp_path / "b"),
+                 "--val-fraction", "0.25", "--device", "cpu", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "not usable: " in printed and "segmentation-0.nii.gz: label values [3]" in printed
+
+
+@pytest.mark.slow
+def test_dry_run_reads_the_brats_layout(tmp_path, capsys):
+    """BraTS: <case>/<case>-t1n.nii.gz ... -t2f and <case>-seg.nii.gz; the brain mask is the skull-stripped scans'
+    nonzero voxels, every nonzero label a lesion."""
+    phantoms = write_dataset("brain", tmp_path / "ph", [0, 1, 2])
+    root = tmp_path / "brats" / "train"
+    unhealthy = 0
+    for case in sorted(p for p in phantoms.iterdir() if p.is_dir()):
+        name = f"BraTS-{case.name}"
+        (root / name).mkdir(parents=True)
+        for ch in ("t1n", "t1c", "t2w", "t2f"):
+            shutil.copy(case / f"{ch}.nii.gz", root / name / f"{name}-{ch}.nii.gz")
+        lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lesions.nii.gz"))) > 0
+        unhealthy += bool(lesion.any())
+        _write_like(np.where(lesion, 2, 0).astype(np.uint8), case / "lesions.nii.gz",
+                    root / name / f"{name}-seg.nii.gz")
+    assert main(["train", "all", "--data", str(root.parent), "--organ", "brain", "--out", str(tmp_path / "b"),
+                 "--val-fraction", "0.34", "--device", "cpu", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "layouts: brats" in printed and "not usable" not in printed
+    counts = [line.split() for line in printed.splitlines() if line.split()[:1] in (["train"], ["validation"])
+              and len(line.split()) == 5]
+    assert sum(int(c[1]) for c in counts) == 3 - unhealthy and sum(int(c[2]) for c in counts) == unhealthy
