@@ -799,8 +799,11 @@ sys.exit(main(sys.argv[2:]))
 def test_a_signal_cancels_with_exit_5_and_leaves_nothing(inputs, tmp_path, sig):
     marker = tmp_path / "started"
     out = tmp_path / "out"
+    # the default SIGINT disposition in the child, as in a terminal: a suite started in the background (nohup, `&`)
+    # passes SIGINT on ignored, and Python then rightly leaves it ignored
     p = subprocess.Popen([sys.executable, "-c", _SLOW, marker, *map(str, _baseline(inputs, out))],
-                         cwd=tempfile.gettempdir(), stderr=subprocess.PIPE, text=True)
+                         cwd=tempfile.gettempdir(), stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not marker.exists() and time.time() - t0 < 60 and p.poll() is None:
         time.sleep(0.05)
