@@ -12,11 +12,7 @@
 # 2 iterations, a tiny calibration grid: checks the chain in a few minutes; its bundles are not demo models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-fi
-da() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m DiffusionAnomalyLib "$@"; }
+. scripts/_python.sh
 WORK="${DEMO_WORK:-build/demo-models}"
 MODELS="${MODELS_DIR:-Resources/Models}"
 CASES="${CASES:-800}"

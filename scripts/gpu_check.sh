@@ -7,9 +7,6 @@
 # PYTHON (default: .venv/bin/python if present, else python3) must have this package and a CUDA build of torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-fi
+. scripts/_python.sh
 OUT="${1:-gpu_check.json}"
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec timeout 600 "$PY" -m DiffusionAnomalyLib bench --gpu-check --out "$OUT"

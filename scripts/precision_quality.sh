@@ -8,13 +8,9 @@
 # caches its maps). Costs about 3 x 50 demo cases (on an idle 2-core CPU ~30 s each at fp32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-fi
+. scripts/_python.sh
 W="${1:-build/precision-quality}"
 BUNDLE=Resources/Models/kidney-demo
-da() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m DiffusionAnomalyLib "$@"; }
 mkdir -p "$W"
 [ -d "$W/kidney-val" ] || da phantom --organ kidney --seed 500 --cases 30 --out "$W/kidney-val"
 [ -d "$W/kidney-test" ] || da phantom --organ kidney --seed 1000 --cases 20 --out "$W/kidney-test"

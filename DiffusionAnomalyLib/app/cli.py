@@ -356,8 +356,8 @@ def _map_variants(args: argparse.Namespace, run) -> list:
             point = dataclasses.replace(run, reference=ref, samples=k, median_filter=med)  # checks the values
         except InputError as exc:
             raise InputError(f"sweep --reference-values / --samples-values / --median-filter-values: {exc}") from None
-        if point.map_options() not in variants:
-            variants.append(point.map_options())
+        if (options := point.map_options()) not in variants:
+            variants.append(options)
     return variants
 
 
