@@ -439,7 +439,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             min_lesion_ml_values=args.min_lesion_ml_values, grow_to_values=args.grow_to_values,
             max_fp_per_organ=args.max_fp_per_organ, reference_values=args.reference_values,
             samples_values=args.samples_values, median_filter_values=args.median_filter_values, seed=args.seed,
-            device=args.device, name=args.name, version=args.version, demo=args.demo, install=args.install)
+            device=args.device, precision=args.precision, name=args.name, version=args.version, demo=args.demo,
+            install=args.install)
         train_all(plan, dry_run=args.dry_run, from_stage=args.from_stage)
         return 0
     if args.part == "autoencoder":
@@ -449,8 +450,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data=args.data, organ=args.organ, out=args.out, network=args.network, preset_overrides=_overrides(args),
             iterations=args.iterations, batch_size=args.batch_size, val_every=args.val_every,
             adversarial_start=args.adversarial_start, perceptual_weights=args.perceptual_weights, seed=args.seed,
-            device=args.device, resume=args.resume, name=args.name, version=args.version, demo=args.demo,
-            **({"lr": args.lr} if args.lr else {})))
+            device=args.device, precision=args.precision, resume=args.resume, name=args.name, version=args.version,
+            demo=args.demo, **({"lr": args.lr} if args.lr else {})))
     elif args.part == "denoiser":
         from DiffusionAnomalyLib.training.denoiser import DenoiserTraining, train_denoiser
 
@@ -458,14 +459,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data=args.data, bundle=args.bundle, out=args.out, network=args.network, iterations=args.iterations,
             batch_size=args.batch_size, val_every=args.val_every, class_conditional=args.class_conditional,
             latent_crop=tuple(args.latent_crop) if args.latent_crop else None,
-            seed=args.seed, device=args.device, resume=args.resume, **({"lr": args.lr} if args.lr else {})))
+            seed=args.seed, device=args.device, precision=args.precision, resume=args.resume,
+            **({"lr": args.lr} if args.lr else {})))
     else:
         from DiffusionAnomalyLib.training.classifier import ClassifierTraining, train_classifier
 
         train_classifier(ClassifierTraining(
             data=args.data, bundle=args.bundle, out=args.out, iterations=args.iterations,
             batch_size=args.batch_size, val_every=args.val_every, seed=args.seed, device=args.device,
-            resume=args.resume, frozen_levels=args.frozen_levels, max_level=args.max_level,
+            precision=args.precision, resume=args.resume, frozen_levels=args.frozen_levels, max_level=args.max_level,
             lesion_weight=args.lesion_weight, lesion_cell_ml=args.lesion_cell_ml,
             **({"lr": args.lr} if args.lr else {})))
     return 0
@@ -572,6 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out", required=True, help="output bundle folder (work files go to OUT.work)")
     common.add_argument("--seed", type=int, default=0, help="random seed")
     common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    common.add_argument("--precision", choices=list(PRECISIONS), default="auto",
+                        help="the networks' training steps: auto is bfloat16 autocast where the hardware has it "
+                             "natively (CUDA from Ampere on; CPUs with AVX-512 BF16 or AMX; the autoencoder on CUDA "
+                             "only), else float32; weights, optimiser and losses stay float32")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     part = argparse.ArgumentParser(add_help=False, parents=[common])
     part.add_argument("--iterations", type=positive_int, default=1000, help="training iterations")

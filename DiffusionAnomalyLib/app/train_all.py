@@ -92,6 +92,7 @@ class TrainAllPlan:
     median_filter_values: list | None = None
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # the networks' training steps and the calibration (training_precision)
     name: str | None = None
     version: str = "0.1.0"
     demo: bool = False
@@ -556,14 +557,18 @@ def _probe(step: Callable[[], None], repeats: int = 1) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def seconds_per_iteration(resolved: dict, organ: str, device) -> dict[str, float]:
+def seconds_per_iteration(resolved: dict, organ: str, device, precision: str = "auto") -> dict[str, float]:
     """Seconds per training iteration of each stage, timed on random tensors of the real shapes (one iteration
-    after a warm-up), and seconds per denoising step of one ROI (the sweep)."""
+    after a warm-up) at each stage's training precision, and seconds per denoising step of one ROI (the sweep)."""
     import torch
 
     from DiffusionAnomalyLib.models.nets.autoencoder import autoencoder_config, build_autoencoder
     from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
     from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config
+    from DiffusionAnomalyLib.training.common import autocast, training_precision
+
+    def ctx(part: str):
+        return autocast(device, training_precision(precision, device, part))
 
     ae_r, den_r, clf_r = resolved["autoencoder"], resolved["denoiser"], resolved["classifier"]
     preset = get_preset(organ).with_overrides({"spacing_mm": [ae_r["spacing"]] * 3})
@@ -575,8 +580,9 @@ def seconds_per_iteration(resolved: dict, organ: str, device) -> dict[str, float
     opt = torch.optim.Adam(ae.parameters())
 
     def ae_step():
-        recon, q = ae(x)
-        loss = (recon - x).abs().mean() + q
+        with ctx("autoencoder"):
+            recon, q = ae(x)
+        loss = (recon.float() - x).abs().mean() + q
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -590,7 +596,8 @@ def seconds_per_iteration(resolved: dict, organ: str, device) -> dict[str, float
     dopt = torch.optim.Adam(den.parameters())
 
     def den_step():
-        loss = den(z, timesteps=t).abs().mean()
+        with ctx("denoiser"):
+            loss = den(z, timesteps=t).float().abs().mean()
         dopt.zero_grad()
         loss.backward()
         dopt.step()
@@ -602,7 +609,8 @@ def seconds_per_iteration(resolved: dict, organ: str, device) -> dict[str, float
     copt = torch.optim.Adam([p for p in clf.parameters() if p.requires_grad])
 
     def clf_step():
-        loss = clf(zc, tc).float().logsumexp(1).mean()
+        with ctx("classifier"):
+            loss = clf(zc, tc).float().logsumexp(1).mean()
         copt.zero_grad()
         loss.backward()
         copt.step()
@@ -721,6 +729,12 @@ def validation_auc(bundle_dir: Path, validation: Path, work: Path, device) -> di
     return {str(k): (round(float(v), 4) if math.isfinite(v) else None) for k, v in aucs.items()}
 
 
+def _precision(meta, stage: str) -> str:
+    """How a stage's training steps ran, in the model card's words."""
+    name = {"bf16": "bfloat16 autocast", "fp32": "float32"}
+    return name.get(meta.extra.get(f"{stage}_training", {}).get("precision"), "precision not recorded")
+
+
 def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: Stages, sweep: dict | None,
           auc: dict) -> None:
     """Fill the model card fields of ``meta`` from what was done."""
@@ -741,10 +755,11 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
         "split": prepared.split_rule,
         "autoencoder": f"{resolved['autoencoder']['network']}, {resolved['autoencoder']['iterations']} iterations at "
                        f"{resolved['autoencoder']['spacing']:g} mm, healthy and unhealthy structures; GAN losses "
-                       f"{ae_extra.get('gan', '?')}",
+                       f"{ae_extra.get('gan', '?')}; {_precision(meta, 'autoencoder')}",
         "denoiser": f"{resolved['denoiser']['network']}, {resolved['denoiser']['iterations']} iterations on healthy "
-                    "structures",
-        "classifier": f"{resolved['classifier']['iterations']} iterations on healthy and unhealthy structures",
+                    f"structures; {_precision(meta, 'denoiser')}",
+        "classifier": f"{resolved['classifier']['iterations']} iterations on healthy and unhealthy structures; "
+                      f"{_precision(meta, 'classifier')}",
     }
     ev = {"data": f"the validation split: {len(prepared.cases['validation'])} cases training never saw; the operating "
                   "point was chosen on them, so these figures are optimistic: evaluate on held-out cases",
@@ -837,7 +852,7 @@ def train_all(plan: TrainAllPlan, dry_run: bool = False, from_stage: str | None 
         t0 = time.perf_counter()
         prepared = prepare(plan, work, dry_run=True, progress=progress)
         per_case = (time.perf_counter() - t0) / max(sum(len(v) for v in prepared.cases.values()), 1)
-        per_it = seconds_per_iteration(resolved, plan.organ, device)
+        per_it = seconds_per_iteration(resolved, plan.organ, device, plan.precision)
         est = estimate(resolved, prepared, per_it, len(get_preset(plan.organ).structures), per_case * 1.5)
         _dry_run_report(plan, resolved, prepared, est, device)
         return None
@@ -899,7 +914,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
     todo = [s for s in STAGES[1:] if s not in stages.done]
     est = {}
     if todo:  # every rank times it: MONAI's quantizer all-reduces its statistics in training mode under torchrun
-        per_it = seconds_per_iteration(resolved, plan.organ, device)
+        per_it = seconds_per_iteration(resolved, plan.organ, device, plan.precision)
         est = estimate(resolved, prepared, per_it, len(get_preset(plan.organ).structures), 0.0)
         progress("estimated: " + ", ".join(f"{s} {_fmt_s(est[s])}" for s in todo)
                  + f"; all {_fmt_s(sum(est[s] for s in todo))}")
@@ -924,7 +939,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         train_autoencoder(AutoencoderTraining(
             train_dir, plan.organ, str(work / "autoencoder"), network=a["network"],
             preset_overrides={"spacing_mm": [a["spacing"]] * 3}, iterations=a["iterations"], batch_size=a["batch"],
-            val_every=every(a["iterations"]), seed=plan.seed, device=plan.device, resume=True,
+            val_every=every(a["iterations"]), seed=plan.seed, device=plan.device, precision=plan.precision, resume=True,
             adversarial_start=a["adversarial_start"] if a["adversarial_start"] is not None else a["iterations"],
             name=plan.name or f"{plan.organ}-{'demo' if plan.demo else 'model'}", version=plan.version,
             demo=plan.demo))
@@ -936,7 +951,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         train_denoiser(DenoiserTraining(train_dir, str(work / "autoencoder"), str(work / "denoiser"),
                                         network=dn["network"], iterations=dn["iterations"], batch_size=dn["batch"],
                                         val_every=every(dn["iterations"]), seed=plan.seed, device=plan.device,
-                                        resume=True))
+                                        precision=plan.precision, resume=True))
         finish("denoiser", dn, t0)
     if not stages.finished("classifier", cl):
         t0 = start(4, "classifier", f"{cl['iterations']} iterations")
@@ -945,7 +960,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         train_classifier(ClassifierTraining(train_dir, str(work / "denoiser"), str(work / "classifier"),
                                             iterations=cl["iterations"], batch_size=cl["batch"], lr=cl["lr"],
                                             val_every=every(cl["iterations"]), seed=plan.seed, device=plan.device,
-                                            resume=True))
+                                            precision=plan.precision, resume=True))
         auc = {}
         if main:
             auc = validation_auc(work / "classifier", prepared.validation, work / "validation-latents", device) \
@@ -962,7 +977,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
     if prepared.cases["validation"]:
         if not stages.finished("calibrate", cal):
             t0 = start(5, "calibrate", f"sweep on the {len(prepared.cases['validation'])} validation cases")
-            _calibrate(work, prepared, cal, plan.device, main)
+            _calibrate(work, prepared, cal, plan.device, plan.precision, main)
             finish("calibrate", cal, t0)
         sweep = json.loads((work / "sweep" / "sweep" / "sweep.json").read_text())
         source = work / "calibrated"
@@ -1007,7 +1022,8 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
     return out
 
 
-def _calibrate(work: Path, prepared: Prepared, cal: dict, device: str, main: bool = True) -> None:
+def _calibrate(work: Path, prepared: Prepared, cal: dict, device: str, precision: str = "auto",
+               main: bool = True) -> None:
     """``sweep`` on the validation split with the median baseline beside; the calibrated copy in
     ``work/calibrated``. The classifier's validation AUC (in the bundle) limits the sweep to s = 0 when weak."""
     from DiffusionAnomalyLib.app.cli import build_parser
@@ -1017,7 +1033,7 @@ def _calibrate(work: Path, prepared: Prepared, cal: dict, device: str, main: boo
             "--noise-levels", *map(str, cal["noise_levels"]), "--guidance-values", *map(str, cal["guidance"]),
             "--threshold-scales", *map(str, cal["threshold_scales"]),
             "--min-lesion-ml-values", *map(str, cal["min_lesion_ml_values"]),
-            "--grow-to-values", *map(str, cal["grow_to_values"]), "--device", device,
+            "--grow-to-values", *map(str, cal["grow_to_values"]), "--device", device, "--precision", precision,
             "--write-bundle", str(work / "calibrated")]
     if cal["max_fp_per_organ"] is not None:
         argv += ["--max-fp-per-organ", str(cal["max_fp_per_organ"])]

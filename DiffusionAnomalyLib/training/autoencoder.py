@@ -34,6 +34,7 @@ from DiffusionAnomalyLib.training.common import (
     main_rank_first,
     select_device,
     shutdown,
+    training_precision,
     wrap_ddp,
 )
 from DiffusionAnomalyLib.training.data import load_patches
@@ -61,6 +62,7 @@ class AutoencoderTraining:
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto, fp32 or bf16 (training_precision)
     resume: bool = False
     name: str | None = None
     version: str = "0.1.0"
@@ -90,6 +92,7 @@ def gan_schedule(adversarial_start: int, iterations: int) -> str:
 @cleans_empty_work
 def train_autoencoder(cfg: AutoencoderTraining) -> Path:
     device = select_device(cfg.device)
+    precision = training_precision(cfg.precision, device, "autoencoder")
     dist = init_distributed(device)
     preset = get_preset(cfg.organ).with_overrides(cfg.preset_overrides)
     work = Path(f"{cfg.out}.work")
@@ -99,7 +102,8 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
     train, val = data.split(cfg.val_fraction)
     if dist.is_main:
         logger.info(f"autoencoder: {len(train.ids)} training and {len(val.ids)} validation patches of shape "
-                    f"{train.x.shape[1:]} on {device}" + (f", {dist.world_size} processes" if dist.enabled else ""))
+                    f"{train.x.shape[1:]} on {device} ({precision})"
+                    + (f", {dist.world_size} processes" if dist.enabled else ""))
         for w in data.warnings:
             logger.warning(w)
     torch.manual_seed(cfg.seed)
@@ -131,7 +135,7 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
     def step(it: int) -> dict:
         x = x_train[next(batches)].to(device)
         adversarial = it > cfg.adversarial_start
-        with autocast(device):
+        with autocast(device, precision):
             recon, q_loss = ae_t(x)
         recon = recon.float()
         l1 = (recon - x).abs().mean()
@@ -175,7 +179,7 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
             training_data=f"{len(data.ids)} ROI patches of dataset {Path(cfg.data).name!r} (autoencoder)",
             demo=cfg.demo,
             extra={"autoencoder_training": {"iterations": cfg.iterations, "best_val_l1": state["best_val_l1"],
-                                            "gan": gan,
+                                            "gan": gan, "precision": precision,
                                             "val_patches": len(val.ids), "train_patches": len(train.ids),
                                             "first_val_l1": loop.first("val_l1")}},
         )

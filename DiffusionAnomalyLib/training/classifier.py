@@ -39,6 +39,7 @@ from DiffusionAnomalyLib.training.common import (
     main_rank_first,
     select_device,
     shutdown,
+    training_precision,
     wrap_ddp,
 )
 from DiffusionAnomalyLib.training.denoiser import latents_for
@@ -67,6 +68,7 @@ class ClassifierTraining:
     checkpoint_every: int = 200
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto, fp32 or bf16 (training_precision)
     resume: bool = False
 
 
@@ -118,6 +120,7 @@ def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @cleans_empty_work
 def train_classifier(cfg: ClassifierTraining) -> Path:
     device = select_device(cfg.device)
+    precision = training_precision(cfg.precision, device, "classifier")
     dist = init_distributed(device)
     bundle = load_bundle(cfg.bundle, device=device, parts=("autoencoder", "denoiser"))
     if "denoiser" not in bundle.networks:
@@ -144,7 +147,7 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
     z_val, y_val = torch.from_numpy(lat[~is_train] * scale), data.labels[~is_train]
     if dist.is_main:
         logger.info(f"classifier: {len(z_train)} training latents ({int(y_train.sum())} unhealthy), {len(z_val)} "
-                    f"validation ({int(y_val.sum())} unhealthy), on {device}")
+                    f"validation ({int(y_val.sum())} unhealthy), on {device} ({precision})")
     torch.manual_seed(cfg.seed)
     den_cfg = DenoiserConfig.from_dict(bundle.meta.networks["denoiser"])
     clf = LatentClassifier(den_cfg).to(device)
@@ -189,7 +192,7 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
         y = y_train_t[idx].to(device)
         t = torch.randint(0, max_level + 1, (len(z),), device=device)
         x_t = schedule.q_sample(z, t, torch.randn_like(z))
-        with autocast(device):
+        with autocast(device, precision):
             out = model_t(x_t, t)
         logits, lesion_logits = out if supervised else (out, None)
         loss = ce = torch.nn.functional.cross_entropy(logits.float(), y)
@@ -223,7 +226,7 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
                                                          "num_classes": 2}}
         meta.extra = {**meta.extra, "classifier_training": {"iterations": cfg.iterations,
                                                             "best_val_auc": state["best_aucs"],
-                                                            "max_level": max_level,
+                                                            "max_level": max_level, "precision": precision,
                                                             "lesion_weight": cfg.lesion_weight,
                                                             **({"lesion_cell_ml": cfg.lesion_cell_ml}
                                                                if supervised else {}),

@@ -22,6 +22,7 @@ from DiffusionAnomalyLib.models.device import (  # noqa: F401 (re-exported for t
     select_device,
     shutdown,
 )
+from DiffusionAnomalyLib.models.precision import network_autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -215,13 +216,26 @@ def infinite_batches(n: int, batch_size: int, dist: Dist, seed: int, weights=Non
         epoch += 1
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bfloat16 autocast on CUDA (no loss scaling needed); a no-op elsewhere."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    import contextlib
+def training_precision(requested: str, device: torch.device, part: str) -> str:
+    """The precision (``fp32`` or ``bf16``) a training stage runs its networks' forward and backward passes in.
 
-    return contextlib.nullcontext()
+    ``requested`` is ``auto``, ``fp32`` or ``bf16`` and resolves as at inference (:func:`resolve_precision`:
+    ``auto`` is bfloat16 autocast on CUDA GPUs from Ampere on and on CPUs with native bfloat16). Weights, optimiser
+    state and losses stay float32. The autoencoder (``part``) trains in bfloat16 on CUDA only: MONAI's vector
+    quantiser turns autocast off for its nearest-code search under CUDA autocast, not under the CPU's."""
+    precision = resolve_precision(requested, device)
+    if part == "autoencoder" and device.type != "cuda" and precision == "bf16":
+        if requested == "bf16":
+            logger.warning(f"the autoencoder trains in float32 on {device.type}: MONAI keeps its vector quantiser "
+                           "in float32 under CUDA autocast only")
+        return "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a training step at a resolved ``precision`` (bfloat16, no loss scaling needed;
+    a no-op for fp32)."""
+    return network_autocast(device, precision)
 
 
 def wrap_ddp(model: nn.Module, dist: Dist, device: torch.device) -> nn.Module:

@@ -38,6 +38,7 @@ from DiffusionAnomalyLib.training.common import (
     main_rank_first,
     select_device,
     shutdown,
+    training_precision,
     wrap_ddp,
 )
 from DiffusionAnomalyLib.training.data import load_patches, save_npz
@@ -63,6 +64,7 @@ class DenoiserTraining:
     checkpoint_every: int = 200
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto, fp32 or bf16 (training_precision)
     resume: bool = False
 
 
@@ -104,6 +106,7 @@ def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels:
 @cleans_empty_work
 def train_denoiser(cfg: DenoiserTraining) -> Path:
     device = select_device(cfg.device)
+    precision = training_precision(cfg.precision, device, "denoiser")
     dist = init_distributed(device)
     bundle = load_bundle(cfg.bundle, device=device, parts=("autoencoder",))
     work = Path(f"{cfg.out}.work")
@@ -130,7 +133,7 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
                          f"shape {tuple(lat.shape[2:])} and divisible by {net_cfg.downsampling}")
     if dist.is_main:
         logger.info(f"denoiser: {len(z_train)} training / {len(z_val)} validation latents {tuple(lat.shape[1:])}, "
-                    f"scale factor {scale:.4f}, on {device}")
+                    f"scale factor {scale:.4f}, on {device} ({precision})")
     torch.manual_seed(cfg.seed)
     net = build_denoiser(net_cfg).to(device)
     ema = EMA(net, cfg.ema_decay)
@@ -158,7 +161,7 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
             labels_b = y_train[idx].to(device)
             labels_b = torch.where(torch.rand(len(z), device=device) < cfg.label_dropout,
                                    torch.full_like(labels_b, NULL_LABEL), labels_b)
-        with autocast(device):
+        with autocast(device, precision):
             pred = net_t(x_t, timesteps=t, class_labels=labels_b)
         loss = (pred.float() - noise).abs().mean()
         opt.zero_grad(set_to_none=True)
@@ -188,7 +191,8 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
         meta.extra = {**meta.extra, "denoiser_training": {
             "iterations": cfg.iterations, "best_val_l1": state["best_val"], "train_latents": len(z_train),
             "val_latents": len(z_val), "first_val_l1": loop.first("val_l1"),
-            "class_conditional": cfg.class_conditional, "latent_crop": list(crop) if crop else None,
+            "class_conditional": cfg.class_conditional, "precision": precision,
+            "latent_crop": list(crop) if crop else None,
             "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": best},
                     bundle_extras(bundle.path, work, "denoiser"))

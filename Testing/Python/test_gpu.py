@@ -39,7 +39,7 @@ def test_bf16_autocast_training_step_on_cuda():
     opt = torch.optim.Adam(net.parameters(), 1e-4)
     z = torch.randn(2, 4, 8, 8, 8, device="cuda")
     t = torch.tensor([10, 500], device="cuda")
-    with autocast(torch.device("cuda")):
+    with autocast(torch.device("cuda"), "bf16"):
         loss = (net(z, t).float() - z).abs().mean()
     loss.backward()
     opt.step()

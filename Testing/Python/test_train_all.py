@@ -34,6 +34,7 @@ def _stamps(folder):
 @pytest.mark.slow
 def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothing(data, tmp_path, capsys):
     from DiffusionAnomalyLib.models.bundle import load_bundle, read_meta
+    from DiffusionAnomalyLib.models.precision import cpu_native_bf16
 
     out = tmp_path / "bundle"
     argv = ["train", "all", "--data", str(data), "--out", str(out), *FAST, "--median-filter-values", "0", "3"]
@@ -60,6 +61,9 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     for text in ("## Training data", "2 validation (never trained on)", "Median baseline (the same cases)",
                  "Classifier AUC (validation split)", "GAN losses off"):
         assert text in card, text
+    # each stage's training precision, on this CPU (auto): the autoencoder always float32
+    native = "bfloat16 autocast" if cpu_native_bf16() else "float32"
+    assert "quantisation losses only; float32 |" in card and card.count(f"structures; {native}") == 2
     assert "Not evaluated" not in card and meta.summary and meta.intended_use and meta.limitations
     stage_seconds = meta.extra["train_all"]["stage_seconds"]
     assert set(stage_seconds) == {"prepare", "autoencoder", "denoiser", "classifier", "calibrate", "bundle"}

@@ -76,6 +76,46 @@ def test_denoiser_and_classifier_extend_the_bundle(dataset, ae_bundle, tmp_path)
                                                 max_level=bad, device="cpu"))
 
 
+def test_training_precision_resolves_per_stage(caplog):
+    import torch
+
+    from DiffusionAnomalyLib.models.precision import cpu_native_bf16
+    from DiffusionAnomalyLib.training.common import training_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    native = "bf16" if cpu_native_bf16() else "fp32"
+    assert [training_precision("auto", cpu, p) for p in ("denoiser", "classifier")] == [native, native]
+    assert training_precision("auto", cpu, "autoencoder") == "fp32"  # the CPU's autocast reaches MONAI's quantiser
+    assert training_precision("fp32", cpu, "denoiser") == "fp32"
+    assert training_precision("bf16", cpu, "classifier") == "bf16"
+    assert training_precision("bf16", cuda, "autoencoder") == "bf16"  # MONAI keeps the quantiser float32 there
+    with caplog.at_level(logging.WARNING):
+        assert training_precision("bf16", cpu, "autoencoder") == "fp32"
+    assert "trains in float32 on cpu" in caplog.text
+    with pytest.raises(InputError, match="unknown precision 'fp16'"):
+        training_precision("fp16", cpu, "denoiser")
+
+
+def test_bf16_training_steps_are_recorded_and_keep_float32_weights(dataset, ae_bundle, tmp_path):
+    import torch
+
+    assert load_bundle(ae_bundle).meta.extra["autoencoder_training"]["precision"] == "fp32"
+    weights = {}
+    for precision in ("fp32", "bf16"):
+        den, clf = tmp_path / f"den-{precision}", tmp_path / f"clf-{precision}"
+        train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(den), iterations=2, val_every=2,
+                                        device="cpu", precision=precision))
+        train_classifier(ClassifierTraining(str(dataset), str(den), str(clf), iterations=2, val_every=2,
+                                            batch_size=4, device="cpu", precision=precision))
+        b = load_bundle(clf)
+        assert b.meta.extra["denoiser_training"]["precision"] == precision
+        assert b.meta.extra["classifier_training"]["precision"] == precision
+        weights[precision] = {k: v.detach().clone() for k, v in b.networks["denoiser"].state_dict().items()}
+        assert all(v.dtype == torch.float32 for v in weights[precision].values() if v.is_floating_point())
+    # the same seed and batches: only the arithmetic of the steps differs, and it does
+    assert any(not torch.equal(weights["fp32"][k], weights["bf16"][k]) for k in weights["fp32"])
+
+
 def test_random_crops_are_windows_of_each_latent():
     import torch
 
