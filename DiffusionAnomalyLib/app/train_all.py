@@ -565,10 +565,11 @@ def seconds_per_iteration(resolved: dict, organ: str, device, precision: str = "
     from DiffusionAnomalyLib.models.nets.autoencoder import autoencoder_config, build_autoencoder
     from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
     from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config
-    from DiffusionAnomalyLib.training.common import autocast, training_precision
+    from DiffusionAnomalyLib.models.precision import network_autocast
+    from DiffusionAnomalyLib.training.common import training_precision
 
     def ctx(part: str):
-        return autocast(device, training_precision(precision, device, part))
+        return network_autocast(device, training_precision(precision, device, part))
 
     ae_r, den_r, clf_r = resolved["autoencoder"], resolved["denoiser"], resolved["classifier"]
     preset = get_preset(organ).with_overrides({"spacing_mm": [ae_r["spacing"]] * 3})

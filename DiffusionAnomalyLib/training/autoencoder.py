@@ -24,9 +24,9 @@ from DiffusionAnomalyLib.models.nets.discriminators import (
     generator_loss,
     random_axial_slices,
 )
+from DiffusionAnomalyLib.models.precision import network_autocast
 from DiffusionAnomalyLib.training.common import (
     TrainingLoop,
-    autocast,
     bundle_extras,
     cleans_empty_work,
     infinite_batches,
@@ -135,7 +135,7 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
     def step(it: int) -> dict:
         x = x_train[next(batches)].to(device)
         adversarial = it > cfg.adversarial_start
-        with autocast(device, precision):
+        with network_autocast(device, precision):
             recon, q_loss = ae_t(x)
         recon = recon.float()
         l1 = (recon - x).abs().mean()

@@ -29,9 +29,9 @@ from DiffusionAnomalyLib.models.bundle import load_bundle, save_bundle
 from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
 from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier, LesionSupervisedClassifier
 from DiffusionAnomalyLib.models.nets.denoiser import DenoiserConfig
+from DiffusionAnomalyLib.models.precision import network_autocast
 from DiffusionAnomalyLib.training.common import (
     TrainingLoop,
-    autocast,
     bundle_extras,
     cleans_empty_work,
     infinite_batches,
@@ -192,7 +192,7 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
         y = y_train_t[idx].to(device)
         t = torch.randint(0, max_level + 1, (len(z),), device=device)
         x_t = schedule.q_sample(z, t, torch.randn_like(z))
-        with autocast(device, precision):
+        with network_autocast(device, precision):
             out = model_t(x_t, t)
         logits, lesion_logits = out if supervised else (out, None)
         loss = ce = torch.nn.functional.cross_entropy(logits.float(), y)

@@ -22,7 +22,7 @@ from DiffusionAnomalyLib.models.device import (  # noqa: F401 (re-exported for t
     select_device,
     shutdown,
 )
-from DiffusionAnomalyLib.models.precision import network_autocast, resolve_precision
+from DiffusionAnomalyLib.models.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -230,12 +230,6 @@ def training_precision(requested: str, device: torch.device, part: str) -> str:
                            "in float32 under CUDA autocast only")
         return "fp32"
     return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context of a training step at a resolved ``precision`` (bfloat16, no loss scaling needed;
-    a no-op for fp32)."""
-    return network_autocast(device, precision)
 
 
 def wrap_ddp(model: nn.Module, dist: Dist, device: torch.device) -> nn.Module:

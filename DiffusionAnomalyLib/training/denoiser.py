@@ -26,11 +26,11 @@ from DiffusionAnomalyLib.models.diffusion.guidance import NULL_LABEL
 from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
 from DiffusionAnomalyLib.models.nets.autoencoder import LatentCodec
 from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config
+from DiffusionAnomalyLib.models.precision import network_autocast
 from DiffusionAnomalyLib.settings import SAMPLER_DEFAULTS
 from DiffusionAnomalyLib.training.common import (
     EMA,
     TrainingLoop,
-    autocast,
     bundle_extras,
     cleans_empty_work,
     infinite_batches,
@@ -161,7 +161,7 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
             labels_b = y_train[idx].to(device)
             labels_b = torch.where(torch.rand(len(z), device=device) < cfg.label_dropout,
                                    torch.full_like(labels_b, NULL_LABEL), labels_b)
-        with autocast(device, precision):
+        with network_autocast(device, precision):
             pred = net_t(x_t, timesteps=t, class_labels=labels_b)
         loss = (pred.float() - noise).abs().mean()
         opt.zero_grad(set_to_none=True)

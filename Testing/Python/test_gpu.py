@@ -8,7 +8,7 @@ from DiffusionAnomalyLib.models.device import select_device
 from DiffusionAnomalyLib.models.diffusion.sampler import LatentSampler, SamplerSettings
 from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
 from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config, eps_function
-from DiffusionAnomalyLib.training.common import autocast
+from DiffusionAnomalyLib.models.precision import network_autocast
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU available to PyTorch")
 
@@ -39,7 +39,7 @@ def test_bf16_autocast_training_step_on_cuda():
     opt = torch.optim.Adam(net.parameters(), 1e-4)
     z = torch.randn(2, 4, 8, 8, 8, device="cuda")
     t = torch.tensor([10, 500], device="cuda")
-    with autocast(torch.device("cuda"), "bf16"):
+    with network_autocast(torch.device("cuda"), "bf16"):
         loss = (net(z, t).float() - z).abs().mean()
     loss.backward()
     opt.step()
