@@ -736,11 +736,26 @@ def _precision(meta, stage: str) -> str:
     return name.get(meta.extra.get(f"{stage}_training", {}).get("precision"), "precision not recorded")
 
 
+def _all_synthetic(prepared: Prepared) -> bool:
+    """Every prepared case is a phantom of ``diffusion-anomaly phantom`` (its case.json says ``synthetic``)."""
+    for split, folder in (("train", prepared.train), ("validation", prepared.validation)):
+        for case in prepared.cases[split]:
+            f = Path(folder) / case / "case.json"
+            try:
+                if not json.loads(f.read_text()).get("synthetic"):
+                    return False
+            except (OSError, ValueError):
+                return False
+    return True
+
+
 def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: Stages, sweep: dict | None,
           auc: dict) -> None:
     """Fill the model card fields of ``meta`` from what was done."""
     data_name = Path(plan.data).resolve().name
     counts = prepared.counts
+    synthetic = _all_synthetic(prepared)
+    n_cases = len(prepared.cases["train"]) + len(prepared.cases["validation"])
     ae_extra = meta.extra.get("autoencoder_training", {})
     kind = "DEMO model trained on synthetic phantoms" if plan.demo else "Model"
     meta.summary = (f"{kind}: {plan.organ} anomaly detection ({plan.preset} networks), trained by `diffusion-anomaly "
@@ -753,6 +768,7 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
                                   else ""),
         "structures (training)": ", ".join(f"{n} {k}" for k, n in counts["train"].items() if n),
         "structures (validation)": ", ".join(f"{n} {k}" for k, n in counts["validation"].items() if n) or "none",
+        "real_scans": 0 if synthetic else n_cases,
         "split": prepared.split_rule,
         "autoencoder": f"{resolved['autoencoder']['network']}, {resolved['autoencoder']['iterations']} iterations at "
                        f"{resolved['autoencoder']['spacing']:g} mm, healthy and unhealthy structures; GAN losses "
@@ -764,7 +780,9 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
     }
     ev = {"data": f"the validation split: {len(prepared.cases['validation'])} cases training never saw; the operating "
                   "point was chosen on them, so these figures are optimistic: evaluate on held-out cases",
-          "classifier_auc": ", ".join(f"t = {k}: {'n/a' if v is None else f'{v:.3f}'}" for k, v in auc.items())}
+          "classifier_auc": ", ".join(f"t = {k}: {'n/a' if v is None else f'{v:.3f}'}" for k, v in auc.items()),
+          "real_scans": ("not evaluated: synthetic phantoms only" if synthetic else
+                         f"the {len(prepared.cases['validation'])} validation cases above")}
     if sweep:
         b = sweep["best"]
         pp = b["postprocessed"]
@@ -796,11 +814,20 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
                       "(AUC below 0.7) or guidance did not help on them")
     meta.limitations = ("Trained by train all; " + "; ".join(limits) + "." if limits else
                         "Trained by train all; see the evaluation for the validation figures.")
+    if synthetic:  # the project's own phantoms: Apache-2.0 like the project, no dataset to cite
+        meta.licence = meta.licence or "Apache-2.0"
+        meta.citation = meta.citation or (f"DiffusionAnomaly developers. DiffusionAnomaly {meta.name} {meta.version} "
+                                          f"[{'DEMO ' if plan.demo else ''}model bundle], Apache-2.0 (see "
+                                          "CITATION.cff in its repository).")
     meta.licence = meta.licence or f"not set: the weights follow the terms of the training data ({data_name})"
     meta.citation = meta.citation or ("Cite DiffusionAnomaly (CITATION.cff in its repository) and the dataset "
                                       f"{data_name}.")
+    # the bundle travels: the data folder as given relative to the working folder, or by its name alone
+    data = Path(resolved["prepare"]["data"])
+    shown = data.relative_to(Path.cwd()) if data.is_relative_to(Path.cwd()) else Path(data.name)
     meta.extra = {**meta.extra, "train_all": {
-        "plan": resolved, "split": prepared.cases, "left_out": prepared.left_out, "split_rule": prepared.split_rule,
+        "plan": {**resolved, "prepare": {**resolved["prepare"], "data": str(shown)}},
+        "split": prepared.cases, "left_out": prepared.left_out, "split_rule": prepared.split_rule,
         "counts": prepared.counts, "stage_seconds": {s: e["seconds"] for s, e in stages.done.items()}}}
     meta.demo = plan.demo
 

@@ -65,6 +65,10 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     native = "bfloat16 autocast" if cpu_native_bf16() else "float32"
     assert "quantisation losses only; float32 |" in card and card.count(f"structures; {native}") == 2
     assert "Not evaluated" not in card and meta.summary and meta.intended_use and meta.limitations
+    # the project's own phantoms: the project's licence, no real scan in training or evaluation
+    assert meta.licence == "Apache-2.0" and meta.training_data["real_scans"] == 0
+    assert meta.evaluation["real_scans"].startswith("not evaluated")
+    assert meta.extra["train_all"]["plan"]["prepare"]["data"] == data.name  # no absolute local path travels
     stage_seconds = meta.extra["train_all"]["stage_seconds"]
     assert set(stage_seconds) == {"prepare", "autoencoder", "denoiser", "classifier", "calibrate", "bundle"}
     assert "| autoencoder |" in (out / "training.md").read_text() and "Median baseline on the same cases" in printed
@@ -148,6 +152,21 @@ def test_labels_rows_that_cannot_be_used_are_named_and_nothing_is_left_behind(da
     err = capsys.readouterr().err
     assert "3 unusable row(s)" in err and "line 2" in err and "--dry-run lists them all" in err
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.work").exists()
+
+
+def test_only_phantoms_that_say_synthetic_count_as_synthetic(tmp_path):
+    """A folder in the phantom layout may hold real scans: the card says Apache-2.0 and 0 real scans only when
+    every case's case.json comes from the phantom generator."""
+    from DiffusionAnomalyLib.app.train_all import Prepared, _all_synthetic
+
+    for split, case in (("train", "a"), ("validation", "b")):
+        (tmp_path / split / case).mkdir(parents=True)
+        (tmp_path / split / case / "case.json").write_text(json.dumps({"synthetic": True}))
+    prepared = Prepared(tmp_path / "train", tmp_path / "validation", {}, {"train": ["a"], "validation": ["b"]}, [],
+                        [], "", "", ["phantom"], "")
+    assert _all_synthetic(prepared)
+    (tmp_path / "validation" / "b" / "case.json").unlink()  # a real scan in the same layout
+    assert not _all_synthetic(prepared)
 
 
 def test_split_is_deterministic_stratified_and_independent_of_order():
