@@ -36,6 +36,7 @@ from DiffusionAnomalyLib.detection.anomaly import (
     SIZE_CLASSES,
     PostProcessing,
     dataset_otsu_threshold,
+    organ_box,
     postprocess,
     size_class_name,
 )
@@ -189,13 +190,47 @@ def global_threshold(cases: list[EvalCase], maps_dir: Path) -> float:
 NEAR_MISS_IOU = 0.1
 
 
-def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
-               iou: float = 0.2, detail: bool = True) -> CaseScore:
-    """Phase 3 for one case (``pp`` None: threshold and connected components only, as in the sweep). ``detail``
-    False skips what only the report shows (size strata, each reference lesion's contrast in the image, the phantom
-    lesion attributes): the sweep scores many operating points and needs the detection figures only."""
+@dataclass
+class ScoringInputs:
+    """One case's map, organ mask and reference lesions cropped to the box that holds the organ and every lesion
+    (plus 3 voxels), with its threshold-free voxel AUROC / AUPRC: what scoring many operating points of one map
+    needs, read once. Scores on the crop equal those on the whole grid (predictions lie inside the organ)."""
+
+    heat: np.ndarray
+    organ: np.ndarray
+    image: sitk.Image  # the crop's grid (origin moved, so indices map to the same physical points)
+    info: dict
+    truth: np.ndarray
+    auroc: float
+    auprc: float
+
+
+def scoring_inputs(case: EvalCase, maps_dir: Path) -> ScoringInputs:
     heat, organ, image, info = load_maps(case, maps_dir)
     truth, _ = reference_lesions(case, image)
+    box = organ_box(organ | (truth > 0), 3)
+    auroc, auprc = voxel_auroc(heat, truth > 0, organ), voxel_auprc(heat, truth > 0, organ)
+    if box is not None:
+        start = [int(sl.start) for sl in reversed(box)]  # (x, y, z) for SimpleITK
+        size = [int(sl.stop - sl.start) for sl in reversed(box)]
+        image = sitk.RegionOfInterest(image, size, start)
+        heat, organ, truth = heat[box].copy(), organ[box].copy(), truth[box].copy()
+    return ScoringInputs(heat, organ, image, info, truth, auroc, auprc)
+
+
+def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
+               iou: float = 0.2, detail: bool = True, inputs: ScoringInputs | None = None) -> CaseScore:
+    """Phase 3 for one case (``pp`` None: threshold and connected components only, as in the sweep). ``detail``
+    False skips what only the report shows (size strata, each reference lesion's contrast in the image, the phantom
+    lesion attributes): the sweep scores many operating points and needs the detection figures only. ``inputs``
+    (with ``detail`` False only): the case's cached :class:`ScoringInputs` instead of reading the maps."""
+    if inputs is not None:
+        if detail:
+            raise ValueError("cached scoring inputs are cropped: score with detail=False")
+        heat, organ, image, info, truth = inputs.heat, inputs.organ, inputs.image, inputs.info, inputs.truth
+    else:
+        heat, organ, image, info = load_maps(case, maps_dir)
+        truth, _ = reference_lesions(case, image)
     pred = components((heat > threshold) & organ) if pp is None else postprocess(heat, threshold, organ, image, pp)
     det = match_lesions(pred, truth, iou)
     n_ref = len([v for v in np.unique(truth) if v])
@@ -215,7 +250,8 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         kinds=lesion_kinds(case, found) if detail else {}, contrast=contrast, reference_rows=rows,
         dice=dice(pred, truth) if n_ref else float("nan"), tp=det.tp, fp=det.fp, fn=det.fn,
         fp_per_organ=det.fp / max(int(info.get("structures", 1)), 1),
-        auroc=voxel_auroc(heat, truth > 0, organ), auprc=voxel_auprc(heat, truth > 0, organ),
+        auroc=inputs.auroc if inputs else voxel_auroc(heat, truth > 0, organ),
+        auprc=inputs.auprc if inputs else voxel_auprc(heat, truth > 0, organ),
         lesion_scores=scores, lesion_hits=[p in matched for p in pred_ids], strata=strata)
 
 
@@ -519,16 +555,24 @@ def collect_problems(cases: list[EvalCase], maps_dir: Path) -> dict[str, str]:
 
 
 def score_dataset(cases: list[EvalCase], maps_dir: Path, threshold: float | str, pp: PostProcessing | None,
-                  iou: float = 0.2, n_boot: int = 1000, detail: bool = True
+                  iou: float = 0.2, n_boot: int = 1000, detail: bool = True,
+                  cache: dict[str, ScoringInputs] | None = None
                   ) -> tuple[list[CaseScore], dict, dict[str, str], float]:
     """Phases 2 and 3 over the cached maps: (per-case scores, summary, skipped cases, threshold used); ``detail``:
-    see :func:`score_case`."""
+    see :func:`score_case`. ``cache`` (with ``detail`` False; one dict per ``maps_dir``): each case's
+    :class:`ScoringInputs`, filled on first use, so that scoring many operating points reads each map once."""
     problems = collect_problems(cases, maps_dir)
     good = [c for c in cases if c.case_id not in problems]
     if not good:
         raise InputError("no case could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
     thr = global_threshold(good, maps_dir) if threshold == "otsu" else float(threshold)
-    scores = [score_case(c, maps_dir, thr, pp, iou, detail) for c in good]
+    if cache is None:
+        scores = [score_case(c, maps_dir, thr, pp, iou, detail) for c in good]
+    else:
+        for c in good:
+            if c.case_id not in cache:
+                cache[c.case_id] = scoring_inputs(c, maps_dir)
+        scores = [score_case(c, maps_dir, thr, pp, iou, detail, cache[c.case_id]) for c in good]
     summary = aggregate(scores, n_boot)
     summary["threshold"] = thr
     return scores, summary, problems, thr

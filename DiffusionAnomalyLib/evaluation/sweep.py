@@ -122,13 +122,14 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     best = max(rows, key=lambda r: -1.0 if r["dice"] is None else r["dice"])
     maps = out / "maps" / best["maps"]
     pp_rows = []
+    cache: dict = {}  # each case's map, masks and reference read once for all post-processing points
     points = len(threshold_scales) * len(min_lesion_ml_values) * len(grow_to_values)
     for scale in sorted(float(v) for v in threshold_scales):
         threshold = _significant(best["threshold"] * scale)
         for ml in sorted(float(v) for v in min_lesion_ml_values):
             for grow in sorted((float(v) for v in grow_to_values), reverse=True):
                 pp = PostProcessing.for_preset(preset, ml, grow)
-                _, summary, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0, detail=False)
+                _, summary, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0, detail=False, cache=cache)
                 d = summary["lesion_detection"]
                 progress(f"sweep: post-processing {len(pp_rows) + 1}/{points}: {scale:g} x Otsu, {ml:g} ml, "
                          f"grow to {grow:g}: {d['tp']}/{d['tp'] + d['fn']} found, "
@@ -144,7 +145,8 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     result = {"grid": rows, "best": best, "postprocessing": pp_rows}
     if beside is not None:
         pp = PostProcessing.for_preset(preset, chosen["min_lesion_ml"], chosen["grow_to"])
-        scores, summary, _, _ = score_dataset(cases, maps, chosen["threshold"], pp, n_boot=0, detail=False)
+        scores, summary, _, _ = score_dataset(cases, maps, chosen["threshold"], pp, n_boot=0, detail=False,
+                                              cache=cache)
         result["baseline"] = compare_with_baseline(scores, beside[0], summary, beside[1])
     with atomic_output_dir(out / "sweep") as stage:
         with open(stage / "sweep.csv", "w", newline="") as f:

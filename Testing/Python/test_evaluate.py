@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import REPO
+from scipy import ndimage
 
 from DiffusionAnomalyLib.app.cli import main
 from DiffusionAnomalyLib.detection.presets import get_preset
@@ -102,6 +103,43 @@ def test_scoring_a_perfect_map_gives_perfect_figures(dataset, tmp_path):
     assert all(r["best_iou"] == pytest.approx(1.0) for r in rows if r["lesion"] == 1)
     assert all(r["best_iou"] == 0.0 and not r["found"] for r in rows if r["lesion"] != 1)
     assert summary["missed_overlapped"] == {"missed": 3, "overlapped": 0, "near": 0}
+
+
+def test_the_sweeps_cached_cropped_scoring_equals_scoring_from_the_files(dataset, tmp_path):
+    """The sweep reads each map once and scores its post-processing points on a crop around the organ and the
+    lesions: every figure equals scoring from the files, for noisy maps, lesions partly outside the organ mask,
+    minimum volumes and growing."""
+    from DiffusionAnomalyLib.detection.anomaly import PostProcessing
+
+    preset = get_preset("kidney")
+    cases = [c for c in discover_cases(dataset, preset) if c.case_id.startswith("kidney-")]
+    maps = tmp_path / "maps"
+    rng = np.random.default_rng(0)
+    for c in cases:
+        truth = sitk.ReadImage(str(c.labels))
+        organ = sitk.ReadImage(str(c.totalseg / "kidney_left.nii.gz")) | sitk.ReadImage(
+            str(c.totalseg / "kidney_right.nii.gz"))  # without the lesions' exophytic parts
+        noise = ndimage.gaussian_filter(rng.normal(0, 1, truth.GetSize()[::-1]), 1.5).astype(np.float32)
+        heat = sitk.GetImageFromArray(0.5 * (sitk.GetArrayFromImage(truth) > 0) + 0.2 + noise)
+        heat.CopyInformation(truth)
+        (maps / c.case_id).mkdir(parents=True)
+        sitk.WriteImage(sitk.Cast(heat, sitk.sitkFloat32), str(maps / c.case_id / "heatmap.nii.gz"))
+        sitk.WriteImage(sitk.Cast(organ, sitk.sitkUInt8), str(maps / c.case_id / "organ.nii.gz"))
+        (maps / c.case_id / "case.json").write_text(json.dumps({"structures": 2}))
+    cache: dict = {}
+    tp = fp = 0
+    points = [(0.5, None), (0.4, PostProcessing.for_preset(preset, 0.0, 1.0)),
+              (0.5, PostProcessing.for_preset(preset, 0.5, 0.55)), (0.6, PostProcessing.for_preset(preset, 2.0, 0.7))]
+    for threshold, pp in points:
+        plain, from_files, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0, detail=False)
+        cached, from_cache, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0, detail=False, cache=cache)
+        assert json.dumps(from_cache, sort_keys=True) == json.dumps(from_files, sort_keys=True)
+        assert [(s.row(), s.lesion_scores) for s in cached] == [(s.row(), s.lesion_scores) for s in plain]
+        tp, fp = tp + from_files["lesion_detection"]["tp"], fp + from_files["lesion_detection"]["fp"]
+    assert set(cache) == {c.case_id for c in cases}
+    assert all(v.heat.size < sitk.ReadImage(str(c.labels)).GetNumberOfPixels() for c, v in
+               zip(cases, cache.values(), strict=True))  # cropped
+    assert tp > 0 and fp > 0  # hits and false positives both scored
 
 
 def test_a_missed_lesion_under_a_too_large_component_is_counted_as_overlapped(dataset, tmp_path):
