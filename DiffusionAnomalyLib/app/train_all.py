@@ -827,13 +827,14 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
     meta.limitations = ("Trained by train all; " + "; ".join(limits) + "." if limits else
                         "Trained by train all; see the evaluation for the validation figures.")
     if synthetic:  # the project's own phantoms: Apache-2.0 like the project, no dataset to cite
-        meta.licence = meta.licence or "Apache-2.0"
-        meta.citation = meta.citation or (f"DiffusionAnomaly developers. DiffusionAnomaly {meta.name} {meta.version} "
-                                          f"[{'DEMO ' if plan.demo else ''}model bundle], Apache-2.0 (see "
-                                          "CITATION.cff in its repository).")
-    meta.licence = meta.licence or f"not set: the weights follow the terms of the training data ({data_name})"
-    meta.citation = meta.citation or ("Cite DiffusionAnomaly (CITATION.cff in its repository) and the dataset "
-                                      f"{data_name}.")
+        licence = "Apache-2.0"
+        citation = (f"DiffusionAnomaly developers. DiffusionAnomaly {meta.name} {meta.version} "
+                    f"[{'DEMO ' if plan.demo else ''}model bundle], Apache-2.0 (see CITATION.cff in its repository).")
+    else:
+        licence = f"not set: the weights follow the terms of the training data ({data_name})"
+        citation = f"Cite DiffusionAnomaly (CITATION.cff in its repository) and the dataset {data_name}."
+    meta.licence = meta.licence or licence
+    meta.citation = meta.citation or citation
     # the bundle travels: the data folder as given relative to the working folder, or by its name alone
     data = Path(resolved["prepare"]["data"])
     shown = data.relative_to(Path.cwd()) if data.is_relative_to(Path.cwd()) else Path(data.name)

@@ -209,13 +209,14 @@ def scoring_inputs(case: EvalCase, maps_dir: Path) -> ScoringInputs:
     heat, organ, image, info = load_maps(case, maps_dir)
     truth, _ = reference_lesions(case, image)
     box = organ_box(organ | (truth > 0), 3)
-    auroc, auprc = voxel_auroc(heat, truth > 0, organ), voxel_auprc(heat, truth > 0, organ)
     if box is not None:
         start = [int(sl.start) for sl in reversed(box)]  # (x, y, z) for SimpleITK
         size = [int(sl.stop - sl.start) for sl in reversed(box)]
         image = sitk.RegionOfInterest(image, size, start)
         heat, organ, truth = heat[box].copy(), organ[box].copy(), truth[box].copy()
-    return ScoringInputs(heat, organ, image, info, truth, auroc, auprc)
+    # inside the organ, which the crop holds whole: the same values as on the whole grid
+    return ScoringInputs(heat, organ, image, info, truth, voxel_auroc(heat, truth > 0, organ),
+                         voxel_auprc(heat, truth > 0, organ))
 
 
 def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
@@ -250,8 +251,8 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         kinds=lesion_kinds(case, found) if detail else {}, contrast=contrast, reference_rows=rows,
         dice=dice(pred, truth) if n_ref else float("nan"), tp=det.tp, fp=det.fp, fn=det.fn,
         fp_per_organ=det.fp / max(int(info.get("structures", 1)), 1),
-        auroc=inputs.auroc if inputs else voxel_auroc(heat, truth > 0, organ),
-        auprc=inputs.auprc if inputs else voxel_auprc(heat, truth > 0, organ),
+        auroc=inputs.auroc if inputs is not None else voxel_auroc(heat, truth > 0, organ),
+        auprc=inputs.auprc if inputs is not None else voxel_auprc(heat, truth > 0, organ),
         lesion_scores=scores, lesion_hits=[p in matched for p in pred_ids], strata=strata)
 
 
