@@ -244,7 +244,8 @@ class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
     def ensureDependencies(self, pn, ask: bool = True) -> bool:
         """Check the worker's packages; offer to install what is missing (never silently, unless ``ask`` is False)."""
         python, own = panel.worker_python(pn)
-        return panel.ensure_worker_packages(python, pn.maskSource == "totalsegmentator", ask, own)
+        return panel.ensure_worker_packages(python, pn.maskSource == "totalsegmentator", ask, own,
+                                            model=pn.bundlePath != panel.BASELINE)
 
     def start(self, pn, on_event, on_finished) -> None:
         """Start a run; raises on bad input and then leaves the Logic ready for the next start."""
@@ -269,22 +270,25 @@ class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
 
 
 class DiffusionAnomalyTest(ScriptedLoadableModuleTest):
-    """Self-test run by Slicer's CI: a kidney phantom through the demo bundle, in a fresh parameter node."""
+    """Self-test run by Slicer's CI, offline, installing nothing: a kidney phantom through the median baseline on
+    Slicer's own Python, then the demo bundle where the worker's packages are present (``selftest.run``)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_demo_bundle_finds_the_phantom_lesion()
+        self.test_demo_bundle_finds_the_phantom_lesion()  # (the baseline first; the model where installed)
 
     def test_demo_bundle_finds_the_phantom_lesion(self):
+        import logging
+
         from DiffusionAnomalyLib.slicer_module import selftest
 
         logic = DiffusionAnomalyLogic()
         # not the singleton: an open panel must not apply its bundle's defaults over the test's settings
         pn = DiffusionAnomalyParameterNode(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
-        for problem in selftest.run(logic, pn):
+        for problem in selftest.run(logic, pn, log=logging.info):
             self.fail(problem)
         self.delayDisplay("DiffusionAnomaly self-test passed")
 

@@ -232,7 +232,7 @@ class RunSettings:
         return MapOptions(self.reference, self.samples, self.median_filter)
 
     def postprocessing(self, preset: OrganPreset):
-        """The post-processing (``PostProcessing``; imports scikit-image)."""
+        """The post-processing (``PostProcessing``; numpy and SciPy only)."""
         from DiffusionAnomalyLib.detection.anomaly import PostProcessing
 
         return PostProcessing.for_preset(preset, self.min_lesion_ml, self.grow_to)

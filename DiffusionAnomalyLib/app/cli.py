@@ -493,6 +493,8 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default: {str(value).replace('%', '%%')})"
 
 
+NO_OVERVIEW_HELP = ("write no overview.png (needs matplotlib); Slicer's panel passes it: the scene shows the "
+                    "results")
 OVERWRITE_HELP = ("replace an earlier result in --out (the whole result set: nothing of the earlier run is kept), or "
                   "write into a non-empty folder; without it such a folder is refused. Inputs are never replaced")
 DEBUG_HELP = "on an error, also print the traceback"
@@ -558,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="drop lesions smaller than this many millilitres (default 0)")
     bl.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     bl.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    bl.add_argument("--no-overview", action="store_true", help=NO_OVERVIEW_HELP)
     bl.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     bl.set_defaults(func=_cmd_job)
 
@@ -725,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "settings JSON; options given explicitly override it")
     ru.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     ru.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    ru.add_argument("--no-overview", action="store_true", help=NO_OVERVIEW_HELP)
     ru.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     ru.set_defaults(func=_cmd_job)
 

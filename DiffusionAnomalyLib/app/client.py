@@ -1,11 +1,17 @@
 """Client for the background worker: start it, poll its events without blocking, cancel, wait.
 
-The Slicer module polls :meth:`WorkerClient.poll_events` from a timer, so the GUI never blocks.
-The worker runs in its own process group (no console window on Windows). :meth:`request_cancel`
-asks it to stop without waiting (POSIX: SIGTERM to the group; the worker removes its staging folder
-and exits with code 5; Windows: the process is terminated, since a console-less child cannot get
-CTRL_BREAK); :meth:`kill` ends it at once; :meth:`cancel` does both with a grace period, blocking
-(for scripts; the panel polls instead).
+The Slicer module polls :meth:`WorkerClient.poll_events` from a timer, so the GUI never blocks. The worker's
+stdout and stderr are pipes read **without threads**: they are non-blocking and drained in :meth:`poll_events`
+(Slicer's PythonQt keeps the GIL while Qt processes events, so a reader thread would advance only while Python
+code runs; a non-blocking read needs no hand-off). The worker runs in its own process group (no console window on
+Windows). :meth:`request_cancel` asks it to stop without waiting (POSIX: SIGTERM to the group; the worker removes
+its staging folder and exits with code 5; Windows: ``taskkill /T /F`` ends the worker and every process it started,
+e.g. TotalSegmentator's, since a console-less child cannot get CTRL_BREAK); :meth:`kill` ends it at once;
+:meth:`cancel` does both with a grace period, blocking (for scripts; the panel polls instead).
+
+``env`` is the child's whole environment. Inside Slicer it must be chosen by the caller: Slicer's own interpreter
+keeps Slicer's (launcher) environment, any other interpreter gets ``slicer.util.startupEnvironment()`` (without the
+launcher's ``PYTHONHOME``/``PYTHONPATH``, which would make it load Slicer's standard library).
 """
 
 from __future__ import annotations
@@ -13,11 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,11 +59,12 @@ class WorkerClient:
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (lib_parent, self.env.get("PYTHONPATH", "")) if p)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.process: subprocess.Popen | None = None
-        self._events: queue.Queue = queue.Queue()
+        self._events: list[dict] = []
         self.stderr_lines: list[str] = []
         self.result: dict | None = None
         self.error: dict | None = None
-        self._threads: list[threading.Thread] = []
+        self._pending = {"stdout": b"", "stderr": b""}  # bytes after the last complete line
+        self._open = {"stdout": False, "stderr": False}  # not yet read to the end
 
     def start(self) -> None:
         if self.process is not None:
@@ -67,40 +73,59 @@ class WorkerClient:
             "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}  # type: ignore
         self.process = subprocess.Popen(
             [self.python, "-m", "DiffusionAnomalyLib.app.worker", *self.args], stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-            env=self.env, shell=False, **kwargs)
-        for target, stream in ((self._read_stdout, self.process.stdout), (self._read_stderr, self.process.stderr)):
-            t = threading.Thread(target=target, args=(stream,), daemon=True)
-            t.start()
-            self._threads.append(t)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, shell=False, bufsize=0, **kwargs)
+        for name in self._open:
+            os.set_blocking(getattr(self.process, name).fileno(), False)  # Windows pipes too, from Python 3.12
+            self._open[name] = True
 
-    def _read_stdout(self, stream) -> None:
-        for line in stream:
-            line = line.strip()
-            if not line:
+    def _drain(self) -> None:
+        """Read what the worker has written so far, without blocking; complete lines become events."""
+        for name, is_open in self._open.items():
+            if not is_open:
                 continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                event = {"event": "log", "message": line}
-            if event.get("event") == "result":
-                self.result = event
-            elif event.get("event") == "error":
-                self.error = event
-            self._events.put(event)
+            fd = getattr(self.process, name).fileno()
+            chunks = [self._pending[name]]
+            while True:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if not chunk:  # end of file: the worker (and every process holding the pipe) has closed it
+                    self._open[name] = False
+                    getattr(self.process, name).close()
+                    break
+                chunks.append(chunk)
+            data = b"".join(chunks)
+            *lines, rest = data.split(b"\n")
+            if not self._open[name] and rest:
+                lines, rest = [*lines, rest], b""
+            self._pending[name] = rest
+            for raw in lines:
+                line = raw.decode("utf-8", errors="replace")
+                self._line_out(line) if name == "stdout" else self.stderr_lines.append(line.rstrip("\r"))
 
-    def _read_stderr(self, stream) -> None:
-        for line in stream:
-            self.stderr_lines.append(line.rstrip("\n"))
+    def _line_out(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            event = {"event": "log", "message": line}
+        if not isinstance(event, dict):
+            event = {"event": "log", "message": line}
+        if event.get("event") == "result":
+            self.result = event
+        elif event.get("event") == "error":
+            self.error = event
+        self._events.append(event)
 
     def poll_events(self) -> list[dict]:
         """All events received since the last call (never blocks)."""
-        out = []
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                return out
+        if self.process is not None:
+            self._drain()
+        out, self._events = self._events, []
+        return out
 
     @property
     def running(self) -> bool:
@@ -108,8 +133,10 @@ class WorkerClient:
 
     @property
     def output_closed(self) -> bool:
-        """True once the worker's stdout and stderr have been read to the end."""
-        return all(not t.is_alive() for t in self._threads)
+        """True once the worker's stdout and stderr have been read to the end (reads what is there, never blocks)."""
+        if self.process is not None:
+            self._drain()
+        return not any(self._open.values())
 
     def request_cancel(self) -> None:
         """Ask the worker to stop and return at once (POSIX: SIGTERM to its process group)."""
@@ -126,10 +153,13 @@ class WorkerClient:
         if os.name == "posix":
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, sig)
-        elif sig == signal.SIGKILL:  # pragma: no cover - Windows
-            self.process.kill()
-        else:  # pragma: no cover - Windows
-            self.process.terminate()
+        else:  # pragma: no cover - Windows: the whole tree (TotalSegmentator's children too), then the worker
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(["taskkill", "/PID", str(self.process.pid), "/T", "/F"], shell=False,
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                               creationflags=subprocess.CREATE_NO_WINDOW)  # type: ignore[attr-defined]
+            with contextlib.suppress(OSError):
+                self.process.kill()
 
     def cancel(self, grace_s: float = 10.0) -> None:
         """Stop the worker, blocking: :meth:`request_cancel`, then :meth:`kill` if it has not exited after
@@ -138,17 +168,24 @@ class WorkerClient:
             return
         self.request_cancel()
         try:
-            self.process.wait(grace_s)
+            self.wait(grace_s)
         except subprocess.TimeoutExpired:
             self.kill()
-            self.process.wait()
+            self.wait()
 
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the worker to exit and for its output to be read; returns the exit code."""
-        code = self.process.wait(timeout)
-        for t in self._threads:
-            t.join(5)
-        return code
+    def wait(self, timeout: float | None = None, drain_s: float = 5.0) -> int:
+        """Wait for the worker to exit and for its output to be read (at most ``drain_s`` more: a grandchild that
+        keeps the pipes open cannot hold it up); returns the exit code. Events stay for :meth:`poll_events`."""
+        t_end = None if timeout is None else time.monotonic() + timeout
+        while self.process.poll() is None:  # reading while waiting: a full pipe would block the worker
+            self._drain()
+            if t_end is not None and time.monotonic() > t_end:
+                raise subprocess.TimeoutExpired(self.process.args, timeout)
+            time.sleep(0.02)
+        t_drain = time.monotonic() + drain_s
+        while not self.output_closed and time.monotonic() < t_drain:
+            time.sleep(0.02)
+        return self.process.returncode
 
     def raise_for_status(self) -> dict:
         """The result event on success; otherwise the matching exception with the worker's message."""

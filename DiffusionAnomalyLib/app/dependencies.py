@@ -19,9 +19,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+#: The torch releases the worker is known to work with: from 2.3 (the oldest with every op it uses) up to the
+#: release the project is tested on (2.13, ``Makefile``); a newer minor release is refused until it is tested.
+TORCH_REQUIREMENT = ">=2.3,<2.14"
 #: import name -> pip requirement (torch separately: Slicer's PyTorch extension picks the right build).
 REQUIREMENTS = {
-    "torch": "torch>=2.3",
+    "torch": f"torch{TORCH_REQUIREMENT}",
     "monai": "monai>=1.4",
     "SimpleITK": "SimpleITK>=2.3",
     "skimage": "scikit-image>=0.22",
@@ -34,19 +37,24 @@ REQUIREMENTS = {
 TOTALSEGMENTATOR_REQUIREMENT = {"totalsegmentator": "TotalSegmentator>=2.4"}
 
 
-def missing_packages(python: str | None = None, extra: dict[str, str] | None = None) -> list[str]:
+def missing_packages(python: str | None = None, extra: dict[str, str] | None = None,
+                     env: dict[str, str] | None = None, model: bool = True) -> list[str]:
     """pip requirements of the packages that cannot be imported in ``python`` (default: this interpreter).
 
-    Another interpreter is asked in a child process (argument list, no shell); nothing is imported.
+    ``model``: the packages a model run needs (:data:`REQUIREMENTS`; the median baseline needs none of them), plus
+    ``extra``. Another interpreter is asked in a child process (argument list, no shell; ``env``: its environment,
+    see :func:`child_environment`); nothing is imported.
     """
-    wanted = {**REQUIREMENTS, **(extra or {})}
+    wanted = {**(REQUIREMENTS if model else {}), **(extra or {})}
+    if not wanted:
+        return []
     if not python or _same_interpreter(python):
         return [req for name, req in wanted.items() if not _importable(name)]
     code = ("import importlib.util, json, sys; "
             "print(json.dumps([n for n in sys.argv[1:] if importlib.util.find_spec(n) is None]))")
     try:
         out = subprocess.run([python, "-c", code, *wanted], capture_output=True, text=True, timeout=60,
-                             shell=False, stdin=subprocess.DEVNULL, **_no_window())
+                             shell=False, stdin=subprocess.DEVNULL, env=env, **_no_window())
         names = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else list(wanted)
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         names = list(wanted)
@@ -77,15 +85,17 @@ def install_command(requirements: list[str], python: str | None = None) -> str:
     return shlex.join([python or sys.executable, "-m", "pip", "install", *requirements])
 
 
-def pip_install(requirements: list[str], python: str, idle: Callable[[], None] | None = None) -> None:
-    """Install ``requirements`` into another interpreter (``python -m pip install``; argument list, no shell).
+def pip_install(requirements: list[str], python: str, idle: Callable[[], None] | None = None,
+                env: dict[str, str] | None = None) -> None:
+    """Install ``requirements`` into another interpreter (``python -m pip install``; argument list, no shell;
+    ``env``: its environment, see :func:`child_environment`).
 
     ``idle()`` is called for every line pip prints (a GUI passes its event processing, so it keeps painting).
     Raises RuntimeError with pip's last lines when it fails.
     """
     process = subprocess.Popen([python, "-m", "pip", "install", *requirements], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
-                               shell=False, stdin=subprocess.DEVNULL, **_no_window())
+                               shell=False, stdin=subprocess.DEVNULL, env=env, **_no_window())
     lines: list[str] = []
     for line in process.stdout:
         lines.append(line.rstrip())
@@ -107,17 +117,33 @@ def launcher_for(python: str) -> str:
     return python
 
 
+def child_environment(own: bool, startup: Callable[[], dict[str, str]] | None = None) -> dict[str, str]:
+    """The environment for a child interpreter started from this process.
+
+    ``own``: the child is this installation's own interpreter (inside Slicer: ``python-real``), which needs the
+    environment Slicer's launcher set up (``PYTHONHOME``, ``PYTHONPATH``, library paths): ``os.environ`` as it is.
+    Any other interpreter must not see those values (a Python 3.11 given Slicer's 3.12 ``PYTHONHOME`` dies at
+    start): it gets ``startup()`` — inside Slicer ``slicer.util.startupEnvironment()``, the environment from before
+    the launcher — or, outside Slicer, ``os.environ`` less the variables that steer an interpreter's own paths.
+    """
+    if own:
+        return dict(os.environ)
+    if startup is not None:
+        return {str(k): str(v) for k, v in startup().items() if k}
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONNOUSERSITE",
+                                                                "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__")}
+
+
 def slicer_python(executable: str | None = None) -> str:
-    """The plain Python interpreter of a 3D Slicer installation, for running the worker.
+    """The plain Python interpreter of a 3D Slicer installation (Slicer's own), for running the worker.
 
     Inside Slicer ``sys.executable`` is the ``PythonSlicer`` launcher (which sets up the environment, then
     starts ``python-real`` beside it), or "" when it is not on PATH. Slicer's own process already has that
     environment, so the worker is started as ``python-real`` directly when it exists: cancelling then stops the
     real interpreter, not only a launcher (which could leave the child running on Windows).
-    ``DA_WORKER_PYTHON`` overrides the choice. Returns "" when none is found.
+    Returns "" when none is found. (``DA_WORKER_PYTHON`` and the panel's "Python for the worker" choose another
+    interpreter: ``slicer_module.panel.worker_python``.)
     """
-    if os.environ.get("DA_WORKER_PYTHON"):
-        return os.environ["DA_WORKER_PYTHON"]
     executable = executable if executable is not None else sys.executable
     suffix = ".exe" if os.name == "nt" else ""
     candidates = []

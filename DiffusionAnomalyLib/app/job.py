@@ -224,6 +224,6 @@ def run_job(args: argparse.Namespace, progress: Progress | None = None) -> JobOu
                               "network_evaluations": getattr(reconstructor, "network_evaluations", 0)})
     report("write", 0, 1)
     out = write_outputs(result, args.out, preset, inputs, overwrite=bool(getattr(args, "overwrite", False)),
-                        input_paths=input_paths(args))
+                        input_paths=input_paths(args), overview=not getattr(args, "no_overview", False))
     report("write", 1, 1)
     return JobOutcome(result, out, str(device), demo, settings)

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from skimage.filters import threshold_otsu
 
 from DiffusionAnomalyLib.detection.roi import voxel_centres_lps
 from DiffusionAnomalyLib.errors import InputError
@@ -96,7 +95,26 @@ def otsu_threshold(score: np.ndarray, mask: np.ndarray | None = None) -> float:
         raise InputError("cannot compute an Otsu threshold: no voxels inside the organ mask")
     if np.ptp(values) == 0:
         return float(values[0])
-    return float(threshold_otsu(values))
+    counts, edges = np.histogram(values.astype(np.result_type(values.dtype, np.float32), copy=False), bins=256)
+    return _otsu(counts, (edges[:-1] + edges[1:]) / 2.0)
+
+
+def _otsu(counts: np.ndarray, centres: np.ndarray) -> float:
+    """Otsu's threshold from a histogram: the bin centre that maximises the between-class variance
+    w1 w2 (mu1 - mu2)^2 (Otsu 1979), evaluated as scikit-image's ``threshold_otsu`` does (256 bins over the
+    values' range, float32 counts, empty end bins trimmed), so results match it; numpy only, so the median
+    baseline runs on Slicer's own Python."""
+    counts = np.asarray(counts)
+    if counts[0] == 0 or counts[-1] == 0:
+        keep = np.flatnonzero(counts > 0)
+        counts, centres = counts[keep[0]:keep[-1] + 1], centres[keep[0]:keep[-1] + 1]
+    counts = counts.astype(np.float32, copy=False)
+    weight1 = np.cumsum(counts)
+    weight2 = np.cumsum(counts[::-1])[::-1]
+    mean1 = np.cumsum(counts * centres) / weight1
+    mean2 = (np.cumsum((counts * centres)[::-1]) / weight2[::-1])[::-1]
+    variance12 = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return float(centres[int(np.argmax(variance12))])
 
 
 def dataset_otsu_threshold(
@@ -116,7 +134,7 @@ def dataset_otsu_threshold(
     edges = np.linspace(lo, hi, bins + 1)
     hist = sum(np.histogram(v, bins=edges)[0] for v in selected)
     centres = (edges[:-1] + edges[1:]) / 2.0
-    return float(threshold_otsu(hist=(hist, centres)))
+    return _otsu(hist, centres)
 
 
 def axial_extent_mm(image: sitk.Image, zyx_indices: np.ndarray) -> float:

@@ -39,7 +39,6 @@ from DiffusionAnomalyLib.detection.anomaly import (
     voxel_std,
 )
 from DiffusionAnomalyLib.detection.intensity import ChannelScaling, fit_scaling
-from DiffusionAnomalyLib.detection.overview import write_overview
 from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.detection.roi import (
     BLEND_MARGIN_VOXELS,
@@ -303,8 +302,9 @@ def write_trajectory(trajectory: TrajectoryFrames, reference: sitk.Image, folder
 
 
 def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, inputs: dict, *,
-                  overwrite: bool = False, input_paths: list[str] | None = None) -> Path:
-    """Write the result files atomically into ``out_dir`` (all or nothing).
+                  overwrite: bool = False, input_paths: list[str] | None = None, overview: bool = True) -> Path:
+    """Write the result files atomically into ``out_dir`` (all or nothing); ``overview``: also ``overview.png``
+    (matplotlib; Slicer's panel asks for none, the scene is its picture).
 
     ``out_dir`` must not hold any of ``input_paths`` (default: ``inputs["images"]``); an earlier result or other
     files there are refused unless ``overwrite``, which replaces the whole earlier result set
@@ -326,14 +326,16 @@ def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, 
             write_volume(image, stage / name)
         if result.trajectory is not None:
             write_trajectory(result.trajectory, result.input_image, stage)
-        organ = sitk.GetArrayViewFromImage(result.organ_mask) > 0
-        note = "DEMO / synthetic-data model - " if inputs.get("bundle", {}).get("demo") else ""
-        write_overview(result.input_image, result.reconstruction[0], result.heatmap, result.lesions, result.table,
-                       organ, stage / "overview.png", preset.display_window,
-                       uncertainty=result.uncertainty[0] if result.uncertainty else None,
-                       title=
-                       f"{note}{preset.name}: {len(result.table)} candidate lesion(s); research software, not for "
-                       "diagnosis")
+        if overview:
+            from DiffusionAnomalyLib.detection.overview import write_overview
+
+            organ = sitk.GetArrayViewFromImage(result.organ_mask) > 0
+            note = "DEMO / synthetic-data model - " if inputs.get("bundle", {}).get("demo") else ""
+            write_overview(result.input_image, result.reconstruction[0], result.heatmap, result.lesions,
+                           result.table, organ, stage / "overview.png", preset.display_window,
+                           uncertainty=result.uncertainty[0] if result.uncertainty else None,
+                           title=f"{note}{preset.name}: {len(result.table)} candidate lesion(s); research software, "
+                                 "not for diagnosis")
         rows = [le.to_row() for le in result.table]
         with open(stage / "lesions.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=LESION_COLUMNS)

@@ -23,10 +23,22 @@ from DiffusionAnomalyLib.settings import (
     options,
     trajectory_every_for,
 )
-from DiffusionAnomalyLib.slicer_module.scene_run import RunRequest, SceneRun, cached_meta, run_name
+from DiffusionAnomalyLib.slicer_module.scene_run import (
+    BASELINE,
+    RunRequest,
+    SceneRun,
+    cached_meta,
+    run_name,
+    worker_environment,
+)
 
 MINIMUM_SLICER = (5, 10)
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
+#: The bundle list's last entry: no model, the non-neural median baseline, run on Slicer's own Python.
+BASELINE_LABEL = "No model: median baseline (non-neural, needs no PyTorch)"
+BASELINE_SUMMARY = ("The non-neural median baseline: an organ-restricted median filter stands in for the healthy "
+                    "reconstruction. Runs on Slicer's own Python in seconds, with nothing to install; it finds "
+                    "well-contrasted focal lesions and marks many false positives. A yardstick, not a model.")
 THRESHOLD_MODES = ("bundle", "otsu", "fixed")
 #: The choices of a run setting's panel member, by ``Option.kind`` (the bundle's value first where it has one).
 PANEL_CHOICES = {"sampler": SAMPLERS, "reference": ("bundle", *REFERENCES), "device": DEVICES}
@@ -70,6 +82,8 @@ def run_setting_parameters() -> type:
 def bundle_defaults(bundle_path: str) -> dict[str, Any]:
     """The panel values a bundle recommends (sampler, L, s, steps, map reference, samples, median filter),
     by parameter-node member."""
+    if bundle_path == BASELINE:
+        return {}  # no sampler and no recommendations: the panel's values stay (the baseline ignores them)
     meta = cached_meta(bundle_path)
     s = RunSettings.resolve(meta.recommended, meta.preset())
     return {opt.panel: getattr(s, name) for name, opt in panel_settings() if name in OVERRIDABLE}
@@ -81,13 +95,16 @@ def input_nodes(pn) -> list:
 
 
 def worker_python(pn) -> tuple[str, bool]:
-    """The worker's interpreter and whether it is Slicer's own: the panel's "Python for the worker", else
-    ``DA_WORKER_PYTHON``, else Slicer's Python (:func:`~DiffusionAnomalyLib.app.dependencies.slicer_python`)."""
+    """The worker's interpreter and whether it is Slicer's own: for the median baseline always Slicer's own (it
+    needs only what Slicer ships); for a model the panel's "Python for the worker", else ``DA_WORKER_PYTHON``, else
+    Slicer's own (:func:`~DiffusionAnomalyLib.app.dependencies.slicer_python`). Another interpreter is started with
+    Slicer's startup environment (:func:`~DiffusionAnomalyLib.slicer_module.scene_run.worker_environment`)."""
     from DiffusionAnomalyLib.app.dependencies import slicer_python
 
-    if pn.pythonExecutable:
-        return pn.pythonExecutable, False
-    return slicer_python(), not os.environ.get("DA_WORKER_PYTHON")
+    if pn.bundlePath == BASELINE:
+        return slicer_python(), True
+    other = pn.pythonExecutable or os.environ.get("DA_WORKER_PYTHON", "")
+    return (other, False) if other else (slicer_python(), True)
 
 
 def wait_for(done: Callable[[], bool], process_events: Callable[[], None], timeout_s: float,
@@ -117,7 +134,7 @@ def request_from_parameters(pn, python: str) -> RunRequest:
     # "Keep the denoising trajectory": about PANEL_TRAJECTORY_FRAMES frames of the run's steps
     settings["trajectory_every"] = trajectory_every_for(int(pn.steps)) if pn.keepTrajectory else 0
     return RunRequest(organ=pn.organ, bundle=pn.bundlePath, settings=settings, mask_source=pn.maskSource,
-                      python=python)
+                      python=python, own_python=worker_python(pn)[1])
 
 
 def parameter_problems(pn, python: str) -> list[str]:
@@ -129,7 +146,7 @@ def parameter_problems(pn, python: str) -> list[str]:
     if not python:
         out.append("No Python interpreter for the worker was found; set 'Python for the worker'.")
     out += request_from_parameters(pn, python).problems()
-    if not out and os.path.isdir(pn.bundlePath):
+    if not out and pn.bundlePath != BASELINE and os.path.isdir(pn.bundlePath):
         channels = cached_meta(pn.bundlePath).channels
         if len(channels) > 1 or len(input_nodes(pn)) > 1:
             problem = scene.channel_nodes_problem(input_nodes(pn), channels)
@@ -158,8 +175,10 @@ class BundleList:
         if organ == self.organ:
             return None
         found = available_bundles(organ)
-        self.organ, self.paths, self.labels = organ, [str(b.path) for b in found], [b.label for b in found]
-        self.summaries = [b.summary for b in found]
+        self.organ = organ
+        self.paths = [str(b.path) for b in found] + [BASELINE]
+        self.labels = [b.label for b in found] + [BASELINE_LABEL]
+        self.summaries = [b.summary for b in found] + [BASELINE_SUMMARY]
         return self.paths
 
     def fill(self, combo) -> None:
@@ -276,11 +295,13 @@ def cell_text(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-def ensure_worker_packages(python: str, totalsegmentator: bool, ask: bool = True, own: bool = True) -> bool:
+def ensure_worker_packages(python: str, totalsegmentator: bool, ask: bool = True, own: bool = True,
+                           model: bool = True) -> bool:
     """Check the worker's packages in ``python``; ask, then install what is missing (Slicer dialogs).
 
     ``own``: ``python`` is Slicer's own interpreter: torch comes from the PyTorch extension (the right CUDA build),
     the rest from ``slicer.util.pip_install``; otherwise that interpreter's own pip installs everything.
+    ``model`` False (the median baseline): only TotalSegmentator, when it makes the masks.
     Returns True when nothing is missing any more.
     """
     import slicer
@@ -288,28 +309,46 @@ def ensure_worker_packages(python: str, totalsegmentator: bool, ask: bool = True
     from DiffusionAnomalyLib.app import dependencies
 
     extra = dependencies.TOTALSEGMENTATOR_REQUIREMENT if totalsegmentator else None
-    missing = dependencies.missing_packages(python, extra)
+    env = worker_environment(own)
+    missing = dependencies.missing_packages(python, extra, env, model)
     if not missing:
         return True
     command = dependencies.install_command(missing, dependencies.launcher_for(python) if own else python)
     if ask and not slicer.util.confirmOkCancelDisplay(
             f"Diffusion Anomaly needs these Python packages: {', '.join(missing)}. Install them now into {python}? "
-            "(This may take several minutes.)", windowTitle="Diffusion Anomaly"):
+            "(This may take several minutes.) Without them, choose 'No model: median baseline'.",
+            windowTitle="Diffusion Anomaly"):
         slicer.util.errorDisplay(f"Not installed. To install by hand, run:\n{command}")
         return False
     try:
-        with slicer.util.WaitCursor():
-            _install(missing, python, own)
+        _install(missing, python, own, env)
     except Exception as exc:
-        slicer.util.errorDisplay(f"Installation failed ({exc}). To install by hand, run:\n{command}")
+        import logging
+
+        logging.error("Diffusion Anomaly: installing %s failed (%s). To install by hand, run: %s", missing, exc,
+                      command)
+        if not _slicer_showed_the_failure(own):  # Slicer 5.12's pip_install has shown its own dialog already
+            slicer.util.errorDisplay(f"Installation failed ({exc}). To install by hand, run:\n{command}")
         return False
-    still = dependencies.missing_packages(python, extra)
+    still = dependencies.missing_packages(python, extra, env, model)
     if still:
         slicer.util.errorDisplay(f"Still missing after the install: {', '.join(still)}. Run:\n{command}")
     return not still
 
 
-def _install(missing: list[str], python: str, own: bool) -> None:
+def _slicer_showed_the_failure(own: bool) -> bool:
+    """Whether Slicer's own ``pip_install`` has shown its error dialog before raising (5.12 and later, outside
+    testing mode: ``slicer/packaging.py``), so the panel must not show a second one."""
+    import slicer
+
+    return own and (int(slicer.app.majorVersion), int(slicer.app.minorVersion)) >= (5, 12) and \
+        not slicer.app.testingEnabled()
+
+
+def _install(missing: list[str], python: str, own: bool, env: dict[str, str]) -> None:
+    """Install ``missing`` into ``python``. Slicer's own: torch through the PyTorch extension (its CUDA build),
+    the rest with ``slicer.util.pip_install`` (5.12 shows its own progress dialog: no wait cursor over it);
+    another interpreter: its own pip under a wait cursor, in that interpreter's startup environment."""
     import importlib.util
 
     import slicer
@@ -317,13 +356,15 @@ def _install(missing: list[str], python: str, own: bool) -> None:
     from DiffusionAnomalyLib.app import dependencies
 
     if not own:
-        dependencies.pip_install(missing, python, idle=slicer.app.processEvents)  # the GUI keeps painting
+        with slicer.util.WaitCursor():  # no Slicer dialog in this branch
+            dependencies.pip_install(missing, python, idle=slicer.app.processEvents, env=env)  # GUI keeps painting
         return
     torch = [m for m in missing if m.startswith("torch")]
     if torch and importlib.util.find_spec("PyTorchUtils"):
         import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS)
 
-        PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.3")
+        PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                      torchVersionRequirement=dependencies.TORCH_REQUIREMENT)
         missing = [m for m in missing if m not in torch]
     if missing:
         slicer.util.pip_install(missing)
@@ -385,7 +426,11 @@ class PanelRunner:
         if self.run.result_nodes is not None:
             from DiffusionAnomalyLib.slicer_module import scene as adapter
 
-            self.compare_state = adapter.show_compare(self._scene, self._input, self.run.result_nodes)
+            # Still in the compare layout from an earlier run: the views were saved before that run changed them;
+            # saving them again would save the compare views and lose the user's.
+            earlier = self.compare_state if adapter.in_compare_layout(self._scene) else None
+            state = adapter.show_compare(self._scene, self._input, self.run.result_nodes)
+            self.compare_state = earlier or state
         return False
 
     def cancel(self) -> None:

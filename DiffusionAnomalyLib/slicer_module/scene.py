@@ -467,7 +467,19 @@ def _trajectory_sequence(scene, path: str, input_node, name: str, created: list)
     if proxy.GetDisplayNode() is None:
         proxy.CreateDefaultDisplayNodes()
     _copy_window_level(input_node, proxy)
+    show_sequence_browser(browser)
     return {"trajectory": sequence, "browser": browser, "trajectory_proxy": proxy}
+
+
+def show_sequence_browser(browser) -> bool:
+    """Show ``browser`` in Slicer's sequence browser toolbar: a new browser node gets no toolbar unless the importer
+    asks (``qSlicerSequencesModule::showSequenceBrowser``, Slicer's ``qSlicerSequencesModule.h``). False outside
+    Slicer (no Sequences module) or when the user turned the toolbar's auto-show off."""
+    import slicer
+
+    module = getattr(getattr(slicer, "modules", None), "sequences", None)
+    show = getattr(module, "showSequenceBrowser", None)
+    return bool(show(browser)) if show is not None else False
 
 
 def lesion_segmentation(scene, labelmap_path: str | os.PathLike, lesions: Sequence[dict], organ: str,

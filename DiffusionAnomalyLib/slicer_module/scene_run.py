@@ -23,6 +23,25 @@ from DiffusionAnomalyLib.errors import CancelledError, DiffusionAnomalyError, In
 from DiffusionAnomalyLib.settings import DEVICES
 
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
+#: ``RunRequest.bundle`` for the non-neural median baseline (no model; runs on Slicer's own Python, no PyTorch).
+BASELINE = "median-baseline"
+
+
+def worker_environment(own: bool) -> dict[str, str]:
+    """The environment of a child interpreter started from Slicer's process: Slicer's own (``own``) keeps the
+    launcher's environment; any other gets ``slicer.util.startupEnvironment()``, the environment without the
+    launcher's ``PYTHONHOME``/``PYTHONPATH``/library paths (outside Slicer: ``os.environ`` less those)."""
+    from DiffusionAnomalyLib.app.dependencies import child_environment
+
+    startup = None
+    try:
+        import slicer
+
+        if hasattr(slicer, "app") and hasattr(slicer.app, "startupEnvironment"):
+            startup = slicer.util.startupEnvironment
+    except ImportError:
+        pass
+    return child_environment(own, startup)
 
 
 @dataclass
@@ -34,7 +53,10 @@ class RunRequest:
     ``threshold``: a number, ``"otsu"`` or ``"bundle"``); ``python`` the interpreter that has the dependencies
     (empty: the current one). ``mask_source``: ``segmentation`` (segments of an existing segmentation),
     ``totalsegmentator`` (the worker runs TotalSegmentator on the input, so the GUI never waits for it) or
-    ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels).
+    ``none`` (skull-stripped brain: the mask is the scan's nonzero voxels). ``bundle`` :data:`BASELINE` runs the
+    non-neural median baseline (its threshold and post-processing settings apply; the sampler's are ignored).
+    ``own_python``: ``python`` is Slicer's own interpreter (it keeps Slicer's environment; any other is started
+    with the startup environment, :func:`worker_environment`).
     """
 
     organ: str
@@ -42,6 +64,11 @@ class RunRequest:
     settings: dict = field(default_factory=dict)
     mask_source: str = "segmentation"
     python: str = ""
+    own_python: bool = True
+
+    @property
+    def baseline(self) -> bool:
+        return self.bundle == BASELINE
 
     def problems(self) -> list[str]:
         """Everything that prevents a run, as sentences for a tooltip (empty when it can run). The run settings
@@ -50,6 +77,8 @@ class RunRequest:
         bundle_ok = False
         if not self.bundle:
             out.append(f"No model bundle for the {self.organ}: import one (Import bundle...).")
+        elif self.baseline:
+            bundle_ok = True
         else:
             found = self._bundle_problems()
             out.extend(found)
@@ -97,18 +126,37 @@ class RunRequest:
         panel's values on top, resolved once (the worker receives exactly this object as JSON)."""
         from DiffusionAnomalyLib.settings import RunSettings
 
+        if self.baseline:
+            from DiffusionAnomalyLib.detection.presets import get_preset
+
+            return RunSettings.resolve({}, get_preset(self.organ), **self.settings)
         meta = cached_meta(self.bundle)
         return RunSettings.resolve(meta.recommended, meta.preset(), **self.settings)
 
+    def channels(self) -> list[str]:
+        """The input channels the run takes (the bundle's; the baseline: the organ preset's)."""
+        if self.baseline:
+            from DiffusionAnomalyLib.detection.presets import get_preset
+
+            return list(get_preset(self.organ).channels)
+        return list(cached_meta(self.bundle).channels)
+
     def worker_args(self, inputs: Sequence[str | Path], out: str | Path, mask: str | Path | None,
                     settings_file: str | Path) -> list[str]:
-        """The worker's arguments (``run ...``): inputs, mask, output folder and the settings JSON file
-        (:meth:`run_settings`, written by the caller)."""
+        """The worker's arguments (``run ...``, or ``baseline ...`` for :data:`BASELINE`): inputs, mask, output
+        folder and the settings JSON file (:meth:`run_settings`, written by the caller); no ``overview.png`` (the
+        scene is the picture, and the baseline's worker has no matplotlib)."""
         problems = self.problems()
         if problems:
             raise InputError(" ".join(problems))
-        args = ["run", "--bundle", str(self.bundle), "--input", *[str(p) for p in inputs],
-                "--settings", str(settings_file), "--out", str(out)]
+        if self.baseline:
+            s = self.run_settings()
+            args = ["baseline", "--organ", self.organ, "--input", *[str(p) for p in inputs], "--out", str(out),
+                    "--no-overview", "--min-lesion-ml", repr(float(s.min_lesion_ml))]
+            args += ["--threshold", repr(float(s.threshold))] if s.threshold is not None else []
+        else:
+            args = ["run", "--bundle", str(self.bundle), "--input", *[str(p) for p in inputs],
+                    "--settings", str(settings_file), "--out", str(out), "--no-overview"]
         if self.mask_source == "none":
             args.append("--skull-stripped")
         elif mask is not None:
@@ -162,6 +210,8 @@ def _zipped_meta(path: Path):
 
 def run_name(request: RunRequest, input_name: str) -> str:
     """The subject-hierarchy folder name of a run, e.g. ``"CT kidney ddpm L250 s0 14:02:31"``."""
+    if request.baseline:
+        return f"{input_name} {request.organ} median baseline {time.strftime('%H:%M:%S')}"
     try:
         s = request.run_settings()
         what = f"{s.sampler} L{s.noise_level} s{s.guidance:g}"
@@ -213,7 +263,7 @@ class SceneRun:
         problems = self.request.problems()
         if problems:
             raise InputError(" ".join(problems))
-        channels = self.channels = cached_meta(self.request.bundle).channels
+        channels = self.channels = self.request.channels()
         problem = (scene_adapter.channel_nodes_problem(self.input_nodes, channels) if len(channels) > 1
                    else scene_adapter.volume_node_problem(self.input_nodes[0] if self.input_nodes else None))
         if problem:
@@ -237,7 +287,8 @@ class SceneRun:
             self.settings = self.request.run_settings()  # resolved once; the worker and the nodes get this
             settings.write_text(json.dumps(self.settings.to_dict(), indent=2) + "\n")
             args = self.request.worker_args(inputs, self.output_dir or self.tmp / "out", mask, settings)
-            factory = self.client_factory or (lambda a, python: WorkerClient(a, python=python or None))
+            env = worker_environment(self.request.own_python)
+            factory = self.client_factory or (lambda a, python: WorkerClient(a, python=python or None, env=env))
             self.client = factory(args, self.request.python)
             self.client.start()
         except BaseException:
@@ -318,7 +369,9 @@ class SceneRun:
             recon = "reconstruction.nii.gz" if len(channels) == 1 else f"reconstruction_{channels[0]}.nii.gz"
             request = {"organ": self.request.organ, "bundle": self.request.bundle,
                        "mask_source": self.request.mask_source}
-            attributes = scene_adapter.run_attributes(result, {**request, **self.settings.to_dict(), "run": self.name})
+            settings = ({"reconstruction": "non-neural median baseline (no model)", "threshold": self.settings.threshold}
+                        if self.request.baseline else self.settings.to_dict())
+            attributes = scene_adapter.run_attributes(result, {**request, **settings, "run": self.name})
             self.result_nodes = scene_adapter.add_results(
                 self.scene, self.input_nodes[0], result["outputs"], result.get("lesions", []), self.name, attributes,
                 self.request.organ, reconstruction_file=recon)

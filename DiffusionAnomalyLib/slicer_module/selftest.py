@@ -1,9 +1,14 @@
-"""The Slicer self-test's case: a kidney phantom in the scene with its organ segmentation, the demo bundle chosen,
-and the checks on what the run added. Torch-free (phantoms need numpy, scipy and SimpleITK, which Slicer ships),
-so the self-test builds its case in Slicer's own process and only the run goes to the worker."""
+"""The Slicer self-test: a kidney phantom in the scene with its organ segmentation, run through the panel's Logic
+and the worker, and the checks on what each run added.
+
+Offline and install-free, as Slicer's extension CI runs it: first the non-neural median baseline on Slicer's own
+Python (numpy, SciPy, SimpleITK: nothing to install, seconds); then the shipped kidney demo bundle, only where the
+worker's interpreter already has its packages (else skipped, with the reason logged) — the self-test never installs
+anything and opens no connection. Torch-free: the case is built in Slicer's own process, the runs go to the worker."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,14 +25,13 @@ class SelfTestCase:
     segmentation: object  # vtkMRMLSegmentationNode with kidney_left / kidney_right
 
 
-def prepare(scene, pn, seed: int = SELF_TEST_SEED) -> SelfTestCase:
+def prepare(scene, pn, seed: int = SELF_TEST_SEED, model: bool = True) -> SelfTestCase:
     """Add the phantom CT and its kidney segmentation to ``scene`` and set ``pn`` (the module's parameter node) to
-    run the shipped kidney demo bundle on them (its recommended settings, on the CPU)."""
+    run the shipped kidney demo bundle on them (its recommended settings, on the CPU), or with ``model`` False the
+    median baseline."""
     import slicer
 
-    from DiffusionAnomalyLib.models.bundle import available_bundles
     from DiffusionAnomalyLib.slicer_module import scene as adapter
-    from DiffusionAnomalyLib.slicer_module.panel import bundle_defaults
     from DiffusionAnomalyLib.synthetic.phantoms import make_phantom
 
     case = make_phantom("kidney", seed=seed)
@@ -40,34 +44,74 @@ def prepare(scene, pn, seed: int = SELF_TEST_SEED) -> SelfTestCase:
             slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lab, organs)
             seg = organs.GetSegmentation()
             seg.GetNthSegment(seg.GetNumberOfSegments() - 1).SetName(name)
-    demo = [b for b in available_bundles("kidney") if b.meta.demo]
-    if not demo:
-        raise FileNotFoundError("the kidney demo bundle is missing from Resources/Models")
     with slicer.util.NodeModify(pn.parameterNode):
         pn.inputVolume, pn.organ, pn.maskSource, pn.maskSegmentation = ct, "kidney", "segmentation", organs
-        pn.bundlePath, pn.device = str(demo[0].path), "cpu"
-        for name, value in bundle_defaults(pn.bundlePath).items():
-            setattr(pn, name, value)
+        pn.device = "cpu"
+    choose(pn, demo_bundle() if model else None)
     return SelfTestCase(case, organs)
 
 
-def run(logic, pn, timeout_s: float = 600.0) -> list[str]:
-    """The whole self-test through the module's Logic: prepare the case, install what the worker needs (running
-    the self-test is the consent), run, check. Returns the problems (empty: passed)."""
+def demo_bundle() -> str:
+    """The shipped kidney demo bundle's folder (FileNotFoundError when it is missing)."""
+    from DiffusionAnomalyLib.models.bundle import available_bundles
+
+    demo = [b for b in available_bundles("kidney") if b.meta.demo]
+    if not demo:
+        raise FileNotFoundError("the kidney demo bundle is missing from Resources/Models")
+    return str(demo[0].path)
+
+
+def choose(pn, bundle: str | None) -> None:
+    """Set ``pn`` to run ``bundle`` with its recommended settings and threshold, or (None) the median baseline."""
     import slicer
 
-    case = prepare(slicer.mrmlScene, pn)
+    from DiffusionAnomalyLib.slicer_module.panel import BASELINE, bundle_defaults
+
+    with slicer.util.NodeModify(pn.parameterNode):
+        pn.bundlePath, pn.thresholdMode = bundle or BASELINE, "bundle"
+        for name, value in (bundle_defaults(bundle) if bundle else {}).items():
+            setattr(pn, name, value)
+
+
+def run(logic, pn, timeout_s: float = 600.0, log: Callable[[str], None] = print) -> list[str]:
+    """The whole self-test through the module's Logic; returns the problems (empty: passed).
+
+    1. The median baseline on Slicer's own Python: prepare the case, run, check.
+    2. The kidney demo bundle, only if the worker's interpreter already has every package it needs; otherwise
+       ``log`` says why it is skipped. Nothing is installed (``ensureDependencies`` is never called).
+    """
+    import slicer
+
+    from DiffusionAnomalyLib.app.dependencies import missing_packages
+    from DiffusionAnomalyLib.slicer_module.panel import worker_python
+    from DiffusionAnomalyLib.slicer_module.scene_run import worker_environment
+
+    case = prepare(slicer.mrmlScene, pn, model=False)
+    problems = _run_and_check(logic, pn, case, timeout_s, "median baseline")
+    try:
+        choose(pn, demo_bundle())
+    except FileNotFoundError as exc:
+        log(f"DiffusionAnomaly self-test: model part skipped: {exc}")
+        return problems
+    python, own = worker_python(pn)
+    missing = missing_packages(python, None, worker_environment(own)) if python else ["a Python interpreter"]
+    if missing:
+        log(f"DiffusionAnomaly self-test: model part skipped: the worker's Python ({python or 'none'}) lacks "
+            f"{', '.join(missing)}; the self-test installs nothing (Apply offers the install)")
+        return problems
+    return problems + _run_and_check(logic, pn, case, timeout_s, "kidney demo bundle")
+
+
+def _run_and_check(logic, pn, case: SelfTestCase, timeout_s: float, what: str) -> list[str]:
     problems = logic.problems(pn)
     if problems:
-        return [f"the panel refuses the self-test case: {problems}"]
-    if not logic.ensureDependencies(pn, ask=False):
-        return ["the worker's packages could not be installed"]
+        return [f"{what}: the panel refuses the self-test case: {problems}"]
     finished = []
     logic.start(pn, lambda event: None, finished.append)
     logic.wait(timeout_s)
     if finished[0].error is not None:
-        return [f"the run failed: {finished[0].error}"]
-    return check(case, pn.inputVolume, finished[0].result_nodes)
+        return [f"{what}: the run failed: {finished[0].error}"]
+    return [f"{what}: {p}" for p in check(case, pn.inputVolume, finished[0].result_nodes)]
 
 
 def check(case: SelfTestCase, ct, result) -> list[str]:

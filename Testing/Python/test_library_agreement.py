@@ -204,3 +204,23 @@ def test_monais_default_least_squares_would_change_the_loss():
     assert plain.item() == pytest.approx(ours.item())
     assert default.item() == pytest.approx(torch.mean(torch.where(logits < 0, 0.05 * logits, logits) ** 2).item())
     assert default.item() < 0.5 * ours.item()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_otsu_equals_scikit_images_on_maps_and_pooled_histograms(seed):
+    """The numpy Otsu (so the median baseline runs on Slicer's own Python, without scikit-image) gives exactly
+    scikit-image's threshold, per map and from a pooled histogram."""
+    from skimage.filters import threshold_otsu
+
+    from DiffusionAnomalyLib.detection.anomaly import dataset_otsu_threshold, otsu_threshold
+
+    rng = np.random.default_rng(seed)
+    healthy = rng.gamma(2.0, 0.04, int(rng.integers(50, 30000)))
+    lesion = rng.normal(0.5, 0.1, int(rng.integers(0, 800)))
+    values = np.concatenate([healthy, lesion]).astype(np.float32 if seed % 2 else np.float64)
+    assert otsu_threshold(values) == float(threshold_otsu(values))
+    maps = [values[: len(values) // 2], values[len(values) // 2:]]
+    edges = np.linspace(float(values.min()), float(values.max()), 4097)
+    hist = sum(np.histogram(v, bins=edges)[0] for v in maps)
+    expected = float(threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2.0)))
+    assert dataset_otsu_threshold(maps, [None, None]) == expected

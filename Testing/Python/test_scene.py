@@ -431,8 +431,9 @@ def test_the_worker_python_inside_slicer_is_python_real_not_the_application(tmp_
     assert dependencies.slicer_python(str(launcher)) == str(launcher)
     (bin_dir / "PythonSlicer").unlink()
     assert dependencies.slicer_python(str(bin_dir / "SlicerApp-real")) == ""  # never the Slicer application
-    monkeypatch.setenv("DA_WORKER_PYTHON", "/opt/gpu-env/bin/python")
-    assert dependencies.slicer_python(str(launcher)) == "/opt/gpu-env/bin/python"
+    own = dependencies.slicer_python(str(launcher))
+    monkeypatch.setenv("DA_WORKER_PYTHON", "/opt/gpu-env/bin/python")  # chooses another worker, not Slicer's own
+    assert dependencies.slicer_python(str(launcher)) == own
     # the manual install hint names that interpreter
     assert dependencies.install_command(["monai>=1.4"], "/opt/gpu-env/bin/python") == (
         "/opt/gpu-env/bin/python -m pip install 'monai>=1.4'")
@@ -453,7 +454,11 @@ def test_missing_packages_are_asked_of_the_worker_interpreter_in_a_child_process
     bare = tmp_path / "bare" / "bin" / "python"
     assert subprocess.run([str(bare), "-c", "import sys"]).returncode == 0
     missing = dependencies.missing_packages(str(bare), dependencies.TOTALSEGMENTATOR_REQUIREMENT)
-    assert "torch>=2.3" in missing and "monai>=1.4" in missing and "TotalSegmentator>=2.4" in missing
+    assert "torch>=2.3,<2.14" in missing and "monai>=1.4" in missing and "TotalSegmentator>=2.4" in missing
+    # the median baseline needs none of the model's packages: only TotalSegmentator, when it makes the masks
+    assert dependencies.missing_packages(str(bare), model=False) == []
+    assert dependencies.missing_packages(str(bare), dependencies.TOTALSEGMENTATOR_REQUIREMENT, model=False) == [
+        "TotalSegmentator>=2.4"]
     assert dependencies.missing_packages(str(tmp_path / "no-python")) == list(dependencies.REQUIREMENTS.values())
 
 

@@ -115,3 +115,40 @@ def test_running_out_of_memory_is_reported_with_what_to_try(tiny_bundle, kidney_
     with pytest.raises(OutOfMemoryError, match="out of memory .*Try --device cpu.*smaller ROI"):
         client.raise_for_status()
     assert not out.exists() or not any(p for p in out.iterdir() if not p.name.startswith(".staging"))
+
+
+def test_the_client_reads_the_worker_without_threads_and_keeps_partial_lines(kidney_case, tmp_path):
+    """Slicer's PythonQt keeps the GIL while Qt processes events: the client must not need a reader thread. Its
+    pipes are non-blocking and drained by poll_events; events arrive whole however the bytes are split."""
+    import threading
+
+    _, folder = kidney_case
+    client = WorkerClient(["baseline", "--organ", "kidney", "--input", folder / "ct.nii.gz", "--totalseg",
+                           folder / "segmentations", "--out", tmp_path / "out", "--no-overview"])
+    client.start()
+    events = []
+    while client.running or not client.output_closed:
+        assert threading.active_count() == 1, threading.enumerate()
+        events += client.poll_events()
+        time.sleep(0.01)
+    assert client.wait(10) == 0
+    events += client.poll_events()
+    assert events[0]["event"] == "started" and events[-1]["event"] == "result"
+    assert not (tmp_path / "out" / "overview.png").exists() and (tmp_path / "out" / "heatmap.nii.gz").is_file()
+    # a line split across reads is kept until its end arrives
+    split = WorkerClient(["x"])
+    split._line_out('{"event": "log", "message": "one"}')
+    assert split.poll_events() == [{"event": "log", "message": "one"}]
+
+
+def test_another_interpreter_gets_the_environment_without_the_launchers_python_values(monkeypatch):
+    from DiffusionAnomalyLib.app.dependencies import child_environment
+
+    monkeypatch.setenv("PYTHONHOME", "/opt/Slicer/lib/Python")
+    monkeypatch.setenv("PYTHONPATH", "/opt/Slicer/lib/Python/site-packages")
+    monkeypatch.setenv("PYTHONNOUSERSITE", "1")
+    assert child_environment(True)["PYTHONHOME"] == "/opt/Slicer/lib/Python"  # Slicer's own keeps them
+    other = child_environment(False)
+    assert not {"PYTHONHOME", "PYTHONPATH", "PYTHONNOUSERSITE"} & set(other) and other["PATH"] == os.environ["PATH"]
+    startup = {"PATH": "/usr/bin", "HOME": "/home/u", "": "ignored"}
+    assert child_environment(False, lambda: startup) == {"PATH": "/usr/bin", "HOME": "/home/u"}
