@@ -45,6 +45,13 @@ class OutputError(DiffusionAnomalyError, OSError):
     exit_code = EXIT_BAD_INPUT
 
 
+class BundleExistsError(OutputError):
+    """An import would replace an installed bundle of the same name and version: ask the user, then pass
+    ``overwrite=True`` (``import-bundle --overwrite``)."""
+
+    code = "bundle_exists"
+
+
 class OutOfMemoryError(DiffusionAnomalyError, MemoryError):
     """The device ran out of memory; the message says what to try."""
 
@@ -86,13 +93,17 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
     if isinstance(exc, DiffusionAnomalyError):
         return exc.exit_code, exc.code, one_line(str(exc))
     if isinstance(exc, KeyboardInterrupt):
-        return EXIT_CANCELLED, CancelledError.code, "cancelled by the user (interrupt); no results were written"
+        return EXIT_CANCELLED, CancelledError.code, ("cancelled by the user (interrupt); the output being written "
+                                                     "was discarded (results finished before are kept)")
     if isinstance(exc, MemoryError) or (isinstance(exc, (RuntimeError, ImportError, OSError)) and any(
             k in str(exc).lower() for k in OOM_MARKERS)) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
         return EXIT_OUT_OF_MEMORY, OutOfMemoryError.code, oom_message(exc)
     if isinstance(exc, OSError) and exc.errno is not None and errno.errorcode.get(exc.errno) in _OUTPUT_ERRNOS:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return OutputError.exit_code, OutputError.code, one_line(f"cannot write{where}: {exc.strerror or exc}")
+        where = f" ({exc.filename})" if exc.filename else " the output"
+        hint = {errno.ENOSPC: "; free some space or choose a folder on another disk",
+                errno.EFBIG: "; a file-size limit (ulimit -f) was reached",
+                errno.EDQUOT: "; the disk quota is used up"}.get(exc.errno, "")
+        return OutputError.exit_code, OutputError.code, one_line(f"cannot write{where}: {exc.strerror or exc}{hint}")
     return EXIT_INTERNAL, "internal_error", one_line(f"{type(exc).__name__}: {exc}") + (
         " (an internal error; run with --debug for the traceback and report it)")
 
@@ -110,4 +121,5 @@ def raise_cancelled(signum, frame) -> None:
     import signal
 
     name = signal.Signals(signum).name
-    raise CancelledError(f"cancelled by the user ({name}); no results were written")
+    raise CancelledError(f"cancelled by the user ({name}); the output being written was discarded (results finished "
+                         "before, e.g. earlier cases of a batch or stages of train all, are kept)")

@@ -23,6 +23,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 #: Sampler settings used when the bundle recommends none.
 SAMPLER_DEFAULTS: dict[str, Any] = {"sampler": "ddpm", "noise_level": 250, "steps": 50, "guidance": 0.0}
 MAX_NOISE_LEVEL = 999
+#: Upper bounds of the settings that multiply the work (one typo must not mean hours of CPU): averaged
+#: reconstructions, RePaint resampling jumps, the median filter's size in voxels.
+MAX_SAMPLES = 64
+MAX_RESAMPLE_JUMPS = 20
+MAX_MEDIAN_FILTER = 15
 #: Below this validation AUC (at the level nearest the sampler's start) a classifier barely tells healthy from
 #: unhealthy, so its gradients steer the sample toward noise rather than health.
 WEAK_CLASSIFIER_AUC = 0.7
@@ -168,16 +173,17 @@ class RunSettings:
             out.append(f"guidance strength must be a finite number >= 0 (got {self.guidance})")
         if not 0 <= self.seed < 2**63:
             out.append(f"seed must be in 0..2^63-1 (got {self.seed})")
-        if self.resample_jumps < 1:
-            out.append(f"resample jumps must be >= 1 (got {self.resample_jumps})")
+        if not 1 <= self.resample_jumps <= MAX_RESAMPLE_JUMPS:
+            out.append(f"resample jumps must be in 1..{MAX_RESAMPLE_JUMPS} (got {self.resample_jumps})")
         if self.reference not in REFERENCES:
             out.append(f"unknown map reference {self.reference!r}; choose one of {', '.join(REFERENCES)}")
-        if self.samples < 1:
-            out.append(f"samples must be >= 1 (got {self.samples})")
-        if self.median_filter < 0:
-            out.append(f"the median filter must be >= 0 voxels (got {self.median_filter})")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            out.append(f"samples must be in 1..{MAX_SAMPLES} (got {self.samples})")
+        if not 0 <= self.median_filter <= MAX_MEDIAN_FILTER:
+            out.append(f"the median filter must be 0..{MAX_MEDIAN_FILTER} voxels (got {self.median_filter})")
         if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
-            # >= 0: a bundle calibrated on maps of zeros records 0; the command line refuses 0 from users
+            # >= 0, from every source (command line, settings file, bundle): a bundle calibrated on maps of zeros
+            # records 0 (voxels scoring above 0 are candidates), and replaying its run.json must work
             out.append(f"a fixed threshold must be a finite number >= 0 (got {self.threshold})")
         if not (math.isfinite(self.min_lesion_ml) and self.min_lesion_ml >= 0):
             out.append(f"the minimum lesion volume must be >= 0 ml (got {self.min_lesion_ml})")
@@ -239,16 +245,63 @@ class RunSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> RunSettings:
-        """Settings from :meth:`to_dict` output (e.g. ``run.json``'s ``settings``); unknown keys are refused."""
-        if not isinstance(data, dict):
-            raise InputError(f"{source}: run settings must be a JSON object")
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise InputError(f"{source}: unknown run setting(s) {unknown}")
+        """Settings from :meth:`to_dict` output (e.g. ``run.json``'s ``settings``), every field given; each value
+        must have its option's JSON type (:func:`check_values`: no coercion); unknown keys are refused."""
+        values = check_values(data, source)
         try:
-            return cls(**{k: _cast(k, v) for k, v in data.items()})
-        except (TypeError, ValueError) as exc:
+            return cls(**values)
+        except InputError as exc:
             raise InputError(f"{source}: {exc}") from None
+        except TypeError as exc:
+            raise InputError(f"{source}: {exc}") from None
+
+
+#: The JSON types each option kind accepts in a settings file or run.json (never coerced: "false" is not false).
+_KIND_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "sampler": ((str,), "a string"), "reference": ((str,), "a string"), "device": ((str,), "a string"),
+    "precision": ((str,), "a string"), "positive_int": ((int,), "a whole number"),
+    "non_negative_int": ((int,), "a whole number"), "seed": ((int,), "a whole number"),
+    "non_negative": ((int, float), "a number"), "grow_to": ((int, float), "a number"),
+    "threshold": ((int, float, type(None)), "a number or null (Otsu)"), "flag": ((bool,), "true or false"),
+}
+
+
+def check_values(data: Any, source: str = "settings") -> dict[str, Any]:
+    """``data`` (a JSON object of run settings, some or all of them) checked against each field's ``Option``:
+    known names, the kind's JSON type (no coercion: ``"false"``, ``1`` for a flag, ``true`` for a number, ``2.5``
+    for a whole number are refused), finite numbers; an :class:`InputError` names the file, the field and the
+    value. Returns the values with numbers as the field's type."""
+    import math
+
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: run settings must be a JSON object (got {type(data).__name__})")
+    kinds = dict((name, opt.kind) for name, opt in options())
+    unknown = sorted(set(data) - set(kinds))
+    if unknown:
+        raise InputError(f"{source}: unknown run setting(s) {unknown}; known: {', '.join(kinds)}")
+    out = {}
+    for name, value in data.items():
+        types, what = _KIND_TYPES[kinds[name]]
+        bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if not bad and isinstance(value, float) and not math.isfinite(value):
+            bad = True
+        if bad:
+            raise InputError(f"{source}: {name} must be {what} (got {json_repr(value)})")
+        if isinstance(value, int) and not isinstance(value, bool) and float in types:
+            value = float(value)
+        out[name] = value
+    return out
+
+
+def json_repr(value: Any) -> str:
+    """A value as JSON shows it, shortened (for messages)."""
+    import json
+
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def options() -> list[tuple[str, Option]]:
@@ -256,25 +309,30 @@ def options() -> list[tuple[str, Option]]:
     return [(f.name, f.metadata["option"]) for f in fields(RunSettings)]
 
 
-def load_settings_file(path) -> RunSettings:
-    """Run settings from a JSON file: a ``run.json`` of an earlier run (its ``parameters.settings``) or a
-    settings object as :meth:`RunSettings.to_dict` writes it."""
-    import json
-    from pathlib import Path
+def read_settings_file(path) -> tuple[dict[str, Any], str | None]:
+    """The run settings a JSON file gives, checked (:func:`check_values`), and the organ it was made for (a
+    ``run.json`` records it; None for a plain settings object). The file is either the ``run.json`` of an earlier
+    run (its ``parameters.settings``: every field) or a settings object with some or all of the fields of
+    :meth:`RunSettings.to_dict`; the fields it leaves out stay the bundle's recommendations."""
+    from DiffusionAnomalyLib.imaging.io import read_json
 
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{p}: settings file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{p}: not a readable JSON settings file ({exc})") from None
+    data = read_json(path, "settings file")
+    organ = None
     if isinstance(data, dict) and "parameters" in data:  # a run.json
-        data = (data.get("parameters") or {}).get("settings")
+        preset = data.get("preset")
+        organ = preset.get("name") if isinstance(preset, dict) else None
+        parameters = data.get("parameters")
+        data = parameters.get("settings") if isinstance(parameters, dict) else None
         if data is None:
-            raise InputError(f"{p}: this run.json records no run settings (written by an older version, or a "
+            raise InputError(f"{path}: this run.json records no run settings (written by an older version, or a "
                              "baseline run)")
-    return RunSettings.from_dict(data, str(p))
+    return check_values(data, str(path)), organ
+
+
+def load_settings_file(path) -> RunSettings:
+    """Run settings from a JSON file that gives every field (a ``run.json``, or :meth:`RunSettings.to_dict`)."""
+    values, _ = read_settings_file(path)
+    return RunSettings.from_dict(values, str(path))
 
 
 _CASTS = {"noise_level": int, "steps": int, "seed": int, "resample_jumps": int, "samples": int,

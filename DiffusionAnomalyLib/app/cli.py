@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from DiffusionAnomalyLib import __version__
-from DiffusionAnomalyLib.errors import DiffusionAnomalyError, InputError
+from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.settings import ORGANS, PRECISIONS, REFERENCES, SAMPLER_DEFAULTS, SAMPLERS, options
 
 PRECISION_HELP = dict(options())["precision"].help  # for demo, which is not a detection command
@@ -33,15 +33,21 @@ def _print_table(table) -> None:
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
+    from DiffusionAnomalyLib.imaging.io import check_output_dir
     from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_dataset, write_phantom
 
     variety = {"variety": True} if args.variety else {}
+    if args.seed + args.cases - 1 >= 2**63:
+        raise InputError(f"--seed {args.seed} with --cases {args.cases}: the seeds would pass 2^63-1")
     if args.cases > 1:
+        check_output_dir(args.out, overwrite=args.overwrite, resume=not args.overwrite, command="phantom --cases")
         seeds = list(range(args.seed, args.seed + args.cases))
-        out = write_dataset(args.organ, args.out, seeds, args.lesions, skip_existing=True, **variety)
-        print(f"wrote {args.cases} synthetic {args.organ} cases to {out} (labels.csv, reports.csv; complete cases "
-              "already there are kept)")
+        out = write_dataset(args.organ, args.out, seeds, args.lesions, skip_existing=not args.overwrite,
+                            replace=args.overwrite, **variety)
+        print(f"wrote {args.cases} synthetic {args.organ} cases to {out} (labels.csv, reports.csv; " + (
+            "the earlier cases were replaced)" if args.overwrite else "complete cases already there are kept)"))
         return 0
+    check_output_dir(args.out, overwrite=args.overwrite, command="phantom")
     case = make_phantom(args.organ, args.seed, args.lesions, **variety)
     out = write_phantom(case, args.out)
     print(f"wrote synthetic {args.organ} case {case.case_id} ({case.phase}) to {out}")
@@ -61,21 +67,22 @@ def _finite(text: str) -> float:
 
 
 def threshold_arg(text: str) -> float | str:
-    """``--threshold``: a finite number > 0, ``otsu``, or ``bundle`` (the bundle's calibrated value)."""
+    """``--threshold``: a finite number >= 0 (voxels scoring above it are candidates; the one rule of
+    ``RunSettings``, as settings files and bundles give it), ``otsu``, or ``bundle`` (the calibrated value)."""
     if text.strip().lower() in ("otsu", "bundle"):
         return text.strip().lower()
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, 'otsu' or 'bundle', got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (anomaly scores are >= 0, so {text!r} would "
-                                         "mark the whole organ or nothing), 'otsu' or 'bundle'")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (anomaly scores are >= 0, so {text!r} would "
+                                         "mark the whole organ), 'otsu' or 'bundle'")
     return value
 
 
 def baseline_threshold(text: str) -> float:
-    """``baseline --threshold``: a finite number > 0."""
+    """``baseline --threshold``: a finite number >= 0."""
     value = threshold_arg(text)
     if isinstance(value, str):
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r} (omit it for Otsu)")
@@ -111,6 +118,9 @@ def _int_in(low: int, high: int | None, what: str):
 
 
 seed_arg = _int_in(0, 2**63 - 1, "the seed")
+#: Bounds of the phantom command (one typo must not start hours of generation).
+MAX_PHANTOM_CASES = 10_000
+MAX_PHANTOM_LESIONS = 10
 positive_int = _int_in(1, None, "the value")
 non_negative_int = _int_in(0, None, "the value")
 
@@ -185,11 +195,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from DiffusionAnomalyLib.app.job import demo_job_args, run_job
     from DiffusionAnomalyLib.evaluation.metrics import dice, match_lesions
-    from DiffusionAnomalyLib.imaging.io import read_volume
+    from DiffusionAnomalyLib.imaging.io import check_output_dir, read_volume
     from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_phantom
 
     t0 = time.perf_counter()
     out = Path(args.out)
+    check_output_dir(out, resume=True, command="demo")  # its own earlier result is replaced; anything else refused
     case = make_phantom(args.organ, args.seed, args.lesions)
     case_dir = write_phantom(case, out / "case")
     print(f"[1/3] synthetic {args.organ} case {case.case_id} ({case.phase}) with {len(case.lesions)} lesion(s) "
@@ -219,13 +230,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset_result(folder: Path) -> bool:
-    """Whether ``folder`` holds an earlier result of evaluate, sweep or batch (they resume there)."""
-    if any((folder / n).exists() for n in ("maps", "report", "sweep", "index.csv", "model.json")):
-        return True
-    return any((d / "run.json").is_file() for d in folder.iterdir() if d.is_dir()) or any(folder.glob("*.error.json"))
-
-
 def _dataset_setup(args: argparse.Namespace):
     from DiffusionAnomalyLib.evaluation.batch import Ranks, load_model
     from DiffusionAnomalyLib.evaluation.datasets import discover_cases
@@ -234,8 +238,8 @@ def _dataset_setup(args: argparse.Namespace):
 
     if not Path(args.data).is_dir():
         raise InputError(f"{args.data}: --data is not a folder")
-    check_output_dir(args.out, [args.data, getattr(args, "bundle", None)], overwrite=args.overwrite,
-                     own=_dataset_result, resume=True)
+    check_output_dir(args.out, [args.data, getattr(args, "bundle", None)], overwrite=args.overwrite, resume=True,
+                     command=args.command)
     device = select_device(args.device or "auto")  # auto/cuda -> cuda:LOCAL_RANK under torchrun
     ranks = Ranks(device)
     from DiffusionAnomalyLib.app.job import run_settings
@@ -244,7 +248,8 @@ def _dataset_setup(args: argparse.Namespace):
                        lambda recommended, preset: run_settings(args, recommended, preset))
     cases = discover_cases(args.data, model.preset)
     if not cases:
-        raise DiffusionAnomalyError(f"{args.data}: no case folders")
+        raise InputError(f"{args.data}: no case folders (a dataset folder holds one sub-folder per case; see "
+                         "docs/evaluation.md)")
     return ranks, model, cases
 
 
@@ -298,9 +303,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grow_to_values = args.grow_to_values or [1.0 if args.grow_to is None else args.grow_to]
     for grow in grow_to_values:
         PostProcessing(grow_to=grow)  # checks the range before any map is computed
+    if args.write_bundle:
+        if not args.bundle:
+            raise InputError("--write-bundle needs --bundle (the baseline has no settings to calibrate)")
+        from DiffusionAnomalyLib.imaging.io import check_output_dir
+
+        check_output_dir(args.write_bundle, [args.data, args.bundle, args.out], overwrite=args.overwrite,
+                         option="--write-bundle", command="write-bundle")
     ranks, model, cases = _dataset_setup(args)
     if model.settings is None:
-        raise DiffusionAnomalyError("sweep needs --bundle (the baseline has no L or s)")
+        raise InputError("sweep needs --bundle (the baseline has no L or s)")
     guidance_values = args.guidance_values
     weak = weak_guidance(model.extra, args.noise_levels) if any(s > 0 for s in guidance_values) else None
     if weak and not args.allow_weak_classifier:
@@ -385,10 +397,22 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     run_batch(cases, model, out, ranks.rank, ranks.world, redo=args.overwrite)
     ranks.barrier()
+    failed = []
     if ranks.rank == 0:
+        import csv
+
         index = write_index(cases, out)
-        print(f"{len(cases)} case(s); index in {index}")
+        with open(index, newline="") as f:
+            failed = [r for r in csv.DictReader(f) if r["status"] != "ok"]
+        print(f"{len(cases)} case(s), {len(cases) - len(failed)} done; index in {index}")
     ranks.close()
+    if failed:  # a batch with failed cases is not a complete result: a non-zero exit, naming them
+        from DiffusionAnomalyLib.errors import EXIT_BAD_INPUT
+
+        listed = "; ".join(f"{r['case']}: {r['problem']}" for r in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        print(f"error [bad_input]: {len(failed)} of {len(cases)} case(s) failed ({listed}); the others' results are "
+              f"in {out}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 
@@ -397,7 +421,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from DiffusionAnomalyLib.app.diagnostics import demo_case_agreement
     from DiffusionAnomalyLib.evaluation.bench import run_bench
+    from DiffusionAnomalyLib.imaging.io import check_output_file, write_text_atomic
 
+    if args.out:
+        check_output_file(args.out, overwrite=args.overwrite, command="bench")
     if args.gpu_check:
         from DiffusionAnomalyLib.app.diagnostics import gpu_check
 
@@ -408,7 +435,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                        agreement=demo_case_agreement if args.agreement else None)
     text = json.dumps(report, indent=2)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        write_text_atomic(args.out, text + "\n")
     print(text)
     return 0
 
@@ -423,6 +450,15 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from DiffusionAnomalyLib.imaging.io import check_name, check_output_dir
+
+    if args.part != "all":  # a single stage: its --out is new, empty or its own earlier bundle
+        check_output_dir(args.out, [args.data, getattr(args, "bundle", None)], overwrite=args.overwrite,
+                         resume=args.resume, command="train")
+        if getattr(args, "name", None) is not None:
+            check_name(args.name, "--name")
+        if getattr(args, "version", None) is not None:
+            check_name(args.version, "--version")
     if args.part == "all":
         from DiffusionAnomalyLib.app.train_all import TrainAllPlan, train_all
 
@@ -473,9 +509,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_bundle(args: argparse.Namespace) -> int:
+    from DiffusionAnomalyLib.models.bundle import default_models_dir, import_bundle, read_meta
+
+    dest = import_bundle(args.path, args.models_dir or default_models_dir(), overwrite=args.overwrite)
+    meta = read_meta(dest)
+    print(f"imported {meta.name} {meta.version} ({meta.organ}{', DEMO' if meta.demo else ''}) into {dest}")
+    return 0
+
+
 def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
+    from DiffusionAnomalyLib.imaging.io import check_output_file
     from DiffusionAnomalyLib.synthetic.reports import label_reports_csv
 
+    check_output_file(args.out, [args.reports], overwrite=args.overwrite, command="pseudo-labels")
     counts = label_reports_csv(args.reports, args.organ, args.out, args.min_sentences)
     print(f"wrote {args.out}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return 0
@@ -535,10 +582,14 @@ def build_parser() -> argparse.ArgumentParser:
     ph = sub.add_parser("phantom", help="write synthetic case(s) with known lesions")
     ph.add_argument("--organ", required=True, choices=list(ORGANS))
     ph.add_argument("--out", required=True, help="output folder")
-    ph.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ph.add_argument("--lesions", type=int, default=None, help="number of lesions (default: random 0-3)")
-    ph.add_argument("--cases", type=int, default=1, help="write N cases (seeds seed..seed+N-1) as a dataset; complete "
-                                                         "cases already in OUT are kept (a rerun resumes)")
+    ph.add_argument("--seed", type=seed_arg, default=0, help="random seed, 0..2^63-1 (default 0)")
+    ph.add_argument("--lesions", type=_int_in(0, MAX_PHANTOM_LESIONS, "--lesions"), default=None,
+                    help=f"number of lesions, 0..{MAX_PHANTOM_LESIONS} (default: random 0-3)")
+    ph.add_argument("--cases", type=_int_in(1, MAX_PHANTOM_CASES, "--cases"), default=1,
+                    help=f"write N cases (1..{MAX_PHANTOM_CASES}; seeds seed..seed+N-1) as a dataset; complete cases "
+                         "already in OUT are kept (a rerun resumes)")
+    ph.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier phantom result in --out (a folder holding anything else is refused)")
     ph.add_argument("--variety", action="store_true",
                     help="kidney, liver: the varied generator (kidney size, shape and cortex, texture, all contrast "
                          "phases, noise 5-30 HU, slices 1.5-5 mm, lesion shapes beyond ellipsoids; cases "
@@ -555,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="brain: the scan is skull-stripped; the brain mask is its nonzero voxels")
     bl.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
     bl.add_argument("--threshold", type=baseline_threshold, default=None,
-                    help="fixed threshold > 0 (default: Otsu in the organ)")
+                    help="fixed threshold >= 0 (default: Otsu in the organ)")
     bl.add_argument("--min-lesion-ml", type=non_negative, default=None, metavar="ML",
                     help="drop lesions smaller than this many millilitres (default 0)")
     bl.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
@@ -575,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data", required=True, help="dataset folder (DATA/labels.csv, DATA/<case>/<channel>.nii.gz, "
                                                       "DATA/<case>/segmentations/)")
     common.add_argument("--out", required=True, help="output bundle folder (work files go to OUT.work)")
-    common.add_argument("--seed", type=int, default=0, help="random seed")
+    common.add_argument("--seed", type=seed_arg, default=0, help="random seed, 0..2^63-1")
     common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     common.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                         help="the networks' training steps: auto is bfloat16 autocast where the hardware has it "
@@ -588,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="learning rate (defaults: autoencoder 3e-4, denoiser 1e-4, classifier 1e-4)")
     part.add_argument("--val-every", type=positive_int, default=50, help="validate every N iterations")
     part.add_argument("--resume", action="store_true", help="continue from OUT.work/checkpoint")
+    part.add_argument("--overwrite", action="store_true",
+                      help="replace an earlier bundle in --out (a folder holding anything else is refused)")
     network_help = ("network preset: tiny, thesis-kidney, or (autoencoder) tiny-8ch (8 latent channels, 1,024 codes) "
                     "or tiny-2x (one stride-2 level: a 2x finer latent grid), or (denoiser) tiny-3level (a third "
                     "level, for the finer grid)")
@@ -707,8 +760,24 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--reports", required=True, help="CSV with columns case,report")
     pl.add_argument("--organ", required=True, choices=list(ORGANS))
     pl.add_argument("--out", required=True, help="output labels CSV (case,structure,side,label,evidence)")
-    pl.add_argument("--min-sentences", type=int, default=10, help="shorter reports are labelled unknown")
+    pl.add_argument("--min-sentences", type=_int_in(0, 10_000, "--min-sentences"), default=10,
+                    help="shorter reports are labelled unknown")
+    pl.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier pseudo-labels CSV at --out (any other file there is refused)")
     pl.set_defaults(func=_cmd_pseudo_labels)
+
+    ib = sub.add_parser("import-bundle", help="install a model bundle (folder or .zip) into the models folder, as "
+                                              "Slicer's Import bundle... does",
+                        description="Checks the bundle (model.json, its name and version, every weight file's "
+                                    "SHA-256) and copies it to MODELS_DIR/<name>-<version>/, where run --organ and "
+                                    "the Slicer panel find it.")
+    ib.add_argument("path", help="the bundle folder or .zip")
+    ib.add_argument("--models-dir", default=None,
+                    help="models folder (default: $DA_MODELS_DIR, else ~/.diffusion-anomaly/models)")
+    ib.add_argument("--overwrite", action="store_true",
+                    help="replace an installed bundle of the same name and version (without it that is refused)")
+    ib.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    ib.set_defaults(func=_cmd_import_bundle)
 
     ru = sub.add_parser("run", help="detect with a latent-diffusion model bundle")
     ru.add_argument("--bundle", help="model bundle folder or .zip (default: the best installed bundle for --organ)")
@@ -829,15 +898,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the GPU check (scripts/gpu_check.sh): demo and thesis sizes in bf16 on CUDA, peak GPU "
                          "memory, a provoked out-of-memory run (exit 4) and the agreement check; exit 0 and a "
                          "'skipped' line without CUDA")
-    be.add_argument("--out", help="also write the JSON here")
+    be.add_argument("--out", help="also write the JSON here (a new file, or an earlier bench report with "
+                                  "--overwrite)")
+    be.add_argument("--overwrite", action="store_true", help="replace an earlier bench report at --out")
     be.set_defaults(func=_cmd_bench)
 
     de = sub.add_parser("demo", help="generate a phantom and run detection on it, with scores against the truth")
     de.add_argument("--organ", default="kidney", choices=list(ORGANS))
-    de.add_argument("--seed", type=int, default=1000, help="phantom seed (default 1000: a typical case of the kidney "
-                                                         "demo bundle's held-out evaluation, Dice next to the median)")
-    de.add_argument("--lesions", type=int, default=None, help="number of lesions (default: the phantom's own, 0-3)")
-    de.add_argument("--out", default="demo-output")
+    de.add_argument("--seed", type=seed_arg, default=1000,
+                    help="phantom seed (default 1000: a typical case of the kidney demo bundle's held-out evaluation, "
+                         "Dice next to the median)")
+    de.add_argument("--lesions", type=_int_in(0, MAX_PHANTOM_LESIONS, "--lesions"), default=None,
+                    help="number of lesions (default: the phantom's own, 0-3)")
+    de.add_argument("--out", default="demo-output", help="output folder: new, empty or an earlier demo's (which is "
+                                                         "replaced); a folder holding anything else is refused")
     de.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda")
     de.add_argument("--precision", choices=list(PRECISIONS), default=None, help=PRECISION_HELP)
     de.add_argument("--baseline", action="store_true", help="use the non-neural baseline instead of the demo bundle")

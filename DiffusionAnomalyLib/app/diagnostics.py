@@ -106,7 +106,8 @@ def gpu_check(out: str | None = None) -> int:
     out-of-memory run provoked on purpose (exit 4). Prints JSON; 0 when everything ran and the out-of-memory run
     ended as documented, 1 otherwise; without CUDA prints a 'skipped' report and returns 0."""
     import json
-    from pathlib import Path
+
+    from DiffusionAnomalyLib.imaging.io import write_text_atomic
 
     if not torch.cuda.is_available():
         report: dict = {"gpu_check": "skipped", "reason": "no CUDA GPU available to PyTorch (CPU build, no driver or "
@@ -114,7 +115,7 @@ def gpu_check(out: str | None = None) -> int:
         text = json.dumps(report, indent=2)
         print(text)
         if out:
-            Path(out).write_text(text + "\n")
+            write_text_atomic(out, text + "\n")
         return 0
     device = torch.device("cuda")
     t0 = time.perf_counter()
@@ -151,5 +152,5 @@ def gpu_check(out: str | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if out:
-        Path(out).write_text(text + "\n")
+        write_text_atomic(out, text + "\n")
     return 1 if report["problems"] else 0

@@ -78,42 +78,42 @@ def check_job_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value and not Path(value).exists():
             raise InputError(f"{value}: file not found (--{name})")
-    check_output_dir(args.out, input_paths(args), overwrite=bool(getattr(args, "overwrite", False)))
+    check_output_dir(args.out, input_paths(args), overwrite=bool(getattr(args, "overwrite", False)),
+                     command=args.command)
 
 
 def run_settings(args: argparse.Namespace, recommended: dict, preset: OrganPreset):
-    """The run's :class:`~DiffusionAnomalyLib.settings.RunSettings`, resolved once: ``--settings FILE`` (a
-    ``run.json`` or a settings object) or the bundle's recommendations, with the options given explicitly on top."""
-    from DiffusionAnomalyLib.settings import RunSettings, load_settings_file, options
+    """The run's :class:`~DiffusionAnomalyLib.settings.RunSettings`, resolved once: the bundle's recommendations,
+    then ``--settings FILE`` on top (a ``run.json``, which gives every field, or a settings object with some of
+    them; a run.json of another organ is refused), then the options given explicitly."""
+    from DiffusionAnomalyLib.settings import RunSettings, options, read_settings_file
 
     given = {name: getattr(args, name, None) for name in RunSettings.__dataclass_fields__}
     for name, opt in options():  # an absent flag is "not given" (a settings file's True stays)
         if opt.kind == "flag" and not given.get(name):
             given[name] = None
     settings_file = getattr(args, "settings", None)
-    if settings_file:
-        base = load_settings_file(settings_file)
-        return RunSettings.from_dict({**base.to_dict(), **{k: _threshold_value(k, v, recommended)
-                                                           for k, v in given.items() if v is not None}},
-                                     str(settings_file))
-    return RunSettings.resolve(recommended, preset, **given)
+    if not settings_file:
+        return RunSettings.resolve(recommended, preset, **given)
+    values, organ = read_settings_file(settings_file)
+    if organ is not None and organ != preset.name:
+        raise InputError(f"{settings_file}: the run.json of a {organ} run; the bundle is for the {preset.name}: its "
+                         "settings do not carry over (give a settings file of this organ, or the options)")
+    from_file = {k: "otsu" if k == "threshold" and v is None else v for k, v in values.items()}
+    try:
+        return RunSettings.resolve(recommended, preset, **{**from_file, **{k: v for k, v in given.items()
+                                                                           if v is not None}})
+    except InputError as exc:
+        raise InputError(f"{settings_file} (with the options given): {exc}") from None
 
 
 def requested_device(args: argparse.Namespace) -> str:
     """``--device``, else the settings file's device, else auto (needed before the bundle is loaded)."""
-    from DiffusionAnomalyLib.settings import load_settings_file
+    from DiffusionAnomalyLib.settings import read_settings_file
 
     if getattr(args, "device", None):
         return args.device
-    return load_settings_file(args.settings).device if getattr(args, "settings", None) else "auto"
-
-
-def _threshold_value(name: str, value, recommended: dict):
-    if name != "threshold":
-        return value
-    if value == "bundle":
-        return recommended.get("threshold")
-    return None if value == "otsu" else value
+    return read_settings_file(args.settings)[0].get("device", "auto") if getattr(args, "settings", None) else "auto"
 
 
 def demo_job_args(bundle: str | None, case_dir: Path, channels, organ: str, out: Path, device: str,

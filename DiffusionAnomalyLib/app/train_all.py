@@ -872,6 +872,39 @@ def summary_lines(prepared: Prepared, stages: Stages, auc: dict, sweep: dict | N
     return lines
 
 
+#: What a train all work folder holds (anything else there is a user's and refused).
+WORK_ENTRIES = {*STAGES, *(f"{s}.work" for s in STAGES), "data", "cases", "sweep", "calibrated", "validation-latents",
+                "stages.json", "prepared.json", ".stages.json.tmp"}
+
+
+def _is_work_folder(folder: Path) -> bool:
+    return all(e.name in WORK_ENTRIES or e.name.startswith(".run-") for e in folder.iterdir())
+
+
+def bundle_name(plan: TrainAllPlan) -> str:
+    """The bundle's name: ``--name``, else ``<organ>-model`` (``<organ>-demo`` with ``--demo``)."""
+    return plan.name or f"{plan.organ}-{'demo' if plan.demo else 'model'}"
+
+
+def check_plan(plan: TrainAllPlan) -> None:
+    """Everything that can be checked before hours of training: the bundle's name and version (one folder name
+    each), ``--out`` and its work folder (new, empty or this command's own, never a user's folder or inside the
+    data), and ``--install`` (a writable models folder, a valid manifest, ``<name>/`` absent or a bundle)."""
+    from DiffusionAnomalyLib.imaging.io import check_name, check_output_dir
+    from DiffusionAnomalyLib.models.bundle import check_install
+
+    name = check_name(bundle_name(plan), "--name")
+    check_name(str(plan.version), "--version")
+    inputs = [plan.data, plan.labels, plan.cases, plan.validation_cases, plan.totalseg]
+    check_output_dir(plan.out, inputs, resume=True, command="train all")
+    work = Path(f"{plan.out}.work")
+    check_output_dir(work, inputs, option="--out's work folder", resume=True, own=_is_work_folder)
+    if plan.install:
+        if Path(plan.install).resolve() in (Path(plan.out).resolve(), work.resolve()):
+            raise InputError(f"{plan.install}: --install is --out or its work folder; give the models folder")
+        check_install(plan.install, name)
+
+
 def train_all(plan: TrainAllPlan, dry_run: bool = False, from_stage: str | None = None,
               progress: Callable[[str], None] = logger.info) -> Path | None:
     """Run (or, with ``dry_run``, check and estimate) every stage; returns the bundle folder."""
@@ -883,8 +916,7 @@ def train_all(plan: TrainAllPlan, dry_run: bool = False, from_stage: str | None 
     resolved = plan.resolved()
     out = Path(plan.out)
     work = Path(f"{plan.out}.work")
-    if out.exists() and not (out / "model.json").is_file() and any(out.iterdir()):
-        raise InputError(f"{out}: --out exists and is not a bundle; choose a new folder")
+    check_plan(plan)
     if out.exists() and (out / "model.json").is_file() and not work.is_dir():
         raise InputError(f"{out}: a bundle is already there (not made by this train all: no {work.name}/); choose a "
                          "new --out")
@@ -982,7 +1014,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
             preset_overrides={"spacing_mm": [a["spacing"]] * 3}, iterations=a["iterations"], batch_size=a["batch"],
             val_every=every(a["iterations"]), seed=plan.seed, device=plan.device, precision=plan.precision, resume=True,
             adversarial_start=a["adversarial_start"] if a["adversarial_start"] is not None else a["iterations"],
-            name=plan.name or f"{plan.organ}-{'demo' if plan.demo else 'model'}", version=plan.version,
+            name=bundle_name(plan), version=plan.version,
             demo=plan.demo))
         finish("autoencoder", a, t0)
     if not stages.finished("denoiser", dn):
@@ -1031,6 +1063,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
     if not stages.finished("bundle", resolved["bundle"]) or not (out / "model.json").is_file():
         t0 = start(6, "bundle", f"{out} with its model card")
         meta = read_meta(source)
+        meta.name, meta.version, meta.demo = bundle_name(plan), plan.version, plan.demo  # --from-stage bundle
         stages.record("bundle", resolved["bundle"], 0.0)  # its own time is negligible; listed in the card
         _card(plan, resolved, prepared, meta, stages, sweep, auc)
         with atomic_output_dir(out, replace_previous=True) as stage:

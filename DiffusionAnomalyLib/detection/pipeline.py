@@ -158,6 +158,21 @@ def extract_case_patches(channels: list[sitk.Image], mask_set: MaskSet, preset: 
     return PreparedPatches(patches, np.stack(xs), np.stack(pmasks), scalings)
 
 
+def check_not_blank(channels: list[sitk.Image], mask_set: MaskSet, preset: OrganPreset, input_name: str) -> None:
+    """Refuse a channel that is constant inside the organ (a blank or zero-filled image): its anomaly map would be
+    meaningless, yet post-processing could still report lesions."""
+    organ = np.zeros(sitk.GetArrayViewFromImage(channels[0]).shape, bool)
+    for m in mask_set.masks:
+        organ |= sitk.GetArrayViewFromImage(m.image) > 0
+    for name, ch in zip(preset.channels, channels, strict=False):
+        values = sitk.GetArrayViewFromImage(ch)
+        inside = values[organ] if organ.any() else values.ravel()
+        if inside.size and inside.min() == inside.max():
+            where = f"inside the {preset.name} mask" if organ.any() else "everywhere"
+            raise InputError(f"{input_name}: the {name} image is constant {where} (every voxel "
+                             f"{float(inside.min()):g}): a blank image cannot be analysed")
+
+
 def detect(
     channels: list[sitk.Image],
     mask_set: MaskSet,
@@ -190,6 +205,7 @@ def detect(
     ref = channels[0]
     for m in mask_set.masks:
         require_same_grid(ref, m.image, input_name, f"the {m.structure} mask")
+    check_not_blank(channels, mask_set, preset, input_name)
     timings: dict[str, float] = {}
     report("extract", 0, 1)
     t0 = time.perf_counter()
@@ -202,6 +218,10 @@ def detect(
         warnings.append(f"{input_name}: {o['fraction']:.1%} of the {o['structure']} ({o['volume_ml']:g} ml, LPS "
                         f"{o['bbox_lps_min']}..{o['bbox_lps_max']} mm) lies outside the {roi} mm ROI and was NOT "
                         "analysed; lesions there cannot be found (see not_analysed in run.json)")
+    if mask_set.masks and len(not_analysed) == len(mask_set.masks) and all(o["fraction"] >= 1 for o in not_analysed):
+        raise InputError(f"{input_name}: no voxel of the {preset.name} lies in its ROI, so nothing could be analysed "
+                         f"(image spacing {tuple(round(v, 4) for v in ref.GetSpacing())} mm, size {ref.GetSize()}; "
+                         "is the header's spacing wrong?)")
     timings["extract"] = time.perf_counter() - t0
     report("extract", 1, 1)
 

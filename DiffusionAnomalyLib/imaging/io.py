@@ -9,6 +9,7 @@ precision, NRRD and MHA at double).
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import os
@@ -64,6 +65,10 @@ def keep_locale() -> Iterator[None]:
 #: Direction matrices whose columns are further from orthonormal than this are refused (the outputs could not
 #: be written on exactly the input's grid).
 ORTHOGONALITY_ATOL = 1e-3
+#: Voxel spacings outside this range (mm) are refused: no CT or MR scan has them, and an organ ROI of fixed size in
+#: mm would hold no voxel (a header in metres or micrometres, a corrupt one).
+MIN_SPACING_MM = 1e-3
+MAX_SPACING_MM = 100.0
 #: DICOM slice positions may deviate from uniform spacing by this much (mm) before the series is refused.
 SLICE_SPACING_ATOL_MM = 0.01
 
@@ -81,6 +86,8 @@ def read_volume(path: str | os.PathLike, *, allow_nan: bool = False, series_uid:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: file not found")
+    if not p.is_dir():
+        regular_file(p, "the image")  # a FIFO or device would block the reader for ever
     if p.is_file() and p.stat().st_size == 0:
         raise InputError(f"{p}: the file is empty (0 bytes)")
     if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")):
@@ -159,6 +166,7 @@ def check_nifti_file(path: str | os.PathLike, *, allow_nan: bool = False) -> Non
             else:
                 return  # NIfTI-2 or not NIfTI at all: ITK decides
             dims = struct.unpack(e + "8h", head[40:56])
+            pixdim = struct.unpack(e + "8f", head[76:108])
             datatype, bitpix = struct.unpack(e + "hh", head[70:74])
             vox_offset = int(struct.unpack(e + "f", head[108:112])[0])
             sform_code = struct.unpack(e + "h", head[254:256])[0]
@@ -168,6 +176,10 @@ def check_nifti_file(path: str | os.PathLike, *, allow_nan: bool = False) -> Non
             ndim = dims[0]
             if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1 : ndim + 1]):
                 raise InputError(f"{p}: invalid NIfTI header (dimensions {list(dims[1 : max(1, ndim) + 1])})")
+            bad = [(i, v) for i, v in enumerate(pixdim[1 : min(ndim, 3) + 1], 1) if not (np.isfinite(v) and v != 0)]
+            if bad:  # ITK would read a spacing of 1 mm there, whatever the sform says
+                raise InputError(f"{p}: invalid NIfTI header: voxel size pixdim[{bad[0][0]}] is {bad[0][1]:g}; the "
+                                 "image reader would assume 1 mm. Fix the header (the voxel spacing) first")
             if sform_code > 0:
                 _check_orthogonal(srow[:, :3], p, "sform")
             nbytes = int(np.prod([int(d) for d in dims[1 : ndim + 1]], dtype=np.int64)) * max(bitpix, 8) // 8
@@ -254,8 +266,8 @@ def _check_orthogonal(matrix: np.ndarray, name: str | os.PathLike, what: str = "
     gram = unit.T @ unit
     shear = float(np.max(np.abs(gram - np.eye(3))))
     if shear > ORTHOGONALITY_ATOL:
-        angle = float(np.degrees(np.arccos(np.clip(np.min(np.abs(gram[~np.eye(3, dtype=bool)])), 0, 1))))
-        raise InputError(f"{name}: its {what} matrix is not orthogonal (axes sheared: {angle:.1f} degrees between "
+        angle = float(np.degrees(np.arccos(np.clip(np.max(np.abs(gram[~np.eye(3, dtype=bool)])), 0, 1))))
+        raise InputError(f"{name}: its {what} matrix is not orthogonal (axes sheared: {angle:.2f} degrees between "
                          "two of them instead of 90); the outputs could not lie on the input's grid. Resample the "
                          "image onto an orthogonal grid first")
 
@@ -276,6 +288,10 @@ def check_volume(image: sitk.Image, name: str | os.PathLike, *, allow_nan: bool 
         _check_orthogonal(np.array(image.GetDirection()).reshape(3, 3), name)
         if min(image.GetSpacing()) <= 0 or not np.all(np.isfinite(image.GetSpacing())):
             raise InputError(f"{name}: invalid voxel spacing {image.GetSpacing()}")
+        if not MIN_SPACING_MM <= min(image.GetSpacing()) <= max(image.GetSpacing()) <= MAX_SPACING_MM:
+            raise InputError(f"{name}: voxel spacing {tuple(float(f'{v:.4g}') for v in image.GetSpacing())} mm is "
+                             f"outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm: not a CT or MR voxel (a header in "
+                             "other units?); fix the spacing first")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{name}: the image has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
@@ -417,13 +433,59 @@ def write_volume(image: sitk.Image, path: str | os.PathLike, *, compress: bool =
         raise OutputError(f"{p}: no image file extension (use .nii.gz, .nrrd or .mha)")
     tmp = p.with_name(f".tmp-{os.getpid()}-{stem}{ext}")
     try:
-        with keep_locale():
+        with keep_locale(), c_stderr() as said:
             sitk.WriteImage(image, itk_path(tmp), compress)
+        if "ERROR" in said.text:  # the NIfTI library reports a short write on stderr and returns as if done
+            raise OSError(errno.EIO, said.text.strip().splitlines()[-1][:200])
         os.replace(tmp, p)
     except (RuntimeError, OSError) as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"{p}: could not write ({exc})") from None
+        raise OutputError(f"{p}: could not write ({write_reason(exc, p.parent)})") from None
     return p
+
+
+class _Said:
+    text = ""
+
+
+@contextlib.contextmanager
+def c_stderr() -> Iterator[_Said]:
+    """Capture what C libraries (ITK, the NIfTI library) print on file descriptor 2 while the block runs, so a raw
+    library line never reaches the user; ``.text`` holds it afterwards."""
+    said = _Said()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield said
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            said.text = capture.read(65536).decode("utf-8", "replace")
+
+
+def write_reason(exc: BaseException, folder: Path) -> str:
+    """Why a write failed, in one line: a full disk or a file-size limit named as such, not ITK's raw text."""
+    if isinstance(exc, OSError) and exc.errno not in (None, errno.EIO):
+        return exc.strerror or str(exc)
+    text = str(exc).lower()
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:
+        return f"no space left on the device ({os.strerror(errno.ENOSPC)}; {free} bytes free)"
+    if "file too large" in text or "size limit" in text:
+        return os.strerror(errno.EFBIG) + " (a file-size limit)"
+    if "wrote only" in text or "write" in text:
+        return ("the image writer could not write the file (the disk is full, a file-size limit (ulimit -f) was "
+                "reached, or the folder was removed)")
+    return itk_reason(exc)
 
 
 #: File names a run writes (``run.json`` lists them too); with ``--overwrite`` these are what is replaced.
@@ -438,8 +500,8 @@ def previous_result_files(folder: Path) -> list[Path] | None:
     if not run.is_file():
         return None
     try:
-        info = json.loads(run.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+        info = read_json(run, "run.json")
+    except InputError:
         return None
     if not isinstance(info, dict) or "version" not in info or "inputs" not in info:
         return None
@@ -477,15 +539,170 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+# -- names, JSON inputs and the output-folder rule: the one place each is decided ---------------------------------
+#: A name that becomes one path component (bundle names and versions, case and output names): letters, digits and
+#: ``._+-``, starting with a letter or digit, at most 100 characters. Checked wherever such a name is read.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_name(value: object, what: str, error: type[Exception] = InputError) -> str:
+    """``value`` if it is one safe path component (:data:`NAME_PATTERN`), else ``error`` naming ``what`` and the
+    value (an absolute path, ``..``, a separator or a control character would write outside its folder)."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or value in (".", ".."):
+        raise error(f"{what}: {value!r} is not a valid name (one folder name of letters, digits and . _ + -, starting "
+                    "with a letter or digit, at most 100 characters; no path separators, '..' or absolute paths)")
+    return value
+
+
+#: Limits on every JSON file read as input (settings, run.json, model.json, manifests): bytes and nesting depth.
+JSON_MAX_BYTES = 16 << 20
+JSON_MAX_DEPTH = 32
+
+
+def regular_file(path: str | os.PathLike, what: str, error: type[Exception] = InputError) -> Path:
+    """``path`` if it is a regular file (never a FIFO, device or folder, which could block or never end)."""
+    import stat
+
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{p}: {what} not found") from None
+    except OSError as exc:
+        raise error(f"{p}: {what} cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "not a file"
+        raise error(f"{p}: {what} is {kind}; a regular file is needed")
+    return p
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[Exception] = InputError,
+              max_bytes: int = JSON_MAX_BYTES, max_depth: int = JSON_MAX_DEPTH) -> object:
+    """Parse a JSON input file with limits: a regular file of at most ``max_bytes``, nesting at most ``max_depth``,
+    integers of at most 4300 digits; any problem raises ``error`` naming the file."""
+    p = regular_file(path, what, error)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"{p}: {what} cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > max_bytes:
+        raise error(f"{p}: {what} is larger than {max_bytes >> 20} MB; refused")
+    return parse_json(raw, f"{p}: {what}", error, max_depth)
+
+
+def parse_json(raw: bytes | str, where: str, error: type[Exception] = InputError,
+               max_depth: int = JSON_MAX_DEPTH) -> object:
+    """``json.loads`` with the limits of :func:`read_json`; ``where`` starts the message."""
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:  # the nesting depth before parsing: json would recurse (RecursionError) on deep input
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise error(f"{where} is nested deeper than {max_depth} levels; refused")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where} is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
+        raise error(f"{where} cannot be read ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _is_run_result(folder: Path) -> bool:
+    return previous_result_files(folder) is not None
+
+
+def _is_dataset_result(folder: Path) -> bool:
+    """evaluate, sweep or batch output: they resume there."""
+    if any((folder / n).exists() for n in ("maps", "report", "sweep", "index.csv")):
+        return True
+    return any((d / "run.json").is_file() for d in folder.iterdir() if d.is_dir()) or any(folder.glob("*.error.json"))
+
+
+def _is_phantom_case(folder: Path) -> bool:
+    try:
+        info = json.loads((folder / "case.json").read_text()) if (folder / "case.json").is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("synthetic") is True
+
+
+def _is_phantom_dataset(folder: Path) -> bool:
+    """A phantom dataset: synthetic case folders plus ``labels.csv`` / ``reports.csv`` and nothing else."""
+    entries = [e for e in folder.iterdir() if not e.name.startswith((".staging-", ".replaced-"))]
+    cases = [e for e in entries if e.is_dir() and _is_phantom_case(e)]
+    return bool(cases) and all(e in cases or e.name in ("labels.csv", "reports.csv") for e in entries)
+
+
+def _is_demo_result(folder: Path) -> bool:
+    entries = {e.name for e in folder.iterdir() if not e.name.startswith((".staging-", ".replaced-"))}
+    return entries <= {"case", "result"} and _is_phantom_case(folder / "case") and (
+        "result" not in entries or _is_run_result(folder / "result"))
+
+
+def _is_bundle(folder: Path) -> bool:
+    """A model bundle (``model.json`` with a ``format_version``), as ``train``, ``sweep --write-bundle`` and
+    ``import-bundle`` write it."""
+    try:
+        info = json.loads((folder / "model.json").read_text()) if (folder / "model.json").is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and "format_version" in info
+
+
+def _is_bench_report(file: Path) -> bool:
+    try:
+        info = read_json(file, "bench report")
+    except InputError:
+        return False
+    return isinstance(info, dict) and ({"environment", "results"} <= set(info) or "gpu_check" in info)
+
+
+def _is_pseudo_labels(file: Path) -> bool:
+    try:
+        with open(file, encoding="utf-8") as f:
+            return f.readline().strip() == "case,structure,side,label,evidence"
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+#: What an earlier result of each writing command looks like: the one output-folder rule. A folder holding
+#: anything else is foreign and refused (even with ``--overwrite``: a user's files are never replaced); an
+#: earlier result is resumed (commands that continue where they stopped) or replaced with ``--overwrite``.
+RESULT_KINDS: dict[str, Callable[[Path], bool]] = {
+    "run": _is_run_result, "baseline": _is_run_result, "worker": _is_run_result,
+    "evaluate": _is_dataset_result, "sweep": _is_dataset_result, "batch": _is_dataset_result,
+    "phantom": _is_phantom_case, "phantom --cases": _is_phantom_dataset, "demo": _is_demo_result,
+    "train": _is_bundle, "train all": _is_bundle, "write-bundle": _is_bundle, "import-bundle": _is_bundle,
+    "bench": _is_bench_report, "pseudo-labels": _is_pseudo_labels,  # one file each (check_output_file)
+}
+
+
 def check_output_dir(out: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = (), *,
                      overwrite: bool = False, option: str = "--out",
-                     own: Callable[[Path], bool] | None = None, resume: bool = False) -> Path:
-    """Check an output folder before any work; raise :class:`OutputError` naming it and the problem.
+                     own: Callable[[Path], bool] | None = None, resume: bool = False, command: str = "run") -> Path:
+    """The output-folder rule of every writing command, checked before any work; raises :class:`OutputError`
+    naming the folder and the problem.
 
-    Refused: a path that is a file or lies under one; a folder that cannot be written; a folder that holds
-    (or lies inside) any of ``inputs``; a non-empty folder that is not an earlier result (``own(folder)``, by
-    default a ``run.json`` of this tool) unless ``overwrite``; an earlier result unless ``overwrite`` or ``resume``
-    (commands that continue where they stopped). Stale staging folders of killed runs are removed.
+    Refused: a path that is a file or lies under one; a folder that cannot be written; a folder that holds (or
+    lies inside) any of ``inputs``; a non-empty folder that is not an earlier result of ``command``
+    (:data:`RESULT_KINDS`, or ``own(folder)``), even with ``overwrite``: a user's files are never replaced; an
+    earlier result unless ``overwrite`` (replace it) or ``resume`` (commands that continue where they stopped).
+    Stale staging folders of killed runs are removed.
     """
     o = Path(out)
     if o.exists() and not o.is_dir():
@@ -500,6 +717,23 @@ def check_output_dir(out: str | os.PathLike, inputs: Sequence[str | os.PathLike 
                               "could replace them): choose another folder")
         if ip.is_dir() and _inside(resolved, ip):
             raise OutputError(f"{o}: {option} lies inside the input folder {inp}; choose a folder outside it")
+    _check_writable(o, option)
+    if o.is_dir():
+        clean_stale_staging(o)
+        entries = [e for e in o.iterdir() if not e.name.startswith((".staging-", ".replaced-"))]
+        if entries:
+            if not (own or RESULT_KINDS[command])(o):
+                names = ", ".join(sorted(e.name for e in entries)[:5]) + (" ..." if len(entries) > 5 else "")
+                raise OutputError(f"{o}: {option} is not empty ({names}) and is not a result of diffusion-anomaly "
+                                  f"{command}; its files are never replaced: choose a new or empty folder")
+            if not (overwrite or resume):
+                raise OutputError(f"{o}: {option} holds the results of an earlier run; pass --overwrite to replace "
+                                  f"them (all of them: nothing of the earlier {command} is kept), or choose another "
+                                  "folder")
+    return o
+
+
+def _check_writable(o: Path, option: str) -> None:
     anchor = o
     while not anchor.exists():
         if anchor.parent == anchor:
@@ -512,20 +746,44 @@ def check_output_dir(out: str | os.PathLike, inputs: Sequence[str | os.PathLike 
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"{o}: output folder is not writable ({exc.strerror or exc} in {anchor})") from None
+        raise OutputError(f"{o}: output folder is not writable ({exc.strerror or exc} in {anchor}; {option})") from None
+
+
+def check_output_file(out: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = (), *,
+                      overwrite: bool = False, option: str = "--out", own: Callable[[Path], bool] | None = None,
+                      command: str = "") -> Path:
+    """The output-folder rule for commands that write one file (``bench --out``, ``pseudo-labels --out``): not an
+    input, its folder writable; an existing file is replaced only if ``own(file)`` says this command wrote it, and
+    only with ``overwrite``."""
+    o = Path(out)
+    for inp in inputs:
+        if inp is not None and Path(inp).resolve() == o.resolve():
+            raise OutputError(f"{o}: {option} is the input {inp}; outputs never replace inputs")
     if o.is_dir():
-        clean_stale_staging(o)
-        entries = [e for e in o.iterdir() if not e.name.startswith((".staging-", ".replaced-"))]
-        if entries and not overwrite:
-            if (own or (lambda d: previous_result_files(d) is not None))(o):
-                if resume:
-                    return o
-                raise OutputError(f"{o}: {option} holds the results of an earlier run; pass --overwrite to replace "
-                                  "them (all of them: nothing of the earlier run is kept), or choose another folder")
-            names = ", ".join(sorted(e.name for e in entries)[:5]) + (" ..." if len(entries) > 5 else "")
-            raise OutputError(f"{o}: {option} is not empty ({names}) and is not a result of diffusion-anomaly; "
-                              "choose a new or empty folder, or pass --overwrite to write into it anyway")
+        raise OutputError(f"{o}: {option} is a folder; give a file name")
+    own = own or RESULT_KINDS.get(command)
+    if o.exists() or o.is_symlink():
+        if not o.is_file() or o.is_symlink() or own is None or not own(o):
+            raise OutputError(f"{o}: {option} exists and was not written by diffusion-anomaly {command}; it is never "
+                              "replaced: choose a new file name")
+        if not overwrite:
+            raise OutputError(f"{o}: {option} holds an earlier {command} result; pass --overwrite to replace it, or "
+                              "choose a new file name")
+    _check_writable(o.parent, option)
     return o
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (a temporary name in the same folder, then a rename)."""
+    p = Path(path)
+    tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{p}: could not write ({exc.strerror or exc})") from None
+    return p
 
 
 @contextlib.contextmanager

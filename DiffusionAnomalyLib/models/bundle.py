@@ -22,8 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from DiffusionAnomalyLib.detection.presets import OrganPreset, get_preset
-from DiffusionAnomalyLib.errors import EXIT_MISSING_MODEL, DiffusionAnomalyError, InputError
-from DiffusionAnomalyLib.imaging.io import atomic_output_dir
+from DiffusionAnomalyLib.errors import EXIT_MISSING_MODEL, BundleExistsError, DiffusionAnomalyError, InputError
+from DiffusionAnomalyLib.imaging.io import (
+    atomic_output_dir,
+    check_name,
+    check_output_dir,
+    read_json,
+    write_text_atomic,
+)
 
 if TYPE_CHECKING:  # torch is imported where weights are handled, so listing bundles works without it (Slicer)
     import torch
@@ -84,6 +90,8 @@ class BundleMeta:
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
             raise BundleError(f"{source}: unknown field(s) {unknown}")
+        check_name(d["name"], f"{source}: name", BundleError)  # it becomes a folder name when installed
+        check_name(str(d["version"]), f"{source}: version", BundleError)
         from DiffusionAnomalyLib.models.schema import check_model_json
 
         check_model_json(d, source)
@@ -152,8 +160,8 @@ def read_meta(folder: str | os.PathLike) -> BundleMeta:
         raise BundleError(f"{folder}: not a model bundle (no model.json)")
     check_inside(Path(folder), p)
     try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = read_json(p, "model.json", BundleError)
+    except UnicodeDecodeError as exc:
         raise BundleError(f"{p}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise BundleError(f"{p}: not a model.json (a JSON object is expected)")
@@ -187,26 +195,50 @@ def shipped_manifest() -> Path | None:
     return p if p.is_file() else None
 
 
+def read_manifest(manifest: str | os.PathLike) -> dict:
+    """A bundle manifest (``{"format_version": 1, "bundles": [{"name": ..., ...}, ...]}``), checked: a
+    :class:`BundleError` naming the file for anything else (also when it comes through ``DA_BUNDLE_MANIFEST``)."""
+    data = read_json(manifest, "bundle manifest", BundleError)
+    if not isinstance(data, dict) or not isinstance(data.get("bundles", []), list) or not all(
+            isinstance(b, dict) and isinstance(b.get("name"), str) for b in data.get("bundles", [])):
+        raise BundleError(f"{manifest}: the bundle manifest is not valid (a JSON object whose 'bundles' is a list of "
+                          "objects with a 'name' is expected)")
+    return data
+
+
+def check_install(models_dir: str | os.PathLike, name: str, option: str = "--install") -> Path:
+    """What :func:`install_bundle` needs, checked before any work: ``name`` is one safe folder name, the models
+    folder is writable, its ``manifest.json`` (if any) is valid, and ``models_dir/<name>`` is absent or a bundle
+    (an earlier install, replaced). Returns the folder the bundle will be installed as."""
+    check_name(name, f"{option}: the bundle name")
+    models = Path(models_dir)
+    if models.exists() and not models.is_dir():
+        raise InputError(f"{models}: {option} is a file, not a models folder")
+    if (models / "manifest.json").exists():
+        read_manifest(models / "manifest.json")
+    check_output_dir(models, option=option, resume=True, own=lambda d: True)  # writable; other bundles stay
+    return check_output_dir(models / name, option=f"{option} ({name}/)", overwrite=True, command="import-bundle")
+
+
 def install_bundle(bundle: str | os.PathLike, models_dir: str | os.PathLike) -> Path:
     """Copy ``bundle`` into the models folder ``models_dir`` as ``<name>/`` (replacing an earlier copy as a whole)
     and list it, with its SHA-256, in ``models_dir/manifest.json`` (an entry of the same name is replaced); both
     written atomically. Returns the installed folder."""
     meta = read_meta(bundle)
-    dest = Path(models_dir) / meta.name
+    dest = check_install(models_dir, meta.name)
+    manifest = Path(models_dir) / "manifest.json"
+    data = read_manifest(manifest) if manifest.is_file() else {"format_version": 1, "bundles": []}
     with atomic_output_dir(dest, replace_previous=True) as stage:
         for f in Path(bundle).iterdir():
             if f.is_file():
                 shutil.copy2(f, stage / f.name)
-    manifest = Path(models_dir) / "manifest.json"
-    data = json.loads(manifest.read_text()) if manifest.is_file() else {"format_version": 1, "bundles": []}
+    _remove_stale(dest, {f.name for f in Path(bundle).iterdir() if f.is_file()})
     entry = {"name": meta.name, "version": meta.version, "organ": meta.organ, "sha256": bundle_digest(dest),
              "demo": bool(meta.demo), "location": f"{meta.name}/ (in this models folder)",
              "description": meta.summary or f"{meta.name} {meta.version}"}
     data["bundles"] = [b for b in data.get("bundles", []) if b.get("name") != meta.name] + [entry]
     data["bundles"].sort(key=lambda b: str(b.get("name")))
-    tmp = manifest.with_name(f".tmp-{os.getpid()}-{manifest.name}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(manifest)
+    write_text_atomic(manifest, json.dumps(data, indent=2) + "\n")
     return dest
 
 
@@ -232,11 +264,11 @@ def verify_files(folder: Path, meta: BundleMeta) -> None:
 
 def verify_manifest(folder: Path, meta: BundleMeta, manifest: str | os.PathLike | None) -> None:
     """If the manifest lists this bundle (name and version), its SHA-256 must match."""
-    if manifest is None or not Path(manifest).is_file():
+    if manifest is None or not Path(manifest).exists():
         return
     try:
-        entries = json.loads(Path(manifest).read_text()).get("bundles", [])
-    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        entries = read_manifest(manifest)["bundles"]
+    except UnicodeDecodeError as exc:
         raise BundleError(f"{manifest}: the bundle manifest is not valid ({exc})") from None
     for e in entries:
         if e.get("name") == meta.name and str(e.get("version")) == str(meta.version):
@@ -261,6 +293,26 @@ def _build(name: str, meta: BundleMeta) -> nn.Module:
     return LatentClassifier(backbone, **{k: tuple(v) if isinstance(v, list) else v for k, v in head.items()})
 
 
+def _weights_problem(path: Path, exc: BaseException) -> str:
+    """What a weight file that safetensors cannot read is: a pickle (torch.save: a zip or a protocol-2+ pickle), a
+    truncated safetensors file (its header says more bytes than the file has), or something else."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{":  # a safetensors header: u64 length, then JSON
+        need = 8 + struct.unpack("<Q", head[:8])[0]
+        if size < need:
+            return f"the safetensors file is truncated ({size} bytes; its header alone needs {need})"
+        return (f"not a valid safetensors file (corrupt, {size} bytes; {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]})")
+    if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "a pickle (refused: pickled weights are never loaded)"
+    reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"not a valid safetensors file ({size} bytes; {type(exc).__name__}: {reason})"
+
+
 def load_weights(net: nn.Module, path: Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load safetensors weights, listing every missing, unexpected or mis-shaped tensor on failure."""
     from safetensors.torch import load_file
@@ -268,10 +320,9 @@ def load_weights(net: nn.Module, path: Path, device: str | torch.device = "cpu")
     try:
         state = load_file(str(path), device=str(device))
     except Exception as exc:  # SafetensorError and friends: a pickle or anything else under that name
-        head = path.read_bytes()[:2] if path.is_file() else b""
-        what = "a pickle (refused: pickled weights are never loaded)" if head[:1] == b"\x80" or head == b"PK" else \
-            f"not a valid safetensors file ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-        raise BundleError(f"{path}: {what}") from None
+        if isinstance(exc, MemoryError):
+            raise
+        raise BundleError(f"{path}: {_weights_problem(path, exc)}") from None
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -321,6 +372,8 @@ def load_bundle(
         tmp = Path(tempfile.mkdtemp(prefix="da-bundle-"))
         try:  # the weights are read into memory: the extracted copy never outlives the call
             bundle = _load_folder(_extract_zip(p, tmp), device, dtype, manifest, parts)
+        except BundleError as exc:  # name the user's archive, not the temporary copy
+            raise BundleError(str(exc).replace(str(tmp), f"{p} (in the archive)")) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         bundle.path = p
@@ -373,22 +426,48 @@ def _extract_zip(zpath: Path, dest: Path) -> Path:
     return found[0]
 
 
-def import_bundle(source: str | os.PathLike, models_dir: str | os.PathLike) -> Path:
-    """Copy a bundle (folder or .zip) into ``models_dir/<name>-<version>`` after validating it."""
+def import_bundle(source: str | os.PathLike, models_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Copy a bundle (folder or .zip) into ``models_dir/<name>-<version>`` after validating it (``model.json``, its
+    name and version as one folder name each, every weight file's checksum).
+
+    An installed bundle of the same name and version raises :class:`~DiffusionAnomalyLib.errors.BundleExistsError`
+    unless ``overwrite`` (then it is replaced as a whole); a folder of that name that is not a bundle is never
+    replaced (:class:`~DiffusionAnomalyLib.errors.OutputError`).
+    """
     src = Path(source)
+    if not src.exists():
+        raise BundleError(f"{src}: model bundle not found")
     tmp = Path(tempfile.mkdtemp(prefix="da-import-"))
     try:
-        folder = _extract_zip(src, tmp) if src.suffix == ".zip" else src
-        meta = read_meta(folder)
-        verify_files(folder, meta)
+        try:
+            folder = _extract_zip(src, tmp) if src.suffix == ".zip" else src
+            meta = read_meta(folder)
+            verify_files(folder, meta)
+        except BundleError as exc:  # name the user's archive, not the temporary copy
+            raise BundleError(str(exc).replace(str(tmp), f"{src} (in the archive)")) from None
         dest = Path(models_dir) / f"{meta.name}-{meta.version}"
-        with atomic_output_dir(dest) as stage:
+        if dest.resolve() == src.resolve():
+            raise BundleError(f"{src}: this bundle is already installed there")
+        if dest.exists() and not overwrite and any(dest.iterdir()):
+            check_output_dir(dest, option="the models folder", overwrite=True, command="import-bundle")
+            raise BundleExistsError(f"{dest}: a bundle {meta.name} {meta.version} is already installed; pass "
+                                    "--overwrite (import-bundle) to replace it")
+        check_output_dir(dest, [src], option="the models folder", overwrite=True, command="import-bundle")
+        with atomic_output_dir(dest, replace_previous=True) as stage:
             for f in folder.iterdir():
                 if f.is_file():
                     shutil.copy2(f, stage / f.name)
+        _remove_stale(dest, {f.name for f in folder.iterdir() if f.is_file()})
         return dest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale(dest: Path, keep: set[str]) -> None:
+    """After a bundle replaced an earlier one in ``dest``: remove the earlier one's files the new one lacks."""
+    for f in dest.iterdir():
+        if f.is_file() and f.name not in keep:
+            f.unlink()
 
 
 def default_models_dir() -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -639,30 +640,43 @@ def write_phantom(case: PhantomCase, out_dir: str | os.PathLike) -> Path:
 
 
 def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_lesions: int | None = None,
-                  skip_existing: bool = False, variety: bool = False) -> Path:
+                  skip_existing: bool = False, variety: bool = False, replace: bool = False) -> Path:
     """Write many cases (``<out>/<case_id>/``) plus ``labels.csv`` and ``reports.csv``.
 
-    ``skip_existing`` keeps case folders that are already complete (restartable generation).
+    ``skip_existing`` keeps case folders that are already complete (restartable generation); ``labels.csv`` and
+    ``reports.csv`` then list every complete case in the folder, those of earlier runs too. ``replace`` removes
+    the phantom cases of an earlier run that this one does not write (``phantom --cases N --overwrite``).
     """
     out = Path(out_dir)
-    rows, reports = [], []
+    earlier = sorted(d for d in out.iterdir() if d.is_dir() and (d / "case.json").is_file()) if out.is_dir() else []
+    for d in earlier:
+        info = json.loads((d / "case.json").read_text())
+        if info.get("organ") != organ:
+            raise InputError(f"{out}: holds the {info.get('organ')} phantom case {d.name}; a dataset has one organ: "
+                             f"write the {organ} cases to another folder")
+    ids = []
     for seed in seeds:
         done = out / case_name(organ, seed, variety) / "case.json"
-        if skip_existing and done.is_file():
-            info = json.loads(done.read_text())
-            case_id, labels, lesions = info["case_id"], info["structure_labels"], info["lesions"]
-            report = (done.parent / "report.txt").read_text().strip()
-        else:
+        if not (skip_existing and done.is_file()):
             case = make_phantom(organ, seed, n_lesions, **({"variety": True} if variety else {}))
             write_phantom(case, out / case.case_id)
-            case_id, labels, lesions, report = (case.case_id, case.structure_labels,
-                                                [asdict(le) for le in case.lesions], case.report)
+        ids.append(case_name(organ, seed, variety))
+    if replace:
+        for d in earlier:
+            if d.name not in ids:
+                shutil.rmtree(d)
+    else:
+        ids += [d.name for d in earlier if d.name not in ids]
+    rows, reports = [], []
+    for case_id in ids:
+        info = json.loads((out / case_id / "case.json").read_text())
+        labels, lesions = info["structure_labels"], info["lesions"]
         for structure, label in labels.items():
             side = structure.split("_")[-1] if structure.startswith("kidney_") else ""
             n = sum(le["structure"] == structure for le in lesions)
             rows.append({"case": case_id, "organ": organ, "structure": structure, "side": side,
                          "label": label, "lesions": n})
-        reports.append({"case": case_id, "report": report})
+        reports.append({"case": case_id, "report": (out / case_id / "report.txt").read_text().strip()})
     with atomic_output_dir(out) as stage:
         for name, table in (("labels.csv", rows), ("reports.csv", reports)):
             with open(stage / name, "w", newline="") as f:

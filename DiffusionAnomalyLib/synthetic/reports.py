@@ -101,13 +101,15 @@ def label_reports_csv(reports_csv: str | Path, organ: str, out_csv: str | Path, 
     if not rows or not {"case", "report"} <= set(rows[0]):
         raise InputError(f"{path}: needs columns 'case' and 'report'")
     labels = [pl for r in rows for pl in label_report(r["case"], r["report"], organ, min_sentences)]
-    out = Path(out_csv)
-    tmp = out.with_name(f".tmp-{out.name}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["case", "structure", "side", "label", "evidence"])
-        w.writeheader()
-        w.writerows(pl.__dict__ for pl in labels)
-    tmp.replace(out)
+    import io
+
+    from DiffusionAnomalyLib.imaging.io import write_text_atomic
+
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=["case", "structure", "side", "label", "evidence"])
+    w.writeheader()
+    w.writerows(pl.__dict__ for pl in labels)
+    write_text_atomic(out_csv, text.getvalue())
     counts: dict[str, int] = {}
     for pl in labels:
         counts[pl.label] = counts.get(pl.label, 0) + 1

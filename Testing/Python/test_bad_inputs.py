@@ -303,7 +303,7 @@ def test_a_missing_input_is_reported_before_anything_else(inputs, tmp_path, caps
 
 @pytest.mark.parametrize("option,value", [
     ("--threshold", "nan"), ("--threshold", "inf"), ("--threshold", "-inf"), ("--threshold", "-1"),
-    ("--threshold", "0"), ("--min-lesion-ml", "-1"), ("--min-lesion-ml", "nan"),
+    ("--threshold", "-0.5"), ("--min-lesion-ml", "-1"), ("--min-lesion-ml", "nan"),
 ])
 def test_baseline_nonsense_parameter_is_refused(inputs, tmp_path, capsys, option, value):
     with pytest.raises(SystemExit) as exc:
@@ -531,7 +531,8 @@ def test_full_disk_while_writing_the_overview_leaves_nothing(inputs, tmp_path, c
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "overview.png"))
 
-    monkeypatch.setattr("DiffusionAnomalyLib.detection.pipeline.write_overview", full)
+    monkeypatch.setattr("DiffusionAnomalyLib.detection.overview.write_overview", full)
+    monkeypatch.setattr("DiffusionAnomalyLib.detection.pipeline.write_overview", full, raising=False)  # if imported
     rc, _, err = _run(_baseline(inputs, tmp_path / "out"), capsys)
     _expect(rc, err, 2, r"output_not_writable\]: cannot write \(.*overview\.png\): No space left on device")
     assert not (tmp_path / "out").exists()
@@ -813,3 +814,397 @@ def test_a_signal_cancels_with_exit_5_and_leaves_nothing(inputs, tmp_path, sig):
     assert p.returncode == 5, err
     assert re.search(r"^error \[cancelled\]: cancelled by the user", err, re.M) and "Traceback" not in err, err
     assert not out.exists()
+
+
+# ---- issue 35, class 1: every writing command leaves a user's files as they are ------------------------------------
+
+def _users_folder(path: Path, names=("ct.nii.gz", "notes.txt")) -> dict[str, str]:
+    """A folder of a user's own files (named like outputs where that is the danger); their digests."""
+    path.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (path / n).parent.mkdir(parents=True, exist_ok=True)
+        (path / n).write_bytes(b"the user's own " + n.encode())
+    return _digest(path)
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["phantom", "--organ", "kidney"], ("ct.nii.gz", "lesions.nii.gz", "segmentations/kidney_left.nii.gz")),
+    (["phantom", "--organ", "kidney", "--overwrite"], ("ct.nii.gz", "lesions.nii.gz")),
+    (["phantom", "--organ", "kidney", "--cases", "2"], ("labels.csv", "reports.csv")),
+    (["demo", "--baseline"], ("case/ct.nii.gz", "result/lesions.nii.gz")),
+    (["pseudo-labels", "--organ", "kidney", "--reports", "REPORTS"], ()),
+    (["bench", "--sizes", "demo"], ()),
+])
+def test_a_writing_command_never_replaces_a_users_files(inputs, tmp_path, capsys, argv, names):
+    target = tmp_path / "target"
+    if names:
+        before = _users_folder(target, names)
+    else:  # commands that write one file: the user's file at that path
+        target.write_bytes(b"case,structure\nmine,1\n")
+        before = {"file": hashlib.sha256(target.read_bytes()).hexdigest()}
+    reports = tmp_path / "reports.csv"
+    reports.write_text("case,report\nc1,The kidneys are normal.\n")
+    argv = [reports if a == "REPORTS" else a for a in argv]
+    rc, _, err = _run([*argv, "--out", target], capsys)
+    _expect(rc, err, 2, r"target: --out (is not empty|exists) .*(never replaced)")
+    after = _digest(target) if names else {"file": hashlib.sha256(target.read_bytes()).hexdigest()}
+    assert after == before
+
+
+@pytest.mark.parametrize("command", ["baseline", "batch"])
+def test_overwrite_does_not_open_a_users_folder(inputs, tmp_path, capsys, command):
+    out = tmp_path / "mine"
+    before = _users_folder(out, ("lesions.nii.gz", "heatmap.nii.gz"))
+    if command == "baseline":
+        argv = _baseline(inputs, out, "--overwrite")
+    else:
+        argv = ["batch", "--data", _dataset(tmp_path, inputs), "--baseline", "--organ", "kidney", "--out", out,
+                "--overwrite"]
+    rc, _, err = _run(argv, capsys)
+    _expect(rc, err, 2, r"mine: --out is not empty .* never replaced")
+    assert _digest(out) == before
+
+
+def test_phantom_rerun_keeps_the_earlier_cases_in_labels_csv(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert _run(["phantom", "--organ", "brain", "--cases", "2", "--seed", "0", "--out", out], capsys)[0] == 0
+    first = _digest(out / "brain-00000")
+    assert _run(["phantom", "--organ", "brain", "--cases", "2", "--seed", "2", "--out", out], capsys)[0] == 0
+    cases = {r.split(",")[0] for r in (out / "labels.csv").read_text().splitlines()[1:]}
+    assert cases == {"brain-00000", "brain-00001", "brain-00002", "brain-00003"}
+    assert len((out / "reports.csv").read_text().splitlines()) == 5
+    assert _digest(out / "brain-00000") == first  # complete cases are resumed, not rewritten
+    rc, _, err = _run(["phantom", "--organ", "kidney", "--cases", "2", "--out", out], capsys)
+    _expect(rc, err, 2, r"ds: holds the brain phantom case .* one organ")
+
+
+def test_sweep_write_bundle_into_a_users_folder_is_refused_before_any_map(inputs, tmp_path, capsys):
+    data = _dataset(tmp_path, inputs)
+    mine = tmp_path / "mine"
+    before = _users_folder(mine, ("model.json",))
+    rc, _, err = _run(["sweep", "--data", data, "--bundle", DEMO, "--out", tmp_path / "sw", "--write-bundle", mine],
+                      capsys)
+    _expect(rc, err, 2, r"mine: --write-bundle is not empty \(model\.json\)")
+    assert _digest(mine) == before and not (tmp_path / "sw").exists()
+
+
+def test_train_stage_out_holding_a_users_file_is_refused_before_training(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    mine = tmp_path / "mine"
+    before = _users_folder(mine, ("model.json",))
+    rc, _, err = _run(["train", "autoencoder", "--organ", "kidney", "--data", data, "--out", mine], capsys)
+    _expect(rc, err, 2, r"mine: --out is not empty \(model\.json\)")
+    assert _digest(mine) == before and not (tmp_path / "mine.work").exists()
+
+
+def test_reimporting_a_bundle_asks_and_a_users_folder_is_never_replaced(tmp_path, capsys):
+    from DiffusionAnomalyLib.errors import BundleExistsError
+    from DiffusionAnomalyLib.models.bundle import import_bundle
+
+    models = tmp_path / "models"
+    dest = import_bundle(DEMO, models)
+    with pytest.raises(BundleExistsError, match="already installed"):
+        import_bundle(DEMO, models)
+    (dest / "stale.txt").write_text("from the earlier copy")
+    assert import_bundle(DEMO, models, overwrite=True) == dest and not (dest / "stale.txt").exists()
+    other = tmp_path / "other"
+    before = _users_folder(other / dest.name, ("notes.txt",))
+    rc, _, err = _run(["import-bundle", DEMO, "--models-dir", other, "--overwrite"], capsys)
+    _expect(rc, err, 2, r"kidney-demo-[0-9.]+: the models folder is not empty \(notes\.txt\)")
+    assert _digest(other / dest.name) == before
+
+
+def test_import_bundle_command(tmp_path, capsys):
+    rc, out, err = _run(["import-bundle", DEMO, "--models-dir", tmp_path / "m"], capsys)
+    assert rc == 0 and "imported kidney-demo" in out, err
+    rc, _, err = _run(["import-bundle", DEMO, "--models-dir", tmp_path / "m"], capsys)
+    _expect(rc, err, 2, r"\[bundle_exists\].*already installed; pass --overwrite")
+    assert _run(["import-bundle", DEMO, "--models-dir", tmp_path / "m", "--overwrite"], capsys)[0] == 0
+
+
+# ---- class 2: names that would escape their folder ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/da-escaped-abs", "a/b", "..", ".hidden", "x\ny"])
+def test_a_bundle_name_that_is_not_one_folder_name_is_refused(tmp_path, capsys, name):
+    b = _bundle_copy(tmp_path)
+    meta = json.loads((b / "model.json").read_text())
+    meta["name"] = name
+    (b / "model.json").write_text(json.dumps(meta))
+    models = tmp_path / "deep" / "er" / "models"
+    rc, _, err = _run(["import-bundle", b, "--models-dir", models], capsys)
+    _expect(rc, err, 3, r"model\.json: name: .* is not a valid name")
+    assert not (tmp_path / "deep").exists() and not Path("/tmp/da-escaped-abs-0.4.0").exists()
+    assert not (tmp_path / "escaped-0.4.0").exists()
+
+
+@pytest.mark.parametrize("option,value", [("--name", "../outside"), ("--name", "/tmp/da-abs"), ("--version", "1/2")])
+def test_train_names_are_checked_before_any_work(tmp_path, capsys, option, value):
+    data = tmp_path / "data"
+    data.mkdir()
+    rc, _, err = _run(["train", "all", "--organ", "kidney", "--data", data, "--out", tmp_path / "b", "--dry-run",
+                       "--install", tmp_path / "models", option, value], capsys)
+    _expect(rc, err, 2, rf"{option}: .* is not a valid name")
+    rc, _, err = _run(["train", "autoencoder", "--organ", "kidney", "--data", data, "--out", tmp_path / "c", option,
+                       value], capsys)
+    _expect(rc, err, 2, rf"{option}: .* is not a valid name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+# ---- class 3: accepted but silently wrong ---------------------------------------------------------------------------
+
+def _settings_for(tmp_path: Path, content, inputs) -> object:
+    from DiffusionAnomalyLib.app.cli import build_parser
+    from DiffusionAnomalyLib.app.job import run_settings
+    from DiffusionAnomalyLib.models.bundle import read_meta
+
+    f = tmp_path / "settings.json"
+    f.write_text(content if isinstance(content, str) else json.dumps(content))
+    args = build_parser().parse_args(["run", "--bundle", str(DEMO), "--input", str(inputs["ct"]), "--out",
+                                      str(tmp_path / "o"), "--settings", str(f)])
+    meta = read_meta(DEMO)
+    return run_settings(args, meta.recommended, meta.preset()), meta.recommended
+
+
+def test_a_partial_settings_file_keeps_the_bundles_recommendations(inputs, tmp_path):
+    s, rec = _settings_for(tmp_path, {"steps": 3, "samples": 1}, inputs)
+    assert (s.steps, s.samples) == (3, 1)
+    assert (s.noise_level, s.guidance, s.threshold) == (rec["noise_level"], rec["guidance"], rec["threshold"])
+    assert s.min_lesion_ml == rec.get("min_lesion_ml", 0.0) and s.grow_to == rec.get("grow_to", 1.0)
+
+
+@pytest.mark.parametrize("content,pattern", [
+    ({"deterministic": "false"}, r"deterministic must be true or false \(got \"false\"\)"),
+    ({"samples": True}, r"samples must be a whole number \(got true\)"),
+    ({"steps": 2.5}, r"steps must be a whole number \(got 2\.5\)"),
+    ({"guidance": "100"}, r"guidance must be a number \(got \"100\"\)"),
+    ({"sampler": 1}, r"sampler must be a string"),
+    ({"stepz": 3}, r"unknown run setting\(s\) \['stepz'\]"),
+])
+def test_settings_file_values_are_never_coerced(inputs, tmp_path, content, pattern):
+    from DiffusionAnomalyLib.errors import InputError
+
+    with pytest.raises(InputError, match=r"settings\.json: " + pattern):
+        _settings_for(tmp_path, content, inputs)
+
+
+def test_a_run_json_of_another_organ_is_refused(inputs, tmp_path):
+    from DiffusionAnomalyLib.errors import InputError
+
+    run = {"version": "x", "inputs": {}, "preset": {"name": "liver"}, "parameters": {"settings": {"steps": 5}}}
+    with pytest.raises(InputError, match=r"settings\.json: the run\.json of a liver run; the bundle is for the kidney"):
+        _settings_for(tmp_path, run, inputs)
+
+
+def test_threshold_zero_follows_one_rule_on_the_command_line_and_in_a_file(inputs, tmp_path):
+    from DiffusionAnomalyLib.app.cli import build_parser
+
+    s, _ = _settings_for(tmp_path, {"threshold": 0}, inputs)
+    assert s.threshold == 0.0
+    args = build_parser().parse_args(["run", "--input", "x", "--out", "y", "--threshold", "0"])
+    assert args.threshold == 0.0
+
+
+def _nifti_with(tmp_path: Path, name: str, spacing=SPACING, pixdim=None, value=None) -> Path:
+    rng = np.random.default_rng(1)
+    a = rng.normal(40, 10, SHAPE).astype(np.float32) if value is None else np.full(SHAPE, value, np.float32)
+    p = tmp_path / name
+    sitk.WriteImage(make_image(a, spacing), str(p), False)
+    if pixdim is not None:
+        b = bytearray(p.read_bytes())
+        b[80:92] = np.array(pixdim, "<f4").tobytes()
+        p.write_bytes(bytes(b))
+    return p
+
+
+def test_a_nifti_with_pixdim_zero_is_not_read_as_1_mm(inputs, tmp_path, capsys):
+    ct = _nifti_with(tmp_path, "p0.nii", pixdim=(2.5, 0, 2.5))
+    rc, _, err = _run(_baseline({**inputs, "ct": ct}, tmp_path / "out"), capsys)
+    _expect(rc, err, 2, r"p0\.nii: invalid NIfTI header: voxel size pixdim\[2\] is 0")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spacing", [(1e30, 1e30, 1e30), (2.5, 2.5, 500.0), (1e-6, 1e-6, 1e-6)])
+def test_an_implausible_spacing_is_refused(tmp_path, capsys, spacing):
+    ct = tmp_path / "far.nrrd"
+    sitk.WriteImage(make_image(np.random.default_rng(0).normal(40, 10, SHAPE).astype(np.float32), spacing), str(ct))
+    mask = tmp_path / "farmask.nrrd"
+    sitk.WriteImage(make_image(_kidneys(), spacing), str(mask))
+    rc, out, err = _run(["baseline", "--organ", "kidney", "--input", ct, "--mask", mask, "--out", tmp_path / "o"],
+                        capsys)
+    _expect(rc, err, 2, r"far\.nrrd: voxel spacing .* mm is outside 0\.001\.\.100 mm")
+    assert "No lesions found" not in out and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", [0.0, 40.0])
+def test_a_blank_image_is_refused_not_given_lesions(inputs, tmp_path, capsys, value):
+    ct = _nifti_with(tmp_path, "blank.nii", value=value)
+    rc, _, err = _run(_baseline({**inputs, "ct": ct}, tmp_path / "out"), capsys)
+    _expect(rc, err, 2, rf"blank\.nii: the ct image is constant inside the kidney mask \(every voxel {value:g}\)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option,value", [("--cases", "0"), ("--cases", "-3"), ("--lesions", "-1"),
+                                          ("--seed", "-1"), ("--cases", "1000000")])
+def test_phantom_counts_out_of_range_are_refused(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["phantom", "--organ", "kidney", "--out", str(tmp_path / "ph"), f"{option}={value}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument {option}" in err, err
+    assert not (tmp_path / "ph").exists()
+
+
+# ---- class 4: bad input is never an internal error (exit 1) ---------------------------------------------------------
+
+@pytest.mark.parametrize("content,pattern", [
+    ('{"seed": ' + "9" * 5000 + "}", r"settings file cannot be read \(Exceeds the limit"),
+    ("[" * 5000 + "]" * 5000, r"settings file is nested deeper than 32 levels"),
+    ('{"samples": 1e300}', r"samples must be a whole number \(got 1e\+300\)"),
+    ('{"samples": 100000}', r"samples must be in 1\.\.64 \(got 100000\)"),
+    ('{"seed": -5}', r"seed must be in 0\.\.2\^63-1 \(got -5\)"),
+    ('{"noise_level": NaN}', r"noise_level must be a whole number \(got NaN\)"),
+])
+def test_hostile_settings_files_exit_2(inputs, tmp_path, capsys, content, pattern):
+    f = tmp_path / "s.json"
+    f.write_text(content)
+    rc, _, err = _run_bundle(inputs, DEMO, tmp_path, capsys, "--settings", f)
+    _expect(rc, err, 2, r"s\.json.*" + pattern)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", ['[1, 2]', '{"bundles": {"name": 1}}', '{"bundles": [7]}', "{" * 100])
+def test_a_malformed_manifest_from_the_environment_exits_3(inputs, tmp_path, capsys, monkeypatch, content):
+    m = tmp_path / "manifest.json"
+    m.write_text(content)
+    monkeypatch.setenv("DA_BUNDLE_MANIFEST", str(m))
+    rc, _, err = _run_bundle(inputs, DEMO, tmp_path, capsys)
+    _expect(rc, err, 3, r"manifest\.json: (the )?bundle manifest is (not valid|nested deeper)")
+
+
+@pytest.mark.parametrize("setup,pattern", [
+    (lambda m: (m.mkdir(), (m / "manifest.json").write_text("{not json")), r"manifest\.json: bundle manifest is not"),
+    (lambda m: (m.mkdir(), (m / "kidney-model").mkdir(), (m / "kidney-model" / "x.txt").write_text("mine")),
+     r"kidney-model: --install \(kidney-model/\) is not empty \(x\.txt\)"),
+    (lambda m: m.write_text("a file"), r"models: --install is a file"),
+])
+def test_train_all_checks_install_before_training(tmp_path, capsys, setup, pattern):
+    data = tmp_path / "data"
+    data.mkdir()
+    setup(tmp_path / "models")
+    rc, _, err = _run(["train", "all", "--organ", "kidney", "--data", data, "--out", tmp_path / "b", "--dry-run",
+                       "--install", tmp_path / "models"], capsys)
+    assert rc in (2, 3)
+    _expect(rc, err, rc, pattern)
+    assert not (tmp_path / "b.work").exists()
+
+
+def test_batch_on_an_empty_folder_exits_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc, _, err = _run(["batch", "--data", tmp_path / "empty", "--baseline", "--organ", "kidney", "--out",
+                       tmp_path / "o"], capsys)
+    _expect(rc, err, 2, r"empty: no case folders")
+
+
+def test_batch_with_a_failed_case_exits_2_and_names_it(inputs, tmp_path, capsys):
+    data = _dataset(tmp_path, inputs)
+    shutil.copytree(data / "case1", data / "case2")
+    (data / "case2" / "ct.nii.gz").write_bytes(inputs["trunc"].read_bytes())
+    rc, out, err = _run(["batch", "--data", data, "--baseline", "--organ", "kidney", "--out", tmp_path / "o"], capsys)
+    _expect(rc, err, 2, r"1 of 2 case\(s\) failed \(case2: .*truncated")
+    assert (tmp_path / "o" / "case1" / "run.json").is_file()
+
+
+# ---- class 5: messages that say what happened ------------------------------------------------------------------------
+
+def test_a_truncated_safetensors_file_is_not_called_a_pickle(tmp_path):
+    import struct
+
+    from DiffusionAnomalyLib.models.bundle import BundleError, load_weights
+
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(struct.pack("<Q", 0x280) + b'{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}')
+    with pytest.raises(BundleError, match=r"the safetensors file is truncated \(69 bytes; its header alone needs 648"):
+        load_weights(None, f)
+    f.write_bytes(b"\x80\x04" + b"\x95" * 40)
+    with pytest.raises(BundleError, match="a pickle"):
+        load_weights(None, f)
+
+
+def test_the_shear_message_gives_the_angle_of_the_sheared_axes(inputs, tmp_path, capsys):
+    rc, _, err = _run(_baseline(inputs, tmp_path / "out", image="shear_nrrd", mask="shear_mask"), capsys)
+    _expect(rc, err, 2, r"axes sheared: 73\.30 degrees between two of them instead of 90")
+
+
+def test_an_error_in_a_zipped_bundle_names_the_zip(inputs, tmp_path, capsys):
+    b = _bundle_copy(tmp_path)
+    meta = json.loads((b / "model.json").read_text())
+    meta["name"] = "../bad"
+    (b / "model.json").write_text(json.dumps(meta))
+    z = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in b.iterdir():
+            zf.write(f, f"kidney-demo/{f.name}")
+    rc, _, err = _run_bundle(inputs, z, tmp_path, capsys)
+    _expect(rc, err, 3, r"bundle\.zip \(in the archive\)/kidney-demo/model\.json: name")
+    assert "da-bundle-" not in err
+
+
+_LIMITED = """
+import resource, sys
+kind, limit = sys.argv[1], sys.argv[2]
+from DiffusionAnomalyLib.app.cli import main
+import numpy, scipy.ndimage, skimage.measure, SimpleITK, matplotlib.pyplot  # loaded before the limit
+if limit.startswith("+"):  # headroom above the address space in use now
+    vm = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmSize:")) * 1024
+    limit = vm + int(limit[1:])
+resource.setrlimit(getattr(resource, kind), (int(limit), int(limit)))
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_a_full_disk_is_reported_in_one_clear_line(inputs, tmp_path):
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-c", _LIMITED, "RLIMIT_FSIZE", str(20_000),
+                        *map(str, _baseline(inputs, out))], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert re.search(r"error \[output_not_writable\]: .*(could not write|cannot write).*(File too large|file-size)",
+                     p.stderr), p.stderr[-2000:]
+    assert ".cxx" not in p.stderr and "itk::" not in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_out_of_memory_on_the_command_line_exits_4(inputs, tmp_path):
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-c", _LIMITED, "RLIMIT_AS", "+" + str(2_000_000),
+                        *map(str, _baseline(inputs, out))], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 4, p.stderr[-2000:]
+    assert re.search(r"^error \[out_of_memory\]: out of memory \(", p.stderr, re.M) and "Traceback" not in p.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+# ---- class 6: nothing blocks, nothing unbounded ----------------------------------------------------------------------
+
+def test_a_fifo_as_settings_or_image_is_refused_not_waited_on(inputs, tmp_path):
+    fifo = tmp_path / "settings.json"
+    os.mkfifo(fifo)
+    img = tmp_path / "ct.nii.gz"
+    os.mkfifo(img)
+    for argv, pattern in (
+            (["run", "--bundle", DEMO, "--input", inputs["ct"], "--mask", inputs["mask"], "--settings", fifo],
+             r"settings\.json: settings file is a named pipe \(FIFO\)"),
+            (["baseline", "--organ", "kidney", "--input", img, "--mask", inputs["mask"]],
+             r"ct\.nii\.gz: the image is a named pipe \(FIFO\)")):
+        p = subprocess.run([sys.executable, "-m", "DiffusionAnomalyLib.app.cli", *map(str, argv), "--out",
+                            str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and re.search(pattern, p.stderr), p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("option,value,pattern", [
+    ("--resample-jumps", "100000", r"resample jumps must be in 1\.\.20 \(got 100000\)"),
+    ("--median-filter", "999", r"the median filter must be 0\.\.15 voxels \(got 999\)"),
+    ("--samples", "1000", r"samples must be in 1\.\.64 \(got 1000\)"),
+])
+def test_work_multipliers_are_bounded(inputs, tmp_path, capsys, option, value, pattern):
+    rc, _, err = _run_bundle(inputs, DEMO, tmp_path, capsys, "--sampler", "inpaint", option, value)
+    _expect(rc, err, 2, pattern)
+    assert not (tmp_path / "out").exists()

@@ -57,9 +57,10 @@ def test_defaults_without_a_recommendation_come_from_one_place():
     ({"sampler": "euler"}, "unknown sampler"), ({"noise_level": 1000}, "between 1 and 999"),
     ({"steps": 300, "noise_level": 250}, "between 1 and L = 250"), ({"guidance": -1.0}, ">= 0"),
     ({"guidance": math.inf}, "finite"), ({"threshold": math.nan}, "finite number >= 0"),
-    ({"threshold": -0.5}, "finite number >= 0"), ({"samples": 0}, "samples must be >= 1"), ({"grow_to": 1.5}, "(0, 1]"),
+    ({"threshold": -0.5}, "finite number >= 0"), ({"samples": 0}, "samples must be in 1..64"),
+    ({"grow_to": 1.5}, "(0, 1]"),
     ({"seed": 2**64}, "0..2^63-1"), ({"reference": "mean"}, "unknown map reference"),
-    ({"median_filter": -1}, ">= 0 voxels"), ({"noise_level": 2.5}, "whole number"),
+    ({"median_filter": -1}, "0..15 voxels"), ({"noise_level": 2.5}, "whole number"),
     ({"colour": "red"}, "unknown run setting"),
 ])
 def test_bad_values_are_refused_with_what_is_wrong(override, message):
