@@ -242,10 +242,8 @@ class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
         return panel.parameter_problems(pn, panel.worker_python(pn)[0])
 
     def ensureDependencies(self, pn, ask: bool = True) -> bool:
-        """Check the worker's packages; offer to install what is missing (never silently, unless ``ask`` is False)."""
-        python, own = panel.worker_python(pn)
-        return panel.ensure_worker_packages(python, pn.maskSource == "totalsegmentator", ask, own,
-                                            model=pn.bundlePath != panel.BASELINE)
+        """Check what the worker needs; offer to install or download what is missing (with ``ask`` False: never)."""
+        return panel.ensure_dependencies(pn, ask)
 
     def start(self, pn, on_event, on_finished) -> None:
         """Start a run; raises on bad input and then leaves the Logic ready for the next start."""

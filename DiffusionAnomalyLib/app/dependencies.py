@@ -88,14 +88,17 @@ def install_command(requirements: list[str], python: str | None = None) -> str:
 def pip_install(requirements: list[str], python: str, idle: Callable[[], None] | None = None,
                 env: dict[str, str] | None = None) -> None:
     """Install ``requirements`` into another interpreter (``python -m pip install``; argument list, no shell;
-    ``env``: its environment, see :func:`child_environment`).
+    ``env``: its environment, see :func:`child_environment`). Raises RuntimeError with pip's last lines when it
+    fails."""
+    run_logged([python, "-m", "pip", "install", *requirements], idle, env, "pip install")
 
-    ``idle()`` is called for every line pip prints (a GUI passes its event processing, so it keeps painting).
-    Raises RuntimeError with pip's last lines when it fails.
-    """
-    process = subprocess.Popen([python, "-m", "pip", "install", *requirements], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
-                               shell=False, stdin=subprocess.DEVNULL, env=env, **_no_window())
+
+def run_logged(args: list[str], idle: Callable[[], None] | None = None, env: dict[str, str] | None = None,
+               what: str = "") -> None:
+    """Run ``args`` (argument list, no shell) to the end; ``idle()`` is called for every line it prints (a GUI passes
+    its event processing, so it keeps painting). Raises RuntimeError with its last lines when it fails."""
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+                               errors="replace", shell=False, stdin=subprocess.DEVNULL, env=env, **_no_window())
     lines: list[str] = []
     for line in process.stdout:
         lines.append(line.rstrip())
@@ -103,7 +106,7 @@ def pip_install(requirements: list[str], python: str, idle: Callable[[], None] |
             idle()
     if process.wait() != 0:
         tail = "\n".join(lines[-5:])
-        raise RuntimeError(f"pip install failed (exit code {process.returncode}): {tail}")
+        raise RuntimeError(f"{what or args[0]} failed (exit code {process.returncode}): {tail}")
 
 
 def launcher_for(python: str) -> str:

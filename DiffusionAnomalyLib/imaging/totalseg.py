@@ -13,25 +13,48 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.errors import MissingDependencyError
 
 
-def weights_dir() -> Path:
-    """Where TotalSegmentator looks for its nnU-Net weights (its own environment variables)."""
-    if os.environ.get("TOTALSEG_WEIGHTS_PATH"):
-        return Path(os.environ["TOTALSEG_WEIGHTS_PATH"])
-    home = Path(os.environ.get("TOTALSEG_HOME_DIR", Path.home() / ".totalsegmentator"))
+def weights_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where TotalSegmentator looks for its nnU-Net weights (its own environment variables, read from ``env``,
+    default ``os.environ``)."""
+    env = os.environ if env is None else env
+    if env.get("TOTALSEG_WEIGHTS_PATH"):
+        return Path(env["TOTALSEG_WEIGHTS_PATH"])
+    home = Path(env.get("TOTALSEG_HOME_DIR") or Path.home() / ".totalsegmentator")
     return home / "nnunet" / "results"
+
+
+def weights_present(env: Mapping[str, str] | None = None) -> bool:
+    """Whether TotalSegmentator's weights folder (:func:`weights_dir`) holds any of its models."""
+    wdir = weights_dir(env)
+    return wdir.is_dir() and any(wdir.glob("Dataset*"))
+
+
+def weights_task(preset: OrganPreset, fast: bool = True) -> str:
+    """The TotalSegmentator task whose weights a run needs (``--fast`` runs use the ``*_fast`` models)."""
+    task = preset.totalseg_task
+    return f"{task}_fast" if fast and task in ("total", "total_mr") else task
+
+
+def download_command(python: str, preset: OrganPreset) -> list[str]:
+    """The command (argument list) that downloads the weights a run needs with ``python``'s TotalSegmentator
+    (its ``totalseg_download_weights``): for a user to run, or for the Slicer panel to run once the user agreed."""
+    code = ("import sys; from totalsegmentator.bin.totalseg_download_weights import main; "
+            "sys.argv[0] = 'totalseg_download_weights'; main()")
+    return [python, "-c", code, "-t", weights_task(preset)]
 
 
 def _install_help(preset: OrganPreset) -> str:
     return (
         "TotalSegmentator is not usable here. To install it: "
         "pip install 'diffusion-anomaly[totalseg]' (or pip install TotalSegmentator), then download its "
-        f"weights once, as yourself: totalseg_download_weights -t {preset.totalseg_task} "
+        f"weights once, as yourself: totalseg_download_weights -t {weights_task(preset)} "
         f"(they go to {weights_dir()}; set TOTALSEG_WEIGHTS_PATH or TOTALSEG_HOME_DIR to place them "
         "elsewhere, e.g. on an offline site copy that folder). Or skip TotalSegmentator and give an "
         "organ mask with --mask."
@@ -42,9 +65,8 @@ def check_available(preset: OrganPreset) -> None:
     """Raise :class:`MissingDependencyError` with install instructions if TS or its weights are absent."""
     if importlib.util.find_spec("totalsegmentator") is None:
         raise MissingDependencyError("the totalsegmentator package is not installed. " + _install_help(preset))
-    wdir = weights_dir()
-    if not wdir.is_dir() or not any(wdir.glob("Dataset*")):
-        raise MissingDependencyError(f"no TotalSegmentator weights in {wdir}. " + _install_help(preset))
+    if not weights_present():
+        raise MissingDependencyError(f"no TotalSegmentator weights in {weights_dir()}. " + _install_help(preset))
 
 
 def run_totalsegmentator(

@@ -295,6 +295,57 @@ def cell_text(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def ensure_dependencies(pn, ask: bool = True) -> bool:
+    """Everything the run of ``pn`` needs in its worker's interpreter (:func:`worker_python`): the model's packages
+    (none for the median baseline), and with TotalSegmentator as the mask source its package and weights. Asks
+    before installing or downloading anything (never, with ``ask`` False: then it only reports)."""
+    python, own = worker_python(pn)
+    totalsegmentator = pn.maskSource == "totalsegmentator"
+    if not ensure_worker_packages(python, totalsegmentator, ask, own, model=pn.bundlePath != BASELINE):
+        return False
+    return not totalsegmentator or ensure_totalseg_weights(python, own, pn.organ, ask)
+
+
+def ensure_totalseg_weights(python: str, own: bool, organ: str, ask: bool = True) -> bool:
+    """TotalSegmentator's weights for ``organ`` in the worker's environment; if absent, offer to download them with
+    that interpreter's ``totalseg_download_weights`` (the user's consent; never without ``ask``), else say exactly
+    what to run or to give a segmentation instead. True when they are there."""
+    import shlex
+
+    import slicer
+
+    from DiffusionAnomalyLib.app import dependencies
+    from DiffusionAnomalyLib.detection.presets import get_preset
+    from DiffusionAnomalyLib.imaging import totalseg
+
+    env = worker_environment(own)
+    if totalseg.weights_present(env):
+        return True
+    preset = get_preset(organ)
+    by_hand = shlex.join(totalseg.download_command(dependencies.launcher_for(python) if own else python, preset))
+    instead = (f"Or set the organ mask source to 'segmentation' and choose a segmentation that holds the {organ} "
+               "(Segment Editor, or the TotalSegmentator extension's own module).")
+    if not ask or not slicer.util.confirmOkCancelDisplay(
+            f"TotalSegmentator makes the {organ} mask, but its weights (task {totalseg.weights_task(preset)}, a few "
+            f"hundred MB, downloaded once from TotalSegmentator's authors) are not in {totalseg.weights_dir(env)}. "
+            f"Download them now? {instead}", windowTitle="Diffusion Anomaly"):
+        slicer.util.errorDisplay(f"TotalSegmentator's weights are not downloaded. To download them by hand, run:\n"
+                                 f"{by_hand}\n{instead}")
+        return False
+    try:
+        with slicer.util.WaitCursor():  # no Slicer dialog inside
+            dependencies.run_logged(totalseg.download_command(python, preset), slicer.app.processEvents, env,
+                                    "totalseg_download_weights")
+    except Exception as exc:
+        slicer.util.errorDisplay(f"The download failed ({exc}). To download by hand, run:\n{by_hand}\n{instead}")
+        return False
+    if totalseg.weights_present(env):
+        return True
+    slicer.util.errorDisplay(f"After the download there are still no weights in {totalseg.weights_dir(env)}. "
+                             f"Run:\n{by_hand}\n{instead}")
+    return False
+
+
 def ensure_worker_packages(python: str, totalsegmentator: bool, ask: bool = True, own: bool = True,
                            model: bool = True) -> bool:
     """Check the worker's packages in ``python``; ask, then install what is missing (Slicer dialogs).

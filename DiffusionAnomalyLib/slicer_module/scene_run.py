@@ -369,8 +369,9 @@ class SceneRun:
             recon = "reconstruction.nii.gz" if len(channels) == 1 else f"reconstruction_{channels[0]}.nii.gz"
             request = {"organ": self.request.organ, "bundle": self.request.bundle,
                        "mask_source": self.request.mask_source}
-            settings = ({"reconstruction": "non-neural median baseline (no model)", "threshold": self.settings.threshold}
-                        if self.request.baseline else self.settings.to_dict())
+            baseline = {"reconstruction": "non-neural median baseline (no model)",
+                        "threshold": self.settings.threshold}
+            settings = baseline if self.request.baseline else self.settings.to_dict()
             attributes = scene_adapter.run_attributes(result, {**request, **settings, "run": self.name})
             self.result_nodes = scene_adapter.add_results(
                 self.scene, self.input_nodes[0], result["outputs"], result.get("lesions", []), self.name, attributes,
