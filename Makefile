@@ -52,12 +52,18 @@ test: setup-test
 	@$(MAKE) --no-print-directory test-slicer
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing
 
-## test-slicer: the module's Slicer side on the Slicer-like runtime (Testing/SlicerRuntime), in .venv-slicer;
+## test-slicer: the module's Slicer side on the Slicer-like runtime (Testing/SlicerRuntime), in .venv-slicer, once per
+## Slicer Python layer (SLICER_LAYERS, DA_SLICER_LAYER: 5.12.3 and 5.10.0, the oldest supported);
 ## DA_WORKER_PYTHON is the full environment's Python, for tests that run the real worker
+SLICER_LAYERS ?= 5.12.3 5.10.0
 test-slicer: $(SLICER_VENV)/.installed $(VENV)/.installed
-	@DA_WORKER_PYTHON=$(abspath $(BIN)/python) QT_QPA_PLATFORM=offscreen \
-	  $(SLICER_BIN)/python -m pytest -q -p no:cacheprovider Testing/Slicer; rc=$$?; \
-	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the Slicer suite is broken" >&2; fi; exit $$rc
+	@rc=0; for layer in $(SLICER_LAYERS); do \
+	  echo "== the Slicer side on Slicer $$layer's Python layer"; \
+	  DA_SLICER_LAYER=$$layer DA_WORKER_PYTHON=$(abspath $(BIN)/python) QT_QPA_PLATFORM=offscreen \
+	    $(SLICER_BIN)/python -m pytest -q -p no:cacheprovider Testing/Slicer; r=$$?; \
+	  if [ $$r -eq 5 ]; then echo "pytest collected no tests: the Slicer suite is broken" >&2; fi; \
+	  if [ $$r -ne 0 ]; then rc=$$r; fi; \
+	done; exit $$rc
 
 ## demo-models: the demo bundles, each made by `diffusion-anomaly train all` on phantoms, installed into Resources/Models (restartable; hours per organ on 2 CPU cores; ORGANS=kidney, SMOKE=1: see scripts/demo_models.sh)
 demo-models: setup

@@ -39,5 +39,32 @@ def _fresh_dialogs():
     slicer_runtime.dialogs.reset()
     slicer_runtime.pip_installs.clear()
     slicer_runtime.slot_errors.clear()
+    if UNAVAILABLE is None:
+        import ctk
+
+        ctk.warnings.clear()
+    slicer_runtime.thread_violations.clear()
+    slicer_runtime.pip_mode = "record"
     yield
     assert not slicer_runtime.slot_errors, f"exceptions in Qt slots: {slicer_runtime.slot_errors}"
+    if UNAVAILABLE is None:
+        _strict_after_test()
+    # PythonQt keeps the GIL while Qt processes events: nothing in Slicer's process may wait on a Python thread
+    assert not slicer_runtime.thread_violations, f"Python threads alive: {slicer_runtime.thread_violations[:3]}"
+
+
+def _strict_after_test() -> None:
+    """What Slicer would get wrong after a test: an override cursor left set (Slicer keeps it for good), a modal
+    dialog shown under a wait cursor (the user sees a busy cursor over a dialog waiting for them), a CTK warning
+    (e.g. a refused ``singleStep``: the widget then behaves unlike its ``.ui``)."""
+    import ctk
+    from PyQt5 import QtWidgets
+
+    left = 0
+    while QtWidgets.QApplication.overrideCursor() is not None and left < 100:
+        QtWidgets.QApplication.restoreOverrideCursor()
+        left += 1
+    assert not left, f"{left} override cursor(s) left set after the test"
+    under = slicer_runtime.dialogs.under_override_cursor()
+    assert not under, f"dialogs shown under an override cursor: {under}"
+    assert not ctk.warnings, f"CTK warnings: {ctk.warnings}"

@@ -32,7 +32,8 @@ def module():
 
 @pytest.fixture
 def widget(module):
-    """The module's panel (one per session, as in Slicer), on an emptied scene, entered."""
+    """The module's panel (one per session, as in Slicer), shown again on an emptied scene: the user left the
+    module, the scene was closed, the user came back (``exit()``, then ``enter()``)."""
     import slicer
 
     w = slicer_runtime.make_widget("DiffusionAnomaly")
@@ -40,8 +41,9 @@ def widget(module):
     if w.logic.running:
         w.logic.cancel()
         w.logic.wait(60)
+    slicer_runtime.hide_module()
     slicer.mrmlScene.Clear(0)
-    w.parent.enter()
+    assert slicer_runtime.show_module("DiffusionAnomaly") is w
     yield w
     if w.logic.running:
         w.logic.cancel()

@@ -42,6 +42,28 @@ class qMRMLWidget(QtWidgets.QWidget):
         """FAKE: nothing to initialise."""
 
 
+class qSlicerWidget(QtWidgets.QWidget):
+    """FAKE of qSlicerWidget (a QWidget and a qSlicerObject, not a qMRMLWidget): holds a scene; ``setMRMLScene``
+    emits ``mrmlSceneChanged``. Slicer's ``parameterNodeWrapper/guiCreation.py`` builds the GUI of a parameter
+    pack or wrapper in one."""
+
+    mrmlSceneChanged = pyqtSignal(object)
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._scene = None
+
+    @pyqtSlot(object)
+    def setMRMLScene(self, scene: Any) -> None:
+        if scene is self._scene:
+            return
+        self._scene = scene
+        self.mrmlSceneChanged.emit(scene)
+
+    def mrmlScene(self) -> Any:
+        return self._scene
+
+
 _EXTRA = "extra"  # a "Create new / Delete current / Rename current" row at the end of the list
 
 
@@ -419,4 +441,4 @@ class qMRMLSubjectHierarchyTreeView(_NotFaked):
     """Not faked: the module does not use qMRMLSubjectHierarchyTreeView."""
 
 
-FAKE_WIDGETS = {name: obj for name, obj in list(globals().items()) if name.startswith("qMRML")}
+FAKE_WIDGETS = {name: obj for name, obj in list(globals().items()) if name.startswith(("qMRML", "qSlicerWidget"))}

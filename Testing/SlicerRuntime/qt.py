@@ -12,6 +12,11 @@ Slicer wraps Qt with PythonQt; outside Slicer this module stands PyQt5 in for it
   ``vtkFoo*`` arguments map to Python ``object`` signals.
 * ``QUiLoader().load(qfile)`` loads a Designer ``.ui`` through ``PyQt5.uic`` with ``ctk*`` custom
   widgets taken from the ``ctk`` fake and ``qMRML*`` ones from ``slicer`` (see ``slicer_runtime``).
+* ``QFileDialog``'s static functions return what the C++ returns (a string; a tuple for a list), as
+  PythonQt does, not PyQt5's ``(path, filter)`` tuples.
+* Modal dialogs (``exec_()``, the static file dialogs, ``show()``/``open()`` of a modal dialog) go to
+  ``modal_hook`` when one is set (``slicer_runtime`` sets its dialog recorder): recorded and answered
+  instead of blocking the test in a nested event loop.
 
 The property habit is switched off while PyQt5's own uic code runs (``pyqt_native()``), since uic
 calls methods such as ``font()`` that are also property names.
@@ -35,6 +40,10 @@ from PyQt5.QtGui import *  # noqa: E402,F403
 from PyQt5.QtWidgets import *  # noqa: E402,F403
 
 __all__ = [name for name in dir() if name.startswith("Q") or name == "Qt"] + ["QUiLoader", "pyqt_native"]
+
+#: Where modal dialogs go instead of Qt's blocking event loop: ``hook(kind, text, details) -> answer``
+#: (``slicer_runtime`` sets its dialog recorder); None: Qt's own dialogs.
+modal_hook: Callable[[str, str, dict[str, Any]], Any] | None = None
 
 _state = {"habits": True}
 _orig_getattribute = QtCore.QObject.__getattribute__
@@ -277,3 +286,83 @@ class QUiLoader(QtCore.QObject):
             if isinstance(value, QtCore.QObject) and not key.startswith("_"):
                 delattr(widget, key)
         return widget
+
+
+# --------------------------------------------------------------------------------------------------
+# modal dialogs
+
+
+def _static_file_dialog(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    caption = args[1] if len(args) > 1 else kwargs.get("caption", "")
+    if modal_hook is not None:
+        answer = modal_hook(kind, str(caption), {"args": args[2:], **kwargs})
+    else:
+        answer = getattr(QtWidgets.QFileDialog, kind)(*args, **kwargs)
+        if kind != "getExistingDirectory":
+            answer = answer[0]  # PyQt5's (result, selected filter)
+    if kind == "getOpenFileNames":
+        return tuple(answer or ())
+    return str(answer or "")
+
+
+class QFileDialog(QtWidgets.QFileDialog):
+    """PythonQt's ``QFileDialog``: the static functions return the C++ ``QString`` / ``QStringList`` (a str / a
+    tuple), not PyQt5's ``(result, filter)`` tuple. From PythonQt's generated wrappers (MeVisLab/pythonqt,
+    the base of CTK's PythonQt; ``generated_cpp_515/com_trolltech_qt_gui/com_trolltech_qt_gui1.h`` l. 2063-2067)
+    and ``src/PythonQtConversion.cpp`` l. 1268-1280 (a QStringList becomes a tuple)."""
+
+    @staticmethod
+    def getOpenFileName(*args: Any, **kwargs: Any) -> str:  # noqa: N802 (Qt name)
+        return _static_file_dialog("getOpenFileName", args, kwargs)
+
+    @staticmethod
+    def getOpenFileNames(*args: Any, **kwargs: Any) -> tuple[str, ...]:  # noqa: N802
+        return _static_file_dialog("getOpenFileNames", args, kwargs)
+
+    @staticmethod
+    def getSaveFileName(*args: Any, **kwargs: Any) -> str:  # noqa: N802
+        return _static_file_dialog("getSaveFileName", args, kwargs)
+
+    @staticmethod
+    def getExistingDirectory(*args: Any, **kwargs: Any) -> str:  # noqa: N802
+        return _static_file_dialog("getExistingDirectory", args, kwargs)
+
+
+def _dialog_text(dialog: QtWidgets.QDialog) -> str:
+    with pyqt_native():
+        if isinstance(dialog, QtWidgets.QMessageBox):
+            return dialog.text()
+        return dialog.windowTitle()
+
+
+def _patch_modal(cls: type, shows: bool) -> None:
+    """``exec_()``/``exec()`` (always modal) and, with ``shows``, ``show()``/``open()`` of a modal dialog go
+    to ``modal_hook``."""
+    original_exec, original_show, original_open = cls.exec_, cls.show, cls.open
+
+    def exec_(self: QtWidgets.QDialog) -> Any:
+        if modal_hook is None:
+            return original_exec(self)
+        with pyqt_native():
+            title = self.windowTitle()
+        return modal_hook("exec", _dialog_text(self), {"dialog": self, "windowTitle": title})
+
+    def show(self: QtWidgets.QDialog) -> None:
+        with pyqt_native():
+            modal = self.isModal() or self.windowModality() != QtCore.Qt.NonModal
+        if modal_hook is not None and modal:
+            modal_hook("modalShow", _dialog_text(self), {"dialog": self})
+        original_show(self)
+
+    def open(self: QtWidgets.QDialog) -> None:  # always window-modal
+        if modal_hook is not None:
+            modal_hook("modalShow", _dialog_text(self), {"dialog": self})
+        original_open(self)
+
+    cls.exec_ = cls.exec = exec_
+    if shows:
+        cls.show, cls.open = show, open
+
+
+_patch_modal(QtWidgets.QDialog, shows=True)
+_patch_modal(QtWidgets.QMessageBox, shows=False)  # its show() is QDialog's

@@ -1,10 +1,10 @@
 """A Slicer-like runtime for testing a scripted module without the Slicer application.
 
-``install()`` composes what a module sees inside Slicer 5.12.3:
+``install()`` composes what a module sees inside Slicer 5.12.3, or 5.10.0 with ``DA_SLICER_LAYER=5.10.0``:
 
 * ``qt`` / ``ctk``: PyQt5 with PythonQt's habits and FAKE CTK widgets (``qt.py``, ``ctk.py``);
-* ``slicer``: the slicer-core wheel's real MRML/logic classes, plus Slicer 5.12.3's own Python layer
-  loaded from the shared folder (``$DA_SLICER_PYTHON``): ``ScriptedLoadableModule``,
+* ``slicer``: the slicer-core wheel's real MRML/logic classes, plus that Slicer version's own Python layer
+  loaded from the shared folder (``$DA_SLICER_PYTHON``, its ``v5.10.0/`` for 5.10.0): ``ScriptedLoadableModule``,
   ``parameterNodeWrapper``, ``util``, ``i18n``, ``testing``, ``logic``. ``slicer.util`` is
   **Slicer's** (what modules call inside the application: ``loadUI``, ``childWidgetVariables``,
   ``VTKObservationMixin``, ``tryWithErrorDisplay``...); slicer-core's own ``slicer.util`` (written
@@ -34,7 +34,11 @@ from typing import Any
 
 SHARED_ENV = "DA_SLICER_PYTHON"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SLICER_VERSION = (5, 12, 3)
+#: Which of Slicer's Python layers the runtime loads (``$DA_SLICER_LAYER``), and where it lies in the shared folder.
+LAYER_ENV = "DA_SLICER_LAYER"
+LAYERS = {"5.12.3": ".", "5.10.0": "v5.10.0"}
+LAYER = os.environ.get(LAYER_ENV) or "5.12.3"
+SLICER_VERSION = tuple(int(part) for part in LAYER.split(".")) if LAYER in LAYERS else (5, 12, 3)
 SHARED_MODULES = ("i18n", "util", "ScriptedLoadableModule", "parameterNodeWrapper", "testing", "logic")
 
 
@@ -44,10 +48,23 @@ def shared_slicer_python() -> Path | None:
     return path if (path / "slicer" / "ScriptedLoadableModule.py").is_file() else None
 
 
+def slicer_layer() -> Path | None:
+    """The folder of the chosen Slicer version's Python layer (``slicer/``, ``tests/``), or None when it is absent."""
+    shared = shared_slicer_python()
+    if shared is None or LAYER not in LAYERS:
+        return None
+    path = (shared / LAYERS[LAYER]).resolve()
+    return path if (path / "slicer" / "ScriptedLoadableModule.py").is_file() else None
+
+
 def missing_requirements() -> str | None:
     """Why the runtime cannot be installed here (None when it can)."""
+    if LAYER not in LAYERS:
+        raise RuntimeError(f"{LAYER_ENV}={LAYER!r}: the layers are {', '.join(LAYERS)}")
     if shared_slicer_python() is None:
         return f"Slicer's Python layer not found: set {SHARED_ENV} (default ../shared/slicer-python)"
+    if slicer_layer() is None:
+        return f"Slicer {LAYER}'s Python layer not found in {shared_slicer_python()}/{LAYERS[LAYER]}"
     for name, what in (("PyQt5.QtWidgets", "PyQt5"), ("vtk", "vtk (slicer-core)")):
         try:
             importlib.import_module(name)
@@ -88,6 +105,9 @@ class Shown:
     text: str
     windowTitle: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: The shape of the application's override cursor while it was up (e.g. ``Qt.WaitCursor``), None if none:
+    #: a modal dialog under a wait cursor shows the wait cursor over the dialog.
+    overrideCursor: int | None = None
 
 
 class DialogRecorder:
@@ -96,6 +116,11 @@ class DialogRecorder:
     Confirmations (``confirmOkCancelDisplay``, ``confirmYesNoDisplay``, ``confirmRetryCloseDisplay``)
     pop the next scripted answer from ``answers`` (``True`` when none is scripted, as Slicer
     does in testing mode, except RetryClose which defaults to ``False``).
+
+    All are modal, as in Slicer (``slicer.util.messageBox`` ends in ``exec_()``): Qt's own modal dialogs
+    (``exec_()``, ``QFileDialog.get...``, ``show()`` of a modal dialog) come here too (``qt.modal_hook``), and
+    each record keeps the override cursor it was shown under. The static file dialogs answer a scripted
+    path ("" when none: cancelled); ``exec_()`` a scripted code (``QDialog.Rejected`` when none).
     """
 
     def __init__(self) -> None:
@@ -109,11 +134,26 @@ class DialogRecorder:
     def texts(self, kind: str | None = None) -> list[str]:
         return [s.text for s in self.shown if kind is None or s.kind == kind]
 
+    def under_override_cursor(self) -> list[Shown]:
+        """The dialogs shown while an override cursor (a wait cursor...) was set."""
+        return [s for s in self.shown if s.overrideCursor is not None]
+
     def _record(self, kind: str, text: Any, windowTitle: str | None, kwargs: dict[str, Any]) -> None:
         import logging
 
-        self.shown.append(Shown(kind, str(text), windowTitle, dict(kwargs)))
+        from PyQt5 import QtWidgets
+
+        cursor = QtWidgets.QApplication.overrideCursor()
+        shape = int(cursor.shape()) if cursor is not None else None
+        self.shown.append(Shown(kind, str(text), windowTitle, dict(kwargs), shape))
         logging.getLogger("slicer_runtime.dialogs").info("%s: %s", kind, text)
+
+    def modal(self, kind: str, text: str, details: dict[str, Any]) -> Any:
+        """``qt.modal_hook``: record a modal Qt dialog and answer it."""
+        self._record(kind, text, details.get("windowTitle"), details)
+        if kind == "modalShow":  # shown, not waited for
+            return None
+        return self._answer(0 if kind == "exec" else "")
 
     def _answer(self, default: Any) -> Any:
         return self.answers.popleft() if self.answers else default
@@ -172,9 +212,33 @@ core_util: types.ModuleType | None = None
 _installed: dict[str, Any] = {}
 
 
+#: How the FAKE ``pip_install`` ends: "record" (installs nothing, returns), "fail" (as pip failing: Slicer 5.12's
+#: ``packaging.pip_install`` shows its error dialog, outside testing mode, then raises CalledProcessError) or
+#: "offline" (raises at once, as a machine without network or a CI that refuses installs).
+pip_mode = "record"
+
+
 def _pip_install(requirements: Any, **kwargs: Any) -> None:
-    """FAKE of ``slicer.util.pip_install``: records the request, installs nothing."""
+    """FAKE of ``slicer.util.pip_install``: records the request and the cursor over it, installs nothing; fails as
+    Slicer 5.12 does when ``pip_mode`` says so (slicer/packaging.py ``pip_install`` -> ``_pip_install_with_dialog``:
+    a modal progress dialog, then on failure ``errorDisplay`` with the log, then ``CalledProcessError``)."""
+    import subprocess
+
+    import slicer
+    from PyQt5 import QtWidgets
+
     pip_installs.append(requirements)
+    if pip_mode == "offline":
+        raise subprocess.CalledProcessError(1, "pip install", "network and installs are refused in this test")
+    progress_dialog = SLICER_VERSION >= (5, 12) and not slicer.app.testingEnabled()
+    if progress_dialog:  # the modal progress dialog: Slicer's own, shown over whatever cursor is set
+        dialogs._record("pipProgressDialog", str(requirements), "Installing Python packages",
+                        {"overrideCursor": QtWidgets.QApplication.overrideCursor() is not None})
+    if pip_mode == "fail":
+        if progress_dialog:
+            slicer.util.errorDisplay(f"Failed to install Python packages: {requirements}",
+                                     detailedText="pip install exited with code 1")
+        raise subprocess.CalledProcessError(1, "pip install")
 
 
 def _pip_uninstall(requirements: Any, **kwargs: Any) -> None:
@@ -342,7 +406,7 @@ def _qt_classes() -> dict[str, Any]:
         applicationName = _const("Slicer")
         mainApplicationName = _const("Slicer")
         repositoryUrl = _const("https://github.com/Slicer/Slicer")
-        documentationBaseUrl = _const("https://slicer.readthedocs.io/en/5.12")
+        documentationBaseUrl = _const(f"https://slicer.readthedocs.io/en/{SLICER_VERSION[0]}.{SLICER_VERSION[1]}")
         isInstalled = _const(False)
         platform = _const(sys.platform)
         del _const
@@ -358,7 +422,7 @@ def _qt_classes() -> dict[str, Any]:
         slicerHome = pyqtProperty(str, _getSlicerHome)
 
         def moduleDocumentationUrl(self, moduleName: str) -> str:
-            return f"https://slicer.readthedocs.io/en/5.12/user_guide/modules/{moduleName.lower()}.html"
+            return f"{self.documentationBaseUrl}/user_guide/modules/{moduleName.lower()}.html"
 
         def translate(self, context: str, text: str) -> str:
             from PyQt5 import QtCore
@@ -368,7 +432,18 @@ def _qt_classes() -> dict[str, Any]:
         def processEvents(self, *args: Any) -> None:
             from PyQt5 import QtWidgets
 
+            _check_threads("processEvents")
             QtWidgets.QApplication.processEvents(*args)
+
+        def startupEnvironment(self) -> Any:
+            """As qSlicerCoreApplication::startupEnvironment: the environment from before the launcher set its
+            values (what ``slicer.util.startupEnvironment()`` reads), as a QProcessEnvironment."""
+            from PyQt5 import QtCore
+
+            env = QtCore.QProcessEnvironment()
+            for key, value in self._runtime["startupEnvironment"].items():
+                env.insert(key, value)
+            return env
 
         def mrmlScene(self) -> Any:
             return self._runtime["scene"]
@@ -432,7 +507,42 @@ def _qt_classes() -> dict[str, Any]:
 
         quit = exit
 
-    return {"FakeApp": FakeApp, "FakeModule": FakeModule, "FakeSliceWidget": FakeSliceWidget}
+    class FakeSequencesModule(FakeModule):
+        """FAKE of qSlicerSequencesModule (Slicer's ``qSlicerSequencesModule.h``): a new sequence browser node gets
+        no toolbar unless the importer calls ``showSequenceBrowser``; that shows the toolbar with the browser active
+        when ``autoShowToolBar`` is on (the default) and returns whether it did."""
+
+        def __init__(self, name: str, logic: Any = None, path: str = "") -> None:
+            super().__init__(name, logic, path)
+            self._toolBarVisible, self._autoShow, self.activeBrowserNode = False, True, None
+
+        def _getVisible(self) -> bool:
+            return self._toolBarVisible
+
+        def _setVisible(self, visible: bool) -> None:
+            self._toolBarVisible = bool(visible)
+
+        toolBarVisible = pyqtProperty(bool, _getVisible, _setVisible)
+
+        def _getAutoShow(self) -> bool:
+            return self._autoShow
+
+        def _setAutoShow(self, on: bool) -> None:
+            self._autoShow = bool(on)
+
+        autoShowToolBar = pyqtProperty(bool, _getAutoShow, _setAutoShow)
+
+        def isToolBarVisible(self) -> bool:
+            return self._toolBarVisible
+
+        def showSequenceBrowser(self, browserNode: Any) -> bool:
+            if browserNode is None or not self._autoShow:
+                return False
+            self._toolBarVisible, self.activeBrowserNode = True, browserNode
+            return True
+
+    return {"FakeApp": FakeApp, "FakeModule": FakeModule, "FakeSliceWidget": FakeSliceWidget,
+            "FakeSequencesModule": FakeSequencesModule}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -476,46 +586,94 @@ def load_module(path: str | os.PathLike[str]) -> types.ModuleType:
     return module
 
 
-def make_widget(name: str) -> Any:
-    """The Python ``<Name>Widget`` of a module loaded with ``load_module``, set up and entered,
-    as Slicer does when the module is first shown."""
+#: The module shown in the FAKE module panel (``show_module``), as ``{"name": ...}``.
+_shown: dict[str, str] = {}
+
+
+def show_module(name: str) -> Any:
+    """Select module ``name`` as Slicer's module panel does (Slicer ``Base/QTGUI/qSlicerModulePanel.cxx``,
+    v5.10.0 = v5.12.3: ``setModule`` l. 104-128, ``removeModule`` l. 203-240, ``addModule`` l. 131-200): nothing
+    when it is already shown; otherwise the shown module's panel is exited and hidden, then this module's panel is
+    built if needed (``widgetRepresentation()``: its ``setup()``), shown, and only then entered. Returns the
+    Python ``<Name>Widget``."""
     import slicer
 
-    return getattr(slicer.modules, name.lower()).widgetRepresentation().self()
+    module = getattr(slicer.modules, name.lower())
+    panel = module.widgetRepresentation()
+    if _shown.get("name") == module.name:
+        return panel.self()
+    hide_module()
+    panel.setVisible(True)
+    panel.enter()
+    _shown["name"] = module.name
+    return panel.self()
+
+
+def hide_module() -> None:
+    """Leave the shown module as selecting another one does: its panel's ``exit()``, then it is hidden."""
+    import slicer
+
+    name = _shown.pop("name", None)
+    if name is None:
+        return
+    panel = getattr(slicer.modules, name.lower()).widgetRepresentation()
+    panel.exit()
+    panel.setVisible(False)
+
+
+def make_widget(name: str) -> Any:
+    """The Python ``<Name>Widget`` of a module loaded with ``load_module``, shown in the module panel
+    (``show_module``): set up when first shown, entered each time it is shown, as in Slicer."""
+    return show_module(name)
 
 
 def _scripted_classes(FakeModule: type, qMRMLWidget: type) -> dict[str, type]:
     from PyQt5.QtCore import pyqtProperty
 
     class qSlicerScriptedLoadableModuleWidget(qMRMLWidget):
-        """FAKE of the C++ panel of a scripted module: holds the Python widget (``self()``)."""
+        """FAKE of the C++ panel of a scripted module: holds the Python widget (``self()``).
 
-        def __init__(self, widget_class: type) -> None:
+        As Slicer (v5.10.0 = v5.12.3): the constructor gives it a vertical layout and the Python
+        ``<Name>Widget(parent)`` is built and set as ``slicer.modules.<Name>Widget``
+        (``qSlicerScriptedLoadableModuleWidget.cxx`` l. 80-85, 170-183); ``setup()``, ``enter()`` and ``exit()``
+        call the Python methods of those names (l. 208-229) after the C++ base's: ``isEntered`` is true during
+        the Python ``enter()`` and false during ``exit()``; entering an entered panel or leaving one that is not
+        entered is a bug Slicer asserts against (``qSlicerAbstractModuleWidget.cxx`` l. 54-67): an error here.
+        """
+
+        def __init__(self, widget_class: type, name: str) -> None:
             import qt
             import slicer
 
             super().__init__()
             self.setLayout(qt.QVBoxLayout())
-            self.setMRMLScene(slicer.mrmlScene)
             self._entered = False
             self._python = widget_class(self)
-            self._python.setup()
-            self.enter()
+            setattr(slicer.modules, f"{name}Widget", self._python)
 
         def self(self) -> Any:
             return self._python
 
+        def setup(self) -> None:
+            self._python.setup()
+
         def enter(self) -> None:
             """As Slicer does when the module is shown: ``isEntered`` becomes true, then the Python ``enter()``."""
+            if self._entered:
+                raise RuntimeError("enter() on a module panel that is entered (Slicer asserts: "
+                                   "qSlicerAbstractModuleWidget.cxx l. 57)")
             self._entered = True
             if hasattr(self._python, "enter"):
                 self._python.enter()
 
         def exit(self) -> None:
-            """As Slicer does when another module is shown: the Python ``exit()``, then ``isEntered`` is false."""
+            """As Slicer does when another module is shown: ``isEntered`` becomes false, then the Python ``exit()``."""
+            if not self._entered:
+                raise RuntimeError("exit() on a module panel that is not entered (Slicer asserts: "
+                                   "qSlicerAbstractModuleWidget.cxx l. 65)")
+            self._entered = False
             if hasattr(self._python, "exit"):
                 self._python.exit()
-            self._entered = False
 
         def _isEntered(self) -> bool:
             return self._entered
@@ -532,15 +690,21 @@ def _scripted_classes(FakeModule: type, qMRMLWidget: type) -> dict[str, type]:
             self._instance, self._pymodule, self._panel = instance, module, None
 
         def widgetRepresentation(self) -> Any:
-            import slicer
-
+            """The panel, built on first use (Slicer ``qSlicerAbstractCoreModule.cxx`` l. 233-243)."""
             if self._panel is None:
-                self._panel = qSlicerScriptedLoadableModuleWidget(getattr(self._pymodule, f"{self.name}Widget"))
-                setattr(slicer.modules, f"{self.name}Widget", self._panel.self())
+                self._panel = self.createNewWidgetRepresentation()
             return self._panel
 
         def createNewWidgetRepresentation(self) -> Any:
-            return qSlicerScriptedLoadableModuleWidget(getattr(self._pymodule, f"{self.name}Widget"))
+            """A new panel, set up, then given the scene; not entered (``qSlicerAbstractCoreModule.cxx``
+            l. 246-281: ``setModule`` calls ``setup()``, ``qSlicerAbstractModuleRepresentation.cxx`` l. 79-85)."""
+            import slicer
+
+            panel = qSlicerScriptedLoadableModuleWidget(getattr(self._pymodule, f"{self.name}Widget"), self.name)
+            panel.setObjectName(f"{self.name}ModuleWidget")
+            panel.setup()
+            panel.setMRMLScene(slicer.mrmlScene)
+            return panel
 
         def logic(self) -> Any:
             panel = self._panel
@@ -640,8 +804,42 @@ def _module_logics(runtime: dict[str, Any]) -> dict[str, Any]:
     return logics
 
 
+#: Python threads other than the main one seen while the GUI processed events (PythonQt keeps the GIL while Qt
+#: processes events, so in Slicer such a thread would advance only while Python code runs): (where, thread names).
+thread_violations: list[tuple[str, list[str]]] = []
+
+
+def _check_threads(where: str) -> None:
+    import threading
+
+    others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if others:
+        thread_violations.append((where, others))
+
+
+def play_launcher(environ: Any = None) -> dict[str, str]:
+    """Give this process the environment Slicer's launcher gives every process it starts, and return the one from
+    before (``startupEnvironment``). From Slicer's ``SuperBuild/External_python.cmake`` and
+    ``CMake/SlicerBlockCTKAppLauncherSettings.cmake``: ``PYTHONHOME`` = Slicer's Python, ``PYTHONNOUSERSITE=1``,
+    ``PYTHONPATH`` = Slicer's own ``lib/Python`` folders (here: this interpreter's standard library and
+    site-packages), and the library path. A child started with ``os.environ`` as it is then loads this Python's
+    standard library and packages, as a child of Slicer loads Slicer's: another interpreter fails at start."""
+    import sysconfig
+
+    environ = os.environ if environ is None else environ
+    startup = dict(environ)
+    paths = sysconfig.get_paths()
+    python_path = [paths["stdlib"], paths["platstdlib"], paths["purelib"], paths["platlib"]]
+    environ["PYTHONHOME"] = sys.base_prefix
+    environ["PYTHONNOUSERSITE"] = "1"
+    environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*python_path, *filter(None, [startup.get("PYTHONPATH")])]))
+    library = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
+    environ[library] = os.pathsep.join(filter(None, [os.path.join(sys.base_prefix, "lib"), startup.get(library)]))
+    return startup
+
+
 def install(block_imports: tuple[str, ...] = ()) -> types.ModuleType:
-    """Make this process look like Slicer 5.12.3's Python (idempotent); returns ``slicer``.
+    """Make this process look like the Python of Slicer ``SLICER_VERSION`` (idempotent); returns ``slicer``.
 
     ``block_imports``: top-level packages the process must refuse (an ImportError on import),
     e.g. ``("torch", "monai", "skimage", "matplotlib")``; they must not be imported already.
@@ -661,7 +859,7 @@ def install(block_imports: tuple[str, ...] = ()) -> types.ModuleType:
     reason = missing_requirements()
     if reason:
         raise RuntimeError(reason)
-    shared = shared_slicer_python()
+    shared = slicer_layer()
     runtime_dir = str(Path(__file__).resolve().parent)
     if runtime_dir not in sys.path:
         sys.path.insert(0, runtime_dir)
@@ -692,23 +890,27 @@ def install(block_imports: tuple[str, ...] = ()) -> types.ModuleType:
     for name, cls in _scripted_classes(classes["FakeModule"], qmrml.qMRMLWidget).items():
         setattr(slicer, name, cls)
 
-    runtime: dict[str, Any] = {"tempdir": tempdir, "qapp": qapp}
+    runtime: dict[str, Any] = {"tempdir": tempdir, "qapp": qapp, "startupEnvironment": play_launcher()}
     _setup_scene(runtime, classes["FakeSliceWidget"])
     slicer.mrmlScene = runtime["scene"]
     slicer.app = classes["FakeApp"](runtime)
 
     sys.modules.setdefault("SlicerBaseLogicPython", _base_logic_module())
+    # Slicer's VTK-wrapped MRML library under its name inside Slicer (Slicer's own tests import it)
+    sys.modules.setdefault("MRMLCorePython", importlib.import_module("slicer_core.MRMLCore"))
     for name in SHARED_MODULES:
         _load_shared(name, shared)
     for name, function in dialogs.functions().items():
         setattr(slicer.util, name, function)
+    qt.modal_hook = dialogs.modal
     slicer.util.pip_install = _pip_install
     slicer.util.pip_uninstall = _pip_uninstall
     slicer.util.mainWindow = lambda: None
+    slicer.util.selectModule = lambda module: show_module(module if isinstance(module, str) else module.name)
 
     FakeModule = classes["FakeModule"]
     for key, logic in _module_logics(runtime).items():
-        module = FakeModule(key.capitalize(), logic)
+        module = (classes["FakeSequencesModule"] if key == "sequences" else FakeModule)(key.capitalize(), logic)
         module.setObjectName(key.capitalize())
         setattr(slicer.modules, key, module)
         setattr(slicer.moduleNames, key.capitalize(), key.capitalize())
