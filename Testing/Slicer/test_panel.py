@@ -214,6 +214,49 @@ def test_a_slicer_older_than_5_10_gets_one_message(module, monkeypatch):
     assert panel.self().logic is None
 
 
+def test_the_collapsed_sections_hide_their_settings_once_the_panel_is_shown(widget):
+    """Advanced and Log are collapsed in the ``.ui``: in Slicer (CTK) their contents are hidden once the panel is
+    shown, and come back when the user expands them (the old runtime left them visible)."""
+    for name in ("advancedCollapsibleButton", "logCollapsibleButton"):
+        section = getattr(widget.ui, name)
+        contents = [c for c in section.children() if hasattr(c, "isHidden")]
+        assert section.collapsed and contents and all(c.isHidden() for c in contents), name
+        section.collapsed = False
+        assert not any(c.isHidden() for c in contents), name
+        section.collapsed = True
+    assert widget.ui.noiseLevelSlider.singleStep == 1 and widget.ui.guidanceSlider.singleStep == 50  # as in the .ui
+
+
+def test_importing_a_bundle_goes_through_the_file_dialogs_without_a_wait_cursor(widget, tmp_path, monkeypatch):
+    """The folder dialog cancelled, then a .zip picked (PythonQt returns its path as a string, PyQt5 a tuple):
+    the bundle is imported into the models folder; a broken archive gives one error, not under the wait cursor."""
+    import shutil
+
+    monkeypatch.setenv("DA_MODELS_DIR", str(tmp_path / "models"))
+    archive = shutil.make_archive(str(tmp_path / "kidney"), "zip", REPO / "Resources" / "Models" / "kidney-demo")
+    slicer_runtime.dialogs.answers.extend(["", archive])
+    widget.ui.importBundleButton.click()
+    assert [s.kind for s in slicer_runtime.dialogs.shown] == ["getExistingDirectory", "getOpenFileName"]
+    (imported,) = (tmp_path / "models").iterdir()
+    assert (imported / "model.json").is_file() and widget.ui.statusLabel.text == f"Imported {imported}"
+
+    slicer_runtime.dialogs.reset()
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"not a zip")
+    slicer_runtime.dialogs.answers.extend(["", str(broken)])
+    widget.ui.importBundleButton.click()
+    (error,) = slicer_runtime.dialogs.texts("errorDisplay")
+    assert error.startswith("Could not import the model bundle.") and not slicer_runtime.dialogs.under_override_cursor()
+    # re-raised by tryWithErrorDisplay, as Slicer's module template does: PythonQt prints it in the Python console
+    assert [type(e).__name__ for e in slicer_runtime.slot_errors] == ["BundleError"]
+    slicer_runtime.slot_errors.clear()
+
+    slicer_runtime.dialogs.reset()
+    slicer_runtime.dialogs.answers.extend(["", ""])  # both cancelled: nothing happens
+    widget.ui.importBundleButton.click()
+    assert not slicer_runtime.dialogs.texts("errorDisplay") and sorted((tmp_path / "models").iterdir()) == [imported]
+
+
 # --- running ---------------------------------------------------------------------------------------------------------
 
 @needs_worker
