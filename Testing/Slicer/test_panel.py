@@ -349,6 +349,8 @@ def test_keeping_the_trajectory_puts_a_browsable_sequence_in_the_reconstruction_
     assert run.error is None and res is not None
     seq, browser, proxy = res.trajectory, res.browser, res.trajectory_proxy
     assert seq.GetNumberOfDataNodes() == 4 and browser.GetNumberOfItems() == 4  # every step of 4 (about 10 frames)
+    # the sequence browser toolbar shows this browser (a new browser node gets none unless the importer asks)
+    assert slicer.modules.sequences.toolBarVisible and slicer.modules.sequences.activeBrowserNode is browser
     scene = slicer.mrmlScene
     assert scene.GetNodeByID("vtkMRMLSliceCompositeNodeYellow").GetBackgroundVolumeID() == proxy.GetID()
     assert scene.GetNodeByID("vtkMRMLSliceCompositeNodeRed").GetBackgroundVolumeID() == pn.inputVolume.GetID()
@@ -456,3 +458,204 @@ def test_the_module_self_test_passes(module):
     slicer_runtime.make_widget("DiffusionAnomaly")  # an open panel must not disturb it
     module.DiffusionAnomalyTest().runTest()
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") >= 2
+
+
+# --- Slicer's launcher, the baseline before PyTorch, the offline self-test -------------------------------------------
+
+def _choose_baseline(widget) -> None:
+    from DiffusionAnomalyLib.slicer_module import panel
+
+    combo = widget.ui.bundleComboBox
+    labels = [combo.itemText(i) for i in range(combo.count)]
+    assert labels[-1] == panel.BASELINE_LABEL, labels
+    combo.setCurrentIndex(combo.count - 1)  # as the user picks it
+    assert widget._parameterNode.bundlePath == panel.BASELINE
+
+
+def test_slicer_is_started_by_a_launcher_that_sets_pythonhome():
+    """The runtime plays Slicer's launcher: this process carries the PYTHONHOME/PYTHONPATH a child inherits, and
+    slicer.util.startupEnvironment() (Slicer's own function) gives the environment from before it."""
+    import slicer
+
+    assert os.environ["PYTHONHOME"] == sys.base_prefix and os.environ["PYTHONNOUSERSITE"] == "1"
+    startup = slicer.util.startupEnvironment()
+    assert "PYTHONHOME" not in startup and startup.get("PATH") == os.environ.get("PATH")
+
+
+@needs_worker
+def test_a_worker_in_another_python_starts_in_slicers_startup_environment(widget, monkeypatch):
+    """Defect 1 of issue 34: a 3.11 "Python for the worker" given the launcher's 3.12 PYTHONHOME dies at start (the
+    package check then says everything is missing); with the startup environment it checks, runs and finishes."""
+    import subprocess
+
+    from DiffusionAnomalyLib.app import client as client_module
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def spy(args, *a, **kw):
+        started.append((list(args), dict(kw.get("env") or os.environ)))
+        return real_popen(args, *a, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    pn, _ = _case(widget, thresholdMode="fixed", threshold=0.05, **FAST)
+    assert widget.logic.ensureDependencies(pn, ask=False)  # the .venv has every package: nothing to install
+    assert not slicer_runtime.pip_installs and not slicer_runtime.dialogs.shown
+    widget.ui.applyButton.click()
+    widget.logic.wait(300)
+    run = widget.logic.runner.run
+    assert run.error is None and run.result_nodes is not None, (run.error, run.client.stderr_lines[-5:])
+    other = [env for args, env in started if args[0] == WORKER_PYTHON]
+    assert len(other) >= 2  # the package check and the worker
+    assert all("PYTHONHOME" not in env and env.get("PYTHONNOUSERSITE") != "1" for env in other)
+    assert client_module.WorkerClient  # (the worker was the real one)
+
+
+def test_the_median_baseline_runs_from_the_panel_without_torch(widget, tmp_path, monkeypatch):
+    """Works before anything is installed: the baseline on Slicer's own Python (this one, which cannot import torch,
+    scikit-image or matplotlib), with heatmap, lesion segments, table and compare layout, each labelled."""
+    import slicer
+
+    monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
+    pn, case = _case(widget, outputFolder=str(tmp_path))
+    _choose_baseline(widget)
+    assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip
+    t0 = time.monotonic()
+    widget.ui.applyButton.click()
+    widget.logic.wait(120)
+    elapsed = time.monotonic() - t0
+    assert not slicer_runtime.dialogs.shown and not slicer_runtime.pip_installs  # nothing asked, nothing installed
+    run = widget.logic.runner.run
+    assert run.error is None, run.error
+    res = run.result_nodes
+    assert "median baseline" in run.name and "median baseline" in widget.ui.statusLabel.text
+    for node in (res.reconstruction, res.heatmap, res.lesions):
+        assert "median baseline" in node.GetName()
+        assert node.GetAttribute("DiffusionAnomaly.reconstruction").startswith("non-neural median baseline")
+    assert widget._lesionRows and widget.ui.lesionTable.rowCount == len(widget._lesionRows)
+    assert slicer_runtime.runtime_objects()["layoutNode"].GetViewArrangement() == 5761
+    (kept,) = [p for p in tmp_path.iterdir() if (p / "run.json").is_file()]
+    assert not (kept / "overview.png").exists()  # the scene is the picture (and there is no matplotlib)
+    assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+    assert elapsed < 60, f"{elapsed:.1f} s"
+    from DiffusionAnomalyLib.slicer_module import selftest
+
+    assert not selftest.check(case, pn.inputVolume, res)  # it finds the phantom's lesion
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
+
+
+def test_a_second_apply_in_the_compare_layout_gives_the_users_views_back(widget, monkeypatch):
+    """Defect 4 of issue 34: the second run's compare view must not save the first's (axial, linked) views."""
+    import slicer
+    import vtk
+
+    monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
+    pn, _ = _case(widget)
+    _choose_baseline(widget)
+    scene = slicer.mrmlScene
+    yellow = scene.GetNodeByID("vtkMRMLSliceNodeYellow")
+    tilt = vtk.vtkTransform()
+    tilt.RotateX(20)
+    tilt.Concatenate(yellow.GetSliceToRAS())
+    yellow.GetSliceToRAS().DeepCopy(tilt.GetMatrix())
+    yellow.UpdateMatrices()
+    before = {n: slicer.util.arrayFromVTKMatrix(scene.GetNodeByID(f"vtkMRMLSliceNode{n}").GetSliceToRAS())[:3, :3]
+              for n in ("Red", "Yellow", "Green")}
+    layout = slicer_runtime.runtime_objects()["layoutNode"]
+    for _ in range(2):
+        widget.ui.applyButton.click()
+        widget.logic.wait(120)
+        assert widget.logic.runner.run.error is None and layout.GetViewArrangement() == 5761
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+    assert yellow.GetOrientation() == "Reformat"
+    assert scene.GetNodeByID("vtkMRMLSliceNodeGreen").GetOrientation() == "Coronal"
+    for name, matrix in before.items():
+        after = slicer.util.arrayFromVTKMatrix(scene.GetNodeByID(f"vtkMRMLSliceNode{name}").GetSliceToRAS())
+        np.testing.assert_allclose(after[:3, :3], matrix, atol=1e-9, err_msg=name)
+    comps = [scene.GetNodeByID(f"vtkMRMLSliceCompositeNode{n}") for n in ("Red", "Yellow", "Green")]
+    assert not any(c.GetLinkedControl() for c in comps)
+
+
+def test_a_failed_install_shows_one_dialog_and_no_wait_cursor_over_slicers(widget, monkeypatch):
+    """Slicer 5.12's pip_install shows a modal progress dialog and its own error dialog before it raises: the panel
+    adds no second dialog and keeps its wait cursor off Slicer's dialogs."""
+    import slicer
+
+    monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
+    _case(widget)  # the demo bundle, on Slicer's own Python (no torch here)
+    monkeypatch.setattr(slicer_runtime, "pip_mode", "fail")
+    slicer_runtime.dialogs.answers.append(True)  # the user accepts the install
+    widget.ui.applyButton.click()
+    assert slicer_runtime.pip_installs
+    errors = slicer_runtime.dialogs.texts("errorDisplay")
+    progress = [d for d in slicer_runtime.dialogs.shown if d.kind == "pipProgressDialog"]
+    if slicer_runtime.SLICER_VERSION >= (5, 12):
+        assert len(errors) == 1 and errors[0].startswith("Failed to install"), errors  # Slicer's, not a second
+        assert progress and not any(d.kwargs["overrideCursor"] for d in progress)
+    else:  # 5.10's pip_install shows nothing: the panel's own dialog, with the command to run by hand
+        assert len(errors) == 1 and "-m pip install" in errors[0], errors
+    assert not widget.logic.running and slicer.app.overrideCursor() is None
+
+
+def test_the_self_test_passes_offline_without_installing_anything(module, monkeypatch):
+    """Slicer's extension CI runs self-tests offline: with installs and network refused and no worker packages, the
+    self-test runs the baseline on Slicer's own Python in under 60 s and skips the model part with its reason."""
+    import logging
+    import socket
+
+    import slicer
+
+    def refuse(*args, **kwargs):
+        raise OSError("network refused in this test")
+
+    monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
+    monkeypatch.setattr(slicer_runtime, "pip_mode", "offline")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    logged = []
+    monkeypatch.setattr(logging, "info", lambda msg, *a, **k: logged.append(str(msg)))
+    slicer_runtime.make_widget("DiffusionAnomaly")
+    t0 = time.monotonic()
+    module.DiffusionAnomalyTest().runTest()
+    elapsed = time.monotonic() - t0
+    assert elapsed < 60, f"the self-test took {elapsed:.1f} s"
+    assert not slicer_runtime.pip_installs and not slicer_runtime.dialogs.texts("confirmOkCancelDisplay")
+    assert any("model part skipped" in m and "torch" in m for m in logged), logged
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2  # organs + baseline lesions
+
+
+@needs_worker
+def test_totalsegmentator_without_weights_offers_the_download_and_never_dead_ends(widget, monkeypatch, tmp_path):
+    """The package is there but its weights are not: the panel asks before downloading them with the worker's
+    interpreter (in its startup environment); declined, it names the exact command and the segmentation route.
+    The download itself is stood in for (no network here): it records the command and makes the weights folder."""
+    import slicer
+
+    from DiffusionAnomalyLib.app import dependencies
+
+    pn, _ = _case(widget, maskSource="totalsegmentator", **FAST)
+    weights = tmp_path / "weights"
+    monkeypatch.setitem(slicer.app._runtime["startupEnvironment"], "TOTALSEG_WEIGHTS_PATH", str(weights))
+    monkeypatch.setattr(dependencies, "missing_packages", lambda *a, **k: [])  # TotalSegmentator "installed"
+    slicer_runtime.dialogs.answers.append(False)
+    assert not widget.logic.ensureDependencies(pn)
+    (asked,) = slicer_runtime.dialogs.texts("confirmOkCancelDisplay")
+    assert "weights" in asked and str(weights) in asked
+    (error,) = slicer_runtime.dialogs.texts("errorDisplay")
+    assert "totalseg_download_weights" in error and "-t total_fast" in error and WORKER_PYTHON in error
+    assert "'segmentation'" in error
+    ran = []
+
+    def download(args, idle=None, env=None, what=""):
+        ran.append((args, env))
+        (weights / "Dataset297_TotalSegmentator_total_3mm_1559subj").mkdir(parents=True)
+
+    monkeypatch.setattr(dependencies, "run_logged", download)
+    slicer_runtime.dialogs.reset()
+    slicer_runtime.dialogs.answers.append(True)
+    assert widget.logic.ensureDependencies(pn)
+    ((args, env),) = ran
+    assert args[0] == WORKER_PYTHON and args[-2:] == ["-t", "total_fast"] and "PYTHONHOME" not in env
+    assert widget.logic.ensureDependencies(pn, ask=False)  # present now: nothing asked, nothing downloaded
+    assert len(ran) == 1
+    assert len(slicer_runtime.dialogs.texts("confirmOkCancelDisplay")) == 1
