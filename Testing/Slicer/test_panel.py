@@ -477,7 +477,12 @@ def test_slicer_is_started_by_a_launcher_that_sets_pythonhome():
     slicer.util.startupEnvironment() (Slicer's own function) gives the environment from before it."""
     import slicer
 
+    import subprocess
+
     assert os.environ["PYTHONHOME"] == sys.base_prefix and os.environ["PYTHONNOUSERSITE"] == "1"
+    # a child on Slicer's own Python keeps that environment and lacks what Slicer does not ship
+    probe = subprocess.run([sys.executable, "-c", "import matplotlib"], capture_output=True, text=True)
+    assert probe.returncode != 0 and "not shipped with Slicer" in probe.stderr
     startup = slicer.util.startupEnvironment()
     assert "PYTHONHOME" not in startup and startup.get("PATH") == os.environ.get("PATH")
 

@@ -817,13 +817,15 @@ def _check_threads(where: str) -> None:
         thread_violations.append((where, others))
 
 
-def play_launcher(environ: Any = None) -> dict[str, str]:
+def play_launcher(environ: Any = None, blocked: tuple[str, ...] = ()) -> dict[str, str]:
     """Give this process the environment Slicer's launcher gives every process it starts, and return the one from
     before (``startupEnvironment``). From Slicer's ``SuperBuild/External_python.cmake`` and
     ``CMake/SlicerBlockCTKAppLauncherSettings.cmake``: ``PYTHONHOME`` = Slicer's Python, ``PYTHONNOUSERSITE=1``,
     ``PYTHONPATH`` = Slicer's own ``lib/Python`` folders (here: this interpreter's standard library and
     site-packages), and the library path. A child started with ``os.environ`` as it is then loads this Python's
-    standard library and packages, as a child of Slicer loads Slicer's: another interpreter fails at start."""
+    standard library and packages, as a child of Slicer loads Slicer's: another interpreter fails at start.
+    ``blocked``: packages a child that keeps this environment refuses (``launcher_site/sitecustomize.py``), as a
+    stock Slicer's own Python does not have them."""
     import sysconfig
 
     environ = os.environ if environ is None else environ
@@ -832,7 +834,10 @@ def play_launcher(environ: Any = None) -> dict[str, str]:
     python_path = [paths["stdlib"], paths["platstdlib"], paths["purelib"], paths["platlib"]]
     environ["PYTHONHOME"] = sys.base_prefix
     environ["PYTHONNOUSERSITE"] = "1"
-    environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*python_path, *filter(None, [startup.get("PYTHONPATH")])]))
+    site = str(Path(__file__).resolve().parent / "launcher_site")
+    environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([site, *python_path,
+                                                           *filter(None, [startup.get("PYTHONPATH")])]))
+    environ["DA_SLICER_BLOCKED_IMPORTS"] = ",".join(blocked)
     library = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
     environ[library] = os.pathsep.join(filter(None, [os.path.join(sys.base_prefix, "lib"), startup.get(library)]))
     return startup
@@ -890,7 +895,8 @@ def install(block_imports: tuple[str, ...] = ()) -> types.ModuleType:
     for name, cls in _scripted_classes(classes["FakeModule"], qmrml.qMRMLWidget).items():
         setattr(slicer, name, cls)
 
-    runtime: dict[str, Any] = {"tempdir": tempdir, "qapp": qapp, "startupEnvironment": play_launcher()}
+    runtime: dict[str, Any] = {"tempdir": tempdir, "qapp": qapp, "startupEnvironment": play_launcher(
+        blocked=tuple(sorted(blocker.names)) if blocker else ())}
     _setup_scene(runtime, classes["FakeSliceWidget"])
     slicer.mrmlScene = runtime["scene"]
     slicer.app = classes["FakeApp"](runtime)
