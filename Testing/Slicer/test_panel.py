@@ -475,9 +475,9 @@ def _choose_baseline(widget) -> None:
 def test_slicer_is_started_by_a_launcher_that_sets_pythonhome():
     """The runtime plays Slicer's launcher: this process carries the PYTHONHOME/PYTHONPATH a child inherits, and
     slicer.util.startupEnvironment() (Slicer's own function) gives the environment from before it."""
-    import slicer
-
     import subprocess
+
+    import slicer
 
     assert os.environ["PYTHONHOME"] == sys.base_prefix and os.environ["PYTHONNOUSERSITE"] == "1"
     # a child on Slicer's own Python keeps that environment and lacks what Slicer does not ship
