@@ -58,8 +58,9 @@ def panel_after_run(worker: str, out: Path) -> None:
 
     pn = widget._parameterNode
     selftest.prepare(slicer.mrmlScene, pn)  # the phantom CT, its kidney segmentation, the demo bundle's settings
+    os.environ["DA_WORKER_PYTHON"] = worker  # the worker's Python, without showing a local path in the panel
     with slicer.util.NodeModify(pn.parameterNode):
-        pn.pythonExecutable, pn.device = worker, "cpu"
+        pn.device = "cpu"
     widget.ui.applyButton.click()
     widget.logic.wait(600)
     run = widget.logic.runner.run
