@@ -174,7 +174,7 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onImportBundle(self) -> None:
         path = panel.ask_bundle_path()  # the file dialogs: not under the wait cursor
-        with slicer.util.tryWithErrorDisplay("Could not import the model bundle.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay("Could not import the model bundle."):  # (the panel sets the cursor)
             dest = panel.import_bundle(path) if path else ""
             if dest:
                 self._bundles.organ = None  # read the list again

@@ -450,8 +450,10 @@ def import_bundle(source: str | os.PathLike, models_dir: str | os.PathLike, over
             raise BundleError(f"{src}: this bundle is already installed there")
         if dest.exists() and not overwrite and any(dest.iterdir()):
             check_output_dir(dest, option="the models folder", overwrite=True, command="import-bundle")
-            raise BundleExistsError(f"{dest}: a bundle {meta.name} {meta.version} is already installed; pass "
-                                    "--overwrite (import-bundle) to replace it")
+            exists = BundleExistsError(f"{dest}: a bundle {meta.name} {meta.version} is already installed; pass "
+                                       "--overwrite (import-bundle) to replace it")
+            exists.installed = dest  # for a front end that asks instead (the Slicer panel)
+            raise exists
         check_output_dir(dest, [src], option="the models folder", overwrite=True, command="import-bundle")
         with atomic_output_dir(dest, replace_previous=True) as stage:
             for f in folder.iterdir():

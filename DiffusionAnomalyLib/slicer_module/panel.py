@@ -203,10 +203,26 @@ def ask_bundle_path() -> str:
 
 
 def import_bundle(path: str) -> str:
-    """Check a bundle folder or .zip and copy it into the models folder; returns where it went."""
+    """Check a bundle folder or .zip and copy it into the models folder; returns where it went ("" when the user
+    keeps an installed bundle of the same name and version: asked first, never replaced silently). Sets the wait
+    cursor itself, never over the question."""
+    import slicer
+
+    from DiffusionAnomalyLib.errors import BundleExistsError
     from DiffusionAnomalyLib.models.bundle import default_models_dir, import_bundle
 
-    return str(import_bundle(path, default_models_dir()))
+    try:
+        with slicer.util.WaitCursor():
+            return str(import_bundle(path, default_models_dir()))
+    except BundleExistsError as exc:
+        installed = getattr(exc, "installed", "")
+    if not slicer.util.confirmOkCancelDisplay(
+            f"A bundle of the same name and version is already installed in {installed}. Replace it with the one in "
+            f"{path}? (Runs that used the installed one cannot be repeated exactly afterwards.)",
+            windowTitle="Diffusion Anomaly"):
+        return ""
+    with slicer.util.WaitCursor():
+        return str(import_bundle(path, default_models_dir(), overwrite=True))
 
 
 def models_folder() -> str:

@@ -240,6 +240,19 @@ def test_importing_a_bundle_goes_through_the_file_dialogs_without_a_wait_cursor(
     (imported,) = (tmp_path / "models").iterdir()
     assert (imported / "model.json").is_file() and widget.ui.statusLabel.text == f"Imported {imported}"
 
+    # the same bundle again: asked before the installed one is replaced; declined, it stays as it was
+    (imported / "note.txt").write_text("the user's")  # a stale file a replacement removes
+    for answer, kept in ((False, True), (True, False)):
+        slicer_runtime.dialogs.reset()
+        widget.ui.statusLabel.text = ""
+        slicer_runtime.dialogs.answers.extend(["", archive, answer])
+        widget.ui.importBundleButton.click()
+        (asked,) = slicer_runtime.dialogs.texts("confirmOkCancelDisplay")
+        assert "already installed" in asked and str(imported) in asked
+        assert (imported / "note.txt").exists() == kept and not slicer_runtime.dialogs.texts("errorDisplay")
+        assert not slicer_runtime.dialogs.under_override_cursor()
+        assert widget.ui.statusLabel.text == ("" if kept else f"Imported {imported}")
+
     slicer_runtime.dialogs.reset()
     broken = tmp_path / "broken.zip"
     broken.write_bytes(b"not a zip")
