@@ -25,6 +25,8 @@ from DiffusionAnomalyLib.settings import DEVICES
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
 #: ``RunRequest.bundle`` for the non-neural median baseline (no model; runs on Slicer's own Python, no PyTorch).
 BASELINE = "median-baseline"
+#: The run settings the baseline uses (its post-processing); the panel's sampler settings do not apply to it.
+BASELINE_SETTINGS = ("threshold", "min_lesion_ml", "grow_to")
 
 
 def worker_environment(own: bool) -> dict[str, str]:
@@ -129,7 +131,8 @@ class RunRequest:
         if self.baseline:
             from DiffusionAnomalyLib.detection.presets import get_preset
 
-            return RunSettings.resolve({}, get_preset(self.organ), **self.settings)
+            used = {k: v for k, v in self.settings.items() if k in BASELINE_SETTINGS}  # no sampler: the rest is moot
+            return RunSettings.resolve({}, get_preset(self.organ), **used)
         meta = cached_meta(self.bundle)
         return RunSettings.resolve(meta.recommended, meta.preset(), **self.settings)
 

@@ -677,3 +677,16 @@ def test_totalsegmentator_without_weights_offers_the_download_and_never_dead_end
     assert widget.logic.ensureDependencies(pn, ask=False)  # present now: nothing asked, nothing downloaded
     assert len(ran) == 1
     assert len(slicer_runtime.dialogs.texts("confirmOkCancelDisplay")) == 1
+
+
+def test_the_baseline_ignores_the_samplers_settings_but_not_its_threshold(widget, monkeypatch):
+    monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
+    pn, _ = _case(widget, steps=300, noiseLevel=250)  # steps above L: a model run is refused
+    widget.updateGUI()
+    assert not widget.ui.applyButton.enabled and "Steps must be" in widget.ui.applyButton.toolTip
+    _choose_baseline(widget)
+    widget.updateGUI()
+    assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip  # the baseline has no sampler
+    pn.thresholdMode, pn.threshold = "fixed", 0.0
+    widget.updateGUI()
+    assert not widget.ui.applyButton.enabled and "threshold" in widget.ui.applyButton.toolTip
