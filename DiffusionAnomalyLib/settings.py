@@ -26,6 +26,8 @@ MAX_NOISE_LEVEL = 999
 #: Upper bounds of the settings that multiply the work (one typo must not mean hours of CPU): averaged
 #: reconstructions, RePaint resampling jumps, the median filter's size in voxels.
 MAX_SAMPLES = 64
+#: The environment variable that raises MAX_SAMPLES, for the GPU check's deliberately oversized run only.
+MAX_SAMPLES_ENV = "DA_MAX_SAMPLES"
 MAX_RESAMPLE_JUMPS = 20
 MAX_MEDIAN_FILTER = 15
 #: Below this validation AUC (at the level nearest the sampler's start) a classifier barely tells healthy from
@@ -33,6 +35,15 @@ MAX_MEDIAN_FILTER = 15
 WEAK_CLASSIFIER_AUC = 0.7
 #: Frames of a trajectory the Slicer panel keeps ("Keep the denoising trajectory"): about this many.
 PANEL_TRAJECTORY_FRAMES = 10
+
+
+def max_samples() -> int:
+    """:data:`MAX_SAMPLES`, or ``$DA_MAX_SAMPLES`` when set to a larger whole number (``bench --gpu-check``
+    provokes an out-of-memory run with 200,000 samples)."""
+    import os
+
+    text = os.environ.get(MAX_SAMPLES_ENV, "")
+    return max(MAX_SAMPLES, int(text)) if text.isdigit() and len(text) < 10 else MAX_SAMPLES
 
 
 def trajectory_every_for(steps: int, frames: int = PANEL_TRAJECTORY_FRAMES) -> int:
@@ -177,8 +188,8 @@ class RunSettings:
             out.append(f"resample jumps must be in 1..{MAX_RESAMPLE_JUMPS} (got {self.resample_jumps})")
         if self.reference not in REFERENCES:
             out.append(f"unknown map reference {self.reference!r}; choose one of {', '.join(REFERENCES)}")
-        if not 1 <= self.samples <= MAX_SAMPLES:
-            out.append(f"samples must be in 1..{MAX_SAMPLES} (got {self.samples})")
+        if not 1 <= self.samples <= max_samples():
+            out.append(f"samples must be in 1..{max_samples()} (got {self.samples})")
         if not 0 <= self.median_filter <= MAX_MEDIAN_FILTER:
             out.append(f"the median filter must be 0..{MAX_MEDIAN_FILTER} voxels (got {self.median_filter})")
         if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):

@@ -256,11 +256,18 @@ def _dataset_setup(args: argparse.Namespace):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, score_dataset, write_report
 
-    ranks, model, cases = _dataset_setup(args)
     out = Path(args.out)
+    existed = out.exists()
+    ranks, model, cases = _dataset_setup(args)
     key = model.maps_key()
     maps = out / "maps" / key
-    compute_maps(cases, model.make_reconstructor(model.settings), model.preset, maps, ranks.rank, ranks.world)
+    try:
+        compute_maps(cases, model.make_reconstructor(model.settings), model.preset, maps, ranks.rank, ranks.world)
+    except BaseException:  # a failure before any map leaves no empty folders (they would read as a result)
+        for d in (maps, maps.parent, *(() if existed else (out,))):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     ranks.barrier()
     beside = None
     if model.settings is not None and not args.no_baseline:  # a bundle: the baseline on the same cases

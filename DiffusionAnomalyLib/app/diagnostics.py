@@ -93,7 +93,12 @@ def provoke_out_of_memory(device: str, timeout_s: float = 240, memory_limit_gb: 
 
             def cap() -> None:
                 limit_memory(memory_limit_gb)
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, preexec_fn=cap)
+        import os
+
+        from DiffusionAnomalyLib.settings import MAX_SAMPLES_ENV
+
+        env = {**os.environ, MAX_SAMPLES_ENV: str(OOM_SAMPLES)}  # above the bound every user run has
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, preexec_fn=cap, env=env)
     last = (proc.stderr.strip().splitlines() or [""])[-1]
     return {"samples": OOM_SAMPLES, "exit_code": proc.returncode, "stderr_last_line": last[:400],
             "seconds": round(time.perf_counter() - t0, 1),

@@ -1208,3 +1208,17 @@ def test_work_multipliers_are_bounded(inputs, tmp_path, capsys, option, value, p
     rc, _, err = _run_bundle(inputs, DEMO, tmp_path, capsys, "--sampler", "inpaint", option, value)
     _expect(rc, err, 2, pattern)
     assert not (tmp_path / "out").exists()
+
+
+# ---- class 7: nothing left behind ------------------------------------------------------------------------------------
+
+def test_a_failed_evaluate_leaves_no_empty_maps_folder(inputs, tmp_path, capsys, monkeypatch):
+    data = _dataset(tmp_path, inputs)
+
+    def boom(self, x, mask, spacing):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr("DiffusionAnomalyLib.detection.baseline.MedianBaseline.reconstruct", boom)
+    rc, _, err = _run(["evaluate", "--data", data, "--baseline", "--organ", "kidney", "--out", tmp_path / "ev"], capsys)
+    _expect(rc, err, 4, r"out of memory \(MemoryError: simulated\)")
+    assert not (tmp_path / "ev").exists()

@@ -378,7 +378,7 @@ def test_sweep_varies_the_map_options_and_recommends_the_best(dataset, tiny_bund
     assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "sw2"),
                  "--samples-values", "4", "0", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "--samples-values" in err and "samples must be >= 1 (got 0)" in err
+    assert "--samples-values" in err and "samples must be in 1..64 (got 0)" in err
     assert not (tmp_path / "sw2" / "maps").exists()
 
 
@@ -427,7 +427,8 @@ def test_operating_point_under_a_false_positive_budget():
 
 def test_batch_writes_every_case_and_an_index(dataset, tmp_path):
     out = tmp_path / "batch"
-    assert main(["batch", "--data", str(dataset), "--baseline", "--organ", "kidney", "--out", str(out)]) == 0
+    # a case failed: exit 2 (issue 35), the others' results and the index written
+    assert main(["batch", "--data", str(dataset), "--baseline", "--organ", "kidney", "--out", str(out)]) == 2
     with open(out / "index.csv") as f:
         rows = {r["case"]: r for r in csv.DictReader(f)}
     for c in ("kidney-00011", "kidney-00012", "kidney-00013", "nolabels", "othergrid"):

@@ -182,7 +182,7 @@ def test_run_request_resolves_the_panel_values_over_the_bundle(tiny_bundle):
                  threshold=0.2).run_settings()
     assert (s.reference, s.samples, s.median_filter, s.threshold) == ("autoencoder", 4, 5, 0.2)
     bad = " ".join(_request(tiny_bundle, reference="blur", samples=0, median_filter=-1).problems())
-    for part in ("Unknown map reference 'blur'", "Samples must be >= 1 (got 0)", "must be >= 0 voxels (got -1)"):
+    for part in ("Unknown map reference 'blur'", "Samples must be in 1..64 (got 0)", "must be 0..15 voxels (got -1)"):
         assert part in bad
 
 

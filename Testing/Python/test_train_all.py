@@ -89,6 +89,9 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     # a changed stage setting is refused, naming the stage and how to redo it
     assert main([*argv, "--denoiser-iterations", "4"]) == 2
     assert "--from-stage denoiser" in capsys.readouterr().err
+    # --from-stage bundle applies a new name and version (they were ignored: issue 35)
+    assert main([*argv, "--from-stage", "bundle", "--name", "renamed", "--version", "9.9.9"]) == 0
+    assert (read_meta(out).name, read_meta(out).version) == ("renamed", "9.9.9")
 
 
 def _to_kits(case, dest):
