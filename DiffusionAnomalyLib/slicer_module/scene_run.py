@@ -98,8 +98,6 @@ class RunRequest:
         threshold = self.settings.get("threshold")
         if isinstance(threshold, str) and threshold not in ("bundle", "otsu"):
             out.append(f"Unknown threshold {threshold!r}: a number, 'otsu' or 'bundle'.")
-        elif threshold is not None and not isinstance(threshold, str) and not threshold > 0:
-            out.append("A fixed threshold must be > 0.")  # 0 would mark the whole organ
         if self.mask_source not in MASK_SOURCES:
             out.append(f"Unknown organ-mask source {self.mask_source!r}.")
         if self.mask_source == "none" and self.organ != "brain":

@@ -32,7 +32,7 @@ ALLOWED = {
     "evaluation": {"imaging", "detection", "models"},
     "synthetic": {"imaging", "detection"},
     "app": {"imaging", "detection", "models", "training", "evaluation", "synthetic", "slicer_module"},
-    "slicer_module": {"imaging", "models", "app", "synthetic"},
+    "slicer_module": {"imaging", "models", "app", "synthetic", "detection"},  # presets (the baseline's organ)
 }
 SHARED_ALLOWED = {"imaging", "detection", "models"}  # settings resolves presets, sampler and post-processing lazily
 

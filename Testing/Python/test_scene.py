@@ -165,10 +165,11 @@ def test_run_request_problems_and_worker_arguments(tiny_bundle, tmp_path):
     # a bundle for another organ, nonsense settings, a mask-less kidney: each named
     liver = _request(tiny_bundle, organ="liver")
     assert any("is for the kidney, not the liver" in p for p in liver.problems())
-    bad = _request(tiny_bundle, noise_level=0, steps=0, guidance=-1, threshold_mode="fixed", mask_source="none")
+    bad = _request(tiny_bundle, noise_level=0, steps=0, guidance=-1, threshold_mode="fixed", threshold=-0.5,
+                   mask_source="none")
     text = " ".join(bad.problems())
     for part in ("between 1 and 999", "Guidance strength must be a finite number >= 0",
-                 "A fixed threshold must be > 0", "needs an organ mask"):
+                 "fixed threshold must be a finite number >= 0", "needs an organ mask"):
         assert part in text
     assert any("No model bundle" in p for p in _request("").problems())
     with pytest.raises(InputError, match="No organ mask"):

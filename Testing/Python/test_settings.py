@@ -182,7 +182,8 @@ def test_a_panel_request_resolves_like_the_command_line(tiny_bundle):
 
     pn = SimpleNamespace(organ="kidney", bundlePath=str(tiny_bundle), maskSource="segmentation", sampler="ddim",
                          noiseLevel=40, steps=4, guidance=0.0, seed=3, reference="bundle", samples=0,
-                         medianFilter=-1, device="cpu", thresholdMode="fixed", threshold=0.2, keepTrajectory=False)
+                         medianFilter=-1, device="cpu", thresholdMode="fixed", threshold=0.2, keepTrajectory=False,
+                         pythonExecutable="")
     panel = request_from_parameters(pn, "").run_settings()
     meta = read_meta(tiny_bundle)
     cli = run_settings(build_parser().parse_args(
