@@ -14,8 +14,9 @@ from PyQt5 import QtWidgets, sip
 from PyQt5.QtCore import pyqtProperty, pyqtSignal, pyqtSlot
 
 
-class qMRMLWidget(QtWidgets.QWidget):
-    """FAKE of qMRMLWidget: a QWidget holding a scene; ``setMRMLScene`` emits ``mrmlSceneChanged``."""
+class _SceneWidget(QtWidgets.QWidget):
+    """A QWidget holding a scene; ``setMRMLScene`` emits ``mrmlSceneChanged`` (what qMRMLWidget and qSlicerWidget
+    share; neither derives from the other in Slicer)."""
 
     mrmlSceneChanged = pyqtSignal(object)
 
@@ -32,6 +33,10 @@ class qMRMLWidget(QtWidgets.QWidget):
 
     def mrmlScene(self) -> Any:
         return self._scene
+
+
+class qMRMLWidget(_SceneWidget):
+    """FAKE of qMRMLWidget: a QWidget holding a scene; ``setMRMLScene`` emits ``mrmlSceneChanged``."""
 
     @staticmethod
     def preInitializeApplication() -> None:
@@ -42,26 +47,10 @@ class qMRMLWidget(QtWidgets.QWidget):
         """FAKE: nothing to initialise."""
 
 
-class qSlicerWidget(QtWidgets.QWidget):
+class qSlicerWidget(_SceneWidget):
     """FAKE of qSlicerWidget (a QWidget and a qSlicerObject, not a qMRMLWidget): holds a scene; ``setMRMLScene``
     emits ``mrmlSceneChanged``. Slicer's ``parameterNodeWrapper/guiCreation.py`` builds the GUI of a parameter
     pack or wrapper in one."""
-
-    mrmlSceneChanged = pyqtSignal(object)
-
-    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._scene = None
-
-    @pyqtSlot(object)
-    def setMRMLScene(self, scene: Any) -> None:
-        if scene is self._scene:
-            return
-        self._scene = scene
-        self.mrmlSceneChanged.emit(scene)
-
-    def mrmlScene(self) -> Any:
-        return self._scene
 
 
 _EXTRA = "extra"  # a "Create new / Delete current / Rename current" row at the end of the list
