@@ -23,8 +23,9 @@ from DiffusionAnomalyLib.settings import (
     options,
     trajectory_every_for,
 )
-from DiffusionAnomalyLib.slicer_module.scene_run import (
+from DiffusionAnomalyLib.slicer_module.scene_run import (  # MASK_SOURCES: the module's mask-source choice
     BASELINE,
+    MASK_SOURCES,  # noqa: F401
     RunRequest,
     SceneRun,
     cached_meta,
@@ -33,7 +34,6 @@ from DiffusionAnomalyLib.slicer_module.scene_run import (
 )
 
 MINIMUM_SLICER = (5, 10)
-MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
 #: The bundle list's last entry: no model, the non-neural median baseline, run on Slicer's own Python.
 BASELINE_LABEL = "No model: median baseline (non-neural, needs no PyTorch)"
 BASELINE_SUMMARY = ("The non-neural median baseline: an organ-restricted median filter stands in for the healthy "
