@@ -261,9 +261,7 @@ class RunSettings:
         values = check_values(data, source)
         try:
             return cls(**values)
-        except InputError as exc:
-            raise InputError(f"{source}: {exc}") from None
-        except TypeError as exc:
+        except (InputError, TypeError) as exc:
             raise InputError(f"{source}: {exc}") from None
 
 

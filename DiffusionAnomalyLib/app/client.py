@@ -102,7 +102,10 @@ class WorkerClient:
             self._pending[name] = rest
             for raw in lines:
                 line = raw.decode("utf-8", errors="replace")
-                self._line_out(line) if name == "stdout" else self.stderr_lines.append(line.rstrip("\r"))
+                if name == "stdout":
+                    self._line_out(line)
+                else:
+                    self.stderr_lines.append(line.rstrip("\r"))
 
     def _line_out(self, line: str) -> None:
         line = line.strip()

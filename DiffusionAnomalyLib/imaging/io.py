@@ -594,7 +594,10 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[Exce
 def parse_json(raw: bytes | str, where: str, error: type[Exception] = InputError,
                max_depth: int = JSON_MAX_DEPTH) -> object:
     """``json.loads`` with the limits of :func:`read_json`; ``where`` starts the message."""
-    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise error(f"{where} is not valid JSON (not UTF-8: {exc})") from None
     depth = deepest = 0
     in_string = escaped = False
     for ch in text:  # the nesting depth before parsing: json would recurse (RecursionError) on deep input
@@ -778,7 +781,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     p = Path(path)
     tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", newline="")  # as given (a CSV's \r\n stays \r\n everywhere)
         os.replace(tmp, p)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -159,10 +159,7 @@ def read_meta(folder: str | os.PathLike) -> BundleMeta:
     if not p.is_file():
         raise BundleError(f"{folder}: not a model bundle (no model.json)")
     check_inside(Path(folder), p)
-    try:
-        data = read_json(p, "model.json", BundleError)
-    except UnicodeDecodeError as exc:
-        raise BundleError(f"{p}: not valid JSON ({exc})") from None
+    data = read_json(p, "model.json", BundleError)
     if not isinstance(data, dict):
         raise BundleError(f"{p}: not a model.json (a JSON object is expected)")
     try:
@@ -266,10 +263,7 @@ def verify_manifest(folder: Path, meta: BundleMeta, manifest: str | os.PathLike 
     """If the manifest lists this bundle (name and version), its SHA-256 must match."""
     if manifest is None or not Path(manifest).exists():
         return
-    try:
-        entries = read_manifest(manifest)["bundles"]
-    except UnicodeDecodeError as exc:
-        raise BundleError(f"{manifest}: the bundle manifest is not valid ({exc})") from None
+    entries = read_manifest(manifest)["bundles"]
     for e in entries:
         if e.get("name") == meta.name and str(e.get("version")) == str(meta.version):
             digest = bundle_digest(folder)

@@ -101,10 +101,13 @@ def worker_python(pn) -> tuple[str, bool]:
     Slicer's startup environment (:func:`~DiffusionAnomalyLib.slicer_module.scene_run.worker_environment`)."""
     from DiffusionAnomalyLib.app.dependencies import slicer_python
 
-    if pn.bundlePath == BASELINE:
-        return slicer_python(), True
-    other = pn.pythonExecutable or os.environ.get("DA_WORKER_PYTHON", "")
+    other = _other_python(pn)
     return (other, False) if other else (slicer_python(), True)
+
+
+def _other_python(pn) -> str:
+    """The worker's interpreter when it is not Slicer's own ("" when it is): no file-system look-up."""
+    return "" if pn.bundlePath == BASELINE else pn.pythonExecutable or os.environ.get("DA_WORKER_PYTHON", "")
 
 
 def wait_for(done: Callable[[], bool], process_events: Callable[[], None], timeout_s: float,
@@ -134,7 +137,7 @@ def request_from_parameters(pn, python: str) -> RunRequest:
     # "Keep the denoising trajectory": about PANEL_TRAJECTORY_FRAMES frames of the run's steps
     settings["trajectory_every"] = trajectory_every_for(int(pn.steps)) if pn.keepTrajectory else 0
     return RunRequest(organ=pn.organ, bundle=pn.bundlePath, settings=settings, mask_source=pn.maskSource,
-                      python=python, own_python=worker_python(pn)[1])
+                      python=python, own_python=not _other_python(pn))
 
 
 def parameter_problems(pn, python: str) -> list[str]:

@@ -649,8 +649,9 @@ def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_le
     """
     out = Path(out_dir)
     earlier = sorted(d for d in out.iterdir() if d.is_dir() and (d / "case.json").is_file()) if out.is_dir() else []
+    infos = {d.name: json.loads((d / "case.json").read_text()) for d in earlier}
     for d in earlier:
-        info = json.loads((d / "case.json").read_text())
+        info = infos[d.name]
         if info.get("organ") != organ:
             raise InputError(f"{out}: holds the {info.get('organ')} phantom case {d.name}; a dataset has one organ: "
                              f"write the {organ} cases to another folder")
@@ -660,6 +661,7 @@ def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_le
         if not (skip_existing and done.is_file()):
             case = make_phantom(organ, seed, n_lesions, **({"variety": True} if variety else {}))
             write_phantom(case, out / case.case_id)
+            infos.pop(case.case_id, None)  # written anew: read below
         ids.append(case_name(organ, seed, variety))
     if replace:
         for d in earlier:
@@ -669,7 +671,7 @@ def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_le
         ids += [d.name for d in earlier if d.name not in ids]
     rows, reports = [], []
     for case_id in ids:
-        info = json.loads((out / case_id / "case.json").read_text())
+        info = infos.get(case_id) or json.loads((out / case_id / "case.json").read_text())
         labels, lesions = info["structure_labels"], info["lesions"]
         for structure, label in labels.items():
             side = structure.split("_")[-1] if structure.startswith("kidney_") else ""

@@ -505,8 +505,6 @@ def test_a_worker_in_another_python_starts_in_slicers_startup_environment(widget
     package check then says everything is missing); with the startup environment it checks, runs and finishes."""
     import subprocess
 
-    from DiffusionAnomalyLib.app import client as client_module
-
     started = []
     real_popen = subprocess.Popen
 
@@ -525,7 +523,6 @@ def test_a_worker_in_another_python_starts_in_slicers_startup_environment(widget
     other = [env for args, env in started if args[0] == WORKER_PYTHON]
     assert len(other) >= 2  # the package check and the worker
     assert all("PYTHONHOME" not in env and env.get("PYTHONNOUSERSITE") != "1" for env in other)
-    assert client_module.WorkerClient  # (the worker was the real one)
 
 
 def test_the_median_baseline_runs_from_the_panel_without_torch(widget, tmp_path, monkeypatch):
