@@ -323,7 +323,7 @@ def read_settings_file(path) -> tuple[dict[str, Any], str | None]:
     ``run.json`` records it; None for a plain settings object). The file is either the ``run.json`` of an earlier
     run (its ``parameters.settings``: every field) or a settings object with some or all of the fields of
     :meth:`RunSettings.to_dict`; the fields it leaves out stay the bundle's recommendations."""
-    from DiffusionAnomalyLib.imaging.io import read_json
+    from DiffusionAnomalyLib.imaging.outputs import read_json
 
     data = read_json(path, "settings file")
     organ = None

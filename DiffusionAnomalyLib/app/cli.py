@@ -33,7 +33,7 @@ def _print_table(table) -> None:
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
-    from DiffusionAnomalyLib.imaging.io import check_output_dir
+    from DiffusionAnomalyLib.imaging.outputs import check_output_dir
     from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_dataset, write_phantom
 
     variety = {"variety": True} if args.variety else {}
@@ -195,7 +195,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from DiffusionAnomalyLib.app.job import demo_job_args, run_job
     from DiffusionAnomalyLib.evaluation.metrics import dice, match_lesions
-    from DiffusionAnomalyLib.imaging.io import check_output_dir, read_volume
+    from DiffusionAnomalyLib.imaging.io import read_volume
+    from DiffusionAnomalyLib.imaging.outputs import check_output_dir
     from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_phantom
 
     t0 = time.perf_counter()
@@ -233,7 +234,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _dataset_setup(args: argparse.Namespace):
     from DiffusionAnomalyLib.evaluation.batch import Ranks, load_model
     from DiffusionAnomalyLib.evaluation.datasets import discover_cases
-    from DiffusionAnomalyLib.imaging.io import check_output_dir
+    from DiffusionAnomalyLib.imaging.outputs import check_output_dir
     from DiffusionAnomalyLib.models.device import select_device
 
     if not Path(args.data).is_dir():
@@ -313,7 +314,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.write_bundle:
         if not args.bundle:
             raise InputError("--write-bundle needs --bundle (the baseline has no settings to calibrate)")
-        from DiffusionAnomalyLib.imaging.io import check_output_dir
+        from DiffusionAnomalyLib.imaging.outputs import check_output_dir
 
         check_output_dir(args.write_bundle, [args.data, args.bundle, args.out], overwrite=args.overwrite,
                          option="--write-bundle", command="write-bundle")
@@ -428,7 +429,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from DiffusionAnomalyLib.app.diagnostics import demo_case_agreement
     from DiffusionAnomalyLib.evaluation.bench import run_bench
-    from DiffusionAnomalyLib.imaging.io import check_output_file, write_text_atomic
+    from DiffusionAnomalyLib.imaging.outputs import check_output_file, write_text_atomic
 
     if args.out:
         check_output_file(args.out, overwrite=args.overwrite, command="bench")
@@ -457,7 +458,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from DiffusionAnomalyLib.imaging.io import check_name, check_output_dir
+    from DiffusionAnomalyLib.imaging.outputs import check_name, check_output_dir
 
     if args.part != "all":  # a single stage: its --out is new, empty or its own earlier bundle
         check_output_dir(args.out, [args.data, getattr(args, "bundle", None)], overwrite=args.overwrite,
@@ -526,7 +527,7 @@ def _cmd_import_bundle(args: argparse.Namespace) -> int:
 
 
 def _cmd_pseudo_labels(args: argparse.Namespace) -> int:
-    from DiffusionAnomalyLib.imaging.io import check_output_file
+    from DiffusionAnomalyLib.imaging.outputs import check_output_file
     from DiffusionAnomalyLib.synthetic.reports import label_reports_csv
 
     check_output_file(args.out, [args.reports], overwrite=args.overwrite, command="pseudo-labels")

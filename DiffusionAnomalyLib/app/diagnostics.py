@@ -112,7 +112,7 @@ def gpu_check(out: str | None = None) -> int:
     ended as documented, 1 otherwise; without CUDA prints a 'skipped' report and returns 0."""
     import json
 
-    from DiffusionAnomalyLib.imaging.io import write_text_atomic
+    from DiffusionAnomalyLib.imaging.outputs import write_text_atomic
 
     if not torch.cuda.is_available():
         report: dict = {"gpu_check": "skipped", "reason": "no CUDA GPU available to PyTorch (CPU build, no driver or "

@@ -64,7 +64,7 @@ def input_paths(args: argparse.Namespace) -> list[str]:
 
 def check_job_arguments(args: argparse.Namespace) -> None:
     """What can be checked before any work: options that only make sense together, and the output folder."""
-    from DiffusionAnomalyLib.imaging.io import check_output_dir
+    from DiffusionAnomalyLib.imaging.outputs import check_output_dir
 
     if getattr(args, "mask_label", None) is not None and not args.mask:
         other = "--totalseg" if getattr(args, "totalseg", None) else (

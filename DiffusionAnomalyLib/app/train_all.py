@@ -363,7 +363,8 @@ def prepare_case(case: RawCase, preset: OrganPreset, dest: Path, totalseg: Path 
     """Write ``dest`` in the phantom layout (images linked, masks and lesions written); returns per structure
     {"lesion_voxels": n} (``None`` values when the case has no lesion labels). ``dest/prepared.json`` marks it
     done (a rerun reads it back)."""
-    from DiffusionAnomalyLib.imaging.io import atomic_output_dir, write_volume
+    from DiffusionAnomalyLib.imaging.io import write_volume
+    from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
 
     done = dest / "prepared.json"
     if done.is_file():
@@ -890,7 +891,7 @@ def check_plan(plan: TrainAllPlan) -> None:
     """Everything that can be checked before hours of training: the bundle's name and version (one folder name
     each), ``--out`` and its work folder (new, empty or this command's own, never a user's folder or inside the
     data), and ``--install`` (a writable models folder, a valid manifest, ``<name>/`` absent or a bundle)."""
-    from DiffusionAnomalyLib.imaging.io import check_name, check_output_dir
+    from DiffusionAnomalyLib.imaging.outputs import check_name, check_output_dir
     from DiffusionAnomalyLib.models.bundle import check_install
 
     name = check_name(bundle_name(plan), "--name")
@@ -908,7 +909,7 @@ def check_plan(plan: TrainAllPlan) -> None:
 def train_all(plan: TrainAllPlan, dry_run: bool = False, from_stage: str | None = None,
               progress: Callable[[str], None] = logger.info) -> Path | None:
     """Run (or, with ``dry_run``, check and estimate) every stage; returns the bundle folder."""
-    from DiffusionAnomalyLib.imaging.io import atomic_output_dir
+    from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
     from DiffusionAnomalyLib.models.bundle import read_meta
     from DiffusionAnomalyLib.models.modelcard import render
     from DiffusionAnomalyLib.training.common import select_device

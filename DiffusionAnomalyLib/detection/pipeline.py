@@ -50,15 +50,9 @@ from DiffusionAnomalyLib.detection.roi import (
     plan_patch,
 )
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.imaging.io import (
-    array_to_image,
-    atomic_output_dir,
-    check_output_dir,
-    geometry,
-    require_same_grid,
-    write_volume,
-)
+from DiffusionAnomalyLib.imaging.io import array_to_image, geometry, require_same_grid, write_volume
 from DiffusionAnomalyLib.imaging.masks import MaskSet
+from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir, check_output_dir
 from DiffusionAnomalyLib.imaging.segfile import write_seg_nrrd
 
 #: Width (mm) over which a ROI's change to the reconstruction fades into the input at its faces (at least
@@ -328,7 +322,7 @@ def write_outputs(result: CaseResult, out_dir: str | Path, preset: OrganPreset, 
 
     ``out_dir`` must not hold any of ``input_paths`` (default: ``inputs["images"]``); an earlier result or other
     files there are refused unless ``overwrite``, which replaces the whole earlier result set
-    (:func:`~DiffusionAnomalyLib.imaging.io.check_output_dir`).
+    (:func:`~DiffusionAnomalyLib.imaging.outputs.check_output_dir`).
     """
     check_output_dir(out_dir, input_paths if input_paths is not None else inputs.get("images", []),
                      overwrite=overwrite)

@@ -18,7 +18,8 @@ from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.errors import CancelledError
 from DiffusionAnomalyLib.evaluation.datasets import EvalCase, discover_cases
 from DiffusionAnomalyLib.evaluation.evaluate import case_masks, log
-from DiffusionAnomalyLib.imaging.io import atomic_output_dir, read_channels
+from DiffusionAnomalyLib.imaging.io import read_channels
+from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
 from DiffusionAnomalyLib.settings import MapOptions, RunSettings
 
 

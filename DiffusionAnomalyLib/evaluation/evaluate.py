@@ -59,7 +59,8 @@ from DiffusionAnomalyLib.evaluation.metrics import (
     voxel_auroc,
     wilcoxon_noninferiority,
 )
-from DiffusionAnomalyLib.imaging.io import atomic_output_dir, read_channels, read_volume, write_volume
+from DiffusionAnomalyLib.imaging.io import read_channels, read_volume, write_volume
+from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
 
 SIZE_BOUNDS = [(0.0, 20.0), (20.0, 40.0), (40.0, 70.0), (70.0, math.inf)]
 

@@ -36,7 +36,7 @@ from DiffusionAnomalyLib.evaluation.evaluate import (
     log,
     score_dataset,
 )
-from DiffusionAnomalyLib.imaging.io import atomic_output_dir
+from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
 from DiffusionAnomalyLib.settings import MapOptions
 
 #: The thesis grid (the kidney thesis §5.2): L in {100, 250, 500}, s in {0, 200, ..., 2000}.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from DiffusionAnomalyLib.detection.presets import OrganPreset, get_preset
 from DiffusionAnomalyLib.errors import EXIT_MISSING_MODEL, BundleExistsError, DiffusionAnomalyError, InputError
-from DiffusionAnomalyLib.imaging.io import (
+from DiffusionAnomalyLib.imaging.outputs import (
     atomic_output_dir,
     check_name,
     check_output_dir,

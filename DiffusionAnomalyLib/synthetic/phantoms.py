@@ -31,8 +31,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.imaging.io import atomic_output_dir, write_volume
+from DiffusionAnomalyLib.imaging.io import write_volume
 from DiffusionAnomalyLib.imaging.masks import TOTALSEG_LABELS
+from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
 
 KINDS_CT = ("hypo", "hyper", "iso", "cyst")
 POSITIONS = ("inside", "border", "exophytic")

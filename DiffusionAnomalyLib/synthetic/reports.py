@@ -103,7 +103,7 @@ def label_reports_csv(reports_csv: str | Path, organ: str, out_csv: str | Path, 
     labels = [pl for r in rows for pl in label_report(r["case"], r["report"], organ, min_sentences)]
     import io
 
-    from DiffusionAnomalyLib.imaging.io import write_text_atomic
+    from DiffusionAnomalyLib.imaging.outputs import write_text_atomic
 
     text = io.StringIO(newline="")
     w = csv.DictWriter(text, fieldnames=["case", "structure", "side", "label", "evidence"])

@@ -6,13 +6,8 @@ import SimpleITK as sitk
 from conftest import make_image, oblique_direction
 
 from DiffusionAnomalyLib.errors import InputError, OutputError
-from DiffusionAnomalyLib.imaging.io import (
-    atomic_output_dir,
-    read_channels,
-    read_volume,
-    same_grid,
-    write_volume,
-)
+from DiffusionAnomalyLib.imaging.io import read_channels, read_volume, same_grid, write_volume
+from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
 
 
 @pytest.mark.parametrize("ext,atol", [(".nii.gz", 1e-5), (".nrrd", 1e-12), (".mha", 1e-12)])
