@@ -112,7 +112,7 @@ def oom_message(exc: BaseException) -> str:
     """What ran out, and what to try."""
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return (f"out of memory ({type(exc).__name__}: {text}). Try --device cpu if the GPU is small, close other "
-            "programs using the memory, raise DA_MEMORY_LIMIT_GB if it is set, or use a bundle with a smaller "
+            "programs using the memory, raise the worker's memory limit if one is set, or use a bundle with a smaller "
             "network, a coarser spacing or a smaller ROI")
 
 

@@ -1,12 +1,18 @@
-"""Run settings that do not need the networks: the defaults a run falls back to when neither the user nor the
-bundle's ``recommended`` block gives a value, and the anomaly-map options.
+"""Run settings: every setting of a detection run declared once, as a field of :class:`RunSettings` with its
+:class:`Option` (type from the annotation; range, choices, default, help, where it is offered). Everything else is
+derived from that declaration: the checks (:meth:`RunSettings.problems`), the JSON types a settings file may use
+(:func:`check_values`), the command line's parsing (:func:`parse_text`, ``app/cli.py``), the Slicer panel's
+parameters (``slicer_module/panel.py``), the ``recommended`` block of the bundle schema
+(:func:`recommended_schema`) and the anomaly-map cache key (:func:`maps_key`).
 
 Torch-free, so the Slicer panel can show a bundle's effective settings before the worker's packages are
-installed. ``job.py`` (command line and worker) and ``panel.py`` (Slicer) both resolve through here.
+installed.
 """
 
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -20,8 +26,6 @@ REFERENCES = ("input", "autoencoder")
 #: Network precision: auto = bfloat16 autocast where the hardware runs it natively (docs/performance.md), else
 #: float32; fp32 turns the fast path off; bf16 forces it (CPU and CUDA).
 PRECISIONS = ("auto", "fp32", "bf16")
-#: Sampler settings used when the bundle recommends none.
-SAMPLER_DEFAULTS: dict[str, Any] = {"sampler": "ddpm", "noise_level": 250, "steps": 50, "guidance": 0.0}
 MAX_NOISE_LEVEL = 999
 #: Upper bounds of the settings that multiply the work (one typo must not mean hours of CPU): averaged
 #: reconstructions, RePaint resampling jumps, the median filter's size in voxels.
@@ -30,6 +34,7 @@ MAX_SAMPLES = 64
 MAX_SAMPLES_ENV = "DA_MAX_SAMPLES"
 MAX_RESAMPLE_JUMPS = 20
 MAX_MEDIAN_FILTER = 15
+MAX_SEED = 2**63 - 1
 #: Below this validation AUC (at the level nearest the sampler's start) a classifier barely tells healthy from
 #: unhealthy, so its gradients steer the sample toward noise rather than health.
 WEAK_CLASSIFIER_AUC = 0.7
@@ -65,19 +70,6 @@ class MapOptions:
         return preset.with_overrides({"median_filter_voxels": self.median_filter})
 
 
-def recommended_sampler(recommended: dict) -> dict[str, Any]:
-    """Sampler, L, steps and s a bundle's ``recommended`` block asks for, defaults filled in."""
-    return {"sampler": recommended.get("sampler", SAMPLER_DEFAULTS["sampler"]),
-            "noise_level": int(recommended.get("noise_level", SAMPLER_DEFAULTS["noise_level"])),
-            "steps": int(recommended.get("steps", SAMPLER_DEFAULTS["steps"])),
-            "guidance": float(recommended.get("guidance", SAMPLER_DEFAULTS["guidance"]))}
-
-
-#: Overrides a user can leave to the bundle: None (or absent) means "the bundle's recommendation".
-OVERRIDABLE = ("sampler", "noise_level", "steps", "guidance", "reference", "samples", "median_filter", "threshold",
-               "min_lesion_ml", "grow_to")
-
-
 #: The commands that take an option: ``run`` only, or every command that makes anomaly maps.
 RUN = ("run",)
 MAPS = ("run", "evaluate", "sweep", "batch")
@@ -85,25 +77,42 @@ MAPS = ("run", "evaluate", "sweep", "batch")
 
 @dataclass(frozen=True)
 class Option:
-    """How a run setting is offered to users, written once beside the field.
+    """How a run setting is checked and offered, written once beside its field (the field's annotation is its type).
 
-    Command line: ``--<field-name>`` on ``commands``, its text parsed as ``kind`` (``app/cli.py``'s
-    ``OPTION_KINDS``); an option left out means "the bundle's recommendation, else the default".
-    Slicer panel: the parameter-node member ``panel`` (bound to a widget by ``SlicerParameterName`` in the
-    ``.ui``), limited to ``panel_range`` or the kind's choices; ``bundle_value`` is the member value that means
-    "the bundle's recommendation" (None: the panel always sends its value).
+    Range: ``low``..``high`` (inclusive; ``low_open``: ``low`` excluded; ``high`` may be a function, for limits
+    set by the environment), or ``choices``. ``label`` names it in messages. ``words``: texts the command line
+    accepts besides a value, passed on as they are (``threshold``: ``otsu``, ``bundle``).
+    Command line: ``--<field-name>`` on ``commands``; an option left out means "the bundle's recommendation, else
+    the default". Slicer panel: the parameter-node member ``panel`` (bound to a widget by ``SlicerParameterName`` in
+    the ``.ui``), limited to ``panel_range`` (default: ``low``..``high``) or the choices; ``bundle_value`` is the
+    member value that means "the bundle's recommendation" (None: the panel always sends its value).
+    ``recommend``: a bundle's ``recommended`` block may set it. ``maps``: it changes the anomaly maps, so it is part
+    of the map cache's key (``key`` is its short name there; ``key_default``: left out of the key at that value).
     """
 
     help: str
-    kind: str
     commands: tuple[str, ...] = RUN
     metavar: str | None = None
+    label: str = ""
+    low: float | None = None
+    high: float | typing.Callable[[], float] | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] | None = None
+    words: tuple[str, ...] = ()
     panel: str | None = None
     panel_range: tuple[float, float] | None = None
     bundle_value: Any = None
+    recommend: bool = False
+    maps: bool = False
+    key: str = ""
+    key_default: Any = None
+
+    def upper(self) -> float | None:
+        return self.high() if callable(self.high) else self.high
 
 
-def _setting(default: Any, option: Option) -> Any:
+def setting(default: Any, option: Option) -> Any:
+    """A :class:`RunSettings` field: its default and its :class:`Option`."""
     return field(default=default, metadata={"option": option})
 
 
@@ -113,56 +122,76 @@ class RunSettings:
     post-processing use, and what ``run.json`` records so the run can be replayed.
 
     ``threshold`` None means Otsu over the case. Build it with :meth:`resolve` (bundle recommendations plus
-    explicit overrides, once) or :meth:`from_dict` (a replay); both validate.
+    explicit overrides, once) or :meth:`from_dict` (a replay); both validate (:meth:`problems`, the one check).
+
+    >>> RunSettings(noise_level=100, steps=20).sampler
+    'ddpm'
+    >>> RunSettings(steps=0)
+    Traceback (most recent call last):
+    ...
+    DiffusionAnomalyLib.errors.InputError: steps must be in 1..999 (got 0)
     """
 
-    sampler: str = _setting(SAMPLER_DEFAULTS["sampler"], Option(
-        "sampler (default: the bundle's recommendation)", "sampler", MAPS, panel="sampler"))
-    noise_level: int = _setting(SAMPLER_DEFAULTS["noise_level"], Option(
-        "noise level L the reconstruction starts from, in [1, T-1] (default: the bundle's)", "positive_int", MAPS,
-        "L", panel="noiseLevel", panel_range=(1, MAX_NOISE_LEVEL)))
-    steps: int = _setting(SAMPLER_DEFAULTS["steps"], Option(
-        "denoising steps (default: the bundle's)", "positive_int", MAPS, "N", panel="steps",
-        panel_range=(1, MAX_NOISE_LEVEL)))
-    guidance: float = _setting(SAMPLER_DEFAULTS["guidance"], Option(
-        "classifier-guidance strength s >= 0 (default: the bundle's)", "non_negative", MAPS, "S",
-        panel="guidance", panel_range=(0, 3000)))
-    seed: int = _setting(0, Option("random seed, 0..2^63-1 (default 0)", "seed", MAPS, panel="seed",
-                                   panel_range=(0, 2**31 - 1)))
-    resample_jumps: int = _setting(1, Option("inpaint: RePaint resampling jumps r (default 1)", "positive_int"))
-    reference: str = _setting("input", Option(
+    sampler: str = setting("ddpm", Option(
+        "sampler (default: the bundle's recommendation)", MAPS, label="sampler", choices=SAMPLERS, panel="sampler",
+        recommend=True, maps=True, key="{}"))
+    noise_level: int = setting(250, Option(
+        "noise level L the reconstruction starts from, in [1, T-1] (default: the bundle's)", MAPS, "L",
+        label="noise level L", low=1, high=MAX_NOISE_LEVEL, panel="noiseLevel", recommend=True, maps=True,
+        key="L{}"))
+    steps: int = setting(50, Option(
+        "denoising steps (default: the bundle's)", MAPS, "N", label="steps", low=1, high=MAX_NOISE_LEVEL,
+        panel="steps", recommend=True, maps=True, key="n{}"))
+    guidance: float = setting(0.0, Option(
+        "classifier-guidance strength s >= 0 (default: the bundle's)", MAPS, "S", label="guidance strength", low=0,
+        panel="guidance", panel_range=(0, 3000), recommend=True, maps=True, key="s{:g}"))
+    seed: int = setting(0, Option(
+        "random seed, 0..2^63-1 (default 0)", MAPS, label="seed", low=0, high=MAX_SEED, panel="seed",
+        panel_range=(0, 2**31 - 1), maps=True, key="seed{}"))
+    resample_jumps: int = setting(1, Option(
+        "inpaint: RePaint resampling jumps r (default 1)", label="resample jumps", low=1, high=MAX_RESAMPLE_JUMPS,
+        maps=True, key="r{}", key_default=1))
+    reference: str = setting("input", Option(
         "anomaly map against the input or against the autoencoder's D(E(x)) (default: the bundle's "
-        "recommendation, else input)", "reference", MAPS, panel="reference", bundle_value="bundle"))
-    samples: int = _setting(1, Option(
-        "average K stochastic reconstructions (ddpm, inpaint; K x the time; default: the bundle's, else 1)",
-        "positive_int", MAPS, "K", panel="samples", panel_range=(0, 16), bundle_value=0))
-    median_filter: int = _setting(0, Option(
+        "recommendation, else input)", MAPS, label="map reference", choices=REFERENCES, panel="reference",
+        bundle_value="bundle", recommend=True, maps=True, key="ref{}", key_default="input"))
+    samples: int = setting(1, Option(
+        "average K stochastic reconstructions (ddpm, inpaint; K x the time; default: the bundle's, else 1)", MAPS,
+        "K", label="samples", low=1, high=max_samples, panel="samples", panel_range=(0, 16), bundle_value=0,
+        recommend=True, maps=True, key="k{}", key_default=1))
+    median_filter: int = setting(0, Option(
         "median filter of the anomaly map, N voxels (0 = off; default: the bundle's, else the organ preset's)",
-        "non_negative_int", MAPS, "N", panel="medianFilter", panel_range=(-1, 15), bundle_value=-1))
-    threshold: float | None = _setting(None, Option(
+        MAPS, "N", label="the median filter (voxels)", low=0, high=MAX_MEDIAN_FILTER, panel="medianFilter",
+        panel_range=(-1, MAX_MEDIAN_FILTER), bundle_value=-1, recommend=True, maps=True, key="med{}",
+        key_default=0))
+    threshold: float | None = setting(None, Option(
         "a fixed threshold, or 'otsu' for Otsu over each case (default: the bundle's calibrated threshold, else "
-        "Otsu)", "threshold", ("run", "batch")))  # the panel's threshold mode and value: see panel.py
-    min_lesion_ml: float = _setting(0.0, Option(
+        "Otsu)", ("run", "batch", "baseline"), label="a fixed threshold", low=0, words=("otsu", "bundle"),
+        recommend=True))  # the panel's threshold mode and value: see panel.py
+    min_lesion_ml: float = setting(0.0, Option(
         "drop lesions smaller than this many millilitres (default: the bundle's calibrated value, else 0 = only "
-        "the thesis' 20-voxel and 3 mm limits)", "non_negative", MAPS, "ML"))
-    grow_to: float = _setting(1.0, Option(
+        "the thesis' 20-voxel and 3 mm limits)", (*MAPS, "baseline"), "ML",
+        label="the minimum lesion volume (ml)", low=0, recommend=True))
+    grow_to: float = setting(1.0, Option(
         "grow each lesion kept at the threshold over the connected organ voxels above F x threshold (hysteresis; "
-        "1 = off; default: the bundle's calibrated value, else 1)", "grow_to", MAPS, "F"))
-    device: str = _setting("auto", Option(
+        "1 = off; default: the bundle's calibrated value, else 1)", (*MAPS, "baseline"), "F", label="grow-to",
+        low=0, high=1, low_open=True, recommend=True))
+    device: str = setting("auto", Option(
         "auto (CUDA > MPS > CPU; the default), cpu, cuda, cuda:1, mps (under torchrun: each rank its own GPU)",
-        "device", MAPS, panel="device"))
-    trajectory_every: int = _setting(0, Option(
+        MAPS, label="device", panel="device"))
+    trajectory_every: int = setting(0, Option(
         "also write the decoded x_0 prediction every K sampler steps, composed onto the input's grid, as one "
-        "volume sequence (trajectory.seq.nrrd; 3D Slicer opens it as a sequence)", "non_negative_int",
-        ("run", "batch"), "K"))  # the panel's "Keep the denoising trajectory": see panel.py
-    trajectory_heatmap: bool = _setting(False, Option(
-        "with --trajectory-every: also each kept step's anomaly map (trajectory_heatmap.seq.nrrd)", "flag",
-        ("run", "batch")))
-    deterministic: bool = _setting(False, Option(
-        "deterministic algorithms (slower on GPU); the seed already fixes all noise", "flag"))
-    precision: str = _setting("auto", Option(
+        "volume sequence (trajectory.seq.nrrd; 3D Slicer opens it as a sequence)", ("run", "batch"), "K",
+        label="trajectory-every", low=0))  # the panel's "Keep the denoising trajectory": see panel.py
+    trajectory_heatmap: bool = setting(False, Option(
+        "with --trajectory-every: also each kept step's anomaly map (trajectory_heatmap.seq.nrrd)", ("run", "batch"),
+        label="trajectory-heatmap"))
+    deterministic: bool = setting(False, Option(
+        "deterministic algorithms (slower on GPU); the seed already fixes all noise", label="deterministic"))
+    precision: str = setting("auto", Option(
         "network precision: auto (bfloat16 autocast on CPUs with native bfloat16 and on CUDA, else float32; the "
-        "default), fp32 (the fast path off), bf16 (force it)", "precision", ("run", "evaluate", "sweep", "batch")))
+        "default), fp32 (the fast path off), bf16 (force it)", ("run", "evaluate", "sweep", "batch"),
+        label="precision", choices=PRECISIONS))
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -170,80 +199,39 @@ class RunSettings:
             raise InputError("; ".join(problems))
 
     def problems(self) -> list[str]:
-        """What is wrong with these settings (empty when they can run)."""
-        import math
-
-        out = []
-        if self.sampler not in SAMPLERS:
-            out.append(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not 1 <= self.noise_level <= MAX_NOISE_LEVEL:
-            out.append(f"noise level L must be between 1 and {MAX_NOISE_LEVEL} (got {self.noise_level})")
-        if not 1 <= self.steps <= max(self.noise_level, 1):
+        """What is wrong with these settings (empty when they can run): each field against its declaration, then
+        the rules that join two fields."""
+        out = [p for name, _ in options(type(self)) if (p := field_problem(name, getattr(self, name), type(self)))]
+        if self.steps >= 1 and self.noise_level >= 1 and self.steps > self.noise_level:
             out.append(f"steps must be between 1 and L = {self.noise_level} (got {self.steps})")
-        if not (math.isfinite(self.guidance) and self.guidance >= 0):
-            out.append(f"guidance strength must be a finite number >= 0 (got {self.guidance})")
-        if not 0 <= self.seed < 2**63:
-            out.append(f"seed must be in 0..2^63-1 (got {self.seed})")
-        if not 1 <= self.resample_jumps <= MAX_RESAMPLE_JUMPS:
-            out.append(f"resample jumps must be in 1..{MAX_RESAMPLE_JUMPS} (got {self.resample_jumps})")
-        if self.reference not in REFERENCES:
-            out.append(f"unknown map reference {self.reference!r}; choose one of {', '.join(REFERENCES)}")
-        if not 1 <= self.samples <= max_samples():
-            out.append(f"samples must be in 1..{max_samples()} (got {self.samples})")
-        if not 0 <= self.median_filter <= MAX_MEDIAN_FILTER:
-            out.append(f"the median filter must be 0..{MAX_MEDIAN_FILTER} voxels (got {self.median_filter})")
-        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
-            # >= 0, from every source (command line, settings file, bundle): a bundle calibrated on maps of zeros
-            # records 0 (voxels scoring above 0 are candidates), and replaying its run.json must work
-            out.append(f"a fixed threshold must be a finite number >= 0 (got {self.threshold})")
-        if not (math.isfinite(self.min_lesion_ml) and self.min_lesion_ml >= 0):
-            out.append(f"the minimum lesion volume must be >= 0 ml (got {self.min_lesion_ml})")
-        if not 0.0 < self.grow_to <= 1.0:
-            out.append(f"grow-to must be in (0, 1] (got {self.grow_to})")
-        if self.trajectory_every < 0:
-            out.append(f"trajectory-every must be >= 0 (got {self.trajectory_every})")
         if self.trajectory_heatmap and self.trajectory_every <= 0:
             out.append("the trajectory heatmap needs a trajectory (trajectory-every K > 0)")
-        if self.precision not in PRECISIONS:
-            out.append(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         return out
 
     @classmethod
     def resolve(cls, recommended: dict | None, preset: OrganPreset, **overrides: Any) -> RunSettings:
         """The bundle's ``recommended`` block with explicit ``overrides`` on top, resolved once.
 
-        An override of None means "not given" (the bundle's value, then the default); 0 stays 0. ``threshold``
-        may be a number, ``"otsu"`` (Otsu per case) or ``"bundle"``/None (the bundle's calibrated threshold, else
-        Otsu). Other keyword arguments (seed, device, ...) are set as given.
+        An override of None means "not given" (the bundle's value, then the default; the median filter's default
+        is the organ preset's); 0 stays 0. ``threshold`` may be a number, ``"otsu"`` (Otsu per case) or
+        ``"bundle"``/None (the bundle's calibrated threshold, else Otsu).
         """
-        rec = dict(recommended or {})
-        unknown = sorted(set(overrides) - set(cls.__dataclass_fields__))
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
         if unknown:
             raise InputError(f"unknown run setting(s) {unknown}")
+        recommendable = {name for name, opt in options(cls) if opt.recommend}
+        rec = {k: v for k, v in (recommended or {}).items() if k in recommendable and v is not None}
         given = {k: v for k, v in overrides.items() if v is not None}
         threshold = given.pop("threshold", "bundle")
         if threshold == "bundle":
             threshold = rec.get("threshold")
         elif threshold == "otsu":
             threshold = None
-        base = {**recommended_sampler(rec), "reference": rec.get("reference", "input"),
-                "samples": int(rec.get("samples", 1)),
-                "median_filter": int(rec.get("median_filter", preset.median_filter_voxels)),
-                "min_lesion_ml": float(rec.get("min_lesion_ml") or 0.0),
-                "grow_to": float(rec.get("grow_to") or 1.0)}
-        values = {**base, **given, "threshold": None if threshold is None else float(threshold)}
-        return cls(**{k: _cast(k, v) for k, v in values.items()})
+        values = {"median_filter": preset.median_filter_voxels, **rec, **given, "threshold": threshold}
+        return cls(**{k: cast(k, v, cls) for k, v in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    def sampler_settings(self):
-        """The sampler's part (``SamplerSettings``; imports torch)."""
-        from DiffusionAnomalyLib.models.diffusion.sampler import SamplerSettings
-
-        return SamplerSettings(method=self.sampler, noise_level=self.noise_level, steps=self.steps,
-                               guidance=self.guidance, seed=self.seed, resample_jumps=self.resample_jumps,
-                               trajectory_every=self.trajectory_every)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def map_options(self) -> MapOptions:
         return MapOptions(self.reference, self.samples, self.median_filter)
@@ -257,49 +245,157 @@ class RunSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> RunSettings:
         """Settings from :meth:`to_dict` output (e.g. ``run.json``'s ``settings``), every field given; each value
-        must have its option's JSON type (:func:`check_values`: no coercion); unknown keys are refused."""
-        values = check_values(data, source)
+        must have its field's JSON type (:func:`check_values`: no coercion); unknown keys are refused."""
+        values = check_values(data, source, cls)
         try:
             return cls(**values)
         except (InputError, TypeError) as exc:
             raise InputError(f"{source}: {exc}") from None
 
 
-#: The JSON types each option kind accepts in a settings file or run.json (never coerced: "false" is not false).
-_KIND_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "sampler": ((str,), "a string"), "reference": ((str,), "a string"), "device": ((str,), "a string"),
-    "precision": ((str,), "a string"), "positive_int": ((int,), "a whole number"),
-    "non_negative_int": ((int,), "a whole number"), "seed": ((int,), "a whole number"),
-    "non_negative": ((int, float), "a number"), "grow_to": ((int, float), "a number"),
-    "threshold": ((int, float, type(None)), "a number or null (Otsu)"), "flag": ((bool,), "true or false"),
-}
+#: Defaults of the sampler's settings (the fields' own defaults), for trainers that write a first recommendation.
+SAMPLER_DEFAULTS: dict[str, Any] = {k: RunSettings.__dataclass_fields__[k].default
+                                    for k in ("sampler", "noise_level", "steps", "guidance")}
+#: Settings a user can leave to the bundle (its ``recommended`` block): None (or absent) means "the bundle's".
+OVERRIDABLE = tuple(f.name for f in fields(RunSettings) if f.metadata["option"].recommend)
 
 
-def check_values(data: Any, source: str = "settings") -> dict[str, Any]:
-    """``data`` (a JSON object of run settings, some or all of them) checked against each field's ``Option``:
-    known names, the kind's JSON type (no coercion: ``"false"``, ``1`` for a flag, ``true`` for a number, ``2.5``
-    for a whole number are refused), finite numbers; an :class:`InputError` names the file, the field and the
-    value. Returns the values with numbers as the field's type."""
-    import math
+def options(cls: type = RunSettings) -> list[tuple[str, Option]]:
+    """Every run setting with how it is offered, in field order: ``(field name, Option)``."""
+    return [(f.name, f.metadata["option"]) for f in fields(cls)]
 
+
+def field_type(name: str, cls: type = RunSettings) -> tuple[type, bool]:
+    """A field's value type (bool, int, float or str) and whether it may be None, from its annotation."""
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return (args[0] if args else hint), bool(args)
+
+
+def _range_text(opt: Option, kind: type) -> str:
+    low, high = opt.low, opt.upper()
+    if kind is int:
+        top = "2^63-1" if high == MAX_SEED else high
+        return f"in {low:g}..{top}" if high is not None else f">= {low:g}"
+    if high is not None:
+        return f"in {'(' if opt.low_open else '['}{low:g}, {high:g}]"
+    return f"a finite number {'>' if opt.low_open else '>='} {low:g}"
+
+
+def field_problem(name: str, value: Any, cls: type = RunSettings) -> str | None:
+    """What is wrong with ``value`` for the field ``name`` (None when it is fine), from its declaration."""
+    opt = dict(options(cls))[name]
+    kind, nullable = field_type(name, cls)
+    label = opt.label or name
+    if value is None:
+        return None if nullable else f"{label} must be given"
+    if opt.choices is not None:
+        return None if value in opt.choices else (f"unknown {label} {value!r}; choose one of "
+                                                  f"{', '.join(opt.choices)}")
+    if kind in (int, float) and opt.low is not None:
+        high = opt.upper()
+        bad = (not math.isfinite(value) or value < opt.low or (opt.low_open and value == opt.low)
+               or (high is not None and value > high))
+        return f"{label} must be {_range_text(opt, kind)} (got {value})" if bad else None
+    return None
+
+
+def cast(name: str, value: Any, cls: type = RunSettings) -> Any:
+    """``value`` as the field's type (a whole-number float to int; an int to float); refuses a fractional number
+    for a whole-number field. Other values pass unchanged (the checks catch them)."""
+    kind, _ = field_type(name, cls)
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise InputError(f"{name} must be a whole number (got {value})")
+        return int(value)
+    return float(value) if kind is float else value
+
+
+def parse_text(name: str, text: str, cls: type = RunSettings) -> Any:
+    """A command-line text for the field ``name``: its type, its ``words`` as they are, checked against its
+    declaration; raises ``ValueError`` with the reason (argparse shows it beside the option)."""
+    opt = dict(options(cls))[name]
+    if text in opt.words:
+        return text
+    kind, _ = field_type(name, cls)
+    if kind in (int, float):
+        try:
+            value = float(text) if kind is float else int(text)
+        except ValueError:
+            words = "".join(f" or '{w}'" for w in opt.words)
+            raise ValueError(f"expected {'a whole number' if kind is int else 'a number'}{words}, got {text!r}")\
+                from None
+    else:
+        value = text
+    problem = field_problem(name, value, cls)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+_JSON_TYPES: dict[type, tuple[tuple[type, ...], str, str]] = {
+    str: ((str,), "a string", "string"), int: ((int,), "a whole number", "integer"),
+    float: ((int, float), "a number", "number"), bool: ((bool,), "true or false", "boolean")}
+
+
+def check_values(data: Any, source: str = "settings", cls: type = RunSettings) -> dict[str, Any]:
+    """``data`` (a JSON object of run settings, some or all of them) checked against each field's type: known
+    names, the JSON type (no coercion: ``"false"``, ``1`` for a flag, ``true`` for a number, ``2.5`` for a whole
+    number are refused), finite numbers; an :class:`InputError` names the file, the field and the value. Returns
+    the values with numbers as the field's type."""
     if not isinstance(data, dict):
         raise InputError(f"{source}: run settings must be a JSON object (got {type(data).__name__})")
-    kinds = dict((name, opt.kind) for name, opt in options())
-    unknown = sorted(set(data) - set(kinds))
+    names = [n for n, _ in options(cls)]
+    unknown = sorted(set(data) - set(names))
     if unknown:
-        raise InputError(f"{source}: unknown run setting(s) {unknown}; known: {', '.join(kinds)}")
+        raise InputError(f"{source}: unknown run setting(s) {unknown}; known: {', '.join(names)}")
     out = {}
     for name, value in data.items():
-        types, what = _KIND_TYPES[kinds[name]]
-        bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        kind, nullable = field_type(name, cls)
+        types, what, _ = _JSON_TYPES[kind]
+        if value is None and nullable:
+            out[name] = None
+            continue
+        bad = not isinstance(value, types) or (isinstance(value, bool) and kind is not bool)
         if not bad and isinstance(value, float) and not math.isfinite(value):
             bad = True
         if bad:
+            what += " or null (Otsu)" if nullable else ""
             raise InputError(f"{source}: {name} must be {what} (got {json_repr(value)})")
-        if isinstance(value, int) and not isinstance(value, bool) and float in types:
-            value = float(value)
-        out[name] = value
+        out[name] = float(value) if kind is float else value
     return out
+
+
+def recommended_schema(cls: type = RunSettings) -> dict[str, Any]:
+    """The JSON schema of a bundle's ``recommended`` block, from the declarations of the settings a bundle may
+    recommend (null: no recommendation); ``models/model.schema.json`` holds a copy that a test compares."""
+    props: dict[str, Any] = {}
+    for name, opt in options(cls):
+        if not opt.recommend:
+            continue
+        kind, _ = field_type(name, cls)
+        prop: dict[str, Any] = {"type": [_JSON_TYPES[kind][2], "null"]}
+        if opt.choices is not None:
+            prop["enum"] = [*opt.choices, None]
+        if opt.low is not None:
+            prop["exclusiveMinimum" if opt.low_open else "minimum"] = opt.low
+        high = MAX_SAMPLES if opt.high is max_samples else opt.high
+        if high is not None:
+            prop["maximum"] = high
+        props[name] = prop
+    return {"type": "object", "additionalProperties": False, "properties": props,
+            "description": "Default run settings; each command-line option or panel setting overrides its own. "
+                           "Generated from DiffusionAnomalyLib.settings.RunSettings (recommended_schema)."}
+
+
+def maps_key(settings: RunSettings) -> str:
+    """The part of the anomaly-map cache's name that the settings decide: each setting that changes the maps
+    (``Option.maps``), by its ``key`` format, left out at its ``key_default``."""
+    parts = [opt.key.format(getattr(settings, name)) for name, opt in options(type(settings))
+             if opt.maps and getattr(settings, name) != opt.key_default]
+    return "_".join(parts)
 
 
 def json_repr(value: Any) -> str:
@@ -311,11 +407,6 @@ def json_repr(value: Any) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def options() -> list[tuple[str, Option]]:
-    """Every run setting with how it is offered, in field order: ``(field name, Option)``."""
-    return [(f.name, f.metadata["option"]) for f in fields(RunSettings)]
 
 
 def read_settings_file(path) -> tuple[dict[str, Any], str | None]:
@@ -342,17 +433,3 @@ def load_settings_file(path) -> RunSettings:
     """Run settings from a JSON file that gives every field (a ``run.json``, or :meth:`RunSettings.to_dict`)."""
     values, _ = read_settings_file(path)
     return RunSettings.from_dict(values, str(path))
-
-
-_CASTS = {"noise_level": int, "steps": int, "seed": int, "resample_jumps": int, "samples": int,
-          "median_filter": int, "trajectory_every": int, "guidance": float, "min_lesion_ml": float,
-          "grow_to": float, "deterministic": bool, "trajectory_heatmap": bool}
-
-
-def _cast(name: str, value: Any) -> Any:
-    cast = _CASTS.get(name)
-    if cast is None or value is None:
-        return value
-    if cast is int and isinstance(value, float) and not value.is_integer():
-        raise InputError(f"{name} must be a whole number (got {value})")
-    return cast(value)

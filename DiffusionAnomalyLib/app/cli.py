@@ -81,14 +81,6 @@ def threshold_arg(text: str) -> float | str:
     return value
 
 
-def baseline_threshold(text: str) -> float:
-    """``baseline --threshold``: a finite number >= 0."""
-    value = threshold_arg(text)
-    if isinstance(value, str):
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r} (omit it for Otsu)")
-    return value
-
-
 def non_negative(text: str) -> float:
     value = _finite(text)
     if value < 0:
@@ -125,32 +117,50 @@ positive_int = _int_in(1, None, "the value")
 non_negative_int = _int_in(0, None, "the value")
 
 
-def _report(outcome) -> None:
-    for w in outcome.result.warnings:
+def _report(found) -> None:
+    for w in found.result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if outcome.demo_bundle:
+    if found.demo_bundle:
         print("note: this is a DEMO bundle trained on synthetic phantoms; its findings on real scans mean nothing")
-    _print_table(outcome.result.table)
-    st = outcome.settings
-    what = f"{st.method} L={st.noise_level} steps={st.steps} s={st.guidance}; " if st else ""
-    print(f"{what}threshold {outcome.result.threshold:.4f}; {sum(outcome.result.timings.values()):.1f} s on "
-          f"{outcome.device}; outputs in {outcome.out}")
+    _print_table(found.result.table)
+    st = found.settings
+    what = f"{st.sampler} L={st.noise_level} steps={st.steps} s={st.guidance}; " if st else ""
+    print(f"{what}threshold {found.result.threshold:.4f}; {sum(found.result.timings.values()):.1f} s on "
+          f"{found.device}; outputs in {found.out}")
+
+
+def detect_request(args: argparse.Namespace):
+    """The :class:`~DiffusionAnomalyLib.api.DetectRequest` of a ``run`` or ``baseline`` command line."""
+    from DiffusionAnomalyLib.api import DetectRequest
+
+    settings = {}
+    for name, opt in options():
+        value = getattr(args, name, None)
+        if args.command in opt.commands and value not in (None, False):  # an absent flag is "not given"
+            settings[name] = value
+    return DetectRequest(images=tuple(args.input), out=args.out, bundle=getattr(args, "bundle", None),
+                         organ=args.organ, baseline=args.command == "baseline", mask=args.mask,
+                         mask_label=args.mask_label, totalseg=args.totalseg, skull_stripped=args.skull_stripped,
+                         settings=settings, settings_file=getattr(args, "settings", None), overwrite=args.overwrite,
+                         overview=not args.no_overview,
+                         skip_modality_check=getattr(args, "skip_modality_check", False))
+
+
+def request_from_argv(argv: Sequence[str]):
+    """The request a ``run`` or ``baseline`` command line stands for (scripts and tests that start the worker)."""
+    args = build_parser().parse_args(list(map(str, argv)))
+    if args.command not in ("run", "baseline"):
+        raise InputError(f"only run and baseline make a detection request, not {args.command!r}")
+    return detect_request(args)
 
 
 def _cmd_job(args: argparse.Namespace) -> int:
-    from DiffusionAnomalyLib.app.job import run_job
+    from DiffusionAnomalyLib.api import detect
 
-    if args.command == "run" and not args.bundle:
-        args.bundle = _best_bundle(args.organ)
-    elif args.command == "run" and args.organ:
-        from DiffusionAnomalyLib.slicer_module.scene_run import cached_meta
-
-        organ = cached_meta(args.bundle).organ if Path(args.bundle).exists() else args.organ
-        if organ != args.organ:
-            raise InputError(f"{args.bundle}: the bundle is for the {organ}, not the {args.organ} (--organ)")
+    request = detect_request(args)
     with _progress_bar(args.command) as progress:
-        outcome = run_job(args, progress=progress)
-    _report(outcome)
+        found = detect(request, progress=progress)
+    _report(found)
     return 0
 
 
@@ -159,41 +169,21 @@ def _progress_bar(what: str):
     """A progress bar on stderr for a job's stages (only on a terminal: scripts and logs stay clean)."""
     from tqdm import tqdm
 
-    from DiffusionAnomalyLib.app.worker import STAGE_WEIGHTS
+    from DiffusionAnomalyLib.progress import overall
 
-    order = list(STAGE_WEIGHTS)
     with tqdm(total=100, desc=what, file=sys.stderr, disable=None, leave=False,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}") as bar:
         def progress(stage: str, step: int, total: int) -> None:
-            before = sum(STAGE_WEIGHTS[s] for s in order[: order.index(stage)])
-            done = before + STAGE_WEIGHTS[stage] * step / max(total, 1)
             bar.set_description_str(f"{what}: {stage} {step}/{total}")
-            bar.update(max(0.0, 100 * done - bar.n))
+            bar.update(max(0.0, 100 * overall(stage, step, total) - bar.n))
 
         yield progress
-
-
-def _best_bundle(organ: str | None) -> str:
-    """The installed bundle ``run`` uses without ``--bundle``: the user's models folder before the shipped ones, a
-    real model before a DEMO; says which."""
-    from DiffusionAnomalyLib.models.bundle import available_bundles, default_models_dir
-
-    if not organ:
-        raise InputError("run needs --bundle, or --organ to use the best installed bundle for that organ")
-    found = sorted(available_bundles(organ), key=lambda b: b.meta.demo)  # stable: user folder first within each
-    if not found:
-        raise InputError(f"no model bundle for the {organ} is installed (looked in {default_models_dir()} and the "
-                         "shipped Resources/Models); give one with --bundle")
-    best = found[0]
-    note = " - a DEMO trained on synthetic phantoms: its findings on real scans mean nothing" if best.meta.demo else ""
-    print(f"using the {best.label} bundle ({best.path}){note}")
-    return str(best.path)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from DiffusionAnomalyLib.app.job import demo_job_args, run_job
+    from DiffusionAnomalyLib.api import DetectRequest, detect
     from DiffusionAnomalyLib.evaluation.metrics import dice, match_lesions
     from DiffusionAnomalyLib.imaging.io import read_volume
     from DiffusionAnomalyLib.imaging.outputs import check_output_dir
@@ -214,9 +204,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               "(trained on synthetic phantoms only) ...")
     else:
         print("[2/3] non-neural baseline (organ median filter) ...")
-    job = demo_job_args(str(shipped[0].path) if shipped else None, case_dir, case.channels, args.organ,
-                        out / "result", args.device, args.precision)
-    result = run_job(job).result
+    masks = {"totalseg": str(case_dir / "segmentations")} if args.organ != "brain" else {"skull_stripped": True}
+    settings = {"seed": 0, "device": args.device, **({"precision": args.precision} if args.precision else {})}
+    request = DetectRequest(images=tuple(str(case_dir / f"{c}.nii.gz") for c in case.channels), out=str(out / "result"),
+                            organ=args.organ, bundle=str(shipped[0].path) if shipped else None, baseline=not shipped,
+                            settings=settings if shipped else {}, overwrite=True, **masks)
+    result = detect(request).result
     _print_table(result.table)
     pred = sitk.GetArrayFromImage(result.lesions)
     truth = sitk.GetArrayFromImage(read_volume(case_dir / "lesions.nii.gz"))
@@ -231,154 +224,63 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset_setup(args: argparse.Namespace):
-    from DiffusionAnomalyLib.evaluation.batch import Ranks, load_model
-    from DiffusionAnomalyLib.evaluation.datasets import discover_cases
-    from DiffusionAnomalyLib.imaging.outputs import check_output_dir
-    from DiffusionAnomalyLib.models.device import select_device
-
-    if not Path(args.data).is_dir():
-        raise InputError(f"{args.data}: --data is not a folder")
-    check_output_dir(args.out, [args.data, getattr(args, "bundle", None)], overwrite=args.overwrite, resume=True,
-                     command=args.command)
-    device = select_device(args.device or "auto")  # auto/cuda -> cuda:LOCAL_RANK under torchrun
-    ranks = Ranks(device)
-    from DiffusionAnomalyLib.app.job import run_settings
-
-    model = load_model(getattr(args, "bundle", None), getattr(args, "organ", None), device,
-                       lambda recommended, preset: run_settings(args, recommended, preset))
-    cases = discover_cases(args.data, model.preset)
-    if not cases:
-        raise InputError(f"{args.data}: no case folders (a dataset folder holds one sub-folder per case; see "
-                         "docs/evaluation.md)")
-    return ranks, model, cases
+def _dataset_request(args: argparse.Namespace, kind: type, **more):
+    """The request of a dataset command (evaluate, sweep, batch) from its arguments."""
+    settings = {name: getattr(args, name) for name, opt in options()
+                if args.command in opt.commands and getattr(args, name, None) not in (None, False)}
+    return kind(data=args.data, out=args.out, bundle=args.bundle, organ=args.organ, baseline=args.baseline,
+                settings=settings, overwrite=args.overwrite, **more)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, score_dataset, write_report
+    from DiffusionAnomalyLib.evaluation.commands import EvaluateRequest, evaluate
 
-    out = Path(args.out)
-    existed = out.exists()
-    ranks, model, cases = _dataset_setup(args)
-    key = model.maps_key()
-    maps = out / "maps" / key
-    try:
-        compute_maps(cases, model.make_reconstructor(model.settings), model.preset, maps, ranks.rank, ranks.world)
-    except BaseException:  # a failure before any map leaves no empty folders (they would read as a result)
-        for d in (maps, maps.parent, *(() if existed else (out,))):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
-    ranks.barrier()
-    beside = None
-    if model.settings is not None and not args.no_baseline:  # a bundle: the baseline on the same cases
-        beside = baseline_beside(cases, model.preset.name, out, ranks.rank, ranks.world, ranks.barrier,
-                                 not args.no_postprocessing, args.min_lesion_ml, args.grow_to, args.bootstrap)
-    if ranks.rank == 0:
-        # evaluate's default is one Otsu threshold over the whole dataset; 'bundle' is the calibrated one
-        threshold = "otsu" if args.threshold in (None, "otsu") or model.run.threshold is None else model.run.threshold
-        pp = None if args.no_postprocessing else model.run.postprocessing(model.preset)
-        scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=args.bootstrap)
-        settings = {"model": model.description, "organ": model.preset.name, "data": str(args.data), "maps": key,
-                    "threshold": f"{thr:.4f} ({'global Otsu' if threshold == 'otsu' else 'fixed'})",
-                    "post-processing": "off" if pp is None else "on (as in the kidney thesis §4.1.1" + (
-                        f"; lesions >= {pp.min_volume_ml:g} ml" if pp.min_volume_ml else "") + (
-                        f"; grown to {pp.grow_to:g} x threshold" if pp.grow_to < 1 else "") + ")", "IoU": 0.2,
-                    "ranks": ranks.world,
-                    "baseline": "this is the baseline" if model.settings is None else "off (--no-baseline)"
-                    if args.no_baseline else "the median baseline beside (its global Otsu threshold)"}
-        write_report(out, scores, summary, problems, settings, beside)
-        print((out / "report" / "summary.md").read_text())
-        if args.threshold is None and model.recommended.get("threshold") is not None:
-            print(f"note: scored at the dataset's global Otsu threshold {thr:.4f} (as in the kidney thesis §5.2), "
-                  f"with the bundle's "
-                  f"post-processing; its calibrated operating point has the threshold "
-                  f"{model.recommended['threshold']:.4f}: add --threshold bundle to score that point")
-        if model.demo:
-            print("note: a DEMO bundle trained on synthetic phantoms")
-    ranks.close()
+    report = evaluate(_dataset_request(args, EvaluateRequest, threshold=args.threshold,
+                                       postprocessing=not args.no_postprocessing, bootstrap=args.bootstrap,
+                                       baseline_beside=not args.no_baseline))
+    if report is not None:
+        print(report.markdown)
+        for note in report.notes:
+            print(f"note: {note}")
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from DiffusionAnomalyLib.detection.anomaly import PostProcessing
-    from DiffusionAnomalyLib.evaluation.sweep import run_sweep, weak_guidance, write_calibrated_bundle
+    from DiffusionAnomalyLib.evaluation.commands import SweepRequest, sweep
 
-    if min(args.threshold_scales) <= 0:
-        raise InputError(f"--threshold-scales must be > 0 (got {min(args.threshold_scales):g})")
-    if args.max_fp_per_organ is not None and args.max_fp_per_organ < 0:
-        raise InputError(f"--max-fp-per-organ must be >= 0 (got {args.max_fp_per_organ:g})")
-    grow_to_values = args.grow_to_values or [1.0 if args.grow_to is None else args.grow_to]
-    for grow in grow_to_values:
-        PostProcessing(grow_to=grow)  # checks the range before any map is computed
-    if args.write_bundle:
-        if not args.bundle:
-            raise InputError("--write-bundle needs --bundle (the baseline has no settings to calibrate)")
-        from DiffusionAnomalyLib.imaging.outputs import check_output_dir
-
-        check_output_dir(args.write_bundle, [args.data, args.bundle, args.out], overwrite=args.overwrite,
-                         option="--write-bundle", command="write-bundle")
-    ranks, model, cases = _dataset_setup(args)
-    if model.settings is None:
-        raise InputError("sweep needs --bundle (the baseline has no L or s)")
-    guidance_values = args.guidance_values
-    weak = weak_guidance(model.extra, args.noise_levels) if any(s > 0 for s in guidance_values) else None
-    if weak and not args.allow_weak_classifier:
-        guidance_values = [0.0]
-        if ranks.rank == 0:
-            print(f"warning: {weak}: the sweep tries s = 0 only (--allow-weak-classifier to sweep s > 0 anyway)",
-                  file=sys.stderr)
-    res = run_sweep(cases, model.make_reconstructor, model.preset, Path(args.out), model.settings,
-                    args.noise_levels, guidance_values, ranks.rank, ranks.world, ranks.barrier,
-                    min_lesion_ml_values=args.min_lesion_ml_values, maps_key=model.maps_key,
-                    options=model.options, threshold_scales=args.threshold_scales,
-                    max_fp_per_organ=args.max_fp_per_organ, grow_to_values=grow_to_values,
-                    baseline_organ=None if args.no_baseline else model.preset.name,
-                    map_variants=_map_variants(args, model.run))
-    if res is not None:
-        print(f"{'L':>5} {'s':>7} {'reference':>11} {'k':>3} {'median':>6} {'threshold':>10} {'Dice':>7} {'F1':>7}")
-        for r in res["grid"]:
-            print(f"{r['noise_level']:>5} {r['guidance']:>7g} {r['reference']:>11} {r['samples']:>3} "
-                  f"{r['median_filter']:>6} {r['threshold']:>10.4f} {r['dice'] or 0:>7.3f} {r['f1'] or 0:>7.3f}")
-        b = res["best"]
-        print(f"best: L = {b['noise_level']}, s = {b['guidance']:g}, reference {b['reference']}, {b['samples']} "
-              f"sample(s), median filter {b['median_filter']}, Otsu threshold {b['otsu_threshold']:.4f}, "
-              f"mean Dice {b['dice']}; plot in {Path(args.out) / 'sweep' / 'dice_vs_s.png'}")
-        print("post-processing at the best point, by threshold (x Otsu), minimum lesion volume and growth:")
-        print(f"{'scale':>6} {'threshold':>10} {'ml':>6} {'grow':>5} {'found':>9} {'FP/organ':>9} {'F1':>7} "
-              f"{'Dice':>7}")
-        for r in res["postprocessing"]:
-            print(f"{r['threshold_scale']:>6g} {r['threshold']:>10.4f} {r['min_lesion_ml']:>6g} {r['grow_to']:>5g} "
-                  f"{r['found']:>4}/{r['lesions']:<4} {r['fp_per_organ'] or 0:>9.2f} {r['f1'] or 0:>7.3f} "
-                  f"{r['dice'] or 0:>7.3f}")
-        print(f"recommended: threshold {b['threshold']:.4f}, minimum lesion volume {b['min_lesion_ml']:g} ml, "
-              f"grow to {b['grow_to']:g} x threshold ({b['objective']})")
-        if "baseline" in res:
-            _print_beside(res["baseline"])
-        if args.write_bundle:
-            dest = write_calibrated_bundle(args.bundle, args.write_bundle, b,
-                                           note=f"sweep over {len(cases)} cases of {args.data}")
-            print(f"calibrated bundle written to {dest}")
-    ranks.close()
+    res = sweep(_dataset_request(
+        args, SweepRequest, noise_levels=tuple(args.noise_levels), guidance_values=tuple(args.guidance_values),
+        reference_values=tuple(args.reference_values or ()), samples_values=tuple(args.samples_values or ()),
+        median_filter_values=tuple(args.median_filter_values or ()),
+        min_lesion_ml_values=tuple(args.min_lesion_ml_values), threshold_scales=tuple(args.threshold_scales),
+        grow_to_values=tuple(args.grow_to_values or ()), max_fp_per_organ=args.max_fp_per_organ,
+        baseline_beside=not args.no_baseline, allow_weak_classifier=args.allow_weak_classifier,
+        write_bundle=args.write_bundle))
+    if res is None:
+        return 0
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{'L':>5} {'s':>7} {'reference':>11} {'k':>3} {'median':>6} {'threshold':>10} {'Dice':>7} {'F1':>7}")
+    for r in res.grid:
+        print(f"{r['noise_level']:>5} {r['guidance']:>7g} {r['reference']:>11} {r['samples']:>3} "
+              f"{r['median_filter']:>6} {r['threshold']:>10.4f} {r['dice'] or 0:>7.3f} {r['f1'] or 0:>7.3f}")
+    b = res.best
+    print(f"best: L = {b['noise_level']}, s = {b['guidance']:g}, reference {b['reference']}, {b['samples']} "
+          f"sample(s), median filter {b['median_filter']}, Otsu threshold {b['otsu_threshold']:.4f}, "
+          f"mean Dice {b['dice']}; plot in {Path(args.out) / 'sweep' / 'dice_vs_s.png'}")
+    print("post-processing at the best point, by threshold (x Otsu), minimum lesion volume and growth:")
+    print(f"{'scale':>6} {'threshold':>10} {'ml':>6} {'grow':>5} {'found':>9} {'FP/organ':>9} {'F1':>7} {'Dice':>7}")
+    for r in res.postprocessing:
+        print(f"{r['threshold_scale']:>6g} {r['threshold']:>10.4f} {r['min_lesion_ml']:>6g} {r['grow_to']:>5g} "
+              f"{r['found']:>4}/{r['lesions']:<4} {r['fp_per_organ'] or 0:>9.2f} {r['f1'] or 0:>7.3f} "
+              f"{r['dice'] or 0:>7.3f}")
+    print(f"recommended: threshold {b['threshold']:.4f}, minimum lesion volume {b['min_lesion_ml']:g} ml, "
+          f"grow to {b['grow_to']:g} x threshold ({b['objective']})")
+    if res.baseline:
+        _print_beside(res.baseline)
+    if res.bundle:
+        print(f"calibrated bundle written to {res.bundle}")
     return 0
-
-
-def _map_variants(args: argparse.Namespace, run) -> list:
-    """The map options the sweep tries: every combination of --reference-values, --samples-values and
-    --median-filter-values (each defaulting to the run's own value), checked before any map is made."""
-    import dataclasses
-    import itertools
-
-    variants = []
-    for ref, k, med in itertools.product(args.reference_values or [run.reference], args.samples_values or [run.samples],
-                                         args.median_filter_values or [run.median_filter]):
-        try:
-            point = dataclasses.replace(run, reference=ref, samples=k, median_filter=med)  # checks the values
-        except InputError as exc:
-            raise InputError(f"sweep --reference-values / --samples-values / --median-filter-values: {exc}") from None
-        if (options := point.map_options()) not in variants:
-            variants.append(options)
-    return variants
 
 
 def _print_beside(comparison: dict) -> None:
@@ -398,28 +300,18 @@ def _print_beside(comparison: dict) -> None:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from DiffusionAnomalyLib.evaluation.batch import run_batch, write_index
+    from DiffusionAnomalyLib.errors import EXIT_BAD_INPUT
+    from DiffusionAnomalyLib.evaluation.commands import BatchRequest, batch
 
-    ranks, model, cases = _dataset_setup(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    run_batch(cases, model, out, ranks.rank, ranks.world, redo=args.overwrite)
-    ranks.barrier()
-    failed = []
-    if ranks.rank == 0:
-        import csv
-
-        index = write_index(cases, out)
-        with open(index, newline="") as f:
-            failed = [r for r in csv.DictReader(f) if r["status"] != "ok"]
-        print(f"{len(cases)} case(s), {len(cases) - len(failed)} done; index in {index}")
-    ranks.close()
-    if failed:  # a batch with failed cases is not a complete result: a non-zero exit, naming them
-        from DiffusionAnomalyLib.errors import EXIT_BAD_INPUT
-
-        listed = "; ".join(f"{r['case']}: {r['problem']}" for r in failed[:5]) + (" ..." if len(failed) > 5 else "")
-        print(f"error [bad_input]: {len(failed)} of {len(cases)} case(s) failed ({listed}); the others' results are "
-              f"in {out}", file=sys.stderr)
+    res = batch(_dataset_request(args, BatchRequest))
+    if res is None:
+        return 0
+    print(f"{res.cases} case(s), {res.cases - len(res.failed)} done; index in {res.index}")
+    if res.failed:  # a batch with failed cases is not a complete result: a non-zero exit, naming them
+        listed = "; ".join(f"{r['case']}: {r['problem']}" for r in res.failed[:5]) + (
+            " ..." if len(res.failed) > 5 else "")
+        print(f"error [bad_input]: {len(res.failed)} of {res.cases} case(s) failed ({listed}); the others' results "
+              f"are in {args.out}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 
@@ -554,27 +446,29 @@ OVERWRITE_HELP = ("replace an earlier result in --out (the whole result set: not
                   "write into a non-empty folder; without it such a folder is refused. Inputs are never replaced")
 DEBUG_HELP = "on an error, also print the traceback"
 
-#: How the command line parses each kind of run setting (``settings.Option.kind``).
-OPTION_KINDS = {"sampler": {"choices": list(SAMPLERS)}, "reference": {"choices": list(REFERENCES)}, "device": {},
-                "precision": {"choices": list(PRECISIONS)},
-                "positive_int": {"type": positive_int}, "non_negative_int": {"type": non_negative_int},
-                "non_negative": {"type": non_negative}, "seed": {"type": seed_arg},
-                "threshold": {"type": threshold_arg}, "grow_to": {"type": grow_to_arg}}
-
-
 def add_run_settings(parser: argparse.ArgumentParser, command: str) -> None:
-    """The run settings ``command`` takes, from ``settings.RunSettings`` (each field's ``Option``); every one
-    defaults to None, "not given", which ``RunSettings.resolve`` turns into the bundle's value or the default."""
-    from DiffusionAnomalyLib.settings import options
+    """The run settings ``command`` takes, from ``settings.RunSettings`` (each field's ``Option``: help, metavar,
+    choices, and a parser that checks the declared range); every one defaults to None, "not given", which
+    ``RunSettings.resolve`` turns into the bundle's value or the default."""
+    from DiffusionAnomalyLib.settings import field_type, parse_text
 
     for name, opt in options():
         if command not in opt.commands:
             continue
         flag = "--" + name.replace("_", "-")
-        if opt.kind == "flag":
+        if field_type(name)[0] is bool:
             parser.add_argument(flag, action="store_true", help=opt.help)
-        else:
-            parser.add_argument(flag, default=None, metavar=opt.metavar, help=opt.help, **OPTION_KINDS[opt.kind])
+            continue
+
+        def parse(text: str, name: str = name, words: tuple[str, ...] = opt.words) -> object:
+            try:
+                return parse_text(name, text.strip().lower() if text.strip().lower() in words else text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        parse.__name__ = field_type(name)[0].__name__
+        parser.add_argument(flag, default=None, metavar=opt.metavar, help=opt.help, type=parse,
+                            **({"choices": list(opt.choices)} if opt.choices else {}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -613,10 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--skull-stripped", action="store_true",
                      help="brain: the scan is skull-stripped; the brain mask is its nonzero voxels")
     bl.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
-    bl.add_argument("--threshold", type=baseline_threshold, default=None,
-                    help="fixed threshold >= 0 (default: Otsu in the organ)")
-    bl.add_argument("--min-lesion-ml", type=non_negative, default=None, metavar="ML",
-                    help="drop lesions smaller than this many millilitres (default 0)")
+    add_run_settings(bl, "baseline")
     bl.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     bl.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     bl.add_argument("--no-overview", action="store_true", help=NO_OVERVIEW_HELP)

@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from DiffusionAnomalyLib.errors import (
@@ -45,14 +44,18 @@ _EXCEPTIONS = {EXIT_BAD_INPUT: InputError, EXIT_OUT_OF_MEMORY: OutOfMemoryError,
 
 
 class WorkerClient:
-    """One worker run. ``args`` are the worker's arguments, e.g. ``["run", "--bundle", ...]``.
+    """One worker run of ``request`` (a :class:`~DiffusionAnomalyLib.api.DetectRequest`), sent as JSON on the
+    worker's stdin with ``memory_limit_gb`` (cap the worker's address space: an oversized run then fails with
+    ``out_of_memory``) and ``debug`` (tracebacks on its stderr).
 
     ``python`` is the interpreter that has the dependencies (default: this one; Slicer users with a
     separate GPU environment point it there).
     """
 
-    def __init__(self, args: Sequence[str], python: str | None = None, env: dict | None = None) -> None:
-        self.args = [str(a) for a in args]
+    def __init__(self, request, python: str | None = None, env: dict | None = None,
+                 memory_limit_gb: float | None = None, debug: bool = False) -> None:
+        self.message = json.dumps({"request": request.to_json(), "memory_limit_gb": memory_limit_gb,
+                                   "debug": debug}).encode()
         self.python = python or sys.executable
         self.env = dict(env if env is not None else os.environ)
         lib_parent = str(Path(__file__).resolve().parents[2])
@@ -72,8 +75,15 @@ class WorkerClient:
         kwargs = {"start_new_session": True} if os.name == "posix" else {  # pragma: no cover - Windows
             "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}  # type: ignore
         self.process = subprocess.Popen(
-            [self.python, "-m", "DiffusionAnomalyLib.app.worker", *self.args], stdin=subprocess.DEVNULL,
+            [self.python, "-m", "DiffusionAnomalyLib.app.worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, shell=False, bufsize=0, **kwargs)
+        try:  # the request is small (file names and settings): it fits the pipe's buffer, so this never blocks
+            self.process.stdin.write(self.message)
+        except (BrokenPipeError, OSError):
+            pass  # the worker is gone already: its exit code and stderr tell why
+        finally:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
         for name in self._open:
             os.set_blocking(getattr(self.process, name).fileno(), False)  # Windows pipes too, from Python 3.12
             self._open[name] = True

@@ -21,7 +21,7 @@ def demo_case_agreement(device: torch.device, fast: list[str], seed: int = 1000)
     import numpy as np
     import SimpleITK as sitk
 
-    from DiffusionAnomalyLib.app.job import demo_job_args, run_job
+    from DiffusionAnomalyLib.api import DetectRequest, detect
     from DiffusionAnomalyLib.models.bundle import available_bundles
     from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_phantom
 
@@ -34,10 +34,11 @@ def demo_case_agreement(device: torch.device, fast: list[str], seed: int = 1000)
         case_dir = write_phantom(case, Path(tmp) / "case")
         runs = {}
         for prec in ["fp32", *fast]:
-            args = demo_job_args(str(bundles[0].path), case_dir, case.channels, "kidney", Path(tmp) / prec,
-                                 str(device), prec)
+            request = DetectRequest(images=(str(case_dir / "ct.nii.gz"),), out=str(Path(tmp) / prec),
+                                    bundle=str(bundles[0].path), totalseg=str(case_dir / "segmentations"),
+                                    settings={"seed": 0, "device": str(device), "precision": prec})
             t0 = time.perf_counter()
-            res = run_job(args).result
+            res = detect(request).result
             runs[prec] = (res, time.perf_counter() - t0)
             out[f"{prec}_seconds"] = round(runs[prec][1], 2)
             out[f"{prec}_resolved"] = res.parameters.get("precision")

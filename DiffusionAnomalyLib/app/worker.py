@@ -1,12 +1,12 @@
-"""The background worker: one run in a child process, speaking line-oriented JSON on stdout (docs/worker.md).
+"""The background worker: one detection in a child process, speaking line-oriented JSON on stdout (docs/worker.md).
 
-    python -m DiffusionAnomalyLib.app.worker run --bundle B --input ct.nii.gz --totalseg seg/ --out OUT [...]
-    python -m DiffusionAnomalyLib.app.worker baseline --organ kidney --input ct.nii.gz --mask m.nrrd --out OUT
+    python -m DiffusionAnomalyLib.app.worker < request.json
 
-Arguments are those of ``diffusion-anomaly run`` / ``baseline``. Each stdout line is one JSON object
-with an ``event`` key:
+It takes no arguments: it reads one JSON object from stdin, ``{"request": {...}, "memory_limit_gb": null,
+"debug": false}``, whose ``request`` is a :class:`~DiffusionAnomalyLib.api.DetectRequest` (``to_json``), and runs
+:func:`~DiffusionAnomalyLib.api.detect`. Each stdout line is one JSON object with an ``event`` key:
 
-- ``started``: ``pid``, ``version``, ``command``
+- ``started``: ``pid``, ``version``, ``command`` (run or baseline)
 - ``progress``: ``stage`` (extract, reconstruct, compose, postprocess, write), ``step``, ``total``,
   ``fraction`` (0..1, never decreasing), ``eta_s``
 - ``log`` / ``warning``: ``message``
@@ -26,7 +26,7 @@ exit  code                                         when
                                                    (holds an input, earlier result without
                                                    ``--overwrite``, not writable, disk full)
 3     bad_model                                    bundle missing, corrupt, pickled, manifest
-4     out_of_memory                                any allocation failure, ``DA_MEMORY_LIMIT_GB``
+4     out_of_memory                                any allocation failure, ``memory_limit_gb``
 5     cancelled                                    SIGTERM (or SIGINT)
 6     missing_dependency                           TotalSegmentator or its weights absent
 1     internal_error                               a bug (traceback on stderr)
@@ -37,7 +37,7 @@ An ``error`` event always precedes a non-zero exit (an 8 MB reserve is freed and
 (SIGKILL; the client reports ``killed``) ends the worker without one. SIGTERM cancels: the staging
 folder is removed, so the output folder never holds half results, and a later run removes the
 staging folder a killed run left. ``--overwrite`` (as for ``run``) replaces an earlier result set in a
-user folder. Human-readable output goes to stderr. ``DA_MEMORY_LIMIT_GB``
+user folder. Human-readable output goes to stderr. ``memory_limit_gb``
 caps the worker's address space: a run that needs more fails with ``out_of_memory`` (exit 4) instead
 of the operating system killing it (which the client reports as "killed by signal 9 (out of memory?)").
 """
@@ -54,9 +54,10 @@ from collections.abc import Sequence
 
 from DiffusionAnomalyLib import __version__
 from DiffusionAnomalyLib.errors import EXIT_OUT_OF_MEMORY, InputError, classify, oom_message, raise_cancelled
+from DiffusionAnomalyLib.progress import overall
 
-#: Share of the whole run each stage takes, for the overall fraction (reconstruction dominates).
-STAGE_WEIGHTS = {"extract": 0.05, "reconstruct": 0.8, "compose": 0.05, "postprocess": 0.05, "write": 0.05}
+#: The most a request on stdin may hold (it names files; it never holds data).
+MAX_REQUEST_BYTES = 1 << 20
 
 
 class EventWriter:
@@ -72,10 +73,7 @@ class EventWriter:
         self.stream.flush()
 
     def progress(self, stage: str, step: int, total: int) -> None:
-        order = list(STAGE_WEIGHTS)
-        start = sum(STAGE_WEIGHTS[s] for s in order[: order.index(stage)])
-        f = min(1.0, start + STAGE_WEIGHTS[stage] * (step / max(total, 1)))
-        self.fraction = max(self.fraction, f)
+        self.fraction = max(self.fraction, overall(stage, step, total))
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / self.fraction * (1 - self.fraction) if self.fraction > 0 else None
         self.emit("progress", stage=stage, step=step, total=total, fraction=round(self.fraction, 4),
@@ -84,33 +82,52 @@ class EventWriter:
 
 def limit_memory(gb: float) -> None:
     """Cap this process's address space at ``gb`` GiB, so an oversized run fails with ``out_of_memory``
-    (exit 4) instead of being killed by the operating system (Linux/macOS; ``DA_MEMORY_LIMIT_GB``)."""
+    (exit 4) instead of being killed by the operating system (Linux/macOS; the request's ``memory_limit_gb``)."""
     import resource
 
     limit = int(gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _run_job(args, events: EventWriter) -> dict:
-    from DiffusionAnomalyLib.app.job import run_job
+def _detect(request, events: EventWriter) -> dict:
+    from DiffusionAnomalyLib.api import detect
 
-    outcome = run_job(args, progress=events.progress)
-    if outcome.demo_bundle:
+    found = detect(request, progress=events.progress)
+    if found.demo_bundle:
         events.emit("warning", message="DEMO bundle trained on synthetic phantoms: its findings on real scans "
                                        "mean nothing")
-    for w in outcome.result.warnings:
+    for w in found.result.warnings:
         events.emit("warning", message=w)
-    outputs = {p.name: str(p) for p in sorted(outcome.out.iterdir()) if not p.name.startswith(".")}
-    return {"outputs": outputs, "lesions": [le.to_row() for le in outcome.result.table],
-            "threshold": outcome.result.threshold, "device": outcome.device,
-            "timings_s": {k: round(v, 3) for k, v in outcome.result.timings.items()}}
+    outputs = {p.name: str(p) for p in sorted(found.out.iterdir()) if not p.name.startswith(".")}
+    return {"outputs": outputs, "lesions": [le.to_row() for le in found.result.table],
+            "threshold": found.result.threshold, "device": found.device,
+            "timings_s": {k: round(v, 3) for k, v in found.result.timings.items()}}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def read_message(stream) -> tuple[object, float | None, bool]:
+    """The request, the memory limit and the debug flag from the JSON object on ``stream`` (bytes), checked."""
+    from DiffusionAnomalyLib.api import DetectRequest
+    from DiffusionAnomalyLib.imaging.outputs import parse_json
+
+    raw = stream.read(MAX_REQUEST_BYTES + 1)
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise InputError(f"the worker's request on stdin is over {MAX_REQUEST_BYTES} bytes")
+    if not raw.strip():
+        raise InputError("the worker takes a JSON request on stdin (docs/worker.md) and got none")
+    data = parse_json(raw, "the worker's request (stdin)")
+    if not isinstance(data, dict) or set(data) - {"request", "memory_limit_gb", "debug"} or "request" not in data:
+        raise InputError("the worker's request (stdin): expected {\"request\": {...}, \"memory_limit_gb\": ..., "
+                         "\"debug\": ...}")
+    limit, debug = data.get("memory_limit_gb"), data.get("debug", False)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0):
+        raise InputError(f"the worker's request (stdin): memory_limit_gb must be a number of GiB > 0 (got {limit!r})")
+    if not isinstance(debug, bool):
+        raise InputError(f"the worker's request (stdin): debug must be true or false (got {debug!r})")
+    return DetectRequest.from_json(data["request"], "the worker's request (stdin)"), limit, debug
+
+
+def main(argv: Sequence[str] | None = None, stdin=None) -> int:
     import contextlib
-    import io
-
-    from DiffusionAnomalyLib.app.cli import build_parser
 
     events = EventWriter()
     real_stdout = sys.stdout
@@ -121,33 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     fallback = (json.dumps({"event": "error", "code": "out_of_memory", "message": oom_message(MemoryError()),
                             "exit_code": EXIT_OUT_OF_MEMORY}) + "\n").encode()
     reserve = bytearray(8 << 20)  # freed on failure, so reporting has memory to work with
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("DA_DEBUG"))
+    debug = bool(os.environ.get("DA_DEBUG"))
     try:
-        if os.environ.get("DA_MEMORY_LIMIT_GB"):
-            try:
-                limit_memory(float(os.environ["DA_MEMORY_LIMIT_GB"]))
-            except ValueError:
-                raise InputError(f"DA_MEMORY_LIMIT_GB={os.environ['DA_MEMORY_LIMIT_GB']!r}: expected a number of "
-                                 "GiB") from None
-        parser = build_parser()
-        captured = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(captured):
-                args = parser.parse_args(argv)
-        except SystemExit as exc:
-            text = captured.getvalue()
-            sys.stderr.write(text)
-            if exc.code in (0, None):
-                return 0
-            last = [ln for ln in text.strip().splitlines() if ln.strip()]
-            raise InputError("invalid worker arguments: " + (last[-1] if last else "see stderr")) from None
-        if args.command not in ("run", "baseline"):
-            raise InputError(f"the worker runs 'run' or 'baseline', not {args.command!r}")
-        events.emit("started", pid=os.getpid(), version=__version__, command=args.command)
+        args = list(sys.argv[1:] if argv is None else argv)
+        if args:
+            raise InputError(f"the worker takes no arguments (got {' '.join(args)[:80]}); it reads a JSON request on "
+                             "stdin (docs/worker.md)")
+        request, limit, asked = read_message(stdin if stdin is not None else sys.stdin.buffer)
+        debug = debug or asked
+        if limit is not None:
+            limit_memory(float(limit))
+        events.emit("started", pid=os.getpid(), version=__version__, command=request.command)
         from DiffusionAnomalyLib import logs
 
         with logs.attached(logs.EventHandler(events.emit)):  # library log records become log/warning events
-            result = _run_job(args, events)
+            result = _detect(request, events)
         events.emit("result", **result)
         return 0
     except BaseException as exc:  # noqa: BLE001 - the client always gets an error event and a documented code

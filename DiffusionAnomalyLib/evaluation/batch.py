@@ -42,7 +42,11 @@ class Model:
     @property
     def settings(self):
         """The sampler settings (None for the baseline)."""
-        return None if self.baseline else self.run.sampler_settings()
+        if self.baseline:
+            return None
+        from DiffusionAnomalyLib.models.diffusion.sampler import SamplerSettings
+
+        return SamplerSettings.from_run(self.run)
 
     @property
     def options(self) -> MapOptions:
@@ -54,28 +58,30 @@ class Model:
         st = settings or self.settings
         if st is None:
             return "baseline"
-        key = f"{st.method}_L{st.noise_level}_s{st.guidance:g}_n{st.steps}_seed{st.seed}"
+        import dataclasses
+
         from DiffusionAnomalyLib.models.reconstruction import samples_drawn
+        from DiffusionAnomalyLib.settings import maps_key
 
         o = options or self.options
-        samples = samples_drawn(st.method, o.samples)
-        return (key + ("_refae" if o.reference == "autoencoder" else "") + (f"_k{samples}" if samples > 1 else "")
-                + (f"_med{o.median_filter}" if o.median_filter else "") + f"_w{self.weights_id}"
-                + ("_bf16" if self.precision == "bf16" else ""))
+        run = dataclasses.replace(self.run, **st.run_fields(), reference=o.reference, median_filter=o.median_filter,
+                                  samples=samples_drawn(st.method, o.samples))
+        return maps_key(run) + f"_w{self.weights_id}" + ("_bf16" if self.precision == "bf16" else "")
 
 
 #: Builds the run settings from a bundle's ``recommended`` block and preset (the command line's options on top).
 Resolve = Callable[[dict, OrganPreset], RunSettings]
 
 
-def load_model(bundle_path: str | None, organ: str | None, device, resolve: Resolve) -> Model:
+def load_model(bundle_path: str | None, organ: str | None, device, resolve: Resolve, shipped: bool = True) -> Model:
     """A bundle (``bundle_path``) or, without one, the non-neural baseline for ``organ``; ``resolve`` turns
-    the bundle's recommendations into the run settings (once, as for ``run``)."""
+    the bundle's recommendations into the run settings (once, as for ``run``). ``shipped`` False: the bundle is
+    being made, so the shipped manifest (which may list a bundle of the same name and version) is not consulted."""
     if bundle_path:
         from DiffusionAnomalyLib.models.bundle import load_bundle, shipped_manifest
         from DiffusionAnomalyLib.models.reconstruction import DiffusionReconstructor
 
-        bundle = load_bundle(bundle_path, device=device, manifest=shipped_manifest())
+        bundle = load_bundle(bundle_path, device=device, manifest=shipped_manifest() if shipped else None)
         rec = dict(bundle.meta.recommended or {})
         run = resolve(rec, bundle.preset)
         opts = run.map_options()

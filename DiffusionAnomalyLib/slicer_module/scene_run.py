@@ -1,17 +1,16 @@
 """One detection run started from a Slicer scene, without any GUI: the engine of the panel's Logic.
 
-:class:`RunRequest` holds the panel's settings, says what is wrong with them (:meth:`RunRequest.problems`)
-and builds the worker's arguments. :class:`SceneRun` writes the input volumes (and organ mask) to a
-private temporary folder, starts the worker through :class:`~DiffusionAnomalyLib.app.client.WorkerClient`,
-is polled (the panel polls it from a timer, so the GUI never blocks), and on success adds the results
-to the scene through :mod:`DiffusionAnomalyLib.slicer_module.scene`. Cancel, failure or a crash leave the scene as
-it was; the temporary folder is always removed. Nothing here imports torch: it runs in Slicer's own
-process before the worker's packages are installed.
+:class:`RunRequest` holds the panel's settings, says what is wrong with them (:meth:`RunRequest.problems`) and
+builds the worker's :class:`~DiffusionAnomalyLib.api.DetectRequest`. :class:`SceneRun` writes the input volumes
+(and organ mask) to a private temporary folder, starts the worker through
+:class:`~DiffusionAnomalyLib.app.client.WorkerClient`, is polled (the panel polls it from a timer, so the GUI never
+blocks), and on success adds the results to the scene through :mod:`DiffusionAnomalyLib.slicer_module.scene`.
+Cancel, failure or a crash leave the scene as it was; the temporary folder is always removed. Nothing here imports
+torch: it runs in Slicer's own process before the worker's packages are installed.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -118,9 +117,6 @@ class RunRequest:
                     "bundle."]
         return []
 
-    def is_valid(self) -> bool:
-        return not self.problems()
-
     def run_settings(self):
         """The run's :class:`~DiffusionAnomalyLib.settings.RunSettings`: the bundle's recommendations with the
         panel's values on top, resolved once (the worker receives exactly this object as JSON)."""
@@ -142,30 +138,26 @@ class RunRequest:
             return list(get_preset(self.organ).channels)
         return list(cached_meta(self.bundle).channels)
 
-    def worker_args(self, inputs: Sequence[str | Path], out: str | Path, mask: str | Path | None,
-                    settings_file: str | Path) -> list[str]:
-        """The worker's arguments (``run ...``, or ``baseline ...`` for :data:`BASELINE`): inputs, mask, output
-        folder and the settings JSON file (:meth:`run_settings`, written by the caller); no ``overview.png`` (the
-        scene is the picture, and the baseline's worker has no matplotlib)."""
+    def detect_request(self, inputs: Sequence[str | Path], out: str | Path, mask: str | Path | None):
+        """The worker's :class:`~DiffusionAnomalyLib.api.DetectRequest`: inputs, mask, output folder and the run
+        settings resolved once (:meth:`run_settings`; the baseline: its threshold and post-processing); no
+        ``overview.png`` (the scene is the picture, and the baseline's worker has no matplotlib)."""
+        from DiffusionAnomalyLib.api import DetectRequest
+
         problems = self.problems()
         if problems:
             raise InputError(" ".join(problems))
-        if self.baseline:
-            s = self.run_settings()
-            args = ["baseline", "--organ", self.organ, "--input", *[str(p) for p in inputs], "--out", str(out),
-                    "--no-overview", "--min-lesion-ml", repr(float(s.min_lesion_ml))]
-            args += ["--threshold", repr(float(s.threshold))] if s.threshold is not None else []
-        else:
-            args = ["run", "--bundle", str(self.bundle), "--input", *[str(p) for p in inputs],
-                    "--settings", str(settings_file), "--out", str(out), "--no-overview"]
-        if self.mask_source == "none":
-            args.append("--skull-stripped")
-        elif mask is not None:
-            args += ["--mask", str(mask)]
-        elif self.mask_source != "totalsegmentator":  # without a mask the worker runs TotalSegmentator
+        if mask is None and self.mask_source == "segmentation":  # without a mask the worker runs TotalSegmentator
             raise InputError(f"No organ mask for the {self.organ}: choose a segmentation with the organ, or let "
                              "TotalSegmentator make one.")
-        return args
+        settings = self.run_settings().to_dict()
+        if self.baseline:
+            settings = {k: v for k, v in settings.items() if k in BASELINE_SETTINGS}
+        settings["threshold"] = "otsu" if settings["threshold"] is None else settings["threshold"]
+        return DetectRequest(images=tuple(str(p) for p in inputs), out=str(out), organ=self.organ,
+                             bundle=None if self.baseline else str(self.bundle), baseline=self.baseline,
+                             mask=None if mask is None or self.mask_source == "none" else str(mask),
+                             skull_stripped=self.mask_source == "none", settings=settings, overview=False)
 
 
 def _sentence(text: str) -> str:
@@ -224,7 +216,7 @@ def run_name(request: RunRequest, input_name: str) -> str:
 class SceneRun:
     """One run from scene nodes to results in the scene. Poll it until :attr:`finished`.
 
-    ``client_factory(args, python)`` makes the worker client (default: the real
+    ``client_factory(request, python)`` makes the worker client (default: the real
     :class:`~DiffusionAnomalyLib.app.client.WorkerClient`). ``on_event(event)`` receives every worker
     event (progress, log, warning, result, error). ``output_dir``: also keep the run's files there
     (written atomically by the worker); by default they live in the temporary folder and go with it.
@@ -284,13 +276,11 @@ class SceneRun:
                                                               self.mask_segment_ids, self.input_nodes[0])
                 # one label: the worker splits paired organs (kidneys) into left and right itself
                 mask = write_volume(mask_image > 0, self.tmp / "mask.nii.gz", compress=False)
-            settings = self.tmp / "settings.json"
             self.settings = self.request.run_settings()  # resolved once; the worker and the nodes get this
-            settings.write_text(json.dumps(self.settings.to_dict(), indent=2) + "\n")
-            args = self.request.worker_args(inputs, self.output_dir or self.tmp / "out", mask, settings)
+            request = self.request.detect_request(inputs, self.output_dir or self.tmp / "out", mask)
             env = worker_environment(self.request.own_python)
-            factory = self.client_factory or (lambda a, python: WorkerClient(a, python=python or None, env=env))
-            self.client = factory(args, self.request.python)
+            factory = self.client_factory or (lambda r, python: WorkerClient(r, python=python or None, env=env))
+            self.client = factory(request, self.request.python)
             self.client.start()
         except BaseException:
             self._cleanup()

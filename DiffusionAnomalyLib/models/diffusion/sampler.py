@@ -36,7 +36,7 @@ METHODS = SAMPLERS  # one definition: DiffusionAnomalyLib.settings
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """The sampler's parameters (built from ``settings.RunSettings.sampler_settings()`` in a run); the
+    """The sampler's parameters (in a run: :meth:`from_run` of the resolved ``settings.RunSettings``); the
     defaults are the run defaults of ``settings.SAMPLER_DEFAULTS``. The kidney thesis' optimum for DDPM is
     L = 500, s = 1600 (Table 5.1); the demo bundles recommend their own calibrated values."""
 
@@ -48,6 +48,19 @@ class SamplerSettings:
     seed: int = 0
     resample_jumps: int = 1
     trajectory_every: int = 0  # keep the predicted x_0 every k steps (0 = never)
+
+    @classmethod
+    def from_run(cls, run: RunSettings) -> SamplerSettings:
+        """The sampler's part of resolved run settings."""
+        return cls(method=run.sampler, noise_level=run.noise_level, steps=run.steps, guidance=run.guidance,
+                   seed=run.seed, resample_jumps=run.resample_jumps, trajectory_every=run.trajectory_every)
+
+    def run_fields(self) -> dict[str, Any]:
+        """The :class:`~DiffusionAnomalyLib.settings.RunSettings` fields these settings stand for (inverse of
+        :meth:`from_run`)."""
+        return {"sampler": self.method, "noise_level": self.noise_level, "steps": self.steps,
+                "guidance": self.guidance, "seed": self.seed, "resample_jumps": self.resample_jumps,
+                "trajectory_every": self.trajectory_every}
 
     def validate(self, schedule: NoiseSchedule) -> None:
         """The run settings' checks (written once, in ``RunSettings.problems``), then this schedule's range."""

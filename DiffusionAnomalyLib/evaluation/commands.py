@@ -1,0 +1,282 @@
+"""The dataset jobs as functions: :func:`evaluate`, :func:`sweep` and :func:`batch`, each taking one typed request
+and returning a typed result (``diffusion-anomaly evaluate`` / ``sweep`` / ``batch`` print them; ``train all``
+calibrates with :func:`sweep`). Under ``torchrun`` every rank calls the same function; rank 0 returns the result,
+the others None.
+
+>>> from DiffusionAnomalyLib.api import EvaluateRequest, evaluate  # doctest: +SKIP
+>>> report = evaluate(EvaluateRequest(data="phantoms", out="eval", bundle="Resources/Models/kidney-demo"))
+>>> report.summary["pooled"]["f1"]  # doctest: +SKIP
+0.61
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.settings import ORGANS, RunSettings
+
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    """What every dataset job takes: the dataset folder (one sub-folder per case), the output folder, the model
+    (``bundle``, or ``baseline`` for ``organ``) and run settings by field name (None: the bundle's)."""
+
+    data: str
+    out: str
+    bundle: str | None = None
+    organ: str | None = None
+    baseline: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.baseline == bool(self.bundle):
+            problems.append("give a bundle, or the baseline with an organ")
+        if self.baseline and self.organ not in ORGANS:
+            problems.append(f"the baseline needs an organ, one of {', '.join(ORGANS)} (got {self.organ!r})")
+        unknown = sorted(set(self.settings) - set(RunSettings.__dataclass_fields__))
+        if unknown:
+            problems.append(f"unknown run setting(s) {unknown}")
+        if problems:
+            raise InputError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class EvaluateRequest(DatasetRequest):
+    """``evaluate``: ``threshold`` None/'otsu' (one global Otsu threshold, as the thesis), a number, or 'bundle'
+    (the calibrated operating point); ``postprocessing`` off: threshold and components only; ``baseline_beside``:
+    the median baseline on the same cases with the paired test; ``bootstrap`` resamples for the 95 % CIs."""
+
+    threshold: float | str | None = None
+    postprocessing: bool = True
+    bootstrap: int = 1000
+    baseline_beside: bool = True
+
+
+@dataclass(frozen=True)
+class SweepRequest(DatasetRequest):
+    """``sweep``: the grid L x s x map variants (reference, K, median filter; each defaulting to the run's), then
+    the post-processing stage at the best point; ``write_bundle``: a calibrated copy of the bundle there.
+    ``shipped_manifest`` False: the bundle is being made (``train all``), so no shipped manifest entry can name
+    it."""
+
+    noise_levels: tuple[int, ...] = (100, 250, 500)
+    guidance_values: tuple[float, ...] = tuple(float(s) for s in range(0, 2001, 200))
+    reference_values: tuple[str, ...] = ()
+    samples_values: tuple[int, ...] = ()
+    median_filter_values: tuple[int, ...] = ()
+    min_lesion_ml_values: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+    threshold_scales: tuple[float, ...] = (1.0,)
+    grow_to_values: tuple[float, ...] = ()
+    max_fp_per_organ: float | None = None
+    baseline_beside: bool = True
+    allow_weak_classifier: bool = False
+    write_bundle: str | None = None
+    shipped_manifest: bool = True
+
+
+@dataclass(frozen=True)
+class BatchRequest(DatasetRequest):
+    """``batch``: ``run``'s outputs for every case (finished cases are skipped unless ``overwrite``)."""
+
+
+@dataclass
+class EvaluateResult:
+    """``evaluate``'s report: the summary (also ``out/report/summary.json``), its Markdown, the threshold used,
+    and notes for the reader."""
+
+    summary: dict
+    markdown: str
+    threshold: float
+    notes: list[str]
+
+
+@dataclass
+class SweepResult:
+    """``sweep``'s result: the grid rows, the best point and its operating point (``best``), the post-processing
+    rows, the baseline beside (if run), the calibrated bundle (if written), and warnings."""
+
+    grid: list[dict]
+    best: dict
+    postprocessing: list[dict]
+    baseline: dict | None
+    bundle: Path | None
+    warnings: list[str]
+    cases: int
+
+
+@dataclass
+class BatchResult:
+    """``batch``'s result: the index CSV, the number of cases, and the rows of those that failed."""
+
+    index: Path
+    cases: int
+    failed: list[dict]
+
+
+def _setup(request: DatasetRequest, command: str):
+    from DiffusionAnomalyLib.evaluation.batch import Ranks, load_model
+    from DiffusionAnomalyLib.evaluation.datasets import discover_cases
+    from DiffusionAnomalyLib.imaging.outputs import check_output_dir
+    from DiffusionAnomalyLib.models.device import select_device
+
+    if not Path(request.data).is_dir():
+        raise InputError(f"{request.data}: --data is not a folder")
+    check_output_dir(request.out, [request.data, request.bundle], overwrite=request.overwrite, resume=True,
+                     command=command)
+    device = select_device(request.settings.get("device") or "auto")  # auto/cuda -> cuda:LOCAL_RANK (torchrun)
+    ranks = Ranks(device)
+    given = {k: v for k, v in request.settings.items() if v is not None}
+    model = load_model(request.bundle, request.organ, device,
+                       lambda recommended, preset: RunSettings.resolve(recommended, preset, **given),
+                       shipped=getattr(request, "shipped_manifest", True))
+    cases = discover_cases(request.data, model.preset)
+    if not cases:
+        raise InputError(f"{request.data}: no case folders (a dataset folder holds one sub-folder per case; see "
+                         "docs/evaluation.md)")
+    return ranks, model, cases
+
+
+def evaluate(request: EvaluateRequest) -> EvaluateResult | None:
+    """Maps (cached in ``out/maps``, resumable), then Dice, lesion detection at IoU 0.2, size strata, FROC and
+    voxel AUROC/AUPRC with bootstrap CIs in ``out/report``, the median baseline beside a bundle."""
+    from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, score_dataset, write_report
+
+    out = Path(request.out)
+    existed = out.exists()
+    ranks, model, cases = _setup(request, "evaluate")
+    key = model.maps_key()
+    maps = out / "maps" / key
+    try:
+        compute_maps(cases, model.make_reconstructor(model.settings), model.preset, maps, ranks.rank, ranks.world)
+    except BaseException:  # a failure before any map leaves no empty folders (they would read as a result)
+        for d in (maps, maps.parent, *(() if existed else (out,))):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    ranks.barrier()
+    beside = None
+    if not model.baseline and request.baseline_beside:
+        beside = baseline_beside(cases, model.preset.name, out, ranks.rank, ranks.world, ranks.barrier,
+                                 request.postprocessing, request.settings.get("min_lesion_ml"),
+                                 request.settings.get("grow_to"), request.bootstrap)
+    result = None
+    if ranks.rank == 0:
+        # evaluate's default is one Otsu threshold over the whole dataset; 'bundle' is the calibrated one
+        threshold = ("otsu" if request.threshold in (None, "otsu") else model.run.threshold
+                     if request.threshold == "bundle" else float(request.threshold))
+        threshold = "otsu" if threshold is None else threshold
+        pp = model.run.postprocessing(model.preset) if request.postprocessing else None
+        scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=request.bootstrap)
+        settings = {"model": model.description, "organ": model.preset.name, "data": str(request.data), "maps": key,
+                    "threshold": f"{thr:.4f} ({'global Otsu' if threshold == 'otsu' else 'fixed'})",
+                    "post-processing": "off" if pp is None else "on (as in the kidney thesis §4.1.1" + (
+                        f"; lesions >= {pp.min_volume_ml:g} ml" if pp.min_volume_ml else "") + (
+                        f"; grown to {pp.grow_to:g} x threshold" if pp.grow_to < 1 else "") + ")", "IoU": 0.2,
+                    "ranks": ranks.world,
+                    "baseline": "this is the baseline" if model.baseline else "off (--no-baseline)"
+                    if not request.baseline_beside else "the median baseline beside (its global Otsu threshold)"}
+        write_report(out, scores, summary, problems, settings, beside)
+        notes = []
+        if request.threshold is None and model.recommended.get("threshold") is not None:
+            notes.append(f"scored at the dataset's global Otsu threshold {thr:.4f} (as in the kidney thesis §5.2), "
+                         f"with the bundle's post-processing; its calibrated operating point has the threshold "
+                         f"{model.recommended['threshold']:.4f}: add --threshold bundle to score that point")
+        if model.demo:
+            notes.append("a DEMO bundle trained on synthetic phantoms")
+        result = EvaluateResult(summary, (out / "report" / "summary.md").read_text(encoding="utf-8"), thr, notes)
+    ranks.close()
+    return result
+
+
+def map_variants(request: SweepRequest, run: RunSettings) -> list:
+    """The map options the sweep tries: every combination of the reference, samples and median-filter values (each
+    defaulting to the run's own value), checked before any map is made."""
+    variants = []
+    for ref, k, med in itertools.product(request.reference_values or [run.reference],
+                                         request.samples_values or [run.samples],
+                                         request.median_filter_values or [run.median_filter]):
+        try:
+            point = dataclasses.replace(run, reference=ref, samples=k, median_filter=med)  # checks the values
+        except InputError as exc:
+            raise InputError(f"sweep --reference-values / --samples-values / --median-filter-values: {exc}") from None
+        if (options := point.map_options()) not in variants:
+            variants.append(options)
+    return variants
+
+
+def sweep(request: SweepRequest) -> SweepResult | None:
+    """The grid search over L and s (the kidney thesis §5.2) and the operating point at the best one; with
+    ``write_bundle``, a calibrated copy of the bundle."""
+    from DiffusionAnomalyLib.detection.anomaly import PostProcessing
+    from DiffusionAnomalyLib.evaluation.sweep import run_sweep, weak_guidance, write_calibrated_bundle
+
+    if request.threshold_scales and min(request.threshold_scales) <= 0:
+        raise InputError(f"--threshold-scales must be > 0 (got {min(request.threshold_scales):g})")
+    if request.max_fp_per_organ is not None and request.max_fp_per_organ < 0:
+        raise InputError(f"--max-fp-per-organ must be >= 0 (got {request.max_fp_per_organ:g})")
+    grow = request.settings.get("grow_to")
+    grow_to_values = list(request.grow_to_values) or [1.0 if grow is None else grow]
+    for value in grow_to_values:
+        PostProcessing(grow_to=value)  # checks the range before any map is computed
+    if request.write_bundle:
+        if not request.bundle:
+            raise InputError("--write-bundle needs --bundle (the baseline has no settings to calibrate)")
+        from DiffusionAnomalyLib.imaging.outputs import check_output_dir
+
+        check_output_dir(request.write_bundle, [request.data, request.bundle, request.out],
+                         overwrite=request.overwrite, option="--write-bundle", command="write-bundle")
+    ranks, model, cases = _setup(request, "sweep")
+    if model.baseline:
+        raise InputError("sweep needs --bundle (the baseline has no L or s)")
+    guidance_values = list(request.guidance_values)
+    warnings = []
+    weak = weak_guidance(model.extra, request.noise_levels) if any(s > 0 for s in guidance_values) else None
+    if weak and not request.allow_weak_classifier:
+        guidance_values = [0.0]
+        warnings.append(f"{weak}: the sweep tries s = 0 only (--allow-weak-classifier to sweep s > 0 anyway)")
+    res = run_sweep(cases, model.make_reconstructor, model.preset, Path(request.out), model.settings,
+                    request.noise_levels, guidance_values, ranks.rank, ranks.world, ranks.barrier,
+                    min_lesion_ml_values=request.min_lesion_ml_values, maps_key=model.maps_key,
+                    options=model.options, threshold_scales=request.threshold_scales or (1.0,),
+                    max_fp_per_organ=request.max_fp_per_organ, grow_to_values=grow_to_values,
+                    baseline_organ=model.preset.name if request.baseline_beside else None,
+                    map_variants=map_variants(request, model.run))
+    result = None
+    if res is not None:
+        bundle = None
+        if request.write_bundle:
+            bundle = write_calibrated_bundle(request.bundle, request.write_bundle, res["best"],
+                                             note=f"sweep over {len(cases)} cases of {request.data}")
+        result = SweepResult(res["grid"], res["best"], res["postprocessing"], res.get("baseline"), bundle, warnings,
+                             len(cases))
+    ranks.close()
+    return result
+
+
+def batch(request: BatchRequest) -> BatchResult | None:
+    """``run``'s outputs for every case of the dataset in ``out/<case>/`` and ``out/index.csv``; a failed case is
+    listed in the result (and the index), the others are still done."""
+    import csv
+
+    from DiffusionAnomalyLib.evaluation.batch import run_batch, write_index
+
+    ranks, model, cases = _setup(request, "batch")
+    out = Path(request.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_batch(cases, model, out, ranks.rank, ranks.world, redo=request.overwrite)
+    ranks.barrier()
+    result = None
+    if ranks.rank == 0:
+        index = write_index(cases, out)
+        with open(index, newline="") as f:
+            result = BatchResult(index, len(cases), [r for r in csv.DictReader(f) if r["status"] != "ok"])
+    ranks.close()
+    return result
