@@ -84,7 +84,8 @@ class Option:
     accepts besides a value, passed on as they are (``threshold``: ``otsu``, ``bundle``).
     Command line: ``--<field-name>`` on ``commands``; an option left out means "the bundle's recommendation, else
     the default". Slicer panel: the parameter-node member ``panel`` (bound to a widget by ``SlicerParameterName`` in
-    the ``.ui``), limited to ``panel_range`` (default: ``low``..``high``) or the choices; ``bundle_value`` is the
+    the ``.ui``), limited to ``panel_range`` (default: ``low``..``high``) or ``panel_choices`` (default: the choices,
+with ``bundle_value`` first when it is a word); ``bundle_value`` is the
     member value that means "the bundle's recommendation" (None: the panel always sends its value).
     ``recommend``: a bundle's ``recommended`` block may set it. ``maps``: it changes the anomaly maps, so it is part
     of the map cache's key (``key`` is its short name there; ``key_default``: left out of the key at that value).
@@ -101,6 +102,7 @@ class Option:
     words: tuple[str, ...] = ()
     panel: str | None = None
     panel_range: tuple[float, float] | None = None
+    panel_choices: tuple[str, ...] | None = None
     bundle_value: Any = None
     recommend: bool = False
     maps: bool = False
@@ -109,6 +111,13 @@ class Option:
 
     def upper(self) -> float | None:
         return self.high() if callable(self.high) else self.high
+
+    def panel_limit(self) -> tuple[str, tuple]:
+        """The panel member's limit: ``("choice", values)`` or ``("range", (low, high))``."""
+        if self.panel_choices or self.choices:
+            first = (self.bundle_value,) if isinstance(self.bundle_value, str) else ()
+            return "choice", (*first, *(self.panel_choices or self.choices))
+        return "range", self.panel_range or (self.low, self.upper())
 
 
 def setting(default: Any, option: Option) -> Any:
@@ -178,7 +187,7 @@ class RunSettings:
         low=0, high=1, low_open=True, recommend=True))
     device: str = setting("auto", Option(
         "auto (CUDA > MPS > CPU; the default), cpu, cuda, cuda:1, mps (under torchrun: each rank its own GPU)",
-        MAPS, label="device", panel="device"))
+        MAPS, label="device", panel="device", panel_choices=DEVICES))
     trajectory_every: int = setting(0, Option(
         "also write the decoded x_0 prediction every K sampler steps, composed onto the input's grid, as one "
         "volume sequence (trajectory.seq.nrrd; 3D Slicer opens it as a sequence)", ("run", "batch"), "K",

@@ -2,6 +2,7 @@
 
 Only the keywords the bundle schema uses are understood: ``type`` (one name or a list), ``enum``,
 ``required``, ``properties``, ``additionalProperties`` (true/false or a schema), ``items``, ``minimum``,
+``exclusiveMinimum``, ``maximum``,
 ``minLength`` and ``minItems``. Any other keyword is ignored (``description``, ``title``, ...). Standard
 library only, so the Slicer panel can list and check bundles in Slicer's own Python.
 """
@@ -45,6 +46,10 @@ def problems(value: Any, schema: dict, where: str = "") -> list[str]:
         found.append(f"{name}: {value!r} is not one of {schema['enum']}")
     if "minimum" in schema and _TYPES["number"](value) and value < schema["minimum"]:
         found.append(f"{name}: {value} is below the minimum {schema['minimum']}")
+    if "exclusiveMinimum" in schema and _TYPES["number"](value) and value <= schema["exclusiveMinimum"]:
+        found.append(f"{name}: {value} is not above {schema['exclusiveMinimum']}")
+    if "maximum" in schema and _TYPES["number"](value) and value > schema["maximum"]:
+        found.append(f"{name}: {value} is above the maximum {schema['maximum']}")
     if "minLength" in schema and isinstance(value, str) and len(value) < schema["minLength"]:
         found.append(f"{name}: shorter than {schema['minLength']} character(s)")
     if isinstance(value, list):

@@ -14,12 +14,10 @@ from typing import Any
 
 from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.settings import (
-    DEVICES,
     ORGANS,  # noqa: F401 (the module's organ choice)
     OVERRIDABLE,
-    REFERENCES,
-    SAMPLERS,
     RunSettings,
+    field_type,
     options,
     trajectory_every_for,
 )
@@ -40,9 +38,6 @@ BASELINE_SUMMARY = ("The non-neural median baseline: an organ-restricted median 
                     "reconstruction. Runs on Slicer's own Python in seconds, with nothing to install; it finds "
                     "well-contrasted focal lesions and marks many false positives. A yardstick, not a model.")
 THRESHOLD_MODES = ("bundle", "otsu", "fixed")
-#: The choices of a run setting's panel member, by ``Option.kind`` (the bundle's value first where it has one).
-PANEL_CHOICES = {"sampler": SAMPLERS, "reference": ("bundle", *REFERENCES), "device": DEVICES}
-PANEL_TYPES = {"sampler": str, "reference": str, "device": str, "non_negative": float}
 #: Lesion-table columns: (key in the worker's lesion rows, header).
 LESION_COLUMNS = (("id", "#"), ("side", "side"), ("volume_ml", "ml"), ("axial_diameter_mm", "diam mm"),
                   ("size_class", "size"), ("max_score", "max"))
@@ -56,26 +51,27 @@ def slicer_version_problem(major: int, minor: int) -> str:
             f"{major}.{minor}. Install a current Slicer from download.slicer.org.")
 
 
-def panel_settings() -> list[tuple[str, Any]]:
+def panel_settings(cls: type = RunSettings) -> list[tuple[str, Any]]:
     """The run settings the panel shows: ``(field name, settings.Option)`` for each with a parameter-node member."""
-    return [(name, opt) for name, opt in options() if opt.panel]
+    return [(name, opt) for name, opt in options(cls) if opt.panel]
 
 
-def run_setting_parameters() -> type:
-    """A class whose annotated members are the panel's run settings (from ``settings.RunSettings``' options:
-    type, range or choices, initial value); the module's ``parameterNodeWrapper`` class derives from it, so a
-    new setting reaches the panel from the settings module and a widget in the ``.ui``."""
+def run_setting_parameters(cls: type = RunSettings) -> type:
+    """A class whose annotated members are the panel's run settings (from the fields' declarations in
+    ``settings.RunSettings``: type, range or choices, initial value); the module's ``parameterNodeWrapper`` class
+    derives from it, so a new setting reaches the panel from its declaration and a widget in the ``.ui``."""
     from typing import Annotated
 
     from slicer.parameterNodeWrapper import Choice, WithinRange
 
     annotations, values = {}, {}
-    defaults = RunSettings()
-    for name, opt in panel_settings():
-        kind = PANEL_TYPES.get(opt.kind, int)
-        limit = Choice(list(PANEL_CHOICES[opt.kind])) if opt.kind in PANEL_CHOICES else WithinRange(*opt.panel_range)
-        annotations[opt.panel] = Annotated[kind, limit]
-        values[opt.panel] = kind(getattr(defaults, name) if opt.bundle_value is None else opt.bundle_value)
+    defaults = cls()
+    for name, opt in panel_settings(cls):
+        kind, values_of = opt.panel_limit()
+        member = str if kind == "choice" else field_type(name, cls)[0]
+        annotations[opt.panel] = Annotated[member, Choice(list(values_of)) if kind == "choice"
+                                           else WithinRange(*values_of)]
+        values[opt.panel] = member(getattr(defaults, name) if opt.bundle_value is None else opt.bundle_value)
     return type("RunSettingParameters", (), {"__annotations__": annotations, "__module__": __name__, **values})
 
 

@@ -752,9 +752,15 @@ def test_dataset_out_foreign_folder_is_refused(inputs, tmp_path, capsys, command
 
 # ---- the worker ---------------------------------------------------------------------------------------------------
 
-def _worker(args: list, env: dict | None = None, timeout: float = 120) -> tuple[int, list[dict], str]:
-    p = subprocess.run([sys.executable, "-m", "DiffusionAnomalyLib.app.worker", *map(str, args)], capture_output=True,
-                       text=True, timeout=timeout, cwd=tempfile.gettempdir(), env={**os.environ, **(env or {})})
+def _worker(args: list | str, memory_limit_gb: float | None = None, timeout: float = 120,
+            argv: tuple = ()) -> tuple[int, list[dict], str]:
+    """The worker run on the request a command line stands for (or ``args`` as the raw text on its stdin)."""
+    from DiffusionAnomalyLib.app.cli import request_from_argv
+
+    message = args if isinstance(args, str) else json.dumps(
+        {"request": request_from_argv(args).to_json(), "memory_limit_gb": memory_limit_gb})
+    p = subprocess.run([sys.executable, "-m", "DiffusionAnomalyLib.app.worker", *argv], capture_output=True,
+                       text=True, timeout=timeout, cwd=tempfile.gettempdir(), input=message)
     events = [json.loads(ln) for ln in p.stdout.splitlines() if ln.strip()]
     return p.returncode, events, p.stderr
 
@@ -768,14 +774,30 @@ def test_worker_refuses_an_out_holding_the_input_with_an_error_event(case_dir):
     assert _digest(case_dir) == before
 
 
-def test_worker_bad_argument_error_event_says_which(inputs, tmp_path):
-    rc, events, _ = _worker(_baseline(inputs, tmp_path / "out", "--threshold", "nan"))
-    assert rc == 2 and events[-1]["event"] == "error" and events[-1]["code"] == "bad_input"
-    assert "--threshold" in events[-1]["message"]
+@pytest.mark.parametrize("message,says", [
+    ('{"request": {"images": ["a.nii.gz"], "out": "o", "organ": "kidney", "baseline": true, "settings": '
+     '{"threshold": -1}}}', "a fixed threshold must be a finite number >= 0"),
+    ('{"request": {"images": "a.nii.gz", "out": "o"}}', "images must be a list of strings"),
+    ('{"request": {"images": ["a"], "out": "o", "organ": "kidney", "baseline": true, "bundel": "x"}}',
+     "unknown field(s) ['bundel']"),
+    ('{"request": {"images": ["a"], "out": "o", "baseline": "yes"}}', "baseline must be true or false"),
+    ('{"request": {"images": ["a"], "out": "o", "organ": "kidney", "baseline": true}, "memory_limit_gb": -1}',
+     "memory_limit_gb must be a number of GiB > 0"),
+    ('[1, 2]', "expected {"), ('', "takes a JSON request on stdin"), ('{"request": ', "not valid JSON"),
+])
+def test_worker_bad_request_error_event_says_which(message, says):
+    rc, events, _ = _worker(message)
+    assert rc == 2 and events[-1]["event"] == "error" and events[-1]["code"] == "bad_input", events
+    assert says in events[-1]["message"], events[-1]["message"]
+
+
+def test_the_worker_takes_no_arguments():
+    rc, events, _ = _worker("{}", argv=("run", "--bundle", "b"))
+    assert rc == 2 and "takes no arguments" in events[-1]["message"] and "stdin" in events[-1]["message"]
 
 
 def test_worker_under_a_tiny_memory_cap_still_emits_an_error_event(inputs, tmp_path):
-    rc, events, err = _worker(_baseline(inputs, tmp_path / "out"), env={"DA_MEMORY_LIMIT_GB": "0.35"})
+    rc, events, err = _worker(_baseline(inputs, tmp_path / "out"), memory_limit_gb=0.35)
     assert rc == 4, (rc, events, err[-2000:])
     assert events and events[-1]["event"] == "error" and events[-1]["code"] == "out_of_memory"
     assert not (tmp_path / "out").exists()
@@ -954,16 +976,16 @@ def test_train_names_are_checked_before_any_work(tmp_path, capsys, option, value
 # ---- class 3: accepted but silently wrong ---------------------------------------------------------------------------
 
 def _settings_for(tmp_path: Path, content, inputs) -> object:
-    from DiffusionAnomalyLib.app.cli import build_parser
-    from DiffusionAnomalyLib.app.job import run_settings
+    from DiffusionAnomalyLib.api import resolve_settings
+    from DiffusionAnomalyLib.app.cli import request_from_argv
     from DiffusionAnomalyLib.models.bundle import read_meta
 
     f = tmp_path / "settings.json"
     f.write_text(content if isinstance(content, str) else json.dumps(content))
-    args = build_parser().parse_args(["run", "--bundle", str(DEMO), "--input", str(inputs["ct"]), "--out",
-                                      str(tmp_path / "o"), "--settings", str(f)])
+    request = request_from_argv(["run", "--bundle", str(DEMO), "--input", str(inputs["ct"]), "--out",
+                                 str(tmp_path / "o"), "--settings", str(f)])
     meta = read_meta(DEMO)
-    return run_settings(args, meta.recommended, meta.preset()), meta.recommended
+    return resolve_settings(request, meta.recommended, meta.preset()), meta.recommended
 
 
 def test_a_partial_settings_file_keeps_the_bundles_recommendations(inputs, tmp_path):

@@ -36,14 +36,14 @@ def test_run_writes_outputs_on_the_input_grid(tiny_bundle, kidney_case, tmp_path
 
 
 @pytest.mark.parametrize("extra,code,match", [
-    (["--noise-level", "1000"], 2, r"noise level L must be between 1 and 999 \(got 1000\)"),
-    (["--guidance=-1"], 2, "--guidance: must be >= 0"),
-    (["--min-lesion-ml=-1"], 2, r"--min-lesion-ml: must be >= 0"),
-    (["--grow-to", "0"], 2, r"--grow-to: must be in \(0, 1\]"),
-    (["--samples", "0"], 2, r"--samples: must be >= 1"),
-    (["--median-filter=-1"], 2, r"--median-filter: must be >= 0"),
+    (["--noise-level", "1000"], 2, r"--noise-level: noise level L must be in 1..999 \(got 1000\)"),
+    (["--guidance=-1"], 2, r"--guidance: guidance strength must be a finite number >= 0 \(got -1.0\)"),
+    (["--min-lesion-ml=-1"], 2, r"--min-lesion-ml: the minimum lesion volume \(ml\) must be a finite number >= 0"),
+    (["--grow-to", "0"], 2, r"--grow-to: grow-to must be in \(0, 1\]"),
+    (["--samples", "0"], 2, r"--samples: samples must be in 1..64 \(got 0\)"),
+    (["--median-filter=-1"], 2, r"--median-filter: the median filter \(voxels\) must be in 0..15"),
     (["--device", "cuda"], 2, "CUDA was asked for") if not torch.cuda.is_available() else
-    (["--steps", "0"], 2, "--steps: must be >= 1"),
+    (["--steps", "0"], 2, r"--steps: steps must be in 1..999 \(got 0\)"),
 ])
 def test_run_bad_settings(tiny_bundle, kidney_case, tmp_path, capsys, extra, code, match):
     _, folder = kidney_case
@@ -202,28 +202,28 @@ def test_run_takes_reference_and_samples_from_the_bundle_unless_given(tiny_bundl
 
 
 def test_guidance_above_the_classifiers_training_levels_is_warned_about():
-    from DiffusionAnomalyLib.app.job import guidance_warnings
-    from DiffusionAnomalyLib.models.diffusion.sampler import SamplerSettings
+    from DiffusionAnomalyLib.api import guidance_warnings
+    from DiffusionAnomalyLib.settings import RunSettings
 
     trained = {"classifier_training": {"max_level": 300}}
-    assert guidance_warnings(trained, SamplerSettings(noise_level=300, guidance=10.0)) == []
-    assert guidance_warnings(trained, SamplerSettings(noise_level=500, guidance=0.0)) == []  # no classifier used
-    assert guidance_warnings({}, SamplerSettings(noise_level=500, guidance=10.0)) == []  # thesis: every level
-    (warning,) = guidance_warnings(trained, SamplerSettings(noise_level=500, guidance=10.0))
+    assert guidance_warnings(trained, RunSettings(noise_level=300, guidance=10.0)) == []
+    assert guidance_warnings(trained, RunSettings(noise_level=500, guidance=0.0)) == []  # no classifier used
+    assert guidance_warnings({}, RunSettings(noise_level=500, guidance=10.0)) == []  # thesis: every level
+    (warning,) = guidance_warnings(trained, RunSettings(noise_level=500, guidance=10.0))
     assert "levels 0..300 only" in warning
 
 
 def test_guidance_with_a_classifier_near_chance_is_warned_about():
-    from DiffusionAnomalyLib.app.job import guidance_warnings
-    from DiffusionAnomalyLib.models.diffusion.sampler import SamplerSettings
+    from DiffusionAnomalyLib.api import guidance_warnings
+    from DiffusionAnomalyLib.settings import RunSettings
 
     weak = {"classifier_training": {"max_level": 1000, "best_val_auc": {"0": 0.59, "250": 0.57, "500": 0.53}}}
     good = {"classifier_training": {"max_level": 1000, "best_val_auc": {"0": 0.92, "250": 0.88, "500": 0.83}}}
-    assert guidance_warnings(good, SamplerSettings(noise_level=250, guidance=100.0)) == []
-    assert guidance_warnings(weak, SamplerSettings(noise_level=250, guidance=0.0)) == []  # unguided: not used
-    (warning,) = guidance_warnings(weak, SamplerSettings(noise_level=300, guidance=100.0))
+    assert guidance_warnings(good, RunSettings(noise_level=250, guidance=100.0)) == []
+    assert guidance_warnings(weak, RunSettings(noise_level=250, guidance=0.0)) == []  # unguided: not used
+    (warning,) = guidance_warnings(weak, RunSettings(noise_level=300, guidance=100.0))
     assert "t = 250 with AUC 0.57" in warning and "--guidance 0" in warning
-    (warning,) = guidance_warnings(weak, SamplerSettings(noise_level=450, guidance=100.0))  # nearest level: 500
+    (warning,) = guidance_warnings(weak, RunSettings(noise_level=450, guidance=100.0))  # nearest level: 500
     assert "t = 500 with AUC 0.53" in warning
 
 

@@ -151,29 +151,28 @@ def _request(bundle, organ="kidney", mask_source="segmentation", threshold_mode=
     return RunRequest(organ=organ, bundle=str(bundle), settings=chosen, mask_source=mask_source)
 
 
-def test_run_request_problems_and_worker_arguments(tiny_bundle, tmp_path):
-    from DiffusionAnomalyLib.app.cli import build_parser
+def test_run_request_problems_and_the_workers_request(tiny_bundle, tmp_path):
+    from DiffusionAnomalyLib.api import DetectRequest
 
     req = _request(tiny_bundle)
-    assert req.problems() == [] and req.is_valid()
-    args = req.worker_args(["a.nii"], tmp_path / "out", "m.nii", tmp_path / "settings.json")
-    assert args[:3] == ["run", "--bundle", str(tiny_bundle)]
-    assert args[args.index("--settings") + 1] == str(tmp_path / "settings.json")
-    assert args[args.index("--mask") + 1] == "m.nii"
-    parsed = build_parser().parse_args(args)  # the worker's own parser accepts them
-    assert parsed.settings == str(tmp_path / "settings.json") and parsed.sampler is None  # all in the file
+    assert req.problems() == []
+    request = req.detect_request(["a.nii"], tmp_path / "out", "m.nii")
+    assert (request.bundle, request.images, request.mask, request.overview) == (str(tiny_bundle), ("a.nii",),
+                                                                               "m.nii", False)
+    assert request.settings == {**req.run_settings().to_dict(), "threshold": "otsu"}  # resolved once, every field
+    assert DetectRequest.from_json(json.loads(json.dumps(request.to_json()))) == request  # what the worker reads
     # a bundle for another organ, nonsense settings, a mask-less kidney: each named
     liver = _request(tiny_bundle, organ="liver")
     assert any("is for the kidney, not the liver" in p for p in liver.problems())
     bad = _request(tiny_bundle, noise_level=0, steps=0, guidance=-1, threshold_mode="fixed", threshold=-0.5,
                    mask_source="none")
     text = " ".join(bad.problems())
-    for part in ("between 1 and 999", "Guidance strength must be a finite number >= 0",
+    for part in ("Noise level L must be in 1..999", "Guidance strength must be a finite number >= 0",
                  "fixed threshold must be a finite number >= 0", "needs an organ mask"):
         assert part in text
     assert any("No model bundle" in p for p in _request("").problems())
     with pytest.raises(InputError, match="No organ mask"):
-        req.worker_args(["a.nii"], tmp_path, None, tmp_path / "settings.json")
+        req.detect_request(["a.nii"], tmp_path, None)
 
 
 def test_run_request_resolves_the_panel_values_over_the_bundle(tiny_bundle):
@@ -183,7 +182,7 @@ def test_run_request_resolves_the_panel_values_over_the_bundle(tiny_bundle):
                  threshold=0.2).run_settings()
     assert (s.reference, s.samples, s.median_filter, s.threshold) == ("autoencoder", 4, 5, 0.2)
     bad = " ".join(_request(tiny_bundle, reference="blur", samples=0, median_filter=-1).problems())
-    for part in ("Unknown map reference 'blur'", "Samples must be in 1..64 (got 0)", "must be 0..15 voxels (got -1)"):
+    for part in ("Unknown map reference 'blur'", "Samples must be in 1..64 (got 0)", "must be in 0..15 (got -1)"):
         assert part in bad
 
 

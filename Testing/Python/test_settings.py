@@ -54,13 +54,13 @@ def test_defaults_without_a_recommendation_come_from_one_place():
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ({"sampler": "euler"}, "unknown sampler"), ({"noise_level": 1000}, "between 1 and 999"),
+    ({"sampler": "euler"}, "unknown sampler"), ({"noise_level": 1000}, "in 1..999"),
     ({"steps": 300, "noise_level": 250}, "between 1 and L = 250"), ({"guidance": -1.0}, ">= 0"),
     ({"guidance": math.inf}, "finite"), ({"threshold": math.nan}, "finite number >= 0"),
     ({"threshold": -0.5}, "finite number >= 0"), ({"samples": 0}, "samples must be in 1..64"),
     ({"grow_to": 1.5}, "(0, 1]"),
     ({"seed": 2**64}, "0..2^63-1"), ({"reference": "mean"}, "unknown map reference"),
-    ({"median_filter": -1}, "0..15 voxels"), ({"noise_level": 2.5}, "whole number"),
+    ({"median_filter": -1}, "in 0..15"), ({"noise_level": 2.5}, "whole number"),
     ({"colour": "red"}, "unknown run setting"),
 ])
 def test_bad_values_are_refused_with_what_is_wrong(override, message):
@@ -81,38 +81,44 @@ def test_json_round_trip_and_unknown_keys():
 
 
 def test_cli_worker_batch_and_panel_resolve_the_same_settings(tiny_bundle, tmp_path):
-    from DiffusionAnomalyLib.app.cli import build_parser
-    from DiffusionAnomalyLib.app.job import run_settings
+    from DiffusionAnomalyLib.api import DetectRequest, resolve_settings
+    from DiffusionAnomalyLib.app.cli import build_parser, request_from_argv
     from DiffusionAnomalyLib.slicer_module.scene_run import RunRequest
 
     meta = read_meta(tiny_bundle)
     b = str(tiny_bundle)
     flags = ["--sampler", "ddpm", "--noise-level", "40", "--steps", "4", "--guidance", "0", "--seed", "7",
              "--samples", "2", "--median-filter", "0", "--device", "cpu", "--trajectory-every", "1"]
-    parse = build_parser().parse_args  # the CLI's parser is also the worker's
-    cli = run_settings(parse(["run", "--bundle", b, "--input", "x", "--out", "o", *flags, "--threshold", "otsu"]),
-                       meta.recommended, meta.preset())
+
+    def resolved(argv):
+        return resolve_settings(request_from_argv(argv), meta.recommended, meta.preset())
+
+    cli = resolved(["run", "--bundle", b, "--input", "x", "--out", "o", *flags, "--threshold", "otsu"])
     from DiffusionAnomalyLib.settings import trajectory_every_for
 
-    panel = RunRequest(organ="kidney", bundle=b, settings=dict(  # "Keep the denoising trajectory": ~10 frames of 4
+    panel_request = RunRequest(organ="kidney", bundle=b, settings=dict(  # "Keep the trajectory": ~10 frames of 4
         sampler="ddpm", noise_level=40, steps=4, guidance=0.0, seed=7, device="cpu", threshold="otsu", samples=2,
-        median_filter=0, trajectory_every=trajectory_every_for(4))).run_settings()
-    sent = tmp_path / "settings.json"  # what the panel hands the worker
-    sent.write_text(json.dumps(panel.to_dict()))
-    worker = run_settings(parse(["run", "--bundle", b, "--input", "x", "--out", "o", "--settings", str(sent)]),
-                          meta.recommended, meta.preset())
-    batch = run_settings(parse(["batch", "--data", "d", "--bundle", b, "--out", "o", *flags]),
-                         meta.recommended, meta.preset())
-    assert cli == panel == worker == batch
+        median_filter=0, trajectory_every=trajectory_every_for(4)))
+    panel = panel_request.run_settings()
+    sent = json.loads(json.dumps(panel_request.detect_request(["x"], "o", "m").to_json()))  # what the worker reads
+    worker = resolve_settings(DetectRequest.from_json(sent), meta.recommended, meta.preset())
+    settings_file = tmp_path / "settings.json"  # a replay from a settings file
+    settings_file.write_text(json.dumps(panel.to_dict()))
+    replayed = resolved(["run", "--bundle", b, "--input", "x", "--out", "o", "--settings", str(settings_file)])
+    from DiffusionAnomalyLib.app import cli as cli_module
+    from DiffusionAnomalyLib.evaluation.commands import BatchRequest
+
+    args = build_parser().parse_args(["batch", "--data", "d", "--bundle", b, "--out", "o", *flags])
+    batch_request = cli_module._dataset_request(args, BatchRequest)
+    batch = RunSettings.resolve(meta.recommended, meta.preset(), **batch_request.settings)
+    assert cli == panel == worker == replayed == batch
     assert (cli.sampler, cli.noise_level, cli.samples, cli.median_filter, cli.threshold) == ("ddpm", 40, 2, 0, None)
     assert cli.trajectory_every == 1 and not cli.trajectory_heatmap
     # the heatmap sequence: on run and batch, replayed from a settings file unless an option says otherwise
-    heat = run_settings(parse(["batch", "--data", "d", "--bundle", b, "--out", "o", *flags, "--trajectory-heatmap"]),
-                        meta.recommended, meta.preset())
+    heat = resolved(["run", "--bundle", b, "--input", "x", "--out", "o", *flags, "--trajectory-heatmap"])
     assert heat.trajectory_heatmap and heat.trajectory_every == 1
-    sent.write_text(json.dumps(heat.to_dict()))
-    replay = run_settings(parse(["run", "--bundle", b, "--input", "x", "--out", "o", "--settings", str(sent)]),
-                          meta.recommended, meta.preset())
+    settings_file.write_text(json.dumps(heat.to_dict()))
+    replay = resolved(["run", "--bundle", b, "--input", "x", "--out", "o", "--settings", str(settings_file)])
     assert replay == heat
     with pytest.raises(InputError, match="trajectory heatmap needs a trajectory"):
         RunSettings.from_dict({**heat.to_dict(), "trajectory_every": 0})
@@ -175,8 +181,8 @@ def test_a_panel_request_resolves_like_the_command_line(tiny_bundle):
     """The panel's sentinels (reference 'bundle', samples 0, median filter -1) leave a value to the bundle."""
     from types import SimpleNamespace
 
-    from DiffusionAnomalyLib.app.cli import build_parser
-    from DiffusionAnomalyLib.app.job import run_settings
+    from DiffusionAnomalyLib.api import resolve_settings
+    from DiffusionAnomalyLib.app.cli import request_from_argv
     from DiffusionAnomalyLib.models.bundle import read_meta
     from DiffusionAnomalyLib.slicer_module.panel import request_from_parameters
 
@@ -186,7 +192,7 @@ def test_a_panel_request_resolves_like_the_command_line(tiny_bundle):
                          pythonExecutable="")
     panel = request_from_parameters(pn, "").run_settings()
     meta = read_meta(tiny_bundle)
-    cli = run_settings(build_parser().parse_args(
+    cli = resolve_settings(request_from_argv(
         ["run", "--bundle", str(tiny_bundle), "--input", "x", "--out", "o", "--sampler", "ddim", "--noise-level",
          "40", "--steps", "4", "--guidance", "0", "--seed", "3", "--device", "cpu", "--threshold", "0.2"]),
         meta.recommended, meta.preset())

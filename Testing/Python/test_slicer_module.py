@@ -21,7 +21,8 @@ MODULE = REPO / "DiffusionAnomaly" / "DiffusionAnomaly.py"
 def _parameter_annotations() -> dict[str, str]:
     """Field name -> annotation source of the @parameterNodeWrapper class: its own members, and the run
     settings it derives from ``panel.run_setting_parameters()`` (written as that function builds them)."""
-    from DiffusionAnomalyLib.slicer_module.panel import PANEL_CHOICES, PANEL_TYPES, panel_settings
+    from DiffusionAnomalyLib.settings import field_type
+    from DiffusionAnomalyLib.slicer_module.panel import panel_settings
 
     text = MODULE.read_text()
     for node in ast.parse(text).body:
@@ -31,9 +32,11 @@ def _parameter_annotations() -> dict[str, str]:
             own = {s.target.id: ast.get_source_segment(text, s.annotation) for s in node.body
                    if isinstance(s, ast.AnnAssign)}
             assert "run_setting_parameters()" in ast.get_source_segment(text, node.bases[0])
-            derived = {opt.panel: f"Annotated[{PANEL_TYPES.get(opt.kind, int).__name__}, "
-                       + (f"Choice({list(PANEL_CHOICES[opt.kind])})]" if opt.kind in PANEL_CHOICES
-                          else f"WithinRange{opt.panel_range}]") for _, opt in panel_settings()}
+            derived = {}
+            for name, opt in panel_settings():
+                kind, values = opt.panel_limit()
+                derived[opt.panel] = (f"Annotated[str, Choice({list(values)})]" if kind == "choice" else
+                                      f"Annotated[{field_type(name)[0].__name__}, WithinRange{tuple(values)}]")
             assert not set(own) & set(derived)
             return {**own, **derived}
     raise AssertionError("no @parameterNodeWrapper class in the module")

@@ -6,8 +6,14 @@ import time
 
 import pytest
 
+from DiffusionAnomalyLib.app.cli import request_from_argv
 from DiffusionAnomalyLib.app.client import WorkerClient
 from DiffusionAnomalyLib.errors import CancelledError, InputError, WorkerKilledError
+
+
+def _client(argv: list, **kwargs) -> WorkerClient:
+    """A worker client for the request a command line stands for."""
+    return WorkerClient(request_from_argv(argv), **kwargs)
 
 
 def _wait_for(client, predicate, timeout=120.0):
@@ -28,7 +34,7 @@ def _wait_for(client, predicate, timeout=120.0):
 def test_events_arrive_in_order_and_end_with_the_result(kidney_case, tmp_path):
     _, folder = kidney_case
     out = tmp_path / "out"
-    client = WorkerClient(["baseline", "--organ", "kidney", "--input", folder / "ct.nii.gz", "--totalseg",
+    client = _client(["baseline", "--organ", "kidney", "--input", folder / "ct.nii.gz", "--totalseg",
                            folder / "segmentations", "--out", out])
     client.start()
     assert client.wait(300) == 0
@@ -44,7 +50,7 @@ def test_events_arrive_in_order_and_end_with_the_result(kidney_case, tmp_path):
 
 
 def _long_run(bundle, folder, out):
-    return WorkerClient(["run", "--bundle", bundle, "--input", folder / "ct.nii.gz", "--totalseg",
+    return _client(["run", "--bundle", bundle, "--input", folder / "ct.nii.gz", "--totalseg",
                          folder / "segmentations", "--out", out, "--device", "cpu", "--sampler", "ddim",
                          "--noise-level", "990", "--steps", "990"])
 
@@ -79,7 +85,7 @@ def test_a_killed_worker_is_reported_as_killed(tiny_bundle, kidney_case, tmp_pat
 
 
 def test_bad_input_gives_the_documented_code(tmp_path):
-    client = WorkerClient(["baseline", "--organ", "kidney", "--input", tmp_path / "missing.nii.gz", "--mask",
+    client = _client(["baseline", "--organ", "kidney", "--input", tmp_path / "missing.nii.gz", "--mask",
                            tmp_path / "m.nii.gz", "--out", tmp_path / "out"])
     client.start()
     assert client.wait(120) == 2
@@ -87,9 +93,8 @@ def test_bad_input_gives_the_documented_code(tmp_path):
                             "message": f"{tmp_path / 'missing.nii.gz'}: file not found"}
     with pytest.raises(InputError, match="missing.nii.gz: file not found"):
         client.raise_for_status()
-    other = WorkerClient(["phantom", "--organ", "kidney", "--out", tmp_path / "x"])
-    other.start()
-    assert other.wait(60) == 2 and "runs 'run' or 'baseline'" in other.error["message"]
+    with pytest.raises(InputError, match="only run and baseline make a detection request"):
+        request_from_argv(["phantom", "--organ", "kidney", "--out", tmp_path / "x"])
 
 
 def test_running_out_of_memory_is_reported_with_what_to_try(tiny_bundle, kidney_case, tmp_path):
@@ -106,9 +111,9 @@ def test_running_out_of_memory_is_reported_with_what_to_try(tiny_bundle, kidney_
     meta["preset_overrides"]["spacing_mm"] = [0.08, 0.08, 0.08]  # 1200 x 1200 x 1600 voxels per ROI
     (huge / "model.json").write_text(json.dumps(meta))
     out = tmp_path / "out"
-    client = WorkerClient(["run", "--bundle", str(huge), "--input", str(folder / "ct.nii.gz"), "--totalseg",
-                           str(folder / "segmentations"), "--out", str(out), "--device", "cpu"],
-                          env={**os.environ, "DA_MEMORY_LIMIT_GB": "5"})
+    client = _client(["run", "--bundle", str(huge), "--input", str(folder / "ct.nii.gz"), "--totalseg",
+                      str(folder / "segmentations"), "--out", str(out), "--device", "cpu"],
+                     memory_limit_gb=5)
     client.start()
     assert client.wait(300) == 4
     assert client.error["code"] == "out_of_memory"
@@ -123,7 +128,7 @@ def test_the_client_reads_the_worker_without_threads_and_keeps_partial_lines(kid
     import threading
 
     _, folder = kidney_case
-    client = WorkerClient(["baseline", "--organ", "kidney", "--input", folder / "ct.nii.gz", "--totalseg",
+    client = _client(["baseline", "--organ", "kidney", "--input", folder / "ct.nii.gz", "--totalseg",
                            folder / "segmentations", "--out", tmp_path / "out", "--no-overview"])
     before = set(threading.enumerate())  # (an earlier test may have left e.g. tqdm's monitor thread)
     client.start()
@@ -137,7 +142,7 @@ def test_the_client_reads_the_worker_without_threads_and_keeps_partial_lines(kid
     assert events[0]["event"] == "started" and events[-1]["event"] == "result"
     assert not (tmp_path / "out" / "overview.png").exists() and (tmp_path / "out" / "heatmap.nii.gz").is_file()
     # a line split across reads is kept until its end arrives
-    split = WorkerClient(["x"])
+    split = _client(["baseline", "--organ", "kidney", "--input", "x", "--out", "y"])
     split._line_out('{"event": "log", "message": "one"}')
     assert split.poll_events() == [{"event": "log", "message": "one"}]
 
