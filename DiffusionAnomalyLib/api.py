@@ -93,7 +93,7 @@ class DetectRequest:
         if self.baseline and (self.bundle or not self.organ):
             out.append("the baseline takes an organ and no bundle")
         if not self.baseline and not self.bundle and not self.organ:
-            out.append("run needs a bundle, or an organ to use the best installed bundle for that organ")
+            out.append("run needs --bundle, or --organ to use the best installed bundle for that organ")
         if sum(map(bool, (self.mask, self.totalseg, self.skull_stripped))) > 1:
             out.append("give one organ-mask source: a mask, TotalSegmentator's output or skull-stripped")
         if self.mask_label is not None and not self.mask:

@@ -129,19 +129,21 @@ def _report(found) -> None:
           f"{found.device}; outputs in {found.out}")
 
 
+def given_settings(args: argparse.Namespace) -> dict:
+    """The run settings the command line gives explicitly (an option left out, or an absent flag, is not given)."""
+    values = {name: getattr(args, name, None) for name, opt in options() if args.command in opt.commands}
+    return {k: v for k, v in values.items() if v is not None and v is not False}
+
+
 def detect_request(args: argparse.Namespace):
     """The :class:`~DiffusionAnomalyLib.api.DetectRequest` of a ``run`` or ``baseline`` command line."""
     from DiffusionAnomalyLib.api import DetectRequest
 
-    settings = {}
-    for name, opt in options():
-        value = getattr(args, name, None)
-        if args.command in opt.commands and value not in (None, False):  # an absent flag is "not given"
-            settings[name] = value
     return DetectRequest(images=tuple(args.input), out=args.out, bundle=getattr(args, "bundle", None),
                          organ=args.organ, baseline=args.command == "baseline", mask=args.mask,
                          mask_label=args.mask_label, totalseg=args.totalseg, skull_stripped=args.skull_stripped,
-                         settings=settings, settings_file=getattr(args, "settings", None), overwrite=args.overwrite,
+                         settings=given_settings(args), settings_file=getattr(args, "settings", None),
+                         overwrite=args.overwrite,
                          overview=not args.no_overview,
                          skip_modality_check=getattr(args, "skip_modality_check", False))
 
@@ -226,10 +228,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _dataset_request(args: argparse.Namespace, kind: type, **more):
     """The request of a dataset command (evaluate, sweep, batch) from its arguments."""
-    settings = {name: getattr(args, name) for name, opt in options()
-                if args.command in opt.commands and getattr(args, name, None) not in (None, False)}
     return kind(data=args.data, out=args.out, bundle=args.bundle, organ=args.organ, baseline=args.baseline,
-                settings=settings, overwrite=args.overwrite, **more)
+                settings=given_settings(args), overwrite=args.overwrite, **more)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -446,32 +446,35 @@ OVERWRITE_HELP = ("replace an earlier result in --out (the whole result set: not
                   "write into a non-empty folder; without it such a folder is refused. Inputs are never replaced")
 DEBUG_HELP = "on an error, also print the traceback"
 
-def add_run_settings(parser: argparse.ArgumentParser, command: str) -> None:
+def add_run_settings(parser: argparse.ArgumentParser, command: str, settings: type | None = None) -> None:
     """The run settings ``command`` takes, from ``settings.RunSettings`` (each field's ``Option``: help, metavar,
     choices, and a parser that checks the declared range); every one defaults to None, "not given", which
     ``RunSettings.resolve`` turns into the bundle's value or the default."""
-    from DiffusionAnomalyLib.settings import field_type, parse_text
+    from DiffusionAnomalyLib.settings import RunSettings, field_type, parse_text
 
-    for name, opt in options():
+    cls = settings or RunSettings
+    for name, opt in options(cls):
         if command not in opt.commands:
             continue
         flag = "--" + name.replace("_", "-")
-        if field_type(name)[0] is bool:
+        if field_type(name, cls)[0] is bool:
             parser.add_argument(flag, action="store_true", help=opt.help)
             continue
 
         def parse(text: str, name: str = name, words: tuple[str, ...] = opt.words) -> object:
             try:
-                return parse_text(name, text.strip().lower() if text.strip().lower() in words else text)
+                return parse_text(name, text.strip().lower() if text.strip().lower() in words else text, cls)
             except ValueError as exc:
                 raise argparse.ArgumentTypeError(str(exc)) from None
 
-        parse.__name__ = field_type(name)[0].__name__
+        parse.__name__ = field_type(name, cls)[0].__name__
         parser.add_argument(flag, default=None, metavar=opt.metavar, help=opt.help, type=parse,
                             **({"choices": list(opt.choices)} if opt.choices else {}))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; ``settings``: the run-settings class its run options come from (default
+    ``settings.RunSettings``)."""
     p = argparse.ArgumentParser(
         prog="diffusion-anomaly",
         description="Find anomalies in 3D CT/MRI by comparing a scan with a healthy reconstruction. "
@@ -507,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--skull-stripped", action="store_true",
                      help="brain: the scan is skull-stripped; the brain mask is its nonzero voxels")
     bl.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
-    add_run_settings(bl, "baseline")
+    add_run_settings(bl, "baseline", settings)
     bl.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     bl.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     bl.add_argument("--no-overview", action="store_true", help=NO_OVERVIEW_HELP)
@@ -688,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--totalseg", help="TotalSegmentator output: multilabel file or folder of per-organ files")
     src.add_argument("--skull-stripped", action="store_true", help="brain: the mask is the scan's nonzero voxels")
     ru.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
-    add_run_settings(ru, "run")
+    add_run_settings(ru, "run", settings)
     ru.add_argument("--skip-modality-check", action="store_true",
                     help="run even if the intensities do not look like the bundle's modality (CT vs MRI)")
     ru.add_argument("--settings", metavar="FILE", default=None,
@@ -708,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
         model.add_argument("--bundle", help="model bundle folder or .zip")
         model.add_argument("--baseline", action="store_true", help="the non-neural median baseline (needs --organ)")
         sp.add_argument("--organ", choices=list(ORGANS), help="with --baseline")
-        add_run_settings(sp, name)
+        add_run_settings(sp, name, settings)
         sp.add_argument("--out", required=True)
         sp.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty folder that is not an earlier result of this command")

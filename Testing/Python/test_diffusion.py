@@ -232,8 +232,8 @@ def test_seeding_trajectory_and_progress():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(method="euler"), "unknown sampler 'euler'"),
-    (dict(noise_level=0), "between 1 and 999"),
-    (dict(noise_level=1000), "between 1 and 999"),
+    (dict(noise_level=0), "in 1..999"),
+    (dict(noise_level=1000), "in 1..999"),
     (dict(guidance=-1.0), "guidance strength must be a finite number >= 0"),
     (dict(steps=600), "steps must be between 1 and L = 250"),
     (dict(guidance=10.0), "needs a classifier"),

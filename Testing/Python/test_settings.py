@@ -199,11 +199,54 @@ def test_a_panel_request_resolves_like_the_command_line(tiny_bundle):
     assert panel == cli and panel.threshold == 0.2
 
 
-def test_the_bundle_schema_names_the_organs_and_samplers_of_settings():
-    """model.schema.json is JSON and cannot import; it must agree with the one definition in settings."""
-    from DiffusionAnomalyLib.models.schema import model_schema
-    from DiffusionAnomalyLib.settings import ORGANS, SAMPLERS
+def test_the_bundle_schemas_recommended_block_is_generated_from_the_settings():
+    """model.schema.json is JSON and cannot import: its copy of the recommended block must be the generated one
+    (regenerate it with ``make schema``), and the shipped bundles must conform to it."""
+    from DiffusionAnomalyLib.models.schema import model_schema, problems
+    from DiffusionAnomalyLib.settings import ORGANS, recommended_schema
 
     schema = model_schema()
     assert tuple(schema["properties"]["organ"]["enum"]) == ORGANS
-    assert tuple(schema["properties"]["recommended"]["properties"]["sampler"]["enum"]) == SAMPLERS
+    assert schema["properties"]["recommended"] == recommended_schema()
+    for bundle in ("kidney", "liver", "brain"):
+        rec = json.loads((REPO / "Resources" / "Models" / f"{bundle}-demo" / "model.json").read_text())["recommended"]
+        assert problems(rec, recommended_schema()) == []
+    found = problems({"noise_level": 0, "grow_to": 0, "samples": 65, "sampler": "euler", "colour": 1},
+                     recommended_schema(), "recommended")
+    assert sorted(p.split(":")[0] for p in found) == [f"recommended.{k}" for k in (
+        "colour", "grow_to", "noise_level", "sampler", "samples")]
+
+
+def test_a_new_option_is_declared_in_one_place_and_reaches_every_front_end():
+    """Issue 36: adding a run option is its declaration (plus its .ui widget and docs). A throwaway option, declared
+    on a subclass only, shows up in the command line (parsed and range-checked), the panel's parameters, the bundle
+    schema's recommended block, the map cache key, the checks and the JSON reader (the panel's parameters:
+    Testing/Slicer/test_panel.py, test_a_new_option_reaches_the_panels_parameters)."""
+    import argparse
+    import dataclasses
+
+    from DiffusionAnomalyLib.app.cli import build_parser
+    from DiffusionAnomalyLib.settings import MAPS, Option, check_values, maps_key, recommended_schema, setting
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(RunSettings):
+        wobble: int = setting(3, Option("wobble factor", MAPS, "W", label="wobble", low=0, high=9, panel="wobble",
+                                        recommend=True, maps=True, key="wob{}", key_default=3))
+
+    sub = next(a for a in build_parser(Extended)._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in MAPS:
+        assert "--wobble" in sub[command]._option_string_actions
+    assert sub["run"].parse_args(["--input", "x", "--out", "o", "--wobble", "7"]).wobble == 7
+    with pytest.raises(SystemExit):
+        sub["run"].parse_args(["--input", "x", "--out", "o", "--wobble", "12"])
+    assert "--wobble" not in next(a for a in build_parser()._actions
+                                  if isinstance(a, argparse._SubParsersAction)).choices["run"]._option_string_actions
+    # the panel's parameters: Testing/Slicer/test_panel.py (on Slicer's own parameterNodeWrapper)
+    assert recommended_schema(Extended)["properties"]["wobble"] == {"type": ["integer", "null"], "minimum": 0,
+                                                                    "maximum": 9}
+    assert maps_key(Extended()) == maps_key(RunSettings()) and maps_key(Extended(wobble=5)).endswith("_wob5")
+    with pytest.raises(InputError, match=r"wobble must be in 0..9 \(got 10\)"):
+        Extended(wobble=10)
+    assert Extended.resolve({"wobble": 4}, _kidney()[1]).wobble == 4  # a bundle may recommend it
+    with pytest.raises(InputError, match=r"wobble must be a whole number"):
+        check_values({"wobble": 2.5}, "settings", Extended)

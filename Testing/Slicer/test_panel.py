@@ -688,3 +688,26 @@ def test_the_baseline_ignores_the_samplers_settings_but_not_its_threshold(widget
 
     pn.threshold = 0.25
     assert request_from_parameters(pn, sys.executable).run_settings().threshold == 0.25
+
+
+def test_a_new_option_reaches_the_panels_parameters():
+    """Issue 36: a run option declared once (here a throwaway one on a subclass) becomes a parameter-node member
+    with its type, range and default, on Slicer's own parameterNodeWrapper."""
+    import dataclasses
+    import typing
+
+    from slicer.parameterNodeWrapper import Choice, WithinRange
+
+    from DiffusionAnomalyLib.settings import MAPS, Option, RunSettings, setting
+    from DiffusionAnomalyLib.slicer_module.panel import run_setting_parameters
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(RunSettings):
+        wobble: int = setting(3, Option("wobble factor", MAPS, "W", label="wobble", low=0, high=9, panel="wobble"))
+
+    members = run_setting_parameters(Extended)
+    assert members.wobble == 3
+    kind, limit = typing.get_args(members.__annotations__["wobble"])
+    assert kind is int and isinstance(limit, WithinRange) and (limit.minimum, limit.maximum) == (0, 9)
+    sampler = typing.get_args(members.__annotations__["sampler"])[1]
+    assert isinstance(sampler, Choice) and "wobble" not in run_setting_parameters().__annotations__
