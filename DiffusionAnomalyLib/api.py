@@ -104,6 +104,7 @@ class DetectRequest:
         unknown = sorted(set(self.settings) - set(RunSettings.__dataclass_fields__))
         if unknown:
             out.append(f"unknown run setting(s) {unknown}")
+        out += _settings_problems({k: v for k, v in self.settings.items() if k not in unknown})
         return out
 
     def input_paths(self) -> list[str]:
@@ -119,6 +120,25 @@ class DetectRequest:
         """A request from :meth:`to_json` output; every value must have its field's JSON type (no coercion),
         unknown keys are refused; an :class:`InputError` names ``source``, the field and the value."""
         return cls(**_typed_fields(cls, data, source))
+
+
+def _settings_problems(settings: dict[str, Any]) -> list[str]:
+    """Each given run setting checked against its declaration (None: not given; ``threshold`` may be a word)."""
+    from DiffusionAnomalyLib.settings import check_values, field_problem, options
+
+    words = dict(options())
+    out = []
+    for name, value in settings.items():
+        if value is None or value in words[name].words:
+            continue
+        try:
+            value = check_values({name: value}, "run settings")[name]
+        except InputError as exc:
+            out.append(str(exc))
+            continue
+        if problem := field_problem(name, value):
+            out.append(problem)
+    return out
 
 
 def _typed_fields(cls: type, data: Any, source: str) -> dict[str, Any]:

@@ -3,10 +3,15 @@ and returning a typed result (``diffusion-anomaly evaluate`` / ``sweep`` / ``bat
 calibrates with :func:`sweep`). Under ``torchrun`` every rank calls the same function; rank 0 returns the result,
 the others None.
 
->>> from DiffusionAnomalyLib.api import EvaluateRequest, evaluate  # doctest: +SKIP
->>> report = evaluate(EvaluateRequest(data="phantoms", out="eval", bundle="Resources/Models/kidney-demo"))
->>> report.summary["pooled"]["f1"]  # doctest: +SKIP
-0.61
+>>> from DiffusionAnomalyLib.api import EvaluateRequest, evaluate
+>>> request = EvaluateRequest(data="phantoms", out="eval", bundle="Resources/Models/kidney-demo",
+...                           settings={"seed": 1}, threshold="bundle")
+>>> report = evaluate(request)  # doctest: +SKIP
+>>> print(report.markdown)  # doctest: +SKIP
+>>> EvaluateRequest(data="phantoms", out="eval", baseline=True)
+Traceback (most recent call last):
+...
+DiffusionAnomalyLib.errors.InputError: the baseline needs an organ, one of kidney, liver, brain (got None)
 """
 
 from __future__ import annotations

@@ -248,7 +248,7 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
     wid = read_meta(tiny_bundle).weights_id()
     assert read_meta(calibrated).weights_id() == wid  # recalibrating does not change the networks
     assert sorted(p.name for p in (out / "maps").iterdir()) == ["baseline"] + [
-        f"ddim_L{L}_s{s}_n2_seed0_refae_med3_w{wid}" for L in (20, 50) for s in (0, 10)]
+        f"ddim_L{L}_n2_s{s}_seed0_refautoencoder_med3_w{wid}" for L in (20, 50) for s in (0, 10)]
     load_bundle(calibrated)  # still a valid bundle (weights and checksums copied)
     printed = capsys.readouterr().out
     assert "best: L =" in printed and "recommended: threshold" in printed
