@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-slicer lint setup setup-test clean demo-models
+.PHONY: demo test test-slicer lint setup setup-test clean demo-models schema
 
 # The Slicer side runs as Slicer 5.10+ runs it: Python 3.12 with only numpy, scipy, SimpleITK
 # (+ slicer-core, PyQt5, pytest for the Slicer-like runtime). `python3.12` may be a broken pyenv shim.
@@ -68,6 +68,12 @@ test-slicer: $(SLICER_VENV)/.installed $(VENV)/.installed
 ## demo-models: the demo bundles, each made by `diffusion-anomaly train all` on phantoms, installed into Resources/Models (restartable; hours per organ on 2 CPU cores; ORGANS=kidney, SMOKE=1: see scripts/demo_models.sh)
 demo-models: setup
 	PYTHON=$(abspath $(BIN)/python) bash scripts/demo_models.sh
+
+## schema: rewrite the generated `recommended` block of models/model.schema.json from settings.RunSettings
+schema: setup
+	$(BIN)/python -c "import json, pathlib; from DiffusionAnomalyLib.settings import recommended_schema; \
+	p = pathlib.Path('DiffusionAnomalyLib/models/model.schema.json'); d = json.loads(p.read_text()); \
+	d['properties']['recommended'] = recommended_schema(); p.write_text(json.dumps(d, indent=2) + '\n')"
 
 lint: setup-test
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing

@@ -105,11 +105,11 @@ def test_cli_worker_batch_and_panel_resolve_the_same_settings(tiny_bundle, tmp_p
     settings_file = tmp_path / "settings.json"  # a replay from a settings file
     settings_file.write_text(json.dumps(panel.to_dict()))
     replayed = resolved(["run", "--bundle", b, "--input", "x", "--out", "o", "--settings", str(settings_file)])
-    from DiffusionAnomalyLib.app import cli as cli_module
+    from DiffusionAnomalyLib.app.commands import dataset_request
     from DiffusionAnomalyLib.evaluation.commands import BatchRequest
 
     args = build_parser().parse_args(["batch", "--data", "d", "--bundle", b, "--out", "o", *flags])
-    batch_request = cli_module._dataset_request(args, BatchRequest)
+    batch_request = dataset_request(args, BatchRequest)
     batch = RunSettings.resolve(meta.recommended, meta.preset(), **batch_request.settings)
     assert cli == panel == worker == replayed == batch
     assert (cli.sampler, cli.noise_level, cli.samples, cli.median_filter, cli.threshold) == ("ddpm", 40, 2, 0, None)
