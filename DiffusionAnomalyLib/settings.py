@@ -11,13 +11,14 @@ installed.
 
 from __future__ import annotations
 
-import math
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
+from DiffusionAnomalyLib import options as _options
 from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.options import MAX_SEED, Option, cast, json_repr, json_type, setting  # noqa: F401
+from DiffusionAnomalyLib.options import options as declared
 
 ORGANS = ("kidney", "liver", "brain")
 SAMPLERS = ("ddpm", "ddim", "inpaint")
@@ -34,7 +35,6 @@ MAX_SAMPLES = 64
 MAX_SAMPLES_ENV = "DA_MAX_SAMPLES"
 MAX_RESAMPLE_JUMPS = 20
 MAX_MEDIAN_FILTER = 15
-MAX_SEED = 2**63 - 1
 #: Below this validation AUC (at the level nearest the sampler's start) a classifier barely tells healthy from
 #: unhealthy, so its gradients steer the sample toward noise rather than health.
 WEAK_CLASSIFIER_AUC = 0.7
@@ -73,56 +73,6 @@ class MapOptions:
 #: The commands that take an option: ``run`` only, or every command that makes anomaly maps.
 RUN = ("run",)
 MAPS = ("run", "evaluate", "sweep", "batch")
-
-
-@dataclass(frozen=True)
-class Option:
-    """How a run setting is checked and offered, written once beside its field (the field's annotation is its type).
-
-    Range: ``low``..``high`` (inclusive; ``low_open``: ``low`` excluded; ``high`` may be a function, for limits
-    set by the environment), or ``choices``. ``label`` names it in messages. ``words``: texts the command line
-    accepts besides a value, passed on as they are (``threshold``: ``otsu``, ``bundle``).
-    Command line: ``--<field-name>`` on ``commands``; an option left out means "the bundle's recommendation, else
-    the default". Slicer panel: the parameter-node member ``panel`` (bound to a widget by ``SlicerParameterName`` in
-    the ``.ui``), limited to ``panel_range`` (default: ``low``..``high``) or ``panel_choices`` (default: the choices,
-with ``bundle_value`` first when it is a word); ``bundle_value`` is the
-    member value that means "the bundle's recommendation" (None: the panel always sends its value).
-    ``recommend``: a bundle's ``recommended`` block may set it. ``maps``: it changes the anomaly maps, so it is part
-    of the map cache's key (``key`` is its short name there; ``key_default``: left out of the key at that value).
-    """
-
-    help: str
-    commands: tuple[str, ...] = RUN
-    metavar: str | None = None
-    label: str = ""
-    low: float | None = None
-    high: float | typing.Callable[[], float] | None = None
-    low_open: bool = False
-    choices: tuple[str, ...] | None = None
-    words: tuple[str, ...] = ()
-    panel: str | None = None
-    panel_range: tuple[float, float] | None = None
-    panel_choices: tuple[str, ...] | None = None
-    bundle_value: Any = None
-    recommend: bool = False
-    maps: bool = False
-    key: str = ""
-    key_default: Any = None
-
-    def upper(self) -> float | None:
-        return self.high() if callable(self.high) else self.high
-
-    def panel_limit(self) -> tuple[str, tuple]:
-        """The panel member's limit: ``("choice", values)`` or ``("range", (low, high))``."""
-        if self.panel_choices or self.choices:
-            first = (self.bundle_value,) if isinstance(self.bundle_value, str) else ()
-            return "choice", (*first, *(self.panel_choices or self.choices))
-        return "range", self.panel_range or (self.low, self.upper())
-
-
-def setting(default: Any, option: Option) -> Any:
-    """A :class:`RunSettings` field: its default and its :class:`Option`."""
-    return field(default=default, metadata={"option": option})
 
 
 @dataclass(frozen=True)
@@ -210,7 +160,7 @@ class RunSettings:
     def problems(self) -> list[str]:
         """What is wrong with these settings (empty when they can run): each field against its declaration, then
         the rules that join two fields."""
-        out = [p for name, _ in options(type(self)) if (p := field_problem(name, getattr(self, name), type(self)))]
+        out = _options.problems(self)
         if self.steps >= 1 and self.noise_level >= 1 and self.steps > self.noise_level:
             out.append(f"steps must be between 1 and L = {self.noise_level} (got {self.steps})")
         if self.trajectory_heatmap and self.trajectory_every <= 0:
@@ -271,110 +221,28 @@ OVERRIDABLE = tuple(f.name for f in fields(RunSettings) if f.metadata["option"].
 
 def options(cls: type = RunSettings) -> list[tuple[str, Option]]:
     """Every run setting with how it is offered, in field order: ``(field name, Option)``."""
-    return [(f.name, f.metadata["option"]) for f in fields(cls)]
+    return declared(cls)
 
 
 def field_type(name: str, cls: type = RunSettings) -> tuple[type, bool]:
-    """A field's value type (bool, int, float or str) and whether it may be None, from its annotation."""
-    hint = typing.get_type_hints(cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return (args[0] if args else hint), bool(args)
-
-
-def _range_text(opt: Option, kind: type) -> str:
-    low, high = opt.low, opt.upper()
-    if kind is int:
-        top = "2^63-1" if high == MAX_SEED else high
-        return f"in {low:g}..{top}" if high is not None else f">= {low:g}"
-    if high is not None:
-        return f"in {'(' if opt.low_open else '['}{low:g}, {high:g}]"
-    return f"a finite number {'>' if opt.low_open else '>='} {low:g}"
+    """A run setting's value type (bool, int, float or str) and whether it may be None, from its annotation."""
+    return _options.field_type(name, cls)
 
 
 def field_problem(name: str, value: Any, cls: type = RunSettings) -> str | None:
-    """What is wrong with ``value`` for the field ``name`` (None when it is fine), from its declaration."""
-    opt = dict(options(cls))[name]
-    kind, nullable = field_type(name, cls)
-    label = opt.label or name
-    if value is None:
-        return None if nullable else f"{label} must be given"
-    if opt.choices is not None:
-        return None if value in opt.choices else (f"unknown {label} {value!r}; choose one of "
-                                                  f"{', '.join(opt.choices)}")
-    if kind in (int, float) and opt.low is not None:
-        high = opt.upper()
-        bad = (not math.isfinite(value) or value < opt.low or (opt.low_open and value == opt.low)
-               or (high is not None and value > high))
-        return f"{label} must be {_range_text(opt, kind)} (got {value})" if bad else None
-    return None
-
-
-def cast(name: str, value: Any, cls: type = RunSettings) -> Any:
-    """``value`` as the field's type (a whole-number float to int; an int to float); refuses a fractional number
-    for a whole-number field. Other values pass unchanged (the checks catch them)."""
-    kind, _ = field_type(name, cls)
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return value
-    if kind is int and isinstance(value, float):
-        if not value.is_integer():
-            raise InputError(f"{name} must be a whole number (got {value})")
-        return int(value)
-    return float(value) if kind is float else value
+    """What is wrong with ``value`` for the run setting ``name`` (None when it is fine), from its declaration."""
+    return _options.field_problem(name, value, cls)
 
 
 def parse_text(name: str, text: str, cls: type = RunSettings) -> Any:
-    """A command-line text for the field ``name``: its type, its ``words`` as they are, checked against its
-    declaration; raises ``ValueError`` with the reason (argparse shows it beside the option)."""
-    opt = dict(options(cls))[name]
-    if text in opt.words:
-        return text
-    kind, _ = field_type(name, cls)
-    if kind in (int, float):
-        try:
-            value = float(text) if kind is float else int(text)
-        except ValueError:
-            words = "".join(f" or '{w}'" for w in opt.words)
-            raise ValueError(f"expected {'a whole number' if kind is int else 'a number'}{words}, got {text!r}")\
-                from None
-    else:
-        value = text
-    problem = field_problem(name, value, cls)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-_JSON_TYPES: dict[type, tuple[tuple[type, ...], str, str]] = {
-    str: ((str,), "a string", "string"), int: ((int,), "a whole number", "integer"),
-    float: ((int, float), "a number", "number"), bool: ((bool,), "true or false", "boolean")}
+    """A command-line text for the run setting ``name``, checked against its declaration (``ValueError``)."""
+    return _options.parse_text(name, text, cls)
 
 
 def check_values(data: Any, source: str = "settings", cls: type = RunSettings) -> dict[str, Any]:
-    """``data`` (a JSON object of run settings, some or all of them) checked against each field's type: known
-    names, the JSON type (no coercion: ``"false"``, ``1`` for a flag, ``true`` for a number, ``2.5`` for a whole
-    number are refused), finite numbers; an :class:`InputError` names the file, the field and the value. Returns
-    the values with numbers as the field's type."""
-    if not isinstance(data, dict):
-        raise InputError(f"{source}: run settings must be a JSON object (got {type(data).__name__})")
-    names = [n for n, _ in options(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise InputError(f"{source}: unknown run setting(s) {unknown}; known: {', '.join(names)}")
-    out = {}
-    for name, value in data.items():
-        kind, nullable = field_type(name, cls)
-        types, what, _ = _JSON_TYPES[kind]
-        if value is None and nullable:
-            out[name] = None
-            continue
-        bad = not isinstance(value, types) or (isinstance(value, bool) and kind is not bool)
-        if not bad and isinstance(value, float) and not math.isfinite(value):
-            bad = True
-        if bad:
-            what += " or null (Otsu)" if nullable else ""
-            raise InputError(f"{source}: {name} must be {what} (got {json_repr(value)})")
-        out[name] = float(value) if kind is float else value
-    return out
+    """``data`` (a JSON object of run settings, some or all of them) checked against each field's type (no
+    coercion; :func:`DiffusionAnomalyLib.options.check_values`)."""
+    return _options.check_values(data, source, cls)
 
 
 def recommended_schema(cls: type = RunSettings) -> dict[str, Any]:
@@ -385,7 +253,7 @@ def recommended_schema(cls: type = RunSettings) -> dict[str, Any]:
         if not opt.recommend:
             continue
         kind, _ = field_type(name, cls)
-        prop: dict[str, Any] = {"type": [_JSON_TYPES[kind][2], "null"]}
+        prop: dict[str, Any] = {"type": [json_type(kind), "null"]}
         if opt.choices is not None:
             prop["enum"] = [*opt.choices, None]
         if opt.low is not None:
@@ -405,17 +273,6 @@ def maps_key(settings: RunSettings) -> str:
     parts = [opt.key.format(getattr(settings, name)) for name, opt in options(type(settings))
              if opt.maps and getattr(settings, name) != opt.key_default]
     return "_".join(parts)
-
-
-def json_repr(value: Any) -> str:
-    """A value as JSON shows it, shortened (for messages)."""
-    import json
-
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_settings_file(path) -> tuple[dict[str, Any], str | None]:

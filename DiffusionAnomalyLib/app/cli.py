@@ -108,29 +108,13 @@ OVERWRITE_HELP = ("replace an earlier result in --out (the whole result set: not
 DEBUG_HELP = "on an error, also print the traceback"
 
 def add_run_settings(parser: argparse.ArgumentParser, command: str, settings: type | None = None) -> None:
-    """The run settings ``command`` takes, from ``settings.RunSettings`` (each field's ``Option``: help, metavar,
-    choices, and a parser that checks the declared range); every one defaults to None, "not given", which
+    """The run settings ``command`` takes, from their declarations in ``settings.RunSettings`` (help, metavar,
+    choices, a parser that checks the declared range); every one defaults to None, "not given", which
     ``RunSettings.resolve`` turns into the bundle's value or the default."""
-    from DiffusionAnomalyLib.settings import RunSettings, field_type, parse_text
+    from DiffusionAnomalyLib.options import add_arguments
+    from DiffusionAnomalyLib.settings import RunSettings
 
-    cls = settings or RunSettings
-    for name, opt in options(cls):
-        if command not in opt.commands:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if field_type(name, cls)[0] is bool:
-            parser.add_argument(flag, action="store_true", help=opt.help)
-            continue
-
-        def parse(text: str, name: str = name, words: tuple[str, ...] = opt.words) -> object:
-            try:
-                return parse_text(name, text.strip().lower() if text.strip().lower() in words else text, cls)
-            except ValueError as exc:
-                raise argparse.ArgumentTypeError(str(exc)) from None
-
-        parse.__name__ = field_type(name, cls)[0].__name__
-        parser.add_argument(flag, default=None, metavar=opt.metavar, help=opt.help, type=parse,
-                            **({"choices": list(opt.choices)} if opt.choices else {}))
+    add_arguments(parser, settings or RunSettings, command, given_only=True)
 
 
 def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
@@ -401,27 +385,10 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
                         "post-processing. Best = highest mean Dice. Then, there, the operating point: threshold "
                         "(Otsu x --threshold-scales) and minimum lesion volume, by pooled lesion F1 or under "
                         "--max-fp-per-organ. Writes OUT/sweep/{sweep.csv,sweep.json,dice_vs_s.png}.")
-    sw.add_argument("--noise-levels", type=int, nargs="+", default=[100, 250, 500], help="the L values of the grid")
-    sw.add_argument("--guidance-values", type=float, nargs="+", default=[float(s) for s in range(0, 2001, 200)],
-                    help="the s values of the grid")
-    sw.add_argument("--reference-values", nargs="+", choices=list(REFERENCES), default=None, metavar="REF",
-                    help="also sweep the anomaly map's reference: input and/or autoencoder (default: --reference)")
-    sw.add_argument("--samples-values", type=int, nargs="+", default=None, metavar="K",
-                    help="also sweep the number of averaged reconstructions (default: --samples)")
-    sw.add_argument("--median-filter-values", type=int, nargs="+", default=None, metavar="N",
-                    help="also sweep the anomaly map's median filter size in voxels, 0 = none (default: "
-                         "--median-filter); the grid is L x s x every reference, K and N")
-    sw.add_argument("--min-lesion-ml-values", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
-                    metavar="ML", help="then, at the best L and s: post-processing with each minimum lesion volume "
-                                       "(see --max-fp-per-organ for which one is recommended)")
-    sw.add_argument("--threshold-scales", type=float, nargs="+", default=[1.0], metavar="X",
-                    help="also try the Otsu threshold times each X in the post-processing stage (default 1)")
-    sw.add_argument("--grow-to-values", type=float, nargs="+", default=None, metavar="F",
-                    help="also try growing the lesions to each F x threshold in the post-processing stage (hysteresis; "
-                         "default: --grow-to, else 1 = off)")
-    sw.add_argument("--max-fp-per-organ", type=float, default=None, metavar="N",
-                    help="recommend the operating point that finds the most lesions with at most N false-positive "
-                         "components per organ (default: the best pooled lesion F1)")
+    from DiffusionAnomalyLib.evaluation.commands import CalibrationGrid
+    from DiffusionAnomalyLib.options import add_arguments
+
+    add_arguments(sw, CalibrationGrid, "sweep")
     sw.add_argument("--no-baseline", action="store_true",
                     help="do not run the non-neural median baseline on the same cases (by default it runs and the "
                          "report puts it beside the recommended operating point, with a paired Wilcoxon test)")

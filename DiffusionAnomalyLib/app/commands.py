@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.settings import options
 
 
 def _print_table(table) -> None:
@@ -63,8 +62,10 @@ def _report(found) -> None:
 
 def given_settings(args: argparse.Namespace) -> dict:
     """The run settings the command line gives explicitly (an option left out, or an absent flag, is not given)."""
-    values = {name: getattr(args, name, None) for name, opt in options() if args.command in opt.commands}
-    return {k: v for k, v in values.items() if v is not None and v is not False}
+    from DiffusionAnomalyLib.options import given
+    from DiffusionAnomalyLib.settings import RunSettings
+
+    return given(args, RunSettings, args.command)
 
 
 def detect_request(args: argparse.Namespace):
@@ -170,16 +171,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from DiffusionAnomalyLib.evaluation.commands import SweepRequest, sweep
+    from DiffusionAnomalyLib.evaluation.commands import CalibrationGrid, SweepRequest, sweep
+    from DiffusionAnomalyLib.options import given
 
-    res = sweep(dataset_request(
-        args, SweepRequest, noise_levels=tuple(args.noise_levels), guidance_values=tuple(args.guidance_values),
-        reference_values=tuple(args.reference_values or ()), samples_values=tuple(args.samples_values or ()),
-        median_filter_values=tuple(args.median_filter_values or ()),
-        min_lesion_ml_values=tuple(args.min_lesion_ml_values), threshold_scales=tuple(args.threshold_scales),
-        grow_to_values=tuple(args.grow_to_values or ()), max_fp_per_organ=args.max_fp_per_organ,
-        baseline_beside=not args.no_baseline, allow_weak_classifier=args.allow_weak_classifier,
-        write_bundle=args.write_bundle))
+    res = sweep(dataset_request(args, SweepRequest, **given(args, CalibrationGrid, "sweep"),
+                                baseline_beside=not args.no_baseline, allow_weak_classifier=args.allow_weak_classifier,
+                                write_bundle=args.write_bundle))
     if res is None:
         return 0
     for w in res.warnings:

@@ -24,10 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.settings import ORGANS, RunSettings
+from DiffusionAnomalyLib.options import Option, problems, setting
+from DiffusionAnomalyLib.settings import (
+    MAX_MEDIAN_FILTER,
+    MAX_NOISE_LEVEL,
+    ORGANS,
+    REFERENCES,
+    RunSettings,
+    max_samples,
+)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatasetRequest:
     """What every dataset job takes: the dataset folder (one sub-folder per case), the output folder, the model
     (``bundle``, or ``baseline`` for ``organ``) and run settings by field name (None: the bundle's)."""
@@ -53,7 +61,7 @@ class DatasetRequest:
             raise InputError("; ".join(problems))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvaluateRequest(DatasetRequest):
     """``evaluate``: ``threshold`` None/'otsu' (one global Otsu threshold, as the thesis), a number, or 'bundle'
     (the calibrated operating point); ``postprocessing`` off: threshold and components only; ``baseline_beside``:
@@ -65,29 +73,69 @@ class EvaluateRequest(DatasetRequest):
     baseline_beside: bool = True
 
 
-@dataclass(frozen=True)
-class SweepRequest(DatasetRequest):
-    """``sweep``: the grid L x s x map variants (reference, K, median filter; each defaulting to the run's), then
-    the post-processing stage at the best point; ``write_bundle``: a calibrated copy of the bundle there.
-    ``shipped_manifest`` False: the bundle is being made (``train all``), so no shipped manifest entry can name
-    it."""
+#: The commands that take the calibration grid's options.
+GRID = ("sweep", "all")
 
-    noise_levels: tuple[int, ...] = (100, 250, 500)
-    guidance_values: tuple[float, ...] = tuple(float(s) for s in range(0, 2001, 200))
-    reference_values: tuple[str, ...] = ()
-    samples_values: tuple[int, ...] = ()
-    median_filter_values: tuple[int, ...] = ()
-    min_lesion_ml_values: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
-    threshold_scales: tuple[float, ...] = (1.0,)
-    grow_to_values: tuple[float, ...] = ()
-    max_fp_per_organ: float | None = None
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationGrid:
+    """The calibration grid, declared once for ``sweep`` and ``train all`` (which keeps these options with other
+    defaults): the sampler's L and s (the kidney thesis §5.2), the map variants (reference, K, median filter; empty:
+    the run's own), then at the best point the operating point's thresholds (x the validation maps' Otsu), minimum
+    lesion volumes and growth (empty: the run's ``grow_to``), chosen by pooled lesion F1 or, with
+    ``max_fp_per_organ``, the most lesions found with at most that many false positives per organ."""
+
+    noise_levels: tuple[int, ...] = setting((100, 250, 500), Option(
+        "calibration grid: the L values", GRID, "L", label="noise level L", low=1, high=MAX_NOISE_LEVEL))
+    guidance_values: tuple[float, ...] = setting(tuple(float(s) for s in range(0, 2001, 200)), Option(
+        "calibration grid: the s values (s > 0 only when the classifier's validation AUC is >= 0.7, unless "
+        "--allow-weak-classifier)", GRID, "S", label="guidance strength", low=0))
+    reference_values: tuple[str, ...] = setting((), Option(
+        "also try these anomaly-map references: input and/or autoencoder (default: the run's)", GRID, "REF",
+        label="map reference", choices=REFERENCES))
+    samples_values: tuple[int, ...] = setting((), Option(
+        "also try these numbers of averaged reconstructions (DDPM; default: the run's)", GRID, "K", label="samples",
+        low=1, high=max_samples))
+    median_filter_values: tuple[int, ...] = setting((), Option(
+        "also try these anomaly-map median filter sizes in voxels, 0 = none (default: the run's); the grid is L x s x "
+        "every reference, K and N", GRID, "N", label="the median filter (voxels)", low=0, high=MAX_MEDIAN_FILTER))
+    min_lesion_ml_values: tuple[float, ...] = setting((0.0, 0.25, 0.5, 1.0, 2.0), Option(
+        "then, at the best L and s: the minimum lesion volumes tried (ml)", GRID, "ML",
+        label="the minimum lesion volume (ml)", low=0))
+    threshold_scales: tuple[float, ...] = setting((1.0,), Option(
+        "the thresholds tried there, x the Otsu threshold", GRID, "X", label="threshold scale", low=0,
+        low_open=True))
+    grow_to_values: tuple[float, ...] = setting((), Option(
+        "the lesion growths tried there, F x threshold (hysteresis; 1 = off; default: --grow-to, else 1)", GRID, "F",
+        label="grow-to", low=0, high=1, low_open=True))
+    max_fp_per_organ: float | None = setting(None, Option(
+        "recommend the operating point that finds the most lesions with at most N false-positive components per "
+        "organ (default: the best pooled lesion F1)", GRID, "N", label="max FP per organ", low=0))
+
+    def __post_init__(self) -> None:
+        found = problems(self)
+        if found:
+            raise InputError("; ".join(found))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepRequest(DatasetRequest, CalibrationGrid):
+    """``sweep``: the grid (:class:`CalibrationGrid`), then the post-processing stage at the best point;
+    ``write_bundle``: a calibrated copy of the bundle there. ``baseline_beside``: the median baseline beside the
+    recommended point; ``allow_weak_classifier``: sweep s > 0 even when the bundle's classifier is near chance.
+    ``shipped_manifest`` False: the bundle is being made (``train all``), so no shipped manifest entry can name it."""
+
     baseline_beside: bool = True
     allow_weak_classifier: bool = False
     write_bundle: str | None = None
     shipped_manifest: bool = True
 
+    def __post_init__(self) -> None:
+        DatasetRequest.__post_init__(self)
+        CalibrationGrid.__post_init__(self)
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class BatchRequest(DatasetRequest):
     """``batch``: ``run``'s outputs for every case (finished cases are skipped unless ``overwrite``)."""
 
@@ -220,17 +268,10 @@ def map_variants(request: SweepRequest, run: RunSettings) -> list:
 def sweep(request: SweepRequest) -> SweepResult | None:
     """The grid search over L and s (the kidney thesis §5.2) and the operating point at the best one; with
     ``write_bundle``, a calibrated copy of the bundle."""
-    from DiffusionAnomalyLib.detection.anomaly import PostProcessing
     from DiffusionAnomalyLib.evaluation.sweep import run_sweep, weak_guidance, write_calibrated_bundle
 
-    if request.threshold_scales and min(request.threshold_scales) <= 0:
-        raise InputError(f"--threshold-scales must be > 0 (got {min(request.threshold_scales):g})")
-    if request.max_fp_per_organ is not None and request.max_fp_per_organ < 0:
-        raise InputError(f"--max-fp-per-organ must be >= 0 (got {request.max_fp_per_organ:g})")
     grow = request.settings.get("grow_to")
     grow_to_values = list(request.grow_to_values) or [1.0 if grow is None else grow]
-    for value in grow_to_values:
-        PostProcessing(grow_to=value)  # checks the range before any map is computed
     if request.write_bundle:
         if not request.bundle:
             raise InputError("--write-bundle needs --bundle (the baseline has no settings to calibrate)")
