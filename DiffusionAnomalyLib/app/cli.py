@@ -458,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from DiffusionAnomalyLib.errors import classify, raise_cancelled
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # an option outside its declared range: SystemExit 2, the reason on stderr
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

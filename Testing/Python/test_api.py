@@ -73,8 +73,10 @@ def test_one_run_setting_crosses_at_most_six_files_from_the_panel_to_its_use(cap
 
 
 def test_a_setting_is_validated_in_one_place():
-    """Only settings.py holds the ranges: no other module compares a value with the noise-level bound."""
-    modules = {m for m in layout.IMPORTS if m != f"{layout.PKG}.settings"}
+    """The ranges are declared (settings.py, and the sweep's grid in evaluation/commands.py, which reuses the
+    bounds) and checked by options.py only: no other module compares a value with these bounds."""
+    modules = {m for m in layout.IMPORTS
+               if m not in {f"{layout.PKG}.settings", f"{layout.PKG}.evaluation.commands"}}
     assert files_naming({"MAX_NOISE_LEVEL", "MAX_MEDIAN_FILTER", "MAX_RESAMPLE_JUMPS"}, modules) == []
 
 

@@ -288,10 +288,10 @@ def test_sweep_picks_the_best_setting_and_calibrates_a_bundle_copy(dataset, tiny
     assert "(fixed)" in printed and "add --threshold bundle" not in printed, printed[:400]
     report = json.loads((out / "report" / "summary.json").read_text())
     assert report["summary"]["threshold"] == pytest.approx(b2["threshold"])
-    assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(out),
-                 "--threshold-scales", "0"]) == 2
-    assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(out),
-                 "--max-fp-per-organ", "-1"]) == 2
+    for bad in (["--threshold-scales", "0"], ["--max-fp-per-organ", "-1"]):  # the parser refuses them (exit 2)
+        with pytest.raises(SystemExit) as exc:
+            main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(out), *bad])
+        assert exc.value.code == 2
 
 
 def test_evaluate_puts_the_baseline_beside_a_bundle(dataset, tiny_bundle, tmp_path, capsys):
@@ -375,8 +375,10 @@ def test_sweep_varies_the_map_options_and_recommends_the_best(dataset, tiny_bund
     assert (rec["reference"], rec["samples"], rec["median_filter"]) == (best["reference"], 1, best["median_filter"])
     assert "median" in capsys.readouterr().out
     # a bad value is refused before any map is made, naming the option
-    assert main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "sw2"),
-                 "--samples-values", "4", "0", "--device", "cpu"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "sw2"),
+              "--samples-values", "4", "0", "--device", "cpu"])
+    assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--samples-values" in err and "samples must be in 1..64 (got 0)" in err
     assert not (tmp_path / "sw2" / "maps").exists()

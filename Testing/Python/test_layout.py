@@ -22,7 +22,7 @@ import pytest
 
 LIB = Path(__file__).resolve().parents[2] / "DiffusionAnomalyLib"
 PKG = "DiffusionAnomalyLib"
-SHARED = {"settings", "errors", "logs", "progress", "resources", "__init__", "__main__"}
+SHARED = {"settings", "options", "errors", "logs", "progress", "resources", "__init__", "__main__"}
 LAYERS = {"imaging", "detection", "models", "training", "evaluation", "synthetic", "api", "app", "slicer_module"}
 # which layers each layer may import (besides itself and the shared modules)
 ALLOWED = {
