@@ -67,9 +67,11 @@ class Option:
         return "range", self.panel_range or (self.low, self.upper())
 
 
-def setting(default: Any, option: Option) -> Any:
-    """A declared field: its default and its :class:`Option`."""
-    return field(default=default, metadata={"option": option})
+def setting(default: Any, option: Option, kw_only: bool | None = None) -> Any:
+    """A declared field: its default and its :class:`Option` (``kw_only``: a keyword-only field, e.g. one a
+    subclass redeclares)."""
+    extra = {} if kw_only is None else {"kw_only": kw_only}
+    return field(default=default, metadata={"option": option}, **extra)
 
 
 def required(option: Option) -> Any:
@@ -79,8 +81,9 @@ def required(option: Option) -> Any:
 
 def redeclared(cls: type, name: str, default: Any) -> Any:
     """``cls``' field ``name`` with another default and the same :class:`Option` (one declaration; e.g. ``train
-    all`` calibrates with other grid defaults than ``sweep``)."""
-    return setting(default, cls.__dataclass_fields__[name].metadata["option"])
+    all`` calibrates with other grid defaults than ``sweep``, the denoiser trains longer than the classifier)."""
+    base = cls.__dataclass_fields__[name]
+    return setting(default, base.metadata["option"], kw_only=base.kw_only is True or None)
 
 
 def options(cls: type) -> list[tuple[str, Option]]:

@@ -117,6 +117,14 @@ def add_run_settings(parser: argparse.ArgumentParser, command: str, settings: ty
     add_arguments(parser, settings or RunSettings, command, given_only=True)
 
 
+def _training_config(part: str) -> type:
+    """The config class of one training stage (its options are declared on its fields)."""
+    import importlib
+
+    module = importlib.import_module(f"DiffusionAnomalyLib.training.{part}")
+    return getattr(module, f"{part.capitalize()}Training")
+
+
 def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     """The command line's parser; ``settings``: the run-settings class its run options come from (default
     ``settings.RunSettings``)."""
@@ -180,59 +188,16 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
                              "natively (CUDA from Ampere on; CPUs with AVX-512 BF16 or AMX; the autoencoder on CUDA "
                              "only), else float32; weights, optimiser and losses stay float32")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
-    part = argparse.ArgumentParser(add_help=False, parents=[common])
-    part.add_argument("--iterations", type=positive_int, default=1000, help="training iterations")
-    part.add_argument("--lr", type=float, default=None,
-                      help="learning rate (defaults: autoencoder 3e-4, denoiser 1e-4, classifier 1e-4)")
-    part.add_argument("--val-every", type=positive_int, default=50, help="validate every N iterations")
-    part.add_argument("--resume", action="store_true", help="continue from OUT.work/checkpoint")
-    part.add_argument("--overwrite", action="store_true",
-                      help="replace an earlier bundle in --out (a folder holding anything else is refused)")
-    network_help = ("network preset: tiny, thesis-kidney, or (autoencoder) tiny-8ch (8 latent channels, 1,024 codes) "
-                    "or tiny-2x (one stride-2 level: a 2x finer latent grid), or (denoiser) tiny-3level (a third "
-                    "level, for the finer grid)")
+    from DiffusionAnomalyLib.options import add_arguments
 
-    ta = tparts.add_parser("autoencoder", parents=[part], formatter_class=DefaultsFormatter,
-                           help="the VQ-GAN autoencoder (first stage; writes a new bundle)")
-    ta.add_argument("--organ", required=True, choices=list(ORGANS), help="organ preset")
-    ta.add_argument("--network", default="tiny", help=network_help)
-    ta.add_argument("--spacing", type=float, help="override the preset spacing (mm, isotropic; default: the organ "
-                                                  "preset's)")
-    ta.add_argument("--roi-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="ROI size in mm (default: the "
-                                                                                      "organ preset's)")
-    ta.add_argument("--batch-size", type=positive_int, default=2, help="patches per batch")
-    ta.add_argument("--adversarial-start", type=int, default=10_000,
-                    help="the GAN losses start after this iteration (never, when >= --iterations: it says so)")
-    ta.add_argument("--perceptual-weights", help="local .safetensors of a 3D resnet10 (optional; default: no "
-                                                 "perceptual loss)")
-    ta.add_argument("--name", help="bundle name (default: <organ>-model, or <organ>-demo with --demo)")
-    ta.add_argument("--version", default="0.1.0", help="bundle version (later stages keep it)")
-    ta.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
-
-    td = tparts.add_parser("denoiser", parents=[part], formatter_class=DefaultsFormatter,
-                           help="the latent denoiser on healthy structures (extends --bundle)")
-    td.add_argument("--bundle", required=True, help="the autoencoder bundle to extend")
-    td.add_argument("--network", default="tiny", help=network_help)
-    td.add_argument("--batch-size", type=positive_int, default=8, help="latents per batch")
-    td.add_argument("--class-conditional", action="store_true", help="train with labels for CFG")
-    td.add_argument("--latent-crop", type=int, nargs=3, metavar=("Z", "Y", "X"),
-                    help="train on random crops of this many latent voxels (validation and use: whole latents); "
-                         "makes fine latent grids trainable on a CPU")
-
-    tc = tparts.add_parser("classifier", parents=[part], formatter_class=DefaultsFormatter,
-                           help="the noisy-latent classifier for guidance (extends --bundle)")
-    tc.add_argument("--bundle", required=True, help="the denoiser bundle to extend")
-    tc.add_argument("--batch-size", type=positive_int, default=16, help="latents per batch")
-    tc.add_argument("--frozen-levels", type=int, default=None,
-                    help="backbone levels to freeze (default: half of them)")
-    tc.add_argument("--max-level", type=int, default=None,
-                    help="train on noise levels 0..N only (default: all, 0..T); guidance from a start level L above N "
-                         "is then outside what the classifier saw")
-    tc.add_argument("--lesion-weight", type=float, default=0.0,
-                    help="> 0 also trains a per-cell lesion loss with this weight from each case's lesions.nii.gz "
-                         "(0: image labels only, as in the thesis)")
-    tc.add_argument("--lesion-cell-ml", type=float, default=0.1,
-                    help="lesion volume (ml) that makes a feature cell a lesion cell")
+    for name, help_text in (("autoencoder", "the VQ-GAN autoencoder (first stage; writes a new bundle)"),
+                            ("denoiser", "the latent denoiser on healthy structures (extends --bundle)"),
+                            ("classifier", "the noisy-latent classifier for guidance (extends --bundle)")):
+        tp = tparts.add_parser(name, formatter_class=DefaultsFormatter, help=help_text)
+        add_arguments(tp, _training_config(name), name)  # the stage's config: every option declared there
+        tp.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier bundle in --out (a folder holding anything else is refused)")
+        tp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
     tall = tparts.add_parser(
         "all", parents=[common], formatter_class=DefaultsFormatter,

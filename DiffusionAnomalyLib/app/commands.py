@@ -261,15 +261,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    out = {}
-    if getattr(args, "spacing", None):
-        out["spacing_mm"] = [args.spacing] * 3
-    if getattr(args, "roi_size", None):
-        out["roi_size_mm"] = args.roi_size
-    return out
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from DiffusionAnomalyLib.imaging.outputs import check_name, check_output_dir
 
@@ -300,33 +291,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             install=args.install)
         train_all(plan, dry_run=args.dry_run, from_stage=args.from_stage)
         return 0
-    if args.part == "autoencoder":
-        from DiffusionAnomalyLib.training.autoencoder import AutoencoderTraining, train_autoencoder
+    import importlib
 
-        train_autoencoder(AutoencoderTraining(
-            data=args.data, organ=args.organ, out=args.out, network=args.network, preset_overrides=_overrides(args),
-            iterations=args.iterations, batch_size=args.batch_size, val_every=args.val_every,
-            adversarial_start=args.adversarial_start, perceptual_weights=args.perceptual_weights, seed=args.seed,
-            device=args.device, precision=args.precision, resume=args.resume, name=args.name, version=args.version,
-            demo=args.demo, **({"lr": args.lr} if args.lr else {})))
-    elif args.part == "denoiser":
-        from DiffusionAnomalyLib.training.denoiser import DenoiserTraining, train_denoiser
+    from DiffusionAnomalyLib.options import given
 
-        train_denoiser(DenoiserTraining(
-            data=args.data, bundle=args.bundle, out=args.out, network=args.network, iterations=args.iterations,
-            batch_size=args.batch_size, val_every=args.val_every, class_conditional=args.class_conditional,
-            latent_crop=tuple(args.latent_crop) if args.latent_crop else None,
-            seed=args.seed, device=args.device, precision=args.precision, resume=args.resume,
-            **({"lr": args.lr} if args.lr else {})))
-    else:
-        from DiffusionAnomalyLib.training.classifier import ClassifierTraining, train_classifier
-
-        train_classifier(ClassifierTraining(
-            data=args.data, bundle=args.bundle, out=args.out, iterations=args.iterations,
-            batch_size=args.batch_size, val_every=args.val_every, seed=args.seed, device=args.device,
-            precision=args.precision, resume=args.resume, frozen_levels=args.frozen_levels, max_level=args.max_level,
-            lesion_weight=args.lesion_weight, lesion_cell_ml=args.lesion_cell_ml,
-            **({"lr": args.lr} if args.lr else {})))
+    module = importlib.import_module(f"DiffusionAnomalyLib.training.{args.part}")
+    config = getattr(module, f"{args.part.capitalize()}Training")
+    getattr(module, f"train_{args.part}")(config(**given(args, config, args.part)))
     return 0
 
 

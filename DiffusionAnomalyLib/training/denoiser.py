@@ -27,10 +27,16 @@ from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
 from DiffusionAnomalyLib.models.nets.autoencoder import LatentCodec
 from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config
 from DiffusionAnomalyLib.models.precision import network_autocast
+from DiffusionAnomalyLib.options import Option, redeclared, required, setting
 from DiffusionAnomalyLib.settings import SAMPLER_DEFAULTS
 from DiffusionAnomalyLib.training.common import (
+    DATA,
     EMA,
+    EXTENDS,
+    NETWORK,
+    OUT,
     TrainingLoop,
+    TrainingRun,
     bundle_extras,
     cleans_empty_work,
     infinite_batches,
@@ -47,25 +53,21 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DenoiserTraining:
-    data: str
-    bundle: str
-    out: str
-    network: str = "tiny"
-    iterations: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-4
+class DenoiserTraining(TrainingRun):
+    """The latent denoiser on healthy structures (extends the autoencoder's bundle)."""
+
+    data: str = required(DATA)
+    bundle: str = required(EXTENDS)
+    out: str = required(OUT)
+    network: str = setting("tiny", NETWORK)
+    iterations: int = redeclared(TrainingRun, "iterations", 2000)
+    val_every: int = redeclared(TrainingRun, "val_every", 100)
     ema_decay: float = 0.995
-    class_conditional: bool = False
+    class_conditional: bool = setting(False, Option("train with labels for CFG", ("denoiser",)))
     label_dropout: float = 0.15
-    latent_crop: tuple[int, int, int] | None = None  # (z, y, x) latent voxels; None: whole latents
-    val_fraction: float = 0.2
-    val_every: int = 100
-    checkpoint_every: int = 200
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto, fp32 or bf16 (training_precision)
-    resume: bool = False
+    latent_crop: tuple[int, ...] | None = setting(None, Option(
+        "train on random crops of this many latent voxels, Z Y X (validation and use: whole latents); makes fine "
+        "latent grids trainable on a CPU", ("denoiser",), "N", label="latent crop", low=1))
 
 
 def encode_all(codec: LatentCodec, x: np.ndarray, device: torch.device, batch: int = 4) -> np.ndarray:

@@ -217,7 +217,7 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "denoiser", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 1000)" in text and "(default: 8)" in text
+    assert "(default: 2000)" in text and "(default: 8)" in text  # DenoiserTraining's own defaults
     with pytest.raises(SystemExit):
         main(["sweep", "--help"])
     text = " ".join(capsys.readouterr().out.split())
