@@ -31,8 +31,7 @@ from DiffusionAnomalyLib.models.precision import (
     parallel_guidance,
     resolve_precision,
 )
-
-REFERENCES = ("input", "autoencoder")
+from DiffusionAnomalyLib.settings import REFERENCES
 
 
 def samples_drawn(method: str, samples: int) -> int:
