@@ -468,7 +468,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, "version", None) is not None:
             check_name(args.version, "--version")
     if args.part == "all":
-        from DiffusionAnomalyLib.app.train_all import TrainAllPlan, train_all
+        from DiffusionAnomalyLib.training.recipe import TrainAllPlan, train_all
 
         iterations = {s: getattr(args, f"{s}_iterations") or args.iterations
                       for s in ("autoencoder", "denoiser", "classifier")}

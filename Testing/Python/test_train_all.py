@@ -133,8 +133,8 @@ def test_dry_run_split_folders_kits_and_derived_labels(data, tmp_path, capsys):
 
 
 def test_labels_rows_that_cannot_be_used_are_named_and_nothing_is_left_behind(data, tmp_path, capsys):
-    from DiffusionAnomalyLib.app.train_all import read_labels_file
     from DiffusionAnomalyLib.detection.presets import get_preset
+    from DiffusionAnomalyLib.training.recipe.layouts import read_labels_file
 
     root = tmp_path / "d"
     for i in range(3):
@@ -160,7 +160,8 @@ def test_labels_rows_that_cannot_be_used_are_named_and_nothing_is_left_behind(da
 def test_only_phantoms_that_say_synthetic_count_as_synthetic(tmp_path):
     """A folder in the phantom layout may hold real scans: the card says Apache-2.0 and 0 real scans only when
     every case's case.json comes from the phantom generator."""
-    from DiffusionAnomalyLib.app.train_all import Prepared, _all_synthetic
+    from DiffusionAnomalyLib.training.recipe.card import _all_synthetic
+    from DiffusionAnomalyLib.training.recipe.layouts import Prepared
 
     for split, case in (("train", "a"), ("validation", "b")):
         (tmp_path / split / case).mkdir(parents=True)
@@ -175,7 +176,8 @@ def test_only_phantoms_that_say_synthetic_count_as_synthetic(tmp_path):
 def test_the_calibration_estimate_counts_the_post_processing_points(tmp_path):
     """The liver's demo calibration took 54 minutes against an estimate of 5: its 100 post-processing points on
     30 cases were not counted. They are now, per case and point."""
-    from DiffusionAnomalyLib.app.train_all import POSTPROCESSING_S, Prepared, estimate
+    from DiffusionAnomalyLib.training.recipe.estimate import POSTPROCESSING_S, estimate
+    from DiffusionAnomalyLib.training.recipe.layouts import Prepared
 
     prepared = Prepared(tmp_path, tmp_path, {}, {"train": ["a"] * 8, "validation": ["v"] * 30}, [], [], "", "",
                         ["phantom"], "")
@@ -191,7 +193,7 @@ def test_the_calibration_estimate_counts_the_post_processing_points(tmp_path):
 
 
 def test_split_is_deterministic_stratified_and_independent_of_order():
-    from DiffusionAnomalyLib.app.train_all import split_cases
+    from DiffusionAnomalyLib.training.recipe.layouts import split_cases
 
     labels = {f"c{i}": {"kidney_left": "unhealthy" if i % 3 == 0 else "healthy", "kidney_right": "healthy"}
               for i in range(30)}
