@@ -484,7 +484,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             max_fp_per_organ=args.max_fp_per_organ, reference_values=args.reference_values,
             samples_values=args.samples_values, median_filter_values=args.median_filter_values, seed=args.seed,
             device=args.device, precision=args.precision, name=args.name, version=args.version, demo=args.demo,
-            install=args.install)
+            real_data=args.real_data, install=args.install)
         train_all(plan, dry_run=args.dry_run, from_stage=args.from_stage)
         return 0
     if args.part == "autoencoder":
@@ -753,6 +753,12 @@ def build_parser() -> argparse.ArgumentParser:
     tall.add_argument("--name", help="bundle name (default: <organ>-model, or <organ>-demo with --demo)")
     tall.add_argument("--version", default="0.1.0", help="bundle version")
     tall.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
+    kind = tall.add_mutually_exclusive_group()
+    kind.add_argument("--real-data", dest="real_data", action="store_true", default=None,
+                      help="the cases are real scans (the model card says so; default: unknown, or synthetic for "
+                           "phantoms of the phantom command)")
+    kind.add_argument("--synthetic-data", dest="real_data", action="store_false",
+                      help="the cases are synthetic (from any generator)")
     tall.add_argument("--install", metavar="MODELS_DIR",
                       help="when done, copy the bundle into this models folder as MODELS_DIR/<name>/ and list it with "
                            "its SHA-256 in MODELS_DIR/manifest.json (make demo-models: Resources/Models)")

@@ -4,11 +4,14 @@ what was done."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from DiffusionAnomalyLib.training.recipe.estimate import _fmt_s
 from DiffusionAnomalyLib.training.recipe.layouts import Prepared
 from DiffusionAnomalyLib.training.recipe.plan import STAGES, Stages, TrainAllPlan
+
+logger = logging.getLogger(__name__)
 
 
 def _precision(meta, stage: str) -> str:
@@ -30,12 +33,24 @@ def _all_synthetic(prepared: Prepared) -> bool:
     return True
 
 
+def data_kind(plan: TrainAllPlan, prepared: Prepared) -> str:
+    """What the card may say the training scans are: ``synthetic`` when every case is a phantom of
+    ``diffusion-anomaly phantom`` or the user said so (``--synthetic-data``), ``real`` only when the user said so
+    (``--real-data``), else ``unknown`` (a folder in the phantom layout may hold anything)."""
+    if _all_synthetic(prepared):
+        if plan.real_data:
+            logger.warning("--real-data: every case is a phantom of diffusion-anomaly phantom; the card says synthetic")
+        return "synthetic"
+    return {None: "unknown", True: "real", False: "synthetic"}[plan.real_data]
+
+
 def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: Stages, sweep: dict | None,
           auc: dict) -> None:
     """Fill the model card fields of ``meta`` from what was done."""
     data_name = Path(plan.data).resolve().name
     counts = prepared.counts
-    synthetic = _all_synthetic(prepared)
+    synthetic = _all_synthetic(prepared)  # the project's own phantoms
+    kind_of_data = data_kind(plan, prepared)
     n_cases = len(prepared.cases["train"]) + len(prepared.cases["validation"])
     ae_extra = meta.extra.get("autoencoder_training", {})
     kind = "DEMO model trained on synthetic phantoms" if plan.demo else "Model"
@@ -49,7 +64,8 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
                                   else ""),
         "structures (training)": ", ".join(f"{n} {k}" for k, n in counts["train"].items() if n),
         "structures (validation)": ", ".join(f"{n} {k}" for k, n in counts["validation"].items() if n) or "none",
-        "real_scans": 0 if synthetic else n_cases,
+        "real_scans": {"real": n_cases, "synthetic": 0}.get(
+            kind_of_data, "unknown (not declared: train all --real-data or --synthetic-data)"),
         "split": prepared.split_rule,
         "autoencoder": f"{resolved['autoencoder']['network']}, {resolved['autoencoder']['iterations']} iterations at "
                        f"{resolved['autoencoder']['spacing']:g} mm, healthy and unhealthy structures; GAN losses "
@@ -62,8 +78,9 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
     ev = {"data": f"the validation split: {len(prepared.cases['validation'])} cases training never saw; the operating "
                   "point was chosen on them, so these figures are optimistic: evaluate on held-out cases",
           "classifier_auc": ", ".join(f"t = {k}: {'n/a' if v is None else f'{v:.3f}'}" for k, v in auc.items()),
-          "real_scans": ("not evaluated: synthetic phantoms only" if synthetic else
-                         f"the {len(prepared.cases['validation'])} validation cases above")}
+          "real_scans": {"real": f"the {len(prepared.cases['validation'])} validation cases above",
+                         "synthetic": "not evaluated: synthetic " + ("phantoms" if synthetic else "data") + " only",
+                         }.get(kind_of_data, "unknown: the data were not declared real or synthetic")}
     if sweep:
         b = sweep["best"]
         pp = b["postprocessed"]

@@ -62,6 +62,7 @@ class TrainAllPlan:
     name: str | None = None
     version: str = "0.1.0"
     demo: bool = False
+    real_data: bool | None = None  # the user's word: real scans (True), synthetic (False), not said (None)
     install: str | None = None  # a models folder: the finished bundle is copied there and listed in its manifest
 
     def resolved(self) -> dict:
@@ -86,7 +87,8 @@ class TrainAllPlan:
                           "grow_to_values": self.grow_to_values, "max_fp_per_organ": self.max_fp_per_organ,
                           "reference_values": self.reference_values, "samples_values": self.samples_values,
                           "median_filter_values": self.median_filter_values},
-            "bundle": {"name": self.name, "version": self.version, "demo": self.demo},
+            "bundle": {"name": self.name, "version": self.version, "demo": self.demo,
+                       **({"real_data": self.real_data} if self.real_data is not None else {})},
         }
 
 
