@@ -255,7 +255,8 @@ def _dataset_setup(args: argparse.Namespace):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, score_dataset, write_report
+    from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, score_dataset
+    from DiffusionAnomalyLib.evaluation.report import write_report
 
     out = Path(args.out)
     existed = out.exists()
