@@ -257,6 +257,12 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     tall.add_argument("--name", help="bundle name (default: <organ>-model, or <organ>-demo with --demo)")
     tall.add_argument("--version", default="0.1.0", help="bundle version")
     tall.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
+    kind = tall.add_mutually_exclusive_group()
+    kind.add_argument("--real-data", dest="real_data", action="store_true", default=None,
+                      help="the cases are real scans (the model card says so; default: unknown, or synthetic for "
+                           "phantoms of the phantom command)")
+    kind.add_argument("--synthetic-data", dest="real_data", action="store_false",
+                      help="the cases are synthetic (from any generator)")
     tall.add_argument("--install", metavar="MODELS_DIR",
                       help="when done, copy the bundle into this models folder as MODELS_DIR/<name>/ and list it with "
                            "its SHA-256 in MODELS_DIR/manifest.json (make demo-models: Resources/Models)")

@@ -272,7 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, "version", None) is not None:
             check_name(args.version, "--version")
     if args.part == "all":
-        from DiffusionAnomalyLib.app.train_all import TrainAllPlan, train_all
+        from DiffusionAnomalyLib.training.recipe import TrainAllPlan, train_all
 
         iterations = {s: getattr(args, f"{s}_iterations") or args.iterations
                       for s in ("autoencoder", "denoiser", "classifier")}
@@ -288,7 +288,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             max_fp_per_organ=args.max_fp_per_organ, reference_values=args.reference_values,
             samples_values=args.samples_values, median_filter_values=args.median_filter_values, seed=args.seed,
             device=args.device, precision=args.precision, name=args.name, version=args.version, demo=args.demo,
-            install=args.install)
+            real_data=args.real_data, install=args.install)
         train_all(plan, dry_run=args.dry_run, from_stage=args.from_stage)
         return 0
     import importlib

@@ -39,11 +39,6 @@ def anomaly_map(x: np.ndarray, x_hat: np.ndarray, channel_axis: int | None = Non
     return diff.sum(axis=channel_axis) if channel_axis is not None else diff
 
 
-def median_filter_map(score: np.ndarray, size: int) -> np.ndarray:
-    """Median filter of the anomaly map (liver paper scores); ``size`` <= 1 returns it unchanged."""
-    return ndimage.median_filter(score, size=size) if size > 1 else score
-
-
 def organ_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
     """The bounding box of ``mask``'s voxels widened by ``pad`` voxels (clipped to the array); None if empty."""
     box = ndimage.find_objects(np.asarray(mask > 0, np.uint8))

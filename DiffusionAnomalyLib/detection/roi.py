@@ -184,47 +184,6 @@ def _covered_region(patch: RoiPatch, reference: sitk.Image) -> tuple[np.ndarray,
     return lo, hi
 
 
-def compose_patches(
-    patches: Sequence[tuple[RoiPatch, np.ndarray]],
-    reference: sitk.Image,
-    *,
-    mode: str = "max",
-    fill: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Put patch-space arrays back onto ``reference``'s grid.
-
-    Returns ``(values, covered)``: a (z, y, x) float32 array and a bool array of voxels at least
-    one patch covers. Overlaps combine by ``mode`` ("max" or "mean").
-    """
-    if mode not in ("max", "mean"):
-        raise InputError(f"unknown composition mode {mode!r}; use 'max' or 'mean'")
-    shape = tuple(reversed(reference.GetSize()))
-    acc = np.full(shape, np.nan if mode == "max" else 0.0, dtype=np.float32)
-    count = np.zeros(shape, dtype=np.int32)
-    for patch, values in patches:
-        if tuple(values.shape) != patch.shape_zyx:
-            raise InputError(f"patch array shape {values.shape} does not match its grid {patch.shape_zyx}")
-        region = _covered_region(patch, reference)
-        if region is None:
-            continue
-        lo, hi = region
-        sub = _region_grid(reference, lo, hi)
-        resampled = sitk.Resample(patch.image(values), sub, sitk.Transform(), sitk.sitkLinear, float("nan"))
-        res = sitk.GetArrayFromImage(resampled)
-        sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo[::-1], hi[::-1], strict=True))
-        valid = np.isfinite(res)
-        if mode == "max":
-            acc[sl] = np.where(valid, np.fmax(acc[sl], res), acc[sl])
-        else:
-            acc[sl] += np.where(valid, res, 0.0)
-        count[sl] += valid
-    covered = count > 0
-    if mode == "mean":
-        acc[covered] /= count[covered]
-    acc[~covered] = fill
-    return acc, covered
-
-
 #: Width (patch voxels) of the band at each patch face over which a patch's change fades out into the input.
 BLEND_MARGIN_VOXELS = 4
 

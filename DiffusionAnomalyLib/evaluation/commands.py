@@ -200,7 +200,8 @@ def _setup(request: DatasetRequest, command: str):
 def evaluate(request: EvaluateRequest) -> EvaluateResult | None:
     """Maps (cached in ``out/maps``, resumable), then Dice, lesion detection at IoU 0.2, size strata, FROC and
     voxel AUROC/AUPRC with bootstrap CIs in ``out/report``, the median baseline beside a bundle."""
-    from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, score_dataset, write_report
+    from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, score_dataset
+    from DiffusionAnomalyLib.evaluation.report import write_report
 
     out = Path(request.out)
     existed = out.exists()

@@ -28,14 +28,8 @@ from pathlib import Path
 
 from DiffusionAnomalyLib.detection.anomaly import PostProcessing
 from DiffusionAnomalyLib.evaluation.datasets import EvalCase
-from DiffusionAnomalyLib.evaluation.evaluate import (
-    baseline_beside,
-    compare_with_baseline,
-    comparison_markdown,
-    compute_maps,
-    log,
-    score_dataset,
-)
+from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, log, score_dataset
+from DiffusionAnomalyLib.evaluation.report import compare_with_baseline, comparison_markdown
 from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
 from DiffusionAnomalyLib.settings import MapOptions
 

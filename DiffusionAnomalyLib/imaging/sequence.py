@@ -12,7 +12,6 @@ Torch-free (the Slicer process imports it).
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import zlib
@@ -95,32 +94,3 @@ def write_volume_sequence(path: str | os.PathLike, frames: Iterable[np.ndarray],
         tmp.unlink(missing_ok=True)
         raise
     return p
-
-
-def read_volume_sequence(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, str], sitk.Image]:
-    """A ``.seq.nrrd`` written by :func:`write_volume_sequence`: frames (T, z, y, x) float32, the header fields
-    (``key: value`` and ``key:=value``), and a 3D image carrying the frames' grid (for checks and tools)."""
-    p = Path(path)
-    raw = p.read_bytes()
-    end = raw.find(b"\n\n")
-    if not raw.startswith(b"NRRD") or end < 0:
-        raise InputError(f"{p}: not a NRRD file")
-    fields: dict[str, str] = {}
-    for line in raw[:end].decode("ascii").splitlines()[1:]:
-        if line.startswith("#") or not line:
-            continue
-        key, sep, value = line.partition(":=")
-        if not sep:
-            key, _, value = line.partition(": ")
-        fields[key] = value
-    if fields.get("kinds") != "domain domain domain list" or fields.get("type") != "float":
-        raise InputError(f"{p}: not a float volume sequence with the list axis last")
-    nx, ny, nz, nt = (int(v) for v in fields["sizes"].split())
-    data = np.frombuffer(gzip.decompress(raw[end + 2:]), dtype="<f4").reshape(nt, nz, ny, nx)
-    cols = [np.array([float(v) for v in c.strip("()").split(",")]) for c in fields["space directions"].split()[:3]]
-    spacing = [float(np.linalg.norm(c)) for c in cols]
-    image = sitk.Image([nx, ny, nz], sitk.sitkFloat32)
-    image.SetSpacing(spacing)
-    image.SetDirection(tuple(np.column_stack([c / s for c, s in zip(cols, spacing, strict=True)]).ravel()))
-    image.SetOrigin(tuple(float(v) for v in fields["space origin"].strip("()").split(",")))
-    return data.astype(np.float32), fields, image

@@ -1,6 +1,6 @@
 """Synthetic cases: the project's own data, deterministic from a seed.
 
-Three generators share one lesion model:
+Three generators share one lesion model (``synthetic/base.py``; the brain generator is ``synthetic/brain.py``):
 - ``abdomen_ct`` (kidney and liver cases): CT-like abdomen in HU with body wall and fat, spine,
   psoas, aorta and IVC, liver, spleen, bowel, and two kidneys with cortex, medullary pyramids,
   sinus fat and hilum; contrast phase (non-contrast / corticomedullary / nephrographic /
@@ -23,7 +23,7 @@ import csv
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,178 +34,20 @@ from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.imaging.io import write_volume
 from DiffusionAnomalyLib.imaging.masks import TOTALSEG_LABELS
 from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
-
-KINDS_CT = ("hypo", "hyper", "iso", "cyst")
-POSITIONS = ("inside", "border", "exophytic")
-#: Diameter strata (mm) lesions are drawn from, one stratum chosen uniformly per lesion.
-DIAMETER_STRATA = ((5.0, 20.0), (20.0, 40.0), (40.0, 70.0), (70.0, 80.0))
-
-
-@dataclass
-class LesionSpec:
-    """One synthetic lesion (world coordinates LPS, mm)."""
-
-    id: int
-    structure: str
-    side: str
-    kind: str
-    position: str
-    diameter_mm: float
-    center_lps: tuple[float, float, float]
-    voxels: int = 0
-    shape: str = ""  # the varied generator's lesion shape (VARIED_SHAPES); "" for the default generator
-
-
-@dataclass
-class PhantomCase:
-    """A generated case: channel images, organ masks, lesion instance labels and metadata."""
-
-    case_id: str
-    organ: str
-    seed: int
-    channels: dict[str, sitk.Image]
-    organ_masks: dict[str, sitk.Image]  # TotalSegmentator structure name -> binary mask
-    lesion_labels: sitk.Image  # 0 background, 1..K lesion ids
-    lesions: list[LesionSpec]
-    structure_labels: dict[str, str]  # structure -> "healthy" | "unhealthy"
-    report: str
-    phase: str
-    meta: dict = field(default_factory=dict)
-
-
-class _Grid:
-    """World coordinates (LPS) of an axis-aligned grid, as broadcastable (z, y, x) arrays."""
-
-    def __init__(self, size_xyz: tuple[int, int, int], spacing: tuple[float, float, float],
-                 center: tuple[float, float, float]):
-        self.size = size_xyz
-        self.spacing = spacing
-        self.origin = tuple(c - (n - 1) / 2.0 * s for c, n, s in zip(center, size_xyz, spacing, strict=True))
-        nx, ny, nz = size_xyz
-        self.x = (self.origin[0] + np.arange(nx, dtype=np.float32) * spacing[0])[None, None, :]
-        self.y = (self.origin[1] + np.arange(ny, dtype=np.float32) * spacing[1])[None, :, None]
-        self.z = (self.origin[2] + np.arange(nz, dtype=np.float32) * spacing[2])[:, None, None]
-        self.shape = (nz, ny, nx)
-
-    def image(self, array: np.ndarray) -> sitk.Image:
-        im = sitk.GetImageFromArray(array)
-        im.SetSpacing(self.spacing)
-        im.SetOrigin(self.origin)
-        return im
-
-    def local(self, center, rotation: np.ndarray | None = None):
-        """Coordinates relative to ``center``, optionally in a rotated frame (columns = local axes)."""
-        dx, dy, dz = self.x - center[0], self.y - center[1], self.z - center[2]
-        if rotation is None:
-            return dx, dy, dz
-        r = rotation
-        return (r[0, 0] * dx + r[1, 0] * dy + r[2, 0] * dz,
-                r[0, 1] * dx + r[1, 1] * dy + r[2, 1] * dz,
-                r[0, 2] * dx + r[1, 2] * dy + r[2, 2] * dz)
-
-    def crop(self, center, half_mm: float) -> tuple[tuple[slice, slice, slice], _Grid]:
-        """The sub-grid within ``half_mm`` of ``center`` (for work local to a lesion)."""
-        slices = []
-        for axis, c in ((self.z, center[2]), (self.y, center[1]), (self.x, center[0])):
-            a = axis.ravel()
-            lo, hi = np.searchsorted(a, c - half_mm), np.searchsorted(a, c + half_mm)
-            slices.append(slice(int(lo), int(max(hi, lo + 1))))
-        sub = object.__new__(_Grid)
-        sub.spacing, sub.size, sub.origin = self.spacing, self.size, self.origin
-        sub.z, sub.y, sub.x = self.z[slices[0]], self.y[:, slices[1]], self.x[:, :, slices[2]]
-        sub.shape = (sub.z.shape[0], sub.y.shape[1], sub.x.shape[2])
-        return tuple(slices), sub
-
-    def ellipsoid_r(self, center, radii, rotation=None) -> np.ndarray:
-        """Normalised ellipsoid radius: < 1 inside, 1 on the surface."""
-        u, v, w = self.local(center, rotation)
-        return np.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (w / radii[2]) ** 2)
-
-
-def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
-    """Rotation matrix from angles in degrees about x, then y, then z."""
-    a, b, c = np.deg2rad([rx, ry, rz])
-    mx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    my = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    mz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return mz @ my @ mx
-
-
-def _waves(rng: np.random.Generator, n: int, wavelength: tuple[float, float]):
-    """Random plane waves (k vectors in rad/mm, phases) for smooth folding/irregularity fields."""
-    dirs = rng.normal(size=(n, 3))
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    k = dirs * (2 * np.pi / rng.uniform(*wavelength, size=(n, 1)))
-    return k, rng.uniform(0, 2 * np.pi, size=n)
-
-
-def _wave_field(grid: _Grid, k: np.ndarray, phase: np.ndarray) -> np.ndarray:
-    out = np.zeros(grid.shape, np.float32)
-    for kv, ph in zip(k, phase, strict=True):
-        out += np.cos(kv[0] * grid.x + kv[1] * grid.y + kv[2] * grid.z + ph)
-    return out / np.sqrt(len(phase))
-
-
-def _lesion_shape(grid: _Grid, rng: np.random.Generator, center, diameter: float) -> np.ndarray:
-    """Irregular lesion: an ellipsoid whose surface is modulated by smooth directional harmonics."""
-    radii = diameter / 2.0 * rng.uniform(0.85, 1.15, size=3)
-    rot = _rotation(*rng.uniform(0, 180, size=3))
-    u, v, w = grid.local(center, rot)
-    r = np.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (w / radii[2]) ** 2)
-    norm = np.sqrt(u * u + v * v + w * w) + 1e-3
-    bump = np.zeros(grid.shape, np.float32)
-    for _ in range(4):
-        d = rng.normal(size=3)
-        d /= np.linalg.norm(d)
-        bump += np.cos(rng.integers(1, 4) * np.pi * (d[0] * u + d[1] * v + d[2] * w) / norm + rng.uniform(0, 6.3))
-    return r * (1.0 + 0.08 * bump) < 1.0
-
-
-#: Lesion shapes of the varied generator (``variety=True``): the default generator's harmonically modulated
-#: ellipsoid, a strongly lobulated one, several merged blobs, and a thresholded random field inside a sphere.
-VARIED_SHAPES = ("ellipsoid", "lobulated", "multifocal", "irregular")
-
-
-def _varied_lesion_shape(grid: _Grid, rng: np.random.Generator, center, diameter: float) -> tuple[np.ndarray, str]:
-    """A lesion of one of :data:`VARIED_SHAPES` (drawn from ``rng``), about ``diameter`` across."""
-    kind = str(rng.choice(VARIED_SHAPES))
-    if kind == "ellipsoid":
-        return _lesion_shape(grid, rng, center, diameter), kind
-    if kind == "lobulated":
-        radii = diameter / 2.0 * rng.uniform(0.7, 1.3, size=3)
-        rot = _rotation(*rng.uniform(0, 180, size=3))
-        u, v, w = grid.local(center, rot)
-        r = np.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (w / radii[2]) ** 2)
-        norm = np.sqrt(u * u + v * v + w * w) + 1e-3
-        bump = np.zeros(grid.shape, np.float32)
-        for _ in range(6):
-            d = rng.normal(size=3)
-            d /= np.linalg.norm(d)
-            bump += np.cos(rng.integers(2, 6) * np.pi * (d[0] * u + d[1] * v + d[2] * w) / norm + rng.uniform(0, 6.3))
-        return r * (1.0 + 0.1 * bump) < 1.0, kind
-    if kind == "multifocal":
-        out = np.zeros(grid.shape, bool)
-        n = int(rng.integers(2, 5))
-        for _ in range(n):
-            offset = rng.normal(size=3)
-            offset *= rng.uniform(0.1, 0.3) * diameter / np.linalg.norm(offset)
-            sub_d = diameter * rng.uniform(0.45, 0.7)
-            out |= grid.ellipsoid_r(tuple(np.array(center) + offset), sub_d / 2.0 * rng.uniform(0.8, 1.2, size=3),
-                                    _rotation(*rng.uniform(0, 180, size=3))) < 1.0
-        return out, kind
-    # irregular: a smooth random field thresholded inside a sphere, so that the lesion is one ragged mass
-    r = grid.ellipsoid_r(center, (diameter / 2.0,) * 3)
-    field = ndimage.gaussian_filter(rng.normal(size=grid.shape).astype(np.float32),
-                                    sigma=max(diameter / 8.0 / min(grid.spacing), 1.0))
-    field /= field.std() + 1e-6
-    return (r < 1.0) & (field + 2.5 * (1.0 - r) > 0.9) | (r < 0.45), kind
-
-
-def _diameter(rng: np.random.Generator, max_diameter: float) -> float:
-    strata = [s for s in DIAMETER_STRATA if s[0] < max_diameter]
-    lo, hi = strata[rng.integers(len(strata))]
-    return float(rng.uniform(lo, min(hi, max_diameter)))
-
+from DiffusionAnomalyLib.synthetic.base import (
+    KINDS_CT,
+    POSITIONS,
+    LesionSpec,
+    PhantomCase,
+    _diameter,
+    _Grid,
+    _lesion_shape,
+    _rotation,
+    _varied_lesion_shape,
+    _wave_field,
+    _waves,
+)
+from DiffusionAnomalyLib.synthetic.brain import brain_mr
 
 # ----------------------------------------------------------------------------------------------
 # Abdomen CT
@@ -470,117 +312,6 @@ def _ct_report(organ: str, phase: str, lesions: list[LesionSpec], rng: np.random
                "The urinary bladder is unremarkable."]
     lines += list(rng.permutation(fillers)[: int(rng.integers(7, 11))])
     lines.append("Impression: " + ("findings as described above." if lesions else "no acute abnormality."))
-    return " ".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# Brain MRI
-# ----------------------------------------------------------------------------------------------
-
-#: Tissue intensities (arbitrary MR units) per sequence.
-BRAIN_TISSUE = {
-    "t1n": dict(wm=800, gm=560, csf=200, necrosis=300, rim=520, edema=600),
-    "t1c": dict(wm=790, gm=570, csf=190, necrosis=280, rim=1150, edema=610),
-    "t2w": dict(wm=450, gm=650, csf=1200, necrosis=1050, rim=800, edema=920),
-    "t2f": dict(wm=470, gm=620, csf=110, necrosis=520, rim=820, edema=960),
-}
-
-
-def brain_mr(seed: int, n_lesions: int | None = None, *, max_diameter: float = 60.0,
-             spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)) -> PhantomCase:
-    """A skull-stripped 4-sequence brain MRI with glioma-like tumours or metastases."""
-    rng = np.random.default_rng(seed)
-    size = tuple(int(round(f / s)) for f, s in zip((180.0, 216.0, 162.0), spacing, strict=True))
-    g = _Grid(size, spacing, (0.0, 0.0, 0.0))
-    radii = (66 + rng.uniform(-4, 4), 84 + rng.uniform(-5, 5), 60 + rng.uniform(-4, 4))
-    k_b, ph_b = _waves(rng, 4, (60, 120))
-    rb = g.ellipsoid_r((0, 0, 8), radii) + 0.03 * _wave_field(g, k_b, ph_b)
-    cerebellum_r = g.ellipsoid_r((0, 52, -40), (48, 28, 22))
-    brain = (rb < 1.0) | (cerebellum_r < 1.0)
-    k_f, ph_f = _waves(rng, 16, (10, 20))
-    folds = _wave_field(g, k_f, ph_f)
-    tissue = np.zeros(g.shape, np.uint8)  # 1 csf, 2 gm, 3 wm
-    tissue[brain] = 2
-    wm = (rb < 0.88 + 0.07 * folds) & brain
-    tissue[wm] = 3
-    tissue[brain & (rb > 0.86) & (folds > 0.9)] = 1  # sulci
-    tissue[brain & (np.abs(g.x) < 1.5) & (g.z > -5)] = 1  # interhemispheric fissure
-    tissue[(cerebellum_r < 0.7) & (np.abs(folds) < 0.5)] = 3
-    for sx in (-1, 1):
-        tissue[g.ellipsoid_r((sx * 13, 5, 2), (10, 15, 10)) < 1] = 2  # thalami
-        tissue[g.ellipsoid_r((sx * 9, -6, 14), (5, 27, 9), _rotation(0, 0, sx * 8)) < 1] = 1  # lateral ventricles
-    tissue[g.ellipsoid_r((0, 5, 2), (2, 12, 8)) < 1] = 1  # third ventricle
-
-    labels = np.zeros(g.shape, np.uint16)
-    core = np.zeros(g.shape, np.uint8)  # 0 none, 1 oedema, 2 rim, 3 necrosis
-    lesions: list[LesionSpec] = []
-    if n_lesions is None:
-        n_lesions = int(rng.integers(0, 3))
-    for lid in range(1, n_lesions + 1):
-        for _attempt in range(30):
-            kind = str(rng.choice(["glioma", "non-enhancing", "metastasis"]))
-            d = float(rng.uniform(8, 20) if kind == "metastasis" else rng.uniform(15, max_diameter))
-            idx = np.argwhere(wm)
-            pick = idx[rng.integers(len(idx))]
-            center = (float(g.x[0, 0, pick[2]]), float(g.y[0, pick[1], 0]), float(g.z[pick[0], 0, 0]))
-            margin = rng.uniform(10, 30)
-            sl, sub = g.crop(center, 0.7 * (d + margin) + 3)
-            tumour = _lesion_shape(sub, rng, center, d) & brain[sl]
-            edema = _lesion_shape(sub, rng, center, d + margin) & brain[sl] & (tissue[sl] != 1)
-            whole = tumour | edema
-            if not tumour.any() or np.any(labels[sl][whole]):
-                continue
-            c = core[sl]
-            c[edema] = np.maximum(c[edema], 1)
-            if kind == "non-enhancing":
-                c[tumour] = 1
-            else:
-                c[tumour] = 2
-                c[_lesion_shape(sub, rng, center, d * rng.uniform(0.4, 0.7)) & tumour] = 3
-            labels[sl][whole] = lid
-            position = "border" if np.any(whole & (rb[sl] > 0.9)) else "inside"
-            lesions.append(LesionSpec(lid, "brain", "", kind, position, round(d, 1), center,
-                                      int(np.count_nonzero(whole))))
-            break
-
-    bias_k, bias_ph = _waves(rng, 3, (200, 400))
-    channels = {}
-    for name, t in BRAIN_TISSUE.items():
-        vol = np.zeros(g.shape, np.float32)
-        vol[tissue == 1] = t["csf"]
-        vol[tissue == 2] = t["gm"]
-        vol[tissue == 3] = t["wm"]
-        vol[core == 1] = t["edema"]
-        vol[core == 2] = t["rim"]
-        vol[core == 3] = t["necrosis"]
-        vol = ndimage.gaussian_filter(vol, 0.6)
-        vol *= 1.0 + 0.06 * _wave_field(g, bias_k, bias_ph)
-        vol += rng.normal(0, 18, size=g.shape).astype(np.float32)
-        vol[~brain] = 0.0
-        channels[name] = g.image(np.clip(vol, 0, None).astype(np.float32))
-    status = {"brain": "unhealthy" if lesions else "healthy"}
-    report = _brain_report(lesions, rng)
-    return PhantomCase(
-        case_id=f"brain-{seed:05d}", organ="brain", seed=seed, channels=channels,
-        organ_masks={"brain": g.image(brain.astype(np.uint8))}, lesion_labels=g.image(labels), lesions=lesions,
-        structure_labels=status, report=report, phase="pre/post gadolinium",
-    )
-
-
-def _brain_report(lesions: list[LesionSpec], rng: np.random.Generator) -> str:
-    lines = ["MRI of the brain with and without gadolinium.", "Comparison: none."]
-    desc = {"glioma": "heterogeneously enhancing mass with central necrosis and surrounding oedema",
-            "non-enhancing": "non-enhancing T2/FLAIR hyperintense mass", "metastasis": "small enhancing nodule"}
-    for le in lesions:
-        side = "left" if le.center_lps[0] > 0 else "right"
-        lines.append(f"There is a {le.diameter_mm / 10:.1f} cm {desc[le.kind]} in the {side} hemisphere.")
-    if not lesions:
-        lines.append("No intracranial mass or abnormal enhancement.")
-    fillers = ["The ventricles are normal in size.", "No midline shift.", "No acute infarct.",
-               "No intracranial haemorrhage.", "The basal cisterns are patent.", "The orbits are unremarkable.",
-               "The paranasal sinuses are clear.", "Normal flow voids.", "The cerebellum is unremarkable."]
-    lines += list(rng.permutation(fillers)[: int(rng.integers(7, 10))])
-    lines.append("Impression: " + ("intracranial lesion as described." if lesions else "normal study."))
     return " ".join(lines)
 
 

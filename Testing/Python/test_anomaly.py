@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from conftest import make_image
+from helpers import median_filter_map
 from scipy import ndimage
 
 from DiffusionAnomalyLib.detection.anomaly import (
@@ -12,7 +13,6 @@ from DiffusionAnomalyLib.detection.anomaly import (
     dataset_otsu_threshold,
     lesion_table,
     median_at,
-    median_filter_map,
     organ_box,
     organ_map,
     otsu_threshold,

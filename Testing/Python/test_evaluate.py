@@ -18,7 +18,8 @@ from scipy import ndimage
 from DiffusionAnomalyLib.app.cli import main
 from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.evaluation.datasets import discover_cases
-from DiffusionAnomalyLib.evaluation.evaluate import markdown_summary, score_dataset
+from DiffusionAnomalyLib.evaluation.evaluate import score_dataset
+from DiffusionAnomalyLib.evaluation.report import markdown_summary
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +332,7 @@ def test_evaluate_puts_the_baseline_beside_a_bundle(dataset, tiny_bundle, tmp_pa
 def test_paired_test_figures_and_ties():
     from scipy import stats
 
-    from DiffusionAnomalyLib.evaluation.evaluate import _paired_test
+    from DiffusionAnomalyLib.evaluation.report import _paired_test
 
     model = [0.5, 0.6, 0.7, 0.2, float("nan"), 0.9]
     base = [0.4, 0.4, 0.3, 0.3, 0.8, 0.1]

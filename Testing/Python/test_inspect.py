@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import oblique_direction
+from helpers import read_volume_sequence
 
 from DiffusionAnomalyLib.detection import pipeline
 from DiffusionAnomalyLib.detection.anomaly import lesion_sample_fractions, voxel_std
@@ -15,7 +16,7 @@ from DiffusionAnomalyLib.detection.overview import axial_plane, axial_slice
 from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.detection.roi import PatchComposer, blend_weights
 from DiffusionAnomalyLib.imaging.masks import MaskSet, OrganMask
-from DiffusionAnomalyLib.imaging.sequence import read_volume_sequence, write_volume_sequence
+from DiffusionAnomalyLib.imaging.sequence import write_volume_sequence
 from DiffusionAnomalyLib.synthetic.phantoms import make_phantom
 
 KIDNEY = get_preset("kidney")

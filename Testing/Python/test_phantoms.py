@@ -9,7 +9,8 @@ import SimpleITK as sitk
 from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.imaging.masks import TOTALSEG_LABELS, load_totalseg_masks
-from DiffusionAnomalyLib.synthetic.phantoms import PHASES, _diameter, make_phantom, write_dataset
+from DiffusionAnomalyLib.synthetic.base import _diameter
+from DiffusionAnomalyLib.synthetic.phantoms import PHASES, make_phantom, write_dataset
 
 
 def _arr(image):
@@ -135,7 +136,7 @@ def test_the_default_generator_is_unchanged_by_the_varied_one():
 
 @pytest.mark.slow
 def test_varied_generator_varies_and_is_reproducible():
-    from DiffusionAnomalyLib.synthetic.phantoms import VARIED_SHAPES
+    from DiffusionAnomalyLib.synthetic.base import VARIED_SHAPES
 
     cases = [make_phantom("kidney", seed, 2, variety=True) for seed in range(4)]
     assert [c.case_id for c in cases] == [f"kidney-var-{s:05d}" for s in range(4)]

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import compose_patches
 
 from DiffusionAnomalyLib.detection.anomaly import PostProcessing
 from DiffusionAnomalyLib.detection.baseline import MedianBaseline
 from DiffusionAnomalyLib.detection.pipeline import detect, write_outputs
 from DiffusionAnomalyLib.detection.presets import get_preset
-from DiffusionAnomalyLib.detection.roi import compose_patches, extract_patch, plan_patch
+from DiffusionAnomalyLib.detection.roi import extract_patch, plan_patch
 from DiffusionAnomalyLib.imaging.io import read_channels, read_volume, same_grid
 from DiffusionAnomalyLib.imaging.masks import load_totalseg_masks, mask_from_skull_stripped
 

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import make_image, oblique_direction
+from helpers import compose_patches
 
 from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.detection.roi import (
     RoiPatch,
     check_roi_fits,
-    compose_patches,
     extract_patch,
     organ_center,
     plan_patch,

@@ -104,7 +104,7 @@ def test_trajectory_output_and_deterministic_flag(tiny_bundle, kidney_case, tmp_
     finally:
         torch.use_deterministic_algorithms(False)  # process-wide state: do not leak into other tests
     assert rc == 0, capsys.readouterr().err
-    from DiffusionAnomalyLib.imaging.sequence import read_volume_sequence
+    from helpers import read_volume_sequence
 
     ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
     recon = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "reconstruction.nii.gz")))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import make_image, oblique_direction
+from helpers import lesion_centre_ras, read_volume_sequence
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e .[test])")
 
@@ -394,7 +395,7 @@ def test_compare_view_uses_the_scene_slice_views(run_scene):
     assert comps["Yellow"].GetBackgroundVolumeID() == res.reconstruction.GetID()
     assert comps["Green"].GetForegroundVolumeID() == res.heatmap.GetID()
     assert all(c.GetLinkedControl() for c in comps.values())
-    centre = adapter.lesion_centre_ras(res.lesions, 0)
+    centre = lesion_centre_ras(res.lesions, 0)
     assert len(centre) == 3 and all(np.isfinite(centre))
 
 
@@ -519,8 +520,6 @@ def trajectory_scene(kidney_case, tiny_bundle, tmp_path_factory):
 
 
 def test_the_trajectory_is_a_sequence_on_the_input_grid_with_a_browser(trajectory_scene):
-    from DiffusionAnomalyLib.imaging.sequence import read_volume_sequence
-
     scene, ct, res = trajectory_scene["scene"], trajectory_scene["ct"], trajectory_scene["run"].result_nodes
     frames, fields, _ = read_volume_sequence(trajectory_scene["out"] / "trajectory.seq.nrrd")
     seq = res.trajectory

@@ -133,8 +133,8 @@ def test_dry_run_split_folders_kits_and_derived_labels(data, tmp_path, capsys):
 
 
 def test_labels_rows_that_cannot_be_used_are_named_and_nothing_is_left_behind(data, tmp_path, capsys):
-    from DiffusionAnomalyLib.app.train_all import read_labels_file
     from DiffusionAnomalyLib.detection.presets import get_preset
+    from DiffusionAnomalyLib.training.recipe.layouts import read_labels_file
 
     root = tmp_path / "d"
     for i in range(3):
@@ -160,7 +160,8 @@ def test_labels_rows_that_cannot_be_used_are_named_and_nothing_is_left_behind(da
 def test_only_phantoms_that_say_synthetic_count_as_synthetic(tmp_path):
     """A folder in the phantom layout may hold real scans: the card says Apache-2.0 and 0 real scans only when
     every case's case.json comes from the phantom generator."""
-    from DiffusionAnomalyLib.app.train_all import Prepared, _all_synthetic
+    from DiffusionAnomalyLib.training.recipe.card import _all_synthetic
+    from DiffusionAnomalyLib.training.recipe.layouts import Prepared
 
     for split, case in (("train", "a"), ("validation", "b")):
         (tmp_path / split / case).mkdir(parents=True)
@@ -172,10 +173,61 @@ def test_only_phantoms_that_say_synthetic_count_as_synthetic(tmp_path):
     assert not _all_synthetic(prepared)
 
 
+def test_the_card_says_real_only_when_the_user_declares_it(tmp_path, caplog):
+    """Cases from another generator (no phantom case.json) were counted as real scans (issue 36): the card now
+    says real only with --real-data, synthetic with --synthetic-data or for the phantom command's own cases, else
+    unknown."""
+    from DiffusionAnomalyLib.app.cli import build_parser
+    from DiffusionAnomalyLib.models.bundle import BundleMeta
+    from DiffusionAnomalyLib.models.modelcard import render
+    from DiffusionAnomalyLib.training.recipe.card import _card
+    from DiffusionAnomalyLib.training.recipe.layouts import Prepared
+    from DiffusionAnomalyLib.training.recipe.plan import Stages, TrainAllPlan
+
+    cases = {"train": [f"t{i}" for i in range(45)], "validation": [f"v{i}" for i in range(15)]}
+    for split, members in cases.items():
+        for c in members:
+            (tmp_path / split / c).mkdir(parents=True)
+    prepared = Prepared(tmp_path / "train", tmp_path / "validation", {s: {"healthy": 1} for s in cases}, cases, [],
+                        [], "labels.csv", "masks", ["phantom"], "rule")
+
+    def card(real_data):
+        plan = TrainAllPlan(str(tmp_path), "kidney", str(tmp_path / "out"), real_data=real_data)
+        meta = BundleMeta("m", "0.1.0", "kidney", "CT", ["ct"], {})
+        _card(plan, plan.resolved(), prepared, meta, Stages(tmp_path), None, {})
+        return meta
+
+    unknown = card(None)
+    assert unknown.training_data["real_scans"].startswith("unknown") and "--real-data" in unknown.training_data[
+        "real_scans"]
+    assert unknown.evaluation["real_scans"].startswith("unknown")
+    assert "| Real scans | unknown" in render(unknown) and "| Real scans | 60 |" not in render(unknown)
+    assert card(True).training_data["real_scans"] == 60
+    assert card(True).evaluation["real_scans"] == "the 15 validation cases above"
+    declared = card(False)
+    assert declared.training_data["real_scans"] == 0 and declared.evaluation["real_scans"] == (
+        "not evaluated: synthetic data only")
+    assert declared.licence.startswith("not set")  # another generator's data: its terms, not the project's licence
+    for split, members in cases.items():  # the phantom command's own cases: synthetic, whatever is declared
+        for c in members:
+            (tmp_path / split / c / "case.json").write_text(json.dumps({"synthetic": True}))
+    assert card(None).training_data["real_scans"] == 0 and card(None).licence == "Apache-2.0"
+    assert card(True).training_data["real_scans"] == 0 and "the card says synthetic" in caplog.text
+    # the declaration on the command line
+    base = ["train", "all", "--data", "d", "--organ", "kidney", "--out", "o"]
+    assert build_parser().parse_args(base).real_data is None
+    assert build_parser().parse_args([*base, "--real-data"]).real_data is True
+    assert build_parser().parse_args([*base, "--synthetic-data"]).real_data is False
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--real-data", "--synthetic-data"])
+    assert "real_data" not in TrainAllPlan("d", "kidney", "o").resolved()["bundle"]  # earlier work folders resume
+
+
 def test_the_calibration_estimate_counts_the_post_processing_points(tmp_path):
     """The liver's demo calibration took 54 minutes against an estimate of 5: its 100 post-processing points on
     30 cases were not counted. They are now, per case and point."""
-    from DiffusionAnomalyLib.app.train_all import POSTPROCESSING_S, Prepared, estimate
+    from DiffusionAnomalyLib.training.recipe.estimate import POSTPROCESSING_S, estimate
+    from DiffusionAnomalyLib.training.recipe.layouts import Prepared
 
     prepared = Prepared(tmp_path, tmp_path, {}, {"train": ["a"] * 8, "validation": ["v"] * 30}, [], [], "", "",
                         ["phantom"], "")
@@ -191,7 +243,7 @@ def test_the_calibration_estimate_counts_the_post_processing_points(tmp_path):
 
 
 def test_split_is_deterministic_stratified_and_independent_of_order():
-    from DiffusionAnomalyLib.app.train_all import split_cases
+    from DiffusionAnomalyLib.training.recipe.layouts import split_cases
 
     labels = {f"c{i}": {"kidney_left": "unhealthy" if i % 3 == 0 else "healthy", "kidney_right": "healthy"}
               for i in range(30)}

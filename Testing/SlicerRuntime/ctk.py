@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import qt
 from PyQt5 import QtCore, QtGui, QtWidgets
 from PyQt5.QtCore import pyqtProperty, pyqtSignal, pyqtSlot
+from pythonqt import pyqt_native
 
 
 class NotFakedError(NotImplementedError):
@@ -668,6 +668,6 @@ class ctkWidgetsUtils:
 
     @staticmethod
     def grabWidget(widget: QtWidgets.QWidget, rectangle: QtCore.QRect | None = None) -> QtGui.QImage:
-        with qt.pyqt_native():
+        with pyqt_native():
             pixmap = widget.grab(rectangle) if rectangle is not None else widget.grab()
         return pixmap.toImage()
