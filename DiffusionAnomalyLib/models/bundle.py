@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from DiffusionAnomalyLib.detection.presets import OrganPreset, get_preset
-from DiffusionAnomalyLib.errors import EXIT_MISSING_MODEL, BundleExistsError, DiffusionAnomalyError, InputError
+from DiffusionAnomalyLib.errors import BundleError, BundleExistsError, InputError, NoDemoBundleError
 from DiffusionAnomalyLib.imaging.outputs import (
     atomic_output_dir,
     check_name,
@@ -30,6 +30,7 @@ from DiffusionAnomalyLib.imaging.outputs import (
     read_json,
     write_text_atomic,
 )
+from DiffusionAnomalyLib.models.schema import check_model_json
 
 if TYPE_CHECKING:  # torch is imported where weights are handled, so listing bundles works without it (Slicer)
     import torch
@@ -38,13 +39,6 @@ if TYPE_CHECKING:  # torch is imported where weights are handled, so listing bun
 FORMAT_VERSION = 1
 WEIGHT_FILES = ("autoencoder", "denoiser", "classifier")
 REQUIRED_FIELDS = ("format_version", "name", "version", "organ", "modality", "channels", "networks")
-
-
-class BundleError(DiffusionAnomalyError):
-    """A bundle is missing, unreadable, corrupt or incompatible."""
-
-    code = "bad_model"
-    exit_code = EXIT_MISSING_MODEL
 
 
 @dataclass
@@ -92,8 +86,6 @@ class BundleMeta:
             raise BundleError(f"{source}: unknown field(s) {unknown}")
         check_name(d["name"], f"{source}: name", BundleError)  # it becomes a folder name when installed
         check_name(str(d["version"]), f"{source}: version", BundleError)
-        from DiffusionAnomalyLib.models.schema import check_model_json
-
         check_model_json(d, source)
         return cls(**d)
 
@@ -490,18 +482,44 @@ class AvailableBundle:
         return self.meta.summary or self.meta.intended_use
 
 
+def bundle_folders() -> list[Path]:
+    """Where installed bundles are looked for: the user's models folder, then the shipped ``Resources/Models``
+    (when the resources are found: a source checkout, Slicer's ``DiffusionAnomalyResources`` or the wheel's)."""
+    from DiffusionAnomalyLib.resources import resources_dir
+
+    folders = [default_models_dir()]
+    with contextlib.suppress(FileNotFoundError):
+        folders.append(resources_dir() / "Models")
+    return folders
+
+
+def demo_bundle(organ: str) -> AvailableBundle:
+    """The demo bundle ``demo`` runs for ``organ`` (the user's models folder first). Never a silent fallback: without
+    one, :class:`~DiffusionAnomalyLib.errors.NoDemoBundleError` says that none is installed and where it looked."""
+    found = [b for b in available_bundles(organ) if b.meta.demo]
+    if found:
+        return found[0]
+    from DiffusionAnomalyLib.resources import resources_dir
+
+    try:
+        shipped = f"the shipped models folder {resources_dir() / 'Models'}"
+    except FileNotFoundError as exc:
+        shipped = f"the shipped models folder (no resources found: {exc})"
+    raise NoDemoBundleError(
+        f"no demo bundle for the {organ} is installed (looked in {default_models_dir()} and {shipped}). Reinstall "
+        "diffusion-anomaly (its wheel ships the demo bundles), import one with `diffusion-anomaly import-bundle`, or "
+        "pass --baseline to run the non-neural median baseline instead")
+
+
 def available_bundles(organ: str | None = None,
                       folders: list[str | os.PathLike] | None = None) -> list[AvailableBundle]:
-    """Bundles in the shipped ``Resources/Models`` and the user's models folder (for ``organ`` if given).
+    """Bundles in the user's models folder and the shipped ``Resources/Models`` (:func:`bundle_folders`), for
+    ``organ`` if given.
 
     Folders without a readable ``model.json`` are skipped; user bundles come first.
     """
     if folders is None:
-        from DiffusionAnomalyLib.resources import resources_dir
-
-        folders = [default_models_dir()]
-        with contextlib.suppress(FileNotFoundError):
-            folders.append(resources_dir() / "Models")
+        folders = bundle_folders()
     found = []
     for folder in folders:
         folder = Path(folder)
