@@ -123,12 +123,11 @@ class BundleMeta:
                               f"DiffusionAnomaly ({exc})") from None
 
     def weights_id(self) -> str:
-        """8 hex digits naming the networks (weight checksums, schedule, latent scaling and ROI geometry, and the
-        stored preset where there is one): what an anomaly map depends on besides the sampler settings.
-        Recalibration (a new threshold) keeps it."""
-        basis = [self.files, self.schedule, self.latent, self.preset_overrides, list(self.channels)]
-        if self.organ_preset:
-            basis.append(self.organ_preset)
+        """8 hex digits naming the networks (weight checksums, schedule, latent scaling) and the preset they run
+        with (ROI geometry, normalisation, ...: :meth:`preset`, stored or the code's): what an anomaly map depends
+        on besides the sampler settings. Recalibration (a new threshold) keeps it, also when it stores the preset
+        of a bundle made before ``organ_preset``; a changed code default changes it for such bundles."""
+        basis = [self.files, self.schedule, self.latent, self.preset().to_dict(), list(self.channels)]
         return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:8]
 
     def record(self, change: str, when: datetime.date | None = None) -> None:

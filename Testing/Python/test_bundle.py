@@ -228,12 +228,14 @@ def test_a_new_bundle_stores_its_preset_software_and_changelog(nets, tmp_path, m
     (old / "model.json").write_text(json.dumps({k: v for k, v in data.items() if k not in (
         "organ_preset", "software", "changelog")}))
     before = read_meta(made).preset()
-    assert read_meta(old).preset() == before
+    assert read_meta(old).preset() == before and read_meta(old).weights_id() == read_meta(made).weights_id()
+    ids = read_meta(made).weights_id(), read_meta(old).weights_id()
     monkeypatch.setitem(presets.PRESETS, "kidney", dataclasses.replace(
         presets.KIDNEY, min_component_voxels=99, roi_size_mm=(80.0, 80.0, 100.0)))
     assert read_meta(made).preset() == before  # stored: the code's new defaults do not reach it
     changed = read_meta(old).preset()
     assert changed.min_component_voxels == 99 and changed.spacing_mm == (4.0, 4.0, 4.0)  # code + overrides
+    assert read_meta(made).weights_id() == ids[0] and read_meta(old).weights_id() != ids[1]  # its maps changed
     assert load_bundle(made).preset == before
 
 

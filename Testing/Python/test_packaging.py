@@ -40,9 +40,9 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copy2(ROOT / name, src / name)
     dist = tmp_path_factory.mktemp("dist")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                        "-q", "-w", str(dist), str(src)], capture_output=True, text=True, timeout=300)
+                        "-v", "-w", str(dist), str(src)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"the wheel did not build (make setup installs setuptools>=77):\n{r.stdout}\n{r.stderr}"
-    assert "deprecat" not in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    assert "deprecat" not in (r.stdout + r.stderr).lower(), r.stdout + r.stderr  # -v shows setuptools' warnings
     wheels = list(dist.glob("*.whl"))
     assert [w.name for w in wheels] == [f"diffusion_anomaly-{DiffusionAnomalyLib.__version__}-py3-none-any.whl"]
     return wheels[0]
