@@ -21,7 +21,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --upgrade pip >/dev/null
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install $(TORCH) "setuptools>=77"  # setuptools: test_packaging builds the wheel offline with it
 	$(BIN)/pip install -e .
 	touch $@
 

@@ -52,6 +52,17 @@ class BundleExistsError(OutputError):
     code = "bundle_exists"
 
 
+class BundleError(DiffusionAnomalyError):
+    """A model bundle is missing, unreadable, corrupt or incompatible (``models/bundle.py``, ``models/schema.py``)."""
+
+    code = "bad_model"
+    exit_code = EXIT_MISSING_MODEL
+
+
+class NoDemoBundleError(BundleError):
+    """``demo`` found no demo bundle for the organ (the message names the folders looked in)."""
+
+
 class OutOfMemoryError(DiffusionAnomalyError, MemoryError):
     """The device ran out of memory; the message says what to try."""
 

@@ -119,13 +119,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     check_output_dir(out, resume=True, command="demo")  # its own earlier result is replaced; anything else refused
+    from DiffusionAnomalyLib.models.bundle import demo_bundle
+
+    shipped = [] if args.baseline else [demo_bundle(args.organ)]  # none installed: an error naming where it looked
     case = make_phantom(args.organ, args.seed, args.lesions)
     case_dir = write_phantom(case, out / "case")
     print(f"[1/3] synthetic {args.organ} case {case.case_id} ({case.phase}) with {len(case.lesions)} lesion(s) "
           f"-> {case_dir}")
-    from DiffusionAnomalyLib.models.bundle import available_bundles
-
-    shipped = [b for b in available_bundles(args.organ) if b.meta.demo] if not args.baseline else []
     if shipped:
         print(f"[2/3] detection with the shipped {shipped[0].label} bundle on {args.device} "
               "(trained on synthetic phantoms only) ...")

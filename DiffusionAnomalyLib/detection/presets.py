@@ -84,7 +84,8 @@ class OrganPreset:
             raise InputError(f"unknown preset field(s) {unknown}; known: {sorted(names)}")
         values = dict(overrides)
         if isinstance(values.get("normalization"), dict):
-            values["normalization"] = IntensityNormalization(**values["normalization"])
+            values["normalization"] = IntensityNormalization(**{  # JSON lists back to the tuples the code uses
+                k: tuple(v) if isinstance(v, list) else v for k, v in values["normalization"].items()})
         for key in ("spacing_mm", "roi_size_mm", "channels", "display_window"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])

@@ -221,6 +221,11 @@ def write_calibrated_bundle(bundle: str | Path, out: str | Path, best: dict, not
                         **{k: best[k] for k in ("min_lesion_ml", "grow_to", "reference", "samples", "median_filter")
                            if k in best}}
     meta.extra = {**(meta.extra or {}), "calibration": {**best, "note": note}}
+    rec = meta.recommended
+    meta.record(f"calibrated by sweep: {rec['sampler']} L = {rec['noise_level']}, s = {rec['guidance']:g}, "
+                f"{rec['steps']} steps, threshold {rec['threshold']}" +
+                "".join(f", {k} {rec[k]}" for k in ("min_lesion_ml", "grow_to", "reference", "samples", "median_filter")
+                        if k in best) + (f" ({note})" if note else ""))
     with atomic_output_dir(out) as stage:
         for f in Path(bundle).iterdir():
             if f.is_file() and f.name != "model.json":

@@ -1,16 +1,18 @@
 """Model bundles (docs/model-bundles.md): a folder (or a .zip of one) with ``model.json`` and safetensors weights.
 
-``model.json`` holds the format version, organ and modality, channel names, preset overrides
-(spacing, ROI size, normalisation, ...), latent shape and scale factor, noise schedule, network
-configurations, recommended sampler settings and threshold, training-data description, licence,
-intended use, whether it is a demo model, and the SHA-256 of every weight file. Weights are
-``autoencoder.safetensors``, ``denoiser.safetensors`` (EMA) and optionally
-``classifier.safetensors``. Pickled weights are never loaded.
+``model.json`` holds the format version, organ and modality, channel names, the full organ preset the
+bundle was made with (``organ_preset``; bundles made before it hold only ``preset_overrides`` on the code's
+preset), latent shape and scale factor, noise schedule, network configurations, recommended sampler
+settings and threshold, training-data description, licence (``license``; ``licence`` in older bundles),
+intended use, whether it is a demo model, the software versions that wrote it, its own changelog and the
+SHA-256 of every weight file. Weights are ``autoencoder.safetensors``, ``denoiser.safetensors`` (EMA) and
+optionally ``classifier.safetensors``. Pickled weights are never loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from DiffusionAnomalyLib.detection.presets import OrganPreset, get_preset
-from DiffusionAnomalyLib.errors import EXIT_MISSING_MODEL, BundleExistsError, DiffusionAnomalyError, InputError
+from DiffusionAnomalyLib.errors import BundleError, BundleExistsError, InputError, NoDemoBundleError
 from DiffusionAnomalyLib.imaging.outputs import (
     atomic_output_dir,
     check_name,
@@ -30,6 +32,7 @@ from DiffusionAnomalyLib.imaging.outputs import (
     read_json,
     write_text_atomic,
 )
+from DiffusionAnomalyLib.models.schema import check_model_json
 
 if TYPE_CHECKING:  # torch is imported where weights are handled, so listing bundles works without it (Slicer)
     import torch
@@ -38,13 +41,7 @@ if TYPE_CHECKING:  # torch is imported where weights are handled, so listing bun
 FORMAT_VERSION = 1
 WEIGHT_FILES = ("autoencoder", "denoiser", "classifier")
 REQUIRED_FIELDS = ("format_version", "name", "version", "organ", "modality", "channels", "networks")
-
-
-class BundleError(DiffusionAnomalyError):
-    """A bundle is missing, unreadable, corrupt or incompatible."""
-
-    code = "bad_model"
-    exit_code = EXIT_MISSING_MODEL
+_RECORDED = ("organ_preset", "software", "changelog")  # written when recorded (BundleMeta.record), absent before
 
 
 @dataclass
@@ -63,7 +60,7 @@ class BundleMeta:
                                                                "beta_end": 0.02, "kind": "linear"})
     recommended: dict[str, Any] = field(default_factory=dict)
     training_data: str | dict[str, Any] = ""  # what, how many, where from: a description, never a local path
-    licence: str = ""
+    license: str = ""  # of the weights, e.g. an SPDX identifier; read from ``licence`` in older bundles
     intended_use: str = ""
     summary: str = ""  # the model card's fields (docs/model-bundles.md); empty in bundles made before them
     out_of_scope_use: str = ""
@@ -73,13 +70,31 @@ class BundleMeta:
     demo: bool = False
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    organ_preset: dict[str, Any] = field(default_factory=dict)  # the full preset (OrganPreset.to_dict); {} = older
+    software: dict[str, str] = field(default_factory=dict)  # versions that last wrote it (software_versions())
+    changelog: list[dict[str, str]] = field(default_factory=list)  # {version, date, change}, oldest first
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def licence(self) -> str:
+        """The old name of :attr:`license` (bundles and callers from before it); reads and writes ``license``."""
+        return self.license
+
+    @licence.setter
+    def licence(self, value: str) -> None:
+        self.license = value
+
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """``model.json``'s content; the preset, software and changelog only when recorded (older bundles keep
+        their form when read and written back)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if getattr(self, k) or k not in _RECORDED}
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "model.json") -> BundleMeta:
+        if "licence" in d:  # the key of bundles made before 0.3.0; written as ``license`` from then on
+            if "license" in d:
+                raise BundleError(f"{source}: both 'licence' and 'license'; keep 'license'")
+            d = {("license" if k == "licence" else k): v for k, v in d.items()}
         missing = [k for k in REQUIRED_FIELDS if k not in d]
         if missing:
             raise BundleError(f"{source}: required field(s) missing: {missing}")
@@ -92,20 +107,51 @@ class BundleMeta:
             raise BundleError(f"{source}: unknown field(s) {unknown}")
         check_name(d["name"], f"{source}: name", BundleError)  # it becomes a folder name when installed
         check_name(str(d["version"]), f"{source}: version", BundleError)
-        from DiffusionAnomalyLib.models.schema import check_model_json
-
         check_model_json(d, source)
         return cls(**d)
 
     def preset(self) -> OrganPreset:
-        """The organ preset with this bundle's overrides applied."""
-        return get_preset(self.organ).with_overrides({**self.preset_overrides, "channels": list(self.channels)})
+        """The organ preset the bundle was made with: the stored ``organ_preset`` (so a changed default in the code
+        changes no bundle's results); for bundles made before it, the code's preset with ``preset_overrides``.
+        A preset field added to the code since the bundle was made keeps the code's default."""
+        if not self.organ_preset:
+            return get_preset(self.organ).with_overrides({**self.preset_overrides, "channels": list(self.channels)})
+        try:
+            return get_preset(self.organ).with_overrides({**self.organ_preset, "channels": list(self.channels)})
+        except (InputError, TypeError) as exc:
+            raise BundleError(f"model.json of {self.name} {self.version}: organ_preset does not fit this version of "
+                              f"DiffusionAnomaly ({exc})") from None
 
     def weights_id(self) -> str:
-        """8 hex digits naming the networks (weight checksums, schedule, latent scaling and ROI geometry): what
-        an anomaly map depends on besides the sampler settings. Recalibration (a new threshold) keeps it."""
-        basis = [self.files, self.schedule, self.latent, self.preset_overrides, list(self.channels)]
+        """8 hex digits naming the networks (weight checksums, schedule, latent scaling) and the preset they run
+        with (ROI geometry, normalisation, ...: :meth:`preset`, stored or the code's): what an anomaly map depends
+        on besides the sampler settings. Recalibration (a new threshold) keeps it, also when it stores the preset
+        of a bundle made before ``organ_preset``; a changed code default changes it for such bundles."""
+        basis = [self.files, self.schedule, self.latent, self.preset().to_dict(), list(self.channels)]
         return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:8]
+
+    def record(self, change: str, when: datetime.date | None = None) -> None:
+        """Before writing a new or changed bundle: store the preset it was made with (if not yet stored), the
+        software versions writing it, and ``change`` as a changelog entry for its current version."""
+        if not self.organ_preset:
+            self.organ_preset = json.loads(json.dumps(self.preset().to_dict()))
+        self.software = software_versions()
+        self.changelog = [*self.changelog, {"version": str(self.version),
+                                            "date": (when or datetime.date.today()).isoformat(), "change": change}]
+
+
+def software_versions() -> dict[str, str]:
+    """The versions of this project, Python, torch, MONAI and numpy (as installed; nothing is imported)."""
+    import platform
+    from importlib import metadata
+
+    from DiffusionAnomalyLib import __version__
+
+    found = {"diffusion_anomaly": __version__, "python": platform.python_version()}
+    for name in ("torch", "monai", "numpy"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
 
 
 def sha256_file(path: Path) -> str:
@@ -128,8 +174,9 @@ def bundle_digest(folder: str | os.PathLike) -> str:
 
 
 def save_bundle(folder: str | os.PathLike, meta: BundleMeta, networks: dict[str, nn.Module],
-                extra_files: dict[str, Path] | None = None) -> Path:
-    """Write a bundle atomically; records each weight file's SHA-256 in ``model.json``.
+                extra_files: dict[str, Path] | None = None, change: str = "") -> Path:
+    """Write a bundle atomically; records each weight file's SHA-256 in ``model.json`` and, with ``change``, the
+    preset, the software versions and a changelog entry (:meth:`BundleMeta.record`).
 
     ``extra_files`` (name -> source path) are copied in too, e.g. training logs and loss curves.
     """
@@ -138,6 +185,8 @@ def save_bundle(folder: str | os.PathLike, meta: BundleMeta, networks: dict[str,
     unknown = set(networks) - set(WEIGHT_FILES)
     if unknown:
         raise InputError(f"unknown network name(s) {sorted(unknown)}; use {list(WEIGHT_FILES)}")
+    if change:
+        meta.record(change)
     with atomic_output_dir(folder) as stage:
         files = {}  # exactly the weights written now: nothing stale from an earlier bundle
         for name, net in networks.items():
@@ -490,18 +539,44 @@ class AvailableBundle:
         return self.meta.summary or self.meta.intended_use
 
 
+def bundle_folders() -> list[Path]:
+    """Where installed bundles are looked for: the user's models folder, then the shipped ``Resources/Models``
+    (when the resources are found: a source checkout, Slicer's ``DiffusionAnomalyResources`` or the wheel's)."""
+    from DiffusionAnomalyLib.resources import resources_dir
+
+    folders = [default_models_dir()]
+    with contextlib.suppress(FileNotFoundError):
+        folders.append(resources_dir() / "Models")
+    return folders
+
+
+def demo_bundle(organ: str) -> AvailableBundle:
+    """The demo bundle ``demo`` runs for ``organ`` (the user's models folder first). Never a silent fallback: without
+    one, :class:`~DiffusionAnomalyLib.errors.NoDemoBundleError` says that none is installed and where it looked."""
+    found = [b for b in available_bundles(organ) if b.meta.demo]
+    if found:
+        return found[0]
+    from DiffusionAnomalyLib.resources import resources_dir
+
+    try:
+        shipped = f"the shipped models folder {resources_dir() / 'Models'}"
+    except FileNotFoundError as exc:
+        shipped = f"the shipped models folder (no resources found: {exc})"
+    raise NoDemoBundleError(
+        f"no demo bundle for the {organ} is installed (looked in {default_models_dir()} and {shipped}). Reinstall "
+        "diffusion-anomaly (its wheel ships the demo bundles), import one with `diffusion-anomaly import-bundle`, or "
+        "pass --baseline to run the non-neural median baseline instead")
+
+
 def available_bundles(organ: str | None = None,
                       folders: list[str | os.PathLike] | None = None) -> list[AvailableBundle]:
-    """Bundles in the shipped ``Resources/Models`` and the user's models folder (for ``organ`` if given).
+    """Bundles in the user's models folder and the shipped ``Resources/Models`` (:func:`bundle_folders`), for
+    ``organ`` if given.
 
     Folders without a readable ``model.json`` are skipped; user bundles come first.
     """
     if folders is None:
-        from DiffusionAnomalyLib.resources import resources_dir
-
-        folders = [default_models_dir()]
-        with contextlib.suppress(FileNotFoundError):
-            folders.append(resources_dir() / "Models")
+        folders = bundle_folders()
     found = []
     for folder in folders:
         folder = Path(folder)

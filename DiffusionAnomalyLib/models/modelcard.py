@@ -1,9 +1,32 @@
 """A bundle's model card (``README.md``) rendered from its ``model.json`` (``scripts/model_card.py`` and
-``train all`` write it), so that the card never disagrees with the metadata."""
+``train all`` write it), so that the card never disagrees with the metadata. It opens with YAML front matter
+in the keys of Hugging Face model cards (``license``, ``library_name``, ``tags``, ``pipeline_tag``), so that a
+model hub lists the bundle correctly; the values are JSON, which YAML reads as they are."""
 
 from __future__ import annotations
 
+import json
+import re
+
 from DiffusionAnomalyLib.models.bundle import BundleMeta
+
+#: Licence identifiers a model hub knows (Hugging Face's, lower-case SPDX); any other licence is "other".
+HUB_LICENSES = ("apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0",
+                "cc-by-nc-4.0", "cc-by-nc-sa-4.0", "cc-by-nc-nd-4.0", "gpl-3.0", "lgpl-3.0", "mpl-2.0", "openrail")
+
+
+def front_matter(meta: BundleMeta) -> dict[str, object]:
+    """The card's metadata for a model hub (Hugging Face model-card keys)."""
+    licence = meta.license.strip().lower()
+    found: dict[str, object] = {"license": licence if licence in HUB_LICENSES else "other"}
+    if found["license"] == "other":
+        found["license_name"] = re.sub(r"[^a-z0-9]+", "-", licence).strip("-")[:48] or "unspecified"
+    found["library_name"] = "diffusion-anomaly"
+    found["pipeline_tag"] = "image-segmentation"
+    found["tags"] = ["medical-imaging", "anomaly-detection", "latent-diffusion", "3d", meta.organ,
+                     {"CT": "ct", "MR": "mri"}.get(meta.modality, meta.modality.lower()),
+                     *(["demo", "synthetic-data"] if meta.demo else [])]
+    return found
 
 LABELS = {
     "description": "What", "cases": "Cases", "seeds": "Phantom seeds", "real_scans": "Real scans",
@@ -30,7 +53,8 @@ def render(meta: BundleMeta) -> str:
     rec = meta.recommended
     status = ("**DEMO model, trained on synthetic phantoms only. Research software, not a medical device: not for "
               "diagnosis.**" if meta.demo else "**Research software, not a medical device: not for diagnosis.**")
-    lines = [
+    spacing = meta.organ_preset.get("spacing_mm") or meta.preset_overrides.get("spacing_mm", "the organ preset")
+    lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front_matter(meta).items()), "---", "",
         f"# {meta.name} {meta.version} — model card",
         "",
         "<!-- generated from model.json by scripts/model_card.py; edit model.json and run it again -->",
@@ -43,12 +67,13 @@ def render(meta: BundleMeta) -> str:
         "|---|---|",
         f"| Organ, modality | {meta.organ}, {meta.modality} |",
         f"| Input channels | {', '.join(meta.channels)} |",
-        f"| Spacing of the patches | {meta.preset_overrides.get('spacing_mm', 'the organ preset')} mm |",
+        f"| Spacing of the patches | {spacing} mm |",
         f"| Latent | {meta.latent.get('channels')} channels, {meta.latent.get('shape_zyx')} (z, y, x) |",
         f"| Networks | {', '.join(k for k, v in meta.networks.items() if v)} |",
         "| Recommended settings | " + ", ".join(f"{k} {v}" for k, v in rec.items()) + " |",
         "| Format | model.json format version "
         f"{meta.format_version}, safetensors weights (see docs/model-bundles.md) |",
+        *([f"| Written by | {', '.join(f'{k} {v}' for k, v in meta.software.items())} |"] if meta.software else []),
         "",
         "## Intended use",
         "",
@@ -64,7 +89,10 @@ def render(meta: BundleMeta) -> str:
     lines += _table(meta.training_data) if isinstance(meta.training_data, dict) else [meta.training_data]
     lines += ["", "## Evaluation", ""]
     lines += _table(meta.evaluation) if meta.evaluation else ["Not evaluated."]
+    if meta.changelog:
+        lines += ["", "## Changelog", "", "| version | date | change |", "|---|---|---|"]
+        lines += [f"| {e['version']} | {e['date']} | {e['change'].replace('|', '/')} |" for e in meta.changelog]
     lines += ["", "## Limitations", "", meta.limitations, "", "## Licence", "",
-              f"{meta.licence} (the weights; the software is Apache-2.0, see LICENSE at the repository root).",
+              f"{meta.license} (the weights; the software is Apache-2.0, see LICENSE at the repository root).",
               "", "## How to cite", "", meta.citation, ""]
     return "\n".join(lines)

@@ -14,6 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from DiffusionAnomalyLib.errors import BundleError
+
 SCHEMA_PATH = Path(__file__).resolve().parent / "model.schema.json"
 
 _TYPES = {
@@ -79,9 +81,7 @@ def _join(where: str, key: str) -> str:
 
 
 def check_model_json(data: Any, source: str = "model.json") -> None:
-    """Raise :class:`~DiffusionAnomalyLib.models.bundle.BundleError` naming ``source`` and each bad field."""
+    """Raise :class:`~DiffusionAnomalyLib.errors.BundleError` naming ``source`` and each bad field."""
     found = problems(data, model_schema())
     if found:
-        from DiffusionAnomalyLib.models.bundle import BundleError
-
         raise BundleError(f"{source}: does not match the bundle schema ({SCHEMA_PATH.name}): " + "; ".join(found))

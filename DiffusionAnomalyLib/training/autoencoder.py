@@ -204,7 +204,9 @@ def train_autoencoder(cfg: AutoencoderTraining) -> Path:
                                             "val_patches": len(val.ids), "train_patches": len(train.ids),
                                             "first_val_l1": loop.first("val_l1")}},
         )
-        save_bundle(out, meta, {"autoencoder": best_ae}, bundle_extras(None, work, "autoencoder"))
+        save_bundle(out, meta, {"autoencoder": best_ae}, bundle_extras(None, work, "autoencoder"),
+                    change=f"autoencoder trained: {cfg.iterations} iterations, best validation L1 "
+                           f"{state['best_val_l1']:.4f}")
         logger.info(f"wrote bundle {out} (best validation L1 {state['best_val_l1']:.4f})")
     shutdown(dist)
     return out

@@ -239,7 +239,9 @@ def train_classifier(cfg: ClassifierTraining) -> Path:
                                                             "train_latents": len(z_train),
                                                             "val_latents": len(z_val), "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": bundle.networks["denoiser"],
-                                "classifier": best}, bundle_extras(bundle.path, work, "classifier"))
+                                "classifier": best}, bundle_extras(bundle.path, work, "classifier"),
+                    change=f"classifier trained: {cfg.iterations} iterations on {len(z_train)} latents, best "
+                           f"validation AUC at t = {cfg.select_level} {state['best_auc']:.3f}")
         logger.info(f"wrote bundle {out} (best validation AUC at t={cfg.select_level}: {state['best_auc']:.3f}; "
                     f"{state['best_aucs']})")
     shutdown(dist)

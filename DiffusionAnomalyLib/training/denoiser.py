@@ -197,7 +197,9 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
             "latent_crop": list(crop) if crop else None,
             "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": best},
-                    bundle_extras(bundle.path, work, "denoiser"))
+                    bundle_extras(bundle.path, work, "denoiser"),
+                    change=f"denoiser trained: {cfg.iterations} iterations on {len(z_train)} latents, best validation "
+                           f"L1 {state['best_val']:.4f}")
         logger.info(f"wrote bundle {out} (best validation L1 {state['best_val']:.4f})")
     shutdown(dist)
     return out

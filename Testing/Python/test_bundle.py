@@ -199,3 +199,81 @@ def test_weights_id_names_the_networks_not_the_calibration(bundle_dir, nets, tmp
     torch.manual_seed(1)
     other = save_bundle(tmp_path / "other", _meta(ae_cfg, den_cfg), {**n, "denoiser": build_denoiser(den_cfg)})
     assert read_meta(other).weights_id() != meta.weights_id()  # new denoiser weights: maps are not reused
+
+
+def test_a_new_bundle_stores_its_preset_software_and_changelog(nets, tmp_path, monkeypatch):
+    """A changed preset default in the code changes no bundle that stores its preset; an older bundle (no
+    ``organ_preset``) still follows the code's preset with its overrides, as before."""
+    import dataclasses
+    import datetime
+
+    import DiffusionAnomalyLib
+    from DiffusionAnomalyLib.detection import presets
+    from DiffusionAnomalyLib.models.bundle import read_meta
+
+    ae_cfg, den_cfg, n = nets
+    made = save_bundle(tmp_path / "new", _meta(ae_cfg, den_cfg), n, change="trained for the test")
+    data = json.loads((made / "model.json").read_text())
+    assert data["organ_preset"] == json.loads(json.dumps(presets.KIDNEY.with_overrides(
+        {"spacing_mm": [4.0, 4.0, 4.0]}).to_dict()))
+    assert data["software"]["diffusion_anomaly"] == DiffusionAnomalyLib.__version__
+    assert {"python", "torch", "monai", "numpy"} <= set(data["software"])
+    assert data["changelog"] == [{"version": "1.0", "date": datetime.date.today().isoformat(),
+                                  "change": "trained for the test"}]
+    assert "license" in data and "licence" not in data
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in made.iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    (old / "model.json").write_text(json.dumps({k: v for k, v in data.items() if k not in (
+        "organ_preset", "software", "changelog")}))
+    before = read_meta(made).preset()
+    assert read_meta(old).preset() == before and read_meta(old).weights_id() == read_meta(made).weights_id()
+    ids = read_meta(made).weights_id(), read_meta(old).weights_id()
+    monkeypatch.setitem(presets.PRESETS, "kidney", dataclasses.replace(
+        presets.KIDNEY, min_component_voxels=99, roi_size_mm=(80.0, 80.0, 100.0)))
+    assert read_meta(made).preset() == before  # stored: the code's new defaults do not reach it
+    changed = read_meta(old).preset()
+    assert changed.min_component_voxels == 99 and changed.spacing_mm == (4.0, 4.0, 4.0)  # code + overrides
+    assert read_meta(made).weights_id() == ids[0] and read_meta(old).weights_id() != ids[1]  # its maps changed
+    assert load_bundle(made).preset == before
+
+
+def test_licence_is_read_as_license_and_written_as_license(bundle_dir):
+    from DiffusionAnomalyLib.models.bundle import read_meta
+
+    data = json.loads((bundle_dir / "model.json").read_text())
+    data.pop("license")
+    (bundle_dir / "model.json").write_text(json.dumps({**data, "licence": "CC-BY-4.0"}))
+    meta = read_meta(bundle_dir)
+    assert meta.license == meta.licence == "CC-BY-4.0"
+    assert meta.to_dict()["license"] == "CC-BY-4.0" and "licence" not in meta.to_dict()
+    assert "organ_preset" not in meta.to_dict()  # an older bundle keeps its form when written back
+    (bundle_dir / "model.json").write_text(json.dumps({**data, "licence": "MIT", "license": "MIT"}))
+    with pytest.raises(BundleError, match="both 'licence' and 'license'"):
+        read_meta(bundle_dir)
+
+
+def test_a_stored_preset_that_does_not_fit_is_a_bundle_error(bundle_dir):
+    from DiffusionAnomalyLib.models.bundle import read_meta
+
+    meta = read_meta(bundle_dir)
+    meta.organ_preset = {**meta.preset().to_dict(), "no_such_field": 1}
+    with pytest.raises(BundleError, match="organ_preset does not fit"):
+        meta.preset()
+
+
+def test_calibration_appends_to_the_bundle_changelog(nets, tmp_path):
+    from DiffusionAnomalyLib.evaluation.sweep import write_calibrated_bundle
+    from DiffusionAnomalyLib.models.bundle import read_meta
+
+    ae_cfg, den_cfg, n = nets
+    made = save_bundle(tmp_path / "new", _meta(ae_cfg, den_cfg), n, change="trained")
+    best = {"sampler": "ddpm", "noise_level": 250, "guidance": 0.0, "steps": 250, "threshold": 0.15,
+            "min_lesion_ml": 0.5, "grow_to": 0.7}
+    calibrated = read_meta(write_calibrated_bundle(made, tmp_path / "cal", best, note="on 3 cases"))
+    assert [e["change"] for e in calibrated.changelog] == [
+        "trained", "calibrated by sweep: ddpm L = 250, s = 0, 250 steps, threshold 0.15, min_lesion_ml 0.5, "
+        "grow_to 0.7 (on 3 cases)"]
+    assert calibrated.organ_preset == read_meta(made).organ_preset
+    assert calibrated.weights_id() == read_meta(made).weights_id()  # recalibration keeps the maps

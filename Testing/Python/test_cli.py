@@ -28,19 +28,6 @@ def test_help_and_version_from_a_real_process():
     assert v.returncode == 0 and __version__ in v.stdout
 
 
-def test_demo_end_to_end_in_a_real_process(tmp_path):
-    r = _run("demo", "--out", str(tmp_path / "demo"))
-    assert r.returncode == 0, r.stderr
-    assert "against the known truth: Dice" in r.stdout and "F1" in r.stdout
-    assert "not a clinical result" in r.stdout
-    out = tmp_path / "demo" / "result"
-    assert {"heatmap.nii.gz", "lesions.nii.gz", "reconstruction.nii.gz", "lesions.csv", "run.json"} <= {
-        p.name for p in out.iterdir()}
-    ct = sitk.ReadImage(str(tmp_path / "demo" / "case" / "ct.nii.gz"))
-    heat = sitk.ReadImage(str(out / "heatmap.nii.gz"))
-    assert heat.GetSize() == ct.GetSize() and heat.GetOrigin() == ct.GetOrigin()
-
-
 @pytest.mark.parametrize("organ", ["kidney", "liver", "brain"])
 def test_phantom_command_writes_a_case_per_organ(tmp_path, organ, capsys):
     assert main(["phantom", "--organ", organ, "--out", str(tmp_path / organ), "--seed", "1", "--lesions", "1"]) == 0

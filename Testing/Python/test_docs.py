@@ -3,6 +3,7 @@ no user-facing text refers to the source works by their internal seed numbers or
 repository."""
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -48,4 +49,5 @@ def test_licence_and_citation():
     assert "Apache License" in (ROOT / "LICENSE").read_text() and "Version 2.0" in (ROOT / "LICENSE").read_text()
     cff = (ROOT / "CITATION.cff").read_text()
     assert "license: Apache-2.0" in cff and cff.count("- type:") == 5
-    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert (project["license"], project["license-files"]) == ("Apache-2.0", ["LICENSE"])  # PEP 639

@@ -1,7 +1,9 @@
 """The hand-written parts we keep, checked against the field's libraries that do the same job.
 
 AUROC/AUPRC against scikit-learn, the DDIM step against MONAI's ``DDIMScheduler``, the parameter EMA
-against ``torch.optim.swa_utils.AveragedModel`` and its closed form.
+against ``torch.optim.swa_utils.AveragedModel`` and its closed form, the FROC points against MONAI's
+``compute_froc_curve_data``, the bundle-schema validator against ``jsonschema``. Why each stays hand-written:
+docs/method.md (Libraries).
 """
 
 import numpy as np
@@ -224,3 +226,73 @@ def test_otsu_equals_scikit_images_on_maps_and_pooled_histograms(seed):
     hist = sum(np.histogram(v, bins=edges)[0] for v in maps)
     expected = float(threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2.0)))
     assert dataset_otsu_threshold(maps, [None, None]) == expected
+
+
+# -- FROC ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_froc_points_and_monais_froc_curve_differ_only_in_their_ends(seed):
+    """MONAI's ``compute_froc_curve_data`` (CAMELYON16's code) is our curve without its lowest threshold (where every
+    candidate lesion counts, the point our reports show first) and with an appended (0, 0): not a drop-in, so
+    ``froc_points`` stays (docs/evaluation.md). At the thresholds both evaluate they agree exactly."""
+    from monai.metrics import compute_froc_curve_data
+
+    from DiffusionAnomalyLib.evaluation.metrics import froc_points
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(12):
+        n = int(rng.integers(0, 6))
+        hits = rng.random(n) < 0.4
+        refs = int(hits.sum() + rng.integers(0, 2))
+        cases.append((np.round(rng.random(n) + 0.3 * hits, 2).tolist(), hits.tolist(), refs))
+    ours = froc_points(cases)[::-1]  # ascending thresholds, as MONAI's
+    scores = np.concatenate([np.asarray(c[0], float) for c in cases])
+    hits = np.concatenate([np.asarray(c[1], bool) for c in cases])
+    fps, sens = compute_froc_curve_data(scores[~hits], scores[hits], sum(c[2] for c in cases), len(cases))
+    assert len(fps) == len(ours)
+    np.testing.assert_array_equal(fps[:-1], [f for _, f, _ in ours[1:]])
+    np.testing.assert_array_equal(sens[:-1], [s for _, _, s in ours[1:]])
+    assert (fps[-1], sens[-1]) == (0, 0) and ours[0][1] > 0
+
+
+# -- JSON Schema ---------------------------------------------------------------------------------------------
+def _bundle_documents() -> list[dict]:
+    """The shipped bundles' model.json as they are, a new-format one, and ways to break each part of the schema."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from DiffusionAnomalyLib.detection.presets import get_preset
+
+    models = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    shipped = [json.loads(p.read_text()) for p in sorted(models.glob("*/model.json"))]
+    new = {k: v for k, v in copy.deepcopy(shipped[0]).items() if k != "licence"}
+    new.update(license="Apache-2.0", organ_preset=json.loads(json.dumps(get_preset("kidney").to_dict())),
+               software={"diffusion_anomaly": "0.3.0", "torch": "2.13.0"},
+               changelog=[{"version": "1.0", "date": "2026-12-05", "change": "trained"}])
+    broken = [
+        {"format_version": 2}, {"organ": "lung"}, {"channels": []}, {"channels": [""]}, {"name": 3},
+        {"networks": {"denoiser": {}}}, {"unknown_field": 1}, {"files": {"a.safetensors": "short"}},
+        {"latent": {"channels": 0}}, {"schedule": {"beta_start": -1}}, {"demo": "yes"},
+        {"training_data": 5}, {"software": {"torch": 2}}, {"changelog": [{"version": "1.0", "date": "2026-12-05"}]},
+        {"changelog": [{"version": "1.0", "date": "2026-12-05", "change": "x", "who": "me"}]},
+        {"organ_preset": {"name": "kidney"}}, {"organ_preset": {**new["organ_preset"], "spacing_mm": [2, 2]}},
+        {"recommended": {"sampler": "euler"}}, {"recommended": {"samples": 0}},
+    ]
+    return shipped + [new] + [{**new, **b} for b in broken] + [{k: v for k, v in new.items() if k != "networks"}]
+
+
+def test_the_bundle_schema_is_valid_json_schema_and_our_validator_agrees_with_jsonschema():
+    """``models/schema.py`` stays hand-written because Slicer's process reads bundles and Slicer's Python has no
+    ``jsonschema`` (docs/model-bundles.md); here it must find a problem exactly where ``jsonschema`` does, on the
+    shipped bundles, a new-format one and each way of breaking them."""
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is part of the test extra")
+    from DiffusionAnomalyLib.models.schema import model_schema, problems
+
+    schema = model_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    documents = _bundle_documents()
+    verdicts = [(bool(problems(d, schema)), any(True for _ in validator.iter_errors(d))) for d in documents]
+    assert [ours for ours, _ in verdicts] == [theirs for _, theirs in verdicts]
+    assert [ours for ours, _ in verdicts] == [False] * 4 + [True] * (len(documents) - 4)

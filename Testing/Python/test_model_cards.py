@@ -22,7 +22,7 @@ from DiffusionAnomalyLib.models.schema import SCHEMA_PATH, model_schema, problem
 
 MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 SHIPPED = sorted(p for p in MODELS.iterdir() if (p / "model.json").is_file())
-CARD_FIELDS = ("summary", "training_data", "licence", "intended_use", "out_of_scope_use", "evaluation", "limitations",
+CARD_FIELDS = ("summary", "training_data", "license", "intended_use", "out_of_scope_use", "evaluation", "limitations",
                "citation")
 LOCAL_PATH = re.compile(r"(^|[\s'\"(])(/[A-Za-z]|~/|[A-Za-z]:\\|build/|\.\./)")
 
@@ -46,7 +46,7 @@ def test_three_demo_bundles_ship():
 def test_model_json_matches_the_schema(folder):
     data = json.loads((folder / "model.json").read_text())
     assert problems(data, model_schema()) == []
-    assert set(model_schema()["properties"]) == set(BundleMeta.__dataclass_fields__)
+    assert set(model_schema()["properties"]) == set(BundleMeta.__dataclass_fields__) | {"licence"}  # the old key
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.name)
@@ -54,7 +54,7 @@ def test_card_fields_are_filled_without_local_paths(folder):
     meta = read_meta(folder)
     for name in CARD_FIELDS:
         assert getattr(meta, name), f"{folder.name}: model.json field {name} is empty"
-    assert meta.licence == "Apache-2.0"
+    assert meta.license == "Apache-2.0"
     assert meta.demo and "DEMO" in meta.summary and "\n" not in meta.summary and len(meta.summary) <= 200
     for name in CARD_FIELDS:
         for text in _strings(getattr(meta, name)):
@@ -69,12 +69,39 @@ def test_model_card_exists_and_names_licence_and_training_data(folder):
     assert card.is_file(), f"{folder.name} has no model card (README.md)"
     text = card.read_text()
     meta = read_meta(folder)
-    assert text.startswith(f"# {meta.name} {meta.version}"), "the card's title names the bundle and its version"
+    hub = _front_matter(text)
+    assert hub["license"] == "apache-2.0" and hub["library_name"] == "diffusion-anomaly", hub
+    assert {meta.organ, "demo", "synthetic-data"} <= set(hub["tags"]) and hub["pipeline_tag"] == "image-segmentation"
+    body = text.split("\n---\n", 1)[1].lstrip("\n")
+    assert body.startswith(f"# {meta.name} {meta.version}"), "the card's title names the bundle and its version"
     for heading in ("Licence", "Training data", "Intended use", "Out of scope", "Evaluation", "Limitations",
                     "How to cite"):
         assert f"## {heading}" in text, f"{card}: no '## {heading}' section"
-    assert meta.licence in text and "synthetic" in text and str(meta.training_data["cases"]) in text
+    assert meta.license in text and "synthetic" in text and str(meta.training_data["cases"]) in text
     assert "not for diagnosis" in text.lower() or "not a medical device" in text.lower()
+
+
+def _front_matter(text: str) -> dict:
+    """The card's YAML front matter: ``key: <JSON value>`` lines between ``---`` lines (JSON is YAML)."""
+    assert text.startswith("---\n"), "the card opens with front matter"
+    head = text[4:].split("\n---\n", 1)[0]
+    return {k: json.loads(v) for k, v in (line.split(": ", 1) for line in head.splitlines())}
+
+
+def test_card_front_matter_for_a_model_hub(tmp_path):
+    """Hugging Face model-card keys; a licence a hub does not know is 'other' with its name; the changelog and the
+    software versions of a bundle that records them are in the card."""
+    from DiffusionAnomalyLib.models.modelcard import render
+
+    meta = read_meta(SHIPPED[0])
+    meta.license, meta.demo = "not set: the weights follow the terms of the training data (KiTS23)", False
+    meta.software = {"diffusion_anomaly": "0.3.0", "torch": "2.13.0"}
+    meta.changelog = [{"version": "1.0", "date": "2026-12-05", "change": "classifier trained"}]
+    text = render(meta)
+    hub = _front_matter(text)
+    assert hub["license"] == "other" and hub["license_name"].startswith("not-set-the-weights"), hub
+    assert "demo" not in hub["tags"] and "synthetic-data" not in hub["tags"]
+    assert "| 1.0 | 2026-12-05 | classifier trained |" in text and "diffusion_anomaly 0.3.0, torch 2.13.0" in text
 
 
 def test_manifest_digests_match_and_describe_with_the_summary():
@@ -127,8 +154,8 @@ def test_a_bad_field_is_named_with_the_file(tmp_path, change, field):
 
 def test_older_bundles_without_card_fields_still_load(tmp_path):
     def strip(data):
-        for name in CARD_FIELDS:
-            data.pop(name)
+        for name in (*CARD_FIELDS, "licence"):  # the shipped bundles say licence (the key before 0.3.0)
+            data.pop(name, None)
         data.update(training_data="400 patches", licence="", intended_use="")
 
     folder = _copy_with(tmp_path, strip)

@@ -66,6 +66,11 @@ def test_denoiser_and_classifier_extend_the_bundle(dataset, ae_bundle, tmp_path)
     for name in ("autoencoder_log.csv", "denoiser_log.csv", "classifier_log.csv", "classifier_loss.png"):
         assert (clf / name).is_file()
     assert b.meta.extra["classifier_training"]["max_level"] == b.schedule().num_timesteps  # thesis: every level
+    # self-contained: one changelog entry per stage, the preset the autoencoder was trained with, the versions
+    assert [e["change"].split(":")[0] for e in b.meta.changelog] == [
+        "autoencoder trained", "denoiser trained", "classifier trained"]
+    assert b.meta.organ_preset == load_bundle(ae_bundle).meta.organ_preset != {}
+    assert b.meta.preset() == load_bundle(ae_bundle).preset and {"torch", "monai", "numpy"} <= set(b.meta.software)
     low = tmp_path / "clf-low"
     train_classifier(ClassifierTraining(str(dataset), str(den), str(low), iterations=2, val_every=2, batch_size=4,
                                         max_level=300, device="cpu"))
