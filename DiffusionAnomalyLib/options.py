@@ -27,15 +27,17 @@ MAX_SEED = 2**63 - 1
 class Option:
     """How an option is checked and offered, written once beside its field (the field's annotation is its type).
 
-    Range: ``low``..``high`` (inclusive; ``low_open``: ``low`` excluded; ``high`` may be a function, for limits
-    set by the environment), or ``choices``. ``label`` names it in messages. ``words``: texts the command line
-    accepts besides a value, passed on as they are (``threshold``: ``otsu``, ``bundle``).
+    Range: ``low``..``high`` (inclusive; ``low_open``/``high_open``: that end excluded; ``high`` may be a function,
+    for limits set by the environment), or ``choices``. ``label`` names it in messages. ``words``: texts the command
+    line accepts besides a value, passed on as they are (``threshold``: ``otsu``, ``bundle``).
     Command line: ``--<field-name>`` on ``commands``. Slicer panel: the parameter-node member ``panel`` (bound to a
     widget by ``SlicerParameterName`` in the ``.ui``), limited to ``panel_range`` (default: ``low``..``high``) or
     ``panel_choices`` (default: the choices, with ``bundle_value`` first when it is a word); ``bundle_value`` is the
     member value that means "the bundle's recommendation" (None: the panel always sends its value).
     ``recommend``: a bundle's ``recommended`` block may set it. ``maps``: it changes the anomaly maps, so it is part
     of the map cache's key (``key`` is its short name there; ``key_default``: left out of the key at that value).
+    ``negative``: (flag, help) of the flag that sets a ``bool | None`` field False (``--<field-name>`` sets it True;
+    neither: None, "not said").
     """
 
     help: str
@@ -45,6 +47,7 @@ class Option:
     low: float | None = None
     high: float | typing.Callable[[], float] | None = None
     low_open: bool = False
+    high_open: bool = False
     choices: tuple[str, ...] | None = None
     words: tuple[str, ...] = ()
     panel: str | None = None
@@ -55,6 +58,7 @@ class Option:
     maps: bool = False
     key: str = ""
     key_default: Any = None
+    negative: tuple[str, str] | None = None
 
     def upper(self) -> float | None:
         return self.high() if callable(self.high) else self.high
@@ -79,11 +83,18 @@ def required(option: Option) -> Any:
     return field(metadata={"option": option})
 
 
-def redeclared(cls: type, name: str, default: Any) -> Any:
+def redeclared(cls: type, name: str, default: Any, kw_only: bool | None = None, **changes: Any) -> Any:
     """``cls``' field ``name`` with another default and the same :class:`Option` (one declaration; e.g. ``train
-    all`` calibrates with other grid defaults than ``sweep``, the denoiser trains longer than the classifier)."""
+    all`` calibrates with other grid defaults than ``sweep``, the denoiser trains longer than the classifier);
+    ``changes``: Option attributes that differ there (e.g. the ``commands`` and ``help`` of a run setting that
+    ``train all`` takes for its calibration); ``default`` ``dataclasses.MISSING``: a required field."""
+    import dataclasses
+
     base = cls.__dataclass_fields__[name]
-    return setting(default, base.metadata["option"], kw_only=base.kw_only is True or None)
+    option = dataclasses.replace(base.metadata["option"], **changes)
+    if default is dataclasses.MISSING:
+        return field(metadata={"option": option})
+    return setting(default, option, kw_only=kw_only if kw_only is not None else (base.kw_only is True or None))
 
 
 def options(cls: type) -> list[tuple[str, Option]]:
@@ -114,7 +125,7 @@ def _range_text(opt: Option, kind: type) -> str:
         top = "2^63-1" if high == MAX_SEED else high
         return f"in {low:g}..{top}" if high is not None else f">= {low:g}"
     if high is not None:
-        return f"in {'(' if opt.low_open else '['}{low:g}, {high:g}]"
+        return f"in {'(' if opt.low_open else '['}{low:g}, {high:g}{')' if opt.high_open else ']'}"
     return f"a finite number {'>' if opt.low_open else '>='} {low:g}"
 
 
@@ -132,7 +143,7 @@ def field_problem(name: str, value: Any, cls: type) -> str | None:
         if kind in (int, float) and opt.low is not None:
             high = opt.upper()
             if (not math.isfinite(item) or item < opt.low or (opt.low_open and item == opt.low)
-                    or (high is not None and item > high)):
+                    or (high is not None and (item > high or (opt.high_open and item == high)))):
                 return f"{label} must be {_range_text(opt, kind)} (got {item})"
     return None
 
@@ -241,7 +252,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, command: str, give
         if opt is None or command not in opt.commands:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind, _, many = field_shape(f.name, cls)
+        kind, nullable, many = field_shape(f.name, cls)
+        if kind is bool and not many and opt.negative:  # --x / --not-x, neither: None
+            pair = parser.add_mutually_exclusive_group()
+            pair.add_argument(flag, dest=f.name, action="store_true", default=None, help=opt.help)
+            pair.add_argument(opt.negative[0], dest=f.name, action="store_false", help=opt.negative[1])
+            continue
         if kind is bool and not many:
             parser.add_argument(flag, action="store_true", help=opt.help)
             continue
@@ -267,10 +283,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, command: str, give
 
 def given(args: argparse.Namespace, cls: type, command: str) -> dict[str, Any]:
     """The values of ``cls``' options that ``args`` gives explicitly (lists as tuples; an option left out, or an
-    absent flag, is not given)."""
+    absent flag, is not given; a ``bool | None`` field's False is given)."""
     out = {}
     for name, opt in options(cls):
         value = getattr(args, name, None)
-        if command in opt.commands and value is not None and value is not False:
-            out[name] = tuple(value) if isinstance(value, list) else value
+        if command not in opt.commands or value is None or (value is False and not field_type(name, cls)[1]):
+            continue
+        out[name] = tuple(value) if isinstance(value, list) else value
     return out

@@ -13,19 +13,9 @@ from collections.abc import Sequence
 
 from DiffusionAnomalyLib import __version__
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.settings import ORGANS, PRECISIONS, REFERENCES, SAMPLER_DEFAULTS, SAMPLERS, options
+from DiffusionAnomalyLib.settings import ORGANS, PRECISIONS, options
 
 PRECISION_HELP = dict(options())["precision"].help  # for demo, which is not a detection command
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 def threshold_arg(text: str) -> float | str:
@@ -40,20 +30,6 @@ def threshold_arg(text: str) -> float | str:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (anomaly scores are >= 0, so {text!r} would "
                                          "mark the whole organ), 'otsu' or 'bundle'")
-    return value
-
-
-def non_negative(text: str) -> float:
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def grow_to_arg(text: str) -> float:
-    value = _finite(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1 = no growth), got {text!r}")
     return value
 
 
@@ -75,8 +51,6 @@ seed_arg = _int_in(0, 2**63 - 1, "the seed")
 #: Bounds of the phantom command (one typo must not start hours of generation).
 MAX_PHANTOM_CASES = 10_000
 MAX_PHANTOM_LESIONS = 10
-positive_int = _int_in(1, None, "the value")
-non_negative_int = _int_in(0, None, "the value")
 
 
 def request_from_argv(argv: Sequence[str]):
@@ -118,11 +92,10 @@ def add_run_settings(parser: argparse.ArgumentParser, command: str, settings: ty
 
 
 def _training_config(part: str) -> type:
-    """The config class of one training stage (its options are declared on its fields)."""
-    import importlib
+    """The config class of one training stage (its options are declared on its fields; torch-free)."""
+    from DiffusionAnomalyLib.training import configs
 
-    module = importlib.import_module(f"DiffusionAnomalyLib.training.{part}")
-    return getattr(module, f"{part.capitalize()}Training")
+    return getattr(configs, f"{part.capitalize()}Training")
 
 
 def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
@@ -177,17 +150,6 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
                                     "bundle) are its stages. Run under torchrun for several processes/GPUs "
                                     "(docs/training.md).")
     tparts = tr.add_subparsers(dest="part", metavar="PART", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", required=True, help="dataset folder (DATA/labels.csv, DATA/<case>/<channel>.nii.gz, "
-                                                      "DATA/<case>/segmentations/)")
-    common.add_argument("--out", required=True, help="output bundle folder (work files go to OUT.work)")
-    common.add_argument("--seed", type=seed_arg, default=0, help="random seed, 0..2^63-1")
-    common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    common.add_argument("--precision", choices=list(PRECISIONS), default="auto",
-                        help="the networks' training steps: auto is bfloat16 autocast where the hardware has it "
-                             "natively (CUDA from Ampere on; CPUs with AVX-512 BF16 or AMX; the autoencoder on CUDA "
-                             "only), else float32; weights, optimiser and losses stay float32")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     from DiffusionAnomalyLib.options import add_arguments
 
     for name, help_text in (("autoencoder", "the VQ-GAN autoencoder (first stage; writes a new bundle)"),
@@ -200,78 +162,22 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
         tp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
     tall = tparts.add_parser(
-        "all", parents=[common], formatter_class=DefaultsFormatter,
+        "all", formatter_class=DefaultsFormatter,
         help="dataset folder -> calibrated bundle with its model card, in one restartable command",
         description="From a dataset folder (phantom, KiTS, BraTS or LiTS layout; split folders DATA/<split>/<case>/; "
                     "docs/training.md) to a calibrated bundle: prepare (organ masks, labels, a deterministic train / "
                     "validation split), autoencoder, denoiser (healthy structures), classifier, calibration sweep on "
                     "the validation split only (the median baseline beside), the bundle with its model card. A "
                     "rerun resumes where it stopped and trains nothing when all is done.")
-    tall.add_argument("--organ", required=True, choices=list(ORGANS), help="organ preset")
-    tall.add_argument("--preset", choices=["tiny", "thesis"], default="tiny",
-                      help="network sizes and stage defaults: tiny (a CPU, the demo recipe: 3000 iterations per stage, "
-                           "2 mm kidney / 4 mm liver and brain patches, no GAN) or thesis (GPUs: the thesis networks "
-                           "at 1 mm kidney / 2 mm, 20000/20000/10000 iterations, GAN after 10000)")
-    tall.add_argument("--spacing", type=float, default=None, help="patch spacing in mm (default: the preset's)")
-    tall.add_argument("--iterations", type=positive_int, default=None,
-                      help="iterations of each of the three networks (default: the preset's)")
-    for stage in ("autoencoder", "denoiser", "classifier"):
-        tall.add_argument(f"--{stage}-iterations", type=positive_int, default=None,
-                          help=f"{stage} iterations (default: --iterations, else the preset's)")
-    tall.add_argument("--adversarial-start", type=int, default=None,
-                      help="autoencoder GAN losses after this iteration (default: the preset's; tiny: off)")
-    tall.add_argument("--val-fraction", type=float, default=0.2,
-                      help="share of cases held out for validation and calibration (deterministic, by case name)")
-    tall.add_argument("--validation-cases", metavar="FILE", help="the validation cases, one name per line (default: "
-                                                                 "a val/ split folder, else --val-fraction)")
-    tall.add_argument("--cases", metavar="FILE", help="use only the cases listed, one name (or split/name) per line")
-    tall.add_argument("--labels", metavar="CSV", help="labels file: case,structure,label with structure the "
-                                                      "segmentation file's name (default: DATA/labels.csv, else "
-                                                      "derived from the lesion labels)")
-    tall.add_argument("--totalseg", metavar="DIR", help="organ masks from TotalSegmentator: DIR/<case>/ or "
-                                                        "DIR/<case>.nii.gz (default: the dataset's own)")
-    tall.add_argument("--sampler", choices=list(SAMPLERS), default=SAMPLER_DEFAULTS["sampler"],
-                      help="calibration: sampler")
-    tall.add_argument("--steps", type=positive_int, default=SAMPLER_DEFAULTS["steps"],
-                      help="calibration: denoising steps")
-    tall.add_argument("--noise-levels", type=positive_int, nargs="+", default=None,
-                      help="calibration: L values (default: the preset's: tiny 250, thesis 100 250 500)")
-    tall.add_argument("--guidance-values", type=non_negative, nargs="+", default=None,
-                      help="calibration: s values (default: tiny 0 100, thesis 0..2000 by 200; s > 0 only when "
-                           "the classifier's validation AUC is >= 0.7)")
-    tall.add_argument("--threshold-scales", type=float, nargs="+", default=[0.8, 0.9, 1.0, 1.15, 1.3],
-                      help="calibration: thresholds tried, x the validation maps' Otsu")
-    tall.add_argument("--min-lesion-ml-values", type=non_negative, nargs="+", default=[0.0, 0.5, 1.0, 2.0],
-                      help="calibration: minimum lesion volumes tried")
-    tall.add_argument("--grow-to-values", type=grow_to_arg, nargs="+", default=[1.0, 0.7],
-                      help="calibration: lesion growth tried (1 = off)")
-    tall.add_argument("--max-fp-per-organ", type=non_negative, default=1.0,
-                      help="calibration: the operating point finds the most lesions with at most this many false "
-                           "positives per organ")
-    tall.add_argument("--reference-values", nargs="+", choices=list(REFERENCES), default=None, metavar="REF",
-                      help="calibration: anomaly map references tried, input and/or autoencoder (default: input)")
-    tall.add_argument("--samples-values", type=positive_int, nargs="+", default=None, metavar="K",
-                      help="calibration: numbers of averaged reconstructions tried (DDPM; default: 1)")
-    tall.add_argument("--median-filter-values", type=non_negative_int, nargs="+", default=None, metavar="N",
-                      help="calibration: anomaly map median filter sizes tried, in voxels (default: the organ's)")
-    tall.add_argument("--name", help="bundle name (default: <organ>-model, or <organ>-demo with --demo)")
-    tall.add_argument("--version", default="0.1.0", help="bundle version")
-    tall.add_argument("--demo", action="store_true", help="mark the bundle as a demo / synthetic-data model")
-    kind = tall.add_mutually_exclusive_group()
-    kind.add_argument("--real-data", dest="real_data", action="store_true", default=None,
-                      help="the cases are real scans (the model card says so; default: unknown, or synthetic for "
-                           "phantoms of the phantom command)")
-    kind.add_argument("--synthetic-data", dest="real_data", action="store_false",
-                      help="the cases are synthetic (from any generator)")
-    tall.add_argument("--install", metavar="MODELS_DIR",
-                      help="when done, copy the bundle into this models folder as MODELS_DIR/<name>/ and list it with "
-                           "its SHA-256 in MODELS_DIR/manifest.json (make demo-models: Resources/Models)")
+    from DiffusionAnomalyLib.training.recipe import STAGES, TrainAllPlan
+
+    add_arguments(tall, TrainAllPlan, "all")  # the plan: every option declared on its fields
     tall.add_argument("--dry-run", action="store_true",
                       help="check the data (cases and structures per label and split, unusable rows and cases named) "
                            "and estimate each stage's time; train nothing")
-    tall.add_argument("--from-stage", choices=["prepare", "autoencoder", "denoiser", "classifier", "calibrate",
-                                               "bundle"], default=None,
+    tall.add_argument("--from-stage", choices=list(STAGES), default=None,
                       help="redo this stage and the ones after it (default: resume; finished stages are kept)")
+    tall.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     tr.set_defaults(func="train")
 
     pl = sub.add_parser("pseudo-labels", help="healthy/unhealthy/excluded/unknown labels from radiology reports")

@@ -263,6 +263,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from DiffusionAnomalyLib.imaging.outputs import check_name, check_output_dir
+    from DiffusionAnomalyLib.options import given
 
     if args.part != "all":  # a single stage: its --out is new, empty or its own earlier bundle
         check_output_dir(args.out, [args.data, getattr(args, "bundle", None)], overwrite=args.overwrite,
@@ -274,26 +275,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.part == "all":
         from DiffusionAnomalyLib.training.recipe import TrainAllPlan, train_all
 
-        iterations = {s: getattr(args, f"{s}_iterations") or args.iterations
-                      for s in ("autoencoder", "denoiser", "classifier")}
-        if not 0 <= args.val_fraction < 1:
-            raise InputError(f"--val-fraction must be in [0, 1) (got {args.val_fraction:g})")
-        plan = TrainAllPlan(
-            data=args.data, organ=args.organ, out=args.out, preset=args.preset, spacing=args.spacing,
-            iterations={k: v for k, v in iterations.items() if v}, adversarial_start=args.adversarial_start,
-            val_fraction=args.val_fraction, cases=args.cases, validation_cases=args.validation_cases,
-            labels=args.labels, totalseg=args.totalseg, sampler=args.sampler, steps=args.steps,
-            noise_levels=args.noise_levels, guidance=args.guidance_values, threshold_scales=args.threshold_scales,
-            min_lesion_ml_values=args.min_lesion_ml_values, grow_to_values=args.grow_to_values,
-            max_fp_per_organ=args.max_fp_per_organ, reference_values=args.reference_values,
-            samples_values=args.samples_values, median_filter_values=args.median_filter_values, seed=args.seed,
-            device=args.device, precision=args.precision, name=args.name, version=args.version, demo=args.demo,
-            real_data=args.real_data, install=args.install)
+        plan = TrainAllPlan(**given(args, TrainAllPlan, "all"))
         train_all(plan, dry_run=args.dry_run, from_stage=args.from_stage)
         return 0
     import importlib
-
-    from DiffusionAnomalyLib.options import given
 
     module = importlib.import_module(f"DiffusionAnomalyLib.training.{args.part}")
     config = getattr(module, f"{args.part.capitalize()}Training")

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from DiffusionAnomalyLib.detection.presets import get_preset
-from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.logs import stdout_unless_configured
 from DiffusionAnomalyLib.models.bundle import BundleMeta, save_bundle
 from DiffusionAnomalyLib.models.nets.autoencoder import autoencoder_config, build_autoencoder
@@ -26,14 +24,8 @@ from DiffusionAnomalyLib.models.nets.discriminators import (
     random_axial_slices,
 )
 from DiffusionAnomalyLib.models.precision import network_autocast
-from DiffusionAnomalyLib.options import Option, redeclared, required, setting
-from DiffusionAnomalyLib.settings import ORGANS
 from DiffusionAnomalyLib.training.common import (
-    DATA,
-    NETWORK,
-    OUT,
     TrainingLoop,
-    TrainingRun,
     bundle_extras,
     cleans_empty_work,
     infinite_batches,
@@ -44,50 +36,10 @@ from DiffusionAnomalyLib.training.common import (
     training_precision,
     wrap_ddp,
 )
+from DiffusionAnomalyLib.training.configs import AutoencoderTraining
 from DiffusionAnomalyLib.training.data import load_patches
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class AutoencoderTraining(TrainingRun):
-    """The autoencoder stage (the first: it writes a new bundle). ``spacing`` and ``roi_size`` go into
-    ``preset_overrides`` (the bundle records them)."""
-
-    data: str = required(DATA)
-    organ: str = required(Option("organ preset", ("autoencoder", "all"), label="organ", choices=ORGANS))
-    out: str = required(OUT)
-    network: str = setting("tiny", NETWORK)
-    preset_overrides: dict = field(default_factory=dict)
-    spacing: float | None = setting(None, Option(
-        "override the preset spacing (mm, isotropic; default: the organ preset's)", ("autoencoder",), "MM",
-        label="spacing", low=0, low_open=True))
-    roi_size: tuple[float, ...] | None = setting(None, Option(
-        "ROI size in mm, X Y Z (default: the organ preset's)", ("autoencoder",), "MM", label="ROI size", low=0,
-        low_open=True))
-    batch_size: int = redeclared(TrainingRun, "batch_size", 2)
-    lr: float = redeclared(TrainingRun, "lr", 3e-4)
-    checkpoint_every: int = redeclared(TrainingRun, "checkpoint_every", 100)
-    l1_weight: float = 4.0
-    perceptual_weight: float = 4.0
-    perceptual_weights: str | None = setting(None, Option(
-        "local .safetensors of a 3D resnet10 (optional; default: no perceptual loss)", ("autoencoder",), "FILE"))
-    adversarial_weight: float = 1.0
-    adversarial_start: int = setting(10_000, Option(
-        "the GAN losses start after this iteration (never, when >= --iterations: it says so; train all: default "
-        "the preset's, tiny: off)", ("autoencoder", "all"), "N", label="adversarial start", low=0))
-    name: str | None = setting(None, Option(
-        "bundle name (default: <organ>-model, or <organ>-demo with --demo)", ("autoencoder", "all")))
-    version: str = setting("0.1.0", Option("bundle version (later stages keep it)", ("autoencoder", "all")))
-    demo: bool = setting(False, Option("mark the bundle as a demo / synthetic-data model", ("autoencoder", "all")))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.roi_size is not None and len(self.roi_size) != 3:
-            raise InputError(f"the ROI size takes 3 values, X Y Z in mm (got {len(self.roi_size)})")
-        self.preset_overrides = {**self.preset_overrides,
-                                 **({"spacing_mm": [float(self.spacing)] * 3} if self.spacing else {}),
-                                 **({"roi_size_mm": [float(v) for v in self.roi_size]} if self.roi_size else {})}
 
 
 def _val_l1(ae, x: torch.Tensor, device, batch: int) -> float:

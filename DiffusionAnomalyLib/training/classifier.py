@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +29,8 @@ from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
 from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier, LesionSupervisedClassifier
 from DiffusionAnomalyLib.models.nets.denoiser import DenoiserConfig
 from DiffusionAnomalyLib.models.precision import network_autocast
-from DiffusionAnomalyLib.options import Option, redeclared, required, setting
 from DiffusionAnomalyLib.training.common import (
-    DATA,
-    EXTENDS,
-    OUT,
     TrainingLoop,
-    TrainingRun,
     bundle_extras,
     cleans_empty_work,
     infinite_batches,
@@ -47,35 +41,12 @@ from DiffusionAnomalyLib.training.common import (
     training_precision,
     wrap_ddp,
 )
+from DiffusionAnomalyLib.training.configs import ClassifierTraining
 from DiffusionAnomalyLib.training.denoiser import latents_for
 
 logger = logging.getLogger(__name__)
 
 EVAL_LEVELS = (0, 250, 500)
-
-
-@dataclass
-class ClassifierTraining(TrainingRun):
-    """The noisy-latent classifier for guidance (extends the denoiser's bundle)."""
-
-    data: str = required(DATA)
-    bundle: str = required(EXTENDS)
-    out: str = required(OUT)
-    batch_size: int = redeclared(TrainingRun, "batch_size", 16)
-    weight_decay: float = 1e-3
-    frozen_levels: int | None = setting(None, Option(
-        "backbone levels to freeze (default: half of them, 2 of 4 in the thesis network)", ("classifier",), "N",
-        label="frozen levels", low=0))
-    select_level: int = 250
-    max_level: int | None = setting(None, Option(
-        "train on noise levels 0..N only (default: all, 0..T, as the thesis); guidance from a start level L above N "
-        "is then outside what the classifier saw", ("classifier",), "N", label="max level", low=0))
-    lesion_weight: float = setting(0.0, Option(
-        "> 0 also trains a per-cell lesion loss with this weight from each case's lesions.nii.gz (0: image labels "
-        "only, as in the thesis)", ("classifier",), "W", label="lesion weight", low=0))
-    lesion_cell_ml: float = setting(0.1, Option(
-        "lesion volume (ml) that makes a feature cell a lesion cell", ("classifier",), "ML", label="lesion cell "
-        "volume", low=0, low_open=True))
 
 
 def p_unhealthy_at_levels(clf, z: torch.Tensor, schedule: NoiseSchedule, device, seed: int = 99,

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,60 +23,17 @@ from DiffusionAnomalyLib.models.device import (  # noqa: F401 (re-exported for t
     shutdown,
 )
 from DiffusionAnomalyLib.models.precision import resolve_precision
-from DiffusionAnomalyLib.options import Option, setting
-from DiffusionAnomalyLib.settings import PRECISIONS
+from DiffusionAnomalyLib.training.configs import (  # noqa: F401 (re-exported: the stages' settings)
+    ALL_PARTS,
+    DATA,
+    EXTENDS,
+    NETWORK,
+    OUT,
+    PARTS,
+    TrainingRun,
+)
 
 logger = logging.getLogger(__name__)
-
-#: The single training stages (``diffusion-anomaly train PART``); ``all`` runs them in turn.
-PARTS = ("autoencoder", "denoiser", "classifier")
-#: Options of every stage that ``train all`` also takes.
-ALL_PARTS = (*PARTS, "all")
-
-
-#: The dataset, the output bundle and the bundle a later stage extends: one declaration each (positional fields of
-#: every stage's config).
-DATA = Option("dataset folder (DATA/labels.csv, DATA/<case>/<channel>.nii.gz, DATA/<case>/segmentations/)", ALL_PARTS)
-OUT = Option("output bundle folder (work files go to OUT.work)", ALL_PARTS)
-EXTENDS = Option("the bundle of the stage before, to extend (denoiser: the autoencoder's; classifier: the "
-                 "denoiser's)", ("denoiser", "classifier"))
-#: The network presets of the autoencoder and the denoiser.
-NETWORK = Option("network preset: tiny, thesis-kidney, or (autoencoder) tiny-8ch (8 latent channels, 1,024 codes) or "
-                 "tiny-2x (one stride-2 level: a 2x finer latent grid), or (denoiser) tiny-3level (a third level, for "
-                 "the finer grid)", ("autoencoder", "denoiser"))
-
-
-@dataclass(kw_only=True)
-class TrainingRun:
-    """What every training stage takes, declared once (``AutoencoderTraining``, ``DenoiserTraining`` and
-    ``ClassifierTraining`` add their own and redeclare a default where theirs differs): iterations, batch,
-    learning rate, validation, checkpoints, seed, device, precision, resume."""
-
-    iterations: int = setting(1000, Option("training iterations", PARTS, "N", label="iterations", low=1))
-    batch_size: int = setting(8, Option("patches (autoencoder) or latents per batch", PARTS, "N",
-                                        label="batch size", low=1))
-    lr: float = setting(1e-4, Option("learning rate", PARTS, "LR", label="learning rate", low=0, low_open=True))
-    val_fraction: float = setting(0.2, Option("share of the cases held out for validation", (), label="validation "
-                                              "fraction", low=0, high=0.95))
-    val_every: int = setting(50, Option("validate every N iterations", PARTS, "N", label="val-every", low=1))
-    checkpoint_every: int = setting(200, Option("checkpoint every N iterations", (), label="checkpoint-every",
-                                                low=1))
-    seed: int = setting(0, Option("random seed, 0..2^63-1", ALL_PARTS, label="seed", low=0, high=2**63 - 1))
-    device: str = setting("auto", Option("auto, cpu, cuda, cuda:1, mps", ALL_PARTS, label="device"))
-    precision: str = setting("auto", Option(
-        "the networks' training steps: auto is bfloat16 autocast where the hardware has it natively (CUDA from "
-        "Ampere on; CPUs with AVX-512 BF16 or AMX; the autoencoder on CUDA only), else float32; weights, optimiser "
-        "and losses stay float32", ALL_PARTS, label="precision", choices=PRECISIONS))
-    resume: bool = setting(False, Option("continue from OUT.work/checkpoint", PARTS, label="resume"))
-
-    def __post_init__(self) -> None:
-        from DiffusionAnomalyLib.errors import InputError
-        from DiffusionAnomalyLib.options import problems
-
-        found = problems(self)
-        if found:
-            raise InputError("; ".join(found))
-
 
 # -- EMA -----------------------------------------------------------------------------------------
 class EMA:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +26,10 @@ from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
 from DiffusionAnomalyLib.models.nets.autoencoder import LatentCodec
 from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config
 from DiffusionAnomalyLib.models.precision import network_autocast
-from DiffusionAnomalyLib.options import Option, redeclared, required, setting
 from DiffusionAnomalyLib.settings import SAMPLER_DEFAULTS
 from DiffusionAnomalyLib.training.common import (
-    DATA,
     EMA,
-    EXTENDS,
-    NETWORK,
-    OUT,
     TrainingLoop,
-    TrainingRun,
     bundle_extras,
     cleans_empty_work,
     infinite_batches,
@@ -47,27 +40,10 @@ from DiffusionAnomalyLib.training.common import (
     training_precision,
     wrap_ddp,
 )
+from DiffusionAnomalyLib.training.configs import DenoiserTraining
 from DiffusionAnomalyLib.training.data import load_patches, save_npz
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DenoiserTraining(TrainingRun):
-    """The latent denoiser on healthy structures (extends the autoencoder's bundle)."""
-
-    data: str = required(DATA)
-    bundle: str = required(EXTENDS)
-    out: str = required(OUT)
-    network: str = setting("tiny", NETWORK)
-    iterations: int = redeclared(TrainingRun, "iterations", 2000)
-    val_every: int = redeclared(TrainingRun, "val_every", 100)
-    ema_decay: float = 0.995
-    class_conditional: bool = setting(False, Option("train with labels for CFG", ("denoiser",)))
-    label_dropout: float = 0.15
-    latent_crop: tuple[int, ...] | None = setting(None, Option(
-        "train on random crops of this many latent voxels, Z Y X (validation and use: whole latents); makes fine "
-        "latent grids trainable on a CPU", ("denoiser",), "N", label="latent crop", low=1))
 
 
 def encode_all(codec: LatentCodec, x: np.ndarray, device: torch.device, batch: int = 4) -> np.ndarray:

@@ -81,7 +81,8 @@ def test_a_setting_is_validated_in_one_place():
 
 
 @pytest.mark.parametrize("module", ["DiffusionAnomalyLib.api", "DiffusionAnomalyLib.progress",
-                                    "DiffusionAnomalyLib.settings", "DiffusionAnomalyLib.evaluation.commands"])
+                                    "DiffusionAnomalyLib.settings", "DiffusionAnomalyLib.evaluation.commands",
+                                    "DiffusionAnomalyLib.training.recipe.plan"])
 def test_the_docstring_examples_run(module):
     import importlib
 
@@ -105,3 +106,20 @@ def test_a_detect_request_round_trips_through_json_and_refuses_meaningless_ones(
     ]:
         with pytest.raises(InputError, match=says):
             DetectRequest(**kwargs)
+
+
+def test_the_command_line_and_the_requests_need_no_torch():
+    """Every parser (the training stages' and ``train all``'s included, generated from their configs) and every
+    request is built without importing torch: ``baseline`` runs where torch is absent or cannot load (a memory
+    cap, Slicer's own Python)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from DiffusionAnomalyLib.app.cli import build_parser\n"
+            "from DiffusionAnomalyLib.api import DetectRequest, SweepRequest, TrainAllPlan\n"
+            "build_parser().parse_args(['train', 'all', '--data', 'd', '--organ', 'kidney', '--out', 'o'])\n"
+            "TrainAllPlan('d', 'kidney', 'o').resolved()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -69,6 +69,9 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     assert meta.licence == "Apache-2.0" and meta.training_data["real_scans"] == 0
     assert meta.evaluation["real_scans"].startswith("not evaluated")
     assert meta.extra["train_all"]["plan"]["prepare"]["data"] == data.name  # no absolute local path travels
+    # the bundle's changelog: each stage, the calibration, then train all's own entry at the bundle's version
+    changes = [e["change"].split(":")[0] for e in meta.changelog]
+    assert changes[-2:] == ["calibrated by sweep", "train all"] and meta.changelog[-1]["version"] == "0.1.0"
     stage_seconds = meta.extra["train_all"]["stage_seconds"]
     assert set(stage_seconds) == {"prepare", "autoencoder", "denoiser", "classifier", "calibrate", "bundle"}
     assert "| autoencoder |" in (out / "training.md").read_text() and "Median baseline on the same cases" in printed
@@ -274,6 +277,42 @@ def test_help_shows_defaults(capsys):
         main(["sweep", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 100 250 500)" in text
+
+
+def test_train_all_options_are_the_plans_fields_declared_once(capsys):
+    """``train all``'s parser is generated from :class:`TrainAllPlan`: every option is a field, the grid shares
+    ``sweep``'s declaration (same range, same message), the stage options the training stages', and the plan
+    built from argv is the one built in Python."""
+    from dataclasses import fields
+
+    from DiffusionAnomalyLib.app.cli import build_parser
+    from DiffusionAnomalyLib.options import given
+    from DiffusionAnomalyLib.training.recipe import TrainAllPlan
+
+    argv = ["train", "all", "--data", "d", "--organ", "liver", "--out", "o", "--denoiser-iterations", "7",
+            "--guidance-values", "0", "50", "--synthetic-data", "--reference-values", "autoencoder"]
+    plan = TrainAllPlan(**given(build_parser().parse_args(argv), TrainAllPlan, "all"))
+    assert plan == TrainAllPlan("d", "liver", "o", denoiser_iterations=7, guidance_values=(0.0, 50.0),
+                                real_data=False, reference_values=("autoencoder",))
+    resolved = plan.resolved()
+    assert resolved["denoiser"]["iterations"] == 7 and resolved["autoencoder"]["iterations"] == 3000
+    assert resolved["calibrate"]["guidance"] == [0.0, 50.0] and resolved["bundle"]["real_data"] is False
+    assert json.loads(json.dumps(resolved)) == resolved  # what stages.json stores compares equal on resume
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._subparsers
+             ._group_actions[0].choices["all"]._actions} - {"help", "debug", "dry_run", "from_stage"}
+    assert flags == {f.name for f in fields(TrainAllPlan)}
+    for option, value in (("--grow-to-values", "0"), ("--samples-values", "0"), ("--noise-levels", "1000")):
+        messages = []
+        for command in (["sweep", "--data", "d", "--bundle", "b", "--out", "o"],
+                        ["train", "all", "--data", "d", "--organ", "kidney", "--out", "o"]):
+            with pytest.raises(SystemExit) as exc:
+                main([*command, option, value])
+            assert exc.value.code == 2
+            messages.append(capsys.readouterr().err.splitlines()[-1].split(": ", 2)[-1])
+        assert messages[0] == messages[1], (option, messages)
+    with pytest.raises(SystemExit):
+        main(["train", "all", "--data", "d", "--organ", "kidney", "--out", "o", "--real-data", "--synthetic-data"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_gan_schedule_is_reported():

@@ -4,7 +4,19 @@
 (time estimates, the dry run), ``stages`` (the stage runner), ``card`` (the model card and summary).
 """
 
-from DiffusionAnomalyLib.training.recipe.plan import TrainAllPlan
-from DiffusionAnomalyLib.training.recipe.stages import train_all
+from __future__ import annotations
 
-__all__ = ["TrainAllPlan", "train_all"]
+from typing import Any
+
+from DiffusionAnomalyLib.training.recipe.plan import STAGES, TrainAllPlan
+
+__all__ = ["STAGES", "TrainAllPlan", "train_all"]
+
+
+def __getattr__(name: str) -> Any:
+    """``train_all`` on first use: the plan (and the command line built from it) needs no torch."""
+    if name == "train_all":
+        from DiffusionAnomalyLib.training.recipe.stages import train_all
+
+        return train_all
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,10 +7,14 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.evaluation.commands import CalibrationGrid
+from DiffusionAnomalyLib.options import Option, problems, redeclared, required, setting
+from DiffusionAnomalyLib.settings import SAMPLER_DEFAULTS, RunSettings
+from DiffusionAnomalyLib.training.configs import DATA, OUT, AutoencoderTraining, TrainingRun
 
 STAGES = ("prepare", "autoencoder", "denoiser", "classifier", "calibrate", "bundle")
 
@@ -29,46 +33,105 @@ PRESETS = {
 }
 
 
+ALL = ("all",)
+#: The real-data flag's negative: ``--synthetic-data``.
+_SYNTHETIC = ("--synthetic-data", "the cases are synthetic (from any generator)")
+
+
 @dataclass
 class TrainAllPlan:
-    """Everything ``train all`` does, resolved from the command line (recorded in ``OUT.work/plan.json``)."""
+    """Everything ``train all`` does (its stages' settings: :meth:`resolved`, recorded in ``OUT.work/stages.json``).
 
-    data: str
-    organ: str
-    out: str
-    preset: str = "tiny"
-    spacing: float | None = None  # None: the preset's for the organ
-    iterations: dict = field(default_factory=dict)  # stage -> iterations (missing: the preset's)
-    adversarial_start: int | None = None  # None: the preset's (tiny: never)
-    val_fraction: float = 0.2
-    cases: str | None = None  # a file listing the cases to use
-    validation_cases: str | None = None  # a file listing the validation cases
-    labels: str | None = None  # labels.csv (default DATA/labels.csv when present)
-    totalseg: str | None = None  # TotalSegmentator folder: <totalseg>/<case>/ or <totalseg>/<case>.nii.gz
-    sampler: str = "ddpm"
-    steps: int = 50
-    noise_levels: list | None = None
-    guidance: list | None = None
-    threshold_scales: list = field(default_factory=lambda: [0.8, 0.9, 1.0, 1.15, 1.3])
-    min_lesion_ml_values: list = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
-    grow_to_values: list = field(default_factory=lambda: [1.0, 0.7])
-    max_fp_per_organ: float | None = 1.0
-    reference_values: list | None = None  # map options swept in calibration (None: the run setting's default)
-    samples_values: list | None = None
-    median_filter_values: list | None = None
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # the networks' training steps and the calibration (training_precision)
-    name: str | None = None
-    version: str = "0.1.0"
-    demo: bool = False
-    real_data: bool | None = None  # the user's word: real scans (True), synthetic (False), not said (None)
-    install: str | None = None  # a models folder: the finished bundle is copied there and listed in its manifest
+    Each option is declared once, on its field: the dataset, output, seed, device and precision are the training
+    stages' (:class:`~DiffusionAnomalyLib.training.common.TrainingRun`), the calibration grid is ``sweep``'s
+    (:class:`~DiffusionAnomalyLib.evaluation.commands.CalibrationGrid`) with other defaults, the calibration's
+    sampler and steps are the run settings'; the ``train all`` parser is generated from these fields.
+    None: the ``preset``'s value (network sizes, spacing, iterations, GAN start, L and s grids).
+
+    >>> TrainAllPlan("data", "kidney", "out").resolved()["calibrate"]["noise_levels"]
+    [250]
+    >>> TrainAllPlan("data", "kidney", "out", val_fraction=1.0)
+    Traceback (most recent call last):
+    ...
+    DiffusionAnomalyLib.errors.InputError: validation fraction must be in [0, 1) (got 1.0)
+    """
+
+    data: str = required(DATA)
+    organ: str = redeclared(AutoencoderTraining, "organ", MISSING)
+    out: str = required(OUT)
+    preset: str = setting("tiny", Option(
+        "network sizes and stage defaults: tiny (a CPU, the demo recipe: 3000 iterations per stage, 2 mm kidney / "
+        "4 mm liver and brain patches, no GAN) or thesis (GPUs: the thesis networks at 1 mm kidney / 2 mm, "
+        "20000/20000/10000 iterations, GAN after 10000)", ALL, label="preset", choices=tuple(PRESETS)))
+    spacing: float | None = setting(None, Option("patch spacing in mm (default: the preset's)", ALL, "MM",
+                                                 label="spacing", low=0, low_open=True, high=100))
+    iterations: int | None = setting(None, Option("iterations of each of the three networks (default: the preset's)",
+                                                  ALL, "N", label="iterations", low=1))
+    autoencoder_iterations: int | None = setting(None, Option(
+        "autoencoder iterations (default: --iterations, else the preset's)", ALL, "N", label="autoencoder iterations",
+        low=1))
+    denoiser_iterations: int | None = setting(None, Option(
+        "denoiser iterations (default: --iterations, else the preset's)", ALL, "N", label="denoiser iterations",
+        low=1))
+    classifier_iterations: int | None = setting(None, Option(
+        "classifier iterations (default: --iterations, else the preset's)", ALL, "N", label="classifier iterations",
+        low=1))
+    adversarial_start: int | None = redeclared(AutoencoderTraining, "adversarial_start", None)
+    val_fraction: float = setting(0.2, Option(
+        "share of cases held out for validation and calibration (deterministic, by case name)", ALL, "F",
+        label="validation fraction", low=0, high=1, high_open=True))
+    cases: str | None = setting(None, Option(
+        "use only the cases listed, one name (or split/name) per line", ALL, "FILE", label="cases"))
+    validation_cases: str | None = setting(None, Option(
+        "the validation cases, one name per line (default: a val/ split folder, else --val-fraction)", ALL, "FILE",
+        label="validation cases"))
+    labels: str | None = setting(None, Option(
+        "labels file: case,structure,label with structure the segmentation file's name (default: DATA/labels.csv, "
+        "else derived from the lesion labels)", ALL, "CSV", label="labels"))
+    totalseg: str | None = setting(None, Option(
+        "organ masks from TotalSegmentator: DIR/<case>/ or DIR/<case>.nii.gz (default: the dataset's own)", ALL,
+        "DIR", label="totalseg"))
+    sampler: str = redeclared(RunSettings, "sampler", SAMPLER_DEFAULTS["sampler"], commands=ALL,
+                              help="calibration: sampler")
+    steps: int = redeclared(RunSettings, "steps", SAMPLER_DEFAULTS["steps"], commands=ALL,
+                            help="calibration: denoising steps")
+    noise_levels: tuple[int, ...] | None = redeclared(
+        CalibrationGrid, "noise_levels", None, help="calibration: L values (default: the preset's: tiny 250, thesis "
+        "100 250 500)")
+    guidance_values: tuple[float, ...] | None = redeclared(
+        CalibrationGrid, "guidance_values", None, help="calibration: s values (default: tiny 0 100, thesis 0..2000 "
+        "by 200; s > 0 only when the classifier's validation AUC is >= 0.7)")
+    threshold_scales: tuple[float, ...] = redeclared(CalibrationGrid, "threshold_scales", (0.8, 0.9, 1.0, 1.15, 1.3))
+    min_lesion_ml_values: tuple[float, ...] = redeclared(CalibrationGrid, "min_lesion_ml_values", (0.0, 0.5, 1.0, 2.0))
+    grow_to_values: tuple[float, ...] = redeclared(CalibrationGrid, "grow_to_values", (1.0, 0.7))
+    max_fp_per_organ: float | None = redeclared(CalibrationGrid, "max_fp_per_organ", 1.0)
+    reference_values: tuple[str, ...] | None = redeclared(CalibrationGrid, "reference_values", None)
+    samples_values: tuple[int, ...] | None = redeclared(CalibrationGrid, "samples_values", None)
+    median_filter_values: tuple[int, ...] | None = redeclared(CalibrationGrid, "median_filter_values", None)
+    seed: int = redeclared(TrainingRun, "seed", 0)
+    device: str = redeclared(TrainingRun, "device", "auto")
+    precision: str = redeclared(TrainingRun, "precision", "auto")  # the networks' training steps and calibration
+    name: str | None = redeclared(AutoencoderTraining, "name", None, kw_only=True)
+    version: str = redeclared(AutoencoderTraining, "version", "0.1.0", kw_only=True)
+    demo: bool = redeclared(AutoencoderTraining, "demo", False, kw_only=True)
+    real_data: bool | None = setting(None, Option(
+        "the cases are real scans (the model card says so; default: unknown, or synthetic for phantoms of the "
+        "phantom command)", ALL, label="real data", negative=_SYNTHETIC), kw_only=True)
+    install: str | None = setting(None, Option(
+        "when done, copy the bundle into this models folder as MODELS_DIR/<name>/ and list it with its SHA-256 in "
+        "MODELS_DIR/manifest.json (make demo-models: Resources/Models)", ALL, "MODELS_DIR", label="install"),
+        kw_only=True)
+
+    def __post_init__(self) -> None:
+        found = problems(self)
+        if found:
+            raise InputError("; ".join(found))
 
     def resolved(self) -> dict:
         """The settings each stage depends on (a change to one of them after the stage ran is refused)."""
         p = PRESETS[self.preset]
-        its = {s: int(self.iterations.get(s) or p["iterations"][s]) for s in ("autoencoder", "denoiser", "classifier")}
+        its = {s: int(getattr(self, f"{s}_iterations") or self.iterations or p["iterations"][s])
+               for s in ("autoencoder", "denoiser", "classifier")}
         adv = self.adversarial_start if self.adversarial_start is not None else p["adversarial_start"]
         return {
             "prepare": {"data": str(Path(self.data).resolve()), "organ": self.organ, "val_fraction": self.val_fraction,
@@ -82,14 +145,20 @@ class TrainAllPlan:
                            "lr": p["classifier_lr"]},
             "calibrate": {"sampler": self.sampler, "steps": self.steps,
                           "noise_levels": [int(v) for v in (self.noise_levels or p["noise_levels"])],
-                          "guidance": [float(v) for v in (self.guidance or p["guidance"])],
-                          "threshold_scales": self.threshold_scales, "min_lesion_ml_values": self.min_lesion_ml_values,
-                          "grow_to_values": self.grow_to_values, "max_fp_per_organ": self.max_fp_per_organ,
-                          "reference_values": self.reference_values, "samples_values": self.samples_values,
-                          "median_filter_values": self.median_filter_values},
+                          "guidance": [float(v) for v in (self.guidance_values or p["guidance"])],
+                          **{k: _listed(getattr(self, k)) for k in (
+                              "threshold_scales", "min_lesion_ml_values", "grow_to_values")},
+                          "max_fp_per_organ": self.max_fp_per_organ,
+                          **{k: _listed(getattr(self, k)) for k in (
+                              "reference_values", "samples_values", "median_filter_values")}},
             "bundle": {"name": self.name, "version": self.version, "demo": self.demo,
                        **({"real_data": self.real_data} if self.real_data is not None else {})},
         }
+
+
+def _listed(values: tuple | None) -> list | None:
+    """A grid as the stages record stores it (a JSON list; None stays None)."""
+    return None if values is None else list(values)
 
 
 #: What a train all work folder holds (anything else there is a user's and refused).

@@ -216,6 +216,8 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         t0 = start(6, "bundle", f"{out} with its model card")
         meta = read_meta(source)
         meta.name, meta.version, meta.demo = bundle_name(plan), plan.version, plan.demo  # --from-stage bundle
+        meta.record(f"train all: {meta.name} {meta.version} ({'calibrated' if sweep else 'not calibrated'}, "
+                    f"{plan.preset} preset) with its model card")
         stages.record("bundle", resolved["bundle"], 0.0)  # its own time is negligible; listed in the card
         _card(plan, resolved, prepared, meta, stages, sweep, auc)
         with atomic_output_dir(out, replace_previous=True) as stage:
