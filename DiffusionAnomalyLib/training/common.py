@@ -23,17 +23,9 @@ from DiffusionAnomalyLib.models.device import (  # noqa: F401 (re-exported for t
     shutdown,
 )
 from DiffusionAnomalyLib.models.precision import resolve_precision
-from DiffusionAnomalyLib.training.configs import (  # noqa: F401 (re-exported: the stages' settings)
-    ALL_PARTS,
-    DATA,
-    EXTENDS,
-    NETWORK,
-    OUT,
-    PARTS,
-    TrainingRun,
-)
 
 logger = logging.getLogger(__name__)
+
 
 # -- EMA -----------------------------------------------------------------------------------------
 class EMA:
