@@ -27,6 +27,8 @@ REFERENCES = ("input", "autoencoder")
 #: Network precision: auto = bfloat16 autocast where the hardware runs it natively (docs/performance.md), else
 #: float32; fp32 turns the fast path off; bf16 forces it (CPU and CUDA).
 PRECISIONS = ("auto", "fp32", "bf16")
+#: The CT phantom generators' lesion diameter mixes (``phantom --lesion-sizes``; synthetic/base.py).
+LESION_SIZES = ("strata", "incidental")
 MAX_NOISE_LEVEL = 999
 #: Upper bounds of the settings that multiply the work (one typo must not mean hours of CPU): averaged
 #: reconstructions, RePaint resampling jumps, the median filter's size in voxels.

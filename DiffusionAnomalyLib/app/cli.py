@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from DiffusionAnomalyLib import __version__
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.settings import ORGANS, PRECISIONS, options
+from DiffusionAnomalyLib.settings import LESION_SIZES, ORGANS, PRECISIONS, options
 
 PRECISION_HELP = dict(options())["precision"].help  # for demo, which is not a detection command
 
@@ -125,6 +125,10 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
                     help="kidney, liver: the varied generator (kidney size, shape and cortex, texture, all contrast "
                          "phases, noise 5-30 HU, slices 1.5-5 mm, lesion shapes beyond ellipsoids; cases "
                          "<organ>-var-<seed>)")
+    ph.add_argument("--lesion-sizes", choices=list(LESION_SIZES), default="strata",
+                    help="kidney, liver: the lesion diameter mix: strata (default: each TNM stratum equally often, "
+                         "a quarter up to 2 cm) or incidental (the sizes of imaging-detected renal masses under "
+                         "surveillance, median 2.0 cm: about half up to 2 cm; cases <organ>[-var]-inc-<seed>)")
     ph.set_defaults(func="phantom")
 
     bl = sub.add_parser("baseline", help="detect with the non-neural baseline reconstruction")

@@ -29,6 +29,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_dataset, write_phantom
 
     variety = {"variety": True} if args.variety else {}
+    if args.lesion_sizes != "strata":
+        variety["lesion_sizes"] = args.lesion_sizes
     if args.seed + args.cases - 1 >= 2**63:
         raise InputError(f"--seed {args.seed} with --cases {args.cases}: the seeds would pass 2^63-1")
     if args.cases > 1:

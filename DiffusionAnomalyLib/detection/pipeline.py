@@ -92,6 +92,9 @@ class CaseResult:
     extra_images: dict[str, sitk.Image] = field(default_factory=dict)  # more files to write
     uncertainty: list[sitk.Image] = field(default_factory=list)  # per channel, input units (K >= 2 draws only)
     trajectory: TrajectoryFrames | None = None  # the denoising trajectory, composed when written
+    #: per channel, input units: the autoencoder's own reconstruction D(E(x)) (``detect(autoencoded=True)`` with a
+    #: reconstructor that has an autoencoder; what ``evaluate``'s loss funnel measures)
+    autoencoded: list[sitk.Image] = field(default_factory=list)
 
 
 @dataclass
@@ -179,6 +182,7 @@ def detect(
     progress: Callable[[str, int, int], None] | None = None,
     trajectory_heatmaps: bool = False,
     uncertainty: bool = True,
+    autoencoded: bool = False,
 ) -> CaseResult:
     """Run one case. ``threshold`` None = Otsu over this case's organ voxels, else a fixed value.
 
@@ -188,6 +192,7 @@ def detect(
     (``draws``), the result has the uncertainty map and each lesion its mean uncertainty and sample fraction; with
     its ``trajectory``, the frames to compose (and, with ``trajectory_heatmaps``, each frame's anomaly map).
     ``uncertainty=False`` skips the uncertainty map and the per-draw lesions (callers that keep only the map).
+    ``autoencoded``: also compose the autoencoder's own reconstruction D(E(x)) (reconstructors with ``autoencode``).
     """
     def report(stage: str, step: int, total: int) -> None:
         if progress:
@@ -236,6 +241,12 @@ def detect(
     for c, ch in enumerate(channels):
         delta = composer.compose([scalings[i][c].inverse(x_hat[i, c]) - raw[c][i] for i in range(len(patches))])
         recon.append(array_to_image(inputs[c] + delta, ch))
+    ae_images = []
+    if autoencoded and hasattr(reconstructor, "autoencode"):
+        ae_x = ref_x if ref_x is not x else reconstructor.autoencode(x)
+        ae_images = [array_to_image(inputs[c] + composer.compose([scalings[i][c].inverse(ae_x[i, c]) - raw[c][i]
+                                                                  for i in range(len(patches))]), ch)
+                     for c, ch in enumerate(channels)]
     draws = getattr(reconstructor, "draws", None)
     draws = draws if uncertainty and draws is not None and len(draws) >= 2 else None
     uncertainty_maps = []
@@ -275,7 +286,7 @@ def detect(
         reconstruction=recon, heatmap=array_to_image(heat, ref), lesions=array_to_image(labels, ref), table=table,
         threshold=thr, patches=patches, warnings=warnings, timings=timings, input_image=ref,
         organ_mask=array_to_image(organ.astype(np.uint8), ref), scalings=scalings, uncertainty=uncertainty_maps,
-        trajectory=trajectory,
+        trajectory=trajectory, autoencoded=ae_images,
         parameters={"organ": preset.name, "reconstructor": reconstructor.name,
                     "threshold_mode": "otsu-case" if threshold is None else "fixed", "threshold": thr,
                     "postprocessing": pp.__dict__, "composition": {"heatmap": "max", "reconstruction": "mean",

@@ -220,7 +220,7 @@ def evaluate(request: EvaluateRequest) -> EvaluateResult | None:
     if not model.baseline and request.baseline_beside:
         beside = baseline_beside(cases, model.preset.name, out, ranks.rank, ranks.world, ranks.barrier,
                                  request.postprocessing, request.settings.get("min_lesion_ml"),
-                                 request.settings.get("grow_to"), request.bootstrap)
+                                 request.settings.get("grow_to"), request.bootstrap, detail=True)
     result = None
     if ranks.rank == 0:
         # evaluate's default is one Otsu threshold over the whole dataset; 'bundle' is the calibrated one

@@ -41,6 +41,7 @@ from DiffusionAnomalyLib.detection.anomaly import (
 from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.errors import CancelledError, DiffusionAnomalyError, InputError
 from DiffusionAnomalyLib.evaluation.datasets import EvalCase, reference_lesions
+from DiffusionAnomalyLib.evaluation.funnel import FUNNEL_PAD, crop_to, funnel_summary, kept_contrast, lesion_stages
 from DiffusionAnomalyLib.evaluation.metrics import (
     CONTRAST_CLASSES,
     Detection,
@@ -81,6 +82,14 @@ def case_masks(case: EvalCase, channels: list[sitk.Image], preset: OrganPreset, 
     raise InputError(f"{case.case_id}: no organ masks (segmentations/ folder) for this case")
 
 
+def _crop(image: sitk.Image, box: tuple[slice, ...] | None) -> sitk.Image:
+    """``image`` cut to ``box`` (z, y, x slices; None: whole), its origin moved so voxels keep their positions."""
+    if box is None:
+        return image
+    return sitk.RegionOfInterest(image, [int(sl.stop - sl.start) for sl in reversed(box)],
+                                 [int(sl.start) for sl in reversed(box)])
+
+
 def _image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     im = sitk.GetImageFromArray(array)
     im.CopyInformation(reference)
@@ -88,8 +97,9 @@ def _image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
 
 
 def compute_maps(cases: list[EvalCase], reconstructor, preset: OrganPreset, maps_dir: Path, rank: int = 0,
-                 world: int = 1, progress: Callable[[str], None] = log) -> None:
-    """Phase 1 for this rank's shard (cases[rank::world]); cached cases are skipped."""
+                 world: int = 1, progress: Callable[[str], None] = log, funnel: bool = True) -> None:
+    """Phase 1 for this rank's shard (cases[rank::world]); cached cases are skipped. ``funnel``: also keep the
+    healthy reconstruction and the autoencoder's D(E(x)) around the organ (:mod:`.funnel`; the sweep does not)."""
     from DiffusionAnomalyLib.detection.pipeline import detect
 
     todo = [c for c in cases[rank::world] if not c.problems and not (maps_dir / c.case_id / "heatmap.nii.gz").is_file()
@@ -99,17 +109,24 @@ def compute_maps(cases: list[EvalCase], reconstructor, preset: OrganPreset, maps
     for i, case in enumerate(todo):
         try:
             channels = read_channels(case.inputs, preset.channels if len(case.inputs) > 1 else None)
-            reference_lesions(case, channels[0])  # label problems are found before the expensive part
+            truth, _ = reference_lesions(case, channels[0])  # label problems are found before the expensive part
             with atomic_output_dir(maps_dir / case.case_id) as stage:
                 mask_set = case_masks(case, channels, preset, stage)
                 # an infinite threshold skips post-processing here; phase 3 thresholds the cached map
                 result = detect(channels, mask_set, preset, reconstructor, threshold=math.inf, input_name=case.case_id,
-                                uncertainty=False)  # only the map is kept
+                                uncertainty=False, autoencoded=funnel)  # only the maps are kept
                 write_volume(result.heatmap, stage / "heatmap.nii.gz")
                 write_volume(result.organ_mask, stage / "organ.nii.gz")
+                if funnel:  # the reconstructions around the organ and the lesions, for the loss funnel
+                    box = organ_box((sitk.GetArrayViewFromImage(result.organ_mask) > 0) | (truth > 0), FUNNEL_PAD)
+                    for kind, images in (("reconstruction", result.reconstruction),
+                                         ("autoencoded", result.autoencoded)):
+                        for c, im in enumerate(images):
+                            write_volume(_crop(im, box), stage / f"{kind}_{c}.nii.gz")
                 (stage / "case.json").write_text(json.dumps({
                     "case": case.case_id, "structures": len(mask_set.masks), "warnings": result.warnings,
-                    "timings_s": result.timings}) + "\n")
+                    "timings_s": result.timings, "reference": getattr(reconstructor, "reference", "input"),
+                    "funnel": funnel}) + "\n")
         except CancelledError:  # SIGTERM stops the whole run (this case's staging is gone); a rerun resumes here
             raise
         except DiffusionAnomalyError as exc:
@@ -243,7 +260,10 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         if s is not None:
             strata[name] = [s.tp, s.fn, s.fp]
     found = {r for r, _, _ in det.matches}
-    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou) if detail else ([], {})
+    stages = FunnelInputs(heat, threshold, pred, det, *_reconstructions(maps_dir / case.case_id, image),
+                          info.get("reference", "input")) if detail else None
+    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou, stages) if detail else (
+        [], {})
     return CaseScore(
         case=case.case_id, lesions=n_ref, structures=int(info.get("structures", 1)),
         kinds=lesion_kinds(case, found) if detail else {}, contrast=contrast, reference_rows=rows,
@@ -254,17 +274,48 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         lesion_scores=scores, lesion_hits=[p in matched for p in pred_ids], strata=strata)
 
 
+@dataclass
+class FunnelInputs:
+    """What the loss funnel (:mod:`.funnel`) needs of one scored case beside the image and the reference."""
+
+    heat: np.ndarray
+    threshold: float
+    pred: np.ndarray
+    detection: Detection
+    reconstruction: list[np.ndarray] | None  # per channel, on the scored grid (None: not kept with the map)
+    autoencoded: list[np.ndarray] | None
+    reference: str
+
+
+def _reconstructions(folder: Path, image: sitk.Image) -> tuple[list[np.ndarray] | None, list[np.ndarray] | None]:
+    """The reconstructions kept beside a cached map, on ``image``'s grid (None for a kind not kept)."""
+    out = []
+    for kind in ("reconstruction", "autoencoded"):
+        files = sorted(folder.glob(f"{kind}_*.nii.gz"), key=lambda p: int(p.name.split("_")[1].split(".")[0]))
+        out.append([crop_to(read_volume(f), image) for f in files] or None)
+    return out[0], out[1]
+
+
 def reference_lesion_rows(case: EvalCase, truth: np.ndarray, organ: np.ndarray, image: sitk.Image,
-                          found: set[int], best_iou: dict[int, float] | None = None
-                          ) -> tuple[list[dict], dict[str, list[int]]]:
+                          found: set[int], best_iou: dict[int, float] | None = None,
+                          funnel: FunnelInputs | None = None) -> tuple[list[dict], dict[str, list[int]]]:
     """Per reference lesion: volume, diameter, contrast against the tissue around it in the input image(s)
     (see :func:`lesion_contrast`), whether it was found, and the highest IoU any predicted component has with
     it (``best_iou``: a missed lesion with a value above 0 was touched, but not delineated well enough to
-    count); and [found, total] per contrast stratum."""
+    count); with ``funnel``, the share of its contrast that D(E(x)) and the healthy reconstruction keep and the
+    step of the loss funnel where it is lost (:mod:`.funnel`); and [found, total] per contrast stratum."""
     if not truth.any():
         return [], {}
-    channels = [sitk.GetArrayFromImage(c) for c in read_channels(case.inputs)]
-    measured = lesion_contrast(channels, truth, organ, image.GetSpacing()[::-1])
+    channels = [sitk.GetArrayFromImage(c).astype(np.float32) for c in read_channels(case.inputs)]
+    spacing = image.GetSpacing()[::-1]
+    measured = lesion_contrast(channels, truth, organ, spacing)
+    lost_at, ae_kept, rec_kept = {}, {}, {}
+    if funnel is not None:
+        which = {lab: m.channel for lab, m in measured.items()}
+        ae_kept = kept_contrast(channels, funnel.autoencoded, truth, organ, spacing, which)
+        rec_kept = kept_contrast(channels, funnel.reconstruction, truth, organ, spacing, which)
+        lost_at = lesion_stages(truth, organ, funnel.heat, funnel.threshold, funnel.pred, funnel.detection,
+                                ae_kept, rec_kept, funnel.reference)
     diameters = lesion_diameters(truth, image)
     voxels = np.bincount(truth.ravel())
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
@@ -273,7 +324,8 @@ def reference_lesion_rows(case: EvalCase, truth: np.ndarray, organ: np.ndarray, 
         rows.append({"case": case.case_id, "lesion": lab, "volume_ml": _r(voxels[lab] * voxel_ml),
                      "diameter_mm": _r(diameters.get(lab, float("nan"))), "contrast": _r(m.contrast),
                      "spread": _r(m.spread), "cnr": _r(m.cnr), "found": int(lab in found),
-                     "best_iou": _r((best_iou or {}).get(lab, 0.0))})
+                     "best_iou": _r((best_iou or {}).get(lab, 0.0)), "ae_kept": _r(ae_kept.get(lab)),
+                     "rec_kept": _r(rec_kept.get(lab)), "lost_at": lost_at.get(lab, "")})
         row = strata.setdefault(contrast_class(m.cnr), [0, 0])
         row[0] += lab in found
         row[1] += 1
@@ -332,6 +384,9 @@ def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
     contrast = _recall_table([s.contrast for s in scores])
     out["lesion_contrast"] = {k: contrast[k] for k in order if k in contrast}
     missed = [r for s in scores for r in s.reference_rows if not r["found"]]
+    rows = [r for s in scores for r in s.reference_rows]
+    if any(r.get("lost_at") for r in rows):
+        out["funnel"] = funnel_summary(rows)
     out["missed_overlapped"] = {"missed": len(missed),
                                 "overlapped": sum(1 for r in missed if r["best_iou"] > 0),
                                 "near": sum(1 for r in missed if r["best_iou"] >= NEAR_MISS_IOU)}
@@ -390,11 +445,13 @@ def score_dataset(cases: list[EvalCase], maps_dir: Path, threshold: float | str,
 def baseline_beside(cases: list[EvalCase], organ: str, out: Path, rank: int = 0, world: int = 1,
                     barrier: Callable[[], None] = lambda: None, postprocessing: bool = True,
                     min_lesion_ml: float | None = None, grow_to: float | None = None, n_boot: int = 1000,
-                    progress: Callable[[str], None] = log) -> tuple[list[CaseScore], dict] | None:
+                    progress: Callable[[str], None] = log, detail: bool | None = None
+                    ) -> tuple[list[CaseScore], dict] | None:
     """The non-neural median baseline (:class:`~.baseline.MedianBaseline`, the organ's own preset, as the
     ``baseline`` command runs it) on the same cases: maps cached in ``out/maps/baseline``, scored at its own global
     Otsu threshold with the thesis post-processing (``min_lesion_ml`` / ``grow_to`` given by the user apply to
-    both; a bundle's calibrated values are the model's only). Returns (scores, summary) on rank 0, else None."""
+    both; a bundle's calibrated values are the model's only). ``detail`` (default: ``n_boot`` > 0): score the
+    report's breakdowns and the loss funnel too. Returns (scores, summary) on rank 0, else None."""
     from DiffusionAnomalyLib.detection.baseline import MedianBaseline
     from DiffusionAnomalyLib.detection.presets import get_preset
 
@@ -406,5 +463,6 @@ def baseline_beside(cases: list[EvalCase], organ: str, out: Path, rank: int = 0,
     if rank != 0:
         return None
     pp = PostProcessing.for_preset(preset, min_lesion_ml, grow_to) if postprocessing else None
-    scores, summary, _, _ = score_dataset(cases, maps, "otsu", pp, n_boot=n_boot, detail=n_boot > 0)
+    scores, summary, _, _ = score_dataset(cases, maps, "otsu", pp, n_boot=n_boot,
+                                          detail=n_boot > 0 if detail is None else detail)
     return scores, summary

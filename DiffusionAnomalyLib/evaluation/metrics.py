@@ -160,7 +160,7 @@ class LesionContrast:
         return self.contrast / max(self.spread, 1e-6)
 
 
-def _lesion_surroundings(labels: np.ndarray, spacing_zyx: Sequence[float], ring_mm: float):
+def lesion_surroundings(labels: np.ndarray, spacing_zyx: Sequence[float], ring_mm: float):
     """Per lesion id of ``labels``: (id, bounding box padded by ``ring_mm``, the lesion in the box, the voxels of
     the box within ``ring_mm`` of it that are in no lesion)."""
     spacing = np.asarray(spacing_zyx, float)
@@ -184,7 +184,7 @@ def lesion_contrast(channels: Sequence[np.ndarray], labels: np.ndarray, organ: n
     Lesions without surroundings get NaN.
     """
     out: dict[int, LesionContrast] = {}
-    for lab, box, inside, near in _lesion_surroundings(labels, spacing_zyx, ring_mm):
+    for lab, box, inside, near in lesion_surroundings(labels, spacing_zyx, ring_mm):
         ring = near & organ[box]
         if np.count_nonzero(ring) < 10:
             ring = near
@@ -213,7 +213,7 @@ def contrast_kept(image: np.ndarray, reconstruction: np.ndarray, lesions: np.nda
     labels, _ = ndimage.label(lesions > 0)
     voxel_mm3 = float(np.prod(spacing_zyx))
     out = []
-    for _, box, inside, ring in _lesion_surroundings(labels, spacing_zyx, ring_mm):
+    for _, box, inside, ring in lesion_surroundings(labels, spacing_zyx, ring_mm):
         if not ring.any():
             continue
         c_image = image[box][inside].mean() - image[box][ring].mean()

@@ -13,6 +13,7 @@ import numpy as np
 
 from DiffusionAnomalyLib.detection.anomaly import size_class_name
 from DiffusionAnomalyLib.evaluation.evaluate import NEAR_MISS_IOU, CaseScore, _r
+from DiffusionAnomalyLib.evaluation.funnel import funnel_markdown
 from DiffusionAnomalyLib.evaluation.metrics import wilcoxon_noninferiority
 from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
 
@@ -106,20 +107,22 @@ def write_report(out: Path, scores: list[CaseScore], summary: dict, problems: di
         lesions = [r for s in scores for r in s.reference_rows]
         with open(stage / "reference_lesions.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["case", "lesion", "volume_ml", "diameter_mm", "contrast", "spread",
-                                              "cnr", "found", "best_iou"])
+                                              "cnr", "found", "best_iou", "ae_kept", "rec_kept", "lost_at"])
             w.writeheader()
             w.writerows(lesions)
         doc = {"settings": settings, "summary": summary, "skipped_cases": problems}
         if comparison:
             doc["baseline"] = {"summary": baseline[1], "comparison": comparison}
         (stage / "summary.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        (stage / "summary.md").write_text(markdown_summary(summary, problems, settings, comparison))
+        (stage / "summary.md").write_text(markdown_summary(summary, problems, settings, comparison,
+                                                                baseline[1] if baseline else None))
         _plots(stage, scores, summary)
     if not baseline:  # an earlier run's baseline table is not this report's
         (out / "report" / "baseline_per_case.csv").unlink(missing_ok=True)
 
 
-def markdown_summary(summary: dict, problems: dict[str, str], settings: dict, comparison: dict | None = None) -> str:
+def markdown_summary(summary: dict, problems: dict[str, str], settings: dict, comparison: dict | None = None,
+                     baseline_summary: dict | None = None) -> str:
     def fmt(m: dict) -> str:
         if m.get("mean") is None:
             return "n/a"
@@ -158,6 +161,9 @@ def markdown_summary(summary: dict, problems: dict[str, str], settings: dict, co
                   for k, v in summary["lesion_kinds"].items()]
     if comparison:
         lines += comparison_markdown(comparison)
+    if summary.get("funnel"):
+        lines += funnel_markdown(summary["funnel"], (baseline_summary or {}).get("funnel"),
+                                 organ=settings.get("organ", ""))
     if problems:
         lines += ["", "Skipped cases:", ""] + [f"- {c}: {p}" for c, p in sorted(problems.items())]
     return "\n".join(lines) + "\n"

@@ -100,7 +100,8 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
                 maps = out / "maps" / key(st, o)
                 progress(f"sweep: L = {L}, s = {s:g}" + (f", reference {o.reference}, {o.samples} sample(s), median "
                                                         f"filter {o.median_filter}" if len(variants) > 1 else ""))
-                compute_maps(cases, make_reconstructor(st, o), o.apply_to(preset), maps, rank, world, progress)
+                compute_maps(cases, make_reconstructor(st, o), o.apply_to(preset), maps, rank, world, progress,
+                             funnel=False)
                 barrier()
                 if rank == 0:
                     _, summary, problems, thr = score_dataset(cases, maps, "otsu", None, n_boot=200, detail=False)

@@ -119,8 +119,10 @@ class DiffusionReconstructor:
 
     def reference_image(self, x: np.ndarray) -> np.ndarray:
         """What the anomaly map compares against: the input, or D(E(x))."""
-        if self.reference == "input":
-            return x
+        return x if self.reference == "input" else self.autoencode(x)
+
+    def autoencode(self, x: np.ndarray) -> np.ndarray:
+        """The autoencoder's own reconstruction D(E(x)) of (B, C, z, y, x) patches (float32, same shape)."""
         with torch.no_grad():
             xt = torch.from_numpy(x).to(self.device)
             return self.codec.decode(self.codec.encode(xt)).float().cpu().numpy()

@@ -9,7 +9,8 @@ Three generators share one lesion model (``synthetic/base.py``; the brain genera
   matter (folded cortex), deep grey nuclei, ventricles, sulcal CSF and cerebellum; bias field
   and noise; glioma-like tumours (necrotic core, enhancing rim, oedema) or metastases.
 
-Lesions: count, diameter (0.5-8 cm, drawn across the TNM strata), irregular shape, contrast
+Lesions: count, diameter (0.5-8 cm, drawn across the TNM strata, or the ``incidental`` mix of small renal
+masses), irregular shape, contrast
 (hypo / hyper / iso / cystic) and position (inside, at the border, exophytic). Outputs follow
 TotalSegmentator's conventions for organ masks (per-structure binary files in
 ``segmentations/`` and a multilabel ``segmentations.nii.gz`` with its label numbers), plus an
@@ -34,6 +35,7 @@ from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.imaging.io import write_volume
 from DiffusionAnomalyLib.imaging.masks import TOTALSEG_LABELS
 from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
+from DiffusionAnomalyLib.settings import LESION_SIZES
 from DiffusionAnomalyLib.synthetic.base import (
     KINDS_CT,
     POSITIONS,
@@ -99,7 +101,7 @@ def _kidney_fields(grid: _Grid, k: _Kidney, rng: np.random.Generator, medulla_ex
 
 def abdomen_ct(
     organ: str, seed: int, n_lesions: int | None = None, *, max_diameter: float = 80.0,
-    spacing: tuple[float, float, float] | None = None, variety: bool = False,
+    spacing: tuple[float, float, float] | None = None, variety: bool = False, lesion_sizes: str = "strata",
 ) -> PhantomCase:
     """A CT-like abdomen (HU) for ``organ`` "kidney" or "liver", lesions placed in that organ.
 
@@ -108,7 +110,12 @@ def abdomen_ct(
     texture, the contrast phase (all four, with +-20 % enhancement), the noise level (5-30 HU), the slice
     thickness (1.5-5 mm) and in-plane spacing (1.2-1.8 mm), and draws lesion shapes from :data:`VARIED_SHAPES`.
     The draws are recorded in ``meta["variety"]``. The case id is ``<organ>-var-<seed>``.
+
+    ``lesion_sizes``: the diameter mix, one of :data:`LESION_SIZES` (``incidental``: about half of the lesions
+    2 cm or less; case ids ``<organ>[-var]-inc-<seed>``). The anatomy of a seed is the same under either mix.
     """
+    if lesion_sizes not in LESION_SIZES:
+        raise InputError(f"unknown lesion size mix {lesion_sizes!r}; choose one of {list(LESION_SIZES)}")
     rng = np.random.default_rng(seed)
     vr = np.random.default_rng([seed, 7919]) if variety else None
     var: dict = {}
@@ -221,7 +228,7 @@ def abdomen_ct(
                 side = str(rng.choice(["right", "left"]))
                 kd, kmask = kidneys[side]
                 structure, host, ref_hu = f"kidney_{side}", kmask, hu["cortex"]
-                d = _diameter(rng, min(max_diameter, 80.0))
+                d = _diameter(rng, min(max_diameter, 80.0), lesion_sizes)
                 position = str(rng.choice(POSITIONS))
                 depth = {"inside": rng.uniform(0.2, 0.55), "border": 1.0,
                          "exophytic": 1.0 + 0.5 * d / (2 * np.mean(kd.radii))}[position]
@@ -231,7 +238,7 @@ def abdomen_ct(
                 center = tuple(float(v) for v in np.array(kd.center) + kd.rotation @ local)
             else:
                 side, structure, host, ref_hu = "", "liver", liver, hu["liver"]
-                d = _diameter(rng, min(max_diameter, 80.0))
+                d = _diameter(rng, min(max_diameter, 80.0), lesion_sizes)
                 position = str(rng.choice(["inside", "inside", "border"]))
                 idx = np.argwhere(host)
                 pick = idx[rng.integers(len(idx))]
@@ -277,11 +284,12 @@ def abdomen_ct(
     structures = ("kidney_right", "kidney_left") if organ == "kidney" else ("liver",)
     status = {s: ("unhealthy" if any(le.structure == s for le in lesions) else "healthy") for s in structures}
     return PhantomCase(
-        case_id=case_name(organ, seed, variety), organ=organ, seed=seed, channels={"ct": g.image(img)},
+        case_id=case_name(organ, seed, variety, lesion_sizes), organ=organ, seed=seed, channels={"ct": g.image(img)},
         organ_masks={k: g.image(v.astype(np.uint8)) for k, v in organ_masks.items()},
         lesion_labels=g.image(labels), lesions=lesions, structure_labels=status,
         report=_ct_report(organ, phase, lesions, rng), phase=phase,
-        meta={"noise_hu": round(float(sigma), 1), **({"generator": "varied", "variety": var} if variety else {})},
+        meta={"noise_hu": round(float(sigma), 1), **({"generator": "varied", "variety": var} if variety else {}),
+              **({"lesion_sizes": lesion_sizes} if lesion_sizes != "strata" else {})},
     )
 
 
@@ -320,9 +328,10 @@ def _ct_report(organ: str, phase: str, lesions: list[LesionSpec], rng: np.random
 # ----------------------------------------------------------------------------------------------
 
 
-def case_name(organ: str, seed: int, variety: bool = False) -> str:
-    """A phantom's case id: ``<organ>-<seed>``, or ``<organ>-var-<seed>`` from the varied generator."""
-    return f"{organ}-var-{seed:05d}" if variety else f"{organ}-{seed:05d}"
+def case_name(organ: str, seed: int, variety: bool = False, lesion_sizes: str = "strata") -> str:
+    """A phantom's case id: ``<organ>-<seed>``, ``<organ>-var-<seed>`` from the varied generator, with ``-inc``
+    before the seed for the ``incidental`` lesion size mix."""
+    return f"{organ}{'-var' if variety else ''}{'-inc' if lesion_sizes == 'incidental' else ''}-{seed:05d}"
 
 
 def make_phantom(organ: str, seed: int = 0, n_lesions: int | None = None, **kwargs) -> PhantomCase:
@@ -335,6 +344,8 @@ def make_phantom(organ: str, seed: int = 0, n_lesions: int | None = None, **kwar
     if organ == "brain":
         if kwargs.pop("variety", False):
             raise InputError("the varied phantom generator is for the kidney and the liver (CT) only")
+        if kwargs.pop("lesion_sizes", "strata") != "strata":
+            raise InputError("the incidental lesion size mix is for the kidney and the liver (CT) only")
         return brain_mr(seed, n_lesions, **kwargs)
     raise InputError(f"unknown organ {organ!r}; choose kidney, liver or brain")
 
@@ -372,7 +383,8 @@ def write_phantom(case: PhantomCase, out_dir: str | os.PathLike) -> Path:
 
 
 def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_lesions: int | None = None,
-                  skip_existing: bool = False, variety: bool = False, replace: bool = False) -> Path:
+                  skip_existing: bool = False, variety: bool = False, replace: bool = False,
+                  lesion_sizes: str = "strata") -> Path:
     """Write many cases (``<out>/<case_id>/``) plus ``labels.csv`` and ``reports.csv``.
 
     ``skip_existing`` keeps case folders that are already complete (restartable generation); ``labels.csv`` and
@@ -389,12 +401,13 @@ def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_le
                              f"write the {organ} cases to another folder")
     ids = []
     for seed in seeds:
-        done = out / case_name(organ, seed, variety) / "case.json"
+        done = out / case_name(organ, seed, variety, lesion_sizes) / "case.json"
         if not (skip_existing and done.is_file()):
-            case = make_phantom(organ, seed, n_lesions, **({"variety": True} if variety else {}))
+            case = make_phantom(organ, seed, n_lesions, **({"variety": True} if variety else {}),
+                                **({"lesion_sizes": lesion_sizes} if lesion_sizes != "strata" else {}))
             write_phantom(case, out / case.case_id)
             infos.pop(case.case_id, None)  # written anew: read below
-        ids.append(case_name(organ, seed, variety))
+        ids.append(case_name(organ, seed, variety, lesion_sizes))
     if replace:
         for d in earlier:
             if d.name not in ids:

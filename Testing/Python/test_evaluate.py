@@ -185,7 +185,8 @@ def test_evaluate_reports_metrics_lists_bad_cases_and_resumes(dataset, tmp_path,
         assert (report / name).is_file(), name
     doc = json.loads((report / "summary.json").read_text())
     lesion_rows = (report / "reference_lesions.csv").read_text().splitlines()
-    assert lesion_rows[0] == "case,lesion,volume_ml,diameter_mm,contrast,spread,cnr,found,best_iou"
+    assert lesion_rows[0] == ("case,lesion,volume_ml,diameter_mm,contrast,spread,cnr,found,best_iou,ae_kept,rec_kept,"
+                              "lost_at")
     assert len(lesion_rows) == 1 + 6
     assert doc["summary"]["cases"] == 3 and doc["summary"]["reference_lesions"] == 6
     strata_rows = [line for line in (report / "summary.md").read_text().splitlines() if " cm) |" in line]
@@ -319,6 +320,28 @@ def test_evaluate_puts_the_baseline_beside_a_bundle(dataset, tiny_bundle, tmp_pa
     assert comparison["model"]["found"] == doc["summary"]["lesion_detection"]["tp"]
     md = (report / "summary.md").read_text()
     assert "## Beside the non-neural baseline (2 cases scored by both)" in md and "| lesion F1 |" in md
+    # the loss funnel, model and baseline: every reference lesion in exactly one step; the model's D(E(x)) and
+    # both healthy reconstructions were kept beside the maps, so every lesion's kept shares were measured
+    from DiffusionAnomalyLib.evaluation.funnel import FUNNEL_STAGES
+
+    n_lesions = comparison["model"]["lesions"]
+    for summ in (doc["summary"], doc["baseline"]["summary"]):
+        f = summ["funnel"]
+        assert sum(sum(row.values()) for row in f["by_size"].values()) == n_lesions
+        assert sum(row["found"] for row in f["by_size"].values()) == summ["lesion_detection"]["tp"]
+        assert f["without_reconstruction"] == 0
+    assert doc["baseline"]["summary"]["funnel"]["by_size"] and all(
+        row["autoencoder"] == 0 for row in doc["baseline"]["summary"]["funnel"]["by_size"].values())
+    model_maps = next(d for d in (out / "maps").iterdir() if d.name != "baseline")  # maps/<settings key>/
+    for kind in ("heatmap.nii.gz", "reconstruction_0.nii.gz", "autoencoded_0.nii.gz"):
+        assert (model_maps / "kidney-00011" / kind).is_file(), kind
+    assert (out / "maps" / "baseline" / "kidney-00011" / "reconstruction_0.nii.gz").is_file()
+    assert not (out / "maps" / "baseline" / "kidney-00011" / "autoencoded_0.nii.gz").exists()
+    with open(report / "reference_lesions.csv") as f:
+        lesions = list(csv.DictReader(f))
+    assert lesions and all(r["lost_at"] in FUNNEL_STAGES and r["ae_kept"] and r["rec_kept"] for r in lesions)
+    assert all((r["lost_at"] == "found") == (r["found"] == "1") for r in lesions)
+    assert "## Where lesions are lost" in md and "| median baseline |" in md
     # the baseline's maps are cached too: a rerun computes no map
     capsys.readouterr()
     assert main(args) == 0
@@ -327,6 +350,49 @@ def test_evaluate_puts_the_baseline_beside_a_bundle(dataset, tiny_bundle, tmp_pa
     assert main([*args, "--no-baseline"]) == 0
     assert "baseline" not in json.loads((report / "summary.json").read_text())
     assert not (report / "baseline_per_case.csv").exists() and "Beside the" not in (report / "summary.md").read_text()
+
+
+def test_the_loss_funnel_puts_each_lesion_where_it_is_lost():
+    from DiffusionAnomalyLib.evaluation.funnel import funnel_summary, kept_contrast, lesion_stages
+    from DiffusionAnomalyLib.evaluation.metrics import match_lesions
+
+    # six cubes of +100 in a flat organ of 0 with noise; each is lost at another step (or found)
+    rng = np.random.default_rng(0)
+    organ = np.ones((20, 20, 80), bool)
+    truth = np.zeros(organ.shape, np.uint16)
+    for i in range(6):
+        truth[6:12, 6:12, 4 + 13 * i: 10 + 13 * i] = i + 1
+    image = np.where(truth > 0, 100.0, 0.0) + rng.normal(0, 5, organ.shape)
+    ae = image.copy()
+    ae[truth == 1] = 30.0  # lesion 1: D(E(x)) keeps 30 % of it
+    rec = np.where(truth == 2, image, 0.0)  # lesion 2 left in the healthy reconstruction; the rest removed
+    heat = np.zeros(organ.shape)
+    heat[truth == 4] = 0.3  # above the threshold, but post-processing dropped it
+    heat[truth == 5] = 0.3
+    heat[truth == 6] = 0.9
+    pred = np.zeros(organ.shape, np.uint16)
+    pred[2:18, 2:18, 4 + 13 * 4 - 3: 10 + 13 * 4 + 3] = 1  # lesion 5: touched by a far too large component
+    pred[truth == 6] = 2
+    det = match_lesions(pred, truth)
+    which = {i: 0 for i in range(1, 7)}
+    ae_kept = kept_contrast([image], [ae], truth, organ, (1.0, 1.0, 1.0), which)
+    rec_kept = kept_contrast([image], [rec], truth, organ, (1.0, 1.0, 1.0), which)
+    assert ae_kept[1] == pytest.approx(0.3, abs=0.05) and ae_kept[2] == pytest.approx(1.0)
+    assert rec_kept[2] == pytest.approx(1.0) and abs(rec_kept[3]) < 0.05
+    stages = lesion_stages(truth, organ, heat, 0.2, pred, det, ae_kept, rec_kept, "autoencoder")
+    assert stages == {1: "autoencoder", 2: "left in", 3: "below threshold", 4: "post-processing", 5: "IoU < 0.2",
+                      6: "found"}
+    # against the input, D(E(x)) loses nothing: lesion 1 goes on to the next step it fails
+    assert lesion_stages(truth, organ, heat, 0.2, pred, det, ae_kept, rec_kept, "input")[1] == "below threshold"
+    # without the reconstructions (maps cached before the funnel) the first two steps are skipped, and said so
+    none = {i: None for i in range(1, 7)}
+    assert lesion_stages(truth, organ, heat, 0.2, pred, det, none, none, "autoencoder")[2] == "below threshold"
+    rows = [{"diameter_mm": 6.0 if i < 6 else 30.0, "cnr": 20.0, "lost_at": stages[i], "rec_kept": rec_kept[i]}
+            for i in range(1, 7)]
+    f = funnel_summary(rows)
+    assert f["by_size"]["<=2 cm"]["autoencoder"] == 1 and f["by_size"]["2-4 cm"]["found"] == 1
+    assert f["small_visible"]["IoU < 0.2"] == 1 and sum(f["small_visible"].values()) == 5
+    assert f["without_reconstruction"] == 0
 
 
 def test_paired_test_figures_and_ties():

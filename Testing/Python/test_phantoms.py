@@ -149,3 +149,27 @@ def test_varied_generator_varies_and_is_reproducible():
     assert _digest(cases[2]) != _digest(make_phantom("kidney", 2, 2))
     with pytest.raises(InputError, match="kidney and the liver"):
         make_phantom("brain", 0, variety=True)
+
+
+def test_the_incidental_size_mix_follows_its_published_median_and_keeps_the_anatomy():
+    from DiffusionAnomalyLib.synthetic.base import _diameter
+
+    rng = np.random.default_rng(0)
+    d = np.array([_diameter(rng, 80.0, "incidental") for _ in range(4000)])
+    assert d.min() >= 5.0 and d.max() <= 80.0
+    assert np.median(d) == pytest.approx(20.0, abs=1.0)  # Crispen et al. 2009: median 2.0 cm
+    assert 0.45 < np.mean(d <= 20.0) < 0.55 and np.mean(d > 40.0) < 0.2
+    rng = np.random.default_rng(0)
+    strata = np.array([_diameter(rng, 80.0) for _ in range(4000)])
+    assert 0.2 < np.mean(strata <= 20.0) < 0.3  # the default mix: a quarter up to 2 cm
+    default, small = make_phantom("kidney", 3, 2), make_phantom("kidney", 3, 2, lesion_sizes="incidental")
+    assert small.case_id == "kidney-inc-00003" and small.meta["lesion_sizes"] == "incidental"
+    assert "lesion_sizes" not in default.meta
+    assert make_phantom("kidney", 3, 1, variety=True, lesion_sizes="incidental").case_id == "kidney-var-inc-00003"
+    same = sitk.GetArrayViewFromImage(default.organ_masks["spleen"]) == sitk.GetArrayViewFromImage(
+        small.organ_masks["spleen"])
+    assert same.all()  # the same anatomy; only the lesions (and the noise drawn after them) differ
+    with pytest.raises(InputError, match="unknown lesion size mix"):
+        make_phantom("kidney", 0, lesion_sizes="tiny")
+    with pytest.raises(InputError, match="kidney and the liver"):
+        make_phantom("brain", 0, lesion_sizes="incidental")

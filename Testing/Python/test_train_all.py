@@ -133,6 +133,10 @@ def test_dry_run_split_folders_kits_and_derived_labels(data, tmp_path, capsys):
         assert line.split()[1:3] == [str(counts["healthy"]), str(counts["unhealthy"])], (line, counts)
     assert "too few" in printed and "autoencoder" in printed and not (tmp_path / "b").exists()
     assert not (tmp_path / "b.work").exists()
+    # two validation cases of two lesions each: every size class has fewer than 5, and train all says so
+    sizes = next(line for line in printed.splitlines() if line.startswith("validation lesions by size: "))
+    assert sum(int(part.split()[-1]) for part in sizes.split(": ", 1)[1].split(", ")) == 4
+    assert "warning: the validation split has fewer than 5 lesions in size class(es) T1ai (<=2 cm): " in printed
 
 
 def test_labels_rows_that_cannot_be_used_are_named_and_nothing_is_left_behind(data, tmp_path, capsys):

@@ -143,6 +143,11 @@ def _dry_run_report(plan: TrainAllPlan, resolved: dict, prepared: Prepared, est:
     print(f"{'structures':<12} " + " ".join(f"{lab:>10}" for lab in LABEL_VALUES))
     for s in ("train", "validation"):
         print(f"{s:<12} " + " ".join(f"{c[s][lab]:>10}" for lab in LABEL_VALUES))
+    if prepared.validation_sizes is not None:
+        from DiffusionAnomalyLib.detection.anomaly import size_class_name
+
+        print("validation lesions by size: " + ", ".join(f"{size_class_name(k, plan.organ)} {n}"
+                                                          for k, n in prepared.validation_sizes.items()))
     for u in prepared.unusable:
         print(f"not usable: {u}")
     for w in prepared.warnings:

@@ -267,6 +267,44 @@ def organ_and_lesions(case: RawCase, preset: OrganPreset, totalseg: Path | None
     return masks, lesions
 
 
+def structure_info(masks: dict[str, sitk.Image], lesions: sitk.Image | None) -> dict:
+    """Per structure: {"lesion_voxels": n, "lesion_diameters_mm": [largest axial diameter of each connected lesion
+    in it]} (``None`` values without lesion labels)."""
+    from DiffusionAnomalyLib.evaluation.metrics import lesion_diameters
+
+    les = sitk.GetArrayViewFromImage(lesions) > 0 if lesions is not None else None
+    info = {}
+    for s, m in masks.items():
+        if les is None:
+            info[s] = {"lesion_voxels": None, "lesion_diameters_mm": None}
+            continue
+        inside = les & (sitk.GetArrayViewFromImage(m) > 0)
+        parts, _ = ndimage.label(inside, structure=np.ones((3, 3, 3)))
+        info[s] = {"lesion_voxels": int(np.count_nonzero(inside)),
+                   "lesion_diameters_mm": [round(d, 1) for d in lesion_diameters(parts, lesions).values()]}
+    return info
+
+
+#: ``train all`` warns when the validation split has fewer reference lesions than this in a size class.
+MIN_VALIDATION_PER_SIZE = 5
+
+
+def validation_sizes(members: list[str], infos: dict[str, dict], labels: dict[str, dict[str, str]]) -> dict | None:
+    """Reference lesions of the validation cases per size class (None when no case has lesion labels)."""
+    from DiffusionAnomalyLib.detection.anomaly import SIZE_CLASSES, size_class
+
+    counts = dict.fromkeys((n for n, _ in SIZE_CLASSES), 0)
+    measured = False
+    for c in members:
+        for structure in labels.get(c, {}):
+            diameters = infos.get(c, {}).get(structure, {}).get("lesion_diameters_mm")
+            if diameters is not None:
+                measured = True
+                for d in diameters:
+                    counts[size_class(d)] += 1
+    return counts if measured else None
+
+
 def prepare_case(case: RawCase, preset: OrganPreset, dest: Path, totalseg: Path | None) -> dict:
     """Write ``dest`` in the phantom layout (images linked, masks and lesions written); returns per structure
     {"lesion_voxels": n} (``None`` values when the case has no lesion labels). ``dest/prepared.json`` marks it
@@ -278,9 +316,7 @@ def prepare_case(case: RawCase, preset: OrganPreset, dest: Path, totalseg: Path 
     if done.is_file():
         return json.loads(done.read_text())["structures"]
     masks, lesions = organ_and_lesions(case, preset, totalseg)
-    les_arr = sitk.GetArrayViewFromImage(lesions) > 0 if lesions is not None else None
-    info = {s: {"lesion_voxels": None if les_arr is None else int(np.count_nonzero(
-        les_arr & (sitk.GetArrayViewFromImage(m) > 0)))} for s, m in masks.items()}
+    info = structure_info(masks, lesions)
     with atomic_output_dir(dest) as stage:
         for channel, src in case.channels.items():
             _link_or_write(src, stage / f"{channel}.nii.gz")
@@ -340,6 +376,8 @@ class Prepared:
     layouts: list[str]
     split_rule: str
     warnings: list[str] = field(default_factory=list)
+    #: reference lesions of the validation split per size class (None: no lesion labels)
+    validation_sizes: dict[str, int] | None = None
 
 
 def prepare(plan: TrainAllPlan, work: Path, dry_run: bool = False, progress: Callable[[str], None] = logger.info
@@ -370,14 +408,12 @@ def prepare(plan: TrainAllPlan, work: Path, dry_run: bool = False, progress: Cal
     if totalseg is not None and not totalseg.is_dir():
         raise InputError(f"{totalseg}: --totalseg is not a folder")
     case_labels: dict[str, dict[str, str]] = {}
+    infos: dict[str, dict] = {}
     t0 = time.perf_counter()
     for i, case in enumerate(cases):
         try:
             if dry_run:  # read the masks and lesions to count the labels; write nothing
-                masks, lesions = organ_and_lesions(case, preset, totalseg)
-                les = sitk.GetArrayViewFromImage(lesions) > 0 if lesions is not None else None
-                info = {s: {"lesion_voxels": None if les is None else int(np.count_nonzero(
-                    les & (sitk.GetArrayViewFromImage(m) > 0)))} for s, m in masks.items()}
+                info = structure_info(*organ_and_lesions(case, preset, totalseg))
             else:
                 info = prepare_case(case, preset, work / "cases" / case.case_id, totalseg)
         except DiffusionAnomalyError as exc:
@@ -396,6 +432,7 @@ def prepare(plan: TrainAllPlan, work: Path, dry_run: bool = False, progress: Cal
             else:
                 label = "unhealthy" if v["lesion_voxels"] > 0 else "healthy"
             labels[structure] = label
+        infos[case.case_id] = info
         usable = {s: lab for s, lab in labels.items() if lab in ("healthy", "unhealthy")}
         if usable:
             case_labels[case.case_id] = labels
@@ -429,6 +466,15 @@ def prepare(plan: TrainAllPlan, work: Path, dry_run: bool = False, progress: Cal
             warnings.append(f"only {n} {lab} {plan.organ} structure(s) in the training split: too few for a reliable "
                             f"{'classifier' if lab == 'unhealthy' else 'denoiser and classifier'} (aim for >= "
                             f"{MIN_PER_LABEL})")
+    val_sizes = validation_sizes(split["validation"], infos, case_labels)
+    few = {k: n for k, n in (val_sizes or {}).items() if n < MIN_VALIDATION_PER_SIZE}
+    if split["validation"] and few:
+        from DiffusionAnomalyLib.detection.anomaly import size_class_name
+
+        warnings.append("the validation split has fewer than " + f"{MIN_VALIDATION_PER_SIZE} lesions in size class(es) "
+                        + ", ".join(f"{size_class_name(k, plan.organ)}: {n}" for k, n in few.items())
+                        + ": the calibration cannot tell how the operating point does on them (add validation "
+                        "cases with such lesions, e.g. phantom --lesion-sizes incidental for small ones)")
     if not split["validation"]:
         warnings.append("no validation case: the calibration has nothing to run on")
     elif min(counts["validation"]["healthy"], counts["validation"]["unhealthy"]) == 0:
@@ -438,7 +484,7 @@ def prepare(plan: TrainAllPlan, work: Path, dry_run: bool = False, progress: Cal
                         f"{labels_path.name}" if labels_path else "derived from the lesion labels (a structure with "
                         "lesion voxels is unhealthy)",
                         "TotalSegmentator folder" if totalseg else "the dataset's own masks and labels",
-                        sorted({by_id[c].layout for c in case_labels}), rule, warnings)
+                        sorted({by_id[c].layout for c in case_labels}), rule, warnings, val_sizes)
     if not dry_run:
         if not split["train"]:
             raise InputError(f"{data}: no training case with a healthy or unhealthy structure")
