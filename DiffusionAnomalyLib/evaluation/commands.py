@@ -75,6 +75,8 @@ class EvaluateRequest(DatasetRequest):
 
 #: The commands that take the calibration grid's options.
 GRID = ("sweep", "all")
+#: How ``--max-fp-per-organ`` picks the operating point (:func:`~.sweep.choose_operating_point`).
+OBJECTIVES = ("size-balanced", "lesions")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +85,7 @@ class CalibrationGrid:
     defaults): the sampler's L and s (the kidney thesis §5.2), the map variants (reference, K, median filter; empty:
     the run's own), then at the best point the operating point's thresholds (x the validation maps' Otsu), minimum
     lesion volumes and growth (empty: the run's ``grow_to``), chosen by pooled lesion F1 or, with
-    ``max_fp_per_organ``, the most lesions found with at most that many false positives per organ."""
+    ``max_fp_per_organ``, by ``objective`` among the points with at most that many false positives per organ."""
 
     noise_levels: tuple[int, ...] = setting((100, 250, 500), Option(
         "calibration grid: the L values", GRID, "L", label="noise level L", low=1, high=MAX_NOISE_LEVEL))
@@ -111,6 +113,11 @@ class CalibrationGrid:
     max_fp_per_organ: float | None = setting(None, Option(
         "recommend the operating point that finds the most lesions with at most N false-positive components per "
         "organ (default: the best pooled lesion F1)", GRID, "N", label="max FP per organ", low=0))
+    objective: str = setting("size-balanced", Option(
+        "with --max-fp-per-organ, what the most is: size-balanced (the mean of the lesion size classes' recalls, "
+        "over every grid point's maps: no size class can be traded away) or lesions (the most lesions, at the "
+        "grid point of best Dice: the thesis's order)", GRID, "OBJ", label="calibration objective",
+        choices=OBJECTIVES))
 
     def __post_init__(self) -> None:
         found = problems(self)
@@ -294,6 +301,7 @@ def sweep(request: SweepRequest) -> SweepResult | None:
                     min_lesion_ml_values=request.min_lesion_ml_values, maps_key=model.maps_key,
                     options=model.options, threshold_scales=request.threshold_scales or (1.0,),
                     max_fp_per_organ=request.max_fp_per_organ, grow_to_values=grow_to_values,
+                    objective=request.objective,
                     baseline_organ=model.preset.name if request.baseline_beside else None,
                     map_variants=map_variants(request, model.run))
     result = None

@@ -37,6 +37,7 @@ from DiffusionAnomalyLib.detection.anomaly import (
     dataset_otsu_threshold,
     organ_box,
     postprocess,
+    size_class,
 )
 from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.errors import CancelledError, DiffusionAnomalyError, InputError
@@ -158,6 +159,8 @@ class CaseScore:
     contrast: dict[str, list[int]] = field(default_factory=dict)
     #: One row per reference lesion: id, volume, diameter, contrast, spread, CNR, found.
     reference_rows: list[dict] = field(default_factory=list)
+    #: Size class -> [found, total] over reference lesions (what the size-balanced calibration objective needs).
+    found_by_size: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def detection(self) -> Detection:
@@ -218,6 +221,12 @@ class ScoringInputs:
     truth: np.ndarray
     auroc: float
     auprc: float
+    sizes: dict[int, str] = field(default_factory=dict)  # reference lesion id -> size class
+
+
+def reference_sizes(truth: np.ndarray, image: sitk.Image) -> dict[int, str]:
+    """The size class (:data:`SIZE_CLASSES`, by largest axial diameter) of every reference lesion id."""
+    return {lab: size_class(d) for lab, d in lesion_diameters(truth, image).items()}
 
 
 def scoring_inputs(case: EvalCase, maps_dir: Path) -> ScoringInputs:
@@ -231,7 +240,7 @@ def scoring_inputs(case: EvalCase, maps_dir: Path) -> ScoringInputs:
         heat, organ, truth = heat[box].copy(), organ[box].copy(), truth[box].copy()
     # inside the organ, which the crop holds whole: the same values as on the whole grid
     return ScoringInputs(heat, organ, image, info, truth, voxel_auroc(heat, truth > 0, organ),
-                         voxel_auprc(heat, truth > 0, organ))
+                         voxel_auprc(heat, truth > 0, organ), reference_sizes(truth, image))
 
 
 def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
@@ -260,6 +269,11 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         if s is not None:
             strata[name] = [s.tp, s.fn, s.fp]
     found = {r for r, _, _ in det.matches}
+    by_size: dict[str, list[int]] = {}
+    for lab, name in (inputs.sizes if inputs is not None else reference_sizes(truth, image)).items():
+        row = by_size.setdefault(name, [0, 0])
+        row[0] += lab in found
+        row[1] += 1
     stages = FunnelInputs(heat, threshold, pred, det, *_reconstructions(maps_dir / case.case_id, image),
                           info.get("reference", "input")) if detail else None
     rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou, stages) if detail else (
@@ -271,7 +285,7 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         fp_per_organ=det.fp / max(int(info.get("structures", 1)), 1),
         auroc=inputs.auroc if inputs is not None else voxel_auroc(heat, truth > 0, organ),
         auprc=inputs.auprc if inputs is not None else voxel_auprc(heat, truth > 0, organ),
-        lesion_scores=scores, lesion_hits=[p in matched for p in pred_ids], strata=strata)
+        lesion_scores=scores, lesion_hits=[p in matched for p in pred_ids], strata=strata, found_by_size=by_size)
 
 
 @dataclass
@@ -379,6 +393,11 @@ def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
             strata[name] = {"cases": len(rows), "lesions": t + n, "found": t, "recall": _r(t / (t + n)),
                             "fp": f}
     out["size_strata"] = strata
+    by_size = _recall_table([s.found_by_size for s in scores])
+    out["recall_by_size"] = {name: by_size[name] for name, _ in SIZE_CLASSES if name in by_size}
+    recalls = [v["recall"] for v in out["recall_by_size"].values() if v["recall"] is not None]
+    #: the mean of the size classes' recalls (the size-balanced calibration objective; None without lesions)
+    out["size_balanced_recall"] = _r(float(np.mean(recalls))) if recalls else None
     out["lesion_kinds"] = _recall_table([s.kinds for s in scores])
     order = [name for name, _ in CONTRAST_CLASSES] + ["CNR n/a"]
     contrast = _recall_table([s.contrast for s in scores])

@@ -4,13 +4,16 @@ For every noise level L and guidance strength s (and, when asked, every anomaly 
 samples and median filter size: the map options), the anomaly maps of the dataset are computed (cached
 per setting and networks under ``OUT/maps/<maps_key>/``, so an interrupted sweep resumes), thresholded with one
 global Otsu threshold and scored *without* post-processing, as in the thesis. The best setting is the
-one with the highest mean Dice. Then, at that setting, the maps are thresholded at the Otsu threshold
+one with the highest mean Dice. Then, at that setting (with the ``size-balanced`` objective and a false-positive
+budget: at every setting), the maps are thresholded at the Otsu threshold
 times each ``threshold_scales`` value and post-processed (the kidney thesis §4.1.1) with each candidate minimum
 lesion volume (small false-positive components are what post-processing can remove) and each ``grow_to_values``
 fraction (hysteresis growth of the kept lesions, :class:`~.anomaly.PostProcessing`); the recommended
 operating point is the one with the best pooled lesion F1, or, given ``max_fp_per_organ``, the one that
-finds the most lesions with at most that many false-positive components per organ (ties: best F1) —
-the way a detection target is stated ("recall at <= 1 false positive per kidney"). ``sweep.csv``,
+finds the most lesions (``objective`` "lesions"), or the best mean of the lesion size classes' recalls
+("size-balanced", the default: a point that finds the large lesions and none of the small ones cannot win on the
+count of large ones), with at most that many false-positive components per organ (ties: best F1) — the way a
+detection target is stated ("recall at <= 1 false positive per kidney"). ``sweep.csv``,
 ``sweep.json`` and ``dice_vs_s.png`` (the kidney thesis Fig. 5.1: Dice against s, one line per L) are written to
 ``OUT/sweep``; :func:`write_calibrated_bundle` writes a copy of the bundle whose recommended sampler
 settings, threshold, minimum lesion volume and growth are the chosen ones, which ``run``, ``evaluate``,
@@ -46,10 +49,13 @@ def _significant(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def choose_operating_point(rows: list[dict], max_fp_per_organ: float | None = None) -> tuple[dict, str]:
+def choose_operating_point(rows: list[dict], max_fp_per_organ: float | None = None,
+                           objective: str = "lesions") -> tuple[dict, str]:
     """The recommended post-processing row and why. Without a budget: best pooled F1 (ties: the smaller minimum
-    volume, then the scale nearest 1, then less growth). With one: most lesions found among rows within the
-    false-positive budget (ties: best F1); when no row is within it, the row with the fewest false positives."""
+    volume, then the scale nearest 1, then less growth). With one, among rows within the false-positive budget:
+    ``objective`` "lesions": the most lesions found; "size-balanced": the best mean of the size classes' recalls
+    (``size_balanced_recall``), then the most lesions (ties: best F1). When no row is within it, the row with the
+    fewest false positives."""
     def f1(r):
         return -1.0 if r["f1"] is None else r["f1"]
 
@@ -59,6 +65,10 @@ def choose_operating_point(rows: list[dict], max_fp_per_organ: float | None = No
     if max_fp_per_organ is None:
         return max(rows, key=plain), "best pooled lesion F1"
     within = [r for r in rows if r["fp_per_organ"] is not None and r["fp_per_organ"] <= max_fp_per_organ]
+    if within and objective == "size-balanced":
+        return (max(within, key=lambda r: (r.get("size_balanced_recall") or 0.0, r["found"], *plain(r))),
+                f"best mean recall over the lesion size classes with <= {max_fp_per_organ:g} false positives per "
+                "organ")
     if within:
         return (max(within, key=lambda r: (r["found"], *plain(r))),
                 f"most lesions found with <= {max_fp_per_organ:g} false positives per organ")
@@ -74,7 +84,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
               maps_key: Callable | None = None, options: MapOptions | None = None,
               threshold_scales: Sequence[float] = (1.0,), max_fp_per_organ: float | None = None,
               grow_to_values: Sequence[float] = (1.0,), baseline_organ: str | None = None,
-              map_variants: Sequence[MapOptions] | None = None) -> dict | None:
+              map_variants: Sequence[MapOptions] | None = None, objective: str = "lesions") -> dict | None:
     """Run the grid; returns (on rank 0) {"grid": rows, "best": row, "postprocessing": rows}; ``best`` also
     holds the recommended ``threshold`` (Otsu x the chosen scale), ``min_lesion_ml``, the ``objective`` and the
     map options it was made with (anomaly reference, averaged samples, median filter), which the calibrated
@@ -84,7 +94,9 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     options)`` names its map cache folder (default ``L<L>_s<s>``, with the options when several are swept).
     ``baseline_organ``: also run the non-neural median baseline on the same cases and put it beside the
     recommended operating point (``baseline`` in the result and sweep.json, ``OUT/sweep/report.md``), with the
-    paired Wilcoxon test on per-case Dice and lesion F1."""
+    paired Wilcoxon test on per-case Dice and lesion F1. ``objective`` "size-balanced" with ``max_fp_per_organ``:
+    the post-processing points are scored on every grid point's maps, not only the best-Dice one, and the
+    operating point is chosen by the mean of the size classes' recalls (:func:`choose_operating_point`)."""
     variants = list(map_variants or [options or MapOptions()])
     rows = []
 
@@ -114,28 +126,38 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
         if baseline_organ else None
     if rank != 0:
         return None
-    best = max(rows, key=lambda r: -1.0 if r["dice"] is None else r["dice"])
-    maps = out / "maps" / best["maps"]
+    by_dice = max(rows, key=lambda r: -1.0 if r["dice"] is None else r["dice"])
+    every = objective == "size-balanced" and max_fp_per_organ is not None
+    candidates = [r for r in rows if r["threshold"] is not None] if every else [by_dice]
     pp_rows = []
-    cache: dict = {}  # each case's map, masks and reference read once for all post-processing points
-    points = len(threshold_scales) * len(min_lesion_ml_values) * len(grow_to_values)
-    for scale in sorted(float(v) for v in threshold_scales):
-        threshold = _significant(best["threshold"] * scale)
-        for ml in sorted(float(v) for v in min_lesion_ml_values):
-            for grow in sorted((float(v) for v in grow_to_values), reverse=True):
-                pp = PostProcessing.for_preset(preset, ml, grow)
-                _, summary, _, _ = score_dataset(cases, maps, threshold, pp, n_boot=0, detail=False, cache=cache)
-                d = summary["lesion_detection"]
-                progress(f"sweep: post-processing {len(pp_rows) + 1}/{points}: {scale:g} x Otsu, {ml:g} ml, "
-                         f"grow to {grow:g}: {d['tp']}/{d['tp'] + d['fn']} found, "
-                         f"{summary['fp_per_organ']['mean'] or 0:.2f} FP per organ")
-                pp_rows.append({"threshold_scale": scale, "threshold": threshold, "min_lesion_ml": ml,
-                                "grow_to": grow, "lesions": d["tp"] + d["fn"], "found": d["tp"], "fp": d["fp"],
-                                "fp_per_organ": summary["fp_per_organ"]["mean"], "f1": d["f1"],
-                                "dice": summary["dice"]["mean"]})
-    chosen, objective = choose_operating_point(pp_rows, max_fp_per_organ)
+    caches: dict[str, dict] = {}  # per map folder: each case's map, masks and reference read once for all points
+    points = len(candidates) * len(threshold_scales) * len(min_lesion_ml_values) * len(grow_to_values)
+    for row in candidates:
+        cache = caches.setdefault(row["maps"], {})
+        for scale in sorted(float(v) for v in threshold_scales):
+            threshold = _significant(row["threshold"] * scale)
+            for ml in sorted(float(v) for v in min_lesion_ml_values):
+                for grow in sorted((float(v) for v in grow_to_values), reverse=True):
+                    pp = PostProcessing.for_preset(preset, ml, grow)
+                    _, summary, _, _ = score_dataset(cases, out / "maps" / row["maps"], threshold, pp, n_boot=0,
+                                                     detail=False, cache=cache)
+                    d = summary["lesion_detection"]
+                    progress(f"sweep: post-processing {len(pp_rows) + 1}/{points}"
+                             + (f" ({row['maps']})" if every else "") + f": {scale:g} x Otsu, {ml:g} ml, "
+                             f"grow to {grow:g}: {d['tp']}/{d['tp'] + d['fn']} found, "
+                             f"{summary['fp_per_organ']['mean'] or 0:.2f} FP per organ")
+                    pp_rows.append({"maps": row["maps"], "threshold_scale": scale, "threshold": threshold,
+                                    "min_lesion_ml": ml, "grow_to": grow, "lesions": d["tp"] + d["fn"],
+                                    "found": d["tp"], "fp": d["fp"], "fp_per_organ": summary["fp_per_organ"]["mean"],
+                                    "f1": d["f1"], "dice": summary["dice"]["mean"],
+                                    "size_balanced_recall": summary["size_balanced_recall"],
+                                    "recall_by_size": {k: v["recall"] for k, v in summary["recall_by_size"].items()}})
+    chosen, why = choose_operating_point(pp_rows, max_fp_per_organ, objective)
+    best = next(r for r in candidates if r["maps"] == chosen["maps"])
+    cache = caches[best["maps"]]
+    maps = out / "maps" / best["maps"]
     best = {**best, "otsu_threshold": best["threshold"], "threshold": chosen["threshold"],
-            "min_lesion_ml": chosen["min_lesion_ml"], "grow_to": chosen["grow_to"], "objective": objective,
+            "min_lesion_ml": chosen["min_lesion_ml"], "grow_to": chosen["grow_to"], "objective": why,
             "postprocessed": chosen}
     result = {"grid": rows, "best": best, "postprocessing": pp_rows}
     if beside is not None:
@@ -153,7 +175,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
             (stage / "report.md").write_text("\n".join([
                 "# Sweep: the recommended operating point beside the baseline", "",
                 f"Model at L = {best['noise_level']}, s = {best['guidance']:g}, threshold {best['threshold']:g}, "
-                f"minimum lesion {best['min_lesion_ml']:g} ml, grow to {best['grow_to']:g} ({objective}); the "
+                f"minimum lesion {best['min_lesion_ml']:g} ml, grow to {best['grow_to']:g} ({why}); the "
                 "baseline at its own global Otsu threshold.",
                 *comparison_markdown(result["baseline"], "model (recommended point)")]) + "\n")
         _plot(rows, stage / "dice_vs_s.png")

@@ -441,6 +441,24 @@ def test_sweep_varies_the_map_options_and_recommends_the_best(dataset, tiny_bund
     rec = read_meta(tmp_path / "cal").recommended
     assert (rec["reference"], rec["samples"], rec["median_filter"]) == (best["reference"], 1, best["median_filter"])
     assert "median" in capsys.readouterr().out
+    # with a false-positive budget the size-balanced objective scores the operating points on every grid point's
+    # (cached) maps and may pick another map than the best Dice; --objective lesions keeps the thesis's order
+    common = ["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--sampler", "ddim", "--steps", "2",
+              "--noise-levels", "20", "--guidance-values", "0", "--device", "cpu", "--precision", "fp32",
+              "--reference-values", "input", "autoencoder", "--median-filter-values", "0", "3",
+              "--min-lesion-ml-values", "0", "--no-baseline", "--out", str(out), "--max-fp-per-organ", "1"]
+    assert main(common) == 0
+    res = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert sorted({r["maps"] for r in res["postprocessing"]}) == sorted(r["maps"] for r in res["grid"])
+    chosen = res["best"]["postprocessed"]
+    within = [r for r in res["postprocessing"] if r["fp_per_organ"] <= 1]
+    if within:
+        assert chosen["size_balanced_recall"] == max(r["size_balanced_recall"] for r in within)
+        assert "size classes" in res["best"]["objective"] and res["best"]["maps"] == chosen["maps"]
+    assert main([*common, "--objective", "lesions"]) == 0
+    res = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert {r["maps"] for r in res["postprocessing"]} == {res["best"]["maps"]}
+    assert res["best"]["dice"] == max(dice.values())
     # a bad value is refused before any map is made, naming the option
     with pytest.raises(SystemExit) as exc:
         main(["sweep", "--data", str(data), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "sw2"),
@@ -488,6 +506,11 @@ def test_operating_point_under_a_false_positive_budget():
     assert choose_operating_point(rows, 0.5)[0] is rows[0]
     best, why = choose_operating_point(rows, 0.1)
     assert best is rows[0] and "no setting" in why  # none within: the fewest false positives
+    # size-balanced: a point that finds one more large lesion cannot win over one that finds the small ones
+    rows[0]["size_balanced_recall"], rows[1]["size_balanced_recall"], rows[3]["size_balanced_recall"] = 0.3, 0.25, 0.5
+    best, why = choose_operating_point(rows, 1.0, "size-balanced")
+    assert best is rows[3] and "mean recall over the lesion size classes" in why
+    assert choose_operating_point(rows, 1.0, "lesions")[0] is rows[1]
     # thresholds keep 6 significant digits: a map in small units does not get a threshold of 0
     from DiffusionAnomalyLib.evaluation.sweep import _significant
 

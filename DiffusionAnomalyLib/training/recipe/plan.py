@@ -105,6 +105,7 @@ class TrainAllPlan:
     min_lesion_ml_values: tuple[float, ...] = redeclared(CalibrationGrid, "min_lesion_ml_values", (0.0, 0.5, 1.0, 2.0))
     grow_to_values: tuple[float, ...] = redeclared(CalibrationGrid, "grow_to_values", (1.0, 0.7))
     max_fp_per_organ: float | None = redeclared(CalibrationGrid, "max_fp_per_organ", 1.0)
+    objective: str = redeclared(CalibrationGrid, "objective", "size-balanced")
     reference_values: tuple[str, ...] | None = redeclared(CalibrationGrid, "reference_values", None)
     samples_values: tuple[int, ...] | None = redeclared(CalibrationGrid, "samples_values", None)
     median_filter_values: tuple[int, ...] | None = redeclared(CalibrationGrid, "median_filter_values", None)
@@ -148,7 +149,7 @@ class TrainAllPlan:
                           "guidance": [float(v) for v in (self.guidance_values or p["guidance"])],
                           **{k: _listed(getattr(self, k)) for k in (
                               "threshold_scales", "min_lesion_ml_values", "grow_to_values")},
-                          "max_fp_per_organ": self.max_fp_per_organ,
+                          "max_fp_per_organ": self.max_fp_per_organ, "objective": self.objective,
                           **{k: _listed(getattr(self, k)) for k in (
                               "reference_values", "samples_values", "median_filter_values")}},
             "bundle": {"name": self.name, "version": self.version, "demo": self.demo,
