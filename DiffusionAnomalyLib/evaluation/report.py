@@ -57,11 +57,22 @@ def compare_with_baseline(model: list[CaseScore], baseline: list[CaseScore], sum
         return {"dice": summ["dice"]["mean"], "f1_per_case": summ["f1"]["mean"], "found": d["tp"],
                 "lesions": d["tp"] + d["fn"], "recall": d["recall"], "false_positives": d["fp"],
                 "fp_per_organ": summ["fp_per_organ"]["mean"], "pooled_f1": d["f1"],
-                "voxel_auroc": summ["voxel_auroc"]["mean"], "threshold": summ.get("threshold")}
+                "voxel_auroc": summ["voxel_auroc"]["mean"], "threshold": summ.get("threshold"),
+                "by_size": {k: [v["found"], v["lesions"]] for k, v in (summ.get("recall_by_size") or {}).items()}}
 
     return {"cases": len(common), "model": headline(summary), "baseline": headline(baseline_summary),
             "paired": {"dice": _paired_test([s.dice for s in common], [s.dice for s in other]),
                        "f1": _paired_test([s.f1 for s in common], [s.f1 for s in other])}}
+
+
+def size_recall_text(comparison: dict) -> str:
+    """Per size class, "<=2 cm: model 3 of 10, baseline 7 of 10" (the cards' and train all's line)."""
+    m, b = comparison["model"], comparison["baseline"]
+    parts = []
+    for name, (found, n) in (m.get("by_size") or {}).items():
+        other = (b.get("by_size") or {}).get(name)
+        parts.append(f"{name}: model {found} of {n}" + (f", baseline {other[0]} of {other[1]}" if other else ""))
+    return "; ".join(parts)
 
 
 def comparison_markdown(comparison: dict, model_name: str = "model") -> list[str]:
@@ -74,6 +85,10 @@ def comparison_markdown(comparison: dict, model_name: str = "model") -> list[str
                       ("voxel_auroc", "voxel AUROC in the organ")):
         lines.append(f"| {name} | {_fmt(m[key])} | {_fmt(b[key])} |")
     lines.append(f"| lesions found | {m['found']} of {m['lesions']} | {b['found']} of {b['lesions']} |")
+    for name, (found, n) in (m.get("by_size") or {}).items():
+        other = (b.get("by_size") or {}).get(name)
+        lines.append(f"| lesions found, {name} | {found} of {n} | " + (f"{other[0]} of {other[1]}" if other else "n/a")
+                     + " |")
     lines += ["", "Paired Wilcoxon signed-rank test per case (one-sided, each direction):", "",
               "| per-case figure | pairs | mean difference (model - baseline) | model better / baseline better / "
               "ties | p (model better) | p (baseline better) | verdict (p < 0.05) |", "|---|---|---|---|---|---|---|"]
