@@ -395,9 +395,7 @@ def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
     out["size_strata"] = strata
     by_size = _recall_table([s.found_by_size for s in scores])
     out["recall_by_size"] = {name: by_size[name] for name, _ in SIZE_CLASSES if name in by_size}
-    recalls = [v["recall"] for v in out["recall_by_size"].values() if v["recall"] is not None]
-    #: the mean of the size classes' recalls (the size-balanced calibration objective; None without lesions)
-    out["size_balanced_recall"] = _r(float(np.mean(recalls))) if recalls else None
+    out["size_balanced_recall"] = size_balanced_recall(out["recall_by_size"])
     out["lesion_kinds"] = _recall_table([s.kinds for s in scores])
     order = [name for name, _ in CONTRAST_CLASSES] + ["CNR n/a"]
     contrast = _recall_table([s.contrast for s in scores])
@@ -412,6 +410,19 @@ def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
     out["froc"] = [{"threshold": _r(t), "fp_per_scan": _r(f), "sensitivity": _r(s)}
                    for t, f, s in froc_points([(s.lesion_scores, s.lesion_hits, s.lesions) for s in scores])]
     return out
+
+
+#: Size classes with fewer reference lesions than this do not enter the size-balanced recall (one lesion would
+#: weigh as much as a class of thirty), unless no class has as many.
+MIN_LESIONS_PER_SIZE = 5
+
+
+def size_balanced_recall(by_size: dict[str, dict]) -> float | None:
+    """The mean recall over the size classes with at least :data:`MIN_LESIONS_PER_SIZE` reference lesions (over
+    every class with lesions when none has as many; None without lesions): the size-balanced objective."""
+    rows = [v for v in by_size.values() if v["lesions"]]
+    enough = [v for v in rows if v["lesions"] >= MIN_LESIONS_PER_SIZE] or rows
+    return _r(float(np.mean([v["found"] / v["lesions"] for v in enough]))) if enough else None
 
 
 def _recall_table(per_case: list[dict[str, list[int]]]) -> dict[str, dict]:

@@ -285,8 +285,6 @@ def structure_info(masks: dict[str, sitk.Image], lesions: sitk.Image | None) -> 
     return info
 
 
-#: ``train all`` warns when the validation split has fewer reference lesions than this in a size class.
-MIN_VALIDATION_PER_SIZE = 5
 
 
 def validation_sizes(members: list[str], infos: dict[str, dict], labels: dict[str, dict[str, str]]) -> dict | None:
@@ -467,14 +465,17 @@ def prepare(plan: TrainAllPlan, work: Path, dry_run: bool = False, progress: Cal
                             f"{'classifier' if lab == 'unhealthy' else 'denoiser and classifier'} (aim for >= "
                             f"{MIN_PER_LABEL})")
     val_sizes = validation_sizes(split["validation"], infos, case_labels)
-    few = {k: n for k, n in (val_sizes or {}).items() if n < MIN_VALIDATION_PER_SIZE}
+    from DiffusionAnomalyLib.evaluation.evaluate import MIN_LESIONS_PER_SIZE
+
+    few = {k: n for k, n in (val_sizes or {}).items() if n < MIN_LESIONS_PER_SIZE}
     if split["validation"] and few:
         from DiffusionAnomalyLib.detection.anomaly import size_class_name
 
-        warnings.append("the validation split has fewer than " + f"{MIN_VALIDATION_PER_SIZE} lesions in size class(es) "
+        warnings.append(f"the validation split has fewer than {MIN_LESIONS_PER_SIZE} lesions in size class(es) "
                         + ", ".join(f"{size_class_name(k, plan.organ)}: {n}" for k, n in few.items())
-                        + ": the calibration cannot tell how the operating point does on them (add validation "
-                        "cases with such lesions, e.g. phantom --lesion-sizes incidental for small ones)")
+                        + ": the calibration cannot tell how the operating point does on them, and its size-balanced "
+                        "objective leaves them out (add validation cases with such lesions, e.g. phantom "
+                        "--lesion-sizes incidental for small ones)")
     if not split["validation"]:
         warnings.append("no validation case: the calibration has nothing to run on")
     elif min(counts["validation"]["healthy"], counts["validation"]["unhealthy"]) == 0:
