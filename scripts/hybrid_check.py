@@ -34,6 +34,8 @@ from DiffusionAnomalyLib.evaluation.sweep import choose_operating_point
 def hybrid_maps(cases, model_maps: Path, baseline_maps: Path, t_model: float, t_base: float, out: Path) -> None:
     """``out/<case>/``: heatmap = max(model / t_model, baseline / t_base), the model's organ and case.json."""
     for c in cases:
+        if (out / c.case_id / "case.json").is_file():  # made by an earlier run with the same thresholds
+            continue
         m = sitk.ReadImage(str(model_maps / c.case_id / "heatmap.nii.gz"), sitk.sitkFloat32)
         b = sitk.ReadImage(str(baseline_maps / c.case_id / "heatmap.nii.gz"), sitk.sitkFloat32)
         b.CopyInformation(m)
