@@ -10,7 +10,7 @@ equivalent-sphere diameter; "kept" is (mean inside - mean of the 4 mm ring) in D
 patch (:func:`~DiffusionAnomalyLib.evaluation.metrics.contrast_kept`). Prints one JSON object: per bundle and
 size class the number of lesions, the median kept share with its quartiles, and the share below one half
 (lost at the funnel's first step when the map is taken against D(E(x))); and the seconds per patch of one
-encode and decode.
+encode and decode. Sizes are those of ``scripts/diffusion_core_figures.py``.
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusion_core_figures import KEPT_SIZES, _kept_by_size  # this folder is on sys.path when run as a script
 
 from DiffusionAnomalyLib.evaluation.funnel import KEPT_SHARE
 from DiffusionAnomalyLib.evaluation.metrics import contrast_kept
 from DiffusionAnomalyLib.models.bundle import load_bundle
 from DiffusionAnomalyLib.models.nets.autoencoder import LatentCodec
 from DiffusionAnomalyLib.training.data import load_patches
-
-#: Equivalent-sphere diameter classes (mm).
-SIZES = ((0, 10), (10, 20), (20, 40), (40, 1000))
 
 
 def kept_rows(bundle, folders: list[str], work: Path) -> tuple[list[tuple[float, float]], float]:
@@ -54,14 +52,12 @@ def kept_rows(bundle, folders: list[str], work: Path) -> tuple[list[tuple[float,
 
 
 def by_size(rows: list[tuple[float, float]]) -> dict:
-    out = {}
-    for low, high in SIZES:
+    """The figures script's median and quartiles per size, with the share below one half."""
+    out = _kept_by_size(rows)
+    for low, high in KEPT_SIZES:
         r = np.array([k for d, k in rows if low <= d < high])
         if len(r):
-            q1, med, q3 = np.percentile(r, [25, 50, 75])
-            out[f"{low}-{high} mm"] = {"lesions": int(len(r)), "median_kept": round(float(med), 3),
-                                       "iqr": [round(float(q1), 3), round(float(q3), 3)],
-                                       "below_half": round(float(np.mean(r < KEPT_SHARE)), 3)}
+            out[f"{low}-{high} mm"]["below_half"] = round(float(np.mean(r < KEPT_SHARE)), 3)
     return out
 
 
