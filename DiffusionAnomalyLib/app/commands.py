@@ -28,21 +28,19 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     from DiffusionAnomalyLib.imaging.outputs import check_output_dir
     from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_dataset, write_phantom
 
-    variety = {"variety": True} if args.variety else {}
-    if args.lesion_sizes != "strata":
-        variety["lesion_sizes"] = args.lesion_sizes
+    generator = {"variety": args.variety, "lesion_sizes": args.lesion_sizes}
     if args.seed + args.cases - 1 >= 2**63:
         raise InputError(f"--seed {args.seed} with --cases {args.cases}: the seeds would pass 2^63-1")
     if args.cases > 1:
         check_output_dir(args.out, overwrite=args.overwrite, resume=not args.overwrite, command="phantom --cases")
         seeds = list(range(args.seed, args.seed + args.cases))
         out = write_dataset(args.organ, args.out, seeds, args.lesions, skip_existing=not args.overwrite,
-                            replace=args.overwrite, **variety)
+                            replace=args.overwrite, **generator)
         print(f"wrote {args.cases} synthetic {args.organ} cases to {out} (labels.csv, reports.csv; " + (
             "the earlier cases were replaced)" if args.overwrite else "complete cases already there are kept)"))
         return 0
     check_output_dir(args.out, overwrite=args.overwrite, command="phantom")
-    case = make_phantom(args.organ, args.seed, args.lesions, **variety)
+    case = make_phantom(args.organ, args.seed, args.lesions, **generator)
     out = write_phantom(case, args.out)
     print(f"wrote synthetic {args.organ} case {case.case_id} ({case.phase}) to {out}")
     for le in case.lesions:

@@ -224,9 +224,9 @@ class ScoringInputs:
     sizes: dict[int, str] = field(default_factory=dict)  # reference lesion id -> size class
 
 
-def reference_sizes(truth: np.ndarray, image: sitk.Image) -> dict[int, str]:
-    """The size class (:data:`SIZE_CLASSES`, by largest axial diameter) of every reference lesion id."""
-    return {lab: size_class(d) for lab, d in lesion_diameters(truth, image).items()}
+def reference_sizes(diameters: dict[int, float]) -> dict[int, str]:
+    """The size class (:data:`SIZE_CLASSES`) of every reference lesion id, from its largest axial diameter."""
+    return {lab: size_class(d) for lab, d in diameters.items()}
 
 
 def scoring_inputs(case: EvalCase, maps_dir: Path) -> ScoringInputs:
@@ -234,13 +234,11 @@ def scoring_inputs(case: EvalCase, maps_dir: Path) -> ScoringInputs:
     truth, _ = reference_lesions(case, image)
     box = organ_box(organ | (truth > 0), 3)
     if box is not None:
-        start = [int(sl.start) for sl in reversed(box)]  # (x, y, z) for SimpleITK
-        size = [int(sl.stop - sl.start) for sl in reversed(box)]
-        image = sitk.RegionOfInterest(image, size, start)
+        image = _crop(image, box)
         heat, organ, truth = heat[box].copy(), organ[box].copy(), truth[box].copy()
     # inside the organ, which the crop holds whole: the same values as on the whole grid
     return ScoringInputs(heat, organ, image, info, truth, voxel_auroc(heat, truth > 0, organ),
-                         voxel_auprc(heat, truth > 0, organ), reference_sizes(truth, image))
+                         voxel_auprc(heat, truth > 0, organ), reference_sizes(lesion_diameters(truth, image)))
 
 
 def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
@@ -269,15 +267,16 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         if s is not None:
             strata[name] = [s.tp, s.fn, s.fp]
     found = {r for r, _, _ in det.matches}
+    diameters = None if inputs is not None else lesion_diameters(truth, image)
     by_size: dict[str, list[int]] = {}
-    for lab, name in (inputs.sizes if inputs is not None else reference_sizes(truth, image)).items():
+    for lab, name in (inputs.sizes if inputs is not None else reference_sizes(diameters)).items():
         row = by_size.setdefault(name, [0, 0])
         row[0] += lab in found
         row[1] += 1
     stages = FunnelInputs(heat, threshold, pred, det, *_reconstructions(maps_dir / case.case_id, image),
                           info.get("reference", "input")) if detail else None
-    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou, stages) if detail else (
-        [], {})
+    rows, contrast = reference_lesion_rows(case, truth, organ, image, found, det.best_iou, stages,
+                                           diameters) if detail else ([], {})
     return CaseScore(
         case=case.case_id, lesions=n_ref, structures=int(info.get("structures", 1)),
         kinds=lesion_kinds(case, found) if detail else {}, contrast=contrast, reference_rows=rows,
@@ -312,12 +311,14 @@ def _reconstructions(folder: Path, image: sitk.Image) -> tuple[list[np.ndarray] 
 
 def reference_lesion_rows(case: EvalCase, truth: np.ndarray, organ: np.ndarray, image: sitk.Image,
                           found: set[int], best_iou: dict[int, float] | None = None,
-                          funnel: FunnelInputs | None = None) -> tuple[list[dict], dict[str, list[int]]]:
+                          funnel: FunnelInputs | None = None, diameters: dict[int, float] | None = None
+                          ) -> tuple[list[dict], dict[str, list[int]]]:
     """Per reference lesion: volume, diameter, contrast against the tissue around it in the input image(s)
     (see :func:`lesion_contrast`), whether it was found, and the highest IoU any predicted component has with
     it (``best_iou``: a missed lesion with a value above 0 was touched, but not delineated well enough to
     count); with ``funnel``, the share of its contrast that D(E(x)) and the healthy reconstruction keep and the
-    step of the loss funnel where it is lost (:mod:`.funnel`); and [found, total] per contrast stratum."""
+    step of the loss funnel where it is lost (:mod:`.funnel`); and [found, total] per contrast stratum.
+    ``diameters``: the lesions' :func:`lesion_diameters` when the caller has them."""
     if not truth.any():
         return [], {}
     channels = [sitk.GetArrayFromImage(c).astype(np.float32) for c in read_channels(case.inputs)]
@@ -330,7 +331,7 @@ def reference_lesion_rows(case: EvalCase, truth: np.ndarray, organ: np.ndarray, 
         rec_kept = kept_contrast(channels, funnel.reconstruction, truth, organ, spacing, which)
         lost_at = lesion_stages(truth, organ, funnel.heat, funnel.threshold, funnel.pred, funnel.detection,
                                 ae_kept, rec_kept, funnel.reference)
-    diameters = lesion_diameters(truth, image)
+    diameters = lesion_diameters(truth, image) if diameters is None else diameters
     voxels = np.bincount(truth.ravel())
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     rows, strata = [], {}

@@ -27,14 +27,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from DiffusionAnomalyLib.detection.anomaly import SIZE_CLASSES, size_class, size_class_name
-from DiffusionAnomalyLib.evaluation.metrics import CONTRAST_CLASSES, Detection, lesion_surroundings
+from DiffusionAnomalyLib.evaluation.metrics import CONTRAST_CLASSES, Detection, contrast_class, lesion_rings
 
 #: The funnel's steps, in order (the module docstring defines each).
 FUNNEL_STAGES = ("autoencoder", "left in", "below threshold", "post-processing", "IoU < 0.2", "found")
 #: A reconstruction "keeps" a lesion when it holds at least this share of the lesion's contrast in the image.
 KEPT_SHARE = 0.5
+#: The funnel's row of small, plainly visible lesions (up to 2 cm, CNR above 2).
+SMALL_VISIBLE = "up to 2 cm, CNR > 2"
 #: Voxels around the organ and the lesions that ``evaluate`` keeps of the reconstructions for the funnel.
 FUNNEL_PAD = 6
 
@@ -45,14 +48,11 @@ def kept_contrast(image: Sequence[np.ndarray], other: Sequence[np.ndarray] | Non
     """Per lesion id of ``truth``: (median inside - median of the ring) in ``other`` over the same in ``image``, in
     the lesion's ``channel`` (None where ``other`` is None, the ring is empty or the image shows no contrast)."""
     out: dict[int, float | None] = {}
-    for lab, box, inside, near in lesion_surroundings(truth, spacing_zyx, ring_mm):
-        ring = near & organ[box]
-        if np.count_nonzero(ring) < 10:
-            ring = near
-        c = channel.get(lab, 0)
-        if other is None or np.count_nonzero(ring) < 2:
+    for lab, box, inside, ring in lesion_rings(truth, organ, spacing_zyx, ring_mm):
+        if other is None or ring is None:
             out[lab] = None
             continue
+        c = channel.get(lab, 0)
         a, b = image[c][box], other[c][box]
         c_image = float(np.median(a[inside]) - np.median(a[ring]))
         c_other = float(np.nanmedian(b[inside]) - np.nanmedian(b[ring]))
@@ -67,8 +67,10 @@ def lesion_stages(truth: np.ndarray, organ: np.ndarray, heat: np.ndarray, thresh
     first step it fails (``reference``: what the map was taken against, "input" or "autoencoder")."""
     found = {r for r, _, _ in det.matches}
     out = {}
-    for lab in (int(v) for v in np.unique(truth) if v):
-        inside = truth == lab
+    for lab, sl in enumerate(ndimage.find_objects(truth.astype(np.int64)), start=1):
+        if sl is None:
+            continue
+        inside = truth[sl] == lab
         ae, rec = ae_kept.get(lab), rec_kept.get(lab)
         if lab in found:
             out[lab] = "found"
@@ -76,9 +78,9 @@ def lesion_stages(truth: np.ndarray, organ: np.ndarray, heat: np.ndarray, thresh
             out[lab] = "autoencoder"
         elif rec is not None and rec >= KEPT_SHARE:
             out[lab] = "left in"
-        elif not np.any(heat[inside & organ] > threshold):
+        elif not np.any(heat[sl][inside & organ[sl]] > threshold):
             out[lab] = "below threshold"
-        elif not np.any(pred[inside]):
+        elif not np.any(pred[sl][inside]):
             out[lab] = "post-processing"
         else:
             out[lab] = "IoU < 0.2"
@@ -98,19 +100,15 @@ def funnel_summary(rows: Sequence[dict]) -> dict:
             out.setdefault(k, dict.fromkeys(FUNNEL_STAGES, 0))[r["lost_at"]] += 1
         return out
 
-    def contrast(r) -> str:
-        cnr = r.get("cnr")
-        return "CNR n/a" if cnr is None else next(name for name, hi in CONTRAST_CLASSES if cnr < hi)
-
     by_size = table(lambda r: None if r.get("diameter_mm") is None else size_class(r["diameter_mm"]))
-    small = table(lambda r: "up to 2 cm, CNR > 2" if r.get("diameter_mm") is not None and r["diameter_mm"] <= 20.0
+    small = table(lambda r: SMALL_VISIBLE if r.get("diameter_mm") is not None and r["diameter_mm"] <= SIZE_CLASSES[0][1]
                   and r.get("cnr") is not None and r["cnr"] > 2.0 else None)
     order = [name for name, _ in SIZE_CLASSES]
     c_order = [name for name, _ in CONTRAST_CLASSES] + ["CNR n/a"]
-    by_contrast = table(contrast)
+    by_contrast = table(lambda r: contrast_class(float("nan") if r.get("cnr") is None else r["cnr"]))
     return {"by_size": {k: by_size[k] for k in order if k in by_size},
             "by_contrast": {k: by_contrast[k] for k in c_order if k in by_contrast},
-            "small_visible": small.get("up to 2 cm, CNR > 2", dict.fromkeys(FUNNEL_STAGES, 0)),
+            "small_visible": small.get(SMALL_VISIBLE, dict.fromkeys(FUNNEL_STAGES, 0)),
             "without_reconstruction": sum(1 for r in rows if r.get("lost_at") and r.get("rec_kept") is None)}
 
 
@@ -121,17 +119,17 @@ def funnel_markdown(funnel: dict, baseline: dict | None = None, model_name: str 
     lines = ["", "## Where lesions are lost (the loss funnel; docs/evaluation.md)", "",
              "| size class | method | lesions | " + " | ".join(FUNNEL_STAGES) + " |",
              "|---|---|---|" + "---|" * len(FUNNEL_STAGES)]
-    groups = list(funnel["by_size"]) + ["up to 2 cm, CNR > 2"]
+    groups = list(funnel["by_size"]) + [SMALL_VISIBLE]
     for g in groups:
         for name, f in ((model_name, funnel), ("median baseline", baseline)):
             if f is None:
                 continue
-            row = f["small_visible"] if g == "up to 2 cm, CNR > 2" else f["by_size"].get(g)
+            row = f["small_visible"] if g == SMALL_VISIBLE else f["by_size"].get(g)
             if row is None:
                 continue
             cells = [("n/a" if s == "autoencoder" and name == "median baseline" else str(row[s]))
                      for s in FUNNEL_STAGES]
-            shown = g if g == "up to 2 cm, CNR > 2" else size_class_name(g, organ)
+            shown = g if g == SMALL_VISIBLE else size_class_name(g, organ)
             lines.append(f"| {shown} | {name} | {sum(row.values())} | " + " | ".join(cells) + " |")
     for name, f in ((model_name, funnel), ("median baseline", baseline)):
         if f is not None and f.get("without_reconstruction"):

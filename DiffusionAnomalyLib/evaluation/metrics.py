@@ -160,7 +160,7 @@ class LesionContrast:
         return self.contrast / max(self.spread, 1e-6)
 
 
-def lesion_surroundings(labels: np.ndarray, spacing_zyx: Sequence[float], ring_mm: float):
+def _lesion_surroundings(labels: np.ndarray, spacing_zyx: Sequence[float], ring_mm: float):
     """Per lesion id of ``labels``: (id, bounding box padded by ``ring_mm``, the lesion in the box, the voxels of
     the box within ``ring_mm`` of it that are in no lesion)."""
     spacing = np.asarray(spacing_zyx, float)
@@ -174,6 +174,17 @@ def lesion_surroundings(labels: np.ndarray, spacing_zyx: Sequence[float], ring_m
         yield lab, box, inside, near
 
 
+def lesion_rings(labels: np.ndarray, organ: np.ndarray, spacing_zyx: Sequence[float], ring_mm: float = 4.0):
+    """Per lesion id: (id, box, the lesion in the box, its surroundings in the box or None): the voxels within
+    ``ring_mm`` that are in the organ and in no lesion, or in no lesion at all when fewer than 10 organ voxels touch
+    it (e.g. an exophytic lesion); None when fewer than 2 remain."""
+    for lab, box, inside, near in _lesion_surroundings(labels, spacing_zyx, ring_mm):
+        ring = near & organ[box]
+        if np.count_nonzero(ring) < 10:
+            ring = near
+        yield lab, box, inside, ring if np.count_nonzero(ring) >= 2 else None
+
+
 def lesion_contrast(channels: Sequence[np.ndarray], labels: np.ndarray, organ: np.ndarray,
                     spacing_zyx: Sequence[float], ring_mm: float = 4.0) -> dict[int, LesionContrast]:
     """Contrast of every lesion id against its surroundings, in the channel where its CNR is largest.
@@ -184,11 +195,8 @@ def lesion_contrast(channels: Sequence[np.ndarray], labels: np.ndarray, organ: n
     Lesions without surroundings get NaN.
     """
     out: dict[int, LesionContrast] = {}
-    for lab, box, inside, near in lesion_surroundings(labels, spacing_zyx, ring_mm):
-        ring = near & organ[box]
-        if np.count_nonzero(ring) < 10:
-            ring = near
-        if np.count_nonzero(ring) < 2:
+    for lab, box, inside, ring in lesion_rings(labels, organ, spacing_zyx, ring_mm):
+        if ring is None:
             out[lab] = LesionContrast(float("nan"), float("nan"), 0)
             continue
         best = None
@@ -213,7 +221,7 @@ def contrast_kept(image: np.ndarray, reconstruction: np.ndarray, lesions: np.nda
     labels, _ = ndimage.label(lesions > 0)
     voxel_mm3 = float(np.prod(spacing_zyx))
     out = []
-    for _, box, inside, ring in lesion_surroundings(labels, spacing_zyx, ring_mm):
+    for _, box, inside, ring in _lesion_surroundings(labels, spacing_zyx, ring_mm):
         if not ring.any():
             continue
         c_image = image[box][inside].mean() - image[box][ring].mean()

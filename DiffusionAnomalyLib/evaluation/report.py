@@ -65,14 +65,16 @@ def compare_with_baseline(model: list[CaseScore], baseline: list[CaseScore], sum
                        "f1": _paired_test([s.f1 for s in common], [s.f1 for s in other])}}
 
 
+def _by_size(comparison: dict) -> list[tuple[str, str, str | None]]:
+    """Per size class of the model's: (class, "found of n" for the model, the same for the baseline or None)."""
+    base = comparison["baseline"].get("by_size") or {}
+    return [(name, f"{found} of {n}", f"{base[name][0]} of {base[name][1]}" if name in base else None)
+            for name, (found, n) in (comparison["model"].get("by_size") or {}).items()]
+
+
 def size_recall_text(comparison: dict) -> str:
     """Per size class, "<=2 cm: model 3 of 10, baseline 7 of 10" (the cards' and train all's line)."""
-    m, b = comparison["model"], comparison["baseline"]
-    parts = []
-    for name, (found, n) in (m.get("by_size") or {}).items():
-        other = (b.get("by_size") or {}).get(name)
-        parts.append(f"{name}: model {found} of {n}" + (f", baseline {other[0]} of {other[1]}" if other else ""))
-    return "; ".join(parts)
+    return "; ".join(f"{name}: model {m}" + (f", baseline {b}" if b else "") for name, m, b in _by_size(comparison))
 
 
 def comparison_markdown(comparison: dict, model_name: str = "model") -> list[str]:
@@ -85,10 +87,7 @@ def comparison_markdown(comparison: dict, model_name: str = "model") -> list[str
                       ("voxel_auroc", "voxel AUROC in the organ")):
         lines.append(f"| {name} | {_fmt(m[key])} | {_fmt(b[key])} |")
     lines.append(f"| lesions found | {m['found']} of {m['lesions']} | {b['found']} of {b['lesions']} |")
-    for name, (found, n) in (m.get("by_size") or {}).items():
-        other = (b.get("by_size") or {}).get(name)
-        lines.append(f"| lesions found, {name} | {found} of {n} | " + (f"{other[0]} of {other[1]}" if other else "n/a")
-                     + " |")
+    lines += [f"| lesions found, {name} | {mf} | {bf or 'n/a'} |" for name, mf, bf in _by_size(comparison)]
     lines += ["", "Paired Wilcoxon signed-rank test per case (one-sided, each direction):", "",
               "| per-case figure | pairs | mean difference (model - baseline) | model better / baseline better / "
               "ties | p (model better) | p (baseline better) | verdict (p < 0.05) |", "|---|---|---|---|---|---|---|"]

@@ -9,8 +9,6 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from DiffusionAnomalyLib.settings import LESION_SIZES  # noqa: F401  (documented here)
-
 KINDS_CT = ("hypo", "hyper", "iso", "cyst")
 POSITIONS = ("inside", "border", "exophytic")
 #: Diameter strata (mm) lesions are drawn from, one stratum chosen uniformly per lesion.
@@ -177,7 +175,7 @@ def _varied_lesion_shape(grid: _Grid, rng: np.random.Generator, center, diameter
     return (r < 1.0) & (field + 2.5 * (1.0 - r) > 0.9) | (r < 0.45), kind
 
 
-#: Lesion size mixes of the CT generators (``lesion_sizes``, :data:`LESION_SIZES`): ``strata`` (the default) draws
+#: Lesion size mixes of the CT generators (``lesion_sizes``, ``settings.LESION_SIZES``): ``strata`` (the default) draws
 #: a TNM stratum of :data:`DIAMETER_STRATA` uniformly, then a diameter uniformly inside it (25 % of lesions up to 2 cm);
 #: ``incidental`` draws the diameter from a log-normal with the median (2.0 cm) and mean (2.5 cm) of the enhancing
 #: renal masses found on imaging and kept under surveillance by Crispen et al., Cancer 2009;115:2844-52 (172
@@ -193,7 +191,7 @@ def _diameter(rng: np.random.Generator, max_diameter: float, sizes: str = "strat
             d = float(rng.lognormal(np.log(INCIDENTAL_MEDIAN_MM), INCIDENTAL_SIGMA))
             if 5.0 <= d <= max_diameter:
                 return d
-        return float(min(max(INCIDENTAL_MEDIAN_MM, 5.0), max_diameter))
+        return float(min(INCIDENTAL_MEDIAN_MM, max_diameter))
     strata = [s for s in DIAMETER_STRATA if s[0] < max_diameter]
     lo, hi = strata[rng.integers(len(strata))]
     return float(rng.uniform(lo, min(hi, max_diameter)))

@@ -403,8 +403,7 @@ def write_dataset(organ: str, out_dir: str | os.PathLike, seeds: list[int], n_le
     for seed in seeds:
         done = out / case_name(organ, seed, variety, lesion_sizes) / "case.json"
         if not (skip_existing and done.is_file()):
-            case = make_phantom(organ, seed, n_lesions, **({"variety": True} if variety else {}),
-                                **({"lesion_sizes": lesion_sizes} if lesion_sizes != "strata" else {}))
+            case = make_phantom(organ, seed, n_lesions, variety=variety, lesion_sizes=lesion_sizes)
             write_phantom(case, out / case.case_id)
             infos.pop(case.case_id, None)  # written anew: read below
         ids.append(case_name(organ, seed, variety, lesion_sizes))

@@ -100,8 +100,8 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
                                                 f"Dice {base['dice']}")
             ev["paired_wilcoxon"] = (f"Dice: {paired['dice']['verdict']}; lesion F1: {paired['f1']['verdict']} "
                                      f"({paired['f1']['n']} cases)")
-            if size_recall_text(sweep["baseline"]):
-                ev["found_by_size_beside_the_baseline"] = size_recall_text(sweep["baseline"])
+            if by_size := size_recall_text(sweep["baseline"]):
+                ev["found_by_size_beside_the_baseline"] = by_size
     meta.evaluation = ev
     meta.intended_use = ("Research on unsupervised anomaly detection in the " + plan.organ + " on scans like the "
                          "training data (same modality, contrast and reconstruction); not for diagnosis.")
@@ -156,8 +156,8 @@ def summary_lines(prepared: Prepared, stages: Stages, auc: dict, sweep: dict | N
                          f"{bs['fp_per_organ']} false positives per organ, pooled F1 {bs['pooled_f1']}, Dice "
                          f"{bs['dice']}; paired Wilcoxon per case: Dice {pr['dice']['verdict']}, lesion F1 "
                          f"{pr['f1']['verdict']}.")
-            if size_recall_text(sweep["baseline"]):
-                lines.append(f"Found by size: {size_recall_text(sweep['baseline'])}.")
+            if by_size := size_recall_text(sweep["baseline"]):
+                lines.append(f"Found by size: {by_size}.")
     for w in prepared.warnings:
         lines.append(f"Warning: {w}.")
     return lines

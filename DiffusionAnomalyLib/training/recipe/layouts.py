@@ -270,7 +270,7 @@ def organ_and_lesions(case: RawCase, preset: OrganPreset, totalseg: Path | None
 def structure_info(masks: dict[str, sitk.Image], lesions: sitk.Image | None) -> dict:
     """Per structure: {"lesion_voxels": n, "lesion_diameters_mm": [largest axial diameter of each connected lesion
     in it]} (``None`` values without lesion labels)."""
-    from DiffusionAnomalyLib.evaluation.metrics import lesion_diameters
+    from DiffusionAnomalyLib.evaluation.metrics import components, lesion_diameters
 
     les = sitk.GetArrayViewFromImage(lesions) > 0 if lesions is not None else None
     info = {}
@@ -279,9 +279,8 @@ def structure_info(masks: dict[str, sitk.Image], lesions: sitk.Image | None) -> 
             info[s] = {"lesion_voxels": None, "lesion_diameters_mm": None}
             continue
         inside = les & (sitk.GetArrayViewFromImage(m) > 0)
-        parts, _ = ndimage.label(inside, structure=np.ones((3, 3, 3)))
         info[s] = {"lesion_voxels": int(np.count_nonzero(inside)),
-                   "lesion_diameters_mm": [round(d, 1) for d in lesion_diameters(parts, lesions).values()]}
+                   "lesion_diameters_mm": [round(d, 1) for d in lesion_diameters(components(inside), lesions).values()]}
     return info
 
 
