@@ -92,6 +92,8 @@ class DetectRequest:
             out.append(f"unknown organ {self.organ!r}; choose one of {', '.join(ORGANS)}")
         if self.baseline and (self.bundle or not self.organ):
             out.append("the baseline takes an organ and no bundle")
+        if self.baseline and self.settings.get("hybrid"):
+            out.append("the hybrid weight combines a bundle's map with the baseline's: the baseline alone takes none")
         if not self.baseline and not self.bundle and not self.organ:
             out.append("run needs --bundle, or --organ to use the best installed bundle for that organ")
         if sum(map(bool, (self.mask, self.totalseg, self.skull_stripped))) > 1:
@@ -381,7 +383,7 @@ def detect(request: DetectRequest, progress: Progress | None = None) -> Detectio
         check_modality(sitk.GetArrayViewFromImage(channels[0]), preset.modality, request.images[0])
     mask_set = load_masks(request, channels[0], preset)
     result = detect_case(channels, mask_set, preset, reconstructor, threshold=threshold,
-                         postprocessing=postprocessing,
+                         postprocessing=postprocessing, hybrid=resolved.hybrid if resolved else 0.0,
                          trajectory_heatmaps=bool(resolved and resolved.trajectory_heatmap),
                          input_name=request.images[0], progress=lambda s, i, n: s != "reconstruct" and report(s, i, n))
     result.warnings += warnings

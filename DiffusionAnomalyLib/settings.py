@@ -137,6 +137,10 @@ class RunSettings:
         "grow each lesion kept at the threshold over the connected organ voxels above F x threshold (hysteresis; "
         "1 = off; default: the bundle's calibrated value, else 1)", (*MAPS, "baseline"), "F", label="grow-to",
         low=0, high=1, low_open=True, recommend=True))
+    hybrid: float = setting(0.0, Option(
+        "combine the model's anomaly map with the median baseline's as max(model, W x baseline), W > 0 (0 = the "
+        "model's map alone; default: the bundle's calibrated weight, else 0; docs/evaluation.md#the-hybrid-map)",
+        ("run", "evaluate", "batch"), "W", label="hybrid weight", low=0, recommend=True))
     device: str = setting("auto", Option(
         "auto (CUDA > MPS > CPU; the default), cpu, cuda, cuda:1, mps (under torchrun: each rank its own GPU)",
         MAPS, label="device", panel="device", panel_choices=DEVICES))

@@ -38,6 +38,8 @@ from DiffusionAnomalyLib.detection.anomaly import (
     postprocess,
     voxel_std,
 )
+from DiffusionAnomalyLib.detection.hybrid import FORMULA as HYBRID_FORMULA
+from DiffusionAnomalyLib.detection.hybrid import baseline_map, hybrid_map
 from DiffusionAnomalyLib.detection.intensity import ChannelScaling, fit_scaling
 from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.detection.roi import (
@@ -183,6 +185,7 @@ def detect(
     trajectory_heatmaps: bool = False,
     uncertainty: bool = True,
     autoencoded: bool = False,
+    hybrid: float = 0.0,
 ) -> CaseResult:
     """Run one case. ``threshold`` None = Otsu over this case's organ voxels, else a fixed value.
 
@@ -193,6 +196,7 @@ def detect(
     its ``trajectory``, the frames to compose (and, with ``trajectory_heatmaps``, each frame's anomaly map).
     ``uncertainty=False`` skips the uncertainty map and the per-draw lesions (callers that keep only the map).
     ``autoencoded``: also compose the autoencoder's own reconstruction D(E(x)) (reconstructors with ``autoencode``).
+    ``hybrid`` W > 0: the map is max(model, W x the median baseline's map) (:mod:`.hybrid`), before the threshold.
     """
     def report(stage: str, step: int, total: int) -> None:
         if progress:
@@ -261,6 +265,8 @@ def detect(
     t0 = time.perf_counter()
     organ = mask_set.union()
     heat = organ_map(heat, organ, preset.median_filter_voxels)
+    base = baseline_map(channels, mask_set, preset, input_name) if hybrid else None
+    heat = hybrid_map(heat, base, hybrid)
     thr = otsu_threshold(heat, organ) if threshold is None else float(threshold)
     pp = postprocessing or PostProcessing.for_preset(preset)
     labels = postprocess(heat, thr, organ, ref, pp)
@@ -268,9 +274,9 @@ def detect(
     table = lesion_table(labels, heat, ref, preset.name, side_masks or None)
     if draws is not None:
         unc = sitk.GetArrayViewFromImage(uncertainty_maps[0])
-        sample_maps = (organ_map(heat_composer.compose([anomaly_map(ref_x[i], d[i], channel_axis=0)
-                                                   for i in range(len(patches))], "max"),
-                                 organ, preset.median_filter_voxels) for d in draws)
+        sample_maps = (hybrid_map(organ_map(heat_composer.compose([anomaly_map(ref_x[i], d[i], channel_axis=0)
+                                                              for i in range(len(patches))], "max"),
+                                            organ, preset.median_filter_voxels), base, hybrid) for d in draws)
         fractions = lesion_sample_fractions(labels, (postprocess(m, thr, organ, ref, pp) for m in sample_maps),
                                             len(draws))
         for le in table:
@@ -293,6 +299,7 @@ def detect(
                                                     "blend_margin_voxels": {"reconstruction": composer.margin,
                                                                             "heatmap": heat_composer.margin}},
                     "uncertainty_samples": 0 if draws is None else len(draws),
+                    **({"hybrid": {"weight": hybrid, "map": HYBRID_FORMULA}} if hybrid else {}),
                     "not_analysed": not_analysed},
     )
 

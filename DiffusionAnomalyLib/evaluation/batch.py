@@ -141,7 +141,8 @@ def run_batch(cases: list[EvalCase], model: Model, out: Path, rank: int = 0, wor
                 mask_set = case_masks(case, channels, model.preset, scratch)
                 result = detect(channels, mask_set, model.preset, model.make_reconstructor(model.settings),
                                 threshold=model.run.threshold, postprocessing=model.run.postprocessing(model.preset),
-                                input_name=case.case_id, trajectory_heatmaps=model.run.trajectory_heatmap)
+                                hybrid=0.0 if model.baseline else model.run.hybrid, input_name=case.case_id,
+                                trajectory_heatmaps=model.run.trajectory_heatmap)
             if not model.baseline:
                 result.parameters["settings"] = model.run.to_dict()  # replayable with run --settings
             write_outputs(result, out / case.case_id, model.preset,

@@ -52,6 +52,9 @@ class DatasetRequest:
         problems = []
         if self.baseline == bool(self.bundle):
             problems.append("give a bundle, or the baseline with an organ")
+        if self.baseline and self.settings.get("hybrid"):
+            problems.append("the hybrid weight combines a bundle's map with the baseline's: the baseline alone takes "
+                            "none")
         if self.baseline and self.organ not in ORGANS:
             problems.append(f"the baseline needs an organ, one of {', '.join(ORGANS)} (got {self.organ!r})")
         unknown = sorted(set(self.settings) - set(RunSettings.__dataclass_fields__))
@@ -110,6 +113,11 @@ class CalibrationGrid:
     grow_to_values: tuple[float, ...] = setting((), Option(
         "the lesion growths tried there, F x threshold (hysteresis; 1 = off; default: --grow-to, else 1)", GRID, "F",
         label="grow-to", low=0, high=1, low_open=True))
+    hybrid_scales: tuple[float, ...] = setting((), Option(
+        "also try the hybrid map max(model, W x median baseline) at each of these points, the baseline counting where "
+        "its map exceeds C x its global Otsu threshold (W = threshold / (C x that Otsu); 0 = no hybrid); it is "
+        "recommended only where it beats the model's map alone (docs/evaluation.md#the-hybrid-map)", GRID, "C",
+        label="hybrid scale", low=0))
     max_fp_per_organ: float | None = setting(None, Option(
         "recommend the operating point that finds the most lesions with at most N false-positive components per "
         "organ (default: the best pooled lesion F1)", GRID, "N", label="max FP per organ", low=0))
@@ -207,7 +215,7 @@ def _setup(request: DatasetRequest, command: str):
 def evaluate(request: EvaluateRequest) -> EvaluateResult | None:
     """Maps (cached in ``out/maps``, resumable), then Dice, lesion detection at IoU 0.2, size strata, FROC and
     voxel AUROC/AUPRC with bootstrap CIs in ``out/report``, the median baseline beside a bundle."""
-    from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, score_dataset
+    from DiffusionAnomalyLib.evaluation.evaluate import HybridMaps, baseline_beside, compute_maps, score_dataset
     from DiffusionAnomalyLib.evaluation.report import write_report
 
     out = Path(request.out)
@@ -224,7 +232,8 @@ def evaluate(request: EvaluateRequest) -> EvaluateResult | None:
         raise
     ranks.barrier()
     beside = None
-    if not model.baseline and request.baseline_beside:
+    weight = 0.0 if model.baseline else model.run.hybrid  # the hybrid map needs the baseline's maps
+    if not model.baseline and (request.baseline_beside or weight):
         beside = baseline_beside(cases, model.preset.name, out, ranks.rank, ranks.world, ranks.barrier,
                                  request.postprocessing, request.settings.get("min_lesion_ml"),
                                  request.settings.get("grow_to"), request.bootstrap, detail=True)
@@ -235,16 +244,22 @@ def evaluate(request: EvaluateRequest) -> EvaluateResult | None:
                      if request.threshold == "bundle" else float(request.threshold))
         threshold = "otsu" if threshold is None else threshold
         pp = model.run.postprocessing(model.preset) if request.postprocessing else None
-        scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=request.bootstrap)
+        hybrid = HybridMaps(out / "maps" / "baseline", weight) if weight else None
+        scores, summary, problems, thr = score_dataset(cases, maps, threshold, pp, n_boot=request.bootstrap,
+                                                       hybrid=hybrid)
+        alone = None
+        if hybrid:  # the model's map alone at the same threshold and post-processing, beside the hybrid
+            alone_scores, alone_summary, _, _ = score_dataset(cases, maps, thr, pp, n_boot=request.bootstrap)
+            alone = (alone_scores, alone_summary)
         settings = {"model": model.description, "organ": model.preset.name, "data": str(request.data), "maps": key,
                     "threshold": f"{thr:.4f} ({'global Otsu' if threshold == 'otsu' else 'fixed'})",
                     "post-processing": "off" if pp is None else "on (as in the kidney thesis §4.1.1" + (
                         f"; lesions >= {pp.min_volume_ml:g} ml" if pp.min_volume_ml else "") + (
                         f"; grown to {pp.grow_to:g} x threshold" if pp.grow_to < 1 else "") + ")", "IoU": 0.2,
-                    "ranks": ranks.world,
+                    "ranks": ranks.world, **({"hybrid": f"max(model, {weight:g} x median baseline)"} if weight else {}),
                     "baseline": "this is the baseline" if model.baseline else "off (--no-baseline)"
                     if not request.baseline_beside else "the median baseline beside (its global Otsu threshold)"}
-        write_report(out, scores, summary, problems, settings, beside)
+        write_report(out, scores, summary, problems, settings, beside if request.baseline_beside else None, alone)
         notes = []
         if request.threshold is None and model.recommended.get("threshold") is not None:
             notes.append(f"scored at the dataset's global Otsu threshold {thr:.4f} (as in the kidney thesis §5.2), "
@@ -301,7 +316,7 @@ def sweep(request: SweepRequest) -> SweepResult | None:
                     min_lesion_ml_values=request.min_lesion_ml_values, maps_key=model.maps_key,
                     options=model.options, threshold_scales=request.threshold_scales or (1.0,),
                     max_fp_per_organ=request.max_fp_per_organ, grow_to_values=grow_to_values,
-                    objective=request.objective,
+                    objective=request.objective, hybrid_scales=tuple(c for c in request.hybrid_scales if c > 0),
                     baseline_organ=model.preset.name if request.baseline_beside else None,
                     map_variants=map_variants(request, model.run))
     result = None

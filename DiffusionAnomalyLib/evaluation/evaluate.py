@@ -39,6 +39,7 @@ from DiffusionAnomalyLib.detection.anomaly import (
     postprocess,
     size_class,
 )
+from DiffusionAnomalyLib.detection.hybrid import hybrid_map
 from DiffusionAnomalyLib.detection.presets import OrganPreset
 from DiffusionAnomalyLib.errors import CancelledError, DiffusionAnomalyError, InputError
 from DiffusionAnomalyLib.evaluation.datasets import EvalCase, reference_lesions
@@ -188,18 +189,36 @@ def _r(v: float) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
 
 
-def load_maps(case: EvalCase, maps_dir: Path) -> tuple[np.ndarray, np.ndarray, sitk.Image, dict]:
+@dataclass(frozen=True)
+class HybridMaps:
+    """Score the hybrid map max(model, ``weight`` x baseline) (:mod:`~DiffusionAnomalyLib.detection.hybrid`): the
+    median baseline's cached maps of the same cases (``OUT/maps/baseline``) and the weight (0: the model alone)."""
+
+    baseline: Path
+    weight: float
+
+
+def _baseline_heat(case: EvalCase, folder: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(read_volume(folder / case.case_id / "heatmap.nii.gz"))
+
+
+def load_maps(case: EvalCase, maps_dir: Path, hybrid: HybridMaps | None = None
+              ) -> tuple[np.ndarray, np.ndarray, sitk.Image, dict]:
+    """One case's cached map (with ``hybrid``: the hybrid map), organ mask, map image and case.json."""
     heat_img = read_volume(maps_dir / case.case_id / "heatmap.nii.gz")
     organ = sitk.GetArrayFromImage(read_volume(maps_dir / case.case_id / "organ.nii.gz")) > 0
     info = json.loads((maps_dir / case.case_id / "case.json").read_text())
-    return sitk.GetArrayFromImage(heat_img), organ, heat_img, info
+    heat = sitk.GetArrayFromImage(heat_img)
+    if hybrid is not None and hybrid.weight:
+        heat = hybrid_map(heat, _baseline_heat(case, hybrid.baseline), hybrid.weight)
+    return heat, organ, heat_img, info
 
 
-def global_threshold(cases: list[EvalCase], maps_dir: Path) -> float:
+def global_threshold(cases: list[EvalCase], maps_dir: Path, hybrid: HybridMaps | None = None) -> float:
     """One Otsu threshold over the organ voxels of every case's map (the kidney thesis §5.2)."""
     values = []
     for case in cases:
-        heat, organ, _, _ = load_maps(case, maps_dir)
+        heat, organ, _, _ = load_maps(case, maps_dir, hybrid)
         values.append(heat[organ])
     return dataset_otsu_threshold(values, [None] * len(values))
 
@@ -222,6 +241,7 @@ class ScoringInputs:
     auroc: float
     auprc: float
     sizes: dict[int, str] = field(default_factory=dict)  # reference lesion id -> size class
+    baseline: np.ndarray | None = None  # the median baseline's map on the same crop (hybrid scoring)
 
 
 def reference_sizes(diameters: dict[int, float]) -> dict[int, str]:
@@ -229,30 +249,39 @@ def reference_sizes(diameters: dict[int, float]) -> dict[int, str]:
     return {lab: size_class(d) for lab, d in diameters.items()}
 
 
-def scoring_inputs(case: EvalCase, maps_dir: Path) -> ScoringInputs:
+def scoring_inputs(case: EvalCase, maps_dir: Path, baseline: Path | None = None) -> ScoringInputs:
+    """The case's :class:`ScoringInputs` (``baseline``: with the median baseline's cached map, for hybrids)."""
     heat, organ, image, info = load_maps(case, maps_dir)
+    base = None if baseline is None else _baseline_heat(case, baseline)
     truth, _ = reference_lesions(case, image)
     box = organ_box(organ | (truth > 0), 3)
     if box is not None:
         image = _crop(image, box)
         heat, organ, truth = heat[box].copy(), organ[box].copy(), truth[box].copy()
+        base = None if base is None else base[box].copy()
     # inside the organ, which the crop holds whole: the same values as on the whole grid
     return ScoringInputs(heat, organ, image, info, truth, voxel_auroc(heat, truth > 0, organ),
-                         voxel_auprc(heat, truth > 0, organ), reference_sizes(lesion_diameters(truth, image)))
+                         voxel_auprc(heat, truth > 0, organ), reference_sizes(lesion_diameters(truth, image)), base)
 
 
 def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
-               iou: float = 0.2, detail: bool = True, inputs: ScoringInputs | None = None) -> CaseScore:
+               iou: float = 0.2, detail: bool = True, inputs: ScoringInputs | None = None,
+               hybrid: HybridMaps | None = None) -> CaseScore:
     """Phase 3 for one case (``pp`` None: threshold and connected components only, as in the sweep). ``detail``
     False skips what only the report shows (size strata, each reference lesion's contrast in the image, the phantom
     lesion attributes): the sweep scores many operating points and needs the detection figures only. ``inputs``
-    (with ``detail`` False only): the case's cached :class:`ScoringInputs` instead of reading the maps."""
+    (with ``detail`` False only): the case's cached :class:`ScoringInputs` instead of reading the maps (with
+    ``hybrid``, inputs holding the baseline's map). ``hybrid``: score the hybrid map."""
+    weight = hybrid.weight if hybrid is not None else 0.0
+    auc = None
     if inputs is not None:
         if detail:
             raise ValueError("cached scoring inputs are cropped: score with detail=False")
         heat, organ, image, info, truth = inputs.heat, inputs.organ, inputs.image, inputs.info, inputs.truth
+        heat = hybrid_map(heat, inputs.baseline, weight)
+        auc = (inputs.auroc, inputs.auprc) if not weight else None
     else:
-        heat, organ, image, info = load_maps(case, maps_dir)
+        heat, organ, image, info = load_maps(case, maps_dir, hybrid)
         truth, _ = reference_lesions(case, image)
     pred = components((heat > threshold) & organ) if pp is None else postprocess(heat, threshold, organ, image, pp)
     det = match_lesions(pred, truth, iou)
@@ -282,8 +311,8 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         kinds=lesion_kinds(case, found) if detail else {}, contrast=contrast, reference_rows=rows,
         dice=dice(pred, truth) if n_ref else float("nan"), tp=det.tp, fp=det.fp, fn=det.fn,
         fp_per_organ=det.fp / max(int(info.get("structures", 1)), 1),
-        auroc=inputs.auroc if inputs is not None else voxel_auroc(heat, truth > 0, organ),
-        auprc=inputs.auprc if inputs is not None else voxel_auprc(heat, truth > 0, organ),
+        auroc=auc[0] if auc else voxel_auroc(heat, truth > 0, organ),
+        auprc=auc[1] if auc else voxel_auprc(heat, truth > 0, organ),
         lesion_scores=scores, lesion_hits=[p in matched for p in pred_ids], strata=strata, found_by_size=by_size)
 
 
@@ -440,34 +469,38 @@ def _recall_table(per_case: list[dict[str, list[int]]]) -> dict[str, dict]:
 #: Significance level of the paired test that the reports name a winner by.
 
 
-def collect_problems(cases: list[EvalCase], maps_dir: Path) -> dict[str, str]:
+def collect_problems(cases: list[EvalCase], maps_dir: Path, *more: Path) -> dict[str, str]:
+    """Why a case cannot be scored: its own problems, or a failed map in ``maps_dir`` (or in ``more``)."""
     problems = {c.case_id: "; ".join(c.problems) for c in cases if c.problems}
     for c in cases:
-        err = maps_dir / f"{c.case_id}.error.json"
-        if err.is_file():
-            problems[c.case_id] = json.loads(err.read_text())["problem"]
+        for folder in (maps_dir, *more):
+            err = folder / f"{c.case_id}.error.json"
+            if err.is_file() and c.case_id not in problems:
+                problems[c.case_id] = json.loads(err.read_text())["problem"]
     return problems
 
 
 def score_dataset(cases: list[EvalCase], maps_dir: Path, threshold: float | str, pp: PostProcessing | None,
                   iou: float = 0.2, n_boot: int = 1000, detail: bool = True,
-                  cache: dict[str, ScoringInputs] | None = None
+                  cache: dict[str, ScoringInputs] | None = None, hybrid: HybridMaps | None = None
                   ) -> tuple[list[CaseScore], dict, dict[str, str], float]:
     """Phases 2 and 3 over the cached maps: (per-case scores, summary, skipped cases, threshold used); ``detail``:
     see :func:`score_case`. ``cache`` (with ``detail`` False; one dict per ``maps_dir``): each case's
-    :class:`ScoringInputs`, filled on first use, so that scoring many operating points reads each map once."""
-    problems = collect_problems(cases, maps_dir)
+    :class:`ScoringInputs`, filled on first use, so that scoring many operating points reads each map once.
+    ``hybrid``: score max(model, weight x baseline) (a case whose baseline map failed is skipped too)."""
+    problems = collect_problems(cases, maps_dir, *([hybrid.baseline] if hybrid is not None else []))
     good = [c for c in cases if c.case_id not in problems]
     if not good:
         raise InputError("no case could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
-    thr = global_threshold(good, maps_dir) if threshold == "otsu" else float(threshold)
+    thr = global_threshold(good, maps_dir, hybrid) if threshold == "otsu" else float(threshold)
     if cache is None:
-        scores = [score_case(c, maps_dir, thr, pp, iou, detail) for c in good]
+        scores = [score_case(c, maps_dir, thr, pp, iou, detail, hybrid=hybrid) for c in good]
     else:
+        base = hybrid.baseline if hybrid is not None else None
         for c in good:
-            if c.case_id not in cache:
-                cache[c.case_id] = scoring_inputs(c, maps_dir)
-        scores = [score_case(c, maps_dir, thr, pp, iou, detail, cache[c.case_id]) for c in good]
+            if c.case_id not in cache or (base is not None and cache[c.case_id].baseline is None):
+                cache[c.case_id] = scoring_inputs(c, maps_dir, base)
+        scores = [score_case(c, maps_dir, thr, pp, iou, detail, cache[c.case_id], hybrid) for c in good]
     summary = aggregate(scores, n_boot)
     summary["threshold"] = thr
     return scores, summary, problems, thr

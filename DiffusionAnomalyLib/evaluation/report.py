@@ -77,11 +77,14 @@ def size_recall_text(comparison: dict) -> str:
     return "; ".join(f"{name}: model {m}" + (f", baseline {b}" if b else "") for name, m, b in _by_size(comparison))
 
 
-def comparison_markdown(comparison: dict, model_name: str = "model") -> list[str]:
-    """The summary.md section that puts the model and the baseline side by side, with the paired tests."""
+def comparison_markdown(comparison: dict, model_name: str = "model", other: str = "median baseline",
+                        title: str = "Beside the non-neural baseline") -> list[str]:
+    """The summary.md section that puts the model and the baseline (or ``other``) side by side, with the paired
+    tests."""
     m, b = comparison["model"], comparison["baseline"]
-    lines = ["", f"## Beside the non-neural baseline ({comparison['cases']} cases scored by both)", "",
-             f"| metric | {model_name} | median baseline |", "|---|---|---|"]
+    m_word, o_word = ("model", "baseline") if other == "median baseline" else (model_name, other)
+    lines = ["", f"## {title} ({comparison['cases']} cases scored by both)", "",
+             f"| metric | {model_name} | {other} |", "|---|---|---|"]
     for key, name in (("dice", "mean Dice (cases with lesions)"), ("f1_per_case", "mean lesion F1 per case"),
                       ("pooled_f1", "pooled lesion F1"), ("fp_per_organ", "false positives per organ"),
                       ("voxel_auroc", "voxel AUROC in the organ")):
@@ -89,35 +92,43 @@ def comparison_markdown(comparison: dict, model_name: str = "model") -> list[str
     lines.append(f"| lesions found | {m['found']} of {m['lesions']} | {b['found']} of {b['lesions']} |")
     lines += [f"| lesions found, {name} | {mf} | {bf or 'n/a'} |" for name, mf, bf in _by_size(comparison)]
     lines += ["", "Paired Wilcoxon signed-rank test per case (one-sided, each direction):", "",
-              "| per-case figure | pairs | mean difference (model - baseline) | model better / baseline better / "
-              "ties | p (model better) | p (baseline better) | verdict (p < 0.05) |", "|---|---|---|---|---|---|---|"]
+              f"| per-case figure | pairs | mean difference ({m_word} - {o_word}) | {m_word} better / {o_word} "
+              f"better / ties | p ({m_word} better) | p ({o_word} better) | verdict (p < 0.05) |",
+              "|---|---|---|---|---|---|---|"]
     for key, name in (("dice", "Dice"), ("f1", "lesion F1")):
         t = comparison["paired"][key]
+        verdict = t["verdict"] if other == "median baseline" else t["verdict"].replace(
+            "model better", f"{model_name} better").replace("baseline better", f"{other} better")
         lines.append(f"| {name} | {t['n']} | {_fmt(t['mean_difference'])} | {t['model_better']} / "
                      f"{t['baseline_better']} / {t['ties']} | {_fmt(t['p_model_better'])} | "
-                     f"{_fmt(t['p_baseline_better'])} | {t['verdict']} |")
+                     f"{_fmt(t['p_baseline_better'])} | {verdict} |")
     return lines
 
 
 def write_report(out: Path, scores: list[CaseScore], summary: dict, problems: dict[str, str], settings: dict,
-                 baseline: tuple[list[CaseScore], dict] | None = None) -> None:
+                 baseline: tuple[list[CaseScore], dict] | None = None,
+                 alone: tuple[list[CaseScore], dict] | None = None) -> None:
     """per_case.csv, summary.json, summary.md and the PNG plots, written atomically into ``out/report``.
 
     ``baseline``: the baseline's (per-case scores, summary) on the same cases; then ``baseline_per_case.csv`` too,
-    and summary.json / summary.md put the two side by side with the paired test (:func:`compare_with_baseline`)."""
+    and summary.json / summary.md put the two side by side with the paired test (:func:`compare_with_baseline`).
+    ``alone``: the scores are the hybrid map's, and these the model's map alone at the same operating point
+    (``model_alone_per_case.csv``, summary.json ``model_alone``, a third side-by-side section)."""
     comparison = compare_with_baseline(scores, baseline[0], summary, baseline[1]) if baseline else None
+    versus_alone = compare_with_baseline(scores, alone[0], summary, alone[1]) if alone else None
     with atomic_output_dir(out / "report") as stage:
         rows = [s.row() for s in scores]
         with open(stage / "per_case.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
             w.writeheader()
             w.writerows(rows)
-        if baseline:
-            rows = [s.row() for s in baseline[0]]
-            with open(stage / "baseline_per_case.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
-                w.writeheader()
-                w.writerows(rows)
+        for other, name in ((baseline, "baseline_per_case.csv"), (alone, "model_alone_per_case.csv")):
+            if other:
+                rows = [s.row() for s in other[0]]
+                with open(stage / name, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
+                    w.writeheader()
+                    w.writerows(rows)
         lesions = [r for s in scores for r in s.reference_rows]
         with open(stage / "reference_lesions.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["case", "lesion", "volume_ml", "diameter_mm", "contrast", "spread",
@@ -127,16 +138,19 @@ def write_report(out: Path, scores: list[CaseScore], summary: dict, problems: di
         doc = {"settings": settings, "summary": summary, "skipped_cases": problems}
         if comparison:
             doc["baseline"] = {"summary": baseline[1], "comparison": comparison}
+        if versus_alone:
+            doc["model_alone"] = {"summary": alone[1], "comparison": versus_alone}
         (stage / "summary.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         (stage / "summary.md").write_text(markdown_summary(summary, problems, settings, comparison,
-                                                                baseline[1] if baseline else None))
+                                                                baseline[1] if baseline else None, versus_alone))
         _plots(stage, scores, summary)
-    if not baseline:  # an earlier run's baseline table is not this report's
-        (out / "report" / "baseline_per_case.csv").unlink(missing_ok=True)
+    for other, name in ((baseline, "baseline_per_case.csv"), (alone, "model_alone_per_case.csv")):
+        if not other:  # an earlier run's table is not this report's
+            (out / "report" / name).unlink(missing_ok=True)
 
 
 def markdown_summary(summary: dict, problems: dict[str, str], settings: dict, comparison: dict | None = None,
-                     baseline_summary: dict | None = None) -> str:
+                     baseline_summary: dict | None = None, versus_alone: dict | None = None) -> str:
     def fmt(m: dict) -> str:
         if m.get("mean") is None:
             return "n/a"
@@ -174,7 +188,10 @@ def markdown_summary(summary: dict, problems: dict[str, str], settings: dict, co
         lines += [f"| {k} | {v['lesions']} | {v['found']} | {_fmt(v['recall'])} |"
                   for k, v in summary["lesion_kinds"].items()]
     if comparison:
-        lines += comparison_markdown(comparison)
+        lines += comparison_markdown(comparison, "hybrid" if versus_alone else "model")
+    if versus_alone:
+        lines += comparison_markdown(versus_alone, "hybrid", "model alone",
+                                     "Beside the model's map alone, at the same operating point")
     if summary.get("funnel"):
         lines += funnel_markdown(summary["funnel"], (baseline_summary or {}).get("funnel"),
                                  organ=settings.get("organ", ""))

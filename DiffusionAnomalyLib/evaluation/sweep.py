@@ -23,6 +23,7 @@ settings, threshold, minimum lesion volume and growth are the chosen ones, which
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -30,8 +31,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from DiffusionAnomalyLib.detection.anomaly import PostProcessing
+from DiffusionAnomalyLib.detection.hybrid import hybrid_weight
 from DiffusionAnomalyLib.evaluation.datasets import EvalCase
-from DiffusionAnomalyLib.evaluation.evaluate import baseline_beside, compute_maps, log, score_dataset
+from DiffusionAnomalyLib.evaluation.evaluate import (
+    HybridMaps,
+    baseline_beside,
+    compute_maps,
+    global_threshold,
+    log,
+    score_dataset,
+)
 from DiffusionAnomalyLib.evaluation.report import compare_with_baseline, comparison_markdown
 from DiffusionAnomalyLib.imaging.outputs import atomic_output_dir
 from DiffusionAnomalyLib.settings import MapOptions
@@ -59,8 +68,9 @@ def choose_operating_point(rows: list[dict], max_fp_per_organ: float | None = No
     def f1(r):
         return -1.0 if r["f1"] is None else r["f1"]
 
-    def plain(r):
-        return (f1(r), -r["min_lesion_ml"], -abs(r["threshold_scale"] - 1.0), r.get("grow_to", 1.0))
+    def plain(r):  # ties: the model's map alone before a hybrid
+        return (f1(r), not r.get("hybrid"), -r["min_lesion_ml"], -abs(r["threshold_scale"] - 1.0),
+                r.get("grow_to", 1.0))
 
     if max_fp_per_organ is None:
         return max(rows, key=plain), "best pooled lesion F1"
@@ -84,7 +94,8 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
               maps_key: Callable | None = None, options: MapOptions | None = None,
               threshold_scales: Sequence[float] = (1.0,), max_fp_per_organ: float | None = None,
               grow_to_values: Sequence[float] = (1.0,), baseline_organ: str | None = None,
-              map_variants: Sequence[MapOptions] | None = None, objective: str = "lesions") -> dict | None:
+              map_variants: Sequence[MapOptions] | None = None, objective: str = "lesions",
+              hybrid_scales: Sequence[float] = ()) -> dict | None:
     """Run the grid; returns (on rank 0) {"grid": rows, "best": row, "postprocessing": rows}; ``best`` also
     holds the recommended ``threshold`` (Otsu x the chosen scale), ``min_lesion_ml``, the ``objective`` and the
     map options it was made with (anomaly reference, averaged samples, median filter), which the calibrated
@@ -96,7 +107,11 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     recommended operating point (``baseline`` in the result and sweep.json, ``OUT/sweep/report.md``), with the
     paired Wilcoxon test on per-case Dice and lesion F1. ``objective`` "size-balanced" with ``max_fp_per_organ``:
     the post-processing points are scored on every grid point's maps, not only the best-Dice one, and the
-    operating point is chosen by the mean of the size classes' recalls (:func:`choose_operating_point`)."""
+    operating point is chosen by the mean of the size classes' recalls (:func:`choose_operating_point`).
+    ``hybrid_scales``: each operating point is also scored on the hybrid map max(model, W x baseline)
+    (:mod:`~DiffusionAnomalyLib.detection.hybrid`) with W = threshold / (C x the baseline's global Otsu threshold)
+    for each C; the baseline's maps are computed for it (even without ``baseline_organ``), and ties go to the model's
+    map alone."""
     variants = list(map_variants or [options or MapOptions()])
     rows = []
 
@@ -122,48 +137,57 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
                                  "threshold": _significant(thr), "dice": summary["dice"]["mean"],
                                  "f1": summary["lesion_detection"]["f1"], "cases": summary["cases"],
                                  "skipped": len(problems)})
-    beside = baseline_beside(cases, baseline_organ, out, rank, world, barrier, n_boot=0, progress=progress) \
-        if baseline_organ else None
+    beside = baseline_beside(cases, baseline_organ or preset.name, out, rank, world, barrier, n_boot=0,
+                             progress=progress) if baseline_organ or hybrid_scales else None
     if rank != 0:
         return None
+    base_maps = out / "maps" / "baseline"
+    base_otsu = _significant(global_threshold([c for c in cases if not c.problems], base_maps)) \
+        if hybrid_scales else None
+    hybrids = [0.0, *sorted(float(c) for c in hybrid_scales)]  # 0: the model's map alone
     by_dice = max(rows, key=lambda r: -1.0 if r["dice"] is None else r["dice"])
     every = objective == "size-balanced" and max_fp_per_organ is not None
     candidates = [r for r in rows if r["threshold"] is not None] if every else [by_dice]
     pp_rows = []
     caches: dict[str, dict] = {}  # per map folder: each case's map, masks and reference read once for all points
-    points = len(candidates) * len(threshold_scales) * len(min_lesion_ml_values) * len(grow_to_values)
+    grid = list(itertools.product(sorted(float(v) for v in threshold_scales),
+                                  sorted(float(v) for v in min_lesion_ml_values),
+                                  sorted((float(v) for v in grow_to_values), reverse=True), hybrids))
+    points = len(candidates) * len(grid)
     for row in candidates:
         cache = caches.setdefault(row["maps"], {})
-        for scale in sorted(float(v) for v in threshold_scales):
+        for scale, ml, grow, c in grid:
             threshold = _significant(row["threshold"] * scale)
-            for ml in sorted(float(v) for v in min_lesion_ml_values):
-                for grow in sorted((float(v) for v in grow_to_values), reverse=True):
-                    pp = PostProcessing.for_preset(preset, ml, grow)
-                    _, summary, _, _ = score_dataset(cases, out / "maps" / row["maps"], threshold, pp, n_boot=0,
-                                                     detail=False, cache=cache)
-                    d = summary["lesion_detection"]
-                    progress(f"sweep: post-processing {len(pp_rows) + 1}/{points}"
-                             + (f" ({row['maps']})" if every else "") + f": {scale:g} x Otsu, {ml:g} ml, "
-                             f"grow to {grow:g}: {d['tp']}/{d['tp'] + d['fn']} found, "
-                             f"{summary['fp_per_organ']['mean'] or 0:.2f} FP per organ")
-                    pp_rows.append({"maps": row["maps"], "threshold_scale": scale, "threshold": threshold,
-                                    "min_lesion_ml": ml, "grow_to": grow, "lesions": d["tp"] + d["fn"],
-                                    "found": d["tp"], "fp": d["fp"], "fp_per_organ": summary["fp_per_organ"]["mean"],
-                                    "f1": d["f1"], "dice": summary["dice"]["mean"],
-                                    "size_balanced_recall": summary["size_balanced_recall"],
-                                    "recall_by_size": {k: v["recall"] for k, v in summary["recall_by_size"].items()}})
+            weight = hybrid_weight(threshold, base_otsu, c) if c else 0.0
+            pp = PostProcessing.for_preset(preset, ml, grow)
+            _, summary, _, _ = score_dataset(cases, out / "maps" / row["maps"], threshold, pp, n_boot=0,
+                                             detail=False, cache=cache,
+                                             hybrid=HybridMaps(base_maps, weight) if weight else None)
+            d = summary["lesion_detection"]
+            progress(f"sweep: post-processing {len(pp_rows) + 1}/{points}"
+                     + (f" ({row['maps']})" if every else "") + f": {scale:g} x Otsu, {ml:g} ml, grow to {grow:g}"
+                     + (f", hybrid C = {c:g} (W = {weight:g})" if c else "") + f": {d['tp']}/{d['tp'] + d['fn']} "
+                     f"found, {summary['fp_per_organ']['mean'] or 0:.2f} FP per organ")
+            pp_rows.append({"maps": row["maps"], "threshold_scale": scale, "threshold": threshold,
+                            "min_lesion_ml": ml, "grow_to": grow, "hybrid_scale": c or None, "hybrid": weight,
+                            "lesions": d["tp"] + d["fn"], "found": d["tp"], "fp": d["fp"],
+                            "fp_per_organ": summary["fp_per_organ"]["mean"], "f1": d["f1"],
+                            "dice": summary["dice"]["mean"], "size_balanced_recall": summary["size_balanced_recall"],
+                            "recall_by_size": {k: v["recall"] for k, v in summary["recall_by_size"].items()}})
     chosen, why = choose_operating_point(pp_rows, max_fp_per_organ, objective)
     best = next(r for r in candidates if r["maps"] == chosen["maps"])
     cache = caches[best["maps"]]
     maps = out / "maps" / best["maps"]
     best = {**best, "otsu_threshold": best["threshold"], "threshold": chosen["threshold"],
             "min_lesion_ml": chosen["min_lesion_ml"], "grow_to": chosen["grow_to"], "objective": why,
-            "postprocessed": chosen}
+            "postprocessed": chosen, **({"hybrid": chosen["hybrid"], "hybrid_scale": chosen["hybrid_scale"],
+                                        "baseline_otsu": base_otsu} if hybrid_scales else {})}
     result = {"grid": rows, "best": best, "postprocessing": pp_rows}
-    if beside is not None:
+    if beside is not None and baseline_organ:
         pp = PostProcessing.for_preset(preset, chosen["min_lesion_ml"], chosen["grow_to"])
         scores, summary, _, _ = score_dataset(cases, maps, chosen["threshold"], pp, n_boot=0, detail=False,
-                                              cache=cache)
+                                              cache=cache, hybrid=HybridMaps(base_maps, chosen["hybrid"])
+                                              if chosen.get("hybrid") else None)
         result["baseline"] = compare_with_baseline(scores, beside[0], summary, beside[1])
     with atomic_output_dir(out / "sweep") as stage:
         with open(stage / "sweep.csv", "w", newline="") as f:
@@ -175,8 +199,9 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
             (stage / "report.md").write_text("\n".join([
                 "# Sweep: the recommended operating point beside the baseline", "",
                 f"Model at L = {best['noise_level']}, s = {best['guidance']:g}, threshold {best['threshold']:g}, "
-                f"minimum lesion {best['min_lesion_ml']:g} ml, grow to {best['grow_to']:g} ({why}); the "
-                "baseline at its own global Otsu threshold.",
+                f"minimum lesion {best['min_lesion_ml']:g} ml, grow to {best['grow_to']:g}"
+                + (f", hybrid max(model, {best['hybrid']:g} x median baseline)" if best.get("hybrid") else "")
+                + f" ({why}); the baseline at its own global Otsu threshold.",
                 *comparison_markdown(result["baseline"], "model (recommended point)")]) + "\n")
         _plot(rows, stage / "dice_vs_s.png")
     if "baseline" not in result:  # an earlier run's comparison is not this sweep's
@@ -241,14 +266,14 @@ def write_calibrated_bundle(bundle: str | Path, out: str | Path, best: dict, not
     meta: BundleMeta = read_meta(bundle)
     meta.recommended = {**(meta.recommended or {}), "sampler": best["sampler"], "noise_level": best["noise_level"],
                         "guidance": best["guidance"], "steps": best["steps"], "threshold": best["threshold"],
-                        **{k: best[k] for k in ("min_lesion_ml", "grow_to", "reference", "samples", "median_filter")
-                           if k in best}}
+                        **{k: best[k] for k in ("min_lesion_ml", "grow_to", "reference", "samples", "median_filter",
+                                                "hybrid") if k in best}}
     meta.extra = {**(meta.extra or {}), "calibration": {**best, "note": note}}
     rec = meta.recommended
     meta.record(f"calibrated by sweep: {rec['sampler']} L = {rec['noise_level']}, s = {rec['guidance']:g}, "
                 f"{rec['steps']} steps, threshold {rec['threshold']}" +
-                "".join(f", {k} {rec[k]}" for k in ("min_lesion_ml", "grow_to", "reference", "samples", "median_filter")
-                        if k in best) + (f" ({note})" if note else ""))
+                "".join(f", {k} {rec[k]}" for k in ("min_lesion_ml", "grow_to", "reference", "samples", "median_filter",
+                                                    "hybrid") if k in best) + (f" ({note})" if note else ""))
     with atomic_output_dir(out) as stage:
         for f in Path(bundle).iterdir():
             if f.is_file() and f.name != "model.json":

@@ -96,11 +96,12 @@ def calibration_points(cal: dict) -> int:
 
 
 def postprocessing_points(cal: dict) -> int:
-    """How many operating points the calibration sweep scores: thresholds x volumes x growths, at the best map or,
+    """How many operating points the calibration sweep scores: thresholds x volumes x growths x (the model alone and
+    each hybrid scale), at the best map or,
     with the size-balanced objective and a false-positive budget, at every map setting."""
     every = cal.get("objective") == "size-balanced" and cal.get("max_fp_per_organ") is not None
     return (len(cal["threshold_scales"]) * len(cal["min_lesion_ml_values"]) * len(cal["grow_to_values"])
-            * (calibration_points(cal) if every else 1))
+            * (1 + len(cal.get("hybrid_scales") or ())) * (calibration_points(cal) if every else 1))
 
 
 #: Seconds per validation case and operating point the sweep's post-processing and scoring take (a 2-core CPU;

@@ -38,6 +38,12 @@ ALL = ("all",)
 _SYNTHETIC = ("--synthetic-data", "the cases are synthetic (from any generator)")
 
 
+#: ``train all``'s hybrid scales (``--hybrid-scales``): the baseline counts where its map exceeds C x its global Otsu
+#: threshold on the validation cases; at 1 x Otsu the baseline alone makes about 2 false positives per kidney on the
+#: phantoms (docs/evaluation.md), so the grid starts above it.
+HYBRID_SCALES = (1.25, 1.5, 2.0, 3.0)
+
+
 @dataclass
 class TrainAllPlan:
     """Everything ``train all`` does (its stages' settings: :meth:`resolved`, recorded in ``OUT.work/stages.json``).
@@ -105,6 +111,7 @@ class TrainAllPlan:
     min_lesion_ml_values: tuple[float, ...] = redeclared(CalibrationGrid, "min_lesion_ml_values", (0.0, 0.5, 1.0, 2.0))
     grow_to_values: tuple[float, ...] = redeclared(CalibrationGrid, "grow_to_values", (1.0, 0.7))
     max_fp_per_organ: float | None = redeclared(CalibrationGrid, "max_fp_per_organ", 1.0)
+    hybrid_scales: tuple[float, ...] = redeclared(CalibrationGrid, "hybrid_scales", HYBRID_SCALES)
     objective: str = redeclared(CalibrationGrid, "objective", "size-balanced")
     reference_values: tuple[str, ...] | None = redeclared(CalibrationGrid, "reference_values", None)
     samples_values: tuple[int, ...] | None = redeclared(CalibrationGrid, "samples_values", None)
@@ -150,6 +157,7 @@ class TrainAllPlan:
                           **{k: _listed(getattr(self, k)) for k in (
                               "threshold_scales", "min_lesion_ml_values", "grow_to_values")},
                           "max_fp_per_organ": self.max_fp_per_organ, "objective": self.objective,
+                          "hybrid_scales": [float(c) for c in self.hybrid_scales if c > 0],
                           **{k: _listed(getattr(self, k)) for k in (
                               "reference_values", "samples_values", "median_filter_values")}},
             "bundle": {"name": self.name, "version": self.version, "demo": self.demo,
