@@ -87,7 +87,7 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
         pp = b["postprocessed"]
         ev["settings"] = (f"{b['sampler']} L = {b['noise_level']}, s = {b['guidance']:g}, {b['steps']} steps, "
                           f"threshold {b['threshold']:g}, lesions >= {b['min_lesion_ml']:g} ml, grow to "
-                          f"{b['grow_to']:g} ({b['objective']})")
+                          f"{b['grow_to']:g}{_hybrid_text(b)} ({b['objective']})")
         ev["lesions_found"] = f"{pp['found']} of {pp['lesions']}"
         ev["fp_per_organ"] = pp["fp_per_organ"]
         ev["pooled_lesion_f1"] = pp["f1"]
@@ -147,7 +147,8 @@ def summary_lines(prepared: Prepared, stages: Stages, auc: dict, sweep: dict | N
     if sweep:
         b, pp = sweep["best"], sweep["best"]["postprocessed"]
         lines.append(f"Calibrated on the validation split: L = {b['noise_level']}, s = {b['guidance']:g}, threshold "
-                     f"{b['threshold']:g}, >= {b['min_lesion_ml']:g} ml, grow to {b['grow_to']:g}: {pp['found']} of "
+                     f"{b['threshold']:g}, >= {b['min_lesion_ml']:g} ml, grow to {b['grow_to']:g}{_hybrid_text(b)}: "
+                     f"{pp['found']} of "
                      f"{pp['lesions']} lesions found, {pp['fp_per_organ']} false positives per organ, pooled F1 "
                      f"{pp['f1']}, Dice {pp['dice']}.")
         if "baseline" in sweep:
@@ -161,3 +162,8 @@ def summary_lines(prepared: Prepared, stages: Stages, auc: dict, sweep: dict | N
     for w in prepared.warnings:
         lines.append(f"Warning: {w}.")
     return lines
+
+
+def _hybrid_text(best: dict) -> str:
+    """", hybrid max(model, W x median baseline)" when the calibration chose the hybrid map, else ""."""
+    return f", hybrid max(model, {best['hybrid']:g} x median baseline)" if best.get("hybrid") else ""
