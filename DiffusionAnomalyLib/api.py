@@ -126,7 +126,7 @@ class DetectRequest:
 
 def _settings_problems(settings: dict[str, Any]) -> list[str]:
     """Each given run setting checked against its declaration (None: not given; ``threshold`` may be a word)."""
-    from DiffusionAnomalyLib.settings import check_values, field_problem, options
+    from DiffusionAnomalyLib.settings import check_values, field_problem, floor_contrast_problem, options
 
     words = dict(options())
     out = []
@@ -138,7 +138,8 @@ def _settings_problems(settings: dict[str, Any]) -> list[str]:
         except InputError as exc:
             out.append(str(exc))
             continue
-        if problem := field_problem(name, value):
+        if problem := field_problem(name, value) or (floor_contrast_problem(value) if name == "floor_contrast"
+                                                     else None):
             out.append(problem)
     return out
 

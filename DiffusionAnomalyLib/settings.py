@@ -77,6 +77,15 @@ RUN = ("run",)
 MAPS = ("run", "evaluate", "sweep", "batch")
 
 
+
+def floor_contrast_problem(value: float) -> str | None:
+    """Why a contrast-dependent size floor ``value`` means nothing (None: it is 0, off, or >= 1): below 1 x the
+    threshold every lesion would escape the floor, since every lesion's mean score is above the threshold."""
+    if 0 < value < 1:
+        return (f"floor contrast must be 0 (off) or >= 1, a multiple of the threshold (got {value:g}): every lesion's "
+                "mean score is above the threshold already")
+    return None
+
 @dataclass(frozen=True)
 class RunSettings:
     """Every setting of one detection run with a bundle, resolved: what the sampler, the map and the
@@ -137,6 +146,10 @@ class RunSettings:
         "grow each lesion kept at the threshold over the connected organ voxels above F x threshold (hysteresis; "
         "1 = off; default: the bundle's calibrated value, else 1)", (*MAPS, "baseline"), "F", label="grow-to",
         low=0, high=1, low_open=True, recommend=True))
+    floor_contrast: float = setting(0.0, Option(
+        "keep a lesion smaller than --min-lesion-ml when its mean map score is at least F x the threshold: a size "
+        "floor that depends on the evidence (0 = off, else >= 1; default: the bundle's calibrated value, else 0)",
+        (*MAPS, "baseline"), "F", label="floor contrast", low=0, recommend=True))
     hybrid: float = setting(0.0, Option(
         "combine the model's anomaly map with the median baseline's as max(model, W x baseline), W > 0 (0 = the "
         "model's map alone; default: the bundle's calibrated weight, else 0; docs/evaluation.md#the-hybrid-map)",
@@ -171,6 +184,8 @@ class RunSettings:
             out.append(f"steps must be between 1 and L = {self.noise_level} (got {self.steps})")
         if self.trajectory_heatmap and self.trajectory_every <= 0:
             out.append("the trajectory heatmap needs a trajectory (trajectory-every K > 0)")
+        if problem := floor_contrast_problem(self.floor_contrast):
+            out.append(problem)
         return out
 
     @classmethod
@@ -205,7 +220,7 @@ class RunSettings:
         """The post-processing (``PostProcessing``; numpy and SciPy only)."""
         from DiffusionAnomalyLib.detection.anomaly import PostProcessing
 
-        return PostProcessing.for_preset(preset, self.min_lesion_ml, self.grow_to)
+        return PostProcessing.for_preset(preset, self.min_lesion_ml, self.grow_to, self.floor_contrast)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> RunSettings:

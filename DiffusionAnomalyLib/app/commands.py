@@ -189,14 +189,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"best: L = {b['noise_level']}, s = {b['guidance']:g}, reference {b['reference']}, {b['samples']} "
           f"sample(s), median filter {b['median_filter']}, Otsu threshold {b['otsu_threshold']:.4f}, "
           f"mean Dice {b['dice']}; plot in {Path(args.out) / 'sweep' / 'dice_vs_s.png'}")
-    print("post-processing at the best point, by threshold (x Otsu), minimum lesion volume and growth:")
-    print(f"{'scale':>6} {'threshold':>10} {'ml':>6} {'grow':>5} {'found':>9} {'FP/organ':>9} {'F1':>7} {'Dice':>7}")
+    print("post-processing at the best point, by threshold (x Otsu), minimum lesion volume (unless the mean score "
+          "is >= F x threshold), growth and hybrid weight W (0: the model's map alone):")
+    print(f"{'scale':>6} {'threshold':>10} {'ml':>6} {'F':>4} {'grow':>5} {'W':>8} {'found':>9} {'FP/organ':>9} "
+          f"{'F1':>7} {'Dice':>7}")
     for r in res.postprocessing:
-        print(f"{r['threshold_scale']:>6g} {r['threshold']:>10.4f} {r['min_lesion_ml']:>6g} {r['grow_to']:>5g} "
+        print(f"{r['threshold_scale']:>6g} {r['threshold']:>10.4f} {r['min_lesion_ml']:>6g} "
+              f"{r.get('floor_contrast', 0):>4g} {r['grow_to']:>5g} {r.get('hybrid', 0):>8.4g} "
               f"{r['found']:>4}/{r['lesions']:<4} {r['fp_per_organ'] or 0:>9.2f} {r['f1'] or 0:>7.3f} "
               f"{r['dice'] or 0:>7.3f}")
-    print(f"recommended: threshold {b['threshold']:.4f}, minimum lesion volume {b['min_lesion_ml']:g} ml, "
-          f"grow to {b['grow_to']:g} x threshold ({b['objective']})")
+    print(f"recommended: threshold {b['threshold']:.4f}, minimum lesion volume {b['min_lesion_ml']:g} ml"
+          + (f" unless the mean score is >= {b['floor_contrast']:g} x threshold" if b.get("floor_contrast") else "")
+          + f", grow to {b['grow_to']:g} x threshold"
+          + (f", hybrid max(model, {b['hybrid']:g} x median baseline)" if b.get("hybrid") else "")
+          + f" ({b['objective']})")
     if res.baseline:
         _print_beside(res.baseline)
     if res.bundle:

@@ -5,7 +5,9 @@ Post-processing order, as in the thesis: threshold -> mask to the organ -> morph
 (26-connected) -> drop components < ``min_voxels`` -> drop lesions whose largest axial extent
 (largest side of the axial bounding box, in mm, patient x/y axes) is < ``min_axial_mm``. Optionally
 (not in the thesis; 0 = off) drop lesions smaller than ``min_volume_ml``, a size in millilitres that,
-unlike a voxel count, means the same on every scan; ``diffusion-anomaly sweep`` calibrates it.
+unlike a voxel count, means the same on every scan; ``diffusion-anomaly sweep`` calibrates it. With
+``floor_contrast`` F > 0 that volume floor depends on the evidence: a lesion whose mean score reaches F x the
+threshold is kept below it (a small, clear lesion is not dropped for its size; the thesis limits still apply).
 """
 
 from __future__ import annotations
@@ -176,16 +178,23 @@ class PostProcessing:
     min_axial_mm: float = 3.0
     min_volume_ml: float = 0.0
     grow_to: float = 1.0
+    floor_contrast: float = 0.0  # > 0: a lesion whose mean score is >= this x threshold escapes min_volume_ml
 
     def __post_init__(self) -> None:
         if not 0.0 < self.grow_to <= 1.0:
             raise InputError(f"--grow-to must be in (0, 1] (a fraction of the threshold; got {self.grow_to:g})")
+        if not (self.floor_contrast == 0.0 or self.floor_contrast >= 1.0):
+            raise InputError(f"--floor-contrast must be 0 (off) or >= 1 (a multiple of the threshold; got "
+                             f"{self.floor_contrast:g})")
 
     @classmethod
-    def for_preset(cls, preset, min_volume_ml: float | None = None, grow_to: float | None = None) -> PostProcessing:
-        """The thesis defaults with the preset's size limits (and an optional volume limit in ml and growth)."""
+    def for_preset(cls, preset, min_volume_ml: float | None = None, grow_to: float | None = None,
+                   floor_contrast: float | None = None) -> PostProcessing:
+        """The thesis defaults with the preset's size limits (and an optional volume limit in ml, growth and
+        contrast-dependent floor)."""
         return cls(min_voxels=preset.min_component_voxels, min_axial_mm=preset.min_axial_extent_mm,
-                   min_volume_ml=float(min_volume_ml or 0.0), grow_to=1.0 if grow_to is None else float(grow_to))
+                   min_volume_ml=float(min_volume_ml or 0.0), grow_to=1.0 if grow_to is None else float(grow_to),
+                   floor_contrast=float(floor_contrast or 0.0))
 
 
 def postprocess(
@@ -227,7 +236,10 @@ def _postprocess_box(score: np.ndarray, threshold: float, organ_mask: np.ndarray
         if sl is None:
             continue
         comp = labels[sl] == lab
-        if comp.sum() < settings.min_voxels or comp.sum() * voxel_ml < settings.min_volume_ml:
+        if comp.sum() < settings.min_voxels:
+            continue
+        if comp.sum() * voxel_ml < settings.min_volume_ml and not (
+                settings.floor_contrast and score[sl][comp].mean() >= settings.floor_contrast * threshold):
             continue
         idx = np.argwhere(comp) + np.array([s.start + o for s, o in zip(sl, offset, strict=True)])
         if axial_extent_mm(image, idx) < settings.min_axial_mm:

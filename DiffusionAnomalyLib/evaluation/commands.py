@@ -31,6 +31,7 @@ from DiffusionAnomalyLib.settings import (
     ORGANS,
     REFERENCES,
     RunSettings,
+    floor_contrast_problem,
     max_samples,
 )
 
@@ -113,6 +114,10 @@ class CalibrationGrid:
     grow_to_values: tuple[float, ...] = setting((), Option(
         "the lesion growths tried there, F x threshold (hysteresis; 1 = off; default: --grow-to, else 1)", GRID, "F",
         label="grow-to", low=0, high=1, low_open=True))
+    floor_contrast_values: tuple[float, ...] = setting((), Option(
+        "the contrast-dependent size floors tried there: a lesion below the minimum volume is kept when its mean "
+        "score is >= F x threshold (0 = the fixed floor; default: --floor-contrast, else 0)", GRID, "F",
+        label="floor contrast", low=0))
     hybrid_scales: tuple[float, ...] = setting((), Option(
         "also try the hybrid map max(model, W x median baseline) at each of these points, the baseline counting where "
         "its map exceeds C x its global Otsu threshold (W = threshold / (C x that Otsu); 0 = no hybrid); it is "
@@ -129,6 +134,7 @@ class CalibrationGrid:
 
     def __post_init__(self) -> None:
         found = problems(self)
+        found += [p for f in self.floor_contrast_values if (p := floor_contrast_problem(f))]
         if found:
             raise InputError("; ".join(found))
 
@@ -236,7 +242,8 @@ def evaluate(request: EvaluateRequest) -> EvaluateResult | None:
     if not model.baseline and (request.baseline_beside or weight):
         beside = baseline_beside(cases, model.preset.name, out, ranks.rank, ranks.world, ranks.barrier,
                                  request.postprocessing, request.settings.get("min_lesion_ml"),
-                                 request.settings.get("grow_to"), request.bootstrap, detail=True)
+                                 request.settings.get("grow_to"), request.bootstrap, detail=True,
+                                 floor_contrast=request.settings.get("floor_contrast"))
     result = None
     if ranks.rank == 0:
         # evaluate's default is one Otsu threshold over the whole dataset; 'bundle' is the calibrated one
@@ -293,8 +300,9 @@ def sweep(request: SweepRequest) -> SweepResult | None:
     ``write_bundle``, a calibrated copy of the bundle."""
     from DiffusionAnomalyLib.evaluation.sweep import run_sweep, weak_guidance, write_calibrated_bundle
 
-    grow = request.settings.get("grow_to")
+    grow, floor = request.settings.get("grow_to"), request.settings.get("floor_contrast")
     grow_to_values = list(request.grow_to_values) or [1.0 if grow is None else grow]
+    floors = list(request.floor_contrast_values) or [floor or 0.0]
     if request.write_bundle:
         if not request.bundle:
             raise InputError("--write-bundle needs --bundle (the baseline has no settings to calibrate)")
@@ -317,6 +325,7 @@ def sweep(request: SweepRequest) -> SweepResult | None:
                     options=model.options, threshold_scales=request.threshold_scales or (1.0,),
                     max_fp_per_organ=request.max_fp_per_organ, grow_to_values=grow_to_values,
                     objective=request.objective, hybrid_scales=tuple(c for c in request.hybrid_scales if c > 0),
+                    floor_contrast_values=floors,
                     baseline_organ=model.preset.name if request.baseline_beside else None,
                     map_variants=map_variants(request, model.run))
     result = None

@@ -266,12 +266,13 @@ def scoring_inputs(case: EvalCase, maps_dir: Path, baseline: Path | None = None)
 
 def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcessing | None,
                iou: float = 0.2, detail: bool = True, inputs: ScoringInputs | None = None,
-               hybrid: HybridMaps | None = None) -> CaseScore:
+               hybrid: HybridMaps | None = None, auroc: bool = True) -> CaseScore:
     """Phase 3 for one case (``pp`` None: threshold and connected components only, as in the sweep). ``detail``
     False skips what only the report shows (size strata, each reference lesion's contrast in the image, the phantom
     lesion attributes): the sweep scores many operating points and needs the detection figures only. ``inputs``
     (with ``detail`` False only): the case's cached :class:`ScoringInputs` instead of reading the maps (with
-    ``hybrid``, inputs holding the baseline's map). ``hybrid``: score the hybrid map."""
+    ``hybrid``, inputs holding the baseline's map). ``hybrid``: score the hybrid map. ``auroc`` False: leave the
+    voxel AUROC / AUPRC of a hybrid map out (NaN; the sweep's many operating points do not need them)."""
     weight = hybrid.weight if hybrid is not None else 0.0
     auc = None
     if inputs is not None:
@@ -311,8 +312,8 @@ def score_case(case: EvalCase, maps_dir: Path, threshold: float, pp: PostProcess
         kinds=lesion_kinds(case, found) if detail else {}, contrast=contrast, reference_rows=rows,
         dice=dice(pred, truth) if n_ref else float("nan"), tp=det.tp, fp=det.fp, fn=det.fn,
         fp_per_organ=det.fp / max(int(info.get("structures", 1)), 1),
-        auroc=auc[0] if auc else voxel_auroc(heat, truth > 0, organ),
-        auprc=auc[1] if auc else voxel_auprc(heat, truth > 0, organ),
+        auroc=auc[0] if auc else voxel_auroc(heat, truth > 0, organ) if auroc else math.nan,
+        auprc=auc[1] if auc else voxel_auprc(heat, truth > 0, organ) if auroc else math.nan,
         lesion_scores=scores, lesion_hits=[p in matched for p in pred_ids], strata=strata, found_by_size=by_size)
 
 
@@ -482,12 +483,13 @@ def collect_problems(cases: list[EvalCase], maps_dir: Path, *more: Path) -> dict
 
 def score_dataset(cases: list[EvalCase], maps_dir: Path, threshold: float | str, pp: PostProcessing | None,
                   iou: float = 0.2, n_boot: int = 1000, detail: bool = True,
-                  cache: dict[str, ScoringInputs] | None = None, hybrid: HybridMaps | None = None
-                  ) -> tuple[list[CaseScore], dict, dict[str, str], float]:
+                  cache: dict[str, ScoringInputs] | None = None, hybrid: HybridMaps | None = None,
+                  auroc: bool = True) -> tuple[list[CaseScore], dict, dict[str, str], float]:
     """Phases 2 and 3 over the cached maps: (per-case scores, summary, skipped cases, threshold used); ``detail``:
     see :func:`score_case`. ``cache`` (with ``detail`` False; one dict per ``maps_dir``): each case's
     :class:`ScoringInputs`, filled on first use, so that scoring many operating points reads each map once.
-    ``hybrid``: score max(model, weight x baseline) (a case whose baseline map failed is skipped too)."""
+    ``hybrid``: score max(model, weight x baseline) (a case whose baseline map failed is skipped too); ``auroc``:
+    see :func:`score_case`."""
     problems = collect_problems(cases, maps_dir, *([hybrid.baseline] if hybrid is not None else []))
     good = [c for c in cases if c.case_id not in problems]
     if not good:
@@ -500,7 +502,7 @@ def score_dataset(cases: list[EvalCase], maps_dir: Path, threshold: float | str,
         for c in good:
             if c.case_id not in cache or (base is not None and cache[c.case_id].baseline is None):
                 cache[c.case_id] = scoring_inputs(c, maps_dir, base)
-        scores = [score_case(c, maps_dir, thr, pp, iou, detail, cache[c.case_id], hybrid) for c in good]
+        scores = [score_case(c, maps_dir, thr, pp, iou, detail, cache[c.case_id], hybrid, auroc) for c in good]
     summary = aggregate(scores, n_boot)
     summary["threshold"] = thr
     return scores, summary, problems, thr
@@ -509,11 +511,12 @@ def score_dataset(cases: list[EvalCase], maps_dir: Path, threshold: float | str,
 def baseline_beside(cases: list[EvalCase], organ: str, out: Path, rank: int = 0, world: int = 1,
                     barrier: Callable[[], None] = lambda: None, postprocessing: bool = True,
                     min_lesion_ml: float | None = None, grow_to: float | None = None, n_boot: int = 1000,
-                    progress: Callable[[str], None] = log, detail: bool | None = None
-                    ) -> tuple[list[CaseScore], dict] | None:
+                    progress: Callable[[str], None] = log, detail: bool | None = None,
+                    floor_contrast: float | None = None) -> tuple[list[CaseScore], dict] | None:
     """The non-neural median baseline (:class:`~.baseline.MedianBaseline`, the organ's own preset, as the
     ``baseline`` command runs it) on the same cases: maps cached in ``out/maps/baseline``, scored at its own global
-    Otsu threshold with the thesis post-processing (``min_lesion_ml`` / ``grow_to`` given by the user apply to
+    Otsu threshold with the thesis post-processing (``min_lesion_ml`` / ``grow_to`` / ``floor_contrast`` given by the
+    user apply to
     both; a bundle's calibrated values are the model's only). ``detail`` (default: ``n_boot`` > 0): score the
     report's breakdowns and the loss funnel too. Returns (scores, summary) on rank 0, else None."""
     from DiffusionAnomalyLib.detection.baseline import MedianBaseline
@@ -526,7 +529,7 @@ def baseline_beside(cases: list[EvalCase], organ: str, out: Path, rank: int = 0,
     barrier()
     if rank != 0:
         return None
-    pp = PostProcessing.for_preset(preset, min_lesion_ml, grow_to) if postprocessing else None
+    pp = PostProcessing.for_preset(preset, min_lesion_ml, grow_to, floor_contrast) if postprocessing else None
     scores, summary, _, _ = score_dataset(cases, maps, "otsu", pp, n_boot=n_boot,
                                           detail=n_boot > 0 if detail is None else detail)
     return scores, summary

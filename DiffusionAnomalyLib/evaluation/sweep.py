@@ -48,6 +48,8 @@ from DiffusionAnomalyLib.settings import MapOptions
 #: The thesis grid (the kidney thesis §5.2): L in {100, 250, 500}, s in {0, 200, ..., 2000}.
 THESIS_NOISE_LEVELS = (100, 250, 500)
 THESIS_GUIDANCE = tuple(range(0, 2001, 200))
+#: What a calibration recommends beside the sampler's settings and the threshold, when it chose it.
+CALIBRATED = ("min_lesion_ml", "grow_to", "floor_contrast", "reference", "samples", "median_filter", "hybrid")
 #: Candidate minimum lesion volumes (ml) tried after the grid; 0 = the thesis post-processing alone.
 MIN_LESION_ML = (0.0, 0.25, 0.5, 1.0, 2.0)
 
@@ -68,9 +70,9 @@ def choose_operating_point(rows: list[dict], max_fp_per_organ: float | None = No
     def f1(r):
         return -1.0 if r["f1"] is None else r["f1"]
 
-    def plain(r):  # ties: the model's map alone before a hybrid
-        return (f1(r), not r.get("hybrid"), -r["min_lesion_ml"], -abs(r["threshold_scale"] - 1.0),
-                r.get("grow_to", 1.0))
+    def plain(r):  # ties: the model's map alone before a hybrid, the fixed size floor before one by contrast
+        return (f1(r), not r.get("hybrid"), not r.get("floor_contrast"), -r["min_lesion_ml"],
+                -abs(r["threshold_scale"] - 1.0), r.get("grow_to", 1.0))
 
     if max_fp_per_organ is None:
         return max(rows, key=plain), "best pooled lesion F1"
@@ -95,7 +97,7 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
               threshold_scales: Sequence[float] = (1.0,), max_fp_per_organ: float | None = None,
               grow_to_values: Sequence[float] = (1.0,), baseline_organ: str | None = None,
               map_variants: Sequence[MapOptions] | None = None, objective: str = "lesions",
-              hybrid_scales: Sequence[float] = ()) -> dict | None:
+              hybrid_scales: Sequence[float] = (), floor_contrast_values: Sequence[float] = (0.0,)) -> dict | None:
     """Run the grid; returns (on rank 0) {"grid": rows, "best": row, "postprocessing": rows}; ``best`` also
     holds the recommended ``threshold`` (Otsu x the chosen scale), ``min_lesion_ml``, the ``objective`` and the
     map options it was made with (anomaly reference, averaged samples, median filter), which the calibrated
@@ -111,7 +113,8 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     ``hybrid_scales``: each operating point is also scored on the hybrid map max(model, W x baseline)
     (:mod:`~DiffusionAnomalyLib.detection.hybrid`) with W = threshold / (C x the baseline's global Otsu threshold)
     for each C; the baseline's maps are computed for it (even without ``baseline_organ``), and ties go to the model's
-    map alone."""
+    map alone. ``floor_contrast_values``: the contrast-dependent size floors tried with each minimum volume > 0
+    (:class:`~.anomaly.PostProcessing`)."""
     variants = list(map_variants or [options or MapOptions()])
     rows = []
 
@@ -150,26 +153,29 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     candidates = [r for r in rows if r["threshold"] is not None] if every else [by_dice]
     pp_rows = []
     caches: dict[str, dict] = {}  # per map folder: each case's map, masks and reference read once for all points
-    grid = list(itertools.product(sorted(float(v) for v in threshold_scales),
-                                  sorted(float(v) for v in min_lesion_ml_values),
-                                  sorted((float(v) for v in grow_to_values), reverse=True), hybrids))
+    grid = [(x, ml, f, g, c) for x, ml, f, g, c in itertools.product(
+        sorted(float(v) for v in threshold_scales), sorted(float(v) for v in min_lesion_ml_values),
+        sorted({float(v) for v in floor_contrast_values}), sorted((float(v) for v in grow_to_values), reverse=True),
+        hybrids) if ml > 0 or f == 0]  # without a volume floor there is nothing to escape
     points = len(candidates) * len(grid)
     for row in candidates:
         cache = caches.setdefault(row["maps"], {})
-        for scale, ml, grow, c in grid:
+        for scale, ml, floor, grow, c in grid:
             threshold = _significant(row["threshold"] * scale)
             weight = hybrid_weight(threshold, base_otsu, c) if c else 0.0
-            pp = PostProcessing.for_preset(preset, ml, grow)
+            pp = PostProcessing.for_preset(preset, ml, grow, floor)
             _, summary, _, _ = score_dataset(cases, out / "maps" / row["maps"], threshold, pp, n_boot=0,
-                                             detail=False, cache=cache,
+                                             detail=False, cache=cache, auroc=False,
                                              hybrid=HybridMaps(base_maps, weight) if weight else None)
             d = summary["lesion_detection"]
             progress(f"sweep: post-processing {len(pp_rows) + 1}/{points}"
-                     + (f" ({row['maps']})" if every else "") + f": {scale:g} x Otsu, {ml:g} ml, grow to {grow:g}"
+                     + (f" ({row['maps']})" if every else "") + f": {scale:g} x Otsu, {ml:g} ml"
+                     + (f" unless >= {floor:g} x threshold" if floor else "") + f", grow to {grow:g}"
                      + (f", hybrid C = {c:g} (W = {weight:g})" if c else "") + f": {d['tp']}/{d['tp'] + d['fn']} "
                      f"found, {summary['fp_per_organ']['mean'] or 0:.2f} FP per organ")
             pp_rows.append({"maps": row["maps"], "threshold_scale": scale, "threshold": threshold,
-                            "min_lesion_ml": ml, "grow_to": grow, "hybrid_scale": c or None, "hybrid": weight,
+                            "min_lesion_ml": ml, "floor_contrast": floor, "grow_to": grow,
+                            "hybrid_scale": c or None, "hybrid": weight,
                             "lesions": d["tp"] + d["fn"], "found": d["tp"], "fp": d["fp"],
                             "fp_per_organ": summary["fp_per_organ"]["mean"], "f1": d["f1"],
                             "dice": summary["dice"]["mean"], "size_balanced_recall": summary["size_balanced_recall"],
@@ -179,12 +185,13 @@ def run_sweep(cases: list[EvalCase], make_reconstructor: Callable, preset, out: 
     cache = caches[best["maps"]]
     maps = out / "maps" / best["maps"]
     best = {**best, "otsu_threshold": best["threshold"], "threshold": chosen["threshold"],
-            "min_lesion_ml": chosen["min_lesion_ml"], "grow_to": chosen["grow_to"], "objective": why,
+            "min_lesion_ml": chosen["min_lesion_ml"], "grow_to": chosen["grow_to"],
+            "floor_contrast": chosen["floor_contrast"], "objective": why,
             "postprocessed": chosen, **({"hybrid": chosen["hybrid"], "hybrid_scale": chosen["hybrid_scale"],
                                         "baseline_otsu": base_otsu} if hybrid_scales else {})}
     result = {"grid": rows, "best": best, "postprocessing": pp_rows}
     if beside is not None and baseline_organ:
-        pp = PostProcessing.for_preset(preset, chosen["min_lesion_ml"], chosen["grow_to"])
+        pp = PostProcessing.for_preset(preset, chosen["min_lesion_ml"], chosen["grow_to"], chosen["floor_contrast"])
         scores, summary, _, _ = score_dataset(cases, maps, chosen["threshold"], pp, n_boot=0, detail=False,
                                               cache=cache, hybrid=HybridMaps(base_maps, chosen["hybrid"])
                                               if chosen.get("hybrid") else None)
@@ -266,14 +273,12 @@ def write_calibrated_bundle(bundle: str | Path, out: str | Path, best: dict, not
     meta: BundleMeta = read_meta(bundle)
     meta.recommended = {**(meta.recommended or {}), "sampler": best["sampler"], "noise_level": best["noise_level"],
                         "guidance": best["guidance"], "steps": best["steps"], "threshold": best["threshold"],
-                        **{k: best[k] for k in ("min_lesion_ml", "grow_to", "reference", "samples", "median_filter",
-                                                "hybrid") if k in best}}
+                        **{k: best[k] for k in CALIBRATED if k in best}}
     meta.extra = {**(meta.extra or {}), "calibration": {**best, "note": note}}
     rec = meta.recommended
     meta.record(f"calibrated by sweep: {rec['sampler']} L = {rec['noise_level']}, s = {rec['guidance']:g}, "
                 f"{rec['steps']} steps, threshold {rec['threshold']}" +
-                "".join(f", {k} {rec[k]}" for k in ("min_lesion_ml", "grow_to", "reference", "samples", "median_filter",
-                                                    "hybrid") if k in best) + (f" ({note})" if note else ""))
+                "".join(f", {k} {rec[k]}" for k in CALIBRATED if k in best) + (f" ({note})" if note else ""))
     with atomic_output_dir(out) as stage:
         for f in Path(bundle).iterdir():
             if f.is_file() and f.name != "model.json":

@@ -25,7 +25,7 @@ MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
 #: ``RunRequest.bundle`` for the non-neural median baseline (no model; runs on Slicer's own Python, no PyTorch).
 BASELINE = "median-baseline"
 #: The run settings the baseline uses (its post-processing); the panel's sampler settings do not apply to it.
-BASELINE_SETTINGS = ("threshold", "min_lesion_ml", "grow_to")
+BASELINE_SETTINGS = ("threshold", "min_lesion_ml", "grow_to", "floor_contrast")
 
 
 def worker_environment(own: bool) -> dict[str, str]:

@@ -139,6 +139,27 @@ def test_postprocess_minimum_volume_is_in_millilitres_whatever_the_grid():
     assert postprocess(score, 0.5, None, fine, RAW).max() == 2  # 0 = off
 
 
+def test_a_contrast_dependent_floor_keeps_small_clear_lesions_and_drops_faint_ones():
+    fine = make_image(np.zeros((40, 40, 40), np.float32))
+    score = np.zeros((40, 40, 40), np.float32)
+    score[2:12, 2:12, 2:12] = 0.6  # 1 ml, faint: above the 0.5 ml floor anyway
+    score[20:25, 20:25, 20:25] = 1.2  # 0.125 ml, mean 2.4 x the threshold
+    score[30:35, 30:35, 30:35] = 0.7  # 0.125 ml, mean 1.4 x the threshold
+    floor = replace(RAW, min_volume_ml=0.5)
+    kept = {int(v) for v in np.unique(postprocess(score, 0.5, None, fine, replace(floor, floor_contrast=2.0))) if v}
+    assert len(kept) == 2 and postprocess(score, 0.5, None, fine, replace(floor, floor_contrast=2.0))[22, 22, 22]
+    assert postprocess(score, 0.5, None, fine, replace(floor, floor_contrast=2.0))[32, 32, 32] == 0
+    assert postprocess(score, 0.5, None, fine, floor).max() == 1  # the fixed floor: the large one only
+    assert postprocess(score, 0.5, None, fine, replace(floor, floor_contrast=1.2)).max() == 3  # both escape
+    # the thesis limits still apply: a 2-voxel speck with a huge score is not kept
+    speck = np.zeros((40, 40, 40), np.float32)
+    speck[20, 20, 20:22] = 50.0
+    assert postprocess(speck, 0.5, None, fine, replace(floor, floor_contrast=2.0, opening=False)).max() == 0
+    for bad in (0.5, -1.0):
+        with pytest.raises(InputError, match="floor-contrast"):
+            replace(floor, floor_contrast=bad)
+
+
 def test_postprocess_fills_holes_and_opening_removes_specks():
     image = make_image(np.zeros((20, 20, 20), np.float32))
     score = np.zeros((20, 20, 20), np.float32)

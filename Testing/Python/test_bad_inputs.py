@@ -320,7 +320,8 @@ def test_baseline_nonsense_parameter_is_refused(inputs, tmp_path, capsys, option
     ("--threshold", "nan"), ("--threshold", "-1"), ("--guidance", "-5"), ("--guidance", "nan"),
     ("--seed", str(2**64)), ("--seed", "-1"), ("--steps", "0"), ("--noise-level", "0"), ("--samples", "0"),
     ("--median-filter", "-1"), ("--grow-to", "0"), ("--grow-to", "1.5"), ("--grow-to", "nan"),
-    ("--trajectory-every", "-2"), ("--resample-jumps", "0"),
+    ("--trajectory-every", "-2"), ("--resample-jumps", "0"), ("--hybrid", "-1"), ("--hybrid", "nan"),
+    ("--hybrid", "inf"), ("--floor-contrast", "-1"), ("--floor-contrast", "nan"),
 ])
 def test_run_nonsense_parameter_is_refused(inputs, tmp_path, capsys, option, value):
     argv = ["run", "--bundle", DEMO, "--input", inputs["ct"], "--mask", inputs["mask"], "--out", tmp_path / "out",
@@ -329,6 +330,14 @@ def test_run_nonsense_parameter_is_refused(inputs, tmp_path, capsys, option, val
         main([str(a) for a in argv])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"argument {option}" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_floor_contrast_below_one_means_nothing_and_exits_2(inputs, tmp_path, capsys):
+    argv = ["run", "--bundle", DEMO, "--input", inputs["ct"], "--mask", inputs["mask"], "--out", tmp_path / "out",
+            "--device", "cpu", "--floor-contrast", "0.5"]
+    rc, _, err = _run(argv, capsys)
+    _expect(rc, err, 2, r"floor contrast must be 0 \(off\) or >= 1")
     assert not (tmp_path / "out").exists()
 
 

@@ -124,7 +124,7 @@ def test_the_operating_point_prefers_the_model_alone_at_a_tie():
         assert choose_operating_point([better, {**row, "hybrid": 0.0}], 1.0, objective)[0]["hybrid"] == 0.7
 
 
-def test_sweep_offers_the_hybrid_and_a_calibrated_bundle_recommends_what_it_chose(tiny_bundle, tmp_path):
+def test_sweep_offers_hybrids_and_contrast_floors_and_the_calibrated_bundle_recommends_them(tiny_bundle, tmp_path):
     from DiffusionAnomalyLib.models.bundle import read_meta
     from DiffusionAnomalyLib.synthetic.phantoms import write_dataset
 
@@ -151,7 +151,13 @@ def test_sweep_offers_the_hybrid_and_a_calibrated_bundle_recommends_what_it_chos
         key = (chosen["size_balanced_recall"] or 0, chosen["found"], chosen["f1"] or 0)
         assert all((r["size_balanced_recall"] or 0, r["found"], r["f1"] or 0) < key for r in alone
                    if r["fp_per_organ"] is not None and r["fp_per_organ"] <= 3)
-    # --hybrid-scales 0: no hybrid point, and nothing recorded about one
-    assert main([*args, "--hybrid-scales", "0"]) == 0
+    # --hybrid-scales 0: no hybrid point, and nothing recorded about one; contrast-dependent floors are tried with
+    # each minimum volume > 0 only (without a floor there is nothing to escape), and recommended as chosen
+    assert main([*args[:-4], "--min-lesion-ml-values", "0", "1", "--max-fp-per-organ", "3", "--hybrid-scales", "0",
+                 "--floor-contrast-values", "0", "2", "--write-bundle", str(tmp_path / "cal2")]) == 0
     res = json.loads((out / "sweep" / "sweep.json").read_text())
     assert all(not r["hybrid"] for r in res["postprocessing"]) and "hybrid" not in res["best"]
+    assert [(r["threshold_scale"], r["min_lesion_ml"], r["floor_contrast"]) for r in res["postprocessing"]] == [
+        (x, ml, f) for x in (0.5, 1.0) for ml, f in ((0.0, 0.0), (1.0, 0.0), (1.0, 2.0))]
+    assert read_meta(tmp_path / "cal2").recommended["floor_contrast"] == res["best"]["postprocessed"]["floor_contrast"]
+    assert main([*args, "--floor-contrast-values", "0.5"]) == 2  # below 1 every lesion would escape: refused

@@ -101,7 +101,8 @@ def postprocessing_points(cal: dict) -> int:
     with the size-balanced objective and a false-positive budget, at every map setting."""
     every = cal.get("objective") == "size-balanced" and cal.get("max_fp_per_organ") is not None
     return (len(cal["threshold_scales"]) * len(cal["min_lesion_ml_values"]) * len(cal["grow_to_values"])
-            * (1 + len(cal.get("hybrid_scales") or ())) * (calibration_points(cal) if every else 1))
+            * (1 + len(cal.get("hybrid_scales") or ())) * (calibration_points(cal) if every else 1)
+            * max(len(cal.get("floor_contrast_values") or ()), 1))
 
 
 #: Seconds per validation case and operating point the sweep's post-processing and scoring take (a 2-core CPU;

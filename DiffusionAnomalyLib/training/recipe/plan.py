@@ -42,6 +42,8 @@ _SYNTHETIC = ("--synthetic-data", "the cases are synthetic (from any generator)"
 #: threshold on the validation cases; at 1 x Otsu the baseline alone makes about 2 false positives per kidney on the
 #: phantoms (docs/evaluation.md), so the grid starts above it.
 HYBRID_SCALES = (1.25, 1.5, 2.0, 3.0)
+#: ``train all``'s contrast-dependent size floors (``--floor-contrast-values``; 0: the fixed floor).
+FLOOR_CONTRASTS = (0.0, 2.0)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class TrainAllPlan:
     grow_to_values: tuple[float, ...] = redeclared(CalibrationGrid, "grow_to_values", (1.0, 0.7))
     max_fp_per_organ: float | None = redeclared(CalibrationGrid, "max_fp_per_organ", 1.0)
     hybrid_scales: tuple[float, ...] = redeclared(CalibrationGrid, "hybrid_scales", HYBRID_SCALES)
+    floor_contrast_values: tuple[float, ...] = redeclared(CalibrationGrid, "floor_contrast_values", FLOOR_CONTRASTS)
     objective: str = redeclared(CalibrationGrid, "objective", "size-balanced")
     reference_values: tuple[str, ...] | None = redeclared(CalibrationGrid, "reference_values", None)
     samples_values: tuple[int, ...] | None = redeclared(CalibrationGrid, "samples_values", None)
@@ -158,6 +161,7 @@ class TrainAllPlan:
                               "threshold_scales", "min_lesion_ml_values", "grow_to_values")},
                           "max_fp_per_organ": self.max_fp_per_organ, "objective": self.objective,
                           "hybrid_scales": [float(c) for c in self.hybrid_scales if c > 0],
+                          "floor_contrast_values": [float(f) for f in self.floor_contrast_values],
                           **{k: _listed(getattr(self, k)) for k in (
                               "reference_values", "samples_values", "median_filter_values")}},
             "bundle": {"name": self.name, "version": self.version, "demo": self.demo,

@@ -265,5 +265,6 @@ def _calibrate(work: Path, prepared: Prepared, cal: dict, device: str, precision
         threshold_scales=tuple(cal["threshold_scales"]), min_lesion_ml_values=tuple(cal["min_lesion_ml_values"]),
         grow_to_values=tuple(cal["grow_to_values"]), max_fp_per_organ=cal["max_fp_per_organ"],
         objective=cal.get("objective", "lesions"), hybrid_scales=tuple(cal.get("hybrid_scales") or ()),
+        floor_contrast_values=tuple(cal.get("floor_contrast_values") or ()),
         **{key: tuple(cal.get(key) or ()) for key in ("reference_values", "samples_values", "median_filter_values")},
         write_bundle=str(work / "calibrated"), shipped_manifest=False))
