@@ -332,8 +332,11 @@ def sweep(request: SweepRequest) -> SweepResult | None:
     if res is not None:
         bundle = None
         if request.write_bundle:
+            from DiffusionAnomalyLib.models.bundle import shipped_manifest
+
             bundle = write_calibrated_bundle(request.bundle, request.write_bundle, res["best"],
-                                             note=f"sweep over {len(cases)} cases of {request.data}")
+                                             note=f"sweep over {len(cases)} cases of {request.data}",
+                                             manifest=shipped_manifest() if request.shipped_manifest else None)
         result = SweepResult(res["grid"], res["best"], res["postprocessing"], res.get("baseline"), bundle, warnings,
                              len(cases))
     ranks.close()

@@ -265,12 +265,17 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_calibrated_bundle(bundle: str | Path, out: str | Path, best: dict, note: str = "") -> Path:
+def write_calibrated_bundle(bundle: str | Path, out: str | Path, best: dict, note: str = "",
+                            manifest: str | Path | None = None) -> Path:
     """A copy of ``bundle`` whose recommended sampler / L / s / steps / threshold / minimum lesion volume
-    (and anomaly reference, averaged samples and median filter, when ``best`` has them) are ``best``'s."""
-    from DiffusionAnomalyLib.models.bundle import BundleMeta, read_meta
+    (and anomaly reference, averaged samples and median filter, when ``best`` has them) are ``best``'s. When
+    ``manifest`` lists the bundle (a shipped one), the copy's version gains ``+recalibrated``: it is not the
+    listed bundle any more, and would fail the listed checksum under the same version."""
+    from DiffusionAnomalyLib.models.bundle import BundleMeta, listed, read_meta
 
     meta: BundleMeta = read_meta(bundle)
+    if listed(meta, manifest):
+        meta.version = f"{meta.version}+recalibrated"
     meta.recommended = {**(meta.recommended or {}), "sampler": best["sampler"], "noise_level": best["noise_level"],
                         "guidance": best["guidance"], "steps": best["steps"], "threshold": best["threshold"],
                         **{k: best[k] for k in CALIBRATED if k in best}}

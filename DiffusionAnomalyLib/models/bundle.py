@@ -308,6 +308,14 @@ def verify_files(folder: Path, meta: BundleMeta) -> None:
                               "the file is corrupt or was replaced")
 
 
+def listed(meta: BundleMeta, manifest: str | os.PathLike | None) -> bool:
+    """Whether ``manifest`` lists a bundle of this name and version (a changed copy of it needs another version)."""
+    if manifest is None or not Path(manifest).exists():
+        return False
+    return any(e.get("name") == meta.name and str(e.get("version")) == str(meta.version)
+               for e in read_manifest(manifest)["bundles"])
+
+
 def verify_manifest(folder: Path, meta: BundleMeta, manifest: str | os.PathLike | None) -> None:
     """If the manifest lists this bundle (name and version), its SHA-256 must match."""
     if manifest is None or not Path(manifest).exists():

@@ -124,7 +124,8 @@ def test_the_operating_point_prefers_the_model_alone_at_a_tie():
         assert choose_operating_point([better, {**row, "hybrid": 0.0}], 1.0, objective)[0]["hybrid"] == 0.7
 
 
-def test_sweep_offers_hybrids_and_contrast_floors_and_the_calibrated_bundle_recommends_them(tiny_bundle, tmp_path):
+def test_sweep_offers_hybrids_and_contrast_floors_and_the_calibrated_bundle_recommends_them(tiny_bundle, tmp_path,
+                                                                                           monkeypatch):
     from DiffusionAnomalyLib.models.bundle import read_meta
     from DiffusionAnomalyLib.synthetic.phantoms import write_dataset
 
@@ -153,6 +154,18 @@ def test_sweep_offers_hybrids_and_contrast_floors_and_the_calibrated_bundle_reco
                    if r["fp_per_organ"] is not None and r["fp_per_organ"] <= 3)
     # --hybrid-scales 0: no hybrid point, and nothing recorded about one; contrast-dependent floors are tried with
     # each minimum volume > 0 only (without a floor there is nothing to escape), and recommended as chosen
+    # a recalibrated copy of a listed (shipped) bundle gets its own version: under the listed one its checksum
+    # would fail, and evaluating it would be refused
+    from DiffusionAnomalyLib.models.bundle import bundle_digest, load_bundle
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"format_version": 1, "bundles": [
+        {"name": "kidney-untrained", "version": "0.0", "sha256": bundle_digest(tiny_bundle)}]}))
+    monkeypatch.setenv("DA_BUNDLE_MANIFEST", str(manifest))
+    assert main([*args, "--write-bundle", str(tmp_path / "cal-listed")]) == 0
+    assert read_meta(tmp_path / "cal-listed").version == "0.0+recalibrated"
+    load_bundle(tmp_path / "cal-listed", manifest=manifest)
+    monkeypatch.delenv("DA_BUNDLE_MANIFEST")
     assert main([*args[:-4], "--min-lesion-ml-values", "0", "1", "--max-fp-per-organ", "3", "--hybrid-scales", "0",
                  "--floor-contrast-values", "0", "2", "--write-bundle", str(tmp_path / "cal2")]) == 0
     res = json.loads((out / "sweep" / "sweep.json").read_text())
