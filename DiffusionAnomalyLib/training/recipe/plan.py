@@ -40,10 +40,8 @@ _SYNTHETIC = ("--synthetic-data", "the cases are synthetic (from any generator)"
 
 #: ``train all``'s hybrid scales (``--hybrid-scales``): the baseline counts where its map exceeds C x its global Otsu
 #: threshold on the validation cases; at 1 x Otsu the baseline alone makes about 2 false positives per kidney on the
-#: phantoms (docs/evaluation.md), so the grid starts above it.
-HYBRID_SCALES = (1.25, 1.5, 2.0, 3.0)
-#: ``train all``'s contrast-dependent size floors (``--floor-contrast-values``; 0: the fixed floor).
-FLOOR_CONTRASTS = (0.0, 2.0)
+#: phantoms (docs/evaluation.md), so the grid starts above it. Each scale adds the post-processing grid once more.
+HYBRID_SCALES = (1.25, 1.5, 2.0)
 
 
 @dataclass
@@ -114,7 +112,7 @@ class TrainAllPlan:
     grow_to_values: tuple[float, ...] = redeclared(CalibrationGrid, "grow_to_values", (1.0, 0.7))
     max_fp_per_organ: float | None = redeclared(CalibrationGrid, "max_fp_per_organ", 1.0)
     hybrid_scales: tuple[float, ...] = redeclared(CalibrationGrid, "hybrid_scales", HYBRID_SCALES)
-    floor_contrast_values: tuple[float, ...] = redeclared(CalibrationGrid, "floor_contrast_values", FLOOR_CONTRASTS)
+    floor_contrast_values: tuple[float, ...] = redeclared(CalibrationGrid, "floor_contrast_values", ())
     objective: str = redeclared(CalibrationGrid, "objective", "size-balanced")
     reference_values: tuple[str, ...] | None = redeclared(CalibrationGrid, "reference_values", None)
     samples_values: tuple[int, ...] | None = redeclared(CalibrationGrid, "samples_values", None)
