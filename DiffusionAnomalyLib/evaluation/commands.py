@@ -262,6 +262,8 @@ def evaluate(request: EvaluateRequest) -> EvaluateResult | None:
                     "threshold": f"{thr:.4f} ({'global Otsu' if threshold == 'otsu' else 'fixed'})",
                     "post-processing": "off" if pp is None else "on (as in the kidney thesis §4.1.1" + (
                         f"; lesions >= {pp.min_volume_ml:g} ml" if pp.min_volume_ml else "") + (
+                        f" unless their mean score is >= {pp.floor_contrast:g} x threshold"
+                        if pp.min_volume_ml and pp.floor_contrast else "") + (
                         f"; grown to {pp.grow_to:g} x threshold" if pp.grow_to < 1 else "") + ")", "IoU": 0.2,
                     "ranks": ranks.world, **({"hybrid": f"max(model, {weight:g} x median baseline)"} if weight else {}),
                     "baseline": "this is the baseline" if model.baseline else "off (--no-baseline)"
