@@ -3,7 +3,8 @@
     h = max(m, W * b)
 
 ``m`` is the model's anomaly map, ``b`` the non-neural median baseline's (:class:`~.baseline.MedianBaseline` on
-the organ's own preset, as ``diffusion-anomaly baseline`` makes it, with that preset's median filter), ``W >= 0``
+the organ's own preset, as ``diffusion-anomaly baseline`` makes it, with that preset's median filter:
+:func:`~.pipeline.baseline_map`), ``W >= 0``
 the weight (``--hybrid``; 0: the model's map alone). Both maps are |x - x_hat| in network units, so ``W`` says how
 much a baseline residual counts against a model residual. Thresholded at the model's threshold ``t``, a voxel is
 abnormal where the model's map exceeds ``t`` or the baseline's exceeds ``t / W``: where either method calls it
@@ -14,13 +15,7 @@ a hybrid point is better on the validation split (docs/evaluation.md#the-hybrid-
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import SimpleITK as sitk
-
-from DiffusionAnomalyLib.detection.presets import OrganPreset, get_preset
-from DiffusionAnomalyLib.imaging.masks import MaskSet
 
 #: What ``run.json`` and the cards call the combination.
 FORMULA = "max(model, W x median baseline)"
@@ -42,14 +37,3 @@ def hybrid_weight(threshold: float, baseline_threshold: float, scale: float) -> 
         raise ValueError(f"hybrid weight needs positive thresholds (got {threshold}, {baseline_threshold}, {scale})")
     return float(f"{threshold / (scale * baseline_threshold):.6g}")
 
-
-def baseline_map(channels: list[sitk.Image], mask_set: MaskSet, preset: OrganPreset, input_name: str) -> np.ndarray:
-    """The median baseline's anomaly map of this case on the input grid (network units, 0 outside the organ), made
-    as ``diffusion-anomaly baseline`` makes it: the organ's own preset (``preset.name``), not a bundle's."""
-    from DiffusionAnomalyLib.detection.baseline import MedianBaseline
-    from DiffusionAnomalyLib.detection.pipeline import detect
-
-    own = get_preset(preset.name)
-    result = detect(channels, mask_set, own, MedianBaseline.for_preset(own), threshold=math.inf,
-                    input_name=input_name, uncertainty=False)
-    return sitk.GetArrayFromImage(result.heatmap)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -38,10 +39,11 @@ from DiffusionAnomalyLib.detection.anomaly import (
     postprocess,
     voxel_std,
 )
+from DiffusionAnomalyLib.detection.baseline import MedianBaseline
 from DiffusionAnomalyLib.detection.hybrid import FORMULA as HYBRID_FORMULA
-from DiffusionAnomalyLib.detection.hybrid import baseline_map, hybrid_map
+from DiffusionAnomalyLib.detection.hybrid import hybrid_map
 from DiffusionAnomalyLib.detection.intensity import ChannelScaling, fit_scaling
-from DiffusionAnomalyLib.detection.presets import OrganPreset
+from DiffusionAnomalyLib.detection.presets import OrganPreset, get_preset
 from DiffusionAnomalyLib.detection.roi import (
     BLEND_MARGIN_VOXELS,
     PatchComposer,
@@ -302,6 +304,15 @@ def detect(
                     **({"hybrid": {"weight": hybrid, "map": HYBRID_FORMULA}} if hybrid else {}),
                     "not_analysed": not_analysed},
     )
+
+
+def baseline_map(channels: list[sitk.Image], mask_set: MaskSet, preset: OrganPreset, input_name: str) -> np.ndarray:
+    """The median baseline's anomaly map of this case on the input grid (network units, 0 outside the organ), made
+    as ``diffusion-anomaly baseline`` makes it: the organ's own preset (``preset.name``), not a bundle's."""
+    own = get_preset(preset.name)
+    result = detect(channels, mask_set, own, MedianBaseline.for_preset(own), threshold=math.inf,
+                    input_name=input_name, uncertainty=False)
+    return sitk.GetArrayFromImage(result.heatmap)
 
 
 LESION_COLUMNS = ["id", "organ", "side", "voxels", "volume_ml", "axial_diameter_mm", "size_class",

@@ -271,10 +271,10 @@ def write_calibrated_bundle(bundle: str | Path, out: str | Path, best: dict, not
     (and anomaly reference, averaged samples and median filter, when ``best`` has them) are ``best``'s. When
     ``manifest`` lists the bundle (a shipped one), the copy's version gains ``+recalibrated``: it is not the
     listed bundle any more, and would fail the listed checksum under the same version."""
-    from DiffusionAnomalyLib.models.bundle import BundleMeta, listed, read_meta
+    from DiffusionAnomalyLib.models.bundle import BundleMeta, manifest_entry, read_meta
 
     meta: BundleMeta = read_meta(bundle)
-    if listed(meta, manifest):
+    if manifest_entry(meta, manifest) is not None:
         meta.version = f"{meta.version}+recalibrated"
     meta.recommended = {**(meta.recommended or {}), "sampler": best["sampler"], "noise_level": best["noise_level"],
                         "guidance": best["guidance"], "steps": best["steps"], "threshold": best["threshold"],

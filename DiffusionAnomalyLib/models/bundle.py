@@ -308,25 +308,20 @@ def verify_files(folder: Path, meta: BundleMeta) -> None:
                               "the file is corrupt or was replaced")
 
 
-def listed(meta: BundleMeta, manifest: str | os.PathLike | None) -> bool:
-    """Whether ``manifest`` lists a bundle of this name and version (a changed copy of it needs another version)."""
+def manifest_entry(meta: BundleMeta, manifest: str | os.PathLike | None) -> dict | None:
+    """The manifest's entry for this bundle's name and version, or None (no manifest, or not listed: a changed copy
+    of a listed bundle needs another version)."""
     if manifest is None or not Path(manifest).exists():
-        return False
-    return any(e.get("name") == meta.name and str(e.get("version")) == str(meta.version)
-               for e in read_manifest(manifest)["bundles"])
+        return None
+    return next((e for e in read_manifest(manifest)["bundles"]
+                 if e.get("name") == meta.name and str(e.get("version")) == str(meta.version)), None)
 
 
 def verify_manifest(folder: Path, meta: BundleMeta, manifest: str | os.PathLike | None) -> None:
     """If the manifest lists this bundle (name and version), its SHA-256 must match."""
-    if manifest is None or not Path(manifest).exists():
-        return
-    entries = read_manifest(manifest)["bundles"]
-    for e in entries:
-        if e.get("name") == meta.name and str(e.get("version")) == str(meta.version):
-            digest = bundle_digest(folder)
-            if e.get("sha256") != digest:
-                raise BundleError(f"{folder}: SHA-256 {digest[:12]}... does not match the manifest entry for "
-                                  f"{meta.name} {meta.version} ({str(e.get('sha256'))[:12]}...)")
+    if (e := manifest_entry(meta, manifest)) is not None and e.get("sha256") != (digest := bundle_digest(folder)):
+        raise BundleError(f"{folder}: SHA-256 {digest[:12]}... does not match the manifest entry for "
+                          f"{meta.name} {meta.version} ({str(e.get('sha256'))[:12]}...)")
 
 
 def _build(name: str, meta: BundleMeta) -> nn.Module:
