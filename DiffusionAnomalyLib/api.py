@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,27 +247,11 @@ def best_bundle(organ: str) -> str:
 
 
 def load_masks(request: DetectRequest, reference, preset: OrganPreset) -> MaskSet:
-    """The organ masks the request asks for: skull-stripped, a mask file, TotalSegmentator's output, or run
-    TotalSegmentator (into a temporary folder that never outlives the call)."""
-    from DiffusionAnomalyLib.imaging.masks import load_totalseg_masks, load_user_mask
+    """The organ masks the request asks for (:func:`~DiffusionAnomalyLib.imaging.masks.load_organ_masks`)."""
+    from DiffusionAnomalyLib.imaging.masks import load_organ_masks
 
-    if request.skull_stripped:
-        from DiffusionAnomalyLib.imaging.io import read_channels
-        from DiffusionAnomalyLib.imaging.masks import mask_from_skull_stripped
-
-        return mask_from_skull_stripped(read_channels(list(request.images)), preset)
-    if request.mask:
-        return load_user_mask(request.mask, reference, preset, request.mask_label)
-    if request.totalseg:
-        return load_totalseg_masks(request.totalseg, reference, preset)
-    from DiffusionAnomalyLib.imaging.totalseg import check_available, run_totalsegmentator
-
-    check_available(preset)
-    tmp = Path(tempfile.mkdtemp(prefix="da-totalseg-"))
-    try:
-        return load_totalseg_masks(run_totalsegmentator(request.images[0], tmp, preset), reference, preset)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return load_organ_masks(request.images, reference, preset, mask=request.mask, mask_label=request.mask_label,
+                            totalseg=request.totalseg, skull_stripped=request.skull_stripped)
 
 
 def guidance_warnings(extra: dict, settings: RunSettings) -> list[str]:

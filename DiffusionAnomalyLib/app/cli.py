@@ -147,6 +147,32 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     bl.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     bl.set_defaults(func="job")
 
+    from DiffusionAnomalyLib.options import add_arguments
+    from DiffusionAnomalyLib.synthesis.options import SynthesisOptions
+
+    sy = sub.add_parser("synthesize", help="insert a lesion into a scan, with its label (exact truth)",
+                        description="Inserts a lesion (a lesion map, or a shape drawn inside the organ) into a scan "
+                                    "and writes each variant as a case folder of the phantom layout (the scan, "
+                                    "lesions.nii.gz, segmentations/, synthesis.json), which evaluate and run take as "
+                                    "they are. Outside the blended region every voxel is the input's. Synthetic "
+                                    "lesions are not real lesions. See docs/synthesis.md.")
+    sy.add_argument("--organ", required=True, choices=list(ORGANS))
+    sy.add_argument("--input", required=True, nargs="+", help="image file(s) or DICOM folder; brain: t1n t1c t2w t2f")
+    src = sy.add_mutually_exclusive_group()
+    src.add_argument("--mask", help="organ mask file (nonzero = organ, or --mask-label)")
+    src.add_argument("--totalseg", help="TotalSegmentator output: multilabel file or folder of per-organ files")
+    src.add_argument("--skull-stripped", action="store_true",
+                     help="brain: the scan is skull-stripped; the brain mask is its nonzero voxels")
+    sy.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
+    sy.add_argument("--lesion-map", default=None,
+                    help="the lesion's region: a label file on the scan's grid (nonzero = lesion; each connected "
+                         "region one lesion, inside the organ); instead of --shape")
+    add_arguments(sy, SynthesisOptions, "synthesize")
+    sy.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
+    sy.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    sy.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    sy.set_defaults(func="synthesize")
+
     tr = sub.add_parser("train", help="train a bundle: every stage at once (all), or one part",
                         description="Train a model bundle on a dataset folder. `train all` goes from the dataset to a "
                                     "calibrated bundle with its model card in one restartable command; the single "

@@ -60,6 +60,24 @@ def _report(found) -> None:
           f"{found.device}; outputs in {found.out}")
 
 
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from DiffusionAnomalyLib.options import given
+    from DiffusionAnomalyLib.synthesis.options import SynthesisOptions
+    from DiffusionAnomalyLib.synthesis.synthesize import SynthesisRequest, synthesize
+
+    found = synthesize(SynthesisRequest(
+        images=tuple(args.input), organ=args.organ, out=args.out, lesion_map=args.lesion_map, mask=args.mask,
+        mask_label=args.mask_label, totalseg=args.totalseg, skull_stripped=args.skull_stripped,
+        options=SynthesisOptions(**given(args, SynthesisOptions, "synthesize")), overwrite=args.overwrite))
+    for case, record in zip(found.cases, found.records, strict=True):
+        for le in record["lesions"]:
+            shift = ", ".join(f"{b:g} -> {a:g}" for b, a in zip(le["before_mean"], le["after_mean"], strict=True))
+            print(f"{case.name}: lesion {le['id']} ({le['kind']}, {le['structure']}, {le['volume_ml']:g} ml): "
+                  f"mean inside {shift} (target {', '.join(f'{t:g}' for t in le['target_level'])})")
+    print(f"wrote {len(found.cases)} case(s) to {found.out} (synthesis.csv; each case: the scan, lesions.nii.gz, "
+          "segmentations/, synthesis.json). Synthetic lesions are not real lesions.")
+    return 0
+
 def given_settings(args: argparse.Namespace) -> dict:
     """The run settings the command line gives explicitly (an option left out, or an absent flag, is not given)."""
     from DiffusionAnomalyLib.options import given

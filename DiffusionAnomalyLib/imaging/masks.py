@@ -11,7 +11,10 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shutil
 import struct
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,3 +251,27 @@ def mask_from_skull_stripped(channels: list[sitk.Image], preset: OrganPreset) ->
     image.CopyInformation(channels[0])
     structure = next(iter(preset.structures.values()))
     return MaskSet([OrganMask(structure, "", image)], {})
+
+
+def load_organ_masks(images: Sequence[str], reference: sitk.Image, preset: OrganPreset, *, mask: str | None = None,
+                     mask_label: int | None = None, totalseg: str | None = None,
+                     skull_stripped: bool = False) -> MaskSet:
+    """The organ masks of a scan (``images``, read as ``reference``) from one source: skull-stripped (the brain is
+    the scan's nonzero voxels), a mask file (``mask_label``: its organ's value), TotalSegmentator's output, or, with
+    none given, TotalSegmentator run into a temporary folder that never outlives the call."""
+    if skull_stripped:
+        from DiffusionAnomalyLib.imaging.io import read_channels
+
+        return mask_from_skull_stripped(read_channels(list(images)), preset)
+    if mask:
+        return load_user_mask(mask, reference, preset, mask_label)
+    if totalseg:
+        return load_totalseg_masks(totalseg, reference, preset)
+    from DiffusionAnomalyLib.imaging.totalseg import check_available, run_totalsegmentator
+
+    check_available(preset)
+    tmp = Path(tempfile.mkdtemp(prefix="da-totalseg-"))
+    try:
+        return load_totalseg_masks(run_totalsegmentator(images[0], tmp, preset), reference, preset)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -184,6 +184,13 @@ def _is_demo_result(folder: Path) -> bool:
         "result" not in entries or _is_run_result(folder / "result"))
 
 
+def _is_synthesis(folder: Path) -> bool:
+    """``synthesize`` output: ``synthesis.csv`` and case folders, each with its ``synthesis.json``."""
+    entries = [e for e in folder.iterdir() if not e.name.startswith((".staging-", ".replaced-"))]
+    return (folder / "synthesis.csv").is_file() and all(
+        e.name == "synthesis.csv" or (e.is_dir() and (e / "synthesis.json").is_file()) for e in entries)
+
+
 def _is_bundle(folder: Path) -> bool:
     """A model bundle (``model.json`` with a ``format_version``), as ``train``, ``sweep --write-bundle`` and
     ``import-bundle`` write it."""
@@ -218,6 +225,7 @@ RESULT_KINDS: dict[str, Callable[[Path], bool]] = {
     "evaluate": _is_dataset_result, "sweep": _is_dataset_result, "batch": _is_dataset_result,
     "phantom": _is_phantom_case, "phantom --cases": _is_phantom_dataset, "demo": _is_demo_result,
     "train": _is_bundle, "train all": _is_bundle, "write-bundle": _is_bundle, "import-bundle": _is_bundle,
+    "synthesize": _is_synthesis,
     "bench": _is_bench_report, "pseudo-labels": _is_pseudo_labels,  # one file each (check_output_file)
 }
 

@@ -8,6 +8,7 @@ DiffusionAnomalyLib/
   training/     the trainers (nothing that runs a detection imports them)
   evaluation/   datasets, metrics, evaluate, sweep, batch, bench
   synthetic/    phantoms and pseudo-labels from reports
+  synthesis/    lesions inserted into a user's scan (synthesize)
   api           the typed Python API (detect; evaluate, sweep, batch, train_all on first use)
   app/          the command line, the worker and its client, dependencies
   slicer_module/ the panel's logic and the Slicer scene code (Slicer's process: torch-free)
@@ -31,7 +32,8 @@ LIB = REPO / "DiffusionAnomalyLib"
 RUNTIME = REPO / "Testing" / "SlicerRuntime"
 PKG = "DiffusionAnomalyLib"
 SHARED = {"settings", "options", "errors", "logs", "progress", "resources", "__init__", "__main__"}
-LAYERS = {"imaging", "detection", "models", "training", "evaluation", "synthetic", "api", "app", "slicer_module"}
+LAYERS = {"imaging", "detection", "models", "training", "evaluation", "synthetic", "synthesis", "api", "app",
+          "slicer_module"}
 # which layers each layer may import (besides itself and the shared modules)
 ALLOWED = {
     "imaging": {"detection"},  # masks and TotalSegmentator read the organ presets
@@ -40,9 +42,12 @@ ALLOWED = {
     "training": {"imaging", "detection", "models", "evaluation"},
     "evaluation": {"imaging", "detection", "models"},
     "synthetic": {"imaging", "detection"},
-    "api": {"imaging", "detection", "models", "training", "evaluation", "synthetic"},
-    "app": {"imaging", "detection", "models", "training", "evaluation", "synthetic", "api", "slicer_module"},
-    "slicer_module": {"imaging", "models", "api", "app", "synthetic", "detection"},  # presets (the baseline's organ)
+    "synthesis": {"imaging", "detection", "synthetic"},
+    "api": {"imaging", "detection", "models", "training", "evaluation", "synthetic", "synthesis"},
+    "app": {"imaging", "detection", "models", "training", "evaluation", "synthetic", "synthesis", "api",
+            "slicer_module"},
+    # slicer_module: detection for the presets (the baseline's organ)
+    "slicer_module": {"imaging", "models", "api", "app", "synthetic", "synthesis", "detection"},
 }
 SHARED_ALLOWED = {"imaging", "detection", "models"}  # settings resolves presets, sampler and post-processing lazily
 

@@ -1,0 +1,48 @@
+"""The options of ``synthesize``, declared once (stdlib only: the command line imports this to build its parser)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from DiffusionAnomalyLib.options import MAX_SEED, Option, setting
+
+#: The shape library: a sphere, and the varied phantom generator's shapes (``synthetic.base.VARIED_SHAPES``).
+SHAPES = ("sphere", "ellipsoid", "lobulated", "multifocal", "irregular")
+#: Lesion classes by modality (CT: ``synthetic.base.KINDS_CT``, the phantoms' classes).
+KINDS = {"CT": ("hypo", "hyper", "iso", "cyst"), "MR": ("mass",)}
+#: Diameter limits (mm) of a drawn shape.
+DIAMETER_RANGE_MM = (5.0, 80.0)
+
+#: Insertion methods. ``diffusion`` (a mask-conditioned latent denoiser in the bundle) is not built yet.
+METHODS = ("paste",)
+#: The most variants one call writes.
+MAX_COUNT = 1000
+CMD = ("synthesize",)
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """What to insert, declared once (the command line's options; the request checks them)."""
+
+    method: str = setting("paste", Option(
+        "how the lesion is made: paste (the phantom generator's intensity model, blended in; no network)",
+        CMD, label="method", choices=METHODS))
+    shape: str | None = setting(None, Option(
+        "lesion shape from the library, placed inside the organ by --seed (default: drawn by --seed)", CMD,
+        label="shape", choices=SHAPES))
+    diameter_mm: float | None = setting(None, Option(
+        f"lesion diameter with --shape, {DIAMETER_RANGE_MM[0]:g}..{DIAMETER_RANGE_MM[1]:g} mm (default: drawn "
+        "from the incidental small-renal-mass mix, median 20 mm)", CMD, metavar="MM", label="diameter",
+        low=DIAMETER_RANGE_MM[0], high=DIAMETER_RANGE_MM[1]))
+    kind: str | None = setting(None, Option(
+        "lesion class: CT hypo, hyper, iso or cyst; MRI mass (default: drawn by --seed)", CMD, label="kind",
+        choices=tuple(dict.fromkeys(k for ks in KINDS.values() for k in ks))))
+    structure: str | None = setting(None, Option(
+        "the structure that gets the drawn lesion, e.g. kidney_left (default: drawn by --seed)", CMD,
+        label="structure"))
+    count: int = setting(1, Option(f"variants to write, 1..{MAX_COUNT} (seeds seed..seed+N-1)", CMD, metavar="N",
+                                   label="count", low=1, high=MAX_COUNT))
+    seed: int = setting(0, Option("random seed of the first variant, 0..2^63-1", CMD, label="seed", low=0,
+                                  high=MAX_SEED))
+
+
