@@ -167,6 +167,8 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     sy.add_argument("--lesion-map", default=None,
                     help="the lesion's region: a label file on the scan's grid (nonzero = lesion; each connected "
                          "region one lesion, inside the organ); instead of --shape")
+    sy.add_argument("--bundle", default=None, help="--method diffusion: a model bundle with a lesion synthesizer "
+                                                   "(train synthesizer)")
     add_arguments(sy, SynthesisOptions, "synthesize")
     sy.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     sy.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
@@ -184,7 +186,9 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
 
     for name, help_text in (("autoencoder", "the VQ-GAN autoencoder (first stage; writes a new bundle)"),
                             ("denoiser", "the latent denoiser on healthy structures (extends --bundle)"),
-                            ("classifier", "the noisy-latent classifier for guidance (extends --bundle)")):
+                            ("classifier", "the noisy-latent classifier for guidance (extends --bundle)"),
+                            ("synthesizer", "the lesion synthesizer, conditioned on lesion maps, for synthesize "
+                                            "--method diffusion (extends --bundle; optional)")):
         tp = tparts.add_parser(name, formatter_class=DefaultsFormatter, help=help_text)
         add_arguments(tp, _training_config(name), name)  # the stage's config: every option declared there
         tp.add_argument("--overwrite", action="store_true",

@@ -66,7 +66,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from DiffusionAnomalyLib.synthesis.synthesize import SynthesisRequest, synthesize
 
     found = synthesize(SynthesisRequest(
-        images=tuple(args.input), organ=args.organ, out=args.out, lesion_map=args.lesion_map, mask=args.mask,
+        images=tuple(args.input), organ=args.organ, out=args.out, lesion_map=args.lesion_map, bundle=args.bundle,
+        mask=args.mask,
         mask_label=args.mask_label, totalseg=args.totalseg, skull_stripped=args.skull_stripped,
         options=SynthesisOptions(**given(args, SynthesisOptions, "synthesize")), overwrite=args.overwrite))
     for case, record in zip(found.cases, found.records, strict=True):

@@ -6,7 +6,8 @@ preset), latent shape and scale factor, noise schedule, network configurations, 
 settings and threshold, training-data description, licence (``license``; ``licence`` in older bundles),
 intended use, whether it is a demo model, the software versions that wrote it, its own changelog and the
 SHA-256 of every weight file. Weights are ``autoencoder.safetensors``, ``denoiser.safetensors`` (EMA) and
-optionally ``classifier.safetensors``. Pickled weights are never loaded.
+optionally ``classifier.safetensors`` and ``synthesizer.safetensors`` (lesion synthesis). Pickled weights are never
+loaded.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ if TYPE_CHECKING:  # torch is imported where weights are handled, so listing bun
     from torch import nn
 
 FORMAT_VERSION = 1
-WEIGHT_FILES = ("autoencoder", "denoiser", "classifier")
+WEIGHT_FILES = ("autoencoder", "denoiser", "classifier", "synthesizer")
+#: What loading a bundle builds unless asked for other parts (the synthesizer only for ``synthesize``).
+DETECTION_PARTS = WEIGHT_FILES[:3]
 REQUIRED_FIELDS = ("format_version", "name", "version", "organ", "modality", "channels", "networks")
 _RECORDED = ("organ_preset", "software", "changelog")  # written when recorded (BundleMeta.record), absent before
 
@@ -325,18 +328,15 @@ def verify_manifest(folder: Path, meta: BundleMeta, manifest: str | os.PathLike 
 
 
 def _build(name: str, meta: BundleMeta) -> nn.Module:
-    from DiffusionAnomalyLib.models.nets.autoencoder import AutoencoderConfig, build_autoencoder
-    from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
-    from DiffusionAnomalyLib.models.nets.denoiser import DenoiserConfig, build_denoiser
+    from DiffusionAnomalyLib.models.nets import autoencoder, classifier, denoiser, synthesizer
 
     cfg = meta.networks.get(name)
-    if name == "autoencoder":
-        return build_autoencoder(AutoencoderConfig.from_dict(cfg))
-    if name == "denoiser":
-        return build_denoiser(DenoiserConfig.from_dict(cfg))
+    if name != "classifier":  # each module's <Name>Config and build_<name>
+        module = {"autoencoder": autoencoder, "denoiser": denoiser, "synthesizer": synthesizer}[name]
+        return getattr(module, f"build_{name}")(getattr(module, f"{name.capitalize()}Config").from_dict(cfg))
     head = dict(cfg)
-    backbone = DenoiserConfig.from_dict(head.pop("backbone"))
-    return LatentClassifier(backbone, **{k: tuple(v) if isinstance(v, list) else v for k, v in head.items()})
+    backbone = denoiser.DenoiserConfig.from_dict(head.pop("backbone"))
+    return classifier.LatentClassifier(backbone, **{k: tuple(v) if isinstance(v, list) else v for k, v in head.items()})
 
 
 def _weights_problem(path: Path, exc: BaseException) -> str:
@@ -432,7 +432,7 @@ def _load_folder(p: Path, device, dtype, manifest, parts) -> Bundle:
     verify_files(p, meta)
     verify_manifest(p, meta, manifest)
     networks = {}
-    for name in parts or WEIGHT_FILES:
+    for name in parts or DETECTION_PARTS:
         f = p / f"{name}.safetensors"
         if meta.networks.get(name) is None:
             continue

@@ -13,8 +13,8 @@ KINDS = {"CT": ("hypo", "hyper", "iso", "cyst"), "MR": ("mass",)}
 #: Diameter limits (mm) of a drawn shape.
 DIAMETER_RANGE_MM = (5.0, 80.0)
 
-#: Insertion methods. ``diffusion`` (a mask-conditioned latent denoiser in the bundle) is not built yet.
-METHODS = ("paste",)
+#: Insertion methods: ``paste`` (no network), ``diffusion`` (the bundle's lesion synthesizer).
+METHODS = ("paste", "diffusion")
 #: The most variants one call writes.
 MAX_COUNT = 1000
 CMD = ("synthesize",)
@@ -25,7 +25,8 @@ class SynthesisOptions:
     """What to insert, declared once (the command line's options; the request checks them)."""
 
     method: str = setting("paste", Option(
-        "how the lesion is made: paste (the phantom generator's intensity model, blended in; no network)",
+        "how the lesion is made: paste (the phantom generator's intensity model, blended in; no network) or "
+        "diffusion (the --bundle's lesion synthesizer, conditioned on the lesion map, inpainting in latent space)",
         CMD, label="method", choices=METHODS))
     shape: str | None = setting(None, Option(
         "lesion shape from the library, placed inside the organ by --seed (default: drawn by --seed)", CMD,
@@ -35,7 +36,7 @@ class SynthesisOptions:
         "from the incidental small-renal-mass mix, median 20 mm)", CMD, metavar="MM", label="diameter",
         low=DIAMETER_RANGE_MM[0], high=DIAMETER_RANGE_MM[1]))
     kind: str | None = setting(None, Option(
-        "lesion class: CT hypo, hyper, iso or cyst; MRI mass (default: drawn by --seed)", CMD, label="kind",
+        "paste: lesion class, CT hypo, hyper, iso or cyst; MRI mass (default: drawn by --seed)", CMD, label="kind",
         choices=tuple(dict.fromkeys(k for ks in KINDS.values() for k in ks))))
     structure: str | None = setting(None, Option(
         "the structure that gets the drawn lesion, e.g. kidney_left (default: drawn by --seed)", CMD,
@@ -46,3 +47,10 @@ class SynthesisOptions:
                                   high=MAX_SEED))
 
 
+    steps: int = setting(50, Option("diffusion: denoising steps from pure noise (T) to 0", CMD, metavar="N",
+                                    label="steps", low=1, high=1000))
+    resample_jumps: int = setting(2, Option("diffusion: RePaint resampling, each step repeated R times", CMD,
+                                            metavar="R", label="resample jumps", low=1, high=20))
+    map_guidance: float = setting(1.0, Option(
+        "diffusion: classifier-free guidance weight w on the lesion map (0: the conditional estimate alone)", CMD,
+        metavar="W", label="map guidance", low=0, high=20))

@@ -19,6 +19,7 @@ Values are clipped to the input's range and cast to its pixel type.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,11 +133,19 @@ def _levels(kind: str, modality: str, channels: list[str], arrays: list[np.ndarr
     return organ_level, target, texture
 
 
-def paste(arrays: list[np.ndarray], channels: list[str], modality: str, organ: np.ndarray, labels: np.ndarray,
-          spacing_xyz: tuple[float, float, float], kinds: dict[int, str], rng: np.random.Generator,
-          value_range: list[tuple[float, float]]) -> tuple[list[np.ndarray], np.ndarray, list[PastedLesion]]:
-    """The channels with each lesion of ``labels`` (instance ids > 0) pasted in; the blended region (bool); what
-    was drawn per lesion. ``arrays`` (z, y, x), any dtype, are not modified; the outputs keep their dtypes."""
+#: ``fill(lesion_id, box, mask, ring, source)`` -> (organ level, target level, lesion values) per channel: what a
+#: method puts inside one lesion (``box``: its slices of the scan; ``mask``, ``ring``: bool on the box; ``source``:
+#: the box's channels as float32).
+Fill = Callable[[int, tuple, np.ndarray, np.ndarray, list[np.ndarray]], tuple[list[float], list[float],
+                                                                              list[np.ndarray]]]
+
+
+def insert(arrays: list[np.ndarray], organ: np.ndarray, labels: np.ndarray, spacing_xyz: tuple[float, float, float],
+           fill: Fill, kinds: dict[int, str],
+           value_range: list[tuple[float, float]]) -> tuple[list[np.ndarray], np.ndarray, list[PastedLesion]]:
+    """The channels with each lesion of ``labels`` (instance ids > 0) filled by ``fill`` and blended in (the module
+    docstring's blending, whatever the method); the blended region (bool); what was done per lesion. ``arrays``
+    (z, y, x), any dtype, are not modified; the outputs keep their dtypes."""
     out = [a.copy() for a in arrays]
     blended = np.zeros(organ.shape, bool)
     records = []
@@ -152,18 +161,14 @@ def paste(arrays: list[np.ndarray], channels: list[str], modality: str, organ: n
         near = ndimage.distance_transform_edt(~mask, sampling=spacing_xyz[::-1]) <= RING_MM
         ring = near & ~(labels[box] > 0) & organ[box]
         source = [o[box].astype(np.float32) for o in out]  # earlier lesions' margins included
-        organ_level, target, texture = _levels(kinds[lid], modality, channels, source, ring, organ[box], rng)
+        organ_level, target, lesions = fill(lid, box, mask, ring, source)
         weight = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
         weight[weight < 1e-3] = 0.0
         region = weight > 0
         before, after, core = [], [], []
         inner = weight >= CORE_WEIGHT
         for c, a in enumerate(source):
-            noise = ndimage.gaussian_filter(rng.normal(0.0, 1.0, size=a.shape).astype(np.float32), 2.0)
-            lesion = target[c] + noise / (noise.std() + 1e-6) * texture[c]
-            new = a + weight * (lesion - ndimage.gaussian_filter(a, 1.0))
-            lo, hi = value_range[c]
-            new = np.clip(new, lo, hi)
+            new = np.clip(a + weight * (lesions[c] - ndimage.gaussian_filter(a, 1.0)), *value_range[c])
             dtype = arrays[c].dtype
             if np.issubdtype(dtype, np.integer):
                 new = np.rint(new)
@@ -176,3 +181,18 @@ def paste(arrays: list[np.ndarray], channels: list[str], modality: str, organ: n
         records.append(PastedLesion(lid, kinds[lid], int(mask.sum()), [round(v, 2) for v in organ_level],
                                     [round(v, 2) for v in target], before, after, core))
     return out, blended, records
+
+
+def paste_fill(channels: list[str], modality: str, organ: np.ndarray, kinds: dict[int, str],
+               rng: np.random.Generator) -> Fill:
+    """The ``paste`` method: the phantoms' intensity model (:func:`_levels`) with its smooth texture."""
+
+    def fill(lid: int, box: tuple, mask: np.ndarray, ring: np.ndarray, source: list[np.ndarray]):
+        organ_level, target, texture = _levels(kinds[lid], modality, channels, source, ring, organ[box], rng)
+        values = []
+        for c, a in enumerate(source):
+            noise = ndimage.gaussian_filter(rng.normal(0.0, 1.0, size=a.shape).astype(np.float32), 2.0)
+            values.append(target[c] + noise / (noise.std() + 1e-6) * texture[c])
+        return organ_level, target, values
+
+    return fill

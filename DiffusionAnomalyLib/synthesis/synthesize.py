@@ -37,7 +37,8 @@ from DiffusionAnomalyLib.synthesis.paste import (
     MR_PERCENTILES,
     PSF_MM,
     RING_MM,
-    paste,
+    insert,
+    paste_fill,
     place_lesion,
 )
 
@@ -46,12 +47,14 @@ from DiffusionAnomalyLib.synthesis.paste import (
 class SynthesisRequest:
     """A scan (``images``: file(s) or a DICOM folder; brain t1n t1c t2w t2f) of ``organ``, its organ masks (``mask``
     with ``mask_label``, ``totalseg``, ``skull_stripped``, else TotalSegmentator runs), and either a ``lesion_map``
-    (nonzero = lesion, on the scan's grid) or a shape drawn by ``options``; ``out``: a new or empty folder."""
+    (nonzero = lesion, on the scan's grid) or a shape drawn by ``options``; ``bundle``: the model bundle whose
+    lesion synthesizer ``--method diffusion`` uses; ``out``: a new or empty folder."""
 
     images: tuple[str, ...]
     organ: str
     out: str
     lesion_map: str | None = None
+    bundle: str | None = None
     mask: str | None = None
     mask_label: int | None = None
     totalseg: str | None = None
@@ -61,7 +64,7 @@ class SynthesisRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "images", tuple(os.fspath(p) for p in self.images))
-        for name in ("out", "lesion_map", "mask", "totalseg"):
+        for name in ("out", "lesion_map", "bundle", "mask", "totalseg"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
         if problems := self.problems():
@@ -84,6 +87,12 @@ class SynthesisRequest:
                        f"{', '.join(KINDS[preset.modality])}")
         if o.structure is not None and o.structure not in preset.structures.values():
             out.append(f"--structure {o.structure}: the {self.organ} has {', '.join(preset.structures.values())}")
+        if o.method == "diffusion" and not self.bundle:
+            out.append("--method diffusion needs --bundle (a bundle with a lesion synthesizer)")
+        if o.method == "paste" and self.bundle:
+            out.append("--bundle is for --method diffusion; paste uses no network")
+        if o.method == "diffusion" and o.kind is not None:
+            out.append("--kind is for --method paste; the synthesizer draws the lesion from its map")
         if self.lesion_map and any(v is not None for v in (o.shape, o.diameter_mm, o.structure)):
             out.append("--lesion-map gives the lesion: --shape, --diameter-mm and --structure are for a drawn lesion")
         if sum(map(bool, (self.mask, self.totalseg, self.skull_stripped))) > 1:
@@ -95,7 +104,7 @@ class SynthesisRequest:
         return out
 
     def input_paths(self) -> list[str]:
-        return [*self.images, *(p for p in (self.lesion_map, self.mask, self.totalseg) if p)]
+        return [*self.images, *(p for p in (self.lesion_map, self.mask, self.totalseg, self.bundle) if p)]
 
 
 @dataclass
@@ -146,8 +155,8 @@ def _map_labels(request: SynthesisRequest, reference: sitk.Image, organ: np.ndar
     return labels.astype(np.uint16)
 
 
-def _variant(request: SynthesisRequest, seed: int, arrays: list[np.ndarray], preset, masks, channels: list[str],
-             spacing: tuple[float, float, float], map_labels: np.ndarray | None, value_range) -> tuple:
+def _variant(request: SynthesisRequest, seed: int, images: list[sitk.Image], arrays: list[np.ndarray], preset, masks,
+             spacing: tuple[float, float, float], map_labels: np.ndarray | None, value_range, bundle=None) -> tuple:
     """One variant: (output arrays, lesion labels, record)."""
     from DiffusionAnomalyLib.synthetic.base import _diameter
 
@@ -167,8 +176,19 @@ def _variant(request: SynthesisRequest, seed: int, arrays: list[np.ndarray], pre
         labels = place_lesion(by_name[structure], spacing, shape, diameter, rng).astype(np.uint16)
         drawn = {"structure": structure, "shape": shape, "diameter_mm": round(float(diameter), 2)}
     ids = [int(v) for v in np.unique(labels) if v > 0]
-    kinds = {i: o.kind or str(rng.choice(KINDS[preset.modality])) for i in ids}
-    out, blended, pasted = paste(arrays, channels, preset.modality, organ, labels, spacing, kinds, rng, value_range)
+    channels = list(preset.channels)
+    if o.method == "diffusion":
+        from DiffusionAnomalyLib.synthesis.diffusion import diffusion_fill, generated_patches
+
+        kinds = dict.fromkeys(ids, "generated")
+        generated = generated_patches(bundle, images, masks, labels, seed, o.steps, o.resample_jumps, o.map_guidance)
+        fill = diffusion_fill(generated, images[0])
+        drawn["synthesizer"] = {"bundle": f"{bundle.meta.name} {bundle.meta.version}", "steps": o.steps,
+                                "resample_jumps": o.resample_jumps, "map_guidance": o.map_guidance}
+    else:
+        kinds = {i: o.kind or str(rng.choice(KINDS[preset.modality])) for i in ids}
+        fill = paste_fill(channels, preset.modality, organ, kinds, rng)
+    out, blended, pasted = insert(arrays, organ, labels, spacing, fill, kinds, value_range)
     reference = masks.masks[0].image
     voxel_ml = float(np.prod(spacing)) / 1000.0
     lesions = []
@@ -191,10 +211,12 @@ def _argv(request: SynthesisRequest, seed: int) -> list[str]:
     """The command line that writes this variant again."""
     o = request.options
     argv = ["diffusion-anomaly", "synthesize", "--organ", request.organ, "--input", *request.images]
-    for flag, value in (("--mask", request.mask), ("--mask-label", request.mask_label),
+    for flag, value in (("--bundle", request.bundle), ("--mask", request.mask), ("--mask-label", request.mask_label),
                         ("--totalseg", request.totalseg), ("--lesion-map", request.lesion_map),
                         ("--method", o.method), ("--shape", o.shape), ("--diameter-mm", o.diameter_mm),
-                        ("--kind", o.kind), ("--structure", o.structure)):
+                        ("--kind", o.kind), ("--structure", o.structure),
+                        *((("--steps", o.steps), ("--resample-jumps", o.resample_jumps),
+                           ("--map-guidance", o.map_guidance)) if o.method == "diffusion" else ())):
         if value is not None:
             argv += [flag, str(value)]
     return argv + (["--skull-stripped"] if request.skull_stripped else []) + ["--seed", str(seed), "--out", "OUT"]
@@ -217,7 +239,14 @@ def synthesize(request: SynthesisRequest) -> Synthesis:
         if not Path(p).exists():
             raise InputError(f"{p}: file not found")
     check_output_dir(request.out, request.input_paths(), overwrite=request.overwrite, command="synthesize")
-    preset = get_preset(request.organ)
+    bundle = None
+    if request.options.method == "diffusion":
+        from DiffusionAnomalyLib.synthesis.diffusion import load_synthesizer
+
+        bundle = load_synthesizer(request.bundle)
+        if bundle.meta.organ != request.organ:
+            raise InputError(f"{request.bundle}: a {bundle.meta.organ} bundle; --organ is {request.organ}")
+    preset = bundle.preset if bundle is not None else get_preset(request.organ)
     images = read_channels(list(request.images), list(preset.channels))
     masks = load_organ_masks(request.images, images[0], preset, mask=request.mask, mask_label=request.mask_label,
                              totalseg=request.totalseg, skull_stripped=request.skull_stripped)
@@ -231,8 +260,8 @@ def synthesize(request: SynthesisRequest) -> Synthesis:
     stem, cases, records, rows = _stem(request.images[0]), [], [], []
     with atomic_output_dir(request.out, replace_previous=request.overwrite) as stage:
         for seed in range(o.seed, o.seed + o.count):
-            out, labels, record = _variant(request, seed, arrays, preset, masks, list(preset.channels), spacing,
-                                           map_labels, value_range)
+            out, labels, record = _variant(request, seed, images, arrays, preset, masks, spacing, map_labels,
+                                           value_range, bundle)
             name = f"{stem}-{o.method}-{seed}"
             folder = stage / name
             (folder / "segmentations").mkdir(parents=True)

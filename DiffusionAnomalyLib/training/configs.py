@@ -12,7 +12,7 @@ from DiffusionAnomalyLib.options import Option, problems, redeclared, required, 
 from DiffusionAnomalyLib.settings import ORGANS, PRECISIONS
 
 #: The single training stages (``diffusion-anomaly train PART``); ``all`` runs them in turn.
-PARTS = ("autoencoder", "denoiser", "classifier")
+PARTS = ("autoencoder", "denoiser", "classifier", "synthesizer")
 #: Options of every stage that ``train all`` also takes.
 ALL_PARTS = (*PARTS, "all")
 
@@ -22,11 +22,12 @@ ALL_PARTS = (*PARTS, "all")
 DATA = Option("dataset folder (DATA/labels.csv, DATA/<case>/<channel>.nii.gz, DATA/<case>/segmentations/)", ALL_PARTS)
 OUT = Option("output bundle folder (work files go to OUT.work)", ALL_PARTS)
 EXTENDS = Option("the bundle of the stage before, to extend (denoiser: the autoencoder's; classifier: the "
-                 "denoiser's)", ("denoiser", "classifier"))
+                 "denoiser's; synthesizer: any bundle with an autoencoder, usually the finished one)",
+                 ("denoiser", "classifier", "synthesizer"))
 #: The network presets of the autoencoder and the denoiser.
 NETWORK = Option("network preset: tiny, thesis-kidney, or (autoencoder) tiny-8ch (8 latent channels, 1,024 codes) or "
                  "tiny-2x (one stride-2 level: a 2x finer latent grid), or (denoiser) tiny-3level (a third level, for "
-                 "the finer grid)", ("autoencoder", "denoiser"))
+                 "the finer grid)", ("autoencoder", "denoiser", "synthesizer"))
 
 
 @dataclass(kw_only=True)
@@ -139,3 +140,20 @@ class ClassifierTraining(TrainingRun):
     lesion_cell_ml: float = setting(0.1, Option(
         "lesion volume (ml) that makes a feature cell a lesion cell", ("classifier",), "ML", label="lesion cell "
         "volume", low=0, low_open=True))
+
+
+@dataclass
+class SynthesizerTraining(TrainingRun):
+    """The lesion synthesizer: a latent denoiser conditioned on the lesion map, on healthy and unhealthy structures
+    with their lesion masks (extends any bundle with an autoencoder; ``synthesize --method diffusion`` uses it)."""
+
+    data: str = required(DATA)
+    bundle: str = required(EXTENDS)
+    out: str = required(OUT)
+    network: str = setting("tiny", NETWORK)
+    iterations: int = redeclared(TrainingRun, "iterations", 1500)
+    val_every: int = redeclared(TrainingRun, "val_every", 100)
+    ema_decay: float = 0.995
+    map_dropout: float = setting(0.2, Option(
+        "share of training samples whose lesion map is dropped (classifier-free guidance on the map)",
+        ("synthesizer",), "P", label="map dropout", low=0, high=1, high_open=True))

@@ -42,7 +42,7 @@ ALLOWED = {
     "training": {"imaging", "detection", "models", "evaluation"},
     "evaluation": {"imaging", "detection", "models"},
     "synthetic": {"imaging", "detection"},
-    "synthesis": {"imaging", "detection", "synthetic"},
+    "synthesis": {"imaging", "detection", "synthetic", "models"},
     "api": {"imaging", "detection", "models", "training", "evaluation", "synthetic", "synthesis"},
     "app": {"imaging", "detection", "models", "training", "evaluation", "synthetic", "synthesis", "api",
             "slicer_module"},
