@@ -288,6 +288,14 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--no-baseline", action="store_true",
                     help="with --bundle: do not run the non-neural median baseline on the same cases (by default it "
                          "runs, and summary.md puts the two side by side with a paired Wilcoxon test per case)")
+    ev.add_argument("--insert", type=_int_in(0, 1000, "--insert"), default=0, metavar="N",
+                    help="the cases are healthy scans with organ masks: insert N synthetic lesions into each "
+                         "(synthesize; OUT/inserted) and score those (docs/synthesis.md)")
+    ev.add_argument("--insert-method", choices=["paste", "diffusion"], default="paste",
+                    help="with --insert: how the lesions are made")
+    ev.add_argument("--insert-bundle", default=None,
+                    help="with --insert-method diffusion: the bundle with the lesion synthesizer (default: --bundle)")
+    ev.add_argument("--insert-seed", type=seed_arg, default=0, help="with --insert: the first variant's seed")
     ev.set_defaults(func="evaluate")
 
     sw = dataset_parser("sweep", "grid search over L and s (as in the kidney thesis §5.2); can calibrate a copy of "

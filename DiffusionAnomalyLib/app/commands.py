@@ -181,7 +181,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate(dataset_request(args, EvaluateRequest, threshold=args.threshold,
                                        postprocessing=not args.no_postprocessing, bootstrap=args.bootstrap,
-                                       baseline_beside=not args.no_baseline))
+                                       baseline_beside=not args.no_baseline, insert=args.insert,
+                                       insert_method=args.insert_method, insert_bundle=args.insert_bundle,
+                                       insert_seed=args.insert_seed))
     if report is not None:
         print(report.markdown)
         for note in report.notes:

@@ -69,12 +69,37 @@ class DatasetRequest:
 class EvaluateRequest(DatasetRequest):
     """``evaluate``: ``threshold`` None/'otsu' (one global Otsu threshold, as the thesis), a number, or 'bundle'
     (the calibrated operating point); ``postprocessing`` off: threshold and components only; ``baseline_beside``:
-    the median baseline on the same cases with the paired test; ``bootstrap`` resamples for the 95 % CIs."""
+    the median baseline on the same cases with the paired test; ``bootstrap`` resamples for the 95 % CIs.
+    ``insert`` N > 0: the cases are healthy hosts, and what is scored is N synthesised lesions in each
+    (:mod:`.insertion`; ``insert_method`` paste or diffusion, whose synthesizer is ``insert_bundle``, else
+    ``bundle``; seeds from ``insert_seed``)."""
 
     threshold: float | str | None = None
     postprocessing: bool = True
     bootstrap: int = 1000
     baseline_beside: bool = True
+    insert: int = 0
+    insert_method: str = "paste"
+    insert_bundle: str | None = None
+    insert_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from DiffusionAnomalyLib.synthesis.options import MAX_COUNT, METHODS
+
+        problems = []
+        if not (isinstance(self.insert, int) and 0 <= self.insert <= MAX_COUNT):
+            problems.append(f"--insert takes 0..{MAX_COUNT} lesions per case (got {self.insert!r})")
+        if self.insert_method not in METHODS:
+            problems.append(f"--insert-method takes {', '.join(METHODS)} (got {self.insert_method!r})")
+        if self.insert and self.insert_method == "diffusion" and not (self.insert_bundle or self.bundle):
+            problems.append("--insert-method diffusion needs --insert-bundle (a bundle with a lesion synthesizer)")
+        if not self.insert and (self.insert_bundle or self.insert_method != "paste" or self.insert_seed):
+            problems.append("--insert-method, --insert-bundle and --insert-seed apply with --insert N only")
+        if not 0 <= self.insert_seed < 2**63:
+            problems.append(f"--insert-seed takes 0..2^63-1 (got {self.insert_seed})")
+        if problems:
+            raise InputError("; ".join(problems))
 
 
 #: The commands that take the calibration grid's options.
@@ -227,6 +252,15 @@ def evaluate(request: EvaluateRequest) -> EvaluateResult | None:
     out = Path(request.out)
     existed = out.exists()
     ranks, model, cases = _setup(request, "evaluate")
+    if request.insert:  # the hosts' lesions are synthesised first; they are the dataset scored
+        from DiffusionAnomalyLib.evaluation.datasets import discover_cases
+        from DiffusionAnomalyLib.evaluation.insertion import inserted_dataset
+
+        if ranks.rank == 0:
+            inserted_dataset(cases, model.preset.name, out, request.insert, request.insert_method,
+                             request.insert_bundle or request.bundle, request.insert_seed)
+        ranks.barrier()
+        cases = discover_cases(out / "inserted", model.preset)
     key = model.maps_key()
     maps = out / "maps" / key
     try:
@@ -266,6 +300,9 @@ def evaluate(request: EvaluateRequest) -> EvaluateResult | None:
                         if pp.min_volume_ml and pp.floor_contrast else "") + (
                         f"; grown to {pp.grow_to:g} x threshold" if pp.grow_to < 1 else "") + ")", "IoU": 0.2,
                     "ranks": ranks.world, **({"hybrid": f"max(model, {weight:g} x median baseline)"} if weight else {}),
+                    **({"inserted lesions": f"{request.insert} per healthy case of {request.data}, synthesize "
+                        f"--method {request.insert_method}, seeds from {request.insert_seed} (OUT/inserted; "
+                        "synthetic lesions are not real lesions)"} if request.insert else {}),
                     "baseline": "this is the baseline" if model.baseline else "off (--no-baseline)"
                     if not request.baseline_beside else "the median baseline beside (its global Otsu threshold)"}
         write_report(out, scores, summary, problems, settings, beside if request.baseline_beside else None, alone)

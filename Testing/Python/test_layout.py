@@ -40,7 +40,7 @@ ALLOWED = {
     "detection": {"imaging"},
     "models": {"imaging", "detection"},
     "training": {"imaging", "detection", "models", "evaluation"},
-    "evaluation": {"imaging", "detection", "models"},
+    "evaluation": {"imaging", "detection", "models", "synthesis"},  # evaluate --insert
     "synthetic": {"imaging", "detection"},
     "synthesis": {"imaging", "detection", "synthetic", "models"},
     "api": {"imaging", "detection", "models", "training", "evaluation", "synthetic", "synthesis"},

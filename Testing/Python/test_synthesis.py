@@ -13,6 +13,7 @@ from conftest import make_image
 from scipy import ndimage
 
 from DiffusionAnomalyLib.app.cli import main
+from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.imaging.io import write_volume
 from DiffusionAnomalyLib.synthesis.options import KINDS, SHAPES, SynthesisOptions
 from DiffusionAnomalyLib.synthesis.paste import partial_volume_sigma
@@ -243,3 +244,82 @@ def test_out_inside_the_input_folder_is_refused(healthy, capsys):
                str(healthy / "segmentations"), "--out", str(healthy / "segmentations" / "syn")])
     assert rc == 2 and "inside the input folder" in capsys.readouterr().err
     assert not (healthy / "segmentations" / "syn").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Realism statistics (evaluation/realism.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_lesion_features_and_crop_of_a_dark_lesion():
+    from DiffusionAnomalyLib.evaluation.realism import CROP_VOXELS, FEATURES, SCALE, lesion_sample
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(150, 10, (40, 40, 40)).astype(np.float32)
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    lesion = (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 < 36
+    image[lesion] -= 80
+    sample = lesion_sample(image, lesion, np.ones_like(lesion), make_image(image, (1.5, 1.5, 2.0)))
+    f = dict(zip(FEATURES, sample.features, strict=True))
+    assert f["contrast"] == pytest.approx(-80 / SCALE, abs=0.05) and f["edge"] > 0
+    assert sample.crop.shape == (CROP_VOXELS,) * 3
+    assert sample.crop[CROP_VOXELS // 2, CROP_VOXELS // 2, CROP_VOXELS // 2] < -0.5  # the dark centre, in SCALE units
+
+
+def test_frechet_distance_is_zero_for_one_distribution_and_grows_with_a_shift():
+    from DiffusionAnomalyLib.evaluation.realism import frechet_distance
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(400, 5)), rng.normal(size=(400, 5))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, b) < 0.2 < 2.0 < frechet_distance(a, b + 1.0)
+
+
+def test_the_classifier_tells_different_crops_apart_and_not_identical_ones():
+    from DiffusionAnomalyLib.evaluation.realism import classifier_auroc
+
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(40, 12, 12, 12)).astype(np.float32)
+    same = rng.normal(size=(40, 12, 12, 12)).astype(np.float32)
+    bright = same.copy()
+    bright[:, 4:8, 4:8, 4:8] += 1.5
+    assert classifier_auroc(ref, bright, iterations=80) > 0.9
+    assert 0.25 < classifier_auroc(ref, same, iterations=80) < 0.75
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate --insert N (evaluation/insertion.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_evaluate_scores_lesions_inserted_into_healthy_cases(healthy, tmp_path, capsys):
+    import json
+
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
+    (hosts / "a").symlink_to(healthy, target_is_directory=True)
+    before = _digests(healthy)
+    argv = ["evaluate", "--data", str(hosts), "--baseline", "--organ", "kidney", "--insert", "2", "--insert-seed",
+            "40", "--bootstrap", "20", "--out", str(tmp_path / "ev")]
+    assert main(argv) == 0
+    assert _digests(healthy) == before
+    inserted = sorted(p.name for p in (tmp_path / "ev" / "inserted").iterdir())
+    assert inserted == ["a-ct-paste-40", "a-ct-paste-41"]
+    summary = json.loads((tmp_path / "ev" / "report" / "summary.json").read_text())
+    assert summary["summary"]["reference_lesions"] == 2 and summary["summary"]["cases"] == 2
+    assert "inserted lesions" in (tmp_path / "ev" / "report" / "summary.md").read_text()
+    assert main(argv) == 0  # a rerun resumes: the variants are kept, not drawn again
+    assert sorted(p.name for p in (tmp_path / "ev" / "inserted").iterdir()) == inserted
+
+
+def test_evaluate_insert_refuses_a_host_with_lesions_and_meaningless_options(tmp_path, capsys):
+    from DiffusionAnomalyLib.evaluation.commands import EvaluateRequest
+    from DiffusionAnomalyLib.synthetic.phantoms import make_phantom, write_phantom
+
+    sick = tmp_path / "sick"
+    write_phantom(make_phantom("kidney", seed=3, n_lesions=1), sick / "c")
+    rc = main(["evaluate", "--data", str(sick), "--baseline", "--organ", "kidney", "--insert", "1", "--out",
+               str(tmp_path / "ev")])
+    assert rc == 2 and "--insert takes healthy scans" in capsys.readouterr().err
+    with pytest.raises(InputError, match="needs --insert-bundle"):
+        EvaluateRequest(data="d", out="o", baseline=True, organ="kidney", insert=1, insert_method="diffusion")
+    with pytest.raises(InputError, match="apply with --insert N only"):
+        EvaluateRequest(data="d", out="o", baseline=True, organ="kidney", insert_seed=3)
