@@ -343,6 +343,9 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     be.add_argument("--agreement", action="store_true",
                     help="also run demo's case (kidney phantom 1000, the shipped kidney-demo bundle) at fp32 and at "
                          "the other precisions: heatmap differences and whether the lesion tables are identical")
+    be.add_argument("--synthesize", action="store_true",
+                    help="also time one lesion of synthesize --method diffusion (one kidney ROI, tiny presets, 50 "
+                         "steps, 2 resampling jumps, map guidance 1), per device and precision")
     be.add_argument("--gpu-check", action="store_true",
                     help="the GPU check (scripts/gpu_check.sh): demo and thesis sizes in bf16 on CUDA, peak GPU "
                          "memory, a provoked out-of-memory run (exit 4) and the agreement check; exit 0 and a "

@@ -188,10 +188,50 @@ def bench_case(size: str, device: torch.device, method: str, guidance: float, ro
     return out
 
 
+def synthesize_time(device: torch.device, precision: str, steps: int = 50, jumps: int = 2,
+                    map_guidance: float = 1.0) -> dict:
+    """``synthesize --method diffusion`` on one kidney ROI (the tiny presets, random weights, 2 mm: 48 x 48 x 64
+    voxels, latent 4 x 16 x 12 x 12) with a 20 mm lesion: encode, RePaint inpainting with classifier-free guidance
+    on the map, decode. Seconds and network evaluations."""
+    from DiffusionAnomalyLib.models.nets.autoencoder import LatentCodec, autoencoder_config, build_autoencoder
+    from DiffusionAnomalyLib.models.nets.synthesizer import (
+        build_synthesizer,
+        condition_maps,
+        guided_eps,
+        synthesizer_config,
+    )
+    from DiffusionAnomalyLib.models.precision import network_autocast
+
+    torch.manual_seed(0)
+    codec = LatentCodec(build_autoencoder(autoencoder_config("tiny")).to(device).eval())
+    net = build_synthesizer(synthesizer_config("tiny")).to(device).eval()
+    x = torch.randn(1, 1, 64, 48, 48, device=device)
+    zz, yy, xx = torch.meshgrid(*(torch.arange(n, device=device) for n in (64, 48, 48)), indexing="ij")
+    lesion = ((zz - 32) ** 2 + (yy - 24) ** 2 + (xx - 24) ** 2 < 25)[None]
+    prec = resolve_precision(precision, device)
+    sampler = None
+
+    def run() -> None:
+        nonlocal sampler
+        with torch.no_grad(), network_autocast(device, prec):
+            z0 = codec.encode(x)
+            maps = condition_maps(lesion, tuple(z0.shape[2:]))
+            region = torch.nn.functional.max_pool3d((maps[:, 1:] > 0).float(), 3, stride=1, padding=1)
+            sampler = LatentSampler(guided_eps(net, maps, map_guidance), NoiseSchedule())
+            z = sampler.reconstruct(z0, SamplerSettings(method="inpaint", noise_level=999, steps=steps, guidance=0.0,
+                                                        resample_jumps=jumps), mask=region).latent
+            codec.decode(z)
+
+    seconds = _timed(run, device)
+    return {"device": str(device), "precision": prec, "steps": steps, "resample_jumps": jumps,
+            "map_guidance": map_guidance, "seconds": round(seconds, 2),
+            "network_evaluations": sampler._nfe * (2 if map_guidance else 1)}
+
+
 def run_bench(sizes=("demo", "thesis-kidney"), devices=None, steps: int = 50, repeats: int = 1,
               reference: bool = True, methods=("ddpm", "ddim"), guidance=(0.0, GUIDANCE_ON),
               rois=(1, 2), precisions=("fp32", "auto"), network_time: bool = True,
-              agreement=None) -> dict:
+              agreement=None, synthesize: bool = False) -> dict:
     """Every configuration at every precision, side by side in one run; returns the JSON-able report (environment,
     rows, a ``comparison`` per configuration: fp32 against the fast path and MONAI's loop, and, with ``agreement``,
     the fast path's heatmap and lesion table against fp32 on the demo case).
@@ -234,6 +274,8 @@ def run_bench(sizes=("demo", "thesis-kidney"), devices=None, steps: int = 50, re
     report = {"environment": env, "results": rows, "comparison": comparison}
     if agreement:
         report["agreement"] = agreements
+    if synthesize:  # one lesion of synthesize --method diffusion, per device and precision
+        report["synthesize"] = [synthesize_time(torch.device(d), p) for d in devices for p in precisions]
     return report
 
 

@@ -129,3 +129,11 @@ def test_a_bundle_without_a_synthesizer_exits_3_and_says_how_to_get_one(bundle, 
     err = capsys.readouterr().err
     assert rc == 3 and "has no lesion synthesizer" in err and "train synthesizer" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_bench_times_one_diffusion_lesion():
+    from DiffusionAnomalyLib.evaluation.bench import synthesize_time
+
+    row = synthesize_time(torch.device("cpu"), "fp32", steps=2, jumps=2)
+    assert row["seconds"] > 0 and row["network_evaluations"] == 2 * 2 * 2  # steps x jumps x (map, no map)
+    assert row["precision"] == "fp32"
