@@ -64,6 +64,8 @@ def main() -> None:
     p.add_argument("--bundle", default=None)
     p.add_argument("--methods", nargs="+", default=["paste", "diffusion"])
     p.add_argument("--work", default="build/realism")
+    p.add_argument("--max-synthesised", type=int, default=None,
+                   help="synthesise only this many lesions per method (the first reference diameters in turn)")
     args = p.parse_args()
     ref, diameters = samples(Path(args.reference), args.organ)
     hosts = [c for c in discover_cases(args.hosts, get_preset(args.organ)) if c.inputs and c.totalseg]
@@ -75,7 +77,7 @@ def main() -> None:
     for method in args.methods:
         work = Path(args.work) / method
         syn, seconds = [], []
-        for i, d in enumerate(diameters):
+        for i, d in enumerate(diameters[:args.max_synthesised]):
             host = hosts[i % len(hosts)]
             out = work / f"{i:03d}"
             if not (out / "synthesis.csv").is_file():
@@ -88,7 +90,7 @@ def main() -> None:
                 seconds.append(time.perf_counter() - t0)
             got, _ = samples(out, args.organ)
             syn += got
-            print(f"{method}: {i + 1}/{len(diameters)}", file=sys.stderr)
+            print(f"{method}: {i + 1}", file=sys.stderr)
         result[method] = {**stats(ref, syn), "seconds_per_lesion": round(float(np.mean(seconds)), 1) if seconds
                           else None}
     print(json.dumps(result, indent=2))
