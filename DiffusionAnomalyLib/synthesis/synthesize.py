@@ -119,12 +119,7 @@ class Synthesis:
 def _sha256(path: str) -> str:
     """A file's SHA-256; a folder's (DICOM series, TotalSegmentator's masks): that of its files' relative names and
     SHA-256s, in order."""
-    def file_digest(p: Path) -> str:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+    from DiffusionAnomalyLib.models.bundle import sha256_file as file_digest
 
     p = Path(path)
     if p.is_file():
