@@ -91,6 +91,17 @@ def add_run_settings(parser: argparse.ArgumentParser, command: str, settings: ty
     add_arguments(parser, settings or RunSettings, command, given_only=True)
 
 
+def add_mask_sources(parser: argparse.ArgumentParser) -> None:
+    """The organ-mask options of ``baseline`` and ``synthesize``: one of a mask file, TotalSegmentator's output or
+    skull-stripped, and the mask file's label."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--mask", help="organ mask file (nonzero = organ, or --mask-label)")
+    src.add_argument("--totalseg", help="TotalSegmentator output: multilabel file or folder of per-organ files")
+    src.add_argument("--skull-stripped", action="store_true",
+                     help="brain: the scan is skull-stripped; the brain mask is its nonzero voxels")
+    parser.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
+
+
 def _training_config(part: str) -> type:
     """The config class of one training stage (its options are declared on its fields; torch-free)."""
     from DiffusionAnomalyLib.training import configs
@@ -134,12 +145,7 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     bl = sub.add_parser("baseline", help="detect with the non-neural baseline reconstruction")
     bl.add_argument("--organ", required=True, choices=list(ORGANS))
     bl.add_argument("--input", required=True, nargs="+", help="image file(s) or DICOM folder; brain: t1n t1c t2w t2f")
-    src = bl.add_mutually_exclusive_group()
-    src.add_argument("--mask", help="organ mask file (nonzero = organ, or --mask-label)")
-    src.add_argument("--totalseg", help="TotalSegmentator output: multilabel file or folder of per-organ files")
-    src.add_argument("--skull-stripped", action="store_true",
-                     help="brain: the scan is skull-stripped; the brain mask is its nonzero voxels")
-    bl.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
+    add_mask_sources(bl)
     add_run_settings(bl, "baseline", settings)
     bl.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     bl.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
@@ -158,12 +164,7 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
                                     "lesions are not real lesions. See docs/synthesis.md.")
     sy.add_argument("--organ", required=True, choices=list(ORGANS))
     sy.add_argument("--input", required=True, nargs="+", help="image file(s) or DICOM folder; brain: t1n t1c t2w t2f")
-    src = sy.add_mutually_exclusive_group()
-    src.add_argument("--mask", help="organ mask file (nonzero = organ, or --mask-label)")
-    src.add_argument("--totalseg", help="TotalSegmentator output: multilabel file or folder of per-organ files")
-    src.add_argument("--skull-stripped", action="store_true",
-                     help="brain: the scan is skull-stripped; the brain mask is its nonzero voxels")
-    sy.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
+    add_mask_sources(sy)
     sy.add_argument("--lesion-map", default=None,
                     help="the lesion's region: a label file on the scan's grid (nonzero = lesion; each connected "
                          "region one lesion, inside the organ); instead of --shape")
