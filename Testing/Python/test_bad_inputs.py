@@ -1188,6 +1188,8 @@ import resource, sys
 kind, limit = sys.argv[1], sys.argv[2]
 from DiffusionAnomalyLib.app.cli import main
 import numpy, scipy.ndimage, skimage.measure, SimpleITK, matplotlib.pyplot  # loaded before the limit
+numpy.ones((256, 256)) @ numpy.ones((256, 256))  # OpenBLAS allocates its buffers on first use and aborts the
+# process (no MemoryError) when that fails: warm it up, as any earlier run of the process would have
 if limit.startswith("+"):  # headroom above the address space in use now
     vm = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmSize:")) * 1024
     limit = vm + int(limit[1:])
