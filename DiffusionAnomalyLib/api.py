@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from DiffusionAnomalyLib.errors import InputError
+from DiffusionAnomalyLib.options import typed_fields
 from DiffusionAnomalyLib.progress import Progress
 from DiffusionAnomalyLib.settings import ORGANS, WEAK_CLASSIFIER_AUC, RunSettings
 
@@ -119,7 +120,7 @@ class DetectRequest:
     def from_json(cls, data: Any, source: str = "request") -> DetectRequest:
         """A request from :meth:`to_json` output; every value must have its field's JSON type (no coercion),
         unknown keys are refused; an :class:`InputError` names ``source``, the field and the value."""
-        return cls(**_typed_fields(cls, data, source))
+        return cls(**typed_fields(cls, data, source))
 
 
 def _settings_problems(settings: dict[str, Any]) -> list[str]:
@@ -140,50 +141,6 @@ def _settings_problems(settings: dict[str, Any]) -> list[str]:
                                                      else None):
             out.append(problem)
     return out
-
-
-def _typed_fields(cls: type, data: Any, source: str) -> dict[str, Any]:
-    """``data``'s fields checked against ``cls``' annotations (str, bool, int, optional, tuple of str, dict)."""
-    from DiffusionAnomalyLib.settings import json_repr
-
-    if not isinstance(data, dict):
-        raise InputError(f"{source}: expected a JSON object (got {type(data).__name__})")
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(hints))
-    if unknown:
-        raise InputError(f"{source}: unknown field(s) {unknown}; known: {', '.join(hints)}")
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data]
-    if missing:
-        raise InputError(f"{source}: missing field(s) {missing}")
-    out = {}
-    for name, value in data.items():
-        hint = hints[name]
-        args = typing.get_args(hint)
-        optional = type(None) in args
-        base = next((a for a in args if a is not type(None)), hint) if optional else hint
-        origin = typing.get_origin(base) or base
-        if value is None and optional:
-            ok = True
-        elif origin is tuple:
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        elif origin is dict:
-            ok = isinstance(value, dict)
-        elif base is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, base)
-        if not ok:
-            raise InputError(f"{source}: {name} must be {_json_word(base, optional)} (got {json_repr(value)})")
-        out[name] = tuple(value) if origin is tuple else value
-    return out
-
-
-def _json_word(kind: Any, optional: bool) -> str:
-    origin = typing.get_origin(kind) or kind
-    word = {str: "a string", bool: "true or false", int: "a whole number", tuple: "a list of strings",
-            dict: "a JSON object"}.get(origin, str(kind))
-    return word + (" or null" if optional else "")
 
 
 @dataclass

@@ -291,3 +291,53 @@ def given(args: argparse.Namespace, cls: type, command: str) -> dict[str, Any]:
             continue
         out[name] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def typed_fields(cls: type, data: Any, source: str) -> dict[str, Any]:
+    """``data`` (a JSON object) as keyword arguments of the dataclass ``cls``, each value checked against its
+    annotation without coercion (str, bool, int, float (a JSON integer too), optional, tuple of str, dict, a nested
+    dataclass); unknown and missing fields are refused. An :class:`InputError` names ``source``, field and value."""
+    import dataclasses
+
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a JSON object (got {type(data).__name__})")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise InputError(f"{source}: unknown field(s) {unknown}; known: {', '.join(hints)}")
+    missing = [f.name for f in fields(cls)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data]
+    if missing:
+        raise InputError(f"{source}: missing field(s) {missing}")
+    out = {}
+    for name, value in data.items():
+        hint = hints[name]
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if optional else hint
+        origin = typing.get_origin(base) or base
+        if value is None and optional:
+            out[name] = None
+            continue
+        if dataclasses.is_dataclass(base):
+            out[name] = base(**typed_fields(base, value, f"{source}: {name}"))
+            continue
+        if origin is tuple:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif origin is dict:
+            ok = isinstance(value, dict)
+        elif base in (int, float):
+            ok = isinstance(value, int if base is int else int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, base)
+        if not ok:
+            raise InputError(f"{source}: {name} must be {_json_word(base, optional)} (got {json_repr(value)})")
+        out[name] = tuple(value) if origin is tuple else float(value) if base is float else value
+    return out
+
+
+def _json_word(kind: Any, optional: bool) -> str:
+    origin = typing.get_origin(kind) or kind
+    word = {str: "a string", bool: "true or false", int: "a whole number", float: "a number",
+            tuple: "a list of strings", dict: "a JSON object"}.get(origin, str(kind))
+    return word + (" or null" if optional else "")

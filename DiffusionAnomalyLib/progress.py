@@ -12,11 +12,14 @@ Progress = Callable[[str, int, int], None]
 
 
 def overall(stage: str, step: int, total: int) -> float:
-    """The fraction of the whole run done at ``step`` of ``total`` in ``stage`` (0..1).
+    """The fraction of the whole run done at ``step`` of ``total`` in ``stage`` (0..1); a synthesis has one stage,
+    ``synthesize``.
 
     >>> overall("reconstruct", 5, 10)
     0.45
     """
+    if stage == "synthesize":  # ``synthesize``: one stage, the whole job
+        return round(min(1.0, step / max(total, 1)), 6)
     order = list(STAGE_WEIGHTS)
     start = sum(STAGE_WEIGHTS[s] for s in order[: order.index(stage)])
     return round(min(1.0, start + STAGE_WEIGHTS[stage] * (step / max(total, 1))), 6)

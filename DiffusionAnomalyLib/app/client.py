@@ -44,7 +44,8 @@ _EXCEPTIONS = {EXIT_BAD_INPUT: InputError, EXIT_OUT_OF_MEMORY: OutOfMemoryError,
 
 
 class WorkerClient:
-    """One worker run of ``request`` (a :class:`~DiffusionAnomalyLib.api.DetectRequest`), sent as JSON on the
+    """One worker run of ``request`` (a :class:`~DiffusionAnomalyLib.api.DetectRequest`, or a
+    :class:`~DiffusionAnomalyLib.synthesis.synthesize.SynthesisRequest`: the ``synthesize`` job), sent as JSON on the
     worker's stdin with ``memory_limit_gb`` (cap the worker's address space: an oversized run then fails with
     ``out_of_memory``) and ``debug`` (tracebacks on its stderr).
 
@@ -54,7 +55,8 @@ class WorkerClient:
 
     def __init__(self, request, python: str | None = None, env: dict | None = None,
                  memory_limit_gb: float | None = None, debug: bool = False) -> None:
-        self.message = json.dumps({"request": request.to_json(), "memory_limit_gb": memory_limit_gb,
+        job = "synthesize" if request.command == "synthesize" else "detect"
+        self.message = json.dumps({"job": job, "request": request.to_json(), "memory_limit_gb": memory_limit_gb,
                                    "debug": debug}).encode()
         self.python = python or sys.executable
         self.env = dict(env if env is not None else os.environ)

@@ -2,16 +2,20 @@
 
     python -m DiffusionAnomalyLib.app.worker < request.json
 
-It takes no arguments: it reads one JSON object from stdin, ``{"request": {...}, "memory_limit_gb": null,
-"debug": false}``, whose ``request`` is a :class:`~DiffusionAnomalyLib.api.DetectRequest` (``to_json``), and runs
-:func:`~DiffusionAnomalyLib.api.detect`. Each stdout line is one JSON object with an ``event`` key:
+It takes no arguments: it reads one JSON object from stdin, ``{"job": "detect", "request": {...},
+"memory_limit_gb": null, "debug": false}``. ``job`` ``detect`` (the default): ``request`` is a
+:class:`~DiffusionAnomalyLib.api.DetectRequest` (``to_json``), run by :func:`~DiffusionAnomalyLib.api.detect`;
+``synthesize``: a :class:`~DiffusionAnomalyLib.synthesis.synthesize.SynthesisRequest`, run by
+:func:`~DiffusionAnomalyLib.synthesis.synthesize.synthesize`. Each stdout line is one JSON object with an ``event``
+key:
 
-- ``started``: ``pid``, ``version``, ``command`` (run or baseline)
-- ``progress``: ``stage`` (extract, reconstruct, compose, postprocess, write), ``step``, ``total``,
-  ``fraction`` (0..1, never decreasing), ``eta_s``
+- ``started``: ``pid``, ``version``, ``command`` (run, baseline or synthesize)
+- ``progress``: ``stage`` (extract, reconstruct, compose, postprocess, write; a synthesis: synthesize), ``step``,
+  ``total``, ``fraction`` (0..1, never decreasing), ``eta_s``
 - ``log`` / ``warning``: ``message``
 - ``result``: ``outputs`` (name -> path), ``lesions`` (the lesion table rows), ``threshold``,
-  ``timings_s``, ``device``
+  ``timings_s``, ``device``; a synthesis: ``out`` and ``cases`` (per variant: ``folder``, ``images``
+  (channel -> path), ``lesions`` (the lesion label file), ``record`` (its ``synthesis.json``))
 - ``error``: ``code`` (stable: bad_input, organ_missing, output_not_writable, bad_model,
   missing_dependency, out_of_memory, cancelled, internal_error), ``message`` (one line naming the
   file or option and the problem), ``exit_code``
@@ -54,6 +58,7 @@ from collections.abc import Sequence
 
 from DiffusionAnomalyLib import __version__
 from DiffusionAnomalyLib.errors import EXIT_OUT_OF_MEMORY, InputError, classify, oom_message, raise_cancelled
+from DiffusionAnomalyLib.options import json_repr
 from DiffusionAnomalyLib.progress import overall
 
 #: The most a request on stdin may hold (it names files; it never holds data).
@@ -104,9 +109,27 @@ def _detect(request, events: EventWriter) -> dict:
             "timings_s": {k: round(v, 3) for k, v in found.result.timings.items()}}
 
 
-def read_message(stream) -> tuple[object, float | None, bool]:
-    """The request, the memory limit and the debug flag from the JSON object on ``stream`` (bytes), checked."""
-    from DiffusionAnomalyLib.api import DetectRequest
+def _synthesize(request, events: EventWriter) -> dict:
+    from DiffusionAnomalyLib.synthesis.synthesize import synthesize
+
+    found = synthesize(request, progress=events.progress)
+    channels = found.records[0]["channels"] if found.records else []
+    cases = [{"folder": str(folder), "images": {ch: str(folder / f"{ch}.nii.gz") for ch in channels},
+              "lesions": str(folder / "lesions.nii.gz"), "record": record}
+             for folder, record in zip(found.cases, found.records, strict=True)]
+    return {"out": str(found.out), "cases": cases}
+
+
+#: The worker's jobs: the request type's module and class, and what runs it.
+JOBS = {"detect": ("DiffusionAnomalyLib.api", "DetectRequest", _detect),
+        "synthesize": ("DiffusionAnomalyLib.synthesis.synthesize", "SynthesisRequest", _synthesize)}
+
+
+def read_message(stream) -> tuple[str, object, float | None, bool]:
+    """The job, the request, the memory limit and the debug flag from the JSON object on ``stream`` (bytes),
+    checked."""
+    import importlib
+
     from DiffusionAnomalyLib.imaging.outputs import parse_json
 
     raw = stream.read(MAX_REQUEST_BYTES + 1)
@@ -115,15 +138,21 @@ def read_message(stream) -> tuple[object, float | None, bool]:
     if not raw.strip():
         raise InputError("the worker takes a JSON request on stdin (docs/worker.md) and got none")
     data = parse_json(raw, "the worker's request (stdin)")
-    if not isinstance(data, dict) or set(data) - {"request", "memory_limit_gb", "debug"} or "request" not in data:
-        raise InputError("the worker's request (stdin): expected {\"request\": {...}, \"memory_limit_gb\": ..., "
-                         "\"debug\": ...}")
+    known = {"job", "request", "memory_limit_gb", "debug"}
+    if not isinstance(data, dict) or set(data) - known or "request" not in data:
+        raise InputError("the worker's request (stdin): expected {\"job\": ..., \"request\": {...}, "
+                         "\"memory_limit_gb\": ..., \"debug\": ...}")
+    job = data.get("job", "detect")
+    if job not in JOBS:
+        raise InputError(f"the worker's request (stdin): unknown job {json_repr(job)}; choose one of {', '.join(JOBS)}")
     limit, debug = data.get("memory_limit_gb"), data.get("debug", False)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0):
         raise InputError(f"the worker's request (stdin): memory_limit_gb must be a number of GiB > 0 (got {limit!r})")
     if not isinstance(debug, bool):
         raise InputError(f"the worker's request (stdin): debug must be true or false (got {debug!r})")
-    return DetectRequest.from_json(data["request"], "the worker's request (stdin)"), limit, debug
+    module, name, _ = JOBS[job]
+    request_type = getattr(importlib.import_module(module), name)
+    return job, request_type.from_json(data["request"], "the worker's request (stdin)"), limit, debug
 
 
 def main(argv: Sequence[str] | None = None, stdin=None) -> int:
@@ -144,7 +173,7 @@ def main(argv: Sequence[str] | None = None, stdin=None) -> int:
         if args:
             raise InputError(f"the worker takes no arguments (got {' '.join(args)[:80]}); it reads a JSON request on "
                              "stdin (docs/worker.md)")
-        request, limit, asked = read_message(stdin if stdin is not None else sys.stdin.buffer)
+        job, request, limit, asked = read_message(stdin if stdin is not None else sys.stdin.buffer)
         debug = debug or asked
         if limit is not None:
             limit_memory(float(limit))
@@ -152,7 +181,7 @@ def main(argv: Sequence[str] | None = None, stdin=None) -> int:
         from DiffusionAnomalyLib import logs
 
         with logs.attached(logs.EventHandler(events.emit)):  # library log records become log/warning events
-            result = _detect(request, events)
+            result = JOBS[job][2](request, events)
         events.emit("result", **result)
         return 0
     except BaseException as exc:  # noqa: BLE001 - the client always gets an error event and a documented code

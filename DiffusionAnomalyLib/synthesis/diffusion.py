@@ -14,6 +14,8 @@ fine-grain noise, which the decoder does not reproduce.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -39,9 +41,11 @@ def load_synthesizer(path: str, device: str = "cpu"):
 
 
 def generated_patches(bundle, images: list[sitk.Image], masks: MaskSet, labels: np.ndarray, seed: int,
-                      steps: int, resample_jumps: int, map_guidance: float) -> dict[int, list[sitk.Image]]:
+                      steps: int, resample_jumps: int, map_guidance: float,
+                      progress: Callable[[int, int], None] | None = None) -> dict[int, list[sitk.Image]]:
     """Per lesion id, the decoded ROI (one image per channel, input units, on the ROI's grid) of the structure that
-    holds most of it, with every lesion of that ROI generated at once."""
+    holds most of it, with every lesion of that ROI generated at once. ``progress(done, total)``: the sampler's
+    steps, over the ROIs that get a lesion."""
     prepared = extract_case_patches(images, masks, bundle.preset)
     lesion_image = sitk.GetImageFromArray(labels.astype(np.uint16))
     lesion_image.CopyInformation(images[0])
@@ -57,10 +61,16 @@ def generated_patches(bundle, images: list[sitk.Image], masks: MaskSet, labels: 
         owner[lid] = max(overlap, key=overlap.get)
     out: dict[int, list[sitk.Image]] = {}
     device = next(net.parameters()).device
+    rois = [i for i, m in enumerate(masks.masks) if m.structure in owner.values()]
     for i, (patch, mask) in enumerate(zip(prepared.patches, masks.masks, strict=True)):
         ids = [lid for lid, s in owner.items() if s == mask.structure]
         if not ids:
             continue
+        k = rois.index(i)
+
+        def step(done: int, total: int, k: int = k) -> None:
+            if progress:
+                progress(k * total + done, len(rois) * total)
         lesion = np.isin(extract_patch(lesion_image, patch, interpolator="nearest"), ids)
         with torch.no_grad():
             z0 = codec.encode(torch.from_numpy(prepared.x[i:i + 1]).to(device))
@@ -69,7 +79,7 @@ def generated_patches(bundle, images: list[sitk.Image], masks: MaskSet, labels: 
             sampler = LatentSampler(guided_eps(net, maps, map_guidance), schedule)
             settings = SamplerSettings(method="inpaint", noise_level=schedule.num_timesteps - 1, steps=steps,
                                        guidance=0.0, seed=seed, resample_jumps=resample_jumps)
-            z = sampler.reconstruct(z0, settings, mask=region).latent
+            z = sampler.reconstruct(z0, settings, mask=region, progress=step).latent
             decoded = codec.decode(z).float().cpu().numpy()[0]
         channels = [patch.image(s.inverse(decoded[c])) for c, s in enumerate(prepared.scalings[i])]
         out.update({lid: channels for lid in ids})

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from DiffusionAnomalyLib import __version__
 from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.options import MAX_SEED
 from DiffusionAnomalyLib.options import problems as option_problems
+from DiffusionAnomalyLib.progress import Progress
 from DiffusionAnomalyLib.settings import ORGANS
 from DiffusionAnomalyLib.synthesis.options import DIAMETER_RANGE_MM, KINDS, SHAPES, SynthesisOptions
 from DiffusionAnomalyLib.synthesis.paste import (
@@ -106,6 +108,23 @@ class SynthesisRequest:
     def input_paths(self) -> list[str]:
         return [*self.images, *(p for p in (self.lesion_map, self.mask, self.totalseg, self.bundle) if p)]
 
+    @property
+    def command(self) -> str:
+        """What the command line calls this job (messages and the worker's ``started`` event name it)."""
+        return "synthesize"
+
+    def to_json(self) -> dict[str, Any]:
+        """This request as a JSON object (what the worker reads with ``"job": "synthesize"``)."""
+        return {**asdict(self), "images": list(self.images)}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "request") -> SynthesisRequest:
+        """A request from :meth:`to_json` output, every value checked against its field's JSON type (no coercion);
+        an :class:`InputError` names ``source``, the field and the value."""
+        from DiffusionAnomalyLib.options import typed_fields
+
+        return cls(**typed_fields(cls, data, source))
+
 
 @dataclass
 class Synthesis:
@@ -151,8 +170,9 @@ def _map_labels(request: SynthesisRequest, reference: sitk.Image, organ: np.ndar
 
 
 def _variant(request: SynthesisRequest, seed: int, images: list[sitk.Image], arrays: list[np.ndarray], preset, masks,
-             spacing: tuple[float, float, float], map_labels: np.ndarray | None, value_range, bundle=None) -> tuple:
-    """One variant: (output arrays, lesion labels, record)."""
+             spacing: tuple[float, float, float], map_labels: np.ndarray | None, value_range, bundle=None,
+             progress: Callable[[int, int], None] | None = None) -> tuple:
+    """One variant: (output arrays, lesion labels, record); ``progress(done, total)`` follows the sampler."""
     from DiffusionAnomalyLib.synthetic.base import _diameter
 
     o = request.options
@@ -176,7 +196,8 @@ def _variant(request: SynthesisRequest, seed: int, images: list[sitk.Image], arr
         from DiffusionAnomalyLib.synthesis.diffusion import diffusion_fill, generated_patches
 
         kinds = dict.fromkeys(ids, "generated")
-        generated = generated_patches(bundle, images, masks, labels, seed, o.steps, o.resample_jumps, o.map_guidance)
+        generated = generated_patches(bundle, images, masks, labels, seed, o.steps, o.resample_jumps, o.map_guidance,
+                                      progress)
         fill = diffusion_fill(generated, images[0])
         drawn["synthesizer"] = {"bundle": f"{bundle.meta.name} {bundle.meta.version}", "steps": o.steps,
                                 "resample_jumps": o.resample_jumps, "map_guidance": o.map_guidance}
@@ -217,9 +238,10 @@ def _argv(request: SynthesisRequest, seed: int) -> list[str]:
     return argv + (["--skull-stripped"] if request.skull_stripped else []) + ["--seed", str(seed), "--out", "OUT"]
 
 
-def synthesize(request: SynthesisRequest) -> Synthesis:
+def synthesize(request: SynthesisRequest, progress: Progress | None = None) -> Synthesis:
     """Write ``request.options.count`` variants (seeds seed..seed+N-1) to ``request.out``, atomically (all or
     nothing). The inputs are read, never changed. Raises :class:`InputError` (exit 2) naming the file and problem.
+    ``progress("synthesize", step, total)`` follows the variants (and, for ``diffusion``, the sampler's steps).
 
     >>> from DiffusionAnomalyLib.synthesis.synthesize import SynthesisOptions, SynthesisRequest, synthesize
     >>> found = synthesize(SynthesisRequest(images=("ct.nii.gz",), organ="kidney", out="syn",  # doctest: +SKIP
@@ -254,9 +276,15 @@ def synthesize(request: SynthesisRequest) -> Synthesis:
     inputs = [{"path": str(Path(p).resolve()), "sha256": _sha256(p)} for p in request.input_paths()]
     stem, cases, records, rows = _stem(request.images[0]), [], [], []
     with atomic_output_dir(request.out, replace_previous=request.overwrite) as stage:
-        for seed in range(o.seed, o.seed + o.count):
+        per = o.steps * o.resample_jumps if o.method == "diffusion" else 1  # progress steps per variant
+        for k, seed in enumerate(range(o.seed, o.seed + o.count)):
+            def step(done: int, total: int, k: int = k) -> None:
+                if progress:
+                    progress("synthesize", k * per + min(done, per), o.count * per)
+
             out, labels, record = _variant(request, seed, images, arrays, preset, masks, spacing, map_labels,
-                                           value_range, bundle)
+                                           value_range, bundle, step)
+            step(per, per)
             name = f"{stem}-{o.method}-{seed}"
             folder = stage / name
             (folder / "segmentations").mkdir(parents=True)

@@ -51,8 +51,10 @@ def files_naming(words: set[str], modules: set[str]) -> list[str]:
 
 
 def run_path() -> set[str]:
-    """Every library module the panel and the worker reach through their imports (lazy ones included)."""
-    return layout._reaches(f"{layout.PKG}.slicer_module.panel") | layout._reaches(f"{layout.PKG}.app.worker")
+    """Every library module the panel and the worker reach through their imports (lazy ones included), less the
+    worker's other job, ``synthesize`` (its own options, declared in synthesis/options.py; no run setting)."""
+    reached = layout._reaches(f"{layout.PKG}.slicer_module.panel") | layout._reaches(f"{layout.PKG}.app.worker")
+    return {m for m in reached if not m.startswith(f"{layout.PKG}.synthesis")}
 
 
 def test_one_run_setting_crosses_at_most_six_files_from_the_panel_to_its_use(capsys):

@@ -796,6 +796,15 @@ def test_worker_refuses_an_out_holding_the_input_with_an_error_event(case_dir):
     ('{"request": {"images": ["a"], "out": "o", "organ": "kidney", "baseline": true}, "memory_limit_gb": -1}',
      "memory_limit_gb must be a number of GiB > 0"),
     ('[1, 2]', "expected {"), ('', "takes a JSON request on stdin"), ('{"request": ', "not valid JSON"),
+    ('{"job": "train", "request": {}}', 'unknown job "train"; choose one of detect, synthesize'),
+    ('{"job": "synthesize", "request": {"images": ["a"], "organ": "kidney", "out": "o", "options": {"count": 0}}}',
+     "count must be in 1..1000 (got 0)"),
+    ('{"job": "synthesize", "request": {"images": ["a"], "organ": "kidney", "out": "o", "options": {"seed": 1.5}}}',
+     "options: seed must be a whole number (got 1.5)"),
+    ('{"job": "synthesize", "request": {"images": ["a"], "organ": "kidney", "out": "o", "options": {"shap": "x"}}}',
+     "options: unknown field(s) ['shap']"),
+    ('{"job": "synthesize", "request": {"images": ["a"], "organ": "kidney", "out": "o", "bundle": "b"}}',
+     "--bundle is for --method diffusion"),
 ])
 def test_worker_bad_request_error_event_says_which(message, says):
     rc, events, _ = _worker(message)

@@ -158,3 +158,32 @@ def test_another_interpreter_gets_the_environment_without_the_launchers_python_v
     assert not {"PYTHONHOME", "PYTHONPATH", "PYTHONNOUSERSITE"} & set(other) and other["PATH"] == os.environ["PATH"]
     startup = {"PATH": "/usr/bin", "HOME": "/home/u", "": "ignored"}
     assert child_environment(False, lambda: startup) == {"PATH": "/usr/bin", "HOME": "/home/u"}
+
+
+def test_the_synthesize_job_writes_the_variant_and_reports_its_files(kidney_case, tmp_path):
+    """The worker's second job (the panel's "Synthesize lesion"): a lesion pasted into the phantom, progress to 1, and
+    a result naming the new scan, its lesion labels and the record; the input is unchanged."""
+    import hashlib
+
+    from DiffusionAnomalyLib.synthesis.options import SynthesisOptions
+    from DiffusionAnomalyLib.synthesis.synthesize import SynthesisRequest
+
+    _, folder = kidney_case
+    before = hashlib.sha256((folder / "ct.nii.gz").read_bytes()).hexdigest()
+    request = SynthesisRequest(images=(str(folder / "ct.nii.gz"),), organ="kidney", out=str(tmp_path / "syn"),
+                               totalseg=str(folder / "segmentations"),
+                               options=SynthesisOptions(shape="sphere", diameter_mm=15.0, seed=4, count=2))
+    assert SynthesisRequest.from_json(request.to_json()) == request  # what the worker reads back
+    client = WorkerClient(request)
+    client.start()
+    assert client.wait(300) == 0, client.stderr_lines[-5:]
+    events = client.poll_events()
+    assert events[0]["event"] == "started" and events[0]["command"] == "synthesize"
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 2
+    result = client.raise_for_status()
+    assert [c["record"]["seed"] for c in result["cases"]] == [4, 5]
+    for case in result["cases"]:
+        assert os.path.isfile(case["images"]["ct"]) and os.path.isfile(case["lesions"])
+        assert case["record"]["method"] == "paste" and case["record"]["diameter_mm"] == 15.0
+    assert hashlib.sha256((folder / "ct.nii.gz").read_bytes()).hexdigest() == before
