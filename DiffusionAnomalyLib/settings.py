@@ -21,7 +21,11 @@ from DiffusionAnomalyLib.options import MAX_SEED, Option, cast, json_repr, json_
 from DiffusionAnomalyLib.options import options as declared
 
 ORGANS = ("kidney", "liver", "brain")
-SAMPLERS = ("ddpm", "ddim", "inpaint")
+#: ddpm, ddim and inpaint (docs/method.md, Samplers); dpmpp and dpmpp-sde: DPM-Solver++(2M) after the DDIM
+#: inversion and SDE-DPM-Solver++(2M) after q(x_L | x_0) (models/diffusion/dpm_solver.py).
+SAMPLERS = ("ddpm", "ddim", "inpaint", "dpmpp", "dpmpp-sde")
+#: The samplers that encode by DDIM inversion and denoise deterministically: one reconstruction whatever the seed.
+DETERMINISTIC_SAMPLERS = ("ddim", "dpmpp")
 DEVICES = ("auto", "cuda", "cpu")
 REFERENCES = ("input", "autoencoder")
 #: Network precision: auto = bfloat16 autocast where the hardware runs it natively (docs/performance.md), else
@@ -126,8 +130,8 @@ class RunSettings:
         "recommendation, else input)", MAPS, label="map reference", choices=REFERENCES, panel="reference",
         bundle_value="bundle", recommend=True, maps=True, key="ref{}", key_default="input"))
     samples: int = setting(1, Option(
-        "average K stochastic reconstructions (ddpm, inpaint; K x the time; default: the bundle's, else 1)", MAPS,
-        "K", label="samples", low=1, high=max_samples, panel="samples", panel_range=(0, 16), bundle_value=0,
+        "average K stochastic reconstructions (ddpm, dpmpp-sde, inpaint; K x the time; default: the bundle's, else 1)",
+        MAPS, "K", label="samples", low=1, high=max_samples, panel="samples", panel_range=(0, 16), bundle_value=0,
         recommend=True, maps=True, key="k{}", key_default=1))
     median_filter: int = setting(0, Option(
         "median filter of the anomaly map, N voxels (0 = off; default: the bundle's, else the organ preset's)",

@@ -333,7 +333,7 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     be.add_argument("--steps", type=int, default=50)
     be.add_argument("--repeats", type=int, default=1)
     be.add_argument("--no-reference", action="store_true", help="skip the MONAI reference loop")
-    be.add_argument("--samplers", nargs="+", default=["ddpm", "ddim"], choices=["ddpm", "ddim"])
+    be.add_argument("--samplers", nargs="+", default=["ddpm", "ddim"], choices=["ddpm", "ddim", "dpmpp", "dpmpp-sde"])
     be.add_argument("--guidance-values", type=float, nargs="+", default=[0.0, 100.0], help="0 = unguided")
     be.add_argument("--rois", type=int, nargs="+", default=[1, 2], help="ROIs per batch")
     be.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=list(PRECISIONS),

@@ -44,6 +44,7 @@ from DiffusionAnomalyLib.models.precision import (
     parallel_guidance,
     resolve_precision,
 )
+from DiffusionAnomalyLib.settings import DETERMINISTIC_SAMPLERS
 
 SIZES = {
     "demo": {"denoiser": "tiny", "latent": (4, 16, 12, 12)},
@@ -101,7 +102,7 @@ def build_networks(size: str, device: torch.device, seed: int = 0):
 def bare_network_time(eps, clf, z: torch.Tensor, settings: SamplerSettings, device) -> float:
     """The sampler's network evaluations without the sampler: same count, batch, timesteps and guidance."""
     grid = sampling_timesteps(settings.noise_level, settings.steps)
-    ts = list(grid[:-1]) * (2 if settings.method == "ddim" else 1)
+    ts = list(grid[:-1]) * (2 if settings.method in DETERMINISTIC_SAMPLERS else 1)  # + the DDIM inversion
     guided = list(grid[:-1]) if settings.guidance > 0 else []
     guidance = ClassifierGuidance(clf, settings.guidance)
 

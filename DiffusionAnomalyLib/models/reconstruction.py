@@ -31,12 +31,12 @@ from DiffusionAnomalyLib.models.precision import (
     parallel_guidance,
     resolve_precision,
 )
-from DiffusionAnomalyLib.settings import REFERENCES
+from DiffusionAnomalyLib.settings import DETERMINISTIC_SAMPLERS, REFERENCES
 
 
 def samples_drawn(method: str, samples: int) -> int:
-    """Reconstructions a sampler draws per ROI for ``samples`` requested: 1 for the deterministic DDIM."""
-    return 1 if method == "ddim" else int(samples)
+    """Reconstructions a sampler draws per ROI for ``samples`` requested: 1 for the deterministic ones (ddim, dpmpp)."""
+    return 1 if method in DETERMINISTIC_SAMPLERS else int(samples)
 
 
 @dataclass

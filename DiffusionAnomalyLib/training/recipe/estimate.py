@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from DiffusionAnomalyLib.detection.presets import get_preset
+from DiffusionAnomalyLib.settings import DETERMINISTIC_SAMPLERS
 from DiffusionAnomalyLib.training.recipe.layouts import LABEL_VALUES, Prepared
 from DiffusionAnomalyLib.training.recipe.plan import STAGES, TrainAllPlan
 
@@ -119,7 +120,7 @@ def estimate(resolved: dict, prepared: Prepared, per_it: dict[str, float], struc
     grid = calibration_points(cal)
     steps = [min(cal["steps"], L) for L in cal["noise_levels"]]
     guided = sum(1 for s in cal["guidance"] if s > 0) / max(len(cal["guidance"]), 1)
-    samples = np.mean(cal.get("samples_values") or [1]) if cal["sampler"] != "ddim" else 1.0  # DDIM draws once
+    samples = 1.0 if cal["sampler"] in DETERMINISTIC_SAMPLERS else np.mean(cal.get("samples_values") or [1])
     per_map = structures_per_case * np.mean(steps) * per_it["denoise_step"] * (1 + 2 * guided) * samples
     n_cases = sum(len(v) for v in prepared.cases.values())
     return {"prepare": prepare_s_per_case * n_cases,
