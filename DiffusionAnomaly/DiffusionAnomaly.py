@@ -28,7 +28,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not importlib.util.find_spec("DiffusionAnomalyLib") and os.path.isdir(f"{_REPO_ROOT}/DiffusionAnomalyLib"):
     sys.path.insert(0, _REPO_ROOT)
 
-from DiffusionAnomalyLib.slicer_module import panel  # noqa: E402 (after the path fallback; torch-free)
+from DiffusionAnomalyLib.slicer_module import panel, synthesis_panel  # noqa: E402 (after the path fallback; torch-free)
 
 
 class DiffusionAnomaly(ScriptedLoadableModule):
@@ -47,7 +47,7 @@ class DiffusionAnomaly(ScriptedLoadableModule):
 
 
 @parameterNodeWrapper
-class DiffusionAnomalyParameterNode(panel.run_setting_parameters()):
+class DiffusionAnomalyParameterNode(panel.run_setting_parameters(), synthesis_panel.parameters()):
     """Every setting of the panel; stored in the scene so it survives save and reload. The run settings
     (sampler, noiseLevel, steps, guidance, seed, reference, samples, medianFilter, device) come from the
     library's one settings object (``panel.run_setting_parameters``); "bundle" / 0 / -1 there mean the chosen
@@ -101,6 +101,7 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
         self.ui.bundleComboBox.connect("currentIndexChanged(int)", self.onBundleChosen)
         self.ui.lesionTable.connect("cellClicked(int,int)", self.onLesionClicked)
+        self.synthesis = synthesis_panel.Section(self)  # "Synthesize lesion"
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -155,6 +156,7 @@ class DiffusionAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.bundleComboBox.blockSignals(False)
         running = self.logic.running
         panel.show_apply_state(self.ui.applyButton, running, [] if running else self.logic.problems(pn))
+        self.synthesis.update(pn)
         self.ui.thresholdSpinBox.enabled = pn.thresholdMode == "fixed"
         self.ui.maskSegmentationSelector.enabled = pn.maskSource == "segmentation"
 
@@ -245,11 +247,14 @@ class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
         """Check what the worker needs; offer to install or download what is missing (with ``ask`` False: never)."""
         return panel.ensure_dependencies(pn, ask)
 
-    def start(self, pn, on_event, on_finished) -> None:
-        """Start a run; raises on bad input and then leaves the Logic ready for the next start."""
-        request = panel.request_from_parameters(pn, panel.worker_python(pn)[0])
-        self.runner.start(slicer.mrmlScene, request, panel.input_nodes(pn), pn.maskSegmentation, on_event,
-                          pn.outputFolder)
+    def start(self, pn, on_event, on_finished, synthesize: bool = False) -> None:
+        """Start a run (or a lesion synthesis); raises on bad input and then leaves the Logic ready for the next."""
+        if synthesize:
+            synthesis_panel.start(self.runner, pn, on_event)
+        else:
+            request = panel.request_from_parameters(pn, panel.worker_python(pn)[0])
+            self.runner.start(slicer.mrmlScene, request, panel.input_nodes(pn), pn.maskSegmentation, on_event,
+                              pn.outputFolder)
         self._onFinished = on_finished
         self.timer.start()
 

@@ -28,8 +28,8 @@ from DiffusionAnomalyLib.slicer_module.scene_run import (  # MASK_SOURCES: the m
     SceneRun,
     cached_meta,
     run_name,
-    worker_environment,
 )
+from DiffusionAnomalyLib.slicer_module.worker_run import worker_environment
 
 MINIMUM_SLICER = (5, 10)
 #: The bundle list's last entry: no model, the non-neural median baseline, run on Slicer's own Python.
@@ -94,7 +94,7 @@ def worker_python(pn) -> tuple[str, bool]:
     """The worker's interpreter and whether it is Slicer's own: for the median baseline always Slicer's own (it
     needs only what Slicer ships); for a model the panel's "Python for the worker", else ``DA_WORKER_PYTHON``, else
     Slicer's own (:func:`~DiffusionAnomalyLib.app.dependencies.slicer_python`). Another interpreter is started with
-    Slicer's startup environment (:func:`~DiffusionAnomalyLib.slicer_module.scene_run.worker_environment`)."""
+    Slicer's startup environment (:func:`~DiffusionAnomalyLib.slicer_module.worker_run.worker_environment`)."""
     from DiffusionAnomalyLib.app.dependencies import slicer_python
 
     other = _other_python(pn)
@@ -150,12 +150,20 @@ def parameter_problems(pn, python: str) -> list[str]:
         if len(channels) > 1 or len(input_nodes(pn)) > 1:
             problem = scene.channel_nodes_problem(input_nodes(pn), channels)
             out += [problem] if problem else []
-    if pn.maskSource == "segmentation":
-        if pn.maskSegmentation is None:
-            out.append(f"Choose the segmentation that holds the {pn.organ} (or let TotalSegmentator make one).")
-        elif not scene.organ_segment_ids(pn.maskSegmentation, pn.organ):
-            out.append(f"'{pn.maskSegmentation.GetName()}' has no segment named like '{pn.organ}'.")
-    return out
+    return out + mask_problems(pn)
+
+
+def mask_problems(pn) -> list[str]:
+    """What is wrong with the organ segmentation, when it is the mask source."""
+    from DiffusionAnomalyLib.slicer_module import scene
+
+    if pn.maskSource != "segmentation":
+        return []
+    if pn.maskSegmentation is None:
+        return [f"Choose the segmentation that holds the {pn.organ} (or let TotalSegmentator make one)."]
+    if not scene.organ_segment_ids(pn.maskSegmentation, pn.organ):
+        return [f"'{pn.maskSegmentation.GetName()}' has no segment named like '{pn.organ}'."]
+    return []
 
 
 class BundleList:
@@ -466,6 +474,13 @@ class PanelRunner:
     def running(self) -> bool:
         return self.run is not None and not self.run.finished
 
+    @property
+    def synthesizing(self) -> bool:
+        """The job going is a lesion synthesis."""
+        from DiffusionAnomalyLib.slicer_module.synthesis_run import SceneSynthesis
+
+        return self.running and isinstance(self.run, SceneSynthesis)
+
     def start(self, scene, request: RunRequest, nodes: Sequence, segmentation=None,
               on_event: Callable[[dict], None] | None = None, output_root: str = "") -> SceneRun:
         """Check, write the inputs and start the worker; raises InputError (nothing started) on bad input."""
@@ -483,13 +498,30 @@ class PanelRunner:
         self.run, self._scene, self._input = run, scene, nodes[0]
         return run
 
+    def start_synthesis(self, scene, request, nodes: Sequence, segmentation, lesion_segmentation, segment_id: str,
+                        on_event: Callable[[dict], None] | None = None):
+        """Start a lesion synthesis (:class:`~.synthesis_run.SceneSynthesis`) into a new volume; raises InputError
+        (nothing started) on bad input. At most one worker job at a time: detection or synthesis."""
+        from DiffusionAnomalyLib.slicer_module import scene as adapter
+        from DiffusionAnomalyLib.slicer_module.synthesis_run import SceneSynthesis
+
+        if self.running:
+            raise InputError("A run is in progress; cancel it first.")
+        use_mask = request.mask_source == "segmentation" and segmentation is not None
+        ids = adapter.organ_segment_ids(segmentation, request.organ) if use_mask else []
+        run = SceneSynthesis(scene, request, nodes, segmentation if use_mask else None, ids, lesion_segmentation,
+                             segment_id, client_factory=self.client_factory, on_event=on_event)
+        run.start()
+        self.run = run
+        return run
+
     def poll(self) -> bool:
-        """Forward events; when the run ends, show the compare view if it succeeded. True while running."""
+        """Forward events; when a detection run ends, show the compare view if it succeeded. True while running."""
         if self.run is None or self.run.finished:
             return False
         if self.run.poll():
             return True
-        if self.run.result_nodes is not None:
+        if getattr(self.run, "result_nodes", None) is not None:
             from DiffusionAnomalyLib.slicer_module import scene as adapter
 
             # Still in the compare layout from an earlier run: the views were saved before that run changed them;

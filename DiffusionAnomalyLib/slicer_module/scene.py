@@ -538,3 +538,38 @@ def lesion_segmentation(scene, labelmap_path: str | os.PathLike, lesions: Sequen
             if node is not None:
                 scene.RemoveNode(node)
         raise
+
+
+def add_synthesis(scene, input_nodes: Sequence, case: dict, name: str, organ: str) -> tuple[list, object]:
+    """Add a synthesised case (the worker's ``synthesize`` result: ``images`` channel -> path, ``lesions``, ``record``)
+    next to ``input_nodes``: one new volume per channel (the input's window/level and parent transform) and a
+    segmentation of the synthesised lesions, tagged with the record. All or nothing. Returns (volumes, truth)."""
+    import slicer
+
+    record, before, volumes = case["record"], _node_ids(scene), []
+    try:
+        channels = list(case["images"])
+        for channel, source in zip(channels, input_nodes, strict=True):
+            node = volume_node_from_image(scene, sitk.ReadImage(case["images"][channel]),
+                                          name if len(channels) == 1 else f"{name} {channel}")
+            _copy_window_level(source, node)
+            volumes.append(node)
+        rows = [{"id": le["id"], "volume_ml": le["volume_ml"]} for le in record["lesions"]]
+        truth = lesion_segmentation(scene, case["lesions"], rows, organ, volumes[0], f"{name} truth")
+        for k, le in enumerate(record["lesions"]):
+            truth.GetSegmentation().GetNthSegment(k).SetName(
+                f"Synthesised lesion {le['id']} ({le['kind']}) — {le['volume_ml']:.1f} ml")
+        attributes = {"synthesis": json.dumps({k: record[k] for k in ("method", "seed", "lesions") if k in record}),
+                      "synthesized_from": input_nodes[0].GetID()}
+        transform_id = input_nodes[0].GetTransformNodeID()
+        sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+        parent = sh.GetItemParent(sh.GetItemByDataNode(input_nodes[0])) or sh.GetSceneItemID()
+        for node in (*volumes, truth):
+            _set_attributes(node, attributes)
+            if transform_id:  # the input's local grid: the same parent transform places it in the world
+                node.SetAndObserveTransformNodeID(transform_id)
+            _place_in_folder(sh, node, parent)
+        return volumes, truth
+    except BaseException:
+        _remove_nodes_added_since(scene, before)
+        raise

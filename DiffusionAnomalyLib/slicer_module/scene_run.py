@@ -1,48 +1,30 @@
 """One detection run started from a Slicer scene, without any GUI: the engine of the panel's Logic.
 
 :class:`RunRequest` holds the panel's settings, says what is wrong with them (:meth:`RunRequest.problems`) and
-builds the worker's :class:`~DiffusionAnomalyLib.api.DetectRequest`. :class:`SceneRun` writes the input volumes
-(and organ mask) to a private temporary folder, starts the worker through
-:class:`~DiffusionAnomalyLib.app.client.WorkerClient`, is polled (the panel polls it from a timer, so the GUI never
-blocks), and on success adds the results to the scene through :mod:`DiffusionAnomalyLib.slicer_module.scene`.
-Cancel, failure or a crash leave the scene as it was; the temporary folder is always removed. Nothing here imports
+builds the worker's :class:`~DiffusionAnomalyLib.api.DetectRequest`. :class:`SceneRun` (a
+:class:`~DiffusionAnomalyLib.slicer_module.worker_run.WorkerRun`) writes the input volumes (and organ mask) to a
+private temporary folder, starts the worker, is polled (the panel polls it from a timer, so the GUI never blocks),
+and on success adds the results to the scene through :mod:`DiffusionAnomalyLib.slicer_module.scene`. Cancel,
+failure or a crash leave the scene as it was; the temporary folder is always removed. Nothing here imports
 torch: it runs in Slicer's own process before the worker's packages are installed.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from DiffusionAnomalyLib.errors import CancelledError, DiffusionAnomalyError, InputError
+from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.settings import DEVICES
+from DiffusionAnomalyLib.slicer_module.worker_run import WorkerRun
 
 MASK_SOURCES = ("segmentation", "totalsegmentator", "none")
 #: ``RunRequest.bundle`` for the non-neural median baseline (no model; runs on Slicer's own Python, no PyTorch).
 BASELINE = "median-baseline"
 #: The run settings the baseline uses (its post-processing); the panel's sampler settings do not apply to it.
 BASELINE_SETTINGS = ("threshold", "min_lesion_ml", "grow_to", "floor_contrast")
-
-
-def worker_environment(own: bool) -> dict[str, str]:
-    """The environment of a child interpreter started from Slicer's process: Slicer's own (``own``) keeps the
-    launcher's environment; any other gets ``slicer.util.startupEnvironment()``, the environment without the
-    launcher's ``PYTHONHOME``/``PYTHONPATH``/library paths (outside Slicer: ``os.environ`` less those)."""
-    from DiffusionAnomalyLib.app.dependencies import child_environment
-
-    startup = None
-    try:
-        import slicer
-
-        if hasattr(slicer, "app") and hasattr(slicer.app, "startupEnvironment"):
-            startup = slicer.util.startupEnvironment
-    except ImportError:
-        pass
-    return child_environment(own, startup)
 
 
 @dataclass
@@ -213,44 +195,28 @@ def run_name(request: RunRequest, input_name: str) -> str:
     return f"{input_name} {request.organ} {what} {time.strftime('%H:%M:%S')}"
 
 
-class SceneRun:
-    """One run from scene nodes to results in the scene. Poll it until :attr:`finished`.
-
-    ``client_factory(request, python)`` makes the worker client (default: the real
-    :class:`~DiffusionAnomalyLib.app.client.WorkerClient`). ``on_event(event)`` receives every worker
-    event (progress, log, warning, result, error). ``output_dir``: also keep the run's files there
-    (written atomically by the worker); by default they live in the temporary folder and go with it.
+class SceneRun(WorkerRun):
+    """One detection run from scene nodes to results in the scene (:class:`~.worker_run.WorkerRun`: poll it until
+    :attr:`finished`). ``output_dir``: also keep the run's files there (written atomically by the worker); by
+    default they live in the temporary folder and go with it. ``client_factory`` and ``on_event`` as for
+    :class:`~.worker_run.WorkerRun`; the interpreter is ``request.python``.
     """
 
     def __init__(self, scene, request: RunRequest, input_nodes: Sequence, mask_segmentation=None,
                  mask_segment_ids: Sequence[str] = (), client_factory: Callable | None = None,
                  on_event: Callable[[dict], None] | None = None, output_dir: str | Path | None = None) -> None:
-        self.scene = scene
+        super().__init__(scene, request.python, request.own_python, client_factory, on_event)
         self.request = request
         self.input_nodes = list(input_nodes)
         self.mask_segmentation = mask_segmentation
         self.mask_segment_ids = list(mask_segment_ids)
         self.output_dir = Path(output_dir) if output_dir else None
-        self.client_factory = client_factory
-        self.on_event = on_event or (lambda e: None)
-        self.client = None
-        self.tmp: Path | None = None
         self.result_nodes = None
-        self.error: DiffusionAnomalyError | None = None
-        self.finished = False
-        self.cancel_requested_at: float | None = None
-        self._exited_at: float | None = None  # when poll first saw the worker gone
         self.channels: list[str] = []  # the bundle's input channels (read in start)
         self.settings = None  # the resolved RunSettings (in start)
         self.name = run_name(request, self.input_nodes[0].GetName() if self.input_nodes else "volume")
 
-    def start(self) -> None:
-        """Check the inputs, write them to a private temporary folder and start the worker.
-
-        Raises :class:`~DiffusionAnomalyLib.errors.InputError` (nothing started, nothing in the scene) on bad input.
-        """
-        from DiffusionAnomalyLib.app.client import WorkerClient
-        from DiffusionAnomalyLib.imaging.io import write_volume
+    def _check(self) -> None:
         from DiffusionAnomalyLib.slicer_module import scene as scene_adapter
 
         problems = self.request.problems()
@@ -261,121 +227,36 @@ class SceneRun:
                    else scene_adapter.volume_node_problem(self.input_nodes[0] if self.input_nodes else None))
         if problem:
             raise InputError(problem)
-        self.tmp = Path(tempfile.mkdtemp(prefix="da-slicer-run-"))
-        try:
-            inputs = []
-            for i, node in enumerate(self.input_nodes):
-                inputs.append(write_volume(scene_adapter.image_from_volume_node(node), self.tmp / f"input{i}.nii.gz",
-                                           compress=False))
-            mask = None
-            if self.request.mask_source == "segmentation":
-                if self.mask_segmentation is None:
-                    raise InputError(f"No organ mask for the {self.request.organ}: choose a segmentation with the "
-                                     "organ, or let TotalSegmentator make one.")
-                mask_image = scene_adapter.mask_from_segments(self.scene, self.mask_segmentation,
-                                                              self.mask_segment_ids, self.input_nodes[0])
-                # one label: the worker splits paired organs (kidneys) into left and right itself
-                mask = write_volume(mask_image > 0, self.tmp / "mask.nii.gz", compress=False)
-            self.settings = self.request.run_settings()  # resolved once; the worker and the nodes get this
-            request = self.request.detect_request(inputs, self.output_dir or self.tmp / "out", mask)
-            env = worker_environment(self.request.own_python)
-            factory = self.client_factory or (lambda r, python: WorkerClient(r, python=python or None, env=env))
-            self.client = factory(request, self.request.python)
-            self.client.start()
-        except BaseException:
-            self._cleanup()
-            raise
 
-    #: Seconds a cancelled worker gets to clean up before it is killed.
-    CANCEL_GRACE_S = 10.0
-
-    def poll(self) -> bool:
-        """Forward new events; when the worker has exited and its output is read, finish the run. Never blocks.
-        Returns True while running."""
-        if self.finished or self.client is None:
-            return False
-        self._forward_events()
-        if self.client.running:
-            asked = self.cancel_requested_at
-            if asked is not None and time.monotonic() - asked > self.CANCEL_GRACE_S:
-                self.client.kill()
-            return True
-        if self._exited_at is None:
-            self._exited_at = time.monotonic()
-        if not self.client.output_closed and time.monotonic() - self._exited_at < 5.0:
-            return True  # the reader threads are still draining the pipes
-        self.client.wait(timeout=1.0)
-        self._forward_events()
-        if self.cancel_requested_at is not None:
-            self._finish_cancelled()
-        else:
-            self._finish()
-        return False
-
-    def wait(self, timeout_s: float = 600.0, interval_s: float = 0.1) -> None:
-        """Poll until the run ends (for scripts and tests; the panel polls from a timer instead)."""
-        t_end = time.monotonic() + timeout_s
-        while self.poll():
-            if time.monotonic() > t_end:
-                self.cancel()
-                raise TimeoutError(f"the run did not finish within {timeout_s:.0f} s; it was cancelled")
-            time.sleep(interval_s)
-
-    def request_cancel(self) -> None:
-        """Ask the worker to stop and return at once; keep polling until :attr:`finished` (nothing is added to the
-        scene; the worker is killed if it has not stopped within :attr:`CANCEL_GRACE_S`)."""
-        if self.client is not None and not self.finished and self.cancel_requested_at is None:
-            self.cancel_requested_at = time.monotonic()
-            self.client.request_cancel()
-
-    def cancel(self, timeout_s: float = 30.0) -> None:
-        """Stop the worker and wait until it has (scripts and tests; the panel uses :meth:`request_cancel`)."""
-        self.request_cancel()
-        t_end = time.monotonic() + timeout_s
-        while self.poll() and time.monotonic() < t_end:
-            time.sleep(0.02)
-
-    def _finish_cancelled(self) -> None:
-        try:
-            self.client.raise_for_status()
-            self.error = CancelledError("cancelled by the user; nothing was added to the scene")
-        except CancelledError as exc:
-            self.error = exc
-        except DiffusionAnomalyError:  # killed after the grace period, or it failed while stopping
-            self.error = CancelledError("cancelled by the user; nothing was added to the scene")
-        finally:
-            self.finished = True
-            self._cleanup()
-
-    def _forward_events(self) -> None:
-        for event in self.client.poll_events():
-            self.on_event(event)
-
-    def _finish(self) -> None:
+    def _prepare(self, tmp: Path):
+        from DiffusionAnomalyLib.imaging.io import write_volume
         from DiffusionAnomalyLib.slicer_module import scene as scene_adapter
 
-        try:
-            result = self.client.raise_for_status()
-            channels = self.channels
-            recon = "reconstruction.nii.gz" if len(channels) == 1 else f"reconstruction_{channels[0]}.nii.gz"
-            request = {"organ": self.request.organ, "bundle": self.request.bundle,
-                       "mask_source": self.request.mask_source}
-            baseline = {"reconstruction": "non-neural median baseline (no model)",
-                        "threshold": self.settings.threshold}
-            settings = baseline if self.request.baseline else self.settings.to_dict()
-            attributes = scene_adapter.run_attributes(result, {**request, **settings, "run": self.name})
-            self.result_nodes = scene_adapter.add_results(
-                self.scene, self.input_nodes[0], result["outputs"], result.get("lesions", []), self.name, attributes,
-                self.request.organ, reconstruction_file=recon)
-        except DiffusionAnomalyError as exc:
-            self.error = exc
-        except Exception as exc:  # adding to the scene failed: add_results has already undone its changes
-            self.error = DiffusionAnomalyError(f"adding the results to the scene failed: {type(exc).__name__}: {exc}")
-        finally:
-            self.finished = True
-            self._cleanup()
+        inputs = []
+        for i, node in enumerate(self.input_nodes):
+            inputs.append(write_volume(scene_adapter.image_from_volume_node(node), tmp / f"input{i}.nii.gz",
+                                       compress=False))
+        mask = None
+        if self.request.mask_source == "segmentation":
+            if self.mask_segmentation is None:
+                raise InputError(f"No organ mask for the {self.request.organ}: choose a segmentation with the "
+                                 "organ, or let TotalSegmentator make one.")
+            mask_image = scene_adapter.mask_from_segments(self.scene, self.mask_segmentation,
+                                                          self.mask_segment_ids, self.input_nodes[0])
+            # one label: the worker splits paired organs (kidneys) into left and right itself
+            mask = write_volume(mask_image > 0, tmp / "mask.nii.gz", compress=False)
+        self.settings = self.request.run_settings()  # resolved once; the worker and the nodes get this
+        return self.request.detect_request(inputs, self.output_dir or tmp / "out", mask)
 
-    def _cleanup(self) -> None:
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
+    def _add_to_scene(self, result: dict) -> None:
+        from DiffusionAnomalyLib.slicer_module import scene as scene_adapter
+
+        channels = self.channels
+        recon = "reconstruction.nii.gz" if len(channels) == 1 else f"reconstruction_{channels[0]}.nii.gz"
+        request = {"organ": self.request.organ, "bundle": self.request.bundle, "mask_source": self.request.mask_source}
+        baseline = {"reconstruction": "non-neural median baseline (no model)", "threshold": self.settings.threshold}
+        settings = baseline if self.request.baseline else self.settings.to_dict()
+        attributes = scene_adapter.run_attributes(result, {**request, **settings, "run": self.name})
+        self.result_nodes = scene_adapter.add_results(
+            self.scene, self.input_nodes[0], result["outputs"], result.get("lesions", []), self.name, attributes,
+            self.request.organ, reconstruction_file=recon)

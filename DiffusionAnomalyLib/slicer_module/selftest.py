@@ -84,7 +84,7 @@ def run(logic, pn, timeout_s: float = 600.0, log: Callable[[str], None] = print)
 
     from DiffusionAnomalyLib.app.dependencies import missing_packages
     from DiffusionAnomalyLib.slicer_module.panel import worker_python
-    from DiffusionAnomalyLib.slicer_module.scene_run import worker_environment
+    from DiffusionAnomalyLib.slicer_module.worker_run import worker_environment
 
     case = prepare(slicer.mrmlScene, pn, model=False)
     problems = _run_and_check(logic, pn, case, timeout_s, "median baseline")

@@ -37,9 +37,20 @@ def _parameter_annotations() -> dict[str, str]:
                 kind, values = opt.panel_limit()
                 derived[opt.panel] = (f"Annotated[str, Choice({list(values)})]" if kind == "choice" else
                                       f"Annotated[{field_type(name)[0].__name__}, WithinRange{tuple(values)}]")
-            assert not set(own) & set(derived)
-            return {**own, **derived}
+            assert "synthesis_panel.parameters()" in ast.get_source_segment(text, node.bases[1])
+            synthesis = _synthesis_annotations()
+            assert not set(own) & set(derived) and not (set(own) | set(derived)) & set(synthesis)
+            return {**own, **derived, **synthesis}
     raise AssertionError("no @parameterNodeWrapper class in the module")
+
+
+def _synthesis_annotations() -> dict[str, str]:
+    """The "Synthesize lesion" members (``synthesis_panel.parameters()``'s ``annotations``), as written there."""
+    path = REPO / "DiffusionAnomalyLib" / "slicer_module" / "synthesis_panel.py"
+    text = path.read_text()
+    fn = next(n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef) and n.name == "parameters")
+    table = next(n.value for n in ast.walk(fn) if isinstance(n, ast.Assign) and n.targets[0].id == "annotations")
+    return {k.value: ast.get_source_segment(text, v) for k, v in zip(table.keys, table.values, strict=True)}
 
 
 def _parameter_fields() -> set[str]:
@@ -101,8 +112,9 @@ def test_ui_is_valid_designer_xml_and_parameter_names_match_the_parameter_class(
 
 def test_every_setting_has_a_widget_of_a_fitting_kind():
     bindings, annotations = _ui_bindings(), _parameter_annotations()
-    # bundlePath is chosen through the bundle list (a path behind a label), set by code
-    assert set(annotations) - set(bindings) == {"bundlePath"}
+    # bundlePath is chosen through the bundle list (a path behind a label), lesionSegmentId through the segment list
+    # (a segment ID behind its name): both set by code
+    assert set(annotations) - set(bindings) == {"bundlePath", "lesionSegmentId"}
     for name, widget_class in bindings.items():
         assert widget_class in WIDGETS_FOR[_kind(annotations[name])], (name, widget_class, annotations[name])
 
@@ -110,7 +122,8 @@ def test_every_setting_has_a_widget_of_a_fitting_kind():
 def test_every_widget_the_module_uses_exists_in_the_ui():
     root = ET.parse(resource_path("UI", "DiffusionAnomaly.ui")).getroot()
     widgets = {w.get("name") for w in root.iter("widget")}
-    panel_code = (REPO / "DiffusionAnomalyLib" / "slicer_module" / "panel.py").read_text()
+    panel_code = "".join((REPO / "DiffusionAnomalyLib" / "slicer_module" / name).read_text()
+                         for name in ("panel.py", "synthesis_panel.py"))
     used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text())) | set(re.findall(r"\bui\.(\w+)", panel_code))
     assert used, "the module uses no widgets?"
     assert used <= widgets, f"used by the module but not in the .ui: {used - widgets}"

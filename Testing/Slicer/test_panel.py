@@ -711,3 +711,140 @@ def test_a_new_option_reaches_the_panels_parameters():
     assert kind is int and isinstance(limit, WithinRange) and (limit.minimum, limit.maximum) == (0, 9)
     sampler = typing.get_args(members.__annotations__["sampler"])[1]
     assert isinstance(sampler, Choice) and "wobble" not in run_setting_parameters().__annotations__
+
+
+# --- "Synthesize lesion" -------------------------------------------------------------------------------------------
+
+def _paint_lesion(case, volume, radius_mm: float = 8.0, inside: bool = True):
+    """A segmentation "painted lesion" holding one sphere, as Segment Editor would leave it: centred deep inside the
+    phantom's left kidney (``inside``) or in a corner of the volume, far from both kidneys."""
+    import SimpleITK as sitk
+    import slicer
+    from scipy import ndimage
+
+    from DiffusionAnomalyLib.slicer_module import scene as adapter
+
+    kidney = case.phantom.organ_masks["kidney_left"]
+    spacing = np.array(kidney.GetSpacing())[::-1]
+    organ = sitk.GetArrayFromImage(kidney) > 0
+    if inside:
+        centre = np.unravel_index(np.argmax(ndimage.distance_transform_edt(organ, sampling=spacing)), organ.shape)
+    else:
+        centre = tuple(int(r / s) + 1 for r, s in zip((radius_mm,) * 3, spacing, strict=True))
+    zz, yy, xx = np.indices(organ.shape)
+    sphere = ((zz - centre[0]) * spacing[0]) ** 2 + ((yy - centre[1]) * spacing[1]) ** 2 + \
+        ((xx - centre[2]) * spacing[2]) ** 2 <= radius_mm ** 2
+    image = sitk.GetImageFromArray(sphere.astype(np.uint8))
+    image.CopyInformation(kidney)
+    scene = slicer.mrmlScene
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "painted lesion")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    with adapter.scratch_nodes(scene, keep=[seg]):
+        lab = adapter.volume_node_from_image(scene, image, "lesion", "vtkMRMLLabelMapVolumeNode")
+        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lab, seg)
+    seg.GetSegmentation().GetNthSegment(0).SetName("my lesion")
+    return seg, sphere
+
+
+def test_synthesize_pastes_a_lesion_into_a_new_volume_without_torch_then_detects_on_it(widget, monkeypatch):
+    """Issue 38 item 6 on the median-baseline-only install: paint a segment, Synthesize (paste, on Slicer's own Python,
+    which cannot import torch), get a new volume changed only around the segment, its truth segment, and detection on
+    the new volume at once; the input volume and the user's segmentations are unchanged."""
+    import slicer
+
+    monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
+    pn, case = _case(widget)
+    _choose_baseline(widget)
+    seg, sphere = _paint_lesion(case, pn.inputVolume)
+    before = slicer.util.arrayFromVolume(pn.inputVolume).copy()
+    with slicer.util.NodeModify(pn.parameterNode):
+        pn.lesionSegmentation, pn.lesionKind, pn.detectSynthesized = seg, "hypo", True
+    widget.updateGUI()
+    combo = widget.ui.lesionSegmentComboBox
+    assert [combo.itemText(i) for i in range(combo.count)] == ["my lesion"] and pn.lesionSegmentId
+    button = widget.ui.synthesizeButton
+    assert button.enabled, button.toolTip
+    input_node = pn.inputVolume
+    button.click()
+    assert button.text == "Cancel" and not widget.ui.applyButton.enabled
+    assert "synthesis is in progress" in widget.ui.applyButton.toolTip
+    _pump_until(lambda: widget.logic.runner.run is not None and hasattr(widget.logic.runner.run, "result_nodes")
+                and widget.logic.runner.run.finished, 180)  # the synthesis, then the detection it started
+    assert not slicer_runtime.dialogs.shown and not slicer_runtime.pip_installs
+    assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+    new = pn.inputVolume  # the new volume became the detection's input
+    assert new is not input_node and new.GetName() == "phantom CT + lesion (paste, seed 0)"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(input_node), before)  # the input: untouched
+    after = slicer.util.arrayFromVolume(new)
+    assert after.dtype == before.dtype and after.shape == before.shape
+    changed = after != before
+    from scipy import ndimage
+
+    assert changed[sphere].mean() > 0.5 and not (changed & ~ndimage.binary_dilation(sphere, iterations=4)).any()
+    assert after[sphere].mean() < before[sphere].mean() - 10  # hypo-attenuating
+    truth = slicer.mrmlScene.GetFirstNodeByName("phantom CT + lesion (paste, seed 0) truth")
+    assert truth is not None and truth.GetSegmentation().GetNumberOfSegments() == 1
+    assert truth.GetSegmentation().GetNthSegment(0).GetName().startswith("Synthesised lesion 1 (hypo)")
+    assert '"method": "paste"' in new.GetAttribute("DiffusionAnomaly.synthesis")
+    run = widget.logic.runner.run  # the detection on the new volume
+    assert run.error is None and run.input_nodes[0] is new and "median baseline" in run.name
+    assert seg.GetSegmentation().GetNumberOfSegments() == 1  # the user's segmentation as it was
+
+
+def test_synthesize_explains_why_it_is_disabled(widget):
+    """Diffusion needs a bundle with a lesion synthesizer (the demo bundles have none; the baseline is no model);
+    no painted segment, no synthesis."""
+    import slicer
+
+    pn, case = _case(widget)
+    button = widget.ui.synthesizeButton
+    widget.updateGUI()
+    assert not button.enabled and "paint it with Segment Editor" in button.toolTip
+    seg, _ = _paint_lesion(case, pn.inputVolume)
+    with slicer.util.NodeModify(pn.parameterNode):
+        pn.lesionSegmentation, pn.synthesisMethod = seg, "diffusion"
+    widget.updateGUI()
+    assert not button.enabled and "has no lesion synthesizer" in button.toolTip, button.toolTip
+    assert not widget.ui.lesionKindComboBox.enabled  # the synthesizer draws the class from the map
+    _choose_baseline(widget)
+    widget.updateGUI()
+    assert not button.enabled and "needs a model bundle with a lesion synthesizer" in button.toolTip
+    pn.synthesisMethod = "paste"
+    widget.updateGUI()
+    assert button.enabled, button.toolTip
+
+
+def test_a_lesion_painted_outside_the_organ_is_refused_and_nothing_is_added(widget, monkeypatch):
+    import slicer
+
+    monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
+    pn, case = _case(widget)
+    _choose_baseline(widget)
+    seg, _ = _paint_lesion(case, pn.inputVolume, inside=False)
+    with slicer.util.NodeModify(pn.parameterNode):
+        pn.lesionSegmentation, pn.detectSynthesized = seg, True
+    before = _node_ids()
+    widget.ui.synthesizeButton.click()
+    _pump_until(lambda: not widget.logic.running and not widget.logic.timer.isActive(), 120)
+    errors = slicer_runtime.dialogs.texts("errorDisplay")
+    assert len(errors) == 1 and "wholly outside the kidney mask" in errors[0], errors
+    assert _node_ids() == before and pn.inputVolume.GetName() == "phantom CT"  # no detection started either
+    assert widget.ui.synthesizeButton.text == "Synthesize"
+
+
+def test_cancelling_a_synthesis_adds_nothing(widget, monkeypatch):
+    import slicer
+
+    monkeypatch.delenv("DA_WORKER_PYTHON", raising=False)
+    pn, case = _case(widget)
+    _choose_baseline(widget)
+    seg, _ = _paint_lesion(case, pn.inputVolume)
+    pn.lesionSegmentation = seg
+    before = _node_ids()
+    widget.ui.synthesizeButton.click()
+    widget.ui.synthesizeButton.click()  # now "Cancel"
+    _pump_until(lambda: not widget.logic.running and not widget.logic.timer.isActive(), 60)
+    run = widget.logic.runner.run
+    assert run.error is not None and run.error.code == "cancelled" and run.tmp is None
+    assert _node_ids() == before and not slicer_runtime.dialogs.texts("errorDisplay")
+    assert pn.inputVolume.GetName() == "phantom CT" and slicer.mrmlScene.GetFirstNodeByName("painted lesion")
