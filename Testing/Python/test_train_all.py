@@ -95,6 +95,18 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     # --from-stage bundle applies a new name and version (they were ignored: issue 35)
     assert main([*argv, "--from-stage", "bundle", "--name", "renamed", "--version", "9.9.9"]) == 0
     assert (read_meta(out).name, read_meta(out).version) == ("renamed", "9.9.9")
+    # --synthesizer (issue 38) adds the lesion synthesizer to the same bundle: one more stage, the rest kept
+    capsys.readouterr()
+    assert main([*argv, "--name", "renamed", "--version", "9.9.9", "--synthesizer", "--synthesizer-iterations",
+                 "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "[6/7] synthesizer" in printed and "[7/7] bundle" in printed and "[2/7]" not in printed
+    meta = read_meta(out)
+    assert set(load_bundle(out, manifest=None, parts=("synthesizer",)).networks) == {"synthesizer"}
+    assert meta.recommended == rec and meta.extra["synthesizer_training"]["iterations"] == 2
+    assert "lesion synthesizer" in (out / "README.md").read_text()
+    assert main([*argv, "--name", "renamed", "--version", "9.9.9"]) == 0  # without it: the bundle without it
+    assert "synthesizer" not in read_meta(out).networks and not (out / "synthesizer.safetensors").exists()
 
 
 def _to_kits(case, dest):

@@ -12,7 +12,7 @@ import numpy as np
 from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.settings import DETERMINISTIC_SAMPLERS
 from DiffusionAnomalyLib.training.recipe.layouts import LABEL_VALUES, Prepared
-from DiffusionAnomalyLib.training.recipe.plan import STAGES, TrainAllPlan
+from DiffusionAnomalyLib.training.recipe.plan import TrainAllPlan, active_stages
 
 
 # -- time estimates ------------------------------------------------------------------------------
@@ -129,6 +129,8 @@ def estimate(resolved: dict, prepared: Prepared, per_it: dict[str, float], struc
             "classifier": resolved["classifier"]["iterations"] * per_it["classifier"] * 1.1,
             "calibrate": n_val * (grid * (per_map + 2.0) + 3.0 + BASELINE_S
                                   + postprocessing_points(cal) * POSTPROCESSING_S),
+            **({"synthesizer": resolved["synthesizer"]["iterations"] * per_it["denoiser"] * 1.5}  # SPADE: ~1.5x
+               if "synthesizer" in resolved else {}),
             "bundle": 1.0}
 
 
@@ -165,7 +167,8 @@ def _dry_run_report(plan: TrainAllPlan, resolved: dict, prepared: Prepared, est:
             "classifier": f"{resolved['classifier']['iterations']} iterations",
             "calibrate": f"{calibration_points(resolved['calibrate'])} settings x "
                          f"{len(prepared.cases['validation'])} validation cases",
+            "synthesizer": f"{resolved.get('synthesizer', {}).get('iterations')} iterations (the lesion synthesizer)",
             "bundle": "the model card"}
-    for s in STAGES:
+    for s in active_stages(resolved):
         print(f"{s:<12} {_fmt_s(est[s]):>10}  {what[s]}")
     print(f"{'all':<12} {_fmt_s(sum(est.values())):>10}  (rough: timed iterations on random data)")

@@ -16,17 +16,18 @@ from DiffusionAnomalyLib.options import Option, problems, redeclared, required, 
 from DiffusionAnomalyLib.settings import SAMPLER_DEFAULTS, RunSettings
 from DiffusionAnomalyLib.training.configs import DATA, OUT, AutoencoderTraining, TrainingRun
 
-STAGES = ("prepare", "autoencoder", "denoiser", "classifier", "calibrate", "bundle")
+#: The stages in order; ``synthesizer`` runs only with ``--synthesizer`` (opt-in: the default bundle has none).
+STAGES = ("prepare", "autoencoder", "denoiser", "classifier", "calibrate", "synthesizer", "bundle")
 
 #: Network size presets: ``tiny`` trains on a CPU (the demo bundles' recipe), ``thesis`` has the thesis sizes
 #: (kidney thesis App. A) for GPUs. Spacing in mm per organ; iterations and batch sizes per stage.
 PRESETS = {
     "tiny": {"network": "tiny", "spacing": {"kidney": 2.0, "liver": 4.0, "brain": 4.0},
-             "iterations": {"autoencoder": 3000, "denoiser": 3000, "classifier": 3000},
+             "iterations": {"autoencoder": 3000, "denoiser": 3000, "classifier": 3000, "synthesizer": 3000},
              "batch": {"autoencoder": 2, "denoiser": 8, "classifier": 16}, "adversarial_start": None,
              "classifier_lr": 3e-4, "noise_levels": [250], "guidance": [0.0, 100.0]},
     "thesis": {"network": "thesis-kidney", "spacing": {"kidney": 1.0, "liver": 2.0, "brain": 2.0},
-               "iterations": {"autoencoder": 20000, "denoiser": 20000, "classifier": 10000},
+               "iterations": {"autoencoder": 20000, "denoiser": 20000, "classifier": 10000, "synthesizer": 20000},
                "batch": {"autoencoder": 2, "denoiser": 8, "classifier": 16}, "adversarial_start": 10000,
                "classifier_lr": 1e-4, "noise_levels": [100, 250, 500],
                "guidance": [float(s) for s in range(0, 2001, 200)]},
@@ -83,6 +84,12 @@ class TrainAllPlan:
         "classifier iterations (default: --iterations, else the preset's)", ALL, "N", label="classifier iterations",
         low=1))
     adversarial_start: int | None = redeclared(AutoencoderTraining, "adversarial_start", None)
+    synthesizer: bool = setting(False, Option(
+        "also train the lesion synthesizer into the bundle (train synthesizer, after the calibration, on the "
+        "training split), for synthesize --method diffusion; detection never loads it", ALL, label="synthesizer"))
+    synthesizer_iterations: int | None = setting(None, Option(
+        "lesion synthesizer iterations, with --synthesizer (default: the preset's, tiny 3000, thesis 20000)", ALL, "N",
+        label="synthesizer iterations", low=1))
     val_fraction: float = setting(0.2, Option(
         "share of cases held out for validation and calibration (deterministic, by case name)", ALL, "F",
         label="validation fraction", low=0, high=1, high_open=True))
@@ -133,6 +140,8 @@ class TrainAllPlan:
 
     def __post_init__(self) -> None:
         found = problems(self)
+        if self.synthesizer_iterations is not None and not self.synthesizer:
+            found.append("--synthesizer-iterations applies with --synthesizer")
         if found:
             raise InputError("; ".join(found))
 
@@ -152,6 +161,9 @@ class TrainAllPlan:
             "denoiser": {"network": p["network"], "iterations": its["denoiser"], "batch": p["batch"]["denoiser"]},
             "classifier": {"iterations": its["classifier"], "batch": p["batch"]["classifier"],
                            "lr": p["classifier_lr"]},
+            **({"synthesizer": {"network": p["network"], "batch": p["batch"]["denoiser"],
+                                "iterations": int(self.synthesizer_iterations or p["iterations"]["synthesizer"])}}
+               if self.synthesizer else {}),
             "calibrate": {"sampler": self.sampler, "steps": self.steps,
                           "noise_levels": [int(v) for v in (self.noise_levels or p["noise_levels"])],
                           "guidance": [float(v) for v in (self.guidance_values or p["guidance"])],
@@ -179,6 +191,11 @@ WORK_ENTRIES = {*STAGES, *(f"{s}.work" for s in STAGES), "data", "cases", "sweep
 
 def _is_work_folder(folder: Path) -> bool:
     return all(e.name in WORK_ENTRIES or e.name.startswith(".run-") for e in folder.iterdir())
+
+
+def active_stages(resolved: dict) -> list[str]:
+    """The stages this plan runs (``synthesizer`` only when asked for), for the ``[k/n]`` progress lines."""
+    return [s for s in STAGES if s in resolved]
 
 
 def bundle_name(plan: TrainAllPlan) -> str:

@@ -10,6 +10,8 @@ Stages (each restartable; a finished stage is never redone, an interrupted one r
    training split; then the classifier's AUC on the validation split.
 5. **calibrate**: ``sweep`` on the validation split only (cases training never saw), the median baseline beside;
    guidance s > 0 only when the classifier's validation AUC is not near chance.
+   (**synthesizer**, only with ``--synthesizer``: ``train synthesizer`` on the training split's healthy and
+   unhealthy structures with their lesion maps, into a copy of the calibrated bundle.)
 6. **bundle**: ``OUT`` with its model card (``README.md``) filled in from what was done, ``split.csv`` and
    ``training.md`` (the summary).
 
@@ -34,7 +36,7 @@ from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.training.recipe.card import _card, summary_lines
 from DiffusionAnomalyLib.training.recipe.estimate import _dry_run_report, _fmt_s, estimate, seconds_per_iteration
 from DiffusionAnomalyLib.training.recipe.layouts import Prepared, prepare
-from DiffusionAnomalyLib.training.recipe.plan import STAGES, Stages, TrainAllPlan, bundle_name, check_plan
+from DiffusionAnomalyLib.training.recipe.plan import Stages, TrainAllPlan, active_stages, bundle_name, check_plan
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         # 1. prepare
         t0 = time.perf_counter()
         if not stages.finished("prepare", resolved["prepare"]):
-            progress("[1/6] prepare: reading, checking and splitting the cases")
+            progress(f"[1/{len(active_stages(resolved))}] prepare: reading, checking and splitting the cases")
             prepared = prepare(plan, work, progress=progress)
             (work / "prepared.json").write_text(json.dumps(asdict(prepared), default=str, indent=2) + "\n")
             stages.record("prepare", resolved["prepare"], time.perf_counter() - t0)
@@ -136,7 +138,8 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         for u in prepared.unusable[:20]:
             logger.warning(f"not used: {u}")
     # time estimates, for the ETA
-    todo = [s for s in STAGES[1:] if s not in stages.done]
+    active = active_stages(resolved)
+    todo = [s for s in active[1:] if s not in stages.done]
     est = {}
     if todo:  # every rank times it: MONAI's quantizer all-reduces its statistics in training mode under torchrun
         per_it = seconds_per_iteration(resolved, plan.organ, device, plan.precision)
@@ -144,10 +147,11 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         progress("estimated: " + ", ".join(f"{s} {_fmt_s(est[s])}" for s in todo)
                  + f"; all {_fmt_s(sum(est[s] for s in todo))}")
 
-    def start(k: int, stage: str, what: str) -> float:
-        left = sum(est.get(s, 0.0) for s in STAGES[k - 1:] if s not in stages.done)
-        progress(f"[{k}/6] {stage}: {what} (estimate {_fmt_s(est.get(stage, float('nan')))}; all that remains "
-                 f"{_fmt_s(left)})")
+    def start(stage: str, what: str) -> float:
+        k = active.index(stage) + 1
+        left = sum(est.get(s, 0.0) for s in active[k - 1:] if s not in stages.done)
+        progress(f"[{k}/{len(active)}] {stage}: {what} (estimate {_fmt_s(est.get(stage, float('nan')))}; all that "
+                 f"remains {_fmt_s(left)})")
         return time.perf_counter()
 
     a, dn, cl, cal = (resolved[s] for s in ("autoencoder", "denoiser", "classifier", "calibrate"))
@@ -158,7 +162,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
 
     # 2-4. the three networks (each resumes from its checkpoint)
     if not stages.finished("autoencoder", a):
-        t0 = start(2, "autoencoder", f"{a['iterations']} iterations")
+        t0 = start("autoencoder", f"{a['iterations']} iterations")
         from DiffusionAnomalyLib.training.autoencoder import AutoencoderTraining, train_autoencoder
 
         train_autoencoder(AutoencoderTraining(
@@ -170,7 +174,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
             demo=plan.demo))
         finish("autoencoder", a, t0)
     if not stages.finished("denoiser", dn):
-        t0 = start(3, "denoiser", f"{dn['iterations']} iterations on healthy structures")
+        t0 = start("denoiser", f"{dn['iterations']} iterations on healthy structures")
         from DiffusionAnomalyLib.training.denoiser import DenoiserTraining, train_denoiser
 
         train_denoiser(DenoiserTraining(train_dir, str(work / "autoencoder"), str(work / "denoiser"),
@@ -179,7 +183,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
                                         precision=plan.precision, resume=True))
         finish("denoiser", dn, t0)
     if not stages.finished("classifier", cl):
-        t0 = start(4, "classifier", f"{cl['iterations']} iterations")
+        t0 = start("classifier", f"{cl['iterations']} iterations")
         from DiffusionAnomalyLib.training.classifier import ClassifierTraining, train_classifier
 
         train_classifier(ClassifierTraining(train_dir, str(work / "denoiser"), str(work / "classifier"),
@@ -201,7 +205,7 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
     sweep = None
     if prepared.cases["validation"]:
         if not stages.finished("calibrate", cal):
-            t0 = start(5, "calibrate", f"sweep on the {len(prepared.cases['validation'])} validation cases")
+            t0 = start("calibrate", f"sweep on the {len(prepared.cases['validation'])} validation cases")
             _calibrate(work, prepared, cal, plan.device, plan.precision, main)
             finish("calibrate", cal, t0)
         sweep = json.loads((work / "sweep" / "sweep" / "sweep.json").read_text())
@@ -209,16 +213,32 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
     else:
         logger.warning("no validation cases: the bundle is not calibrated (the denoiser's default settings)")
         source = work / "classifier"
+    if "synthesizer" in resolved and not stages.finished("synthesizer", resolved["synthesizer"]):
+        syn = resolved["synthesizer"]
+        t0 = start("synthesizer", f"{syn['iterations']} iterations on the training split's lesion maps")
+        from DiffusionAnomalyLib.training.configs import SynthesizerTraining
+        from DiffusionAnomalyLib.training.synthesizer import train_synthesizer
+
+        train_synthesizer(SynthesizerTraining(train_dir, str(source), str(work / "synthesizer"),
+                                              network=syn["network"], iterations=syn["iterations"],
+                                              batch_size=syn["batch"], val_every=every(syn["iterations"]),
+                                              seed=plan.seed, device=plan.device, precision=plan.precision,
+                                              resume=True))
+        finish("synthesizer", syn, t0)
+    if "synthesizer" in resolved:
+        source = work / "synthesizer"  # the calibrated bundle with the synthesizer beside its networks
     if not main:
         return None
     # 6. the bundle with its model card
-    if not stages.finished("bundle", resolved["bundle"]) or not (out / "model.json").is_file():
-        t0 = start(6, "bundle", f"{out} with its model card")
+    with_synthesizer = "synthesizer" in resolved
+    if not stages.finished("bundle", resolved["bundle"]) or not (out / "model.json").is_file() or \
+            stages.done["bundle"].get("synthesizer", False) != with_synthesizer:
+        t0 = start("bundle", f"{out} with its model card")
         meta = read_meta(source)
         meta.name, meta.version, meta.demo = bundle_name(plan), plan.version, plan.demo  # --from-stage bundle
         meta.record(f"train all: {meta.name} {meta.version} ({'calibrated' if sweep else 'not calibrated'}, "
                     f"{plan.preset} preset) with its model card")
-        stages.record("bundle", resolved["bundle"], 0.0)  # its own time is negligible; listed in the card
+        stages.record("bundle", resolved["bundle"], 0.0, synthesizer=with_synthesizer)  # (time: negligible)
         _card(plan, resolved, prepared, meta, stages, sweep, auc)
         with atomic_output_dir(out, replace_previous=True) as stage:
             for f in source.iterdir():
@@ -234,7 +254,11 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
                     w.writerows([c, s] for c in members)
                 w.writerows([c, "test (left out)"] for c in prepared.left_out)
             (stage / "training.md").write_text("\n".join(summary_lines(prepared, stages, auc, sweep, out)) + "\n")
-        stages.record("bundle", resolved["bundle"], time.perf_counter() - t0)
+            written = {f.name for f in stage.iterdir()}
+        for f in out.iterdir():  # an earlier bundle's files this one has not (e.g. a synthesizer no longer asked for)
+            if f.is_file() and f.name not in written:
+                f.unlink()
+        stages.record("bundle", resolved["bundle"], time.perf_counter() - t0, synthesizer=with_synthesizer)
     else:
         progress(f"every stage is done; nothing to train ({work} holds the work files)")
     token.unlink(missing_ok=True)
