@@ -86,6 +86,33 @@ def place_lesion(organ: np.ndarray, spacing_xyz: tuple[float, float, float], sha
     """A lesion mask (bool, the organ's shape) inside ``organ``: its centre drawn uniformly among the organ voxels
     at least half a diameter from the organ's surface (else among the deepest fifth), the shape cut to the organ.
     An :class:`InputError` when the organ cannot hold it."""
+    return _place(organ, spacing_xyz, diameter_mm, rng, attempts, f"a {diameter_mm:g} mm {shape} lesion",
+                  lambda size, centre_xyz: shape_mask(shape, size, spacing_xyz, centre_xyz, diameter_mm, rng))
+
+
+def place_template(organ: np.ndarray, spacing_xyz: tuple[float, float, float], template: np.ndarray,
+                   rng: np.random.Generator, attempts: int = 30) -> np.ndarray:
+    """``template`` (bool, z y x, on the organ's voxel spacing; e.g. another case's lesion, moved and rotated) placed
+    as :func:`place_lesion` places a shape: its centroid at a drawn point deep inside ``organ``, cut to the organ."""
+    voxels = np.argwhere(template)
+    if not len(voxels):
+        raise InputError("the lesion template is empty")
+    extent = (voxels.max(0) - voxels.min(0) + 1) * np.asarray(spacing_xyz[::-1])
+    centroid = voxels.mean(0)
+
+    def make(size: tuple[int, int, int], centre_xyz: np.ndarray) -> np.ndarray:
+        out = np.zeros(size, bool)
+        at = np.round(voxels - centroid + np.asarray(centre_xyz[::-1])).astype(int)
+        keep = np.all((at >= 0) & (at < np.asarray(size)), axis=1)
+        out[tuple(at[keep].T)] = True
+        return out
+
+    return _place(organ, spacing_xyz, float(extent.max()), rng, attempts, "the lesion template", make)
+
+
+def _place(organ: np.ndarray, spacing_xyz: tuple[float, float, float], diameter_mm: float, rng: np.random.Generator,
+           attempts: int, what: str, make: Callable[[tuple[int, int, int], np.ndarray], np.ndarray]) -> np.ndarray:
+    """``make(box size zyx, centre xyz in the box)`` placed at a centre drawn deep inside ``organ``, cut to it."""
     depth = ndimage.distance_transform_edt(organ, sampling=spacing_xyz[::-1])
     candidates = np.argwhere(depth >= diameter_mm / 2.0)
     if not len(candidates):
@@ -96,15 +123,15 @@ def place_lesion(organ: np.ndarray, spacing_xyz: tuple[float, float, float], sha
         lo = [max(int(c[a] - half / spacing_xyz[2 - a]), 0) for a in range(3)]
         hi = [min(int(c[a] + half / spacing_xyz[2 - a]) + 1, organ.shape[a]) for a in range(3)]
         box = tuple(slice(lo[a], hi[a]) for a in range(3))
-        local = shape_mask(shape, tuple(h - low for low, h in zip(lo, hi, strict=True)), spacing_xyz,
-                           np.array([c[2] - lo[2], c[1] - lo[1], c[0] - lo[0]], float), diameter_mm, rng)
+        local = make(tuple(h - low for low, h in zip(lo, hi, strict=True)),
+                     np.array([c[2] - lo[2], c[1] - lo[1], c[0] - lo[0]], float))
         inside = local & organ[box]
         if inside.sum() >= max(0.5 * local.sum(), 1):
             out = np.zeros(organ.shape, bool)
             out[box] = inside
             return out
-    raise InputError(f"a {diameter_mm:g} mm {shape} lesion does not fit inside the organ mask "
-                     f"(largest depth {depth.max():.1f} mm): choose a smaller --diameter-mm")
+    raise InputError(f"{what} does not fit inside the organ mask (largest depth {depth.max():.1f} mm): choose a "
+                     "smaller --diameter-mm")
 
 
 def _levels(kind: str, modality: str, channels: list[str], arrays: list[np.ndarray], ring: np.ndarray,

@@ -39,7 +39,7 @@ ALLOWED = {
     "imaging": {"detection"},  # masks and TotalSegmentator read the organ presets
     "detection": {"imaging"},
     "models": {"imaging", "detection"},
-    "training": {"imaging", "detection", "models", "evaluation"},
+    "training": {"imaging", "detection", "models", "evaluation", "synthesis"},  # train all --synthetic-unhealthy
     "evaluation": {"imaging", "detection", "models", "synthesis"},  # evaluate --insert
     "synthetic": {"imaging", "detection"},
     "synthesis": {"imaging", "detection", "synthetic", "models"},

@@ -107,6 +107,12 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     assert "lesion synthesizer" in (out / "README.md").read_text()
     assert main([*argv, "--name", "renamed", "--version", "9.9.9"]) == 0  # without it: the bundle without it
     assert "synthesizer" not in read_meta(out).networks and not (out / "synthesizer.safetensors").exists()
+    # --synthetic-unhealthy (issue 38): a changed classifier stage, refused until it is redone; then padded
+    padded = [*argv, "--name", "renamed", "--version", "9.9.9", "--synthetic-unhealthy", "3"]
+    assert main(padded) == 2 and "--from-stage classifier" in capsys.readouterr().err
+    assert main([*padded, "--from-stage", "classifier"]) == 0
+    labels = (tmp_path / "bundle.work" / "padded" / "labels.csv").read_text()
+    assert labels.count("synthetic-") == 3 and "and 3 synthesised unhealthy ones" in (out / "README.md").read_text()
 
 
 def _to_kits(case, dest):
@@ -425,3 +431,48 @@ def test_dry_run_reads_the_brats_layout(tmp_path, capsys):
     counts = [line.split() for line in printed.splitlines() if line.split()[:1] in (["train"], ["validation"])
               and len(line.split()) == 5]
     assert sum(int(c[1]) for c in counts) == 3 - unhealthy and sum(int(c[2]) for c in counts) == unhealthy
+
+
+def test_padding_moves_the_training_splits_own_lesions_into_its_healthy_structures(data, tmp_path):
+    """--synthetic-unhealthy's set: the training cases as they are, plus synthetic cases each with one unhealthy
+    structure whose lesion is a training lesion moved (its volume kept within the resampling and the cut), pasted
+    (the host's scan changed only near it); the cases left out (validation) are never read; reruns keep it."""
+    from scipy import ndimage
+
+    from DiffusionAnomalyLib.training.recipe.padding import padded_training_set, training_lesions
+
+    train = tmp_path / "train"
+    train.mkdir()
+    with open(data / "labels.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["case"] < "kidney-00005"]
+    for case in sorted({r["case"] for r in rows}):
+        shutil.copytree(data / case, train / case)
+    with open(train / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    donors = training_lesions(train, rows)
+    assert donors and {d.case for d in donors} <= {r["case"] for r in rows}
+    volumes = sorted(int(d.mask.sum()) for d in donors)
+    out = padded_training_set(train, tmp_path / "padded", "kidney", 3, seed=5, progress=lambda s: None)
+    with open(out / "labels.csv") as f:
+        padded_rows = list(csv.DictReader(f))
+    synthetic = [r for r in padded_rows if r["case"].startswith("synthetic-")]
+    assert len(synthetic) == 3 and {r["label"] for r in synthetic} == {"unhealthy"}
+    assert len(padded_rows) == len(rows) + 3 and not (out / "kidney-00005").exists()
+    for r in synthetic:
+        case = out / r["case"]
+        record = json.loads((case / "synthesis.json").read_text())
+        host = Path(record["inputs"][0]["path"]).parent
+        assert host.parent == train and host.name < "kidney-00005"
+        lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lesions.nii.gz"))) > 0
+        organ = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "segmentations" / f"{r['structure']}.nii.gz"))) > 0
+        assert lesion.any() and not (lesion & ~organ).any()
+        assert 0.3 * volumes[0] <= lesion.sum() <= 1.5 * volumes[-1]
+        before = sitk.GetArrayFromImage(sitk.ReadImage(str(host / "ct.nii.gz")))
+        after = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "ct.nii.gz")))
+        changed = after != before
+        assert changed[lesion].mean() > 0.5 and not (changed & ~ndimage.binary_dilation(lesion, iterations=4)).any()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("synthetic-*/ct.nii.gz")}
+    padded_training_set(train, out, "kidney", 3, seed=5, progress=lambda s: None)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("synthetic-*/ct.nii.gz")} == stamps

@@ -73,8 +73,11 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
                        f"{ae_extra.get('gan', '?')}; {_precision(meta, 'autoencoder')}",
         "denoiser": f"{resolved['denoiser']['network']}, {resolved['denoiser']['iterations']} iterations on healthy "
                     f"structures; {_precision(meta, 'denoiser')}",
-        "classifier": f"{resolved['classifier']['iterations']} iterations on healthy and unhealthy structures; "
-                      f"{_precision(meta, 'classifier')}",
+        "classifier": f"{resolved['classifier']['iterations']} iterations on healthy and unhealthy structures"
+                      + (f" and {resolved['classifier']['synthetic_unhealthy']} synthesised unhealthy ones (the "
+                         "training split's lesions pasted into its healthy structures)"
+                         if resolved["classifier"].get("synthetic_unhealthy") else "")
+                      + f"; {_precision(meta, 'classifier')}",
     }
     if "synthesizer" in resolved:  # --synthesizer
         st = (meta.extra or {}).get("synthesizer_training", {})

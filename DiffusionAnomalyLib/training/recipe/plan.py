@@ -84,6 +84,10 @@ class TrainAllPlan:
         "classifier iterations (default: --iterations, else the preset's)", ALL, "N", label="classifier iterations",
         low=1))
     adversarial_start: int | None = redeclared(AutoencoderTraining, "adversarial_start", None)
+    synthetic_unhealthy: int = setting(0, Option(
+        "pad the classifier's training with N synthesised unhealthy structures: the training split's own lesions, "
+        "rotated and moved into its healthy structures (synthesize --method paste); never from the validation "
+        "split, which calibrates as before", ALL, "N", label="synthetic unhealthy", low=0, high=10000))
     synthesizer: bool = setting(False, Option(
         "also train the lesion synthesizer into the bundle (train synthesizer, after the calibration, on the "
         "training split), for synthesize --method diffusion; detection never loads it", ALL, label="synthesizer"))
@@ -160,7 +164,8 @@ class TrainAllPlan:
                             "adversarial_start": adv, "seed": self.seed},
             "denoiser": {"network": p["network"], "iterations": its["denoiser"], "batch": p["batch"]["denoiser"]},
             "classifier": {"iterations": its["classifier"], "batch": p["batch"]["classifier"],
-                           "lr": p["classifier_lr"]},
+                           "lr": p["classifier_lr"],
+                           **({"synthetic_unhealthy": self.synthetic_unhealthy} if self.synthetic_unhealthy else {})},
             **({"synthesizer": {"network": p["network"], "batch": p["batch"]["denoiser"],
                                 "iterations": int(self.synthesizer_iterations or p["iterations"]["synthesizer"])}}
                if self.synthesizer else {}),
@@ -186,6 +191,7 @@ def _listed(values: tuple | None) -> list | None:
 
 #: What a train all work folder holds (anything else there is a user's and refused).
 WORK_ENTRIES = {*STAGES, *(f"{s}.work" for s in STAGES), "data", "cases", "sweep", "calibrated", "validation-latents",
+                "padded",
                 "stages.json", "prepared.json", ".stages.json.tmp"}
 
 
@@ -273,7 +279,8 @@ class Stages:
                 if (work / name).exists():
                     shutil.rmtree(work / name)
         if STAGES.index(stage) <= STAGES.index("calibrate"):
-            for name in ("sweep", "calibrated", "validation-latents"):
+            for name in ("sweep", "calibrated", "validation-latents", *(
+                    ("padded",) if STAGES.index(stage) <= STAGES.index("classifier") else ())):
                 if (work / name).exists():
                     shutil.rmtree(work / name)
         self.path.write_text(json.dumps(self.done, indent=2) + "\n")

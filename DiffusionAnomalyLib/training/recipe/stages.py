@@ -186,7 +186,18 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         t0 = start("classifier", f"{cl['iterations']} iterations")
         from DiffusionAnomalyLib.training.classifier import ClassifierTraining, train_classifier
 
-        train_classifier(ClassifierTraining(train_dir, str(work / "denoiser"), str(work / "classifier"),
+        classifier_data = train_dir
+        if cl.get("synthetic_unhealthy"):  # dataset padding: the training split plus synthesised unhealthy structures
+            from DiffusionAnomalyLib.training.recipe.padding import padded_training_set
+
+            padded = work / "padded"
+            if main:
+                padded_training_set(prepared.train, padded, plan.organ, cl["synthetic_unhealthy"], plan.seed + 77_000,
+                                    progress)
+            while not (padded / "labels.csv").is_file():  # (other ranks wait for rank 0's)
+                time.sleep(1.0)
+            classifier_data = str(padded)
+        train_classifier(ClassifierTraining(classifier_data, str(work / "denoiser"), str(work / "classifier"),
                                             iterations=cl["iterations"], batch_size=cl["batch"], lr=cl["lr"],
                                             val_every=every(cl["iterations"]), seed=plan.seed, device=plan.device,
                                             precision=plan.precision, resume=True))
