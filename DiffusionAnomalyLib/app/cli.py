@@ -347,6 +347,11 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     be.add_argument("--synthesize", action="store_true",
                     help="also time one lesion of synthesize --method diffusion (one kidney ROI, tiny presets, 50 "
                          "steps, 2 resampling jumps, map guidance 1), per device and precision")
+    be.add_argument("--profile", action="store_true",
+                    help="instead of timing, split one guided case per size (the first of --samplers, the largest "
+                         "--guidance-values and --rois, at --steps and each of --precisions) into op classes with "
+                         "torch.profiler: prints a Markdown table (self CPU seconds, share, calls); the shares, not "
+                         "the seconds, are the point, so a few --steps suffice")
     be.add_argument("--gpu-check", action="store_true",
                     help="the GPU check (scripts/gpu_check.sh): demo and thesis sizes in bf16 on CUDA, peak GPU "
                          "memory, a provoked out-of-memory run (exit 4) and the agreement check; exit 0 and a "

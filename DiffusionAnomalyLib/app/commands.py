@@ -268,7 +268,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from DiffusionAnomalyLib.app.diagnostics import demo_case_agreement
-    from DiffusionAnomalyLib.evaluation.bench import run_bench
+    from DiffusionAnomalyLib.evaluation.bench import run_bench, summary_table
     from DiffusionAnomalyLib.imaging.outputs import check_output_file, write_text_atomic
 
     if args.out:
@@ -277,6 +277,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from DiffusionAnomalyLib.app.diagnostics import gpu_check
 
         return gpu_check(args.out)
+    if args.profile:
+        from DiffusionAnomalyLib.evaluation.profile import profile_table, run_profile
+
+        report = run_profile(sizes=args.sizes, devices=args.devices, steps=args.steps, methods=args.samplers,
+                             guidance=args.guidance_values, rois=args.rois, precisions=tuple(args.precisions))
+        if args.out:
+            write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+        print(profile_table(report))
+        return 0
     report = run_bench(sizes=args.sizes, devices=args.devices, steps=args.steps, repeats=args.repeats,
                        reference=not args.no_reference, methods=args.samplers, guidance=args.guidance_values,
                        rois=args.rois, precisions=tuple(args.precisions), network_time=not args.no_network_time,
@@ -285,6 +294,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.out:
         write_text_atomic(args.out, text + "\n")
     print(text)
+    print(summary_table(report), file=sys.stderr)  # stdout stays the JSON
     return 0
 
 

@@ -15,20 +15,27 @@ side by side in one run, it reports:
 - ``reference_s`` and ``speedup_vs_reference`` (DDIM, first precision only): a plain loop on MONAI's
   ``DDIMScheduler`` (``reversed_step`` then ``step``) with the same networks, one ROI at a time;
 - ``peak_rss_mb`` and ``peak_cuda_mb`` (the peaks are reset before each row);
+- ``gflop`` (the call's convolution, matrix-product and attention FLOPs, :func:`network_gflop`), ``gflop_per_s`` and
+  ``conv_rate_fraction``: that rate over the rate of a single 3D convolution measured at the start of the run at the
+  row's precision (``environment.conv_rate_gflop_per_s``, :func:`conv_rate`: fp32, and bf16 in channels_last_3d),
+  so how far the whole case is from the speed of its convolutions; :func:`summary_table` prints them;
 - ``comparison``: per configuration, the precisions and MONAI's loop side by side;
 - ``agreement`` (``--agreement``): demo's case at fp32 and the fast path: heatmap differences, lesion tables.
 
 Targets: overhead <= 5 %; batch speedup >= 1.6; >= 1.5x the reference (issue 6); thesis-size case with DDIM
 50 steps + guidance <= 90 s on 2 CPU cores (issue 25: with the fast path) and <= 3 s on an H200; peak memory
-<= 4 GB (CPU) / 8 GB (GPU). ``--gpu-check`` (scripts/gpu_check.sh) is the GPU check.
+<= 4 GB (CPU) / 8 GB (GPU). ``--gpu-check`` (scripts/gpu_check.sh) is the GPU check; ``--profile`` splits one case
+into op classes (evaluation/profile.py).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -149,9 +156,22 @@ def reference_ddim_time(eps, clf, z: torch.Tensor, settings: SamplerSettings, de
     return _timed(run, device)
 
 
-def bench_case(size: str, device: torch.device, method: str, guidance: float, rois: int, steps: int,
-               reference: bool, nets=None, precision: str = "fp32", network_time: bool = True) -> dict:
-    """One sampler call timed (after a warm-up), with the bare network loop and MONAI's reference beside it."""
+@dataclass
+class BenchCase:
+    """One configuration ready to time: the sampler (networks at ``resolved`` precision), its input and settings."""
+
+    sampler: LatentSampler
+    z: torch.Tensor
+    settings: SamplerSettings
+    eps: Callable
+    classifier: Callable
+    resolved: str
+
+
+def prepare_case(size: str, device: torch.device, method: str, guidance: float, rois: int, steps: int, nets=None,
+                 precision: str = "fp32", warm_up: bool = True) -> BenchCase:
+    """The sampler of one configuration, as ``bench`` times it, after a short warm-up call on one ROI (oneDNN
+    primitives, allocator) unless not ``warm_up``."""
     den, clf = nets or build_networks(size, device)
     resolved = resolve_precision(precision, device)
     network_layout(den, device, resolved)  # the shared denoiser: each row sets the layout of its precision
@@ -160,8 +180,19 @@ def bench_case(size: str, device: torch.device, method: str, guidance: float, ro
     sampler = LatentSampler(eps, NoiseSchedule(), classifier=clf, parallel_guidance=parallel_guidance(device, resolved))
     z = torch.randn((rois, *SIZES[size]["latent"]), generator=torch.Generator().manual_seed(1)).to(device)
     settings = SamplerSettings(method=method, noise_level=NOISE_LEVEL, steps=steps, guidance=guidance, seed=0)
-    sampler.reconstruct(z[:1], SamplerSettings(method="ddpm", noise_level=NOISE_LEVEL, steps=2,
-                                               guidance=guidance))  # warm-up (oneDNN primitives, allocator)
+    if warm_up:
+        sampler.reconstruct(z[:1], SamplerSettings(method="ddpm", noise_level=NOISE_LEVEL, steps=2, guidance=guidance))
+    return BenchCase(sampler, z, settings, eps, clf, resolved)
+
+
+def bench_case(size: str, device: torch.device, method: str, guidance: float, rois: int, steps: int,
+               reference: bool, nets=None, precision: str = "fp32", network_time: bool = True,
+               conv_rates: dict[str, float] | None = None) -> dict:
+    """One sampler call timed (after a warm-up), with the bare network loop and MONAI's reference beside it; with
+    ``conv_rates`` (:func:`conv_rate` per resolved precision) the share of that rate the call's FLOPs reach."""
+    case = prepare_case(size, device, method, guidance, rois, steps, nets, precision)
+    sampler, z, settings, eps, clf, resolved = (case.sampler, case.z, case.settings, case.eps, case.classifier,
+                                                case.resolved)
     _reset_peaks(device)
     result = {}
     cpu0 = time.process_time()
@@ -177,6 +208,11 @@ def bench_case(size: str, device: torch.device, method: str, guidance: float, ro
            "peak_rss_mb": _peak_rss_mb(),
            "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda"
            else None}
+    gflop = case_gflop(size, rois, nfe, steps_done if guidance > 0 else 0)
+    out["gflop"] = round(gflop, 1)
+    out["gflop_per_s"] = round(gflop / seconds, 1)
+    if conv_rates and conv_rates.get(resolved):
+        out["conv_rate_fraction"] = round(gflop / seconds / conv_rates[resolved], 4)
     if network_time:
         net_s = bare_network_time(eps, clf, z, settings, device)
         out["network_s"] = round(net_s, 3)
@@ -187,6 +223,62 @@ def bench_case(size: str, device: torch.device, method: str, guidance: float, ro
         out["reference_s"] = round(ref, 3)
         out["speedup_vs_reference"] = round(ref / seconds, 3)
     return out
+
+
+def network_gflop(size: str, rois: int) -> tuple[float, float]:
+    """GFLOP of one denoiser forward and of one classifier gradient (forward + input gradient) at batch ``rois``:
+    ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, matrix products, attention; elementwise work is not
+    counted) on meta-device copies of the networks at batch 1, so nothing is computed, times ``rois``."""
+    den, grad = _network_gflop_one(size)
+    return den * rois, grad * rois
+
+
+@functools.lru_cache(maxsize=4)
+def _network_gflop_one(size: str) -> tuple[float, float]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = denoiser_config(SIZES[size]["denoiser"], latent_channels=SIZES[size]["latent"][0])
+    with torch.device("meta"):
+        den = build_denoiser(cfg).eval()
+        clf = LatentClassifier(cfg).eval().requires_grad_(False)  # the gradient is taken for the input only
+        z = torch.zeros((1, *SIZES[size]["latent"]))
+        t = torch.full((1,), NOISE_LEVEL // 2, dtype=torch.long)
+    with FlopCounterMode(display=False) as count, torch.no_grad():
+        den(z, timesteps=t)
+    den_flop = count.get_total_flops()
+    with FlopCounterMode(display=False) as count:  # backward(inputs=...): autograd.grad trips the module tracker
+        x = z.detach().requires_grad_(True)
+        torch.log_softmax(clf(x, t), dim=1)[:, HEALTHY].sum().backward(inputs=[x])
+    return den_flop / 1e9, count.get_total_flops() / 1e9
+
+
+def case_gflop(size: str, rois: int, denoiser_evaluations: int, gradients: int) -> float:
+    """GFLOP of a sampler call: its denoiser evaluations and classifier gradients (:func:`network_gflop`)."""
+    den, grad = network_gflop(size, rois)
+    return den * denoiser_evaluations + grad * gradients
+
+
+#: The convolution of :func:`conv_rate`: 64 -> 64 channels, 3 x 3 x 3, on a 2 x 64 x 32^3 input (padding 1).
+CONV_PROBE = {"channels": 64, "kernel": 3, "batch": 2, "grid": 32}
+
+
+def conv_rate(device: torch.device, precision: str, seconds: float = 0.5) -> float:
+    """GFLOP/s of one 3D convolution (:data:`CONV_PROBE`) with this process's threads, the best call of about
+    ``seconds``: float32 contiguous, or bfloat16 in ``channels_last_3d`` (the layout oneDNN runs it fastest in,
+    AMX where the CPU has it). 2 x batch x out x in x kernel^3 x grid^3 FLOPs per call."""
+    c, k, b, g = (CONV_PROBE[key] for key in ("channels", "kernel", "batch", "grid"))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    fmt = torch.channels_last_3d if precision == "bf16" else torch.contiguous_format
+    conv = torch.nn.Conv3d(c, c, k, padding=k // 2).to(device=device, dtype=dtype, memory_format=fmt).eval()
+    x = torch.randn(b, c, g, g, g, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    flop = 2 * b * c * c * k**3 * g**3
+    best, spent, calls = float("inf"), 0.0, 0
+    with torch.no_grad():
+        conv(x)  # warm-up: the primitive is created
+        while calls < 2 or (spent < seconds and calls < 200):
+            dt = _timed(lambda: conv(x), device)
+            best, spent, calls = min(best, dt), spent + dt, calls + 1
+    return flop / best / 1e9
 
 
 def synthesize_time(device: torch.device, precision: str, steps: int = 50, jumps: int = 2,
@@ -233,17 +325,21 @@ def run_bench(sizes=("demo", "thesis-kidney"), devices=None, steps: int = 50, re
               reference: bool = True, methods=("ddpm", "ddim"), guidance=(0.0, GUIDANCE_ON),
               rois=(1, 2), precisions=("fp32", "auto"), network_time: bool = True,
               agreement=None, synthesize: bool = False) -> dict:
-    """Every configuration at every precision, side by side in one run; returns the JSON-able report (environment,
-    rows, a ``comparison`` per configuration: fp32 against the fast path and MONAI's loop, and, with ``agreement``,
-    the fast path's heatmap and lesion table against fp32 on the demo case).
+    """Every configuration at every precision, side by side in one run; returns the JSON-able report (environment
+    with the convolution rates of :func:`conv_rate`, rows, a ``comparison`` per configuration: fp32 against the fast
+    path and MONAI's loop, and, with ``agreement``, the fast path's heatmap and lesion table against fp32 on the demo
+    case).
 
     MONAI's reference loop runs once per configuration, with the networks at the first precision listed (fp32 by
     default)."""
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows, comparison, agreements = [], [], []
+    rows, comparison, agreements, rates = [], [], [], {}
     for dev_name in devices:
         device = torch.device(dev_name)
+        conv_rates = {r: round(conv_rate(device, r), 1) for r in sorted({resolve_precision(p, device)
+                                                                          for p in precisions})}
+        rates[str(device)] = conv_rates
         for size in sizes:
             nets = build_networks(size, device)
             for method in methods:
@@ -252,7 +348,7 @@ def run_bench(sizes=("demo", "thesis-kidney"), devices=None, steps: int = 50, re
                         by_precision = {}
                         for k, prec in enumerate(precisions):
                             best = min((bench_case(size, device, method, g, n, steps, reference and k == 0, nets,
-                                                   prec, network_time) for _ in range(repeats)),
+                                                   prec, network_time, conv_rates) for _ in range(repeats)),
                                        key=lambda r: r["seconds"])
                             by_precision[prec] = best
                             rows.append(best)
@@ -267,17 +363,41 @@ def run_bench(sizes=("demo", "thesis-kidney"), devices=None, steps: int = 50, re
             del nets
         if agreement:  # app.diagnostics.demo_case_agreement (a detection run, from the application layer)
             agreements.append(agreement(device, [p for p in precisions if p != "fp32"] or ["auto"]))
-    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-           "interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
-           "cpu_native_bf16": _cpu_native_bf16(), "load_average": _load_average(),
-           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "noise_level": NOISE_LEVEL, "guidance_on": GUIDANCE_ON}
+    env = environment()
+    env["conv_rate_gflop_per_s"] = rates
+    env["conv_probe"] = dict(CONV_PROBE)
     report = {"environment": env, "results": rows, "comparison": comparison}
     if agreement:
         report["agreement"] = agreements
     if synthesize:  # one lesion of synthesize --method diffusion, per device and precision
         report["synthesize"] = [synthesize_time(torch.device(d), p) for d in devices for p in precisions]
     return report
+
+
+def environment() -> dict:
+    """The machine and the software of a report (threads, native bfloat16, load average, CUDA card)."""
+    return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
+            "cpu_native_bf16": _cpu_native_bf16(), "load_average": _load_average(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "noise_level": NOISE_LEVEL, "guidance_on": GUIDANCE_ON}
+
+
+def summary_table(report: dict) -> str:
+    """The rows of a :func:`run_bench` report as a text table: seconds per case, achieved GFLOP/s and the fraction of
+    the measured convolution rate at the row's precision."""
+    rates = report["environment"].get("conv_rate_gflop_per_s", {})
+    lines = ["convolution rate (GFLOP/s, one 64->64 3x3x3 Conv3d on 2x64x32^3): " + "; ".join(
+        f"{dev} " + ", ".join(f"{p} {r:g}" for p, r in by.items()) for dev, by in rates.items()),
+        f"{'size':<14}{'device':<8}{'sampler':<10}{'guid.':>6}{'rois':>5}{'precision':>11}{'s/case':>9}"
+        f"{'GFLOP/s':>9}{'of conv':>9}"]
+    for r in report["results"]:
+        prec = r["precision"] if r["precision"] == r["resolved_precision"] else \
+            f"{r['precision']}={r['resolved_precision']}"
+        frac = f"{r['conv_rate_fraction']:.1%}" if "conv_rate_fraction" in r else "-"
+        lines.append(f"{r['size']:<14}{r['device']:<8}{r['sampler']:<10}{r['guidance']:>6g}{r['rois']:>5}{prec:>11}"
+                     f"{r['per_case_s']:>9.2f}{r['gflop_per_s']:>9.1f}{frac:>9}")
+    return "\n".join(lines)
 
 
 def _same(r: dict, size, dev, prec, method, g, n) -> bool:
@@ -295,6 +415,9 @@ def _compare(by_precision: dict, precisions) -> dict:
         out[f"{label}_per_case_s"] = r["per_case_s"]
         out[f"{label}_cpu_s"] = r["cpu_seconds"]
         out[f"{label}_per_denoising_step_s"] = r["per_denoising_step_s"]
+        out[f"{label}_gflop_per_s"] = r["gflop_per_s"]
+        if "conv_rate_fraction" in r:
+            out[f"{label}_conv_rate_fraction"] = r["conv_rate_fraction"]
         if "network_share" in r:
             out[f"{label}_network_share"] = r["network_share"]
         out[f"{label}_peak_rss_mb"] = r["peak_rss_mb"]

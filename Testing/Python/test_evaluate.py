@@ -548,7 +548,7 @@ def test_evaluate_shards_over_two_torchrun_processes(dataset, tmp_path):
 
 
 def test_bench_reports_the_figures_it_promises():
-    from DiffusionAnomalyLib.evaluation.bench import run_bench
+    from DiffusionAnomalyLib.evaluation.bench import run_bench, summary_table
 
     report = run_bench(sizes=["demo"], devices=["cpu"], steps=2, methods=("ddim",), guidance=(0.0, 50.0),
                        precisions=("fp32",))
@@ -559,6 +559,12 @@ def test_bench_reports_the_figures_it_promises():
         assert r["reference_s"] > 0 and r["peak_rss_mb"] > 0
     assert all("batch_speedup" in r for r in rows if r["rois"] == 2)
     assert report["environment"]["torch"]
+    assert report["environment"]["conv_rate_gflop_per_s"]["cpu"]["fp32"] > 0  # issue 39 item 6
+    for r in rows:
+        assert r["gflop"] > 0 and r["gflop_per_s"] > 0 and r["conv_rate_fraction"] > 0
+    assert all("fp32_conv_rate_fraction" in c for c in report["comparison"])
+    table = summary_table(report).splitlines()
+    assert "of conv" in table[1] and len(table) == 2 + len(rows) and all(line.endswith("%") for line in table[2:])
 
 
 def test_a_cancelled_evaluate_stops_at_once_and_a_rerun_redoes_the_case(dataset, tmp_path):

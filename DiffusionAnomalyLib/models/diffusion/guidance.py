@@ -8,12 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
 
 #: Label indices used throughout: 0 healthy, 1 unhealthy; class-conditional denoisers add a
 #: third "null" label (2) that training drops labels to, for classifier-free guidance.
 HEALTHY, UNHEALTHY, NULL_LABEL = 0, 1, 2
+#: ``torch.profiler.record_function`` labels of the guidance gradient's two halves (``bench --profile``).
+PROFILE_FORWARD, PROFILE_BACKWARD = "guidance: classifier forward", "guidance: classifier backward"
 
 
 @dataclass
@@ -28,11 +31,13 @@ class ClassifierGuidance:
     target: int = HEALTHY
 
     def log_prob_gradient(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """grad_x log C(y = target | x, t), per sample."""
+        """grad_x log C(y = target | x, t), per sample (its forward and backward pass labelled for the profiler)."""
         with torch.enable_grad():
             x_in = x.detach().float().requires_grad_(True)
-            logp = torch.log_softmax(self.classifier(x_in, t).float(), dim=1)[:, self.target]
-            (grad,) = torch.autograd.grad(logp.sum(), x_in)
+            with record_function(PROFILE_FORWARD):
+                logp = torch.log_softmax(self.classifier(x_in, t).float(), dim=1)[:, self.target]
+            with record_function(PROFILE_BACKWARD):
+                (grad,) = torch.autograd.grad(logp.sum(), x_in)
         return grad.to(x.dtype)
 
     def apply(self, eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
