@@ -97,6 +97,14 @@ class DetectRequest:
             out.append("run needs --bundle, or --organ to use the best installed bundle for that organ")
         if sum(map(bool, (self.mask, self.totalseg, self.skull_stripped))) > 1:
             out.append("give one organ-mask source: a mask, TotalSegmentator's output or skull-stripped")
+        if self.skull_stripped and self.organ not in (None, "brain"):
+            out.append(f"--skull-stripped is for a skull-stripped brain: the {self.organ} needs its organ mask "
+                       "(--mask, --totalseg, or TotalSegmentator)")
+        flags = {"out": "--out", "bundle": "--bundle", "mask": "--mask", "totalseg": "--totalseg",
+                 "settings_file": "--settings"}
+        out += [f"{flag}: an empty path" for name, flag in flags.items() if getattr(self, name) == ""]
+        if any(not str(p).strip() for p in self.images):
+            out.append("--input: an empty path")
         if self.mask_label is not None and not self.mask:
             other = ("--totalseg" if self.totalseg else "--skull-stripped" if self.skull_stripped
                      else "TotalSegmentator")

@@ -63,6 +63,12 @@ def request_from_argv(argv: Sequence[str]):
     return detect_request(args)
 
 
+def add_skip_modality_check(parser: argparse.ArgumentParser) -> None:
+    """``--skip-modality-check`` of ``run`` and ``synthesize`` (declared once)."""
+    parser.add_argument("--skip-modality-check", action="store_true",
+                        help="go on even if the intensities do not look like the organ's modality (CT in HU vs MRI)")
+
+
 class DefaultsFormatter(argparse.HelpFormatter):
     """Help that shows each option's default, except where the help text already says it or there is none."""
 
@@ -171,6 +177,7 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     sy.add_argument("--bundle", default=None, help="--method diffusion: a model bundle with a lesion synthesizer "
                                                    "(train synthesizer)")
     add_arguments(sy, SynthesisOptions, "synthesize")
+    add_skip_modality_check(sy)
     sy.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     sy.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     sy.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
@@ -249,8 +256,7 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     src.add_argument("--skull-stripped", action="store_true", help="brain: the mask is the scan's nonzero voxels")
     ru.add_argument("--mask-label", type=int, default=None, help="label value of the organ in --mask")
     add_run_settings(ru, "run", settings)
-    ru.add_argument("--skip-modality-check", action="store_true",
-                    help="run even if the intensities do not look like the bundle's modality (CT vs MRI)")
+    add_skip_modality_check(ru)
     ru.add_argument("--settings", metavar="FILE", default=None,
                     help="take every run setting from FILE: the run.json of an earlier run (replays it) or a "
                          "settings JSON; options given explicitly override it")

@@ -69,7 +69,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         images=tuple(args.input), organ=args.organ, out=args.out, lesion_map=args.lesion_map, bundle=args.bundle,
         mask=args.mask,
         mask_label=args.mask_label, totalseg=args.totalseg, skull_stripped=args.skull_stripped,
-        options=SynthesisOptions(**given(args, SynthesisOptions, "synthesize")), overwrite=args.overwrite))
+        options=SynthesisOptions(**given(args, SynthesisOptions, "synthesize")), overwrite=args.overwrite,
+        skip_modality_check=args.skip_modality_check))
     for case, record in zip(found.cases, found.records, strict=True):
         for le in record["lesions"]:
             shift = ", ".join(f"{b:g} -> {a:g}" for b, a in zip(le["before_mean"], le["after_mean"], strict=True))

@@ -63,6 +63,8 @@ from DiffusionAnomalyLib.progress import overall
 
 #: The most a request on stdin may hold (it names files; it never holds data).
 MAX_REQUEST_BYTES = 1 << 20
+#: The largest address-space cap a request may ask for (GiB): more means no cap, and cannot be set as one.
+MAX_MEMORY_LIMIT_GB = 1 << 20
 
 
 class EventWriter:
@@ -143,11 +145,13 @@ def read_message(stream) -> tuple[str, object, float | None, bool]:
         raise InputError("the worker's request (stdin): expected {\"job\": ..., \"request\": {...}, "
                          "\"memory_limit_gb\": ..., \"debug\": ...}")
     job = data.get("job", "detect")
-    if job not in JOBS:
+    if not isinstance(job, str) or job not in JOBS:
         raise InputError(f"the worker's request (stdin): unknown job {json_repr(job)}; choose one of {', '.join(JOBS)}")
     limit, debug = data.get("memory_limit_gb"), data.get("debug", False)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0):
-        raise InputError(f"the worker's request (stdin): memory_limit_gb must be a number of GiB > 0 (got {limit!r})")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or
+                              not 0 < limit <= MAX_MEMORY_LIMIT_GB):
+        raise InputError(f"the worker's request (stdin): memory_limit_gb must be a number of GiB > 0 and <= "
+                         f"{MAX_MEMORY_LIMIT_GB} (got {json_repr(limit)})")
     if not isinstance(debug, bool):
         raise InputError(f"the worker's request (stdin): debug must be true or false (got {debug!r})")
     module, name, _ = JOBS[job]

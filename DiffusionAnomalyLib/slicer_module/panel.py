@@ -292,8 +292,9 @@ def show_outcome(ui, run: SceneRun) -> list[dict]:
     return rows
 
 
-def show_start_error(exc: BaseException) -> None:
-    """A run that could not start: its reason in a dialog (with the traceback as details unless it is bad input)."""
+def show_start_error(exc: BaseException, what: str = "run") -> None:
+    """A run (or ``what``) that could not start: its reason in a dialog (with the traceback as details unless it is
+    bad input)."""
     import traceback
 
     import slicer
@@ -302,7 +303,7 @@ def show_start_error(exc: BaseException) -> None:
 
     details = {} if isinstance(exc, DiffusionAnomalyError) else {"detailedText": "".join(
         traceback.format_exception(exc))}
-    slicer.util.errorDisplay(f"Could not start the run: {exc}", windowTitle="Diffusion Anomaly", **details)
+    slicer.util.errorDisplay(f"Could not start the {what}: {exc}", windowTitle="Diffusion Anomaly", **details)
 
 
 def show_apply_state(button, running: bool, problems: list[str]) -> None:

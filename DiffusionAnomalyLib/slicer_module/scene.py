@@ -204,7 +204,8 @@ def _segment_tag(segment) -> str:
     return segment_tag(segment, slicer.vtkSegment.GetTerminologyEntryTagName())
 
 
-def mask_from_segments(scene, segmentation_node, segment_ids: Sequence[str], reference_node) -> sitk.Image:
+def mask_from_segments(scene, segmentation_node, segment_ids: Sequence[str], reference_node,
+                       what: str = "organ segment(s)") -> sitk.Image:
     """The chosen segments as one uint8 labelmap (1, 2, ... per segment) on ``reference_node``'s grid.
 
     Kidney masks keep one label per segment, so a left and a right kidney segment stay apart.
@@ -214,7 +215,7 @@ def mask_from_segments(scene, segmentation_node, segment_ids: Sequence[str], ref
     import vtk
 
     if not segment_ids:
-        raise InputError(f"No organ segment selected in '{segmentation_node.GetName()}'.")
+        raise InputError(f"No {what} selected in '{segmentation_node.GetName()}'.")
     logic = slicer.vtkSlicerSegmentationsModuleLogic  # static methods: no instance (it would re-register rules)
     with scratch_nodes(scene):
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "da-temporary-mask")
@@ -227,7 +228,7 @@ def mask_from_segments(scene, segmentation_node, segment_ids: Sequence[str], ref
         image = image_from_volume_node(labelmap)
     image = sitk.Cast(image, sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(image).any():
-        raise InputError(f"The organ segment(s) of '{segmentation_node.GetName()}' are empty inside the volume "
+        raise InputError(f"The {what} of '{segmentation_node.GetName()}' is empty inside the volume "
                          f"'{reference_node.GetName()}'.")
     return image
 

@@ -56,6 +56,12 @@ def problems(pn) -> list[str]:
         out.append("Synthesis needs the organ mask as a segmentation (or a skull-stripped brain): run "
                    "TotalSegmentator's own module first and choose its segmentation.")
     out += panel.mask_problems(pn)
+    nodes = panel.input_nodes(pn)
+    if not out and len(nodes) > 1:
+        from DiffusionAnomalyLib.detection.presets import get_preset
+
+        problem = scene.channel_nodes_problem(nodes, list(get_preset(pn.organ).channels))
+        out += [problem] if problem else []
     return out
 
 
@@ -204,7 +210,7 @@ class Section:
             with slicer.util.WaitCursor():
                 w.logic.start(w._parameterNode, w.onEvent, self.on_finished, synthesize=True)
         except Exception as exc:  # bad input is reported, not raised into Qt (nothing was started)
-            panel.show_start_error(exc)
+            panel.show_start_error(exc, "synthesis")
         w.ui.progressBar.visible = w.logic.running
         w.updateGUI()
 

@@ -47,13 +47,24 @@ class LesionRequest:
     def problems(self) -> list[str]:
         """Everything that prevents a synthesis, as sentences (empty when it can start). The options are checked by
         :class:`~DiffusionAnomalyLib.synthesis.synthesize.SynthesisRequest` (the command line's one validation)."""
+        from DiffusionAnomalyLib.detection.presets import get_preset
+        from DiffusionAnomalyLib.settings import ORGANS
+        from DiffusionAnomalyLib.synthesis.options import KINDS
+
         out = []
         if self.method == "diffusion":
             out += self._bundle_problems()
+        modality = get_preset(self.organ).modality if self.organ in ORGANS else None
+        if modality and self.method == "paste" and self.kind != AUTO and self.kind not in KINDS[modality]:
+            out.append(f"The lesion class '{self.kind}' is not one of the {self.organ}'s ({modality}): choose "
+                       f"{', '.join(KINDS[modality])} or auto.")
+        if self.mask_source == "none" and self.organ != "brain":
+            out.append(f"The {self.organ} needs an organ mask (only a skull-stripped brain can do without one).")
         try:
             self.synthesis_request(["input.nii.gz"], "out", None, "lesion.nii.gz")
-        except InputError as exc:
-            out += [_sentence(p) for p in str(exc).split("; ") if p and "--bundle" not in p]
+        except InputError as exc:  # (the command line's words for what is said above in the panel's)
+            out += [_sentence(p) for p in str(exc).split("; ")
+                    if p and not any(flag in p for flag in ("--bundle", "--kind", "--skull-stripped"))]
         except (TypeError, ValueError) as exc:
             out.append(_sentence(str(exc)))
         if self.mask_source not in MASK_SOURCES:
@@ -135,7 +146,8 @@ class SceneSynthesis(WorkerRun):
 
         problems = self.request.problems()
         channels = list(get_preset(self.request.organ).channels) if not problems else []
-        problem = (adapter.channel_nodes_problem(self.input_nodes, channels) if len(channels) > 1
+        problem = (adapter.channel_nodes_problem(self.input_nodes, channels)
+                   if len(channels) > 1 or len(self.input_nodes) > 1
                    else adapter.volume_node_problem(self.input_nodes[0] if self.input_nodes else None))
         problems += [p for p in (problem, lesion_segment_problem(self.lesion_segmentation, self.lesion_segment_id))
                      if p]
@@ -145,8 +157,6 @@ class SceneSynthesis(WorkerRun):
             raise InputError(" ".join(problems))
 
     def _prepare(self, tmp: Path):
-        import SimpleITK as sitk
-
         from DiffusionAnomalyLib.imaging.io import write_volume
         from DiffusionAnomalyLib.slicer_module import scene as adapter
 
@@ -157,10 +167,12 @@ class SceneSynthesis(WorkerRun):
         if self.request.mask_source == "segmentation":
             organ = adapter.mask_from_segments(self.scene, self.mask_segmentation, self.mask_segment_ids, reference)
             mask = write_volume(organ > 0, tmp / "mask.nii.gz", compress=False)
-        lesion = adapter.mask_from_segments(self.scene, self.lesion_segmentation, [self.lesion_segment_id], reference)
-        if not sitk.GetArrayViewFromImage(lesion).any():  # (mask_from_segments refuses an empty one already)
-            raise InputError(f"The lesion segment of '{self.lesion_segmentation.GetName()}' is empty.")
+        lesion = adapter.mask_from_segments(self.scene, self.lesion_segmentation, [self.lesion_segment_id], reference,
+                                            what="lesion segment")
         lesion_map = write_volume(lesion > 0, tmp / "lesion.nii.gz", compress=False)
+        segment = self.lesion_segmentation.GetSegmentation().GetSegment(self.lesion_segment_id)
+        self.aliases[str(lesion_map)] = f"the segment '{segment.GetName()}' of '{self.lesion_segmentation.GetName()}'"
+        self.aliases[str(images[0])] = f"the volume '{reference.GetName()}'"
         return self.request.synthesis_request(images, tmp / "out", mask, lesion_map)
 
     def _add_to_scene(self, result: dict) -> None:

@@ -63,6 +63,8 @@ class WorkerRun:
         self.finished = False
         self.cancel_requested_at: float | None = None
         self._exited_at: float | None = None  # when poll first saw the worker gone
+        #: temporary file -> what the user knows it as, for the worker's messages (they name the files it read)
+        self.aliases: dict[str, str] = {}
 
     # -- what a job defines ------------------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -162,6 +164,11 @@ class WorkerRun:
         try:
             self._add_to_scene(self.client.raise_for_status())
         except DiffusionAnomalyError as exc:
+            text = str(exc)
+            for path, name in self.aliases.items():
+                text = text.replace(path, name)
+            if text != str(exc):
+                exc.args = (text, *exc.args[1:])
             self.error = exc
         except Exception as exc:  # adding to the scene failed: _add_to_scene has already undone its changes
             self.error = DiffusionAnomalyError(f"adding the results to the scene failed: {type(exc).__name__}: {exc}")

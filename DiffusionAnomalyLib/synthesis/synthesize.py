@@ -63,6 +63,7 @@ class SynthesisRequest:
     skull_stripped: bool = False
     options: SynthesisOptions = field(default_factory=SynthesisOptions)
     overwrite: bool = False
+    skip_modality_check: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "images", tuple(os.fspath(p) for p in self.images))
@@ -80,6 +81,11 @@ class SynthesisRequest:
         out = [] if self.images else ["no input image given"]
         if not self.out:
             out.append("no output folder given")
+        flags = {"out": "--out", "lesion_map": "--lesion-map", "bundle": "--bundle", "mask": "--mask",
+                 "totalseg": "--totalseg"}
+        out += [f"{flag}: an empty path" for name, flag in flags.items() if getattr(self, name) == ""]
+        if any(not str(p).strip() for p in self.images):
+            out.append("--input: an empty path")
         if self.organ not in ORGANS:
             return [*out, f"unknown organ {self.organ!r}; choose one of {', '.join(ORGANS)}"]
         out += option_problems(o)
@@ -97,6 +103,9 @@ class SynthesisRequest:
             out.append("--kind is for --method paste; the synthesizer draws the lesion from its map")
         if self.lesion_map and any(v is not None for v in (o.shape, o.diameter_mm, o.structure)):
             out.append("--lesion-map gives the lesion: --shape, --diameter-mm and --structure are for a drawn lesion")
+        if self.skull_stripped and self.organ != "brain":
+            out.append(f"--skull-stripped is for a skull-stripped brain: the {self.organ} needs its organ mask "
+                       "(--mask, --totalseg, or TotalSegmentator)")
         if sum(map(bool, (self.mask, self.totalseg, self.skull_stripped))) > 1:
             out.append("give one organ-mask source: a mask, TotalSegmentator's output or skull-stripped")
         if self.mask_label is not None and not self.mask:
@@ -152,8 +161,15 @@ def _stem(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "scan"
 
 
-def _map_labels(request: SynthesisRequest, reference: sitk.Image, organ: np.ndarray) -> np.ndarray:
-    """The lesion map's connected components (26-connected) as lesion ids; each must touch the organ."""
+#: A lesion map's region may cover at most this share of the structure that holds it (a lesion is inserted into the
+#: organ, not over it); the same region must have at least half of its voxels inside the organ, as a drawn shape.
+MAX_ORGAN_SHARE = 0.5
+
+
+def _map_labels(request: SynthesisRequest, reference: sitk.Image, organ: np.ndarray,
+                structures: dict[str, np.ndarray]) -> np.ndarray:
+    """The lesion map's connected components (26-connected) as lesion ids, each cut to the organ: each must lie at
+    least half inside the organ and cover at most :data:`MAX_ORGAN_SHARE` of the structure that holds most of it."""
     from DiffusionAnomalyLib.imaging.io import read_volume, require_same_grid
 
     image = read_volume(request.lesion_map)
@@ -162,10 +178,26 @@ def _map_labels(request: SynthesisRequest, reference: sitk.Image, organ: np.ndar
     if not lesion.any():
         raise InputError(f"{request.lesion_map}: the lesion map is empty (no nonzero voxel)")
     labels, n = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
-    outside = [i for i in range(1, n + 1) if not (organ & (labels == i)).any()]
+    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, index=np.arange(1, n + 1))
+    inside = ndimage.sum_labels(organ, labels, index=np.arange(1, n + 1))
+    outside = [i + 1 for i in range(n) if inside[i] == 0]
     if outside:
         raise InputError(f"{request.lesion_map}: {len(outside)} of its {n} lesion region(s) lie wholly outside the "
                          f"{request.organ} mask; a lesion is inserted into the organ")
+    mostly = [f"region {i + 1} ({int(inside[i])} of {int(sizes[i])} voxels inside)" for i in range(n)
+              if inside[i] < 0.5 * sizes[i]]
+    if mostly:
+        raise InputError(f"{request.lesion_map}: lesion {', '.join(mostly)} lies mostly outside the {request.organ} "
+                         "mask; paint the lesion inside the organ")
+    labels[~organ] = 0
+    for i in range(1, n + 1):
+        region = labels == i
+        name, held = max(((s, int((m & region).sum())) for s, m in structures.items()), key=lambda t: t[1])
+        share = held / max(int(structures[name].sum()), 1)
+        if share > MAX_ORGAN_SHARE:
+            raise InputError(f"{request.lesion_map}: lesion region {i} covers {100 * share:.0f} % of {name} (at most "
+                             f"{100 * MAX_ORGAN_SHARE:.0f} %); a lesion is inserted into the organ, not over it (is "
+                             "this the organ mask, or a probability map? nonzero means lesion)")
     return labels.astype(np.uint16)
 
 
@@ -235,7 +267,8 @@ def _argv(request: SynthesisRequest, seed: int) -> list[str]:
                            ("--map-guidance", o.map_guidance)) if o.method == "diffusion" else ())):
         if value is not None:
             argv += [flag, str(value)]
-    return argv + (["--skull-stripped"] if request.skull_stripped else []) + ["--seed", str(seed), "--out", "OUT"]
+    return argv + (["--skull-stripped"] if request.skull_stripped else []) + (
+        ["--skip-modality-check"] if request.skip_modality_check else []) + ["--seed", str(seed), "--out", "OUT"]
 
 
 def synthesize(request: SynthesisRequest, progress: Progress | None = None) -> Synthesis:
@@ -270,8 +303,13 @@ def synthesize(request: SynthesisRequest, progress: Progress | None = None) -> S
     arrays = [sitk.GetArrayFromImage(im) for im in images]
     value_range = [(float(a.min()), float(a.max())) for a in arrays]
     spacing = tuple(float(s) for s in images[0].GetSpacing())
+    if not request.skip_modality_check:
+        from DiffusionAnomalyLib.detection.intensity import check_modality
+
+        check_modality(arrays[0], preset.modality, request.images[0])
     organ = masks.union()
-    map_labels = _map_labels(request, images[0], organ) if request.lesion_map else None
+    structures = {m.structure: sitk.GetArrayViewFromImage(m.image) > 0 for m in masks.masks}
+    map_labels = _map_labels(request, images[0], organ, structures) if request.lesion_map else None
     o = request.options
     inputs = [{"path": str(Path(p).resolve()), "sha256": _sha256(p)} for p in request.input_paths()]
     stem, cases, records, rows = _stem(request.images[0]), [], [], []

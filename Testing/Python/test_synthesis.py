@@ -237,6 +237,45 @@ def test_lesion_map_problems_are_refused(healthy, tmp_path, capsys):
     _bad(healthy, tmp_path, capsys, ["--lesion-map", str(corner), "--shape", "sphere"], "--shape")
     missing = str(tmp_path / "missing.nii.gz")
     _bad(healthy, tmp_path, capsys, ["--lesion-map", missing], "missing.nii.gz: file not found")
+    # the hostile rerun of issue 38: a map that is the scan, the whole kidney, or mostly outside it
+    _bad(healthy, tmp_path, capsys, ["--lesion-map", str(healthy / "ct.nii.gz")], "lies mostly outside the kidney")
+    whole = healthy / "segmentations" / "kidney_left.nii.gz"
+    _bad(healthy, tmp_path, capsys, ["--lesion-map", str(whole)], "covers 100 % of kidney_left (at most 50 %)")
+    kidney = _arr(whole) > 0
+    mostly = ndimage.binary_dilation(kidney & (ndimage.distance_transform_edt(kidney) < 2), iterations=4) & ~kidney
+    mostly[tuple(np.argwhere(kidney)[0])] = True  # one voxel inside, touching the shell
+    shell = write_volume(make_image(mostly.astype(np.uint8), ref.GetSpacing(), ref.GetOrigin()), tmp_path / "s.nii.gz")
+    _bad(healthy, tmp_path, capsys, ["--lesion-map", str(shell)], "lies mostly outside the kidney mask")
+    _bad(healthy, tmp_path, capsys, ["--lesion-map", ""], "--lesion-map: an empty path")
+
+
+def test_a_map_partly_outside_the_organ_is_cut_to_it(healthy, tmp_path):
+    """The truth never lies outside the organ mask detection uses: a painted region is cut to the organ."""
+    kidney = _arr(healthy / "segmentations" / "kidney_left.nii.gz") > 0
+    depth = ndimage.distance_transform_edt(kidney)
+    edge = np.argwhere((depth > 2.5) & (depth <= 3.5))[0]
+    ball = np.zeros(kidney.shape, bool)
+    ball[tuple(slice(max(c - 4, 0), c + 5) for c in edge)] = True
+    assert (ball & kidney).sum() >= 0.5 * ball.sum() and (ball & ~kidney).any()
+    ref = sitk.ReadImage(str(healthy / "ct.nii.gz"))
+    painted = write_volume(make_image(ball.astype(np.uint8), ref.GetSpacing(), ref.GetOrigin(), ref.GetDirection()),
+                           tmp_path / "painted.nii.gz")
+    found = synthesize(SynthesisRequest(images=(str(healthy / "ct.nii.gz"),), organ="kidney", out=str(tmp_path / "s"),
+                                        totalseg=str(healthy / "segmentations"), lesion_map=str(painted)))
+    truth = _arr(found.cases[0] / "lesions.nii.gz") > 0
+    assert truth.any() and not (truth & ~kidney).any() and truth.sum() == (ball & kidney).sum()
+
+
+def test_a_scan_of_the_wrong_modality_or_a_kidney_without_its_mask_is_refused(healthy, tmp_path, capsys):
+    rc = main(["synthesize", "--organ", "kidney", "--input", str(healthy / "ct.nii.gz"), "--skull-stripped", "--out",
+               str(tmp_path / "o")])
+    assert rc == 2 and "--skull-stripped is for a skull-stripped brain" in capsys.readouterr().err
+    mr = sitk.Cast(sitk.ReadImage(str(healthy / "ct.nii.gz")), sitk.sitkFloat32) + 1100.0  # no voxel below -200
+    scan = write_volume(mr, tmp_path / "mr.nii.gz")
+    rc = main(["synthesize", "--organ", "kidney", "--input", str(scan), "--totalseg", str(healthy / "segmentations"),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "does not look like CT in Hounsfield units" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_out_inside_the_input_folder_is_refused(healthy, capsys):

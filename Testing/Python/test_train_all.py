@@ -96,6 +96,7 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     assert main([*argv, "--from-stage", "bundle", "--name", "renamed", "--version", "9.9.9"]) == 0
     assert (read_meta(out).name, read_meta(out).version) == ("renamed", "9.9.9")
     # --synthesizer (issue 38) adds the lesion synthesizer to the same bundle: one more stage, the rest kept
+    (out / "my notes.txt").write_text("mine")  # a user's file in --out: never removed
     capsys.readouterr()
     assert main([*argv, "--name", "renamed", "--version", "9.9.9", "--synthesizer", "--synthesizer-iterations",
                  "2"]) == 0
@@ -107,6 +108,7 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     assert "lesion synthesizer" in (out / "README.md").read_text()
     assert main([*argv, "--name", "renamed", "--version", "9.9.9"]) == 0  # without it: the bundle without it
     assert "synthesizer" not in read_meta(out).networks and not (out / "synthesizer.safetensors").exists()
+    assert (out / "my notes.txt").read_text() == "mine"
     # --synthetic-unhealthy (issue 38): a changed classifier stage, refused until it is redone; then padded
     padded = [*argv, "--name", "renamed", "--version", "9.9.9", "--synthetic-unhealthy", "3"]
     assert main(padded) == 2 and "--from-stage classifier" in capsys.readouterr().err
@@ -473,6 +475,35 @@ def test_padding_moves_the_training_splits_own_lesions_into_its_healthy_structur
         after = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "ct.nii.gz")))
         changed = after != before
         assert changed[lesion].mean() > 0.5 and not (changed & ~ndimage.binary_dilation(lesion, iterations=4)).any()
+    assert all(json.loads((out / r["case"] / "synthesis.json").read_text())["padding"]["donor_case"] <
+               "kidney-00005" for r in synthetic)
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("synthetic-*/ct.nii.gz")}
     padded_training_set(train, out, "kidney", 3, seed=5, progress=lambda s: None)
     assert {p: p.stat().st_mtime_ns for p in out.glob("synthetic-*/ct.nii.gz")} == stamps
+
+
+def test_a_donor_lesion_holds_only_its_own_region(tmp_path):
+    """Another lesion inside a lesion's bounding box is not part of it (the hostile rerun's L-shape)."""
+    from DiffusionAnomalyLib.training.recipe.padding import training_lesions
+
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[2, 2:10, 2] = 1
+    labels[2, 9, 2:10] = 1  # an L
+    labels[6:8, 4:6, 4:6] = 1  # a separate blob inside the L's box (not touching it)
+    (tmp_path / "c").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(tmp_path / "c" / "lesions.nii.gz"))
+    donors = training_lesions(tmp_path, [{"case": "c", "structure": "kidney_left", "label": "unhealthy"}])
+    assert sorted(int(d.mask.sum()) for d in donors) == [8, 15]
+
+
+def test_padding_or_a_synthesizer_without_lesion_labels_is_refused_before_training(data, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    shutil.copytree(data, bare)
+    for f in bare.glob("*/lesions.nii.gz"):
+        f.unlink()
+    (bare / "labels.csv").unlink()  # labels derived: every structure healthy, no lesion labelled
+    for flag in (["--synthetic-unhealthy", "2"], ["--synthesizer"]):
+        assert main(["train", "all", "--data", str(bare), "--out", str(tmp_path / "b"), *FAST, *flag,
+                     "--dry-run"]) == 2
+        assert f"{flag[0]} need(s) lesion labels" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

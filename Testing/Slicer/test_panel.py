@@ -812,6 +812,17 @@ def test_synthesize_explains_why_it_is_disabled(widget):
     pn.synthesisMethod = "paste"
     widget.updateGUI()
     assert button.enabled, button.toolTip
+    # the hostile rerun: a class of another modality, a kidney without its mask, a leftover second channel
+    for name, value, says in (("lesionKind", "mass", "The lesion class 'mass' is not one of the kidney's (CT)"),
+                              ("maskSource", "none", "The kidney needs an organ mask"),
+                              ("channel2Volume", pn.inputVolume, "The model wants 1 channel(s) (ct); 2 volume(s)")):
+        before = getattr(pn, name)
+        setattr(pn, name, value)
+        widget.updateGUI()
+        assert not button.enabled and says in button.toolTip and "--" not in button.toolTip, button.toolTip
+        setattr(pn, name, before)
+    widget.updateGUI()
+    assert button.enabled, button.toolTip
 
 
 def test_a_lesion_painted_outside_the_organ_is_refused_and_nothing_is_added(widget, monkeypatch):
@@ -828,6 +839,7 @@ def test_a_lesion_painted_outside_the_organ_is_refused_and_nothing_is_added(widg
     _pump_until(lambda: not widget.logic.running and not widget.logic.timer.isActive(), 120)
     errors = slicer_runtime.dialogs.texts("errorDisplay")
     assert len(errors) == 1 and "wholly outside the kidney mask" in errors[0], errors
+    assert "the segment 'my lesion' of 'painted lesion'" in errors[0] and "/tmp" not in errors[0]  # the user's names
     assert _node_ids() == before and pn.inputVolume.GetName() == "phantom CT"  # no detection started either
     assert widget.ui.synthesizeButton.text == "Synthesize"
 

@@ -286,8 +286,22 @@ def structure_info(masks: dict[str, sitk.Image], lesions: sitk.Image | None) -> 
 
 
 
+def _check_lesion_needs(plan: TrainAllPlan, train_counts: dict[str, int], train_lesions: int | None) -> None:
+    """``--synthetic-unhealthy`` and ``--synthesizer`` need lesion labels in the training split (padding: also healthy
+    structures): refused here, before any training, and in ``--dry-run``."""
+    needs = [flag for flag, on in (("--synthetic-unhealthy", plan.synthetic_unhealthy), ("--synthesizer",
+                                                                                           plan.synthesizer)) if on]
+    if needs and not train_lesions:
+        raise InputError(f"{' and '.join(needs)} need(s) lesion labels (lesions.nii.gz, or the layout's lesion "
+                         f"labels) in the training split; it has {train_lesions or 0} labelled lesion(s)")
+    if plan.synthetic_unhealthy and not train_counts.get("healthy"):
+        raise InputError("--synthetic-unhealthy pastes the training lesions into healthy training structures; the "
+                         "training split has none")
+
+
 def validation_sizes(members: list[str], infos: dict[str, dict], labels: dict[str, dict[str, str]]) -> dict | None:
-    """Reference lesions of the validation cases per size class (None when no case has lesion labels)."""
+    """Reference lesions of the given cases (the validation split's) per size class (None when no case has lesion
+    labels)."""
     from DiffusionAnomalyLib.detection.anomaly import SIZE_CLASSES, size_class
 
     counts = dict.fromkeys((n for n, _ in SIZE_CLASSES), 0)
@@ -464,6 +478,8 @@ def prepare(plan: TrainAllPlan, work: Path, dry_run: bool = False, progress: Cal
                             f"{'classifier' if lab == 'unhealthy' else 'denoiser and classifier'} (aim for >= "
                             f"{MIN_PER_LABEL})")
     val_sizes = validation_sizes(split["validation"], infos, case_labels)
+    train_lesions = validation_sizes(split["train"], infos, case_labels)
+    _check_lesion_needs(plan, counts["train"], None if train_lesions is None else sum(train_lesions.values()))
     from DiffusionAnomalyLib.evaluation.evaluate import MIN_LESIONS_PER_SIZE
 
     few = {k: n for k, n in (val_sizes or {}).items() if n < MIN_LESIONS_PER_SIZE}

@@ -11,6 +11,7 @@ the validation split is read, so the calibration on it stays untouched. Seeds: `
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -45,8 +46,8 @@ def training_lesions(train: Path, rows: list[dict]) -> list[Donor]:
             continue
         image = sitk.ReadImage(str(path))
         labels, n = ndimage.label(sitk.GetArrayViewFromImage(image) > 0, structure=np.ones((3, 3, 3), bool))
-        for box in ndimage.find_objects(labels):
-            part = labels[box] > 0
+        for k, box in enumerate(ndimage.find_objects(labels), start=1):
+            part = labels[box] == k  # its own region only, not another one inside its box
             donors.append(Donor(case, part, tuple(float(s) for s in image.GetSpacing())))
     return donors
 
@@ -126,6 +127,11 @@ def _synthesise(host: Path, structure: str, donors: list[Donor], organ: str, see
             images=tuple(str(p) for p in images), organ=organ, out=str(Path(tmp) / "out"),
             lesion_map=str(Path(tmp) / "lesion.nii.gz"), totalseg=str(host / "segmentations"),
             options=SynthesisOptions(method="paste", seed=seed)))
+        record = json.loads((found.cases[0] / "synthesis.json").read_text())
+        record["padding"] = {"host": host.name, "structure": structure, "donor_case": donor.case,
+                             "note": "train all --synthetic-unhealthy: the lesion map was a moved training lesion "
+                                     "(not kept); the command below cannot be rerun as it is"}
+        (found.cases[0] / "synthesis.json").write_text(json.dumps(record, indent=2) + "\n")
         if dest.exists():
             shutil.rmtree(dest)
         shutil.move(str(found.cases[0]), dest)

@@ -249,7 +249,9 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         meta.name, meta.version, meta.demo = bundle_name(plan), plan.version, plan.demo  # --from-stage bundle
         meta.record(f"train all: {meta.name} {meta.version} ({'calibrated' if sweep else 'not calibrated'}, "
                     f"{plan.preset} preset) with its model card")
-        stages.record("bundle", resolved["bundle"], 0.0, synthesizer=with_synthesizer)  # (time: negligible)
+        earlier = (stages.done.get("bundle") or {}).get("files", [])  # the files of the bundle this one replaces
+        # for the card's table (its time is negligible); "synthesizer" unknown until written, so a crash redoes it
+        stages.record("bundle", resolved["bundle"], 0.0, synthesizer=None, files=earlier)
         _card(plan, resolved, prepared, meta, stages, sweep, auc)
         with atomic_output_dir(out, replace_previous=True) as stage:
             for f in source.iterdir():
@@ -265,11 +267,11 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
                     w.writerows([c, s] for c in members)
                 w.writerows([c, "test (left out)"] for c in prepared.left_out)
             (stage / "training.md").write_text("\n".join(summary_lines(prepared, stages, auc, sweep, out)) + "\n")
-            written = {f.name for f in stage.iterdir()}
-        for f in out.iterdir():  # an earlier bundle's files this one has not (e.g. a synthesizer no longer asked for)
-            if f.is_file() and f.name not in written:
-                f.unlink()
-        stages.record("bundle", resolved["bundle"], time.perf_counter() - t0, synthesizer=with_synthesizer)
+            written = sorted(f.name for f in stage.iterdir())
+        for name in set(earlier) - set(written):  # the earlier bundle's own files this one has not (e.g. a
+            (out / name).unlink(missing_ok=True)  # synthesizer no longer asked for); nothing else in --out
+        stages.record("bundle", resolved["bundle"], time.perf_counter() - t0, synthesizer=with_synthesizer,
+                      files=written)
     else:
         progress(f"every stage is done; nothing to train ({work} holds the work files)")
     token.unlink(missing_ok=True)
