@@ -7,10 +7,13 @@ trained with and without ``train all --synthetic-unhealthy N``, both scored on t
 One ``train all`` without padding (tiny preset, ``--iterations``); its work folder is copied and the copy redone
 ``--from-stage classifier`` with ``--synthetic-unhealthy N``, so both bundles share the autoencoder and denoiser and
 differ only in the classifier's training set (the calibration runs again on the same, untouched validation split).
-Both are then evaluated on the held-out set (default: 32 varied ``incidental`` phantoms, seeds 1000-1031), paired by
-case: Wilcoxon signed-rank on per-case Dice and lesion F1, recall by size class at the calibrated operating point,
-false positives per kidney, the median baseline beside. Restartable: finished steps are skipped. Prints one JSON
-object.
+Both classifiers' AUC (healthy against unhealthy structures, t = 0, 250, 500) is measured on the held-out set
+(default: 32 varied ``incidental`` phantoms, seeds 1000-1031): padding acts on detection only through classifier
+guidance. When either calibration chose guidance (s > 0), both bundles are evaluated there, paired by case:
+Wilcoxon signed-rank on per-case Dice and lesion F1, recall by size class at the calibrated operating point,
+false positives per kidney, the median baseline beside; when both run unguided (s = 0: a classifier near chance
+on validation is never used) their maps are identical and that is reported instead. Restartable: finished steps
+are skipped. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -95,12 +98,9 @@ def main() -> int:
             shutil.copytree(w / "plain.work", w / "padded.work", symlinks=True)
         da("train", "all", "--out", w / "padded", *common, "--synthetic-unhealthy", a.synthetic,
            "--from-stage", "classifier")
-    for name in ("plain", "padded"):
-        if not (w / f"eval-{name}" / "report" / "summary.json").is_file():
-            da("evaluate", "--data", held_out, "--bundle", w / name, "--out", w / f"eval-{name}", "--device", "cpu",
-               "--overwrite")
-    plain, padded = per_case(w / "eval-plain"), per_case(w / "eval-padded")
-    summaries = {n: json.loads((w / f"eval-{n}" / "report" / "summary.json").read_text()) for n in ("plain", "padded")}
+    from DiffusionAnomalyLib.models.bundle import read_meta
+    from DiffusionAnomalyLib.training.recipe.stages import validation_auc
+
     with open(w / "data" / "train" / "labels.csv") as f:
         labels = [r["label"] for r in csv.DictReader(f)]
     result = {
@@ -108,10 +108,25 @@ def main() -> int:
                      "healthy_structures": labels.count("healthy"), "synthetic_unhealthy": a.synthetic,
                      "iterations": a.iterations, "validation_cases": a.validation},
         "held_out": str(held_out),
+        "classifier_auc_held_out": {n: validation_auc(w / n, held_out, w / f"auc-{n}", "cpu")
+                                    for n in ("plain", "padded")},
+        "guidance": {n: read_meta(w / n).recommended.get("guidance") for n in ("plain", "padded")},
+    }
+    if not any(result["guidance"].values()):
+        result["detection"] = "both bundles run unguided (s = 0): the same maps, the same detections"
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    for name in ("plain", "padded"):
+        if not (w / f"eval-{name}" / "report" / "summary.json").is_file():
+            da("evaluate", "--data", held_out, "--bundle", w / name, "--out", w / f"eval-{name}", "--device", "cpu",
+               "--overwrite")
+    plain, padded = per_case(w / "eval-plain"), per_case(w / "eval-padded")
+    summaries = {n: json.loads((w / f"eval-{n}" / "report" / "summary.json").read_text()) for n in ("plain", "padded")}
+    result.update({
         "padded_vs_plain": {"dice": paired(plain, padded, "dice"), "lesion_f1": paired(plain, padded, "f1")},
         "found_by_size": {n: by_size(w / f"eval-{n}") for n in ("plain", "padded")},
         "summary": {n: {k: s.get(k) for k in ("model", "baseline") if k in s} for n, s in summaries.items()},
-    }
+    })
     print(json.dumps(result, indent=2, default=str))
     return 0
 
