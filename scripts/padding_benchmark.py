@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SEED, VAL_SEED, HELD_OUT_SEED = 400000, 500, 1000
 
@@ -60,6 +62,41 @@ def paired(a: dict[str, dict], b: dict[str, dict], key: str) -> dict:
     if len(nonzero) >= 5:
         out["p_two_sided"] = round(float(wilcoxon(nonzero).pvalue), 4)
     return out
+
+
+def held_out_scores(bundle: Path, data: Path, work: Path) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """p(unhealthy) of each held-out structure at t = 0, 250, 500 (the noise of the validation AUC), and the labels."""
+    import torch
+
+    from DiffusionAnomalyLib.models.bundle import load_bundle
+    from DiffusionAnomalyLib.models.diffusion.schedule import NoiseSchedule
+    from DiffusionAnomalyLib.training.classifier import p_unhealthy_at_levels
+    from DiffusionAnomalyLib.training.denoiser import latents_for
+
+    b = load_bundle(bundle, device="cpu", manifest=None)
+    d, lat = latents_for(b, str(data), work, "cpu", ("healthy", "unhealthy"))
+    z = torch.from_numpy(lat * float(b.meta.latent.get("scale_factor", 1.0)))
+    return p_unhealthy_at_levels(b.networks["classifier"], z, NoiseSchedule(**b.meta.schedule), "cpu"), d.labels
+
+
+def paired_auc_test(a: np.ndarray, b: np.ndarray, y: np.ndarray, permutations: int = 10000) -> dict:
+    """AUC of b minus AUC of a on the same structures, with a two-sided paired permutation p-value (each
+    structure's two scores swapped at random; ranks per classifier, so the scales need not match)."""
+    from scipy.stats import rankdata
+
+    from DiffusionAnomalyLib.evaluation.metrics import voxel_auroc
+
+    ra, rb = rankdata(a) / len(a), rankdata(b) / len(b)
+    observed = voxel_auroc(rb, y) - voxel_auroc(ra, y)
+    rng = np.random.default_rng(0)
+    count = 0
+    for _ in range(permutations):
+        swap = rng.random(len(y)) < 0.5
+        diff = voxel_auroc(np.where(swap, ra, rb), y) - voxel_auroc(np.where(swap, rb, ra), y)
+        count += abs(diff) >= abs(observed) - 1e-12
+    return {"auc_a": round(voxel_auroc(a, y), 4), "auc_b": round(voxel_auroc(b, y), 4),
+            "difference": round(float(observed), 4), "p_two_sided": round((count + 1) / (permutations + 1), 4),
+            "structures": int(len(y)), "unhealthy": int(np.sum(y))}
 
 
 def by_size(folder: Path) -> dict[str, str]:
@@ -112,6 +149,10 @@ def main() -> int:
                                     for n in ("plain", "padded")},
         "guidance": {n: read_meta(w / n).recommended.get("guidance") for n in ("plain", "padded")},
     }
+    scores = {n: held_out_scores(w / n, held_out, w / f"auc-{n}") for n in ("plain", "padded")}
+    y = scores["plain"][1]
+    result["classifier_auc_padded_vs_plain"] = {
+        str(t): paired_auc_test(scores["plain"][0][t], scores["padded"][0][t], y) for t in scores["plain"][0]}
     if not any(result["guidance"].values()):
         result["detection"] = "both bundles run unguided (s = 0): the same maps, the same detections"
         print(json.dumps(result, indent=2, default=str))
