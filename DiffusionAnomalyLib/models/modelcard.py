@@ -49,6 +49,23 @@ def _table(d: dict) -> list[str]:
     return rows
 
 
+def _synthesizer_section(meta: BundleMeta) -> list[str]:
+    """The lesion synthesizer's section (bundles that have one: ``train synthesizer``, ``train all --synthesizer``)."""
+    if not (meta.networks or {}).get("synthesizer"):
+        return []
+    st = (meta.extra or {}).get("synthesizer_training", {})
+    best, first = st.get("best_val_l1"), st.get("first_val_l1")
+    rows = {"use": "synthesize --method diffusion only (lesions inpainted from a lesion map); detection never loads it",
+            "network": f"SPADE latent denoiser ({json.dumps(meta.networks['synthesizer'])}), conditioned on the "
+                       f"lesion share per latent voxel; map dropout {st.get('map_dropout')} (classifier-free guidance)",
+            "training": f"{st.get('iterations')} iterations on {st.get('train_latents')} latents "
+                        f"({st.get('train_latents_with_lesions')} with lesions), {st.get('val_latents')} validating",
+            "validation L1 on the noise": f"{'n/a' if first is None else f'{first:.4f}'} first, "
+                                          f"{'n/a' if best is None else f'{best:.4f}'} best",
+            "realism": "not part of this card: see docs/evaluation.md (classifier AUROC, Frechet distance)"}
+    return ["", "## Lesion synthesizer", "", *_table(rows)]
+
+
 def render(meta: BundleMeta) -> str:
     rec = meta.recommended
     status = ("**DEMO model, trained on synthetic phantoms only. Research software, not a medical device: not for "
@@ -89,6 +106,7 @@ def render(meta: BundleMeta) -> str:
     lines += _table(meta.training_data) if isinstance(meta.training_data, dict) else [meta.training_data]
     lines += ["", "## Evaluation", ""]
     lines += _table(meta.evaluation) if meta.evaluation else ["Not evaluated."]
+    lines += _synthesizer_section(meta)
     if meta.changelog:
         lines += ["", "## Changelog", "", "| version | date | change |", "|---|---|---|"]
         lines += [f"| {e['version']} | {e['date']} | {e['change'].replace('|', '/')} |" for e in meta.changelog]

@@ -105,7 +105,7 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
     meta = read_meta(out)
     assert set(load_bundle(out, manifest=None, parts=("synthesizer",)).networks) == {"synthesizer"}
     assert meta.recommended == rec and meta.extra["synthesizer_training"]["iterations"] == 2
-    assert "lesion synthesizer" in (out / "README.md").read_text()
+    assert "## Lesion synthesizer" in (out / "README.md").read_text()  # its card section
     assert main([*argv, "--name", "renamed", "--version", "9.9.9"]) == 0  # without it: the bundle without it
     assert "synthesizer" not in read_meta(out).networks and not (out / "synthesizer.safetensors").exists()
     assert (out / "my notes.txt").read_text() == "mine"

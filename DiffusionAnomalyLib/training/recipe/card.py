@@ -79,14 +79,6 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
                          if resolved["classifier"].get("synthetic_unhealthy") else "")
                       + f"; {_precision(meta, 'classifier')}",
     }
-    if "synthesizer" in resolved:  # --synthesizer
-        st = (meta.extra or {}).get("synthesizer_training", {})
-        best = st.get("best_val_l1")
-        meta.training_data["lesion synthesizer"] = (
-            f"{resolved['synthesizer']['network']}, {st.get('iterations')} iterations on {st.get('train_latents')} "
-            f"training latents ({st.get('train_latents_with_lesions')} with lesions), best validation L1 "
-            f"{'n/a' if best is None else f'{best:.4f}'}, map dropout {st.get('map_dropout')}; used only by "
-            "synthesize --method diffusion, never by detection")
     ev = {"data": f"the validation split: {len(prepared.cases['validation'])} cases training never saw; the operating "
                   "point was chosen on them, so these figures are optimistic: evaluate on held-out cases",
           "classifier_auc": ", ".join(f"t = {k}: {'n/a' if v is None else f'{v:.3f}'}" for k, v in auc.items()),
