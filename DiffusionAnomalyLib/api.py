@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.options import typed_fields
+from DiffusionAnomalyLib.options import scan_input_problems, typed_fields
 from DiffusionAnomalyLib.progress import Progress
 from DiffusionAnomalyLib.settings import ORGANS, WEAK_CLASSIFIER_AUC, RunSettings
 
@@ -95,16 +95,8 @@ class DetectRequest:
             out.append("the hybrid weight combines a bundle's map with the baseline's: the baseline alone takes none")
         if not self.baseline and not self.bundle and not self.organ:
             out.append("run needs --bundle, or --organ to use the best installed bundle for that organ")
-        if sum(map(bool, (self.mask, self.totalseg, self.skull_stripped))) > 1:
-            out.append("give one organ-mask source: a mask, TotalSegmentator's output or skull-stripped")
-        if self.skull_stripped and self.organ not in (None, "brain"):
-            out.append(f"--skull-stripped is for a skull-stripped brain: the {self.organ} needs its organ mask "
-                       "(--mask, --totalseg, or TotalSegmentator)")
-        flags = {"out": "--out", "bundle": "--bundle", "mask": "--mask", "totalseg": "--totalseg",
-                 "settings_file": "--settings"}
-        out += [f"{flag}: an empty path" for name, flag in flags.items() if getattr(self, name) == ""]
-        if any(not str(p).strip() for p in self.images):
-            out.append("--input: an empty path")
+        out += scan_input_problems(self, {"out": "--out", "bundle": "--bundle", "mask": "--mask",
+                                          "totalseg": "--totalseg", "settings_file": "--settings"})
         if self.mask_label is not None and not self.mask:
             other = ("--totalseg" if self.totalseg else "--skull-stripped" if self.skull_stripped
                      else "TotalSegmentator")

@@ -341,3 +341,18 @@ def _json_word(kind: Any, optional: bool) -> str:
     word = {str: "a string", bool: "true or false", int: "a whole number", float: "a number",
             tuple: "a list of strings", dict: "a JSON object"}.get(origin, str(kind))
     return word + (" or null" if optional else "")
+
+
+def scan_input_problems(request: Any, flags: dict[str, str]) -> list[str]:
+    """What the requests that read a scan with its organ mask (``run``/``baseline``, ``synthesize``) refuse alike: an
+    empty path in ``images`` or in a field of ``flags`` (field -> its option), more than one organ-mask source, and
+    ``skull_stripped`` for another organ than the brain (``organ`` None: not known yet)."""
+    out = [f"{flag}: an empty path" for name, flag in flags.items() if getattr(request, name) == ""]
+    if any(not str(p).strip() for p in request.images):
+        out.append("--input: an empty path")
+    if sum(map(bool, (request.mask, request.totalseg, request.skull_stripped))) > 1:
+        out.append("give one organ-mask source: a mask, TotalSegmentator's output or skull-stripped")
+    if request.skull_stripped and request.organ not in (None, "brain"):
+        out.append(f"--skull-stripped is for a skull-stripped brain: the {request.organ} needs its organ mask "
+                   "(--mask, --totalseg, or TotalSegmentator)")
+    return out

@@ -229,22 +229,12 @@ class SceneRun(WorkerRun):
             raise InputError(problem)
 
     def _prepare(self, tmp: Path):
-        from DiffusionAnomalyLib.imaging.io import write_volume
-        from DiffusionAnomalyLib.slicer_module import scene as scene_adapter
-
-        inputs = []
-        for i, node in enumerate(self.input_nodes):
-            inputs.append(write_volume(scene_adapter.image_from_volume_node(node), tmp / f"input{i}.nii.gz",
-                                       compress=False))
-        mask = None
-        if self.request.mask_source == "segmentation":
-            if self.mask_segmentation is None:
-                raise InputError(f"No organ mask for the {self.request.organ}: choose a segmentation with the "
-                                 "organ, or let TotalSegmentator make one.")
-            mask_image = scene_adapter.mask_from_segments(self.scene, self.mask_segmentation,
-                                                          self.mask_segment_ids, self.input_nodes[0])
-            # one label: the worker splits paired organs (kidneys) into left and right itself
-            mask = write_volume(mask_image > 0, tmp / "mask.nii.gz", compress=False)
+        segmentation = self.request.mask_source == "segmentation"
+        if segmentation and self.mask_segmentation is None:
+            raise InputError(f"No organ mask for the {self.request.organ}: choose a segmentation with the organ, or "
+                             "let TotalSegmentator make one.")
+        inputs, mask = self._write_inputs(tmp, self.input_nodes, self.mask_segmentation if segmentation else None,
+                                          self.mask_segment_ids)
         self.settings = self.request.run_settings()  # resolved once; the worker and the nodes get this
         return self.request.detect_request(inputs, self.output_dir or tmp / "out", mask)
 

@@ -46,10 +46,10 @@ def problems(pn) -> list[str]:
 
     first = scene.volume_node_problem(pn.inputVolume)
     out = [first] if first else []
-    python = worker_python(pn)[0]
-    if not python:
+    request = request_from_parameters(pn)
+    if not request.python:
         out.append("No Python interpreter for the worker was found; set 'Python for the worker'.")
-    out += request_from_parameters(pn).problems()
+    out += request.problems()
     segment = lesion_segment_problem(pn.lesionSegmentation, pn.lesionSegmentId)
     out += [segment] if segment else []
     if pn.maskSource == "totalsegmentator":

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.slicer_module.scene_run import BASELINE, MASK_SOURCES, cached_meta
+from DiffusionAnomalyLib.slicer_module.scene_run import BASELINE, MASK_SOURCES, _sentence, cached_meta
 from DiffusionAnomalyLib.slicer_module.worker_run import WorkerRun
 
 #: The lesion-class choice that leaves the class to the seed.
@@ -102,11 +102,6 @@ class LesionRequest:
             skull_stripped=self.mask_source == "none", options=self.options())
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return (text[:1].upper() + text[1:]).rstrip(".") + "."
-
-
 def lesion_segment_problem(segmentation, segment_id: str) -> str:
     """Why the chosen lesion segment cannot be used ("" when it can); reads no voxels."""
     if segmentation is None:
@@ -161,12 +156,9 @@ class SceneSynthesis(WorkerRun):
         from DiffusionAnomalyLib.slicer_module import scene as adapter
 
         reference = self.input_nodes[0]
-        images = [write_volume(adapter.image_from_volume_node(node), tmp / f"input{i}.nii.gz", compress=False)
-                  for i, node in enumerate(self.input_nodes)]
-        mask = None
-        if self.request.mask_source == "segmentation":
-            organ = adapter.mask_from_segments(self.scene, self.mask_segmentation, self.mask_segment_ids, reference)
-            mask = write_volume(organ > 0, tmp / "mask.nii.gz", compress=False)
+        images, mask = self._write_inputs(tmp, self.input_nodes, self.mask_segmentation
+                                          if self.request.mask_source == "segmentation" else None,
+                                          self.mask_segment_ids)
         lesion = adapter.mask_from_segments(self.scene, self.lesion_segmentation, [self.lesion_segment_id], reference,
                                             what="lesion segment")
         lesion_map = write_volume(lesion > 0, tmp / "lesion.nii.gz", compress=False)

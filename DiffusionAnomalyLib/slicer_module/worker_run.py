@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def worker_environment(own: bool) -> dict[str, str]:
     return child_environment(own, startup)
 
 
-class WorkerRun:
+class WorkerRun(ABC):
     """One worker job from scene nodes to results in the scene. Poll it until :attr:`finished`.
 
     Subclasses say what is wrong before anything is written (:meth:`_check`), write the inputs and build the
@@ -67,16 +68,31 @@ class WorkerRun:
         self.aliases: dict[str, str] = {}
 
     # -- what a job defines ------------------------------------------------------------------------------------------
+    @abstractmethod
     def _check(self) -> None:
         """Raise :class:`~DiffusionAnomalyLib.errors.InputError` when the job cannot start (nothing written yet)."""
 
+    @abstractmethod
     def _prepare(self, tmp: Path):
         """Write the inputs into ``tmp``; return the worker's request."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _add_to_scene(self, result: dict) -> None:
         """Add a successful result to the scene; on failure undo what was added and raise."""
-        raise NotImplementedError
+
+    def _write_inputs(self, tmp: Path, nodes: list, mask_segmentation, mask_segment_ids: list[str]
+                      ) -> tuple[list[Path], Path | None]:
+        """The volume nodes as ``tmp/input<i>.nii.gz`` and, when ``mask_segmentation`` is given, its organ segments as
+        one label ``tmp/mask.nii.gz`` on the first volume's grid (the worker splits paired organs itself)."""
+        from DiffusionAnomalyLib.imaging.io import write_volume
+        from DiffusionAnomalyLib.slicer_module import scene as adapter
+
+        images = [write_volume(adapter.image_from_volume_node(node), tmp / f"input{i}.nii.gz", compress=False)
+                  for i, node in enumerate(nodes)]
+        if mask_segmentation is None:
+            return images, None
+        organ = adapter.mask_from_segments(self.scene, mask_segmentation, mask_segment_ids, nodes[0])
+        return images, write_volume(organ > 0, tmp / "mask.nii.gz", compress=False)
 
     # -- the engine --------------------------------------------------------------------------------------------------
     def start(self) -> None:

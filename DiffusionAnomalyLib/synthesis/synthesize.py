@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from DiffusionAnomalyLib import __version__
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.options import MAX_SEED
+from DiffusionAnomalyLib.options import MAX_SEED, scan_input_problems
 from DiffusionAnomalyLib.options import problems as option_problems
 from DiffusionAnomalyLib.progress import Progress
 from DiffusionAnomalyLib.settings import ORGANS
@@ -81,11 +81,8 @@ class SynthesisRequest:
         out = [] if self.images else ["no input image given"]
         if not self.out:
             out.append("no output folder given")
-        flags = {"out": "--out", "lesion_map": "--lesion-map", "bundle": "--bundle", "mask": "--mask",
-                 "totalseg": "--totalseg"}
-        out += [f"{flag}: an empty path" for name, flag in flags.items() if getattr(self, name) == ""]
-        if any(not str(p).strip() for p in self.images):
-            out.append("--input: an empty path")
+        out += scan_input_problems(self, {"out": "--out", "lesion_map": "--lesion-map", "bundle": "--bundle",
+                                          "mask": "--mask", "totalseg": "--totalseg"})
         if self.organ not in ORGANS:
             return [*out, f"unknown organ {self.organ!r}; choose one of {', '.join(ORGANS)}"]
         out += option_problems(o)
@@ -103,11 +100,6 @@ class SynthesisRequest:
             out.append("--kind is for --method paste; the synthesizer draws the lesion from its map")
         if self.lesion_map and any(v is not None for v in (o.shape, o.diameter_mm, o.structure)):
             out.append("--lesion-map gives the lesion: --shape, --diameter-mm and --structure are for a drawn lesion")
-        if self.skull_stripped and self.organ != "brain":
-            out.append(f"--skull-stripped is for a skull-stripped brain: the {self.organ} needs its organ mask "
-                       "(--mask, --totalseg, or TotalSegmentator)")
-        if sum(map(bool, (self.mask, self.totalseg, self.skull_stripped))) > 1:
-            out.append("give one organ-mask source: a mask, TotalSegmentator's output or skull-stripped")
         if self.mask_label is not None and not self.mask:
             out.append("--mask-label applies to --mask only")
         if isinstance(o.seed, int) and isinstance(o.count, int) and o.seed + o.count - 1 > MAX_SEED:
@@ -202,15 +194,15 @@ def _map_labels(request: SynthesisRequest, reference: sitk.Image, organ: np.ndar
 
 
 def _variant(request: SynthesisRequest, seed: int, images: list[sitk.Image], arrays: list[np.ndarray], preset, masks,
-             spacing: tuple[float, float, float], map_labels: np.ndarray | None, value_range, bundle=None,
+             by_name: dict[str, np.ndarray], organ: np.ndarray, spacing: tuple[float, float, float],
+             map_labels: np.ndarray | None, value_range, bundle=None,
              progress: Callable[[int, int], None] | None = None) -> tuple:
-    """One variant: (output arrays, lesion labels, record); ``progress(done, total)`` follows the sampler."""
+    """One variant: (output arrays, lesion labels, record). ``by_name``: each structure's mask, ``organ`` their
+    union (computed once for all variants); ``progress(done, total)`` follows the sampler."""
     from DiffusionAnomalyLib.synthetic.base import _diameter
 
     o = request.options
     rng = np.random.default_rng(seed)
-    by_name = {m.structure: sitk.GetArrayViewFromImage(m.image) > 0 for m in masks.masks}
-    organ = np.logical_or.reduce(list(by_name.values()))
     drawn: dict[str, Any] = {}
     if map_labels is not None:
         labels = map_labels
@@ -320,8 +312,8 @@ def synthesize(request: SynthesisRequest, progress: Progress | None = None) -> S
                 if progress:
                     progress("synthesize", k * per + min(done, per), o.count * per)
 
-            out, labels, record = _variant(request, seed, images, arrays, preset, masks, spacing, map_labels,
-                                           value_range, bundle, step)
+            out, labels, record = _variant(request, seed, images, arrays, preset, masks, structures, organ, spacing,
+                                           map_labels, value_range, bundle, step)
             step(per, per)
             name = f"{stem}-{o.method}-{seed}"
             folder = stage / name
