@@ -45,9 +45,11 @@ $(SLICER_VENV)/.installed: $(SLICER_BIN)/python Testing/Slicer/requirements.txt
 demo: setup
 	$(BIN)/diffusion-anomaly demo --organ kidney --out demo-output
 
-## test: the whole test suite (what CI runs) plus the linter
+## test: the whole test suite (what CI runs) plus the linter; the library's tests in TEST_WORKERS processes
+## (pytest-xdist, one test file per process at a time), the Slicer side's two layers side by side
+TEST_WORKERS ?= 2
 test: setup-test
-	@$(BIN)/python -m pytest -q Testing/Python; rc=$$?; \
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile Testing/Python; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; exit $$rc
 	@$(MAKE) --no-print-directory test-slicer
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing
@@ -56,14 +58,17 @@ test: setup-test
 ## Slicer Python layer (SLICER_LAYERS, DA_SLICER_LAYER: 5.12.3 and 5.10.0, the oldest supported);
 ## DA_WORKER_PYTHON is the full environment's Python, for tests that run the real worker
 SLICER_LAYERS ?= 5.12.3 5.10.0
+## The layers run side by side (each mostly keeps one core busy); each one's output is printed when all have ended.
 test-slicer: $(SLICER_VENV)/.installed $(VENV)/.installed
-	@rc=0; for layer in $(SLICER_LAYERS); do \
-	  echo "== the Slicer side on Slicer $$layer's Python layer"; \
-	  DA_SLICER_LAYER=$$layer DA_WORKER_PYTHON=$(abspath $(BIN)/python) QT_QPA_PLATFORM=offscreen \
-	    $(SLICER_BIN)/python -m pytest -q -p no:cacheprovider Testing/Slicer; r=$$?; \
-	  if [ $$r -eq 5 ]; then echo "pytest collected no tests: the Slicer suite is broken" >&2; fi; \
-	  if [ $$r -ne 0 ]; then rc=$$r; fi; \
-	done; exit $$rc
+	@logs=$$(mktemp -d); for layer in $(SLICER_LAYERS); do \
+	  ( DA_SLICER_LAYER=$$layer DA_WORKER_PYTHON=$(abspath $(BIN)/python) QT_QPA_PLATFORM=offscreen \
+	    $(SLICER_BIN)/python -m pytest -q -p no:cacheprovider Testing/Slicer >"$$logs/$$layer.log" 2>&1; \
+	    echo $$? >"$$logs/$$layer.rc" ) & \
+	done; wait; rc=0; for layer in $(SLICER_LAYERS); do \
+	  echo "== the Slicer side on Slicer $$layer's Python layer"; cat "$$logs/$$layer.log"; r=$$(cat "$$logs/$$layer.rc"); \
+	  if [ "$$r" = 5 ]; then echo "pytest collected no tests: the Slicer suite is broken" >&2; fi; \
+	  if [ "$$r" != 0 ]; then rc=$$r; fi; \
+	done; rm -rf "$$logs"; exit $$rc
 
 ## demo-models: the demo bundles, each made by `diffusion-anomaly train all` on phantoms, installed into Resources/Models (restartable; hours per organ on 2 CPU cores; ORGANS=kidney, SMOKE=1: see scripts/demo_models.sh)
 demo-models: setup
