@@ -26,6 +26,9 @@ ORGANS = ("kidney", "liver", "brain")
 SAMPLERS = ("ddpm", "ddim", "inpaint", "dpmpp", "dpmpp-sde")
 #: The samplers that encode by DDIM inversion and denoise deterministically: one reconstruction whatever the seed.
 DETERMINISTIC_SAMPLERS = ("ddim", "dpmpp")
+#: The fast default of the deterministic path: the fewest DPM-Solver++ steps whose heatmap agreed with DDIM-50's
+#: (scripts/sampler_agreement.py, docs/performance.md), at the fast precision. ``bench --fast-default`` times it.
+FAST_DEFAULT = {"sampler": "dpmpp", "steps": 20, "precision": "auto"}
 DEVICES = ("auto", "cuda", "cpu")
 REFERENCES = ("input", "autoencoder")
 #: Network precision: auto = bfloat16 autocast where the hardware runs it natively (docs/performance.md), else

@@ -350,6 +350,10 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     be.add_argument("--agreement", action="store_true",
                     help="also run demo's case (kidney phantom 1000, the shipped kidney-demo bundle) at fp32 and at "
                          "the other precisions: heatmap differences and whether the lesion tables are identical")
+    be.add_argument("--fast-default", action="store_true",
+                    help="per size, also time the fast default (DPM-Solver++ 20 steps, precision auto: the fewest "
+                         "steps that agreed with DDIM-50, docs/performance.md) at the largest --guidance-values and "
+                         "--rois, with its speedup over the first precision's DDIM row")
     be.add_argument("--synthesize", action="store_true",
                     help="also time one lesion of synthesize --method diffusion (one kidney ROI, tiny presets, 50 "
                          "steps, 2 resampling jumps, map guidance 1), per device and precision")

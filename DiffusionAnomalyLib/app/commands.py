@@ -290,7 +290,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = run_bench(sizes=args.sizes, devices=args.devices, steps=args.steps, repeats=args.repeats,
                        reference=not args.no_reference, methods=args.samplers, guidance=args.guidance_values,
                        rois=args.rois, precisions=tuple(args.precisions), network_time=not args.no_network_time,
-                       agreement=demo_case_agreement if args.agreement else None, synthesize=args.synthesize)
+                       agreement=demo_case_agreement if args.agreement else None, synthesize=args.synthesize,
+                       fast_default=args.fast_default)
     text = json.dumps(report, indent=2)
     if args.out:
         write_text_atomic(args.out, text + "\n")

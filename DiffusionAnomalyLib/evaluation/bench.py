@@ -51,7 +51,7 @@ from DiffusionAnomalyLib.models.precision import (
     parallel_guidance,
     resolve_precision,
 )
-from DiffusionAnomalyLib.settings import DETERMINISTIC_SAMPLERS
+from DiffusionAnomalyLib.settings import DETERMINISTIC_SAMPLERS, FAST_DEFAULT
 
 SIZES = {
     "demo": {"denoiser": "tiny", "latent": (4, 16, 12, 12)},
@@ -324,17 +324,18 @@ def synthesize_time(device: torch.device, precision: str, steps: int = 50, jumps
 def run_bench(sizes=("demo", "thesis-kidney"), devices=None, steps: int = 50, repeats: int = 1,
               reference: bool = True, methods=("ddpm", "ddim"), guidance=(0.0, GUIDANCE_ON),
               rois=(1, 2), precisions=("fp32", "auto"), network_time: bool = True,
-              agreement=None, synthesize: bool = False) -> dict:
+              agreement=None, synthesize: bool = False, fast_default: bool = False) -> dict:
     """Every configuration at every precision, side by side in one run; returns the JSON-able report (environment
     with the convolution rates of :func:`conv_rate`, rows, a ``comparison`` per configuration: fp32 against the fast
     path and MONAI's loop, and, with ``agreement``, the fast path's heatmap and lesion table against fp32 on the demo
-    case).
+    case); with ``fast_default``, per size one more row: ``settings.FAST_DEFAULT`` at the largest guidance and ROI
+    count, and its speedup over the first precision's DDIM row in ``fast_default``.
 
     MONAI's reference loop runs once per configuration, with the networks at the first precision listed (fp32 by
     default)."""
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows, comparison, agreements, rates = [], [], [], {}
+    rows, comparison, agreements, rates, fast = [], [], [], {}, []
     for dev_name in devices:
         device = torch.device(dev_name)
         conv_rates = {r: round(conv_rate(device, r), 1) for r in sorted({resolve_precision(p, device)
@@ -360,6 +361,10 @@ def run_bench(sizes=("demo", "thesis-kidney"), devices=None, steps: int = 50, re
                         two = [r for r in rows if _same(r, size, dev_name, prec, method, g, 2)]
                         if one and two:
                             two[0]["batch_speedup"] = round(one[0]["seconds"] * 2 / two[0]["seconds"], 3)
+            if fast_default:
+                fast.append(_fast_default_row(size, device, max(guidance), max(rois), nets, network_time,
+                                              conv_rates, rows, precisions[0], steps))
+                rows.append(fast[-1])
             del nets
         if agreement:  # app.diagnostics.demo_case_agreement (a detection run, from the application layer)
             agreements.append(agreement(device, [p for p in precisions if p != "fp32"] or ["auto"]))
@@ -367,11 +372,29 @@ def run_bench(sizes=("demo", "thesis-kidney"), devices=None, steps: int = 50, re
     env["conv_rate_gflop_per_s"] = rates
     env["conv_probe"] = dict(CONV_PROBE)
     report = {"environment": env, "results": rows, "comparison": comparison}
+    if fast_default:
+        report["fast_default"] = [{k: r[k] for k in ("size", "device", "sampler", "steps", "precision", "guidance",
+                                                     "rois", "per_case_s", "peak_rss_mb", "speedup_vs_baseline",
+                                                     "baseline") if k in r} for r in fast]
     if agreement:
         report["agreement"] = agreements
     if synthesize:  # one lesion of synthesize --method diffusion, per device and precision
         report["synthesize"] = [synthesize_time(torch.device(d), p) for d in devices for p in precisions]
     return report
+
+
+def _fast_default_row(size: str, device: torch.device, guidance: float, rois: int, nets, network_time: bool,
+                      conv_rates: dict, rows: list[dict], baseline_precision: str, steps: int) -> dict:
+    """``settings.FAST_DEFAULT`` timed as :func:`bench_case`, with its speedup over the run's DDIM row at the
+    baseline precision (``steps``, same size, device, guidance and ROIs) where there is one."""
+    row = bench_case(size, device, FAST_DEFAULT["sampler"], guidance, rois, FAST_DEFAULT["steps"], False, nets,
+                     FAST_DEFAULT["precision"], network_time, conv_rates)
+    row["fast_default"] = True
+    base = [r for r in rows if _same(r, size, str(device), baseline_precision, "ddim", guidance, rois)]
+    if base:
+        row["baseline"] = f"ddim-{steps} {baseline_precision}"
+        row["speedup_vs_baseline"] = round(base[0]["seconds"] / row["seconds"], 3)
+    return row
 
 
 def environment() -> dict:
@@ -389,14 +412,16 @@ def summary_table(report: dict) -> str:
     rates = report["environment"].get("conv_rate_gflop_per_s", {})
     lines = ["convolution rate (GFLOP/s, one 64->64 3x3x3 Conv3d on 2x64x32^3): " + "; ".join(
         f"{dev} " + ", ".join(f"{p} {r:g}" for p, r in by.items()) for dev, by in rates.items()),
-        f"{'size':<14}{'device':<8}{'sampler':<10}{'guid.':>6}{'rois':>5}{'precision':>11}{'s/case':>9}"
+        f"{'size':<14}{'device':<8}{'sampler':<12}{'guid.':>6}{'rois':>5}{'precision':>11}{'s/case':>9}"
         f"{'GFLOP/s':>9}{'of conv':>9}"]
     for r in report["results"]:
         prec = r["precision"] if r["precision"] == r["resolved_precision"] else \
             f"{r['precision']}={r['resolved_precision']}"
         frac = f"{r['conv_rate_fraction']:.1%}" if "conv_rate_fraction" in r else "-"
-        lines.append(f"{r['size']:<14}{r['device']:<8}{r['sampler']:<10}{r['guidance']:>6g}{r['rois']:>5}{prec:>11}"
-                     f"{r['per_case_s']:>9.2f}{r['gflop_per_s']:>9.1f}{frac:>9}")
+        sampler = f"{r['sampler']}-{r['steps']}"
+        speedup = f"  {r['speedup_vs_baseline']:.2f}x {r['baseline']}" if "speedup_vs_baseline" in r else ""
+        lines.append(f"{r['size']:<14}{r['device']:<8}{sampler:<12}{r['guidance']:>6g}{r['rois']:>5}{prec:>11}"
+                     f"{r['per_case_s']:>9.2f}{r['gflop_per_s']:>9.1f}{frac:>9}{speedup}")
     return "\n".join(lines)
 
 

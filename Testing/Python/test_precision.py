@@ -148,15 +148,22 @@ def test_an_error_in_the_guidance_thread_reaches_the_caller(tiny_nets):
 
 
 def test_bench_puts_fp32_and_the_fast_path_side_by_side():
-    from DiffusionAnomalyLib.evaluation.bench import run_bench
+    from DiffusionAnomalyLib.evaluation.bench import run_bench, summary_table
 
     report = run_bench(sizes=["demo"], devices=["cpu"], steps=2, methods=("ddim",), guidance=(50.0,), rois=(2,),
-                       precisions=("fp32", "bf16"))
-    fp32, bf16 = report["results"]
+                       precisions=("fp32", "bf16"), fast_default=True, network_time=False)
+    fp32, bf16, fast = report["results"]
+    # the fast default (DPM-Solver++ 20 steps, auto) beside the DDIM row at the first precision
+    assert (fast["sampler"], fast["steps"], fast["precision"], fast["guidance"], fast["rois"]) == (
+        "dpmpp", 20, "auto", 50.0, 2)
+    assert fast["baseline"] == "ddim-2 fp32" and fast["speedup_vs_baseline"] == round(
+        fp32["seconds"] / fast["seconds"], 3)
+    assert report["fast_default"][0]["speedup_vs_baseline"] == fast["speedup_vs_baseline"]
+    assert "dpmpp-20" in summary_table(report) and "x ddim-2 fp32" in summary_table(report)
     assert (fp32["resolved_precision"], bf16["resolved_precision"]) == ("fp32", "bf16")
     assert fp32["reference_s"] > 0 and "reference_s" not in bf16  # MONAI's loop once, at the first precision
     for r in (fp32, bf16):
-        assert r["cpu_seconds"] > 0 and r["network_share"] > 0 and r["peak_rss_mb"] > 0
+        assert r["cpu_seconds"] > 0 and r["peak_rss_mb"] > 0 and "network_share" not in r  # (test_evaluate)
     (row,) = report["comparison"]
     assert row["bf16_speedup_vs_fp32"] == round(fp32["seconds"] / bf16["seconds"], 3)
     assert row["monai_reference_per_case_s"] > 0 and row["fp32_per_case_s"] == fp32["per_case_s"]
