@@ -31,8 +31,8 @@ DETERMINISTIC_SAMPLERS = ("ddim", "dpmpp")
 FAST_DEFAULT = {"sampler": "dpmpp", "steps": 20, "precision": "auto"}
 DEVICES = ("auto", "cuda", "cpu")
 REFERENCES = ("input", "autoencoder")
-#: Network precision: auto = bfloat16 autocast where the hardware runs it natively (docs/performance.md), else
-#: float32; fp32 turns the fast path off; bf16 forces it (CPU and CUDA).
+#: Network precision: auto = bfloat16 autocast where the hardware runs it faster than float32 (CUDA from Ampere on,
+#: CPUs with AMX-BF16; docs/performance.md), else float32; fp32 turns the fast path off; bf16 forces it (CPU, CUDA).
 PRECISIONS = ("auto", "fp32", "bf16")
 #: The CT phantom generators' lesion diameter mixes (``phantom --lesion-sizes``; synthetic/base.py).
 LESION_SIZES = ("strata", "incidental")
@@ -174,7 +174,7 @@ class RunSettings:
     deterministic: bool = setting(False, Option(
         "deterministic algorithms (slower on GPU); the seed already fixes all noise", label="deterministic"))
     precision: str = setting("auto", Option(
-        "network precision: auto (bfloat16 autocast on CPUs with native bfloat16 and on CUDA, else float32; the "
+        "network precision: auto (bfloat16 autocast on CPUs with AMX-BF16 and on CUDA from Ampere on, else float32; the "
         "default), fp32 (the fast path off), bf16 (force it)", ("run", "evaluate", "sweep", "batch"),
         label="precision", choices=PRECISIONS))
 

@@ -46,6 +46,7 @@ from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
 from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config, eps_function
 from DiffusionAnomalyLib.models.precision import (
     classifier_in_precision,
+    cpu_flags,
     eps_in_precision,
     network_layout,
     parallel_guidance,
@@ -398,10 +399,12 @@ def _fast_default_row(size: str, device: torch.device, guidance: float, rois: in
 
 
 def environment() -> dict:
-    """The machine and the software of a report (threads, native bfloat16, load average, CUDA card)."""
+    """The machine and the software of a report (threads, whether ``auto`` takes bfloat16 and the CPU's bfloat16
+    flags, load average, CUDA card)."""
     return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
-            "cpu_native_bf16": _cpu_native_bf16(), "load_average": _load_average(),
+            "cpu_fast_bf16": _cpu_fast_bf16(), "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f),
+            "load_average": _load_average(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "noise_level": NOISE_LEVEL, "guidance_on": GUIDANCE_ON}
 
@@ -457,10 +460,10 @@ def _compare(by_precision: dict, precisions) -> dict:
     return out
 
 
-def _cpu_native_bf16() -> bool:
-    from DiffusionAnomalyLib.models.precision import cpu_native_bf16
+def _cpu_fast_bf16() -> bool:
+    from DiffusionAnomalyLib.models.precision import cpu_fast_bf16
 
-    return cpu_native_bf16()
+    return cpu_fast_bf16()
 
 
 def _load_average() -> list[float] | None:

@@ -1,9 +1,10 @@
 """Network precision: float32, or bfloat16 autocast where the hardware runs bfloat16 natively.
 
 ``precision`` (a run setting, ``--precision``) is ``auto``, ``fp32`` or ``bf16``. ``auto`` takes the fast path
-where it is faster and numerically safe: bfloat16 autocast on CUDA GPUs that support it and on CPUs with native
-bfloat16 instructions (AVX-512 BF16 or AMX-BF16; oneDNN then runs convolutions and matrix products in
-bfloat16), float32 elsewhere. Only the networks (denoiser forward, classifier forward and its input gradient)
+where it is faster and numerically safe: bfloat16 autocast on CUDA GPUs that support it and on CPUs with AMX-BF16
+(oneDNN then runs convolutions and matrix products on the AMX tiles), float32 elsewhere. AVX-512 BF16 alone is not
+enough: on a 2-core Xeon with AVX-512 BF16 but no AMX, bfloat16 convolutions ran slower than float32 ones
+(docs/performance.md). Only the networks (denoiser forward, classifier forward and its input gradient)
 run in autocast; their outputs are cast back to float32, so the sampler arithmetic stays float32.
 ``fp32`` turns the fast path off.
 
@@ -25,8 +26,9 @@ import torch
 from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.settings import PRECISIONS
 
-#: CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic that oneDNN uses.
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: CPU flag (``/proc/cpuinfo``) under which ``auto`` runs the networks in bfloat16: AMX-BF16 tiles. (AVX-512 BF16's
+#: dot products alone measured slower than float32 in oneDNN's 3D convolutions: docs/performance.md.)
+CPU_FAST_BF16_FLAG = "amx_bf16"
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,11 +44,11 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_native_bf16(flags: frozenset[str] | None = None) -> bool:
-    """Whether this CPU has native bfloat16 instructions (AVX-512 BF16 or AMX-BF16) and PyTorch's oneDNN is built
-    in; without them bfloat16 is emulated and slower than float32."""
+def cpu_fast_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether bfloat16 is faster than float32 on this CPU: AMX-BF16 and PyTorch's oneDNN built in. Without AMX,
+    bfloat16 is emulated (slower) or runs on AVX-512 BF16 (measured slower than float32 too)."""
     flags = cpu_flags() if flags is None else flags
-    return torch.backends.mkldnn.is_available() and any(f in flags for f in CPU_BF16_FLAGS)
+    return torch.backends.mkldnn.is_available() and CPU_FAST_BF16_FLAG in flags
 
 
 def cuda_bf16(device: torch.device) -> bool:
@@ -75,7 +77,7 @@ def resolve_precision(requested: str, device: torch.device, *, cpu_bf16: bool | 
         return "bf16"
     if device.type == "cuda":
         return "bf16" if (cuda_bf16(device) if gpu_bf16 is None else gpu_bf16) else "fp32"
-    return "bf16" if (cpu_native_bf16() if cpu_bf16 is None else cpu_bf16) else "fp32"
+    return "bf16" if (cpu_fast_bf16() if cpu_bf16 is None else cpu_bf16) else "fp32"
 
 
 def channels_last(device: torch.device, precision: str) -> bool:

@@ -220,7 +220,7 @@ def training_precision(requested: str, device: torch.device, part: str) -> str:
     """The precision (``fp32`` or ``bf16``) a training stage runs its networks' forward and backward passes in.
 
     ``requested`` is ``auto``, ``fp32`` or ``bf16`` and resolves as at inference (:func:`resolve_precision`:
-    ``auto`` is bfloat16 autocast on CUDA GPUs from Ampere on and on CPUs with native bfloat16). Weights, optimiser
+    ``auto`` is bfloat16 autocast on CUDA GPUs from Ampere on and on CPUs with AMX-BF16). Weights, optimiser
     state and losses stay float32. The autoencoder (``part``) trains in bfloat16 on CUDA only: MONAI's vector
     quantiser turns autocast off for its nearest-code search under CUDA autocast, not under the CPU's."""
     precision = resolve_precision(requested, device)

@@ -48,8 +48,8 @@ class TrainingRun:
     seed: int = setting(0, Option("random seed, 0..2^63-1", ALL_PARTS, label="seed", low=0, high=2**63 - 1))
     device: str = setting("auto", Option("auto, cpu, cuda, cuda:1, mps", ALL_PARTS, label="device"))
     precision: str = setting("auto", Option(
-        "the networks' training steps: auto is bfloat16 autocast where the hardware has it natively (CUDA from "
-        "Ampere on; CPUs with AVX-512 BF16 or AMX; the autoencoder on CUDA only), else float32; weights, optimiser "
+        "the networks' training steps: auto is bfloat16 autocast where the hardware runs it faster (CUDA from "
+        "Ampere on; CPUs with AMX-BF16; the autoencoder on CUDA only), else float32; weights, optimiser "
         "and losses stay float32", ALL_PARTS, label="precision", choices=PRECISIONS))
     resume: bool = setting(False, Option("continue from OUT.work/checkpoint", PARTS, label="resume"))
 

@@ -34,7 +34,7 @@ def _stamps(folder):
 @pytest.mark.slow
 def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothing(data, tmp_path, capsys):
     from DiffusionAnomalyLib.models.bundle import load_bundle, read_meta
-    from DiffusionAnomalyLib.models.precision import cpu_native_bf16
+    from DiffusionAnomalyLib.models.precision import cpu_fast_bf16
 
     out = tmp_path / "bundle"
     argv = ["train", "all", "--data", str(data), "--out", str(out), *FAST, "--median-filter-values", "0", "3"]
@@ -62,7 +62,7 @@ def test_train_all_makes_a_calibrated_documented_bundle_and_a_rerun_trains_nothi
                  "Classifier AUC (validation split)", "GAN losses off"):
         assert text in card, text
     # each stage's training precision, on this CPU (auto): the autoencoder always float32
-    native = "bfloat16 autocast" if cpu_native_bf16() else "float32"
+    native = "bfloat16 autocast" if cpu_fast_bf16() else "float32"
     assert "quantisation losses only; float32 |" in card and card.count(f"structures; {native}") == 2
     assert "Not evaluated" not in card and meta.summary and meta.intended_use and meta.limitations
     # the project's own phantoms: the project's licence, no real scan in training or evaluation

@@ -84,11 +84,11 @@ def test_denoiser_and_classifier_extend_the_bundle(dataset, ae_bundle, tmp_path)
 def test_training_precision_resolves_per_stage(caplog):
     import torch
 
-    from DiffusionAnomalyLib.models.precision import cpu_native_bf16
+    from DiffusionAnomalyLib.models.precision import cpu_fast_bf16
     from DiffusionAnomalyLib.training.common import training_precision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    native = "bf16" if cpu_native_bf16() else "fp32"
+    native = "bf16" if cpu_fast_bf16() else "fp32"
     assert [training_precision("auto", cpu, p) for p in ("denoiser", "classifier")] == [native, native]
     assert training_precision("auto", cpu, "autoencoder") == "fp32"  # the CPU's autocast reaches MONAI's quantiser
     assert training_precision("fp32", cpu, "denoiser") == "fp32"
