@@ -58,10 +58,12 @@ test: setup-test
 ## Slicer Python layer (SLICER_LAYERS, DA_SLICER_LAYER: 5.12.3 and 5.10.0, the oldest supported);
 ## DA_WORKER_PYTHON is the full environment's Python, for tests that run the real worker
 SLICER_LAYERS ?= 5.12.3 5.10.0
-## The layers run side by side (each mostly keeps one core busy); each one's output is printed when all have ended.
+## The layers run side by side, each with one OpenMP thread (it and its workers: OMP_NUM_THREADS, unless set), so
+## that two runs' PyTorch threads do not oversubscribe the cores; each one's output is printed when all have ended.
 test-slicer: $(SLICER_VENV)/.installed $(VENV)/.installed
 	@logs=$$(mktemp -d); for layer in $(SLICER_LAYERS); do \
-	  ( DA_SLICER_LAYER=$$layer DA_WORKER_PYTHON=$(abspath $(BIN)/python) QT_QPA_PLATFORM=offscreen \
+	  ( OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+	    DA_SLICER_LAYER=$$layer DA_WORKER_PYTHON=$(abspath $(BIN)/python) QT_QPA_PLATFORM=offscreen \
 	    $(SLICER_BIN)/python -m pytest -q -p no:cacheprovider Testing/Slicer >"$$logs/$$layer.log" 2>&1; \
 	    echo $$? >"$$logs/$$layer.rc" ) & \
 	done; wait; rc=0; for layer in $(SLICER_LAYERS); do \

@@ -174,8 +174,8 @@ class RunSettings:
     deterministic: bool = setting(False, Option(
         "deterministic algorithms (slower on GPU); the seed already fixes all noise", label="deterministic"))
     precision: str = setting("auto", Option(
-        "network precision: auto (bfloat16 autocast on CPUs with AMX-BF16 and on CUDA from Ampere on, else float32; the "
-        "default), fp32 (the fast path off), bf16 (force it)", ("run", "evaluate", "sweep", "batch"),
+        "network precision: auto (bfloat16 autocast on CPUs with AMX-BF16 and on CUDA from Ampere on, else float32; "
+        "the default), fp32 (the fast path off), bf16 (force it)", ("run", "evaluate", "sweep", "batch"),
         label="precision", choices=PRECISIONS))
 
     def __post_init__(self) -> None:
