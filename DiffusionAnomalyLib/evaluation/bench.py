@@ -46,6 +46,7 @@ from DiffusionAnomalyLib.models.nets.classifier import LatentClassifier
 from DiffusionAnomalyLib.models.nets.denoiser import build_denoiser, denoiser_config, eps_function
 from DiffusionAnomalyLib.models.precision import (
     classifier_in_precision,
+    cpu_fast_bf16,
     cpu_flags,
     eps_in_precision,
     network_layout,
@@ -403,7 +404,7 @@ def environment() -> dict:
     flags, load average, CUDA card)."""
     return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
-            "cpu_fast_bf16": _cpu_fast_bf16(), "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f),
+            "cpu_fast_bf16": cpu_fast_bf16(), "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f),
             "load_average": _load_average(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "noise_level": NOISE_LEVEL, "guidance_on": GUIDANCE_ON}
@@ -458,12 +459,6 @@ def _compare(by_precision: dict, precisions) -> dict:
     if "reference_s" in base:
         out["monai_reference_per_case_s"] = round(base["reference_s"] / base["rois"] * 2, 3)
     return out
-
-
-def _cpu_fast_bf16() -> bool:
-    from DiffusionAnomalyLib.models.precision import cpu_fast_bf16
-
-    return cpu_fast_bf16()
 
 
 def _load_average() -> list[float] | None:
