@@ -269,6 +269,27 @@ def test_the_calibration_estimate_counts_the_post_processing_points(tmp_path):
         pytest.approx(30 * 99 * POSTPROCESSING_S)
 
 
+def test_the_fine_preset_trains_a_finer_latent_on_windows_clipped_to_it(data, tmp_path, capsys):
+    """--preset tiny-fine (issue 37): the tiny-2x autoencoder (one stride-2 level), the tiny-3level denoiser trained on
+    16-voxel latent windows, each axis at most the latent grid; the dry run times those shapes and names them."""
+    from DiffusionAnomalyLib.models.nets.autoencoder import autoencoder_config
+    from DiffusionAnomalyLib.training.recipe.plan import TrainAllPlan, latent_crop
+
+    fine = TrainAllPlan("d", "kidney", "o", preset="tiny-fine").resolved()
+    assert (fine["autoencoder"]["network"], fine["denoiser"]["network"]) == ("tiny-2x", "tiny-3level")
+    assert autoencoder_config("tiny-2x", in_channels=1).downsampling == 2  # 2 mm patches: a 4 mm latent grid
+    assert latent_crop(fine, "kidney") == (16, 16, 16)  # of 32 x 24 x 24
+    coarse = TrainAllPlan("d", "kidney", "o", preset="tiny-fine", spacing=4.0).resolved()
+    assert latent_crop(coarse, "kidney") == (16, 12, 12)  # the 16 x 12 x 12 grid of 4 mm patches, whole in Y and X
+    tiny = TrainAllPlan("d", "kidney", "o").resolved()
+    assert latent_crop(tiny, "kidney") is None and "latent_crop" not in tiny["denoiser"]  # old work folders resume
+    assert main(["train", "all", "--data", str(data), "--out", str(tmp_path / "b"), *FAST, "--preset", "tiny-fine",
+                 "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "preset tiny-fine" in printed and "tiny-2x" in printed and "tiny-3level" in printed
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.work").exists()
+
+
 def test_split_is_deterministic_stratified_and_independent_of_order():
     from DiffusionAnomalyLib.training.recipe.layouts import split_cases
 

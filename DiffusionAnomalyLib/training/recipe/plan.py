@@ -19,13 +19,18 @@ from DiffusionAnomalyLib.training.configs import DATA, OUT, AutoencoderTraining,
 #: The stages in order; ``synthesizer`` runs only with ``--synthesizer`` (opt-in: the default bundle has none).
 STAGES = ("prepare", "autoencoder", "denoiser", "classifier", "calibrate", "synthesizer", "bundle")
 
-#: Network size presets: ``tiny`` trains on a CPU (the demo bundles' recipe), ``thesis`` has the thesis sizes
-#: (kidney thesis App. A) for GPUs. Spacing in mm per organ; iterations and batch sizes per stage.
+#: Network size presets: ``tiny`` trains on a CPU (the demo bundles' recipe), ``tiny-fine`` is ``tiny`` on a latent
+#: grid twice as fine (the ``tiny-2x`` autoencoder, the ``tiny-3level`` denoiser trained on latent windows of at most
+#: ``latent_crop`` voxels: issue 37, docs/evaluation.md), ``thesis`` has the thesis sizes (kidney thesis App. A) for
+#: GPUs. Spacing in mm per organ; iterations and batch sizes per stage; ``network`` unless a stage names its own.
+_TINY = {"network": "tiny", "spacing": {"kidney": 2.0, "liver": 4.0, "brain": 4.0},
+         "iterations": {"autoencoder": 3000, "denoiser": 3000, "classifier": 3000, "synthesizer": 3000},
+         "batch": {"autoencoder": 2, "denoiser": 8, "classifier": 16}, "adversarial_start": None,
+         "classifier_lr": 3e-4, "noise_levels": [250], "guidance": [0.0, 100.0]}
 PRESETS = {
-    "tiny": {"network": "tiny", "spacing": {"kidney": 2.0, "liver": 4.0, "brain": 4.0},
-             "iterations": {"autoencoder": 3000, "denoiser": 3000, "classifier": 3000, "synthesizer": 3000},
-             "batch": {"autoencoder": 2, "denoiser": 8, "classifier": 16}, "adversarial_start": None,
-             "classifier_lr": 3e-4, "noise_levels": [250], "guidance": [0.0, 100.0]},
+    "tiny": _TINY,
+    "tiny-fine": {**_TINY, "autoencoder_network": "tiny-2x", "denoiser_network": "tiny-3level",
+                  "latent_crop": [16, 16, 16]},
     "thesis": {"network": "thesis-kidney", "spacing": {"kidney": 1.0, "liver": 2.0, "brain": 2.0},
                "iterations": {"autoencoder": 20000, "denoiser": 20000, "classifier": 10000, "synthesizer": 20000},
                "batch": {"autoencoder": 2, "denoiser": 8, "classifier": 16}, "adversarial_start": 10000,
@@ -68,8 +73,10 @@ class TrainAllPlan:
     out: str = required(OUT)
     preset: str = setting("tiny", Option(
         "network sizes and stage defaults: tiny (a CPU, the demo recipe: 3000 iterations per stage, 2 mm kidney / "
-        "4 mm liver and brain patches, no GAN) or thesis (GPUs: the thesis networks at 1 mm kidney / 2 mm, "
-        "20000/20000/10000 iterations, GAN after 10000)", ALL, label="preset", choices=tuple(PRESETS)))
+        "4 mm liver and brain patches, no GAN), tiny-fine (tiny on a latent grid twice as fine: the tiny-2x "
+        "autoencoder, the tiny-3level denoiser on 16-voxel latent windows) or thesis (GPUs: the thesis networks at "
+        "1 mm kidney / 2 mm, 20000/20000/10000 iterations, GAN after 10000)", ALL, label="preset",
+        choices=tuple(PRESETS)))
     spacing: float | None = setting(None, Option("patch spacing in mm (default: the preset's)", ALL, "MM",
                                                  label="spacing", low=0, low_open=True, high=100))
     iterations: int | None = setting(None, Option("iterations of each of the three networks (default: the preset's)",
@@ -159,10 +166,13 @@ class TrainAllPlan:
             "prepare": {"data": str(Path(self.data).resolve()), "organ": self.organ, "val_fraction": self.val_fraction,
                         "cases": self.cases, "validation_cases": self.validation_cases, "labels": self.labels,
                         "totalseg": self.totalseg},
-            "autoencoder": {"network": p["network"], "spacing": self.spacing or p["spacing"][self.organ],
+            "autoencoder": {"network": p.get("autoencoder_network", p["network"]),
+                            "spacing": self.spacing or p["spacing"][self.organ],
                             "iterations": its["autoencoder"], "batch": p["batch"]["autoencoder"],
                             "adversarial_start": adv, "seed": self.seed},
-            "denoiser": {"network": p["network"], "iterations": its["denoiser"], "batch": p["batch"]["denoiser"]},
+            "denoiser": {"network": p.get("denoiser_network", p["network"]), "iterations": its["denoiser"],
+                         "batch": p["batch"]["denoiser"],
+                         **({"latent_crop": p["latent_crop"]} if "latent_crop" in p else {})},
             "classifier": {"iterations": its["classifier"], "batch": p["batch"]["classifier"],
                            "lr": p["classifier_lr"],
                            **({"synthetic_unhealthy": self.synthetic_unhealthy} if self.synthetic_unhealthy else {})},
@@ -182,6 +192,21 @@ class TrainAllPlan:
             "bundle": {"name": self.name, "version": self.version, "demo": self.demo,
                        **({"real_data": self.real_data} if self.real_data is not None else {})},
         }
+
+
+def latent_crop(resolved: dict, organ: str) -> tuple[int, ...] | None:
+    """The denoiser's training window (Z Y X latent voxels): the preset's ``latent_crop`` clipped to the latent grid
+    of the autoencoder at its spacing (an axis shorter than the window is taken whole); None: whole latents."""
+    from DiffusionAnomalyLib.detection.presets import get_preset
+    from DiffusionAnomalyLib.models.nets.autoencoder import autoencoder_config
+
+    crop = resolved["denoiser"].get("latent_crop")
+    if not crop:
+        return None
+    ae = resolved["autoencoder"]
+    preset = get_preset(organ).with_overrides({"spacing_mm": [ae["spacing"]] * 3})
+    down = autoencoder_config(ae["network"], in_channels=len(preset.channels)).downsampling
+    return tuple(min(int(c), s // down) for c, s in zip(crop, preset.roi_size_voxels[::-1], strict=True))
 
 
 def _listed(values: tuple | None) -> list | None:

@@ -36,7 +36,14 @@ from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.training.recipe.card import _card, summary_lines
 from DiffusionAnomalyLib.training.recipe.estimate import _dry_run_report, _fmt_s, estimate, seconds_per_iteration
 from DiffusionAnomalyLib.training.recipe.layouts import Prepared, prepare
-from DiffusionAnomalyLib.training.recipe.plan import Stages, TrainAllPlan, active_stages, bundle_name, check_plan
+from DiffusionAnomalyLib.training.recipe.plan import (
+    Stages,
+    TrainAllPlan,
+    active_stages,
+    bundle_name,
+    check_plan,
+    latent_crop,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +187,8 @@ def _run(plan, resolved, out, work, device, from_stage, progress, read_meta, ato
         train_denoiser(DenoiserTraining(train_dir, str(work / "autoencoder"), str(work / "denoiser"),
                                         network=dn["network"], iterations=dn["iterations"], batch_size=dn["batch"],
                                         val_every=every(dn["iterations"]), seed=plan.seed, device=plan.device,
-                                        precision=plan.precision, resume=True))
+                                        precision=plan.precision, resume=True,
+                                        latent_crop=latent_crop(resolved, plan.organ)))
         finish("denoiser", dn, t0)
     if not stages.finished("classifier", cl):
         t0 = start("classifier", f"{cl['iterations']} iterations")
