@@ -9,6 +9,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -273,6 +274,7 @@ def test_the_fine_preset_trains_a_finer_latent_on_windows_clipped_to_it(data, tm
     """--preset tiny-fine (issue 37): the tiny-2x autoencoder (one stride-2 level), the tiny-3level denoiser trained on
     16-voxel latent windows, each axis at most the latent grid; the dry run times those shapes and names them."""
     from DiffusionAnomalyLib.models.nets.autoencoder import autoencoder_config
+    from DiffusionAnomalyLib.training.recipe.card import _windows
     from DiffusionAnomalyLib.training.recipe.plan import TrainAllPlan, latent_crop
 
     fine = TrainAllPlan("d", "kidney", "o", preset="tiny-fine").resolved()
@@ -283,6 +285,9 @@ def test_the_fine_preset_trains_a_finer_latent_on_windows_clipped_to_it(data, tm
     assert latent_crop(coarse, "kidney") == (16, 12, 12)  # the 16 x 12 x 12 grid of 4 mm patches, whole in Y and X
     tiny = TrainAllPlan("d", "kidney", "o").resolved()
     assert latent_crop(tiny, "kidney") is None and "latent_crop" not in tiny["denoiser"]  # old work folders resume
+    assert _windows(SimpleNamespace(extra={"denoiser_training": {"latent_crop": [16, 12, 12]}})) == \
+        ", on 16 x 12 x 12 latent windows"  # the model card says so
+    assert _windows(SimpleNamespace(extra={"denoiser_training": {"latent_crop": None}})) == ""
     assert main(["train", "all", "--data", str(data), "--out", str(tmp_path / "b"), *FAST, "--preset", "tiny-fine",
                  "--dry-run"]) == 0
     printed = capsys.readouterr().out

@@ -15,6 +15,12 @@ from DiffusionAnomalyLib.training.recipe.plan import STAGES, Stages, TrainAllPla
 logger = logging.getLogger(__name__)
 
 
+def _windows(meta) -> str:
+    """The card's note on the denoiser's latent training windows (``--preset tiny-fine``); empty for whole latents."""
+    crop = meta.extra.get("denoiser_training", {}).get("latent_crop")
+    return f", on {' x '.join(str(c) for c in crop)} latent windows" if crop else ""
+
+
 def _precision(meta, stage: str) -> str:
     """How a stage's training steps ran, in the model card's words."""
     name = {"bf16": "bfloat16 autocast", "fp32": "float32"}
@@ -72,7 +78,7 @@ def _card(plan: TrainAllPlan, resolved: dict, prepared: Prepared, meta, stages: 
                        f"{resolved['autoencoder']['spacing']:g} mm, healthy and unhealthy structures; GAN losses "
                        f"{ae_extra.get('gan', '?')}; {_precision(meta, 'autoencoder')}",
         "denoiser": f"{resolved['denoiser']['network']}, {resolved['denoiser']['iterations']} iterations on healthy "
-                    f"structures; {_precision(meta, 'denoiser')}",
+                    f"structures{_windows(meta)}; {_precision(meta, 'denoiser')}",
         "classifier": f"{resolved['classifier']['iterations']} iterations on healthy and unhealthy structures"
                       + (f" and {resolved['classifier']['synthetic_unhealthy']} synthesised unhealthy ones (the "
                          "training split's lesions pasted into its healthy structures)"
