@@ -12,7 +12,7 @@ import numpy as np
 from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.settings import DETERMINISTIC_SAMPLERS
 from DiffusionAnomalyLib.training.recipe.layouts import LABEL_VALUES, Prepared
-from DiffusionAnomalyLib.training.recipe.plan import TrainAllPlan, active_stages, latent_crop
+from DiffusionAnomalyLib.training.recipe.plan import TrainAllPlan, active_stages, latent_crop, latent_shape
 
 
 # -- time estimates ------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def seconds_per_iteration(resolved: dict, organ: str, device, precision: str = "
         opt.step()
 
     out = {"autoencoder": _probe(ae_step)}
-    latent = [s // ae_cfg.downsampling for s in shape]
+    latent = latent_shape(resolved, organ)
     den_cfg = denoiser_config(den_r["network"], latent_channels=ae_cfg.embedding_dim)
     den = build_denoiser(den_cfg).to(device)
     z = torch.randn(den_r["batch"], ae_cfg.embedding_dim, *(latent_crop(resolved, organ) or latent), device=device)

@@ -194,19 +194,24 @@ class TrainAllPlan:
         }
 
 
-def latent_crop(resolved: dict, organ: str) -> tuple[int, ...] | None:
-    """The denoiser's training window (Z Y X latent voxels): the preset's ``latent_crop`` clipped to the latent grid
-    of the autoencoder at its spacing (an axis shorter than the window is taken whole); None: whole latents."""
+def latent_shape(resolved: dict, organ: str) -> list[int]:
+    """The latent grid (Z Y X) of one ROI: the organ's ROI at the autoencoder stage's spacing, over its downsampling."""
     from DiffusionAnomalyLib.detection.presets import get_preset
     from DiffusionAnomalyLib.models.nets.autoencoder import autoencoder_config
 
-    crop = resolved["denoiser"].get("latent_crop")
-    if not crop:
-        return None
     ae = resolved["autoencoder"]
     preset = get_preset(organ).with_overrides({"spacing_mm": [ae["spacing"]] * 3})
     down = autoencoder_config(ae["network"], in_channels=len(preset.channels)).downsampling
-    return tuple(min(int(c), s // down) for c, s in zip(crop, preset.roi_size_voxels[::-1], strict=True))
+    return [s // down for s in preset.roi_size_voxels[::-1]]
+
+
+def latent_crop(resolved: dict, organ: str) -> tuple[int, ...] | None:
+    """The denoiser's training window (Z Y X latent voxels): the preset's ``latent_crop`` clipped to
+    :func:`latent_shape` (an axis shorter than the window is taken whole); None: whole latents."""
+    crop = resolved["denoiser"].get("latent_crop")
+    if not crop:
+        return None
+    return tuple(min(int(c), s) for c, s in zip(crop, latent_shape(resolved, organ), strict=True))
 
 
 def _listed(values: tuple | None) -> list | None:
