@@ -153,7 +153,8 @@ class CalibrationGrid:
         "organ (default: the best pooled lesion F1)", GRID, "N", label="max FP per organ", low=0))
     objective: str = setting("size-balanced", Option(
         "with --max-fp-per-organ, what the most is: size-balanced (the mean of the lesion size classes' recalls, "
-        "over every grid point's maps: no size class can be traded away) or lesions (the most lesions, at the "
+        "each shrunk toward the pooled recall by 5 lesions, over every grid point's maps: no size class can be "
+        "traded away) or lesions (the most lesions, at the "
         "grid point of best Dice: the thesis's order)", GRID, "OBJ", label="calibration objective",
         choices=OBJECTIVES))
 

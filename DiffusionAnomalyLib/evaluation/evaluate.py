@@ -443,17 +443,31 @@ def aggregate(scores: list[CaseScore], n_boot: int = 1000) -> dict:
     return out
 
 
-#: Size classes with fewer reference lesions than this do not enter the size-balanced recall (one lesion would
-#: weigh as much as a class of thirty), unless no class has as many.
+#: Size classes with fewer validation lesions than this make ``train all`` warn: their recall is a coin toss, and
+#: the size-balanced objective counts it at most half (:func:`size_balanced_recall`).
 MIN_LESIONS_PER_SIZE = 5
 
 
-def size_balanced_recall(by_size: dict[str, dict]) -> float | None:
-    """The mean recall over the size classes with at least :data:`MIN_LESIONS_PER_SIZE` reference lesions (over
-    every class with lesions when none has as many; None without lesions): the size-balanced objective."""
+def size_balanced_recall(by_size: dict[str, dict], prior_lesions: int = MIN_LESIONS_PER_SIZE) -> float | None:
+    """The size-balanced objective: the mean over the size classes with lesions of each class's recall shrunk
+    toward the pooled recall p, (found + k p) / (lesions + k) with k = ``prior_lesions`` (additive smoothing toward
+    the pooled rate, an empirical-Bayes estimate); None without lesions.
+
+    Every class counts the same, so the count of large lesions cannot buy a whole class of small ones away; the
+    shrinkage keeps a class of a few lesions from outweighing a large one on one lesion's luck (a class of k lesions
+    counts half its own recall, half the pooled one). Measured on validation phantoms (docs/evaluation.md): the raw
+    mean over classes of >= 5 lesions chose a point that finds 5 of 53 lesions (3 of the 5 in 4-7 cm) over one that
+    finds 12 of 53, 2 of them <= 2 cm.
+
+    >>> size_balanced_recall({"<=2 cm": {"lesions": 20, "found": 0}, "2-4 cm": {"lesions": 10, "found": 10}})
+    0.4222
+    """
     rows = [v for v in by_size.values() if v["lesions"]]
-    enough = [v for v in rows if v["lesions"] >= MIN_LESIONS_PER_SIZE] or rows
-    return _r(float(np.mean([v["found"] / v["lesions"] for v in enough]))) if enough else None
+    if not rows:
+        return None
+    pooled = sum(v["found"] for v in rows) / sum(v["lesions"] for v in rows)
+    k = float(prior_lesions)
+    return _r(float(np.mean([(v["found"] + k * pooled) / (v["lesions"] + k) for v in rows])))
 
 
 def _recall_table(per_case: list[dict[str, list[int]]]) -> dict[str, dict]:

@@ -65,8 +65,8 @@ def choose_operating_point(rows: list[dict], max_fp_per_organ: float | None = No
     """The recommended post-processing row and why. Without a budget: best pooled F1 (ties: the smaller minimum
     volume, then the scale nearest 1, then less growth). With one, among rows within the false-positive budget:
     ``objective`` "lesions": the most lesions found; "size-balanced": the best mean of the size classes' recalls
-    (``size_balanced_recall``), then the most lesions (ties: best F1). When no row is within it, the row with the
-    fewest false positives."""
+    (``size_balanced_recall``: each shrunk toward the pooled recall), then the most lesions (ties: best F1). When
+    no row is within it, the row with the fewest false positives."""
     def f1(r):
         return -1.0 if r["f1"] is None else r["f1"]
 

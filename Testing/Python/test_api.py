@@ -84,6 +84,7 @@ def test_a_setting_is_validated_in_one_place():
 
 @pytest.mark.parametrize("module", ["DiffusionAnomalyLib.api", "DiffusionAnomalyLib.progress",
                                     "DiffusionAnomalyLib.settings", "DiffusionAnomalyLib.evaluation.commands",
+                                    "DiffusionAnomalyLib.evaluation.evaluate",
                                     "DiffusionAnomalyLib.training.recipe.plan"])
 def test_the_docstring_examples_run(module):
     import importlib

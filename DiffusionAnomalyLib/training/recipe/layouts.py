@@ -489,8 +489,8 @@ def prepare(plan: TrainAllPlan, work: Path, dry_run: bool = False, progress: Cal
         warnings.append(f"the validation split has fewer than {MIN_LESIONS_PER_SIZE} lesions in size class(es) "
                         + ", ".join(f"{size_class_name(k, plan.organ)}: {n}" for k, n in few.items())
                         + ": the calibration cannot tell how the operating point does on them, and its size-balanced "
-                        "objective leaves them out (add validation cases with such lesions, e.g. phantom "
-                        "--lesion-sizes incidental for small ones)")
+                        "objective counts their recall at most half, the rest the pooled recall (add validation "
+                        "cases with such lesions, e.g. phantom --lesion-sizes incidental for small ones)")
     if not split["validation"]:
         warnings.append("no validation case: the calibration has nothing to run on")
     elif min(counts["validation"]["healthy"], counts["validation"]["unhealthy"]) == 0:
