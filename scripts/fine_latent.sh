@@ -9,7 +9,8 @@
 # tiny-3level on 16-voxel latent windows, DEN_ITS (default 2000); no classifier (s = 0: a default train all's
 # classifier stayed at chance on these phantoms). Also D(E(x))'s contrast kept per lesion size against kidney-demo
 # (scripts/autoencoder_contrast.py). Then the quieter map: 4 averaged DDPM samples and a 3-voxel median filter,
-# calibrated on V by the same grid and evaluated on A and B (evalk4A, evalk4B). Hours on 2 CPU cores; restartable: each finished step leaves W/done.<step>, the
+# calibrated on V by the same grid and evaluated on A and B (evalk4A, evalk4B); then guidance by a lesion-weighted
+# classifier on the 4 mm latent, swept on V (cls, sweepg). Hours on 2 CPU cores; restartable: each finished step leaves W/done.<step>, the
 # phantoms and both trainings resume.
 # Usage: scripts/fine_latent.sh [WORK_DIR]   (default build/fine-latent)
 set -euo pipefail
@@ -70,4 +71,28 @@ for s in A B; do
     mark "evalk4$s"
   fi
 done
-echo "done: $ROOT/$W/eval{A,B,k4A,k4B}/report/summary.md, $W/contrast.json"
+# guidance: a classifier on the 4 mm latent with the per-cell lesion loss, trained on noise levels up to 500 (the
+# bundle keeps its best validation checkpoint), then the same grid at s = 0, 100, 300 with one sample; its s = 0 maps
+# are the one-sample sweep's (the classifier is not called at s = 0), copied under the new bundle's weights id
+if step cls; then
+  r=(); [ -d "$W/cls2x.work" ] && r=(--resume)
+  da train classifier --data "$W/train" --bundle "$W/den2x" --out "$W/cls2x" --iterations "${CLS_ITS:-1500}" \
+    --val-every 100 --lesion-weight 1 --max-level 500 "${r[@]}"
+  mark cls
+fi
+if step sweepg; then
+  wid() { "$PY" -c 'import sys; from DiffusionAnomalyLib.models.bundle import load_bundle
+print(load_bundle(sys.argv[1]).meta.weights_id())' "$1"; }
+  s0="ddpm_L250_n50_s0_seed0"
+  if [ -d "$W/sweepV/maps/${s0}_w$(wid "$W/den2x")" ] && [ ! -d "$W/sweepG/maps" ]; then
+    mkdir -p "$W/sweepG/maps"
+    cp -r "$W/sweepV/maps/baseline" "$W/sweepG/maps/"
+    cp -r "$W/sweepV/maps/${s0}_w$(wid "$W/den2x")" "$W/sweepG/maps/${s0}_w$(wid "$W/cls2x")"
+  fi
+  da sweep --data "$W/V" --bundle "$W/cls2x" --out "$W/sweepG" --overwrite --guidance-values 0 100 300 \
+    --noise-levels 250 --threshold-scales 0.8 0.9 1.0 1.15 1.3 --min-lesion-ml-values 0 0.5 1 2 --grow-to-values 1 0.7 \
+    --hybrid-scales 1.25 1.5 2 --max-fp-per-organ 1 --objective size-balanced --allow-weak-classifier \
+    --write-bundle "$W/cal2xg"
+  mark sweepg
+fi
+echo "done: $ROOT/$W/eval{A,B,k4A,k4B}/report/summary.md, $W/contrast.json, $W/sweepG/sweep/report.md"
