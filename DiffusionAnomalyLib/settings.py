@@ -36,6 +36,9 @@ REFERENCES = ("input", "autoencoder")
 PRECISIONS = ("auto", "fp32", "bf16")
 #: The CT phantom generators' lesion diameter mixes (``phantom --lesion-sizes``; synthetic/base.py).
 LESION_SIZES = ("strata", "incidental")
+#: ``bench``'s model sizes (random weights; evaluation/bench.py SIZES): the demo bundles' latent, the 4 mm latent
+#: of ``train all --preset tiny-fine`` and the kidney thesis's network.
+BENCH_SIZES = ("demo", "tiny-fine", "thesis-kidney")
 MAX_NOISE_LEVEL = 999
 #: Upper bounds of the settings that multiply the work (one typo must not mean hours of CPU): averaged
 #: reconstructions, RePaint resampling jumps, the median filter's size in voxels.

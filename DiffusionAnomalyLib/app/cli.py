@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from DiffusionAnomalyLib import __version__
 from DiffusionAnomalyLib.errors import InputError
-from DiffusionAnomalyLib.settings import LESION_SIZES, ORGANS, PRECISIONS, options
+from DiffusionAnomalyLib.settings import BENCH_SIZES, LESION_SIZES, ORGANS, PRECISIONS, options
 
 PRECISION_HELP = dict(options())["precision"].help  # for demo, which is not a detection command
 
@@ -331,10 +331,14 @@ def build_parser(settings: type | None = None) -> argparse.ArgumentParser:
     ba.set_defaults(func="batch")
 
     be = sub.add_parser("bench", help="speed and memory of the samplers (JSON)",
-                        description="Times the sampler with random weights at named model sizes (demo, thesis "
-                                    "kidney): DDPM and DDIM, with and without guidance, 1 and 2 ROIs per batch, on "
-                                    "CPU and CUDA when present, against a plain loop on MONAI's DDIM scheduler.")
-    be.add_argument("--sizes", nargs="+", default=["demo", "thesis-kidney"], choices=["demo", "thesis-kidney"])
+                        description="Times the sampler with random weights at named model sizes (demo, the "
+                                    "4 mm latent of tiny-fine, thesis kidney): DDPM and DDIM, with and without "
+                                    "guidance, 1 and 2 ROIs per batch, on CPU and CUDA when present, against a "
+                                    "plain loop on MONAI's DDIM scheduler.")
+    be.add_argument("--sizes", nargs="+", default=["demo", "thesis-kidney"], choices=list(BENCH_SIZES),
+                    help="demo: the demo bundles' tiny networks (latent 4 x 16 x 12 x 12); tiny-fine: train all "
+                         "--preset tiny-fine's 4 mm latent (4 x 32 x 24 x 24, the tiny-3level denoiser); "
+                         "thesis-kidney: the kidney thesis's networks (8 x 32 x 24 x 24)")
     be.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
     be.add_argument("--steps", type=int, default=50)
     be.add_argument("--repeats", type=int, default=1)

@@ -1,7 +1,8 @@
 """``diffusion-anomaly bench``: speed and memory of the samplers, as figures (never asserted in tests).
 
 For each model size (random weights; ``demo`` = the tiny CPU network on the kidney demo latent
-4 x 16 x 12 x 12, ``thesis-kidney`` = kidney thesis App. A: latent 8 x 32 x 24 x 24, multipliers
+4 x 16 x 12 x 12, ``tiny-fine`` = ``train all --preset tiny-fine``'s 4 mm kidney latent 4 x 32 x 24 x 24 with the
+``tiny-3level`` denoiser, ``thesis-kidney`` = kidney thesis App. A: latent 8 x 32 x 24 x 24, multipliers
 [2, 4, 8, 16]), device, sampler (DDPM, DDIM with inversion), guidance (off / on), ROIs per batch
 (1, 2) and network precision (``--precisions``, default fp32 and auto = the fast path; precision.py),
 side by side in one run, it reports:
@@ -57,6 +58,7 @@ from DiffusionAnomalyLib.settings import DETERMINISTIC_SAMPLERS, FAST_DEFAULT
 
 SIZES = {
     "demo": {"denoiser": "tiny", "latent": (4, 16, 12, 12)},
+    "tiny-fine": {"denoiser": "tiny-3level", "latent": (4, 32, 24, 24)},
     "thesis-kidney": {"denoiser": "thesis-kidney", "latent": (8, 32, 24, 24)},
 }
 GUIDANCE_ON = 100.0

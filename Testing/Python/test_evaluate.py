@@ -592,6 +592,23 @@ def test_bench_reports_the_figures_it_promises():
     assert "of conv" in table[1] and len(table) == 2 + len(rows) and all(line.endswith("%") for line in table[2:])
 
 
+def test_bench_times_the_fine_latent_that_tiny_fine_trains():
+    """Issue 37's fix has its cost in bench: the tiny-fine size is the 4 mm latent with the tiny-3level denoiser."""
+    from DiffusionAnomalyLib.evaluation.bench import SIZES, network_gflop, run_bench
+    from DiffusionAnomalyLib.settings import BENCH_SIZES
+    from DiffusionAnomalyLib.training.recipe.plan import PRESETS
+
+    assert tuple(SIZES) == BENCH_SIZES
+    assert SIZES["tiny-fine"]["denoiser"] == PRESETS["tiny-fine"]["denoiser_network"]
+    assert network_gflop("tiny-fine", 1)[0] > 4 * network_gflop("demo", 1)[0]  # 8x the latent values
+    report = run_bench(sizes=["tiny-fine"], devices=["cpu"], steps=2, methods=("ddpm",), guidance=(100.0,),
+                       rois=(2,), precisions=("fp32",), reference=False, network_time=False)
+    (row,) = report["results"]
+    assert row["size"] == "tiny-fine" and row["network_evaluations"] == 2 and row["seconds"] > 0
+    den, grad = network_gflop("tiny-fine", 2)
+    assert row["gflop"] == round(den * 2 + grad * 2, 1)
+
+
 def test_a_cancelled_evaluate_stops_at_once_and_a_rerun_redoes_the_case(dataset, tmp_path):
     """SIGTERM (CancelledError) during a case stops the run; it is not recorded as that case's problem."""
     from DiffusionAnomalyLib.detection.baseline import MedianBaseline
