@@ -83,11 +83,11 @@ fi
 if step sweepg; then
   wid() { "$PY" -c 'import sys; from DiffusionAnomalyLib.models.bundle import load_bundle
 print(load_bundle(sys.argv[1]).meta.weights_id())' "$1"; }
-  s0="ddpm_L250_n50_s0_seed0"
-  if [ -d "$W/sweepV/maps/${s0}_w$(wid "$W/den2x")" ] && [ ! -d "$W/sweepG/maps" ]; then
+  s0="$W/sweepV/maps/ddpm_L250_n50_s0_seed0_w$(wid "$W/den2x")"
+  if [ -d "$s0" ] && [ ! -d "$W/sweepG/maps" ]; then
     mkdir -p "$W/sweepG/maps"
     cp -r "$W/sweepV/maps/baseline" "$W/sweepG/maps/"
-    cp -r "$W/sweepV/maps/${s0}_w$(wid "$W/den2x")" "$W/sweepG/maps/${s0}_w$(wid "$W/cls2x")"
+    cp -r "$s0" "$W/sweepG/maps/ddpm_L250_n50_s0_seed0_w$(wid "$W/cls2x")"
   fi
   da sweep --data "$W/V" --bundle "$W/cls2x" --out "$W/sweepG" --overwrite --guidance-values 0 100 300 \
     --noise-levels 250 --threshold-scales 0.8 0.9 1.0 1.15 1.3 --min-lesion-ml-values 0 0.5 1 2 --grow-to-values 1 0.7 \

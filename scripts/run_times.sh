@@ -27,11 +27,11 @@ for round in $(seq "$REPEATS"); do
     for organ in kidney liver brain; do
       out="$W/out-$organ-$steps"
       rm -rf "$out"
+      t0=$EPOCHREALTIME
       # shellcheck disable=SC2046  # the channel files, split on purpose
-      t0=$("$PY" -c 'import time; print(time.time())')
       da run --bundle "Resources/Models/$organ-demo" --organ "$organ" --input $(inputs "$organ") \
         --totalseg "$W/$organ/segmentations" --steps "$steps" --out "$out" > /dev/null 2>&1
-      t1=$("$PY" -c 'import time; print(time.time())')
+      t1=$EPOCHREALTIME
       "$PY" - "$out/run.json" "$t0" "$t1" "$organ-demo" "$steps" "$round" <<'PYEOF'
 import json, sys
 t = json.load(open(sys.argv[1]))["timings_s"]
