@@ -230,6 +230,7 @@ class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
 
     def cleanup(self) -> None:
         self.cancel()
+        self.runner.close()  # the spare worker
         slicer.mrmlScene.RemoveObserver(self._closeTag)
 
     def getParameterNode(self):

@@ -50,14 +50,15 @@ class WorkerClient:
     ``out_of_memory``) and ``debug`` (tracebacks on its stderr).
 
     ``python`` is the interpreter that has the dependencies (default: this one; Slicer users with a
-    separate GPU environment point it there).
+    separate GPU environment point it there). ``preload``: :meth:`spawn` starts the worker with ``--preload``, so it
+    imports the model code before the request is :meth:`assign`-ed (a spare, :class:`SpareWorker`; ``request`` may
+    then be None until :meth:`assign`).
     """
 
-    def __init__(self, request, python: str | None = None, env: dict | None = None,
-                 memory_limit_gb: float | None = None, debug: bool = False) -> None:
-        job = "synthesize" if request.command == "synthesize" else "detect"
-        self.message = json.dumps({"job": job, "request": request.to_json(), "memory_limit_gb": memory_limit_gb,
-                                   "debug": debug}).encode()
+    def __init__(self, request=None, python: str | None = None, env: dict | None = None,
+                 memory_limit_gb: float | None = None, debug: bool = False, preload: bool = False) -> None:
+        self.message: bytes | None = None
+        self.preload = preload
         self.python = python or sys.executable
         self.env = dict(env if env is not None else os.environ)
         lib_parent = str(Path(__file__).resolve().parents[2])
@@ -70,15 +71,41 @@ class WorkerClient:
         self.error: dict | None = None
         self._pending = {"stdout": b"", "stderr": b""}  # bytes after the last complete line
         self._open = {"stdout": False, "stderr": False}  # not yet read to the end
+        self._ready = False
+        if request is not None:
+            self.assign(request, memory_limit_gb, debug)
 
-    def start(self) -> None:
+    def assign(self, request, memory_limit_gb: float | None = None, debug: bool = False) -> None:
+        """The job this worker will run (before :meth:`start`; a spare gets its request here)."""
+        if self.process is not None and self.process.stdin.closed:
+            raise RuntimeError("this worker already has its request; make a new WorkerClient for another run")
+        job = "synthesize" if request.command == "synthesize" else "detect"
+        self.message = json.dumps({"job": job, "request": request.to_json(), "memory_limit_gb": memory_limit_gb,
+                                   "debug": debug}).encode()
+
+    def spawn(self) -> None:
+        """Start the worker process without sending the request (:meth:`start` sends it); with ``preload`` it
+        imports the model code meanwhile and says ``ready``."""
         if self.process is not None:
             raise RuntimeError("this worker was already started; make a new WorkerClient for another run")
         kwargs = {"start_new_session": True} if os.name == "posix" else {  # pragma: no cover - Windows
             "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}  # type: ignore
         self.process = subprocess.Popen(
-            [self.python, "-m", "DiffusionAnomalyLib.app.worker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, shell=False, bufsize=0, **kwargs)
+            [self.python, "-m", "DiffusionAnomalyLib.app.worker", *(["--preload"] if self.preload else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, shell=False,
+            bufsize=0, **kwargs)
+        for name in self._open:
+            os.set_blocking(getattr(self.process, name).fileno(), False)  # Windows pipes too, from Python 3.12
+            self._open[name] = True
+
+    def start(self) -> None:
+        """Send the request (spawning the worker first unless it is a spare already running)."""
+        if self.message is None:
+            raise RuntimeError("the worker has no request yet: assign() one first")
+        if self.process is None:
+            self.spawn()
+        elif self.process.stdin.closed:
+            raise RuntimeError("this worker was already started; make a new WorkerClient for another run")
         try:  # the request is small (file names and settings): it fits the pipe's buffer, so this never blocks
             self.process.stdin.write(self.message)
         except (BrokenPipeError, OSError):
@@ -86,9 +113,28 @@ class WorkerClient:
         finally:
             with contextlib.suppress(OSError):
                 self.process.stdin.close()
+
+    @property
+    def ready(self) -> bool:
+        """A spare that has imported its model code and waits for its request (reads what is there, never blocks)."""
+        if self.process is None or not self.running or self.process.stdin.closed:
+            return False
+        self._drain()
+        return self._ready
+
+    def close(self) -> None:
+        """End a worker that is no longer wanted (a spare never used): close its stdin, so it exits, and kill it."""
+        if self.process is None:
+            return
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        self.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
         for name in self._open:
-            os.set_blocking(getattr(self.process, name).fileno(), False)  # Windows pipes too, from Python 3.12
-            self._open[name] = True
+            if self._open[name]:
+                getattr(self.process, name).close()
+                self._open[name] = False
 
     def _drain(self) -> None:
         """Read what the worker has written so far, without blocking; complete lines become events."""
@@ -129,6 +175,8 @@ class WorkerClient:
             event = {"event": "log", "message": line}
         if not isinstance(event, dict):
             event = {"event": "log", "message": line}
+        if event.get("event") == "ready":
+            self._ready = True
         if event.get("event") == "result":
             self.result = event
         elif event.get("event") == "error":
@@ -216,3 +264,52 @@ class WorkerClient:
 
             raise BundleError(message)
         raise _EXCEPTIONS.get(code, DiffusionAnomalyError)(message)
+
+
+class SpareWorker:
+    """At most one worker started ahead of time (``--preload``), so that the next run does not wait for the model
+    code to import (seconds per run; docs/performance.md). Still one job per process: :meth:`take` hands the spare
+    over to a run, and :meth:`refill` starts the next one, when the previous run has ended.
+
+    A spare is tied to the interpreter and environment it was started with; :meth:`take` for others, or a spare
+    that has died, gives None (the caller starts a worker as usual). :meth:`close` ends it (the panel's cleanup);
+    a spare whose parent dies reads the end of its stdin and exits by itself.
+    """
+
+    def __init__(self) -> None:
+        self.client: WorkerClient | None = None
+        self._key: tuple | None = None
+
+    @staticmethod
+    def _key_of(python: str | None, env: dict | None) -> tuple:
+        return python or sys.executable, tuple(sorted((env if env is not None else os.environ).items()))
+
+    def refill(self, python: str | None = None, env: dict | None = None) -> None:
+        """Start a spare for ``python`` and ``env`` unless a live one is waiting for them already."""
+        key = self._key_of(python, env)
+        if self.client is not None and self.client.running and self._key == key:
+            return
+        self.close()
+        self.client = WorkerClient(python=python, env=env, preload=True)
+        self.client.spawn()
+        self._key = key
+
+    def take(self, request, python: str | None = None, env: dict | None = None,
+             memory_limit_gb: float | None = None, debug: bool = False) -> WorkerClient | None:
+        """The spare, given ``request`` (not yet started: call its ``start``), if one is alive for ``python`` and
+        ``env``; else None. Either way the caller owns what it gets, and no spare is left."""
+        client, key = self.client, self._key
+        self.client = self._key = None
+        if client is None:
+            return None
+        if not client.running or key != self._key_of(python, env):
+            client.close()
+            return None
+        client.assign(request, memory_limit_gb, debug)
+        return client
+
+    def close(self) -> None:
+        """End the spare, if any."""
+        if self.client is not None:
+            self.client.close()
+        self.client = self._key = None

@@ -2,13 +2,15 @@
 
     python -m DiffusionAnomalyLib.app.worker < request.json
 
-It takes no arguments: it reads one JSON object from stdin, ``{"job": "detect", "request": {...},
+It reads one JSON object from stdin, ``{"job": "detect", "request": {...},
 "memory_limit_gb": null, "debug": false}``. ``job`` ``detect`` (the default): ``request`` is a
 :class:`~DiffusionAnomalyLib.api.DetectRequest` (``to_json``), run by :func:`~DiffusionAnomalyLib.api.detect`;
 ``synthesize``: a :class:`~DiffusionAnomalyLib.synthesis.synthesize.SynthesisRequest`, run by
 :func:`~DiffusionAnomalyLib.synthesis.synthesize.synthesize`. Each stdout line is one JSON object with an ``event``
 key:
 
+- ``ready`` (only with ``--preload``, before the request is read): ``pid``, ``preload_s``, ``preloaded`` (false when
+  the model code could not be imported: the job then reports why, as without ``--preload``)
 - ``started``: ``pid``, ``version``, ``command`` (run, baseline or synthesize)
 - ``progress``: ``stage`` (extract, reconstruct, compose, postprocess, write; a synthesis: synthesize), ``step``,
   ``total``, ``fraction`` (0..1, never decreasing), ``eta_s``
@@ -44,6 +46,11 @@ staging folder a killed run left. ``--overwrite`` (as for ``run``) replaces an e
 user folder. Human-readable output goes to stderr. ``memory_limit_gb``
 caps the worker's address space: a run that needs more fails with ``out_of_memory`` (exit 4) instead
 of the operating system killing it (which the client reports as "killed by signal 9 (out of memory?)").
+
+Its only argument, ``--preload``, makes a *spare* worker (:class:`~DiffusionAnomalyLib.app.client.SpareWorker`):
+it imports the model code (torch, MONAI, the networks and samplers: seconds) first, says ``ready``, and only then
+waits for its request, so a client that starts it ahead of time pays none of that when the request comes. Still
+one job per process: cancelling, the memory cap and every exit code are as above.
 """
 
 from __future__ import annotations
@@ -159,6 +166,27 @@ def read_message(stream) -> tuple[str, object, float | None, bool]:
     return job, request_type.from_json(data["request"], "the worker's request (stdin)"), limit, debug
 
 
+#: What ``--preload`` imports before the request comes: the model code every detection loads (torch and MONAI
+#: with it). A lesion synthesis by ``paste`` needs none of it and just runs.
+PRELOAD_MODULES = ("DiffusionAnomalyLib.api", "DiffusionAnomalyLib.models.reconstruction",
+                   "DiffusionAnomalyLib.detection.pipeline")
+
+
+def preload(events: EventWriter) -> None:
+    """Import :data:`PRELOAD_MODULES` and emit ``ready``. An import that fails is left to the job (which names the
+    missing dependency as it would without a preload)."""
+    import importlib
+
+    t0 = time.perf_counter()
+    try:
+        for name in PRELOAD_MODULES:
+            importlib.import_module(name)
+        ok = True
+    except ImportError:
+        ok = False
+    events.emit("ready", pid=os.getpid(), preload_s=round(time.perf_counter() - t0, 3), preloaded=ok)
+
+
 def main(argv: Sequence[str] | None = None, stdin=None) -> int:
     import contextlib
 
@@ -174,9 +202,11 @@ def main(argv: Sequence[str] | None = None, stdin=None) -> int:
     debug = bool(os.environ.get("DA_DEBUG"))
     try:
         args = list(sys.argv[1:] if argv is None else argv)
+        if args and args != ["--preload"]:
+            raise InputError(f"the worker takes no arguments but --preload (got {' '.join(args)[:80]}); it reads a "
+                             "JSON request on stdin (docs/worker.md)")
         if args:
-            raise InputError(f"the worker takes no arguments (got {' '.join(args)[:80]}); it reads a JSON request on "
-                             "stdin (docs/worker.md)")
+            preload(events)
         job, request, limit, asked = read_message(stdin if stdin is not None else sys.stdin.buffer)
         debug = debug or asked
         if limit is not None:

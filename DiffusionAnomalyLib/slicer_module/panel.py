@@ -253,6 +253,9 @@ def event_text(event: dict) -> tuple[int | None, str | None, str | None]:
         return None, None, f"{kind}: {event.get('message', '')}"
     if kind == "started":
         return None, None, f"worker started (pid {event.get('pid')})"
+    if kind == "ready":
+        return None, None, (f"a worker started ahead of this run had imported the model code "
+                            f"({event.get('preload_s')} s)" if event.get("preloaded") else None)
     return None, None, None
 
 
@@ -459,13 +462,18 @@ def run_output_folder(root: str, name: str) -> str:
 class PanelRunner:
     """At most one :class:`SceneRun` at a time, with the compare view it shows afterwards.
 
-    ``client_factory`` is passed to :class:`SceneRun` (tests can inject one; default: the real worker).
+    ``client_factory`` is passed to :class:`SceneRun` (tests can inject one; default: the real worker, then with a
+    :class:`~DiffusionAnomalyLib.app.client.SpareWorker`: after each run the next run's worker is started and
+    imports the model code while the user reads the results; :meth:`close` ends it).
     A failure in :meth:`start` leaves the runner ready for the next start. :meth:`cancel` never waits:
     the run finishes (cancelled, nothing added) on a later :meth:`poll`.
     """
 
     def __init__(self, client_factory: Callable | None = None) -> None:
+        from DiffusionAnomalyLib.app.client import SpareWorker
+
         self.client_factory = client_factory
+        self.spare = SpareWorker() if client_factory is None else None
         self.run: SceneRun | None = None
         self.compare_state = None
         self._scene = None
@@ -495,6 +503,7 @@ class PanelRunner:
             output = run_output_folder(output_root, run_name(request, nodes[0].GetName()))
         run = SceneRun(scene, request, nodes, segmentation if request.mask_source == "segmentation" else None, ids,
                        client_factory=self.client_factory, on_event=on_event, output_dir=output)
+        run.spare = self.spare
         run.start()  # raises before self.run is set: a failed start leaves the runner idle
         self.run, self._scene, self._input = run, scene, nodes[0]
         return run
@@ -512,6 +521,7 @@ class PanelRunner:
         ids = adapter.organ_segment_ids(segmentation, request.organ) if use_mask else []
         run = SceneSynthesis(scene, request, nodes, segmentation if use_mask else None, ids, lesion_segmentation,
                              segment_id, client_factory=self.client_factory, on_event=on_event)
+        run.spare = self.spare
         run.start()
         self.run = run
         return run
@@ -536,6 +546,11 @@ class PanelRunner:
         """Ask the worker to stop (returns at once; keep polling until :attr:`running` is False)."""
         if self.running:
             self.run.request_cancel()
+
+    def close(self) -> None:
+        """End the spare worker (the module's cleanup; a running job is the caller's to cancel first)."""
+        if self.spare is not None:
+            self.spare.close()
 
     def layout_changed(self) -> None:
         """Call when the view layout changed: leaving the compare layout restores the views' settings."""

@@ -44,7 +44,12 @@ class WorkerRun(ABC):
     ``client_factory(request, python)`` makes the worker client (default: the real
     :class:`~DiffusionAnomalyLib.app.client.WorkerClient` on ``python`` (empty: this interpreter) in
     :func:`worker_environment` of ``own_python``). ``on_event(event)`` receives every worker event.
+    :attr:`spare` (a :class:`~DiffusionAnomalyLib.app.client.SpareWorker`, used with the real worker only): the run
+    takes its pre-started worker when it has one and starts the next spare when it has ended.
     """
+
+    #: Pre-started workers to take from and refill (None: start a worker per run only).
+    spare = None
 
     #: Seconds a cancelled worker gets to clean up before it is killed.
     CANCEL_GRACE_S = 10.0
@@ -64,6 +69,7 @@ class WorkerRun(ABC):
         self.finished = False
         self.cancel_requested_at: float | None = None
         self._exited_at: float | None = None  # when poll first saw the worker gone
+        self._env: dict[str, str] | None = None  # the real worker's environment (for the next spare)
         #: temporary file -> what the user knows it as, for the worker's messages (they name the files it read)
         self.aliases: dict[str, str] = {}
 
@@ -107,8 +113,12 @@ class WorkerRun(ABC):
         try:
             request = self._prepare(self.tmp)
             env = worker_environment(self.own_python)
-            factory = self.client_factory or (lambda r, python: WorkerClient(r, python=python or None, env=env))
-            self.client = factory(request, self.python)
+            if self.client_factory is not None:
+                self.client = self.client_factory(request, self.python)
+            else:
+                self._env = env
+                taken = self.spare.take(request, self.python or None, env) if self.spare is not None else None
+                self.client = taken or WorkerClient(request, python=self.python or None, env=env)
             self.client.start()
         except BaseException:
             self._cleanup()
@@ -196,3 +206,6 @@ class WorkerRun(ABC):
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+        if self.finished and self.spare is not None and self._env is not None:
+            self.spare.refill(self.python or None, self._env)  # the next run's worker imports while the user reads
+            self._env = None

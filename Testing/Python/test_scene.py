@@ -286,6 +286,39 @@ def test_attributes_hold_the_run_parameters(run_scene):
     assert run_scene["sh"].GetItemAttribute(res.folder_item, "DiffusionAnomaly.bundle").endswith("b")
 
 
+def test_runs_sharing_a_spare_take_the_worker_started_after_the_one_before(run_scene, tiny_bundle):
+    # what the panel does (PanelRunner.spare): each run that ends starts the next run's worker, which imports the
+    # model code while the user reads the results; the next run takes it instead of starting a process
+    from DiffusionAnomalyLib.app.client import SpareWorker
+
+    scene, seg = run_scene["scene"], run_scene["seg"]
+    spare = SpareWorker()
+    pids = []
+    try:
+        for seed in (2, 3):
+            events = []
+            run = SceneRun(scene, _request(tiny_bundle, seed=seed), [run_scene["ct"]], seg,
+                           adapter.organ_segment_ids(seg, "kidney"), on_event=events.append)
+            run.spare = spare
+            waiting = spare.client
+            run.start()
+            run.wait(300)
+            assert run.error is None, run.error
+            started = next(e for e in events if e["event"] == "started")
+            pids.append(started["pid"])
+            if waiting is None:  # the first run starts its own worker
+                assert events[0]["event"] == "started"
+            else:  # the second takes the spare the first left: it had imported before the run asked
+                assert run.client is waiting and events[0]["event"] == "ready" and events[0]["preloaded"]
+                assert started["pid"] == waiting.process.pid
+            assert spare.client is not None and spare.client.running  # the next one is on its way
+        assert pids[0] != pids[1]
+    finally:
+        left = spare.client
+        spare.close()
+    assert left.process.poll() is not None
+
+
 def test_a_second_run_makes_a_new_folder_and_leaves_the_first_untouched(run_scene, tiny_bundle):
     scene, sh, first = run_scene["scene"], run_scene["sh"], run_scene["run"].result_nodes
     heat_before = sitk.GetArrayFromImage(adapter.image_from_volume_node(first.heatmap))

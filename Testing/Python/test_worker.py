@@ -187,3 +187,77 @@ def test_the_synthesize_job_writes_the_variant_and_reports_its_files(kidney_case
         assert os.path.isfile(case["images"]["ct"]) and os.path.isfile(case["lesions"])
         assert case["record"]["method"] == "paste" and case["record"]["diameter_mm"] == 15.0
     assert hashlib.sha256((folder / "ct.nii.gz").read_bytes()).hexdigest() == before
+
+
+def _until_ready(client, timeout=180.0):
+    t_end = time.time() + timeout
+    while not client.ready:
+        assert client.running, client.stderr_lines[-5:]
+        assert time.time() < t_end, "the spare did not say ready"
+        time.sleep(0.05)
+
+
+def test_a_spare_worker_imports_ahead_and_runs_the_request_it_gets_later(tiny_bundle, kidney_case, tmp_path):
+    from DiffusionAnomalyLib.app.client import SpareWorker
+
+    _, folder = kidney_case
+    spare = SpareWorker()
+    spare.refill()
+    waiting = spare.client
+    _until_ready(waiting)
+    spare.refill()  # a live spare for the same interpreter and environment is kept, not replaced
+    assert spare.client is waiting
+    out = tmp_path / "out"
+    client = spare.take(request_from_argv(["run", "--bundle", tiny_bundle, "--input", folder / "ct.nii.gz",
+                                           "--totalseg", folder / "segmentations", "--out", out, "--device", "cpu"]))
+    assert client is waiting and spare.client is None  # handed over: the caller owns it
+    client.start()
+    assert client.wait(300) == 0, client.stderr_lines[-5:]
+    events = client.poll_events()
+    kinds = [e["event"] for e in events]
+    assert kinds[:2] == ["ready", "started"] and kinds[-1] == "result", kinds
+    ready = events[0]
+    assert ready["preloaded"] is True and ready["preload_s"] > 0 and ready["pid"] == client.process.pid
+    assert (out / "heatmap.nii.gz").is_file() and client.raise_for_status()["lesions"] is not None
+    with pytest.raises(RuntimeError, match="already"):
+        client.assign(request_from_argv(["baseline", "--organ", "kidney", "--input", folder / "ct.nii.gz",
+                                         "--out", tmp_path / "again"]))
+
+
+def test_a_spare_is_not_handed_to_another_environment_nor_when_dead(kidney_case, tmp_path):
+    from DiffusionAnomalyLib.app.client import SpareWorker
+
+    _, folder = kidney_case
+    request = request_from_argv(["baseline", "--organ", "kidney", "--input", folder / "ct.nii.gz", "--totalseg",
+                                 folder / "segmentations", "--out", tmp_path / "out"])
+    spare = SpareWorker()
+    spare.refill(env={**os.environ, "DA_TEST_SPARE": "a"})
+    first = spare.client
+    assert spare.take(request, env={**os.environ, "DA_TEST_SPARE": "b"}) is None  # another environment: ended
+    assert first.process.wait(30) is not None and spare.client is None
+    spare.refill()
+    os.killpg(spare.client.process.pid, signal.SIGKILL)
+    spare.client.process.wait(30)
+    assert spare.take(request) is None and spare.client is None  # a dead spare is never handed out
+    spare.refill()
+    ended = spare.client
+    spare.close()
+    assert ended.process.poll() is not None and spare.client is None
+
+
+def test_a_spare_that_never_gets_a_request_exits_on_its_own(tmp_path):
+    # its parent closes the pipe (quits) before sending a request: the spare reads the end of stdin and exits with
+    # the documented bad-input code, an error event first; a SIGTERM while it waits is a cancel, as in a run
+    for how, code in (("eof", 2), ("term", 5)):
+        client = WorkerClient(preload=True)
+        client.spawn()
+        _until_ready(client)
+        if how == "eof":
+            client.process.stdin.close()
+        else:
+            client.request_cancel()
+        assert client.wait(60) == code
+        events = client.poll_events()
+        assert events[-1]["event"] == "error" and events[-1]["exit_code"] == code, events
+    with pytest.raises(RuntimeError, match="no request"):
+        WorkerClient(preload=True).start()
