@@ -13,34 +13,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_python.sh
+. scripts/_recipes.sh
 WORK="${DEMO_WORK:-build/demo-models}"
 MODELS="${MODELS_DIR:-Resources/Models}"
 CASES="${CASES:-800}"
 VAL=30
 
 for organ in ${ORGANS:-kidney liver brain}; do
-  # The calibration recipe of each shipped bundle (docs/training.md#the-demo-bundles): the kidney's is
-  # kidney-demo 0.3.3's (autoencoder reference, 8 averaged DDPM samples, median filter 5, guidance s = 100).
-  # The shipped bundles were calibrated with the objective of their time (--objective lesions), kept here so that
-  # the script still makes them; train all's default is now size-balanced (docs/evaluation.md).
-  case "$organ" in
-    kidney) seed=100000; variety=(--variety); version=0.4.0
-            recipe=(--noise-levels 250 --guidance-values 100 --reference-values autoencoder --samples-values 8
-                    --median-filter-values 5 --threshold-scales 0.7 0.8 0.9 1.0 1.15
-                    --min-lesion-ml-values 0.25 0.5 1 2 --grow-to-values 1 0.85 0.7 0.55 --max-fp-per-organ 1
-                    --objective lesions) ;;
-    liver)  seed=200000; variety=(--variety); version=0.3.0
-            recipe=(--noise-levels 250 --guidance-values 0 --reference-values input --samples-values 1
-                    --median-filter-values 3 --threshold-scales 0.8 0.9 1.0 1.15 1.3
-                    --min-lesion-ml-values 0.5 1 2 4 8 --grow-to-values 1 0.85 0.7 0.55 --max-fp-per-organ 1
-                    --objective lesions) ;;
-    brain)  seed=300000; variety=(); version=0.3.0  # the brain phantoms have no varied generator
-            recipe=(--noise-levels 250 --guidance-values 0 --reference-values input --samples-values 1
-                    --median-filter-values 0 --threshold-scales 0.8 0.9 1.0 1.15 1.3
-                    --min-lesion-ml-values 0.5 1 2 4 8 --grow-to-values 1 0.85 0.7 0.55 --max-fp-per-organ 1
-                    --objective lesions) ;;
-    *) echo "demo_models.sh: unknown organ '$organ' (kidney, liver, brain)" >&2; exit 2 ;;
-  esac
+  demo_recipe "$organ" || exit 2
   n=$CASES; smoke=()
   if [ -n "${SMOKE:-}" ]; then
     n=4; VAL=2

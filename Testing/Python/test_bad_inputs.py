@@ -986,8 +986,9 @@ def test_a_bundle_name_that_is_not_one_folder_name_is_refused(tmp_path, capsys, 
     models = tmp_path / "deep" / "er" / "models"
     rc, _, err = _run(["import-bundle", b, "--models-dir", models], capsys)
     _expect(rc, err, 3, r"model\.json: name: .* is not a valid name")
-    assert not (tmp_path / "deep").exists() and not Path("/tmp/da-escaped-abs-0.4.0").exists()
-    assert not (tmp_path / "escaped-0.4.0").exists()
+    version = meta["version"]
+    assert not (tmp_path / "deep").exists() and not Path(f"/tmp/da-escaped-abs-{version}").exists()
+    assert not (tmp_path / f"escaped-{version}").exists()
 
 
 @pytest.mark.parametrize("option,value", [("--name", "../outside"), ("--name", "/tmp/da-abs"), ("--version", "1/2")])

@@ -26,7 +26,7 @@ def test_smoke_chain_installs_a_demo_bundle_listed_in_the_manifest(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     manifest = tmp_path / "models" / "manifest.json"
     (entry,) = json.loads(manifest.read_text())["bundles"]
-    assert (entry["name"], entry["version"], entry["demo"]) == ("kidney-demo", "0.4.0", True)
+    assert (entry["name"], entry["version"], entry["demo"]) == ("kidney-demo", "0.5.0", True)
     assert len(entry["sha256"]) == 64
     bundle = load_bundle(tmp_path / "models" / "kidney-demo", manifest=manifest)  # the digest matches the entry
     assert bundle.meta.demo and set(bundle.networks) == {"autoencoder", "denoiser", "classifier"}
