@@ -229,8 +229,7 @@ class DiffusionAnomalyLogic(ScriptedLoadableModuleLogic):
         self._closeTag = slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, lambda *a: self.cancel())
 
     def cleanup(self) -> None:
-        self.cancel()
-        self.runner.close()  # the spare worker
+        self.runner.close()  # asks a running job to stop, ends the spare worker
         slicer.mrmlScene.RemoveObserver(self._closeTag)
 
     def getParameterNode(self):

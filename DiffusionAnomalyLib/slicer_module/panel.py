@@ -548,7 +548,8 @@ class PanelRunner:
             self.run.request_cancel()
 
     def close(self) -> None:
-        """End the spare worker (the module's cleanup; a running job is the caller's to cancel first)."""
+        """The module's cleanup: ask a running job to stop (as :meth:`cancel`) and end the spare worker."""
+        self.cancel()
         if self.spare is not None:
             self.spare.close()
 
