@@ -37,15 +37,21 @@ def _array(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float64)
 
 
-def small_lesions(case: Path, out: Path, max_mm: float) -> list[dict]:
-    """Per lesion up to ``max_mm`` inside the kidneys: its diameter, contrast kept and map AUC."""
-    image, lesions = _array(case / "ct.nii.gz"), _array(case / "lesions.nii.gz")
-    spacing_zyx = sitk.ReadImage(str(case / "ct.nii.gz")).GetSpacing()[::-1]
-    organ = np.zeros(lesions.shape, bool)
+def read_case(case: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray, int, np.ndarray]:
+    """The image, its spacing (z, y, x), the lesions' connected components and their count, and the kidneys."""
+    ct = sitk.ReadImage(str(case / "ct.nii.gz"))
+    labels, n = ndimage.label(_array(case / "lesions.nii.gz") > 0)
+    organ = np.zeros(labels.shape, bool)
     for f in sorted((case / "segmentations").glob("kidney_*.nii.gz")):
         organ |= _array(f) > 0
+    return sitk.GetArrayFromImage(ct).astype(np.float64), ct.GetSpacing()[::-1], labels, n, organ
+
+
+def small_lesions(case: Path, arrays: tuple, out: Path, max_mm: float) -> list[dict]:
+    """Per lesion up to ``max_mm`` inside the kidneys (``arrays``: :func:`read_case`): its diameter, the contrast
+    the reconstruction in ``out`` keeps and the map AUC."""
+    image, spacing_zyx, labels, n, organ = arrays
     heat, rec = _array(out / "heatmap.nii.gz"), _array(out / "reconstruction.nii.gz")
-    labels, n = ndimage.label(lesions > 0)
     healthy = np.sort(heat[organ & (labels == 0)])
     rows = []
     for i in range(1, n + 1):
@@ -68,16 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-mm", type=float, default=20.0)
     p.add_argument("--work", type=Path, default=Path("build/noise-level-small"))
     args = p.parse_args(argv)
-    summary = {}
-    for level in args.levels:
-        rows = []
-        for case in args.cases:
+    by_level: dict[int, list[dict]] = {level: [] for level in args.levels}
+    for case in args.cases:  # each case read once, for every L
+        arrays = read_case(case)
+        for level in args.levels:
             out = args.work / f"L{level}" / case.name
             if not (out / "run.json").is_file():
                 detect(DetectRequest(images=(str(case / "ct.nii.gz"),), out=str(out), bundle=args.bundle,
                                      totalseg=str(case / "segmentations"), settings={"noise_level": level},
                                      overview=False, overwrite=True))
-            rows += small_lesions(case, out, args.max_mm)
+            by_level[level] += small_lesions(case, arrays, out, args.max_mm)
+    summary = {}
+    for level, rows in by_level.items():
         kept = np.array([r["kept"] for r in rows if r["kept"] is not None])
         auc = np.array([r["auc"] for r in rows])
         summary[level] = {"lesions": rows, "median_kept": float(np.median(kept)), "median_auc": float(np.median(auc)),
