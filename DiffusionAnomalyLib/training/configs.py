@@ -116,6 +116,9 @@ class DenoiserTraining(TrainingRun):
     latent_crop: tuple[int, ...] | None = setting(None, Option(
         "train on random crops of this many latent voxels, Z Y X (validation and use: whole latents); makes fine "
         "latent grids trainable on a CPU", ("denoiser",), "N", label="latent crop", low=1))
+    lesion_free_windows: bool = setting(False, Option(
+        "also train on the windows of unhealthy structures that hold no lesion (with --latent-crop; needs "
+        "<case>/lesions.nii.gz): more healthy tissue where few structures are healthy", ("denoiser",)))
 
 
 @dataclass

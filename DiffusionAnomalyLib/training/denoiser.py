@@ -6,17 +6,22 @@ scaled to unit variance (the scale factor is stored in the bundle). With ``class
 the denoiser also sees healthy and unhealthy latents with their label, dropped to "null" with
 probability ``label_dropout``, for classifier-free guidance. With ``latent_crop`` each training
 sample is a random window of its latent (the network is convolutional, so it still denoises whole
-latents, and validation uses whole latents): on a CPU this makes finer latent grids trainable.
+latents, and validation uses whole latents): on a CPU this makes finer latent grids trainable. With
+``lesion_free_windows`` as well, the windows of unhealthy structures that hold no lesion voxel (nor one
+within ``LESION_MARGIN`` latent voxels) are healthy training samples too (not in the thesis): on data
+where most structures have a lesion, the healthy tissue beside it is most of the healthy tissue there is.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.logs import stdout_unless_configured
@@ -45,6 +50,9 @@ from DiffusionAnomalyLib.training.data import load_patches, save_npz
 
 logger = logging.getLogger(__name__)
 
+#: latent voxels kept free around a lesion's latent footprint by ``lesion_free_windows``
+LESION_MARGIN = 1
+
 
 def encode_all(codec: LatentCodec, x: np.ndarray, device: torch.device, batch: int = 4) -> np.ndarray:
     """Encode patches (N, C, ...) to unscaled quantised latents."""
@@ -60,6 +68,40 @@ def random_crops(z: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     starts = torch.stack([torch.randint(0, full - s + 1, (len(z),)) for full, s in spans], 1)
     return torch.stack([z[(i, slice(None), *(slice(int(a), int(a) + s) for a, s in zip(st, size, strict=True)))]
                         for i, st in enumerate(starts)])
+
+
+def lesion_free_starts(mask: np.ndarray, latent_shape: tuple[int, ...], crop: tuple[int, ...],
+                       margin: int = LESION_MARGIN) -> np.ndarray:
+    """(K, ndim) start corners of the ``crop`` windows of a latent that hold no lesion.
+
+    ``mask`` is a structure's lesion mask on its patch grid, a whole multiple of ``latent_shape``; a latent
+    voxel counts as lesion when any voxel of its block does, dilated by ``margin`` latent voxels (a cube).
+    """
+    factors = [m // s for m, s in zip(mask.shape, latent_shape, strict=True)]
+    if any(f < 1 or f * s != m for f, s, m in zip(factors, latent_shape, mask.shape, strict=True)):
+        raise InputError(f"lesion mask {mask.shape} is not a whole multiple of the latent {tuple(latent_shape)}")
+    blocks = mask.reshape([d for s, f in zip(latent_shape, factors, strict=True) for d in (s, f)])
+    occupied = (blocks != 0).any(axis=tuple(range(1, 2 * len(factors), 2)))
+    if margin > 0 and occupied.any():
+        occupied = ndimage.binary_dilation(occupied, np.ones((3,) * occupied.ndim, bool), iterations=margin)
+    counts = np.pad(occupied.astype(np.int64), [(1, 0)] * occupied.ndim)
+    for axis in range(occupied.ndim):
+        counts = counts.cumsum(axis)
+    n = [s - c + 1 for s, c in zip(latent_shape, crop, strict=True)]
+    inside = np.zeros(n, np.int64)  # lesion voxels per window: the summed-volume table's corners
+    for corner in itertools.product((0, 1), repeat=len(n)):
+        part = counts[tuple(slice(c, c + k) if b else slice(0, k) for b, c, k in zip(corner, crop, n, strict=True))]
+        inside += part if (len(n) - sum(corner)) % 2 == 0 else -part
+    return np.argwhere(inside == 0)
+
+
+def crops_at(z: torch.Tensor, size: tuple[int, ...], starts: list[np.ndarray]) -> torch.Tensor:
+    """One ``size`` window per sample of ``z`` (N, C, *spatial), its corner drawn from ``starts[i]`` (global RNG)."""
+    out = []
+    for zi, st in zip(z, starts, strict=True):
+        corner = st[int(torch.randint(0, len(st), (1,)))]
+        out.append(zi[(slice(None), *(slice(int(a), int(a) + s) for a, s in zip(corner, size, strict=True)))])
+    return torch.stack(out)
 
 
 def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels: tuple[str, ...],
@@ -89,15 +131,20 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
     bundle = load_bundle(cfg.bundle, device=device, parts=("autoencoder",))
     work = Path(f"{cfg.out}.work")
     work.mkdir(parents=True, exist_ok=True)
-    labels = ("healthy", "unhealthy") if cfg.class_conditional else ("healthy",)
+    windows = cfg.lesion_free_windows
+    if windows and (not cfg.latent_crop or cfg.class_conditional):
+        raise InputError("--lesion-free-windows needs --latent-crop (the windows) and no --class-conditional (which "
+                         "already trains on whole unhealthy structures)")
+    labels = ("healthy", "unhealthy") if cfg.class_conditional or windows else ("healthy",)
     with main_rank_first(dist):
-        data, lat = latents_for(bundle, cfg.data, work, device, labels)
+        data, lat = latents_for(bundle, cfg.data, work, device, labels, lesions=windows)
     train_mask = ~data.val_mask(cfg.val_fraction)
-    scale = 1.0 / float(lat[train_mask].std())
+    val_mask = ~train_mask & (data.labels == 0) if windows else ~train_mask  # validation: whole healthy latents
+    scale = 1.0 / float(lat[train_mask & (data.labels == 0) if windows else train_mask].std())
     z_train = torch.from_numpy(lat[train_mask] * scale)
-    z_val = torch.from_numpy(lat[~train_mask] * scale) if (~train_mask).any() else z_train[:2]
+    z_val = torch.from_numpy(lat[val_mask] * scale) if val_mask.any() else z_train[:2]
     y_train = torch.from_numpy(data.labels[train_mask])
-    y_val = torch.from_numpy(data.labels[~train_mask]) if (~train_mask).any() else y_train[:2]
+    y_val = torch.from_numpy(data.labels[val_mask]) if val_mask.any() else y_train[:2]
     net_cfg = denoiser_config(cfg.network, latent_channels=int(lat.shape[1]),
                               num_class_embeds=3 if cfg.class_conditional else None, label_dropout=cfg.label_dropout)
     bad = [s for s in lat.shape[2:] if s % net_cfg.downsampling]
@@ -109,6 +156,20 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
             c < 1 or c > s or c % net_cfg.downsampling for c, s in zip(crop, lat.shape[2:], strict=True))):
         raise InputError(f"latent crop {crop} must have {len(lat.shape[2:])} sizes, each at most the latent "
                          f"shape {tuple(lat.shape[2:])} and divisible by {net_cfg.downsampling}")
+    starts, window_info = None, None
+    if windows:
+        starts = [lesion_free_starts(m, tuple(lat.shape[2:]), crop) for m in data.lesions[train_mask]]
+        unhealthy = [len(st) for st, y in zip(starts, data.labels[train_mask], strict=True) if y == 1]
+        keep = np.array([len(st) > 0 for st in starts])
+        z_train, y_train = z_train[torch.from_numpy(keep)], y_train[torch.from_numpy(keep)]
+        starts = [st for st, k in zip(starts, keep, strict=True) if k]
+        positions = int(np.prod([s - c + 1 for s, c in zip(lat.shape[2:], crop, strict=True)]))
+        used = [n for n in unhealthy if n]
+        window_info = {"unhealthy_structures": len(unhealthy), "used": len(used), "margin_latent_voxels": LESION_MARGIN,
+                       "median_free_share": float(np.median(used) / positions) if used else 0.0}
+        if dist.is_main:
+            logger.info(f"lesion-free windows: {len(used)} of {len(unhealthy)} unhealthy training structures have "
+                        f"some (median {window_info['median_free_share']:.0%} of the {positions} window positions)")
     if dist.is_main:
         logger.info(f"denoiser: {len(z_train)} training / {len(z_val)} validation latents {tuple(lat.shape[1:])}, "
                     f"scale factor {scale:.4f}, on {device} ({precision})")
@@ -130,7 +191,11 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
     def step(it: int) -> dict:
         idx = next(batches)
         z = z_train[idx]
-        z = (random_crops(z, crop) if crop else z).to(device)
+        if starts is not None:
+            z = crops_at(z, crop, [starts[int(i)] for i in idx])
+        elif crop:
+            z = random_crops(z, crop)
+        z = z.to(device)
         t = torch.randint(1, schedule.num_timesteps + 1, (len(z),), device=device)
         noise = torch.randn_like(z)
         x_t = schedule.q_sample(z, t, noise)
@@ -170,7 +235,7 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
             "iterations": cfg.iterations, "best_val_l1": state["best_val"], "train_latents": len(z_train),
             "val_latents": len(z_val), "first_val_l1": loop.first("val_l1"),
             "class_conditional": cfg.class_conditional, "precision": precision,
-            "latent_crop": list(crop) if crop else None,
+            "latent_crop": list(crop) if crop else None, "lesion_free_windows": window_info,
             "data": str(cfg.data)}}
         save_bundle(out, meta, {"autoencoder": bundle.networks["autoencoder"], "denoiser": best},
                     bundle_extras(bundle.path, work, "denoiser"),

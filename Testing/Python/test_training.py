@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO
 
 from DiffusionAnomalyLib.detection.presets import get_preset
@@ -22,7 +23,13 @@ from DiffusionAnomalyLib.synthetic.phantoms import write_dataset
 from DiffusionAnomalyLib.training.autoencoder import AutoencoderTraining, train_autoencoder
 from DiffusionAnomalyLib.training.classifier import ClassifierTraining, train_classifier
 from DiffusionAnomalyLib.training.data import load_patches, save_npz
-from DiffusionAnomalyLib.training.denoiser import DenoiserTraining, random_crops, train_denoiser
+from DiffusionAnomalyLib.training.denoiser import (
+    DenoiserTraining,
+    crops_at,
+    lesion_free_starts,
+    random_crops,
+    train_denoiser,
+)
 
 COARSE = {"spacing_mm": [4.0, 4.0, 4.0]}
 
@@ -145,6 +152,59 @@ def test_denoiser_on_latent_crops(dataset, ae_bundle, tmp_path):
     for bad in ((4, 4), (10, 4, 4), (4, 3, 4)):  # wrong rank, larger than the latent, odd for 2x downsampling
         with pytest.raises(InputError, match="latent crop"):
             train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(tmp_path / "bad"), latent_crop=bad,
+                                            iterations=1, device="cpu"))
+
+
+def test_lesion_free_starts_match_a_brute_force_search():
+    rng = np.random.default_rng(3)
+    latent, crop = (6, 5, 4), (3, 2, 2)
+    for margin in (0, 1):
+        mask = np.zeros((12, 10, 8), np.uint8)  # the patch grid: 2x the latent
+        for _ in range(2):
+            z, y, x = rng.integers(0, 12), rng.integers(0, 10), rng.integers(0, 8)
+            mask[z, y, x] = 1
+        occupied = mask.reshape(6, 2, 5, 2, 4, 2).any(axis=(1, 3, 5))
+        grown = occupied.copy()
+        if margin:
+            for z, y, x in np.argwhere(occupied):
+                grown[max(z - 1, 0):z + 2, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = True
+        expected = [(a, b, c) for a in range(4) for b in range(4) for c in range(3)
+                    if not grown[a:a + 3, b:b + 2, c:c + 2].any()]
+        got = [tuple(int(v) for v in row) for row in lesion_free_starts(mask, latent, crop, margin)]
+        assert got == expected
+    assert len(lesion_free_starts(np.zeros((12, 10, 8), np.uint8), latent, crop)) == 4 * 4 * 3  # healthy: all
+    assert len(lesion_free_starts(np.ones((12, 10, 8), np.uint8), latent, crop)) == 0
+    with pytest.raises(InputError, match="whole multiple"):
+        lesion_free_starts(np.zeros((13, 10, 8), np.uint8), latent, crop)
+
+
+def test_crops_at_takes_the_windows_it_is_given():
+    z = torch.arange(2 * 1 * 6 * 5 * 4, dtype=torch.float32).reshape(2, 1, 6, 5, 4)
+    starts = [np.array([[3, 3, 2]]), np.array([[0, 0, 0], [1, 2, 1]])]
+    seen = set()
+    for _ in range(30):
+        w = crops_at(z, (3, 2, 2), starts)
+        torch.testing.assert_close(w[0], z[0, :, 3:6, 3:5, 2:4])
+        seen.add(int(w[1, 0, 0, 0, 0]))
+    assert seen == {int(z[1, 0, 0, 0, 0]), int(z[1, 0, 1, 2, 1])}
+
+
+def test_denoiser_on_lesion_free_windows(dataset, ae_bundle, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="DiffusionAnomalyLib")
+    out = tmp_path / "den-free"
+    train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(out), latent_crop=(4, 4, 4),
+                                    lesion_free_windows=True, iterations=2, val_every=2, device="cpu"))
+    info = load_bundle(out).meta.extra["denoiser_training"]
+    free = info["lesion_free_windows"]
+    assert free["margin_latent_voxels"] == 1 and free["unhealthy_structures"] > 0
+    healthy = load_patches(dataset, load_bundle(ae_bundle).preset, labels=("healthy",))
+    val = healthy.val_mask(0.2).sum()  # the same validation latents as without the option: whole healthy ones
+    assert info["val_latents"] == val and info["train_latents"] == len(healthy.ids) - val + free["used"]
+    assert any(m.startswith("lesion-free windows:") for m in caplog.messages)
+    for bad in ({"latent_crop": None}, {"class_conditional": True}):
+        with pytest.raises(InputError, match="lesion-free-windows"):
+            train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(tmp_path / "bad"),
+                                            **{"latent_crop": (4, 4, 4), **bad}, lesion_free_windows=True,
                                             iterations=1, device="cpu"))
 
 
