@@ -46,10 +46,11 @@ demo: setup
 	$(BIN)/diffusion-anomaly demo --organ kidney --out demo-output
 
 ## test: the whole test suite (what CI runs) plus the linter; the library's tests in TEST_WORKERS processes
-## (pytest-xdist, one test file per process at a time), the Slicer side's two layers side by side
+## (pytest-xdist, one test file per process at a time), the Slicer side's two layers side by side; pytest lists
+## the 15 slowest tests (the suite is meant to stay under 15 minutes on 2 cores)
 TEST_WORKERS ?= 2
 test: setup-test
-	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile Testing/Python; rc=$$?; \
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 Testing/Python; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; exit $$rc
 	@$(MAKE) --no-print-directory test-slicer
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing

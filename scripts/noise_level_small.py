@@ -11,7 +11,7 @@ at most --max-mm (equivalent-sphere diameter) inside the kidneys:
   lesion's voxels (0.5 = the map does not tell the lesion from the kidney, 1 = every lesion voxel above all).
 
     python scripts/noise_level_small.py --bundle BUNDLE --cases A/kidney-inc-01008 ... --levels 250 500 750 \
-        --work build/noise-level-small
+        --work build/noise-level-small [--settings '{"reference": "input"}']
 Prints one line per L (median kept, median and mean AUC, lesions with AUC > 0.9) and writes work/summary.json.
 Detections are kept in work/L<L>/<case>/ and reused on a rerun.
 """
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", nargs="+", type=int, default=[250, 500, 750])
     p.add_argument("--max-mm", type=float, default=20.0)
     p.add_argument("--work", type=Path, default=Path("build/noise-level-small"))
+    p.add_argument("--settings", type=json.loads, default={},
+                   help="run settings over the bundle's recommended ones, as JSON (e.g. '{\"reference\": \"input\"}')")
     args = p.parse_args(argv)
     by_level: dict[int, list[dict]] = {level: [] for level in args.levels}
     for case in args.cases:  # each case read once, for every L
@@ -80,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         for level in args.levels:
             out = args.work / f"L{level}" / case.name
             if not (out / "run.json").is_file():
+                settings = {**args.settings, "noise_level": level}
                 detect(DetectRequest(images=(str(case / "ct.nii.gz"),), out=str(out), bundle=args.bundle,
-                                     totalseg=str(case / "segmentations"), settings={"noise_level": level},
+                                     totalseg=str(case / "segmentations"), settings=settings,
                                      overview=False, overwrite=True))
             by_level[level] += small_lesions(case, arrays, out, args.max_mm)
     summary = {}
