@@ -106,8 +106,9 @@ def _cache_key(preset: OrganPreset) -> str:
     return hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _lesion_patches(folder: Path, prepared) -> np.ndarray:
-    """Each structure's lesion voxels (``<case>/lesions.nii.gz`` > 0 inside the structure's mask) on its patch."""
+def _lesion_patches(folder: Path, prepared, in_box: bool = False) -> np.ndarray:
+    """Each structure's lesion voxels (``<case>/lesions.nii.gz`` > 0 inside the structure's mask, or anywhere in its
+    patch with ``in_box``) on its patch."""
     from DiffusionAnomalyLib.detection.roi import extract_patch
     from DiffusionAnomalyLib.imaging.io import read_volume
 
@@ -115,16 +116,18 @@ def _lesion_patches(folder: Path, prepared) -> np.ndarray:
     if not path.is_file():
         return np.zeros(prepared.masks.shape, np.uint8)
     image = read_volume(path)  # resampled onto each patch in physical space, as the image is
-    return np.stack([(extract_patch(image, p, interpolator="nearest") > 0) & (m > 0)
+    return np.stack([(extract_patch(image, p, interpolator="nearest") > 0) & (in_box or m > 0)
                      for p, m in zip(prepared.patches, prepared.masks, strict=True)]).astype(np.uint8)
 
 
 def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | Path | None = None,
-                 labels: tuple[str, ...] = ("healthy", "unhealthy"), lesions: bool = False) -> PatchSet:
+                 labels: tuple[str, ...] = ("healthy", "unhealthy"), lesions: bool = False,
+                 lesions_in_box: bool = False) -> PatchSet:
     """All labelled structures of ``preset``'s organ in the dataset, as normalised patches.
 
     ``lesions``: also return each structure's lesion mask from ``<case>/lesions.nii.gz``; every case
     with an unhealthy structure must have that file (a case without one has no lesion voxels).
+    ``lesions_in_box``: those masks hold every lesion voxel of the patch, not only those inside the structure.
     Raises :class:`InputError` for an empty dataset, labels naming cases that do not exist and
     case folders that have no label; a case whose mask lacks the organ is skipped with a warning.
     """
@@ -158,6 +161,7 @@ def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | 
         if no_truth:
             raise InputError(f"{data_dir}: lesion supervision needs <case>/lesions.nii.gz for every case with an "
                              f"unhealthy structure; missing in {len(no_truth)}: {no_truth[:10]}")
+    key = "lesions_box" if lesions_in_box else "lesions"  # the cached lesion masks' name
     xs, ys, ids, masks, warnings = [], [], [], [], []
     for case, structures in sorted(by_case.items()):
         folder = data_dir / case
@@ -166,8 +170,8 @@ def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | 
         if cached and cached.is_file():
             with np.load(cached) as z:
                 arrays, names = z["x"], list(z["names"])
-                if lesions and "lesions" in z:
-                    lesion_arrays = z["lesions"]
+                if lesions and key in z:
+                    lesion_arrays = z[key]
         if (lesions and lesion_arrays is None) or not (cached and cached.is_file()):
             channels = read_channels([folder / f"{c}.nii.gz" for c in preset.channels])
             seg = folder / "segmentations" if (folder / "segmentations").is_dir() else folder / "segmentations.nii.gz"
@@ -181,8 +185,11 @@ def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | 
             arrays, names = prepared.x, [p.structure for p in prepared.patches]
             extra = {}
             if lesions:
-                lesion_arrays = extra["lesions"] = _lesion_patches(folder, prepared)
+                lesion_arrays = extra[key] = _lesion_patches(folder, prepared, lesions_in_box)
             if cached:
+                if cached.is_file():  # keep the other kind of lesion masks cached beside these
+                    with np.load(cached) as z:
+                        extra = {k: z[k] for k in ("lesions", "lesions_box") if k in z and k != key} | extra
                 save_npz(cached, x=arrays, names=np.array(names), **extra)
         for i, (arr, name) in enumerate(zip(arrays, names, strict=True)):
             if name in structures:

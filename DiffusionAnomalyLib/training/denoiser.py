@@ -105,11 +105,12 @@ def crops_at(z: torch.Tensor, size: tuple[int, ...], starts: list[np.ndarray]) -
 
 
 def latents_for(bundle, data_dir: str, work: Path, device: torch.device, labels: tuple[str, ...],
-                lesions: bool = False):
-    """The patch set (with lesion masks if ``lesions``) and its unscaled latents under the bundle's
-    autoencoder (cached in ``work``)."""
+                lesions: bool = False, lesions_in_box: bool = False):
+    """The patch set (with lesion masks if ``lesions``: see :func:`load_patches`) and its unscaled latents under the
+    bundle's autoencoder (cached in ``work``)."""
     preset = bundle.preset
-    data = load_patches(data_dir, preset, cache_dir=work / "cache", labels=labels, lesions=lesions)
+    data = load_patches(data_dir, preset, cache_dir=work / "cache", labels=labels, lesions=lesions,
+                        lesions_in_box=lesions_in_box)
     codec = LatentCodec(bundle.networks["autoencoder"])
     key = bundle.meta.files.get("autoencoder.safetensors", "none")[:16]
     cache = work / f"latents-{key}-{'-'.join(labels)}.npz"
@@ -137,14 +138,30 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
                          "already trains on whole unhealthy structures)")
     labels = ("healthy", "unhealthy") if cfg.class_conditional or windows else ("healthy",)
     with main_rank_first(dist):
-        data, lat = latents_for(bundle, cfg.data, work, device, labels, lesions=windows)
-    train_mask = ~data.val_mask(cfg.val_fraction)
-    val_mask = ~train_mask & (data.labels == 0) if windows else ~train_mask  # validation: whole healthy latents
-    scale = 1.0 / float(lat[train_mask & (data.labels == 0) if windows else train_mask].std())
+        try:
+            data, lat = latents_for(bundle, cfg.data, work, device, labels, lesions=windows, lesions_in_box=windows)
+        except InputError as exc:
+            raise InputError(f"--lesion-free-windows: {exc}" if windows else str(exc)) from None
+    if windows:  # the healthy structures split as without the option; unhealthy ones of validation cases left out
+        healthy = data.labels == 0
+        val_mask = np.zeros(len(healthy), bool)
+        val_mask[healthy] = data.subset(healthy).val_mask(cfg.val_fraction)
+        val_cases = {i.split("/")[0] for i, v in zip(data.ids, val_mask, strict=True) if v}
+        in_val_case = np.array([i.split("/")[0] in val_cases for i in data.ids])
+        train_mask = (healthy & ~val_mask) | (~healthy & ~in_val_case)
+        if not (healthy & ~val_mask).any():
+            raise InputError(f"--lesion-free-windows: {cfg.data} has no healthy structure to train on (the scale "
+                             "factor and the validation come from whole healthy latents)")
+    else:
+        train_mask = ~data.val_mask(cfg.val_fraction)
+        val_mask = ~train_mask
+    whole = train_mask & (data.labels == 0) if windows else train_mask  # the training latents used whole
+    scale = 1.0 / float(lat[whole].std())
     z_train = torch.from_numpy(lat[train_mask] * scale)
-    z_val = torch.from_numpy(lat[val_mask] * scale) if val_mask.any() else z_train[:2]
+    val_items = val_mask if val_mask.any() else np.flatnonzero(whole)[:2]  # too few cases to hold any out
+    z_val = torch.from_numpy(lat[val_items] * scale)
     y_train = torch.from_numpy(data.labels[train_mask])
-    y_val = torch.from_numpy(data.labels[val_mask]) if val_mask.any() else y_train[:2]
+    y_val = torch.from_numpy(data.labels[val_items])
     net_cfg = denoiser_config(cfg.network, latent_channels=int(lat.shape[1]),
                               num_class_embeds=3 if cfg.class_conditional else None, label_dropout=cfg.label_dropout)
     bad = [s for s in lat.shape[2:] if s % net_cfg.downsampling]
@@ -158,18 +175,26 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
                          f"shape {tuple(lat.shape[2:])} and divisible by {net_cfg.downsampling}")
     starts, window_info = None, None
     if windows:
-        starts = [lesion_free_starts(m, tuple(lat.shape[2:]), crop) for m in data.lesions[train_mask]]
+        starts = [lesion_free_starts(m, tuple(lat.shape[2:]), crop) if y == 0 or m.any() else np.zeros((0, len(crop)))
+                  for m, y in zip(data.lesions[train_mask], data.labels[train_mask], strict=True)]
         unhealthy = [len(st) for st, y in zip(starts, data.labels[train_mask], strict=True) if y == 1]
         keep = np.array([len(st) > 0 for st in starts])
         z_train, y_train = z_train[torch.from_numpy(keep)], y_train[torch.from_numpy(keep)]
         starts = [st for st, k in zip(starts, keep, strict=True) if k]
         positions = int(np.prod([s - c + 1 for s, c in zip(lat.shape[2:], crop, strict=True)]))
         used = [n for n in unhealthy if n]
+        empty = int(sum(1 for m, y in zip(data.lesions[train_mask], data.labels[train_mask], strict=True)
+                        if y == 1 and not m.any()))
         window_info = {"unhealthy_structures": len(unhealthy), "used": len(used), "margin_latent_voxels": LESION_MARGIN,
+                       "empty_lesion_masks": empty,
                        "median_free_share": float(np.median(used) / positions) if used else 0.0}
         if dist.is_main:
             logger.info(f"lesion-free windows: {len(used)} of {len(unhealthy)} unhealthy training structures have "
                         f"some (median {window_info['median_free_share']:.0%} of the {positions} window positions)")
+            if not used:
+                logger.warning("lesion-free windows: no unhealthy training structure has a window of "
+                               f"{' x '.join(map(str, crop))} latent voxels without a lesion; a smaller --latent-crop "
+                               "leaves more (an unhealthy structure whose lesion mask is empty counts as none)")
     if dist.is_main:
         logger.info(f"denoiser: {len(z_train)} training / {len(z_val)} validation latents {tuple(lat.shape[1:])}, "
                     f"scale factor {scale:.4f}, on {device} ({precision})")

@@ -158,12 +158,14 @@ def test_denoiser_on_latent_crops(dataset, ae_bundle, tmp_path):
 def test_lesion_free_starts_match_a_brute_force_search():
     rng = np.random.default_rng(3)
     latent, crop = (6, 5, 4), (3, 2, 2)
-    for margin in (0, 1):
-        mask = np.zeros((12, 10, 8), np.uint8)  # the patch grid: 2x the latent
+    for margin in (0, 1, 0, 1):
+        mask = np.zeros((12, 5, 8), np.uint8)  # the patch grid: 2x, 1x and 2x the latent
         for _ in range(2):
-            z, y, x = rng.integers(0, 12), rng.integers(0, 10), rng.integers(0, 8)
+            z, y, x = rng.integers(0, 12), rng.integers(0, 5), rng.integers(0, 8)
             mask[z, y, x] = 1
-        occupied = mask.reshape(6, 2, 5, 2, 4, 2).any(axis=(1, 3, 5))
+        occupied = np.zeros(latent, bool)
+        for z, y, x in np.argwhere(mask):
+            occupied[z // 2, y, x // 2] = True
         grown = occupied.copy()
         if margin:
             for z, y, x in np.argwhere(occupied):
@@ -172,10 +174,10 @@ def test_lesion_free_starts_match_a_brute_force_search():
                     if not grown[a:a + 3, b:b + 2, c:c + 2].any()]
         got = [tuple(int(v) for v in row) for row in lesion_free_starts(mask, latent, crop, margin)]
         assert got == expected
-    assert len(lesion_free_starts(np.zeros((12, 10, 8), np.uint8), latent, crop)) == 4 * 4 * 3  # healthy: all
-    assert len(lesion_free_starts(np.ones((12, 10, 8), np.uint8), latent, crop)) == 0
+    assert len(lesion_free_starts(np.zeros((12, 5, 8), np.uint8), latent, crop)) == 4 * 4 * 3  # healthy: all
+    assert len(lesion_free_starts(np.ones((12, 5, 8), np.uint8), latent, crop)) == 0
     with pytest.raises(InputError, match="whole multiple"):
-        lesion_free_starts(np.zeros((13, 10, 8), np.uint8), latent, crop)
+        lesion_free_starts(np.zeros((13, 5, 8), np.uint8), latent, crop)
 
 
 def test_crops_at_takes_the_windows_it_is_given():
@@ -192,19 +194,32 @@ def test_crops_at_takes_the_windows_it_is_given():
 def test_denoiser_on_lesion_free_windows(dataset, ae_bundle, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="DiffusionAnomalyLib")
     out = tmp_path / "den-free"
-    train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(out), latent_crop=(4, 4, 4),
+    train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(out), latent_crop=(2, 2, 2),
                                     lesion_free_windows=True, iterations=2, val_every=2, device="cpu"))
-    info = load_bundle(out).meta.extra["denoiser_training"]
+    meta = load_bundle(out).meta
+    info = meta.extra["denoiser_training"]
     free = info["lesion_free_windows"]
-    assert free["margin_latent_voxels"] == 1 and free["unhealthy_structures"] > 0
-    healthy = load_patches(dataset, load_bundle(ae_bundle).preset, labels=("healthy",))
-    val = healthy.val_mask(0.2).sum()  # the same validation latents as without the option: whole healthy ones
-    assert info["val_latents"] == val and info["train_latents"] == len(healthy.ids) - val + free["used"]
+    assert 0 < free["used"] <= free["unhealthy_structures"] and free["empty_lesion_masks"] == 0
+    plain = tmp_path / "den-plain"  # without the option: the same healthy split, hence the same scale factor
+    train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(plain), latent_crop=(2, 2, 2), iterations=1,
+                                    val_every=1, device="cpu"))
+    before = load_bundle(plain).meta
+    assert meta.latent["scale_factor"] == before.latent["scale_factor"]
+    assert info["val_latents"] == before.extra["denoiser_training"]["val_latents"]
+    assert info["train_latents"] == before.extra["denoiser_training"]["train_latents"] + free["used"]
     assert any(m.startswith("lesion-free windows:") for m in caplog.messages)
+    broken = tmp_path / "broken"  # an unhealthy case without lesions.nii.gz: the option's error names it
+    shutil.copytree(dataset, broken, symlinks=True)
+    with open(broken / "labels.csv", newline="") as f:
+        case = next(r["case"] for r in csv.DictReader(f) if r["label"] == "unhealthy")
+    (broken / case / "lesions.nii.gz").unlink()
+    with pytest.raises(InputError, match=f"--lesion-free-windows: .*{case}"):
+        train_denoiser(DenoiserTraining(str(broken), str(ae_bundle), str(tmp_path / "bad"), latent_crop=(2, 2, 2),
+                                        lesion_free_windows=True, iterations=1, device="cpu"))
     for bad in ({"latent_crop": None}, {"class_conditional": True}):
         with pytest.raises(InputError, match="lesion-free-windows"):
             train_denoiser(DenoiserTraining(str(dataset), str(ae_bundle), str(tmp_path / "bad"),
-                                            **{"latent_crop": (4, 4, 4), **bad}, lesion_free_windows=True,
+                                            **{"latent_crop": (2, 2, 2), **bad}, lesion_free_windows=True,
                                             iterations=1, device="cpu"))
 
 
@@ -330,6 +345,11 @@ def test_patches_with_lesion_masks(dataset, tmp_path):
     with pytest.raises(InputError, match=f"lesion supervision needs .*{case}"):
         load_patches(broken, preset, lesions=True)
     assert load_patches(broken, preset).lesions is None  # without lesion supervision the file is not needed
+    # in_box: every lesion voxel of the patch box, a superset of those inside the structure; cached beside them
+    box = load_patches(dataset, preset, cache_dir=tmp_path / "cache", lesions=True, lesions_in_box=True)
+    assert (box.lesions >= data.lesions).all() and box.lesions.sum() >= data.lesions.sum()
+    with np.load(next((tmp_path / "cache").rglob(f"{case}.npz"))) as z:
+        assert {"lesions", "lesions_box"} <= set(z.files)
 
 
 def test_classifier_with_lesion_supervision(dataset, ae_bundle, tmp_path):
