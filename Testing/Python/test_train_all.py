@@ -281,6 +281,7 @@ def test_the_fine_preset_trains_a_finer_latent_on_windows_clipped_to_it(data, tm
     assert (fine["autoencoder"]["network"], fine["denoiser"]["network"]) == ("tiny-2x", "tiny-3level")
     assert autoencoder_config("tiny-2x", in_channels=1).downsampling == 2  # 2 mm patches: a 4 mm latent grid
     assert latent_crop(fine, "kidney") == (16, 16, 16)  # of 32 x 24 x 24
+    assert (fine["autoencoder"]["iterations"], fine["denoiser"]["iterations"]) == (3000, 4500)  # issue 37: longer
     coarse = TrainAllPlan("d", "kidney", "o", preset="tiny-fine", spacing=4.0).resolved()
     assert latent_crop(coarse, "kidney") == (16, 12, 12)  # the 16 x 12 x 12 grid of 4 mm patches, whole in Y and X
     tiny = TrainAllPlan("d", "kidney", "o").resolved()
