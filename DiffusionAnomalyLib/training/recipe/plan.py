@@ -76,8 +76,8 @@ class TrainAllPlan:
     preset: str = setting("tiny", Option(
         "network sizes and stage defaults: tiny (a CPU, the demo recipe: 3000 iterations per stage, 2 mm kidney / "
         "4 mm liver and brain patches, no GAN), tiny-fine (tiny on a latent grid twice as fine: the tiny-2x "
-        "autoencoder, the tiny-3level denoiser on 16-voxel latent windows, 4500 denoiser iterations) or thesis (GPUs: the thesis networks at "
-        "1 mm kidney / 2 mm, 20000/20000/10000 iterations, GAN after 10000)", ALL, label="preset",
+        "autoencoder, the tiny-3level denoiser on 16-voxel latent windows for 4500 iterations) or thesis (GPUs: the "
+        "thesis networks at 1 mm kidney / 2 mm, 20000/20000/10000 iterations, GAN after 10000)", ALL, label="preset",
         choices=tuple(PRESETS)))
     spacing: float | None = setting(None, Option("patch spacing in mm (default: the preset's)", ALL, "MM",
                                                  label="spacing", low=0, low_open=True, high=100))
