@@ -22,6 +22,18 @@ ROOT="$PWD"
 mkdir -p "$W"
 step() { [ -e "$W/done.$1" ] && return 1; echo "== $1 $(date +%T)"; }
 mark() { touch "$W/done.$1"; }
+# the calibration grid of a default train all (one noise level, size-balanced, <= 1 false positive per kidney)
+GRID=(--noise-levels 250 --threshold-scales 0.8 0.9 1.0 1.15 1.3 --min-lesion-ml-values 0 0.5 1 2
+      --grow-to-values 1 0.7 --hybrid-scales 1.25 1.5 2 --max-fp-per-organ 1 --objective size-balanced)
+# evaluate TAG BUNDLE: `evaluate` at the bundle's calibrated point on A and B (steps and folders eval<TAG>A, eval<TAG>B)
+evaluate_ab() {
+  for s in A B; do
+    if step "eval$1$s"; then
+      da evaluate --data "$W/$s" --bundle "$2" --threshold bundle --out "$W/eval$1$s" --overwrite
+      mark "eval$1$s"
+    fi
+  done
+}
 if step phantoms; then
   da phantom --organ kidney --variety --lesion-sizes incidental --seed 100000 --cases 100 --out "$W/train"
   da phantom --organ kidney --variety --lesion-sizes incidental --seed 500 --cases 30 --out "$W/V"
@@ -47,31 +59,18 @@ if step den; then
   mark den
 fi
 if step sweep; then
-  da sweep --data "$W/V" --bundle "$W/den2x" --out "$W/sweepV" --overwrite --guidance-values 0 --noise-levels 250 \
-    --threshold-scales 0.8 0.9 1.0 1.15 1.3 --min-lesion-ml-values 0 0.5 1 2 --grow-to-values 1 0.7 \
-    --hybrid-scales 1.25 1.5 2 --max-fp-per-organ 1 --objective size-balanced --write-bundle "$W/cal2x"
+  da sweep --data "$W/V" --bundle "$W/den2x" --out "$W/sweepV" --overwrite --guidance-values 0 "${GRID[@]}" \
+    --write-bundle "$W/cal2x"
   mark sweep
 fi
-for s in A B; do
-  if step "eval$s"; then
-    da evaluate --data "$W/$s" --bundle "$W/cal2x" --threshold bundle --out "$W/eval$s" --overwrite
-    mark "eval$s"
-  fi
-done
+evaluate_ab "" "$W/cal2x"
 # the quieter map: 4 averaged DDPM samples and a 3-voxel median filter, same grid, the 1-sample run's maps kept
 if step sweepk4; then
-  da sweep --data "$W/V" --bundle "$W/den2x" --out "$W/sweepV" --overwrite --guidance-values 0 --noise-levels 250 \
-    --samples-values 4 --median-filter-values 3 \
-    --threshold-scales 0.8 0.9 1.0 1.15 1.3 --min-lesion-ml-values 0 0.5 1 2 --grow-to-values 1 0.7 \
-    --hybrid-scales 1.25 1.5 2 --max-fp-per-organ 1 --objective size-balanced --write-bundle "$W/cal2xk4"
+  da sweep --data "$W/V" --bundle "$W/den2x" --out "$W/sweepV" --overwrite --guidance-values 0 "${GRID[@]}" \
+    --samples-values 4 --median-filter-values 3 --write-bundle "$W/cal2xk4"
   mark sweepk4
 fi
-for s in A B; do
-  if step "evalk4$s"; then
-    da evaluate --data "$W/$s" --bundle "$W/cal2xk4" --threshold bundle --out "$W/evalk4$s" --overwrite
-    mark "evalk4$s"
-  fi
-done
+evaluate_ab k4 "$W/cal2xk4"
 # guidance: a classifier on the 4 mm latent with the per-cell lesion loss, trained on noise levels up to 500 (the
 # bundle keeps its best validation checkpoint), then the same grid at s = 0, 100, 300 with one sample; its s = 0 maps
 # are the one-sample sweep's (the classifier is not called at s = 0), copied under the new bundle's weights id
@@ -90,16 +89,14 @@ print(load_bundle(sys.argv[1]).meta.weights_id())' "$1"; }
     cp -r "$W/sweepV/maps/baseline" "$W/sweepG/maps/"
     cp -r "$s0" "$W/sweepG/maps/ddpm_L250_n50_s0_seed0_w$(wid "$W/cls2x")"
   fi
-  da sweep --data "$W/V" --bundle "$W/cls2x" --out "$W/sweepG" --overwrite --guidance-values 0 100 300 \
-    --noise-levels 250 --threshold-scales 0.8 0.9 1.0 1.15 1.3 --min-lesion-ml-values 0 0.5 1 2 --grow-to-values 1 0.7 \
-    --hybrid-scales 1.25 1.5 2 --max-fp-per-organ 1 --objective size-balanced --allow-weak-classifier \
-    --write-bundle "$W/cal2xg"
+  da sweep --data "$W/V" --bundle "$W/cls2x" --out "$W/sweepG" --overwrite --guidance-values 0 100 300 "${GRID[@]}" \
+    --allow-weak-classifier --write-bundle "$W/cal2xg"
   mark sweepg
 fi
-# the denoiser trained longer: resumed from den2x's checkpoint to 4500 iterations (its validation L1 was still falling at
-# 2000), the small lesions' contrast kept and map AUC (scripts/noise_level_small.py, the cases of its docstring), the
-# same grid on V and evaluate on A and B; then the same resumption with --lesion-free-windows to 3000 iterations, to
-# compare validation L1 at equal iterations (den45.work/log.jsonl against denhw.work/log.jsonl)
+# the denoiser trained longer: resumed from den2x's checkpoint to 4500 iterations (its validation L1 was still
+# falling at 2000), the small lesions' contrast kept and map AUC (scripts/noise_level_small.py, the cases of its
+# docstring), the same grid on V and evaluate on A and B; then the same resumption with --lesion-free-windows to 3000
+# iterations, to compare validation L1 at equal iterations (den45.work/log.jsonl against denhw.work/log.jsonl)
 for n in den45 denhw; do
   if step "$n"; then
     [ -d "$W/$n.work" ] || cp -r "$W/den2x.work" "$W/$n.work"
@@ -116,16 +113,10 @@ for n in den45 denhw; do
     mark small45
   fi
   if step sweep45; then
-    da sweep --data "$W/V" --bundle "$W/den45" --out "$W/sweep45" --overwrite --guidance-values 0 --noise-levels 250 \
-      --threshold-scales 0.8 0.9 1.0 1.15 1.3 --min-lesion-ml-values 0 0.5 1 2 --grow-to-values 1 0.7 \
-      --hybrid-scales 1.25 1.5 2 --max-fp-per-organ 1 --objective size-balanced --write-bundle "$W/cal45"
+    da sweep --data "$W/V" --bundle "$W/den45" --out "$W/sweep45" --overwrite --guidance-values 0 "${GRID[@]}" \
+      --write-bundle "$W/cal45"
     mark sweep45
   fi
-  for s in A B; do
-    if step "eval45$s"; then
-      da evaluate --data "$W/$s" --bundle "$W/cal45" --threshold bundle --out "$W/eval45$s" --overwrite
-      mark "eval45$s"
-    fi
-  done
+  evaluate_ab 45 "$W/cal45"
 done
 echo "done: $ROOT/$W/eval{A,B,k4A,k4B,45A,45B}/report/summary.md, $W/contrast.json, $W/sweepG/sweep/report.md"
