@@ -166,12 +166,13 @@ def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | 
     for case, structures in sorted(by_case.items()):
         folder = data_dir / case
         cached = cache / f"{case}.npz" if cache else None
-        lesion_arrays = None
+        lesion_arrays, other = None, {}
         if cached and cached.is_file():
             with np.load(cached) as z:
                 arrays, names = z["x"], list(z["names"])
                 if lesions and key in z:
                     lesion_arrays = z[key]
+                other = {k: z[k] for k in ("lesions", "lesions_box") if k in z and k != key}  # kept on a rewrite
         if (lesions and lesion_arrays is None) or not (cached and cached.is_file()):
             channels = read_channels([folder / f"{c}.nii.gz" for c in preset.channels])
             seg = folder / "segmentations" if (folder / "segmentations").is_dir() else folder / "segmentations.nii.gz"
@@ -187,10 +188,7 @@ def load_patches(data_dir: str | Path, preset: OrganPreset, *, cache_dir: str | 
             if lesions:
                 lesion_arrays = extra[key] = _lesion_patches(folder, prepared, lesions_in_box)
             if cached:
-                if cached.is_file():  # keep the other kind of lesion masks cached beside these
-                    with np.load(cached) as z:
-                        extra = {k: z[k] for k in ("lesions", "lesions_box") if k in z and k != key} | extra
-                save_npz(cached, x=arrays, names=np.array(names), **extra)
+                save_npz(cached, x=arrays, names=np.array(names), **other, **extra)
         for i, (arr, name) in enumerate(zip(arrays, names, strict=True)):
             if name in structures:
                 xs.append(arr.astype(np.float32))

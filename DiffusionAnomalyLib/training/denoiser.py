@@ -141,7 +141,9 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
         try:
             data, lat = latents_for(bundle, cfg.data, work, device, labels, lesions=windows, lesions_in_box=windows)
         except InputError as exc:
-            raise InputError(f"--lesion-free-windows: {exc}" if windows else str(exc)) from None
+            if not windows:
+                raise
+            raise InputError(f"--lesion-free-windows: {exc}") from None
     if windows:  # the healthy structures split as without the option; unhealthy ones of validation cases left out
         healthy = data.labels == 0
         val_mask = np.zeros(len(healthy), bool)
@@ -175,18 +177,18 @@ def train_denoiser(cfg: DenoiserTraining) -> Path:
                          f"shape {tuple(lat.shape[2:])} and divisible by {net_cfg.downsampling}")
     starts, window_info = None, None
     if windows:
-        starts = [lesion_free_starts(m, tuple(lat.shape[2:]), crop) if y == 0 or m.any() else np.zeros((0, len(crop)))
-                  for m, y in zip(data.lesions[train_mask], data.labels[train_mask], strict=True)]
-        unhealthy = [len(st) for st, y in zip(starts, data.labels[train_mask], strict=True) if y == 1]
+        masks, ys = data.lesions[train_mask], data.labels[train_mask]
+        empty = [y == 1 and not m.any() for m, y in zip(masks, ys, strict=True)]  # no lesion voxel on the patch
+        starts = [np.zeros((0, len(crop)), np.int64) if e else lesion_free_starts(m, tuple(lat.shape[2:]), crop)
+                  for m, e in zip(masks, empty, strict=True)]
+        unhealthy = [len(st) for st, y in zip(starts, ys, strict=True) if y == 1]
         keep = np.array([len(st) > 0 for st in starts])
         z_train, y_train = z_train[torch.from_numpy(keep)], y_train[torch.from_numpy(keep)]
         starts = [st for st, k in zip(starts, keep, strict=True) if k]
         positions = int(np.prod([s - c + 1 for s, c in zip(lat.shape[2:], crop, strict=True)]))
         used = [n for n in unhealthy if n]
-        empty = int(sum(1 for m, y in zip(data.lesions[train_mask], data.labels[train_mask], strict=True)
-                        if y == 1 and not m.any()))
         window_info = {"unhealthy_structures": len(unhealthy), "used": len(used), "margin_latent_voxels": LESION_MARGIN,
-                       "empty_lesion_masks": empty,
+                       "empty_lesion_masks": int(sum(empty)),
                        "median_free_share": float(np.median(used) / positions) if used else 0.0}
         if dist.is_main:
             logger.info(f"lesion-free windows: {len(used)} of {len(unhealthy)} unhealthy training structures have "
