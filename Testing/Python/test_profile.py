@@ -64,7 +64,8 @@ def test_op_classes_and_the_profiler_labels():
 
 def test_the_convolution_rate_probe_and_the_flop_count():
     cpu = torch.device("cpu")
-    assert conv_rate(cpu, "fp32", seconds=0.05) > 0 and conv_rate(cpu, "bf16", seconds=0.05) > 0
+    # a small grid: bfloat16 is emulated (about 0.3 GFLOP/s) on CPUs without native support
+    assert conv_rate(cpu, "fp32", seconds=0.05) > 0 and conv_rate(cpu, "bf16", seconds=0.05, grid=8) > 0
     den, grad = network_gflop("demo", 2)
     assert den > 0 and grad > 0  # FlopCounterMode on meta copies: nothing is computed
     assert case_gflop("demo", 2, 4, 2) == den * 4 + grad * 2
