@@ -534,3 +534,21 @@ def test_padding_or_a_synthesizer_without_lesion_labels_is_refused_before_traini
                      "--dry-run"]) == 2
         assert f"{flag[0]} need(s) lesion labels" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_dry_run_times_the_networks_once_per_process_and_training_times_them_afresh():
+    """A dry run repeated from Python (e.g. while a dataset is edited) reuses the first timing of the same networks,
+    whatever the data and iteration counts; the figures are measured ones (a second measurement would not repeat
+    them to the last digit). The earlier dry-run tests of this file have usually timed this configuration already."""
+    import torch
+
+    from DiffusionAnomalyLib.training.recipe import estimate
+    from DiffusionAnomalyLib.training.recipe.plan import TrainAllPlan
+
+    cpu = torch.device("cpu")
+    first = estimate.dry_run_seconds_per_iteration(TrainAllPlan("d", "kidney", "o").resolved(), "kidney", cpu)
+    assert set(first) == {"autoencoder", "denoiser", "classifier", "denoise_step"} and min(first.values()) > 0
+    first["denoiser"] = -1.0  # a copy: the caller cannot change what the next dry run reads
+    other_data = TrainAllPlan("elsewhere", "kidney", "o2", iterations=10).resolved()
+    again = estimate.dry_run_seconds_per_iteration(other_data, "kidney", cpu)
+    assert again["denoiser"] > 0 and again == {**first, "denoiser": again["denoiser"]}

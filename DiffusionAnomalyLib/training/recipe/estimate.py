@@ -90,6 +90,23 @@ def seconds_per_iteration(resolved: dict, organ: str, device, precision: str = "
     return out
 
 
+_MEASURED: dict[str, dict[str, float]] = {}
+
+
+def dry_run_seconds_per_iteration(resolved: dict, organ: str, device, precision: str = "auto") -> dict[str, float]:
+    """:func:`seconds_per_iteration` timed once per process and configuration, for ``--dry-run`` (repeated dry runs
+    from Python, e.g. while editing a dataset, do not time the same networks again). Training itself times afresh:
+    under torchrun every rank must take the same collective steps."""
+    import json
+
+    nets = {stage: {k: v for k, v in resolved[stage].items() if k not in ("iterations", "seed")}
+            for stage in ("autoencoder", "denoiser", "classifier")}  # what the timing depends on, not the data
+    key = json.dumps([nets, organ, str(device), precision], sort_keys=True, default=str)
+    if key not in _MEASURED:
+        _MEASURED[key] = seconds_per_iteration(resolved, organ, device, precision)
+    return dict(_MEASURED[key])
+
+
 def calibration_points(cal: dict) -> int:
     """How many map settings the calibration sweep computes: L x s x reference x samples x median filter."""
     return (len(cal["noise_levels"]) * len(cal["guidance"]) * len(cal.get("reference_values") or [0])

@@ -34,7 +34,13 @@ from pathlib import Path
 from DiffusionAnomalyLib.detection.presets import get_preset
 from DiffusionAnomalyLib.errors import InputError
 from DiffusionAnomalyLib.training.recipe.card import _card, summary_lines
-from DiffusionAnomalyLib.training.recipe.estimate import _dry_run_report, _fmt_s, estimate, seconds_per_iteration
+from DiffusionAnomalyLib.training.recipe.estimate import (
+    _dry_run_report,
+    _fmt_s,
+    dry_run_seconds_per_iteration,
+    estimate,
+    seconds_per_iteration,
+)
 from DiffusionAnomalyLib.training.recipe.layouts import Prepared, prepare
 from DiffusionAnomalyLib.training.recipe.plan import (
     Stages,
@@ -86,7 +92,7 @@ def train_all(plan: TrainAllPlan, dry_run: bool = False, from_stage: str | None 
         t0 = time.perf_counter()
         prepared = prepare(plan, work, dry_run=True, progress=progress)
         per_case = (time.perf_counter() - t0) / max(sum(len(v) for v in prepared.cases.values()), 1)
-        per_it = seconds_per_iteration(resolved, plan.organ, device, plan.precision)
+        per_it = dry_run_seconds_per_iteration(resolved, plan.organ, device, plan.precision)
         est = estimate(resolved, prepared, per_it, len(get_preset(plan.organ).structures), per_case * 1.5)
         _dry_run_report(plan, resolved, prepared, est, device)
         return None
