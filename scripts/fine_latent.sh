@@ -11,8 +11,8 @@
 # (scripts/autoencoder_contrast.py). Then the quieter map: 4 averaged DDPM samples and a 3-voxel median filter,
 # calibrated on V by the same grid and evaluated on A and B (evalk4A, evalk4B); then guidance by a lesion-weighted
 # classifier on the 4 mm latent, swept on V (cls, sweepg); then the denoiser trained longer (den45, small45, sweep45,
-# eval45A, eval45B) and with --lesion-free-windows (denhw). Hours on 2 CPU cores; restartable: each finished step
-# leaves W/done.<step>, the phantoms and the trainings resume.
+# eval45A, eval45B), with --lesion-free-windows (denhw), and longer still (den62 ... eval62fcB). Hours on 2 CPU
+# cores; restartable: each finished step leaves W/done.<step>, the phantoms and the trainings resume.
 # Usage: scripts/fine_latent.sh [WORK_DIR]   (default build/fine-latent)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,26 +97,44 @@ fi
 # falling at 2000), the small lesions' contrast kept and map AUC (scripts/noise_level_small.py, the cases of its
 # docstring), the same grid on V and evaluate on A and B; then the same resumption with --lesion-free-windows to 3000
 # iterations, to compare validation L1 at equal iterations (den45.work/log.jsonl against denhw.work/log.jsonl)
-for n in den45 denhw; do
+# Later still: den45 resumed to 6250 iterations (den62: the constant learning rate makes it one longer run), the
+# same steps (small62, sweep62, eval62A/B), then its sweep's cached maps with contrast-dependent size floors added to
+# the grid (sweep62fc, eval62fcA/B).
+for n in den45 denhw den62; do
   if step "$n"; then
-    [ -d "$W/$n.work" ] || cp -r "$W/den2x.work" "$W/$n.work"
-    extra=(--iterations 4500); [ "$n" = denhw ] && extra=(--iterations 3000 --lesion-free-windows)
+    from=den2x.work; [ "$n" = den62 ] && from=den45.work
+    [ -d "$W/$n.work" ] || cp -r "$W/$from" "$W/$n.work"
+    case $n in
+      den45) extra=(--iterations 4500) ;;
+      denhw) extra=(--iterations 3000 --lesion-free-windows) ;;
+      den62) extra=(--iterations 6250) ;;
+    esac
     da train denoiser --data "$W/train" --bundle "$W/ae2x" --out "$W/$n" --network tiny-3level \
       --latent-crop 16 16 16 --val-every 250 --resume "${extra[@]}"
     mark "$n"
   fi
-  [ "$n" = den45 ] || continue
-  if step small45; then
-    "$PY" scripts/noise_level_small.py --bundle "$W/den45" --levels 250 --work "$W/small45" \
+  [ "$n" = denhw ] && continue
+  tag=${n#den}
+  if step "small$tag"; then
+    "$PY" scripts/noise_level_small.py --bundle "$W/$n" --levels 250 --work "$W/small$tag" \
       --settings '{"reference": "input", "samples": 1, "median_filter": 0}' --cases \
       "$W"/A/kidney-inc-010{08,12,30,31,01,21} "$W"/B/kidney-var-inc-010{05,09}
-    mark small45
+    mark "small$tag"
   fi
-  if step sweep45; then
-    da sweep --data "$W/V" --bundle "$W/den45" --out "$W/sweep45" --overwrite --guidance-values 0 "${GRID[@]}" \
-      --write-bundle "$W/cal45"
-    mark sweep45
+  if step "sweep$tag"; then
+    da sweep --data "$W/V" --bundle "$W/$n" --out "$W/sweep$tag" --overwrite --guidance-values 0 "${GRID[@]}" \
+      --write-bundle "$W/cal$tag"
+    mark "sweep$tag"
   fi
-  evaluate_ab 45 "$W/cal45"
+  evaluate_ab "$tag" "$W/cal$tag"
 done
-echo "done: $ROOT/$W/eval{A,B,k4A,k4B,45A,45B}/report/summary.md, $W/contrast.json, $W/sweepG/sweep/report.md"
+if step sweep62fc; then
+  [ -d "$W/sweep62fc" ] || cp -r "$W/sweep62" "$W/sweep62fc"  # the maps are cached there: post-processing only
+  da sweep --data "$W/V" --bundle "$W/den62" --out "$W/sweep62fc" --overwrite --guidance-values 0 "${GRID[@]}" \
+    --floor-contrast-values 0 1.5 2 3 --write-bundle "$W/cal62fc"
+  mark sweep62fc
+fi
+for s in A B; do [ -d "$W/eval62fc$s" ] || cp -r "$W/eval62$s" "$W/eval62fc$s"; done
+evaluate_ab 62fc "$W/cal62fc"
+echo "done: $ROOT/$W/eval{A,B,k4A,k4B,45A,45B,62A,62B,62fcA,62fcB}/report/summary.md,"
+echo "      $W/contrast.json, $W/sweepG/sweep/report.md"
