@@ -266,14 +266,13 @@ def case_gflop(size: str, rois: int, denoiser_evaluations: int, gradients: int) 
 CONV_PROBE = {"channels": 64, "kernel": 3, "batch": 2, "grid": 32}
 
 
-def conv_rate(device: torch.device, precision: str, seconds: float = 0.5, grid: int | None = None) -> float:
-    """GFLOP/s of one 3D convolution (:data:`CONV_PROBE`, its grid replaced by ``grid`` if given) with this
-    process's threads, the best call of about ``seconds``: float32 contiguous, or bfloat16 in ``channels_last_3d``
-    (the layout oneDNN runs it fastest in, AMX where the CPU has it). 2 x batch x out x in x kernel^3 x grid^3 FLOPs
-    per call. Where the first call alone takes ``seconds`` or more (bfloat16 emulated on a CPU without native
-    support: about a minute at the probe's size) its rate is the figure, primitive creation included."""
+def conv_rate(device: torch.device, precision: str, seconds: float = 0.5) -> float:
+    """GFLOP/s of one 3D convolution (:data:`CONV_PROBE`) with this process's threads, the best call of about
+    ``seconds``: float32 contiguous, or bfloat16 in ``channels_last_3d`` (the layout oneDNN runs it fastest in,
+    AMX where the CPU has it). 2 x batch x out x in x kernel^3 x grid^3 FLOPs per call. Where the first call alone
+    takes ``seconds`` or more (bfloat16 emulated on a CPU without native support: about a minute at the probe's
+    size) its rate is the figure, primitive creation included."""
     c, k, b, g = (CONV_PROBE[key] for key in ("channels", "kernel", "batch", "grid"))
-    g = grid or g
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     fmt = torch.channels_last_3d if precision == "bf16" else torch.contiguous_format
     conv = torch.nn.Conv3d(c, c, k, padding=k // 2).to(device=device, dtype=dtype, memory_format=fmt).eval()

@@ -9,7 +9,7 @@ import json
 import torch
 
 from DiffusionAnomalyLib.app.cli import main
-from DiffusionAnomalyLib.evaluation.bench import case_gflop, conv_rate, network_gflop
+from DiffusionAnomalyLib.evaluation.bench import CONV_PROBE, case_gflop, conv_rate, network_gflop
 from DiffusionAnomalyLib.evaluation.profile import ROWS, op_class
 from DiffusionAnomalyLib.models.diffusion.guidance import PROFILE_BACKWARD, PROFILE_FORWARD
 
@@ -62,10 +62,11 @@ def test_op_classes_and_the_profiler_labels():
     assert {PROFILE_FORWARD, PROFILE_BACKWARD} <= names
 
 
-def test_the_convolution_rate_probe_and_the_flop_count():
+def test_the_convolution_rate_probe_and_the_flop_count(monkeypatch):
     cpu = torch.device("cpu")
-    # a small grid: bfloat16 is emulated (about 0.3 GFLOP/s) on CPUs without native support
-    assert conv_rate(cpu, "fp32", seconds=0.05) > 0 and conv_rate(cpu, "bf16", seconds=0.05, grid=8) > 0
+    # an 8^3 grid, as in test_precision: bfloat16 is emulated (about 0.3 GFLOP/s) on CPUs without native support
+    monkeypatch.setitem(CONV_PROBE, "grid", 8)
+    assert conv_rate(cpu, "fp32", seconds=0.05) > 0 and conv_rate(cpu, "bf16", seconds=0.05) > 0
     den, grad = network_gflop("demo", 2)
     assert den > 0 and grad > 0  # FlopCounterMode on meta copies: nothing is computed
     assert case_gflop("demo", 2, 4, 2) == den * 4 + grad * 2

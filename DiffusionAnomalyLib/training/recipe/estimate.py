@@ -3,6 +3,7 @@ report."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -97,8 +98,6 @@ def dry_run_seconds_per_iteration(resolved: dict, organ: str, device, precision:
     """:func:`seconds_per_iteration` timed once per process and configuration, for ``--dry-run`` (repeated dry runs
     from Python, e.g. while editing a dataset, do not time the same networks again). Training itself times afresh:
     under torchrun every rank must take the same collective steps."""
-    import json
-
     nets = {stage: {k: v for k, v in resolved[stage].items() if k not in ("iterations", "seed")}
             for stage in ("autoencoder", "denoiser", "classifier")}  # what the timing depends on, not the data
     key = json.dumps([nets, organ, str(device), precision], sort_keys=True, default=str)
