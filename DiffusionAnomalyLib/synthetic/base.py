@@ -77,18 +77,27 @@ class _Grid:
                 r[0, 1] * dx + r[1, 1] * dy + r[2, 1] * dz,
                 r[0, 2] * dx + r[1, 2] * dy + r[2, 2] * dz)
 
-    def crop(self, center, half_mm: float) -> tuple[tuple[slice, slice, slice], _Grid]:
-        """The sub-grid within ``half_mm`` of ``center`` (for work local to a lesion)."""
+    def crop(self, center, half_mm) -> tuple[tuple[slice, slice, slice], _Grid]:
+        """The sub-grid within ``half_mm`` of ``center`` (for work local to a structure): one distance, or one per
+        axis (x, y, z)."""
+        half = (half_mm,) * 3 if np.isscalar(half_mm) else tuple(half_mm)
         slices = []
-        for axis, c in ((self.z, center[2]), (self.y, center[1]), (self.x, center[0])):
+        for axis, c, h in ((self.z, center[2], half[2]), (self.y, center[1], half[1]), (self.x, center[0], half[0])):
             a = axis.ravel()
-            lo, hi = np.searchsorted(a, c - half_mm), np.searchsorted(a, c + half_mm)
+            lo, hi = np.searchsorted(a, c - h), np.searchsorted(a, c + h)
             slices.append(slice(int(lo), int(max(hi, lo + 1))))
         sub = object.__new__(_Grid)
         sub.spacing, sub.size, sub.origin = self.spacing, self.size, self.origin
         sub.z, sub.y, sub.x = self.z[slices[0]], self.y[:, slices[1]], self.x[:, :, slices[2]]
         sub.shape = (sub.z.shape[0], sub.y.shape[1], sub.x.shape[2])
         return tuple(slices), sub
+
+    def ellipsoid_crop(self, center, radii, rotation=None, reach: float = 1.0) -> tuple[tuple[slice, ...], _Grid]:
+        """The sub-grid holding every point whose :meth:`ellipsoid_r` is below ``reach`` (plus a voxel), so that
+        work on one structure need not touch the whole volume; values computed on it equal the whole grid's."""
+        r = np.eye(3) if rotation is None else np.asarray(rotation, float)
+        half = reach * np.sqrt(((r * np.asarray(radii, float)[None, :]) ** 2).sum(axis=1)) + max(self.spacing)
+        return self.crop(center, tuple(float(h) for h in half))
 
     def ellipsoid_r(self, center, radii, rotation=None) -> np.ndarray:
         """Normalised ellipsoid radius: < 1 inside, 1 on the surface."""

@@ -72,16 +72,20 @@ class _Kidney:
     rotation: np.ndarray
 
 
-def _kidney_fields(grid: _Grid, k: _Kidney, rng: np.random.Generator, medulla_extent: float = 0.8,
+def _kidney_fields(full: _Grid, k: _Kidney, rng: np.random.Generator, medulla_extent: float = 0.8,
                    lobulation: float = 0.0, vr: np.random.Generator | None = None):
     """Return (kidney mask, cortex, medulla, sinus) boolean arrays for one kidney (``medulla_extent``: the
     normalised radius the pyramids reach, so the cortex is thinner when it is larger; ``lobulation`` > 0: the
-    surface is modulated by smooth waves drawn from ``vr``)."""
+    surface is modulated by smooth waves drawn from ``vr``). The fields are computed on the kidney's box only."""
+    n_waves = 4
+    # the waves' field is at most sqrt(n_waves) in magnitude, so the lobulated surface stays within this reach
+    bulge = lobulation * np.sqrt(n_waves) if vr is not None else 0.0
+    box, grid = full.ellipsoid_crop(k.center, k.radii, k.rotation, 1.0 / (1.0 - bulge) if bulge < 0.9 else 1e6)
     u, v, w = grid.local(k.center, k.rotation)
     medial = 1.0 if k.side == "right" else -1.0  # local +u points towards the patient's midline
     r = np.sqrt((u / k.radii[0]) ** 2 + (v / k.radii[1]) ** 2 + (w / k.radii[2]) ** 2)
     if lobulation > 0 and vr is not None:
-        kw, ph = _waves(vr, 4, (30, 70))
+        kw, ph = _waves(vr, n_waves, (30, 70))
         r = r * (1.0 + lobulation * _wave_field(grid, kw, ph))
     # Hilum: a notch on the medial, slightly anterior side at mid height.
     hilum = (medial * u / k.radii[0] > 0.45) & (np.abs(w) / k.radii[2] < 0.3) & (v / k.radii[1] < 0.5)
@@ -96,7 +100,20 @@ def _kidney_fields(grid: _Grid, k: _Kidney, rng: np.random.Generator, medulla_ex
     lobes = np.cos(n_lobes * phi + rng.uniform(0, 6.3)) + 0.6 * np.cos(3 * theta + rng.uniform(0, 6.3))
     medulla = kidney & ~sinus & (r < medulla_extent) & (lobes > -0.3)
     cortex = kidney & ~sinus & ~medulla
-    return kidney, cortex, medulla, sinus
+    return tuple(_pad(m, box, full.shape) for m in (kidney, cortex, medulla, sinus))
+
+
+def _pad(mask: np.ndarray, box: tuple[slice, ...], shape: tuple[int, int, int]) -> np.ndarray:
+    """A mask computed on a box of the grid, as a whole-grid mask."""
+    out = np.zeros(shape, bool)
+    out[box] = mask
+    return out
+
+
+def _ellipsoid_mask(g: _Grid, center, radii, rotation=None, below: float = 1.0) -> np.ndarray:
+    """``g.ellipsoid_r(center, radii, rotation) < below``, computed on the ellipsoid's box only."""
+    box, sub = g.ellipsoid_crop(center, radii, rotation, below)
+    return _pad(sub.ellipsoid_r(center, radii, rotation) < below, box, g.shape)
 
 
 def abdomen_ct(
@@ -170,23 +187,24 @@ def abdomen_ct(
     for _ in range(int(rng.integers(6, 11))):
         c = (rng.uniform(-90, 90), rng.uniform(-70, -10), rng.uniform(g.z.min(), g.z.max()))
         rad = rng.uniform(12, 22, size=3)
-        rr = g.ellipsoid_r(c, rad)
-        img[(rr < 1) & visceral] = 40
-        img[(rr < 0.78) & visceral] = -850 if rng.random() < 0.5 else 12
+        img[_ellipsoid_mask(g, c, rad) & visceral] = 40
+        img[_ellipsoid_mask(g, c, rad, below=0.78) & visceral] = -850 if rng.random() < 0.5 else 12
     # Liver (patient's right = -x), spleen (left = +x).
     liver_c = (-62 + rng.uniform(-6, 6), -5 + rng.uniform(-6, 6), 105 + rng.uniform(-8, 8))
     liver_rad = (82 + rng.uniform(-8, 8), 88 + rng.uniform(-8, 8), 88 + rng.uniform(-8, 8))
     liver_rot = _rotation(0, rng.uniform(-10, 10), rng.uniform(-15, 15))
     k_liver, ph_liver = _waves(rng, 5, (90, 160))
-    liver_r = g.ellipsoid_r(liver_c, liver_rad, liver_rot) + 0.06 * _wave_field(g, k_liver, ph_liver)
-    liver = (liver_r < 1.0) & visceral & (g.x < 40)
-    spleen = (g.ellipsoid_r((92 + rng.uniform(-5, 5), 35, 85 + rng.uniform(-8, 8)), (30, 45, 55),
-                            _rotation(0, 0, 30)) < 1.0) & visceral
+    # the waves' field is at most sqrt(5): the liver lies within 1 + 0.06 sqrt(5) of its ellipsoid's radius
+    lbox, lg = g.ellipsoid_crop(liver_c, liver_rad, liver_rot, 1.0 + 0.06 * np.sqrt(5))
+    liver_r = lg.ellipsoid_r(liver_c, liver_rad, liver_rot) + 0.06 * _wave_field(lg, k_liver, ph_liver)
+    liver = _pad((liver_r < 1.0) & (lg.x < 40), lbox, g.shape) & visceral
+    spleen = _ellipsoid_mask(g, (92 + rng.uniform(-5, 5), 35, 85 + rng.uniform(-8, 8)), (30, 45, 55),
+                             _rotation(0, 0, 30)) & visceral
     img[liver] = hu["liver"]
     img[spleen] = hu["spleen"]
     # Hepatic/portal vessels: tubes of enhancing blood inside the liver.
     k_v, ph_v = _waves(rng, 3, (40, 80))
-    vessels = liver & (np.abs(_wave_field(g, k_v, ph_v)) < 0.07) & (liver_r < 0.85)
+    vessels = liver & _pad((np.abs(_wave_field(lg, k_v, ph_v)) < 0.07) & (liver_r < 0.85), lbox, g.shape)
     img[vessels] = hu["vein"] + 10
 
     # Kidneys.
@@ -203,7 +221,7 @@ def abdomen_ct(
         kidney, cortex, medulla, sinus = _kidney_fields(g, kd, rng, var.get("medulla_extent", 0.8),
                                                         var.get("lobulation", 0.0), vr)
         img[sinus] = -80
-        pelvis = sinus & (g.ellipsoid_r(center, (0.3 * radii[0], 0.25 * radii[1], 0.4 * radii[2]), rot) < 1)
+        pelvis = sinus & _ellipsoid_mask(g, center, (0.3 * radii[0], 0.25 * radii[1], 0.4 * radii[2]), rot)
         img[pelvis] = hu["pelvis"]
         img[cortex] = hu["cortex"]
         img[medulla] = hu["medulla"]
