@@ -79,6 +79,16 @@ def tiny_bundle(tmp_path_factory):
 _START_LOCALE = __import__("locale").setlocale(__import__("locale").LC_ALL)
 
 
+@pytest.fixture
+def small_bench(monkeypatch):
+    """``bench`` at test scale: the demo size on a 4 x 8^3 latent (a quarter of its values) and the convolution-rate
+    probe on an 8^3 grid, so that its rows (emulated bfloat16 included) take seconds; the figures are not checked."""
+    from DiffusionAnomalyLib.evaluation.bench import CONV_PROBE, SIZES
+
+    monkeypatch.setitem(CONV_PROBE, "grid", 8)
+    monkeypatch.setitem(SIZES, "demo", {**SIZES["demo"], "latent": (4, 8, 8, 8)})
+
+
 @pytest.fixture(autouse=True)
 def _keep_the_process_locale():
     """Each test starts in the locale the session started with: fixtures that write DICOM with ITK (GDCM sets the

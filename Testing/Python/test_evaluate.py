@@ -572,7 +572,7 @@ def test_evaluate_shards_over_two_torchrun_processes(dataset, tmp_path):
     assert list(doc["skipped_cases"]) == ["nolabels"]
 
 
-def test_bench_reports_the_figures_it_promises():
+def test_bench_reports_the_figures_it_promises(small_bench):
     from DiffusionAnomalyLib.evaluation.bench import run_bench, summary_table
 
     report = run_bench(sizes=["demo"], devices=["cpu"], steps=2, methods=("ddim",), guidance=(0.0, 50.0),

@@ -149,11 +149,9 @@ def test_an_error_in_the_guidance_thread_reaches_the_caller(tiny_nets):
     assert torch.get_num_threads() == threads
 
 
-def test_bench_puts_fp32_and_the_fast_path_side_by_side(monkeypatch):
-    from DiffusionAnomalyLib.evaluation.bench import CONV_PROBE, run_bench, summary_table
+def test_bench_puts_fp32_and_the_fast_path_side_by_side(small_bench):
+    from DiffusionAnomalyLib.evaluation.bench import run_bench, summary_table
 
-    # the convolution-rate probe on an 8^3 grid: emulated bfloat16 takes about a minute at 32^3 (test_profile)
-    monkeypatch.setitem(CONV_PROBE, "grid", 8)
     report = run_bench(sizes=["demo"], devices=["cpu"], steps=2, methods=("ddim",), guidance=(50.0,), rois=(2,),
                        precisions=("fp32", "bf16"), fast_default=True, network_time=False)
     fp32, bf16, fast = report["results"]

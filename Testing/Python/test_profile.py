@@ -21,7 +21,7 @@ def _table(text: str) -> dict[str, list[str]]:
     return {r[0]: r[1:] for r in rows}
 
 
-def test_bench_profile_splits_a_demo_case_into_op_classes(tmp_path, capsys):
+def test_bench_profile_splits_a_demo_case_into_op_classes(tmp_path, capsys, small_bench):
     threads = torch.get_num_threads()
     out = tmp_path / "profile.json"
     rc = main(["bench", "--profile", "--sizes", "demo", "--samplers", "ddim", "--guidance-values", "0", "100",
