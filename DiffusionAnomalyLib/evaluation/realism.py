@@ -97,9 +97,20 @@ def frechet_distance(reference: np.ndarray, synthesised: np.ndarray) -> float:
 def classifier_auroc(reference: np.ndarray, synthesised: np.ndarray, folds: int = 5, iterations: int = 300,
                      seed: int = 0) -> float:
     """Pooled out-of-fold AUROC of a small 3D CNN telling ``synthesised`` crops (label 1) from ``reference`` ones
-    (label 0); crops (N, D, D, D). Folds are stratified; each fold trains a fresh network."""
+    (label 0); crops (N, D, D, D). Folds are stratified; each fold trains a fresh network, on one thread: a network
+    this small runs 2.4 times faster on one thread than on two (2-core CPU); the thread count is restored after."""
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _classifier_auroc(torch, reference, synthesised, folds, iterations, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _classifier_auroc(torch, reference: np.ndarray, synthesised: np.ndarray, folds: int, iterations: int,
+                      seed: int) -> float:
     x = np.concatenate([reference, synthesised])[:, None].astype(np.float32)
     y = np.concatenate([np.zeros(len(reference)), np.ones(len(synthesised))]).astype(np.float32)
     rng = np.random.default_rng(seed)

@@ -321,8 +321,12 @@ def test_the_classifier_tells_different_crops_apart_and_not_identical_ones():
     same = rng.normal(size=(40, 12, 12, 12)).astype(np.float32)
     bright = same.copy()
     bright[:, 4:8, 4:8, 4:8] += 1.5
+    import torch
+
+    threads = torch.get_num_threads()
     assert classifier_auroc(ref, bright, iterations=80) > 0.9
     assert 0.25 < classifier_auroc(ref, same, iterations=80) < 0.75
+    assert torch.get_num_threads() == threads  # it trains on one thread and gives the caller's count back
 
 
 # ---------------------------------------------------------------------------------------------------------------
