@@ -46,11 +46,14 @@ demo: setup
 	$(BIN)/diffusion-anomaly demo --organ kidney --out demo-output
 
 ## test: the whole test suite (what CI runs) plus the linter; the library's tests in TEST_WORKERS processes
-## (pytest-xdist, one test file per process at a time), the Slicer side's two layers side by side; pytest lists
-## the 15 slowest tests (the suite is meant to stay under 15 minutes on 2 cores)
+## (pytest-xdist, one test file per process at a time), each with one OpenMP thread unless OMP_NUM_THREADS is set
+## (two workers with PyTorch's default of a thread per core oversubscribe the cores: 708 s against 513 s on 2 cores),
+## the Slicer side's two layers side by side; pytest lists the 15 slowest tests (the suite is meant to stay under 15
+## minutes on 2 cores)
 TEST_WORKERS ?= 2
 test: setup-test
-	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 Testing/Python; rc=$$?; \
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+	  $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 Testing/Python; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; exit $$rc
 	@$(MAKE) --no-print-directory test-slicer
 	$(BIN)/ruff check DiffusionAnomalyLib DiffusionAnomaly Testing
