@@ -12,6 +12,12 @@ as :mod:`noise_level_small` does (contrast kept, map AUC against the kidneys' le
     python scripts/two_pass_small.py --bundle B --cases A/kidney-inc-01008 ... --inner-levels 500 750 \
         --work build/two-pass-small [--quantile 0.9] [--dilate 1] [--jumps 1] [--settings '{...}']
 
+With ``--cli`` the rest of the line is a ``diffusion-anomaly`` command run in this process with the two-pass
+reconstruction at the first inner level (a ``sweep`` or ``evaluate`` whose maps are then two-pass maps; give it an
+--out of its own, so that no one-pass map is reused from a cache):
+
+    python scripts/two_pass_small.py --inner-levels 500 --cli sweep --data V --bundle B --out W/sweep2p ...
+
 A diagnostic, not a product option: nothing in the library changes; detections are kept under work/ and reused.
 """
 
@@ -70,8 +76,8 @@ def install_two_pass(inner_level: int, quantile: float, dilate: int, jumps: int)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--cases", nargs="+", type=Path, required=True)
+    p.add_argument("--bundle")
+    p.add_argument("--cases", nargs="+", type=Path)
     p.add_argument("--inner-levels", nargs="+", type=int, default=[500, 750])
     p.add_argument("--quantile", type=float, default=0.9)
     p.add_argument("--dilate", type=int, default=1)
@@ -79,7 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-mm", type=float, default=20.0)
     p.add_argument("--work", type=Path, default=Path("build/two-pass-small"))
     p.add_argument("--settings", type=json.loads, default={})
+    p.add_argument("--cli", nargs=argparse.REMAINDER, help="a diffusion-anomaly command to run with the two passes")
     args = p.parse_args(argv)
+    if args.cli:
+        from DiffusionAnomalyLib.app.cli import main as cli_main
+
+        install_two_pass(args.inner_levels[0], args.quantile, args.dilate, args.jumps)
+        return cli_main(args.cli)
+    if not args.bundle or not args.cases:
+        p.error("--bundle and --cases are needed (or --cli)")
     summary = {}
     for level in args.inner_levels:  # one process per level would be cleaner; the patch is re-installed per level
         reconstruction.DiffusionReconstructor.reconstruct = ORIGINAL
