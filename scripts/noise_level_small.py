@@ -66,6 +66,20 @@ def small_lesions(case: Path, arrays: tuple, out: Path, max_mm: float) -> list[d
     return rows
 
 
+def summarize(rows: list[dict]) -> dict:
+    """The lesions' rows with their median contrast kept, median and mean map AUC and the count above 0.9."""
+    kept = np.array([r["kept"] for r in rows if r["kept"] is not None])
+    auc = np.array([r["auc"] for r in rows])
+    return {"lesions": rows, "median_kept": float(np.median(kept)), "median_auc": float(np.median(auc)),
+            "mean_auc": float(auc.mean()), "auc_over_0.9": int((auc > 0.9).sum())}
+
+
+def describe(summary: dict) -> str:
+    """One line of a :func:`summarize` result."""
+    return (f"contrast kept median {summary['median_kept']:.2f}; map AUC median {summary['median_auc']:.3f}, "
+            f"mean {summary['mean_auc']:.3f}, > 0.9: {summary['auc_over_0.9']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True)
@@ -89,12 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             by_level[level] += small_lesions(case, arrays, out, args.max_mm)
     summary = {}
     for level, rows in by_level.items():
-        kept = np.array([r["kept"] for r in rows if r["kept"] is not None])
-        auc = np.array([r["auc"] for r in rows])
-        summary[level] = {"lesions": rows, "median_kept": float(np.median(kept)), "median_auc": float(np.median(auc)),
-                          "mean_auc": float(auc.mean()), "auc_over_0.9": int((auc > 0.9).sum())}
-        print(f"L = {level}: {len(rows)} lesions <= {args.max_mm:g} mm, contrast kept median {np.median(kept):.2f}; "
-              f"map AUC median {np.median(auc):.3f}, mean {auc.mean():.3f}, > 0.9: {(auc > 0.9).sum()}")
+        summary[level] = summarize(rows)
+        print(f"L = {level}: {len(rows)} lesions <= {args.max_mm:g} mm, {describe(summary[level])}")
     (args.work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return 0
 

@@ -36,10 +36,12 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from noise_level_small import read_case, small_lesions  # noqa: E402
+from noise_level_small import describe, read_case, small_lesions, summarize  # noqa: E402
 
 from DiffusionAnomalyLib.api import DetectRequest, detect  # noqa: E402
 from DiffusionAnomalyLib.models import reconstruction  # noqa: E402
+
+ONE_PASS = reconstruction.DiffusionReconstructor.reconstruct  # the library's; each two-pass patch wraps this one
 
 
 def candidate_region(x: np.ndarray, first: np.ndarray, organ: np.ndarray, quantile: float, dilate: int) -> np.ndarray:
@@ -55,8 +57,8 @@ def candidate_region(x: np.ndarray, first: np.ndarray, organ: np.ndarray, quanti
 
 
 def install_two_pass(inner_level: int, quantile: float, dilate: int, jumps: int) -> None:
-    """Replace DiffusionReconstructor.reconstruct (in this process) by the two-pass version."""
-    one_pass = reconstruction.DiffusionReconstructor.reconstruct
+    """Replace DiffusionReconstructor.reconstruct (in this process) by the two-pass version around the library's."""
+    one_pass = ONE_PASS
 
     def two_pass(self, x, mask, spacing_mm):
         first = one_pass(self, x, mask, spacing_mm)
@@ -94,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return cli_main(args.cli)
     if not args.bundle or not args.cases:
         p.error("--bundle and --cases are needed (or --cli)")
+    arrays = {case: read_case(case) for case in args.cases}  # each case read once, for every level
     summary = {}
-    for level in args.inner_levels:  # one process per level would be cleaner; the patch is re-installed per level
-        reconstruction.DiffusionReconstructor.reconstruct = ORIGINAL
+    for level in args.inner_levels:
         install_two_pass(level, args.quantile, args.dilate, args.jumps)
         rows = []
         for case in args.cases:
@@ -105,19 +107,13 @@ def main(argv: list[str] | None = None) -> int:
                 detect(DetectRequest(images=(str(case / "ct.nii.gz"),), out=str(out), bundle=args.bundle,
                                      totalseg=str(case / "segmentations"), settings=args.settings,
                                      overview=False, overwrite=True))
-            rows += small_lesions(case, read_case(case), out, args.max_mm)
-        kept = np.array([r["kept"] for r in rows if r["kept"] is not None])
-        auc = np.array([r["auc"] for r in rows])
-        summary[level] = {"lesions": rows, "median_kept": float(np.median(kept)), "median_auc": float(np.median(auc)),
-                          "mean_auc": float(auc.mean()), "auc_over_0.9": int((auc > 0.9).sum())}
+            rows += small_lesions(case, arrays[case], out, args.max_mm)
+        summary[level] = summarize(rows)
         print(f"inner L = {level} (q = {args.quantile}, dilate {args.dilate}, jumps {args.jumps}): {len(rows)} "
-              f"lesions <= {args.max_mm:g} mm, contrast kept median {np.median(kept):.2f}; map AUC median "
-              f"{np.median(auc):.3f}, mean {auc.mean():.3f}, > 0.9: {(auc > 0.9).sum()}")
+              f"lesions <= {args.max_mm:g} mm, {describe(summary[level])}")
     (args.work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return 0
 
-
-ORIGINAL = reconstruction.DiffusionReconstructor.reconstruct
 
 if __name__ == "__main__":
     sys.exit(main())
